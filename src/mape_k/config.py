@@ -1,0 +1,417 @@
+"""Configuration: one frozen pydantic tree, loaded with one precedence.
+
+CLI flag > environment (`MAPEK_` prefix, `__` for nesting) > YAML file > defaults.
+`load_settings` returns the settings and, for every leaf that did not come from the
+defaults, where it came from. Errors name the full dotted path and the source.
+No I/O here except reading the one YAML file (and token files) it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mape_k.errors import ConfigError
+from mape_k.models import ActionType, Severity
+
+ENV_PREFIX = "MAPEK_"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    """A token given inline or as a file path (the file wins; trailing newline dropped)."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
+    return value.get_secret_value() if value is not None else None
+
+
+class PrometheusConfig(_Model):
+    url: str = "http://127.0.0.1:9090"
+    timeout_s: float = Field(5.0, gt=0, description="Per-request timeout (connect + read).")
+    max_connections: int = Field(32, ge=1, description="Connection pool size of the client.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class CharterMode(StrEnum):
+    MOCK = "mock"
+    HTTP = "http"
+
+
+class CharterConfig(_Model):
+    mode: CharterMode = CharterMode.MOCK
+    url: str = "http://127.0.0.1:8000"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    connect_timeout_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0, description="Read timeout of one call.")
+    retries: int = Field(3, ge=0, le=10, description="Retries for idempotent calls only.")
+    backoff_s: float = Field(0.2, ge=0, description="Base of the jittered exponential backoff.")
+    mock_seed: int = Field(7, description="Seed of the simulated committee in mock mode.")
+    mock_regime: Literal["calm", "volatile", "spike"] = "calm"
+
+
+class Comparator(StrEnum):
+    GT = ">"
+    GE = ">="
+    LT = "<"
+    LE = "<="
+
+    def holds(self, value: float, threshold: float) -> bool:
+        return {
+            Comparator.GT: value > threshold,
+            Comparator.GE: value >= threshold,
+            Comparator.LT: value < threshold,
+            Comparator.LE: value <= threshold,
+        }[self]
+
+
+class ViolationRule(_Model):
+    name: str = Field(min_length=1, description="The violation kind this rule produces.")
+    query: str = Field(description="Name of a query in monitor.queries.")
+    comparator: Comparator = Comparator.GT
+    threshold: float
+    severity: Severity = Severity.WARNING
+    component_label: str = Field("instance", description="Label naming the component.")
+    default_component: str = Field("charter", description="Component when the label is absent.")
+
+
+class MonitorConfig(_Model):
+    query_timeout_s: float = Field(5.0, gt=0)
+    max_staleness_s: float = Field(
+        120.0, gt=0, description="Samples older than this count as missing."
+    )
+    queries: dict[str, str] = Field(
+        default_factory=dict, description="Named PromQL queries, read every iteration."
+    )
+    rules: tuple[ViolationRule, ...] = ()
+    alert_component_label: str = Field(
+        "instance", description="Alert label naming the component of an alert's violation."
+    )
+
+    @model_validator(mode="after")
+    def _rules_name_queries(self) -> MonitorConfig:
+        for index, rule in enumerate(self.rules):
+            if rule.query not in self.queries:
+                raise ValueError(f"rules.{index}.query: {rule.query!r} is not in monitor.queries")
+        return self
+
+
+class TemporalConfig(_Model):
+    window_s: float = Field(60.0, gt=0)
+    min_count: int = Field(3, ge=2)
+    confidence: float = Field(0.85, ge=0, le=1)
+
+
+class SpatialConfig(_Model):
+    min_components: int = Field(3, ge=2)
+    confidence: float = Field(0.80, ge=0, le=1)
+
+
+class CausalConfig(_Model):
+    window_s: float = Field(120.0, gt=0, description="B must follow A within this.")
+    min_occurrences: int = Field(3, ge=1, description="How often B must follow A.")
+    confidence: float = Field(0.75, ge=0, le=1)
+
+
+class FrequencyConfig(_Model):
+    window_s: float = Field(300.0, gt=0)
+    min_count: int = Field(8, ge=2)
+    confidence: float = Field(0.70, ge=0, le=1)
+
+
+class AnalyzerConfig(_Model):
+    history_s: float = Field(900.0, gt=0, description="How long past violations are kept.")
+    max_history: int = Field(200_000, ge=1000, description="Bound on remembered violations.")
+    base_confidence: float = Field(0.6, ge=0, le=1, description="Confidence of a lone violation.")
+    temporal: TemporalConfig = TemporalConfig()
+    spatial: SpatialConfig = SpatialConfig()
+    causal: CausalConfig = CausalConfig()
+    frequency: FrequencyConfig = FrequencyConfig()
+
+
+class ActionSpec(_Model):
+    cost: float = Field(ge=0, le=1)
+    benefit: float = Field(ge=0, le=1)
+    settle_s: float = Field(ge=0, description="Time for the effect to show before measuring.")
+    requires_approval: bool = False
+
+
+DEFAULT_ACTIONS: dict[ActionType, ActionSpec] = {
+    ActionType.SCALE_UP: ActionSpec(cost=0.20, benefit=0.80, settle_s=30),
+    ActionType.SCALE_DOWN: ActionSpec(cost=0.15, benefit=0.40, settle_s=30),
+    ActionType.RESTART_SERVICE: ActionSpec(cost=0.30, benefit=0.75, settle_s=20),
+    ActionType.APPLY_POLICY: ActionSpec(cost=0.10, benefit=0.60, settle_s=15),
+    ActionType.BYPASS_VALIDATION: ActionSpec(
+        cost=0.70, benefit=0.50, settle_s=15, requires_approval=True
+    ),
+    ActionType.THROTTLE_REQUESTS: ActionSpec(cost=0.40, benefit=0.65, settle_s=15),
+    ActionType.ACTIVATE_EMERGENCY_OVERRIDE: ActionSpec(
+        cost=0.80, benefit=0.55, settle_s=15, requires_approval=True
+    ),
+    ActionType.REBALANCE_LOAD: ActionSpec(cost=0.15, benefit=0.60, settle_s=15),
+    ActionType.UPDATE_CONFIGURATION: ActionSpec(cost=0.25, benefit=0.50, settle_s=15),
+}
+
+
+class CandidateAction(_Model):
+    type: ActionType
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    benefit: float | None = Field(
+        None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."
+    )
+
+
+class PlannerConfig(_Model):
+    actions: dict[ActionType, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    remediations: dict[str, tuple[tuple[CandidateAction, ...], ...]] = Field(
+        default_factory=dict,
+        description="Cause (violation kind) -> candidate policies, each a list of actions.",
+    )
+    default_remediations: tuple[tuple[CandidateAction, ...], ...] = Field(
+        default=(), description="Candidates for a cause with no entry in remediations."
+    )
+    require_approval: bool = Field(
+        True, description="False waives approval for risky actions (not recommended)."
+    )
+    min_score: float = Field(0.0, description="Policies scoring below this are not proposed.")
+    max_policies: int = Field(5, ge=1, description="How many ranked candidates to keep.")
+
+    @field_validator("actions")
+    @classmethod
+    def _complete_actions(cls, value: dict[ActionType, ActionSpec]) -> dict[ActionType, ActionSpec]:
+        return {**DEFAULT_ACTIONS, **value}
+
+
+class ExecutorConfig(_Model):
+    dry_run: bool = False
+    action_timeout_s: float = Field(10.0, gt=0)
+    verify_delay_s: float | None = Field(
+        None, ge=0, description="Wait before verifying; default: the action's settle_s."
+    )
+    verify_deadline_s: float = Field(
+        300.0, gt=0, description="Give up verifying (UNKNOWN) after this long."
+    )
+    partial_improvement: float = Field(
+        0.3, gt=0, lt=1, description="Relative improvement that counts as PARTIAL."
+    )
+    degradation: float = Field(
+        0.2, gt=0, description="Relative worsening that counts as DEGRADATION."
+    )
+
+
+class KnowledgeConfig(_Model):
+    path: Path = Path("mape_k_knowledge.sqlite3")
+    saturation_samples: int = Field(30, ge=1, description="Samples at which confidence is 1.")
+    retention_days: float = Field(30.0, gt=0)
+    max_rows: int = Field(100_000, ge=100, description="Per journal table.")
+    decisions_kept_in_memory: int = Field(50, ge=1)
+
+
+class OrchestratorConfig(_Model):
+    interval_s: float = Field(30.0, gt=0)
+    trigger_debounce_s: float = Field(1.0, ge=0)
+    iteration_timeout_s: float = Field(60.0, gt=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+
+class ServerConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=0, le=65535)
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    inbox_max_alerts: int = Field(10_000, ge=1)
+
+
+class GuardsConfig(_Model):
+    frozen: bool = Field(False, description="Kill switch: no mutating action at all.")
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Model):
+    prometheus: PrometheusConfig = PrometheusConfig()
+    charter: CharterConfig = CharterConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    analyzer: AnalyzerConfig = AnalyzerConfig()
+    planner: PlannerConfig = PlannerConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    orchestrator: OrchestratorConfig = OrchestratorConfig()
+    server: ServerConfig = ServerConfig()
+    guards: GuardsConfig = GuardsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+# --- loading ----------------------------------------------------------------------------
+
+Sources = dict[str, str]  # dotted path -> "file:PATH" | "env:VAR" | "cli:FLAG"
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: conflicts with a value set at {part}")
+        node = child
+    node[path[-1]] = value
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_leaves(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _env_value(raw: str) -> Any:
+    stripped = raw.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    if stripped.lower() in {"null", "none", "~"}:
+        return None
+    return raw
+
+
+def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
+    tree: dict[str, Any] = {}
+    sources: Sources = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in {"MAPEK_CONFIG"}:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        _set_path(tree, path, _env_value(raw))
+        sources[".".join(path)] = f"env:{name}"
+    return tree, sources
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _origin(path: str, sources: Sources) -> str:
+    """The source that set `path` or its nearest ancestor or descendant."""
+    probe = path
+    while probe:
+        if probe in sources:
+            return sources[probe]
+        probe = probe.rpartition(".")[0]
+    for key, source in sources.items():
+        if key.startswith(f"{path}."):
+            return source
+    return "defaults"
+
+
+def load_settings(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> tuple[Settings, Sources]:
+    """Merge defaults < file < env < cli; raise ConfigError naming path and source."""
+    sources: Sources = {}
+    tree: dict[str, Any] = {}
+    if file is not None:
+        file_tree = _read_file(file)
+        tree = _merge(tree, file_tree)
+        sources.update(dict.fromkeys(_leaves(file_tree), f"file:{file}"))
+    env_tree, env_sources = _read_env(os.environ if env is None else env)
+    tree = _merge(tree, env_tree)
+    sources.update(env_sources)
+    cli_tree: dict[str, Any] = {}
+    for dotted, value in (cli or {}).items():
+        _set_path(cli_tree, dotted.split("."), value)
+        sources[dotted] = f"cli:{dotted}"
+    tree = _merge(tree, cli_tree)
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(part) for part in first["loc"])
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        where = _origin(path, sources)
+        raise ConfigError(f"{path or '<root>'}: {_describe(first)} (from {where}){extra}") from exc
+    return settings, sources
+
+
+def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str, Any]]:
+    """Every leaf of the effective config with its value (secrets masked) and source."""
+    dumped = settings.model_dump(mode="json")
+    out: dict[str, dict[str, Any]] = {}
+    for path, value in _leaves(dumped).items():
+        masked = "**********" if value is not None and path.endswith("token") else value
+        out[path] = {"value": masked, "source": _origin(path, sources)}
+    return out

@@ -1,0 +1,1 @@
+"""The outside world (Prometheus, Alertmanager, Charter), each behind a narrow interface."""

@@ -1,0 +1,1 @@
+"""The MAPE-K loop: Monitor, Analyze, Plan, Guards, Execute, Knowledge, and the orchestrator."""

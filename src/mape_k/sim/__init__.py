@@ -1,0 +1,1 @@
+"""The Charter simulator: one committee model shared by the mock client and the service."""
