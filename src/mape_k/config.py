@@ -98,8 +98,36 @@ class ViolationRule(_Model):
     comparator: Comparator = Comparator.GT
     threshold: float
     severity: Severity = Severity.WARNING
-    component_label: str = Field("instance", description="Label naming the component.")
+    component_label: str = Field("component", description="Label naming the component.")
     default_component: str = Field("charter", description="Component when the label is absent.")
+
+
+DEFAULT_QUERIES: dict[str, str] = {
+    "failure_rate": "max(westworld_charter_failure_rate)",
+    "policy_error_rate": "max(westworld_charter_policy_error_rate)",
+    "p99_latency_s": "max(westworld_charter_p99_latency_seconds)",
+    "queue_depth": "max(westworld_charter_queue_depth)",
+    "saturation": "max(westworld_charter_saturation_ratio)",
+    "unhealthy_members": (
+        "max(westworld_charter_committee_size - westworld_charter_healthy_members)"
+    ),
+    "committee_size": "max(westworld_charter_committee_size)",
+    "throughput_ops_per_sec": "max(westworld_charter_throughput_ops_per_sec)",
+}
+
+
+def _default_rules() -> tuple[ViolationRule, ...]:
+    def rule(name: str, query: str, threshold: float, severity: Severity) -> ViolationRule:
+        return ViolationRule(name=name, query=query, threshold=threshold, severity=severity)
+
+    return (
+        rule("high_failure_rate", "failure_rate", 0.05, Severity.CRITICAL),
+        rule("policy_regression", "policy_error_rate", 0.02, Severity.CRITICAL),
+        rule("members_unhealthy", "unhealthy_members", 0, Severity.CRITICAL),
+        rule("overload", "saturation", 0.9, Severity.CRITICAL),
+        rule("high_latency", "p99_latency_s", 0.5, Severity.WARNING),
+        rule("queue_backlog", "queue_depth", 100, Severity.WARNING),
+    )
 
 
 class MonitorConfig(_Model):
@@ -108,11 +136,12 @@ class MonitorConfig(_Model):
         120.0, gt=0, description="Samples older than this count as missing."
     )
     queries: dict[str, str] = Field(
-        default_factory=dict, description="Named PromQL queries, read every iteration."
+        default_factory=lambda: dict(DEFAULT_QUERIES),
+        description="Named PromQL queries, read every iteration.",
     )
-    rules: tuple[ViolationRule, ...] = ()
+    rules: tuple[ViolationRule, ...] = Field(default_factory=_default_rules)
     alert_component_label: str = Field(
-        "instance", description="Alert label naming the component of an alert's violation."
+        "component", description="Alert label naming the component of an alert's violation."
     )
 
     @model_validator(mode="after")
@@ -146,6 +175,15 @@ class FrequencyConfig(_Model):
     confidence: float = Field(0.70, ge=0, le=1)
 
 
+DEFAULT_INHIBIT: dict[str, tuple[str, ...]] = {
+    # A root cause present on a target hides its symptoms there, like Alertmanager's
+    # inhibit rules: acting on the symptom (scale up for a crashed member) is the wrong fix.
+    "members_unhealthy": ("overload", "high_latency", "queue_backlog", "high_failure_rate"),
+    "policy_regression": ("high_failure_rate",),
+    "overload": ("high_latency", "queue_backlog", "high_failure_rate"),
+}
+
+
 class AnalyzerConfig(_Model):
     history_s: float = Field(900.0, gt=0, description="How long past violations are kept.")
     max_history: int = Field(200_000, ge=1000, description="Bound on remembered violations.")
@@ -154,6 +192,10 @@ class AnalyzerConfig(_Model):
     spatial: SpatialConfig = SpatialConfig()
     causal: CausalConfig = CausalConfig()
     frequency: FrequencyConfig = FrequencyConfig()
+    inhibit: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_INHIBIT),
+        description="Cause -> causes it hides on the same target while present.",
+    )
 
 
 class ActionSpec(_Model):
@@ -188,10 +230,41 @@ class CandidateAction(_Model):
     )
 
 
+def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]]:
+    def one(
+        kind: ActionType, benefit: float | None = None, **parameters: Any
+    ) -> tuple[CandidateAction, ...]:
+        return (CandidateAction(type=kind, parameters=parameters, benefit=benefit),)
+
+    return {
+        "high_failure_rate": (
+            one(ActionType.RESTART_SERVICE),
+            one(ActionType.THROTTLE_REQUESTS, fraction=0.7),
+        ),
+        "policy_regression": (one(ActionType.APPLY_POLICY, 0.9, policy_id="last_known_good"),),
+        "members_unhealthy": (
+            one(ActionType.RESTART_SERVICE, 0.9),
+            one(ActionType.SCALE_UP, 0.5, delta=1),
+        ),
+        "overload": (
+            one(ActionType.SCALE_UP, 0.85, delta=2),
+            one(ActionType.THROTTLE_REQUESTS, fraction=0.8),
+        ),
+        "high_latency": (
+            one(ActionType.REBALANCE_LOAD, 0.85),
+            one(ActionType.SCALE_UP, 0.5, delta=1),
+        ),
+        "queue_backlog": (
+            one(ActionType.SCALE_UP, delta=1),
+            one(ActionType.THROTTLE_REQUESTS, fraction=0.8),
+        ),
+    }
+
+
 class PlannerConfig(_Model):
     actions: dict[ActionType, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     remediations: dict[str, tuple[tuple[CandidateAction, ...], ...]] = Field(
-        default_factory=dict,
+        default_factory=_default_remediations,
         description="Cause (violation kind) -> candidate policies, each a list of actions.",
     )
     default_remediations: tuple[tuple[CandidateAction, ...], ...] = Field(
@@ -202,6 +275,12 @@ class PlannerConfig(_Model):
     )
     min_score: float = Field(0.0, description="Policies scoring below this are not proposed.")
     max_policies: int = Field(5, ge=1, description="How many ranked candidates to keep.")
+    max_pending_approvals: int = Field(
+        50, ge=1, description="Bound on policies waiting for an operator (oldest dropped)."
+    )
+    approval_ttl_s: float = Field(
+        900.0, gt=0, description="A pending, approved or rejected proposal expires after this."
+    )
 
     @field_validator("actions")
     @classmethod
@@ -346,7 +425,7 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
     tree: dict[str, Any] = {}
     sources: Sources = {}
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name in {"MAPEK_CONFIG"}:
+        if not name.startswith(ENV_PREFIX) or name == "MAPEK_CONFIG":
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         if not path:

@@ -37,7 +37,7 @@ class PrometheusError(MapekError):
         super().__init__(f"{message} (query: {query})" if query else message)
 
 
-class PrometheusUnavailable(PrometheusError):  # noqa: N818 - reads as a state
+class PrometheusUnavailable(PrometheusError):
     """Prometheus could not be reached or answered 5xx."""
 
 
@@ -66,7 +66,7 @@ class CharterError(MapekError):
         super().__init__(f"{where}{message}{code}")
 
 
-class CharterUnavailable(CharterError):  # noqa: N818 - reads as a state
+class CharterUnavailable(CharterError):
     """The Charter API cannot be reached right now (worth retrying later)."""
 
 
@@ -74,7 +74,7 @@ class CharterRequestError(CharterError):
     """The Charter API refused the request (4xx); retrying will not help."""
 
 
-class CharterNotFound(CharterRequestError):  # noqa: N818 - reads as a state
+class CharterNotFound(CharterRequestError):
     """The thing asked for does not exist."""
 
 

@@ -87,7 +87,9 @@ class Metrics:
             registry=registry,
         )
         self.prometheus_up = Gauge(
-            "mapek_prometheus_up", "1 when the last Monitor pass read Prometheus.", registry=registry
+            "mapek_prometheus_up",
+            "1 when the last Monitor pass read Prometheus.",
+            registry=registry,
         )
         self.charter_calls = Counter(
             "mapek_charter_calls_total",

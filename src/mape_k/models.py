@@ -263,7 +263,7 @@ class PolicyPattern:
     cause: str
     action_type: ActionType
     samples: int
-    successes: int
+    successes: float  # SUCCESS counts 1, PARTIAL 0.5 (see loop/knowledge.py)
     mean_time_to_stabilize_s: float | None
     confidence: float  # min(samples / saturation, 1)
 

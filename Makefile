@@ -1,0 +1,61 @@
+# mape-k — every target sets up what it needs (venv, package, Debian tools) first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FAULT  ?= error_burst
+DEB_PKGS := prometheus prometheus-alertmanager
+
+.PHONY: venv deps run demo test unit lint type bench all clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's prometheus / prometheus-alertmanager (promtool, amtool) for the integration
+# tests and the demo: installed when missing and we are root, otherwise we say how.
+deps:
+	@missing=""; \
+	for b in prometheus promtool prometheus-alertmanager amtool; do \
+	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages $(DEB_PKGS) (missing:$$missing)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PKGS)) >/dev/null \
+	      || { echo "apt-get install $(DEB_PKGS) failed" >&2; exit 1; }; \
+	  else \
+	    echo "missing:$$missing — run: sudo apt-get install $(DEB_PKGS)" >&2; exit 1; \
+	  fi; \
+	fi
+
+run: venv
+	$(BIN)/mape-k run --mock --fault $(FAULT)
+
+demo: venv deps
+	$(BIN)/mape-k demo --fault $(FAULT)
+
+test: venv deps
+	$(BIN)/pytest -q
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+type: venv
+	$(BIN)/mypy
+
+bench: venv deps
+	$(BIN)/python -m bench --append docs/benchmarks.md
+
+all: lint type test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,424 @@
+"""Execute: run a policy's actions through a CharterClient, transactionally, then verify.
+
+Actions run in order, each under a timeout, each journaled before and after it runs.
+When one fails, the completed ones are undone in reverse order (ROLLED_BACK). Every
+mutating call carries an idempotency key derived from the policy id, so re-running the
+same policy (or a rollback after a crash) has one effect. Verification is pure: a later
+iteration's Observation is compared with the value that triggered the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from mape_k.config import ActionSpec, ExecutorConfig
+from mape_k.errors import CharterError, ExecutionError, MapekError
+from mape_k.integrations.charter.base import ActionResult, CharterClient
+from mape_k.metrics import Metrics
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    ExecutionStatus,
+    Observation,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationAction,
+    RemediationPolicy,
+)
+
+log = structlog.get_logger(__name__)
+
+# Each action type's inverse (None: the action cannot be undone, e.g. a restart).
+# Rollback does not call the inverse type blindly: it restores what the Charter reported
+# as the previous value (ActionResult.previous), which is the exact inverse.
+INVERSE: dict[ActionType, ActionType | None] = {
+    ActionType.SCALE_UP: ActionType.SCALE_DOWN,
+    ActionType.SCALE_DOWN: ActionType.SCALE_UP,
+    ActionType.RESTART_SERVICE: None,
+    ActionType.APPLY_POLICY: ActionType.APPLY_POLICY,  # roll back the applied policy
+    ActionType.BYPASS_VALIDATION: ActionType.BYPASS_VALIDATION,  # bypass off
+    ActionType.THROTTLE_REQUESTS: ActionType.THROTTLE_REQUESTS,  # previous limit
+    ActionType.ACTIVATE_EMERGENCY_OVERRIDE: ActionType.ACTIVATE_EMERGENCY_OVERRIDE,
+    ActionType.REBALANCE_LOAD: None,
+    ActionType.UPDATE_CONFIGURATION: ActionType.UPDATE_CONFIGURATION,  # previous settings
+}
+
+Journal = Callable[[PolicyExecution], None]
+
+
+def idempotency_key(policy_id: str, index: int, action: RemediationAction) -> str:
+    return f"{policy_id}:{index}:{action.action_type.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingVerification:
+    execution: PolicyExecution
+    due_at: float  # first moment the effect may be measured (settle time passed)
+    deadline: float  # after this, classify with what we have (or UNKNOWN)
+    last_value: float | None = None
+
+    @property
+    def target(self) -> str:
+        return self.execution.policy.target
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        charter: CharterClient,
+        config: ExecutorConfig,
+        actions: Mapping[ActionType, ActionSpec],
+        journal: Journal,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._charter = charter
+        self._config = config
+        self._actions = actions
+        self._journal = journal
+        self._metrics = metrics
+        self._clock = clock
+        self._history: dict[str, PolicyExecution] = {}
+        self._pending: dict[str, PendingVerification] = {}
+
+    # --- execution --------------------------------------------------------------------
+
+    def settle_s(self, policy: RemediationPolicy) -> float:
+        return max(self._actions[a.action_type].settle_s for a in policy.actions)
+
+    async def execute_policy(
+        self, policy: RemediationPolicy, *, baseline: float | None = None
+    ) -> PolicyExecution:
+        """Run `policy` once. A policy id already executed returns its first result."""
+        if self._config.dry_run:
+            raise ExecutionError("dry-run mode: execute_policy must not be called")
+        previous = self._history.get(policy.id)
+        if previous is not None:
+            log.info("execution_replayed", policy_id=policy.id, status=previous.status.value)
+            return previous
+        started = self._clock()
+        execution = PolicyExecution(
+            id=policy.id,
+            policy=policy,
+            status=ExecutionStatus.IN_PROGRESS,
+            actions=tuple(
+                ActionExecution(
+                    action=action,
+                    status=ExecutionStatus.PENDING,
+                    idempotency_key=idempotency_key(policy.id, index, action),
+                )
+                for index, action in enumerate(policy.actions)
+            ),
+            started_at=started,
+            baseline=baseline,
+        )
+        self._journal(execution)
+        done: list[ActionExecution] = []
+        for step in execution.actions:
+            running = replace(step, status=ExecutionStatus.IN_PROGRESS, started_at=self._clock())
+            execution = _with_action(execution, len(done), running)
+            self._journal(execution)
+            try:
+                async with asyncio.timeout(self._config.action_timeout_s):
+                    result = await self._apply(running.action, running.idempotency_key)
+            except (MapekError, TimeoutError) as exc:
+                error = _describe(exc, self._config.action_timeout_s)
+                failed = replace(
+                    running, status=ExecutionStatus.FAILED, finished_at=self._clock(), error=error
+                )
+                execution = _with_action(execution, len(done), failed)
+                self._count(failed)
+                log.warning(
+                    "action_failed",
+                    policy_id=policy.id,
+                    action_type=failed.action.action_type.value,
+                    error=error,
+                )
+                execution = await self._roll_back(execution, done, error)
+                break
+            completed = replace(
+                running,
+                status=ExecutionStatus.COMPLETED,
+                finished_at=self._clock(),
+                result={"previous": result.previous, "current": result.current},
+            )
+            execution = _with_action(execution, len(done), completed)
+            self._journal(execution)
+            self._count(completed)
+            done.append(completed)
+        else:
+            execution = replace(
+                execution, status=ExecutionStatus.COMPLETED, finished_at=self._clock()
+            )
+            settle = self._config.verify_delay_s
+            due = execution.finished_at or started
+            due += self.settle_s(policy) if settle is None else settle
+            self._pending[execution.id] = PendingVerification(
+                execution=execution,
+                due_at=due,
+                deadline=due + self._config.verify_deadline_s,
+            )
+        self._journal(execution)
+        self._history[execution.id] = execution
+        log.info(
+            "policy_executed",
+            policy_id=policy.id,
+            status=execution.status.value,
+            actions=[a.action.action_type.value for a in execution.actions],
+            error=execution.error,
+        )
+        return execution
+
+    async def _roll_back(
+        self, execution: PolicyExecution, done: list[ActionExecution], error: str
+    ) -> PolicyExecution:
+        """Undo the completed actions in reverse order; the policy ends ROLLED_BACK or FAILED."""
+        complete = True
+        for step in reversed(done):
+            index = execution.actions.index(step)
+            try:
+                async with asyncio.timeout(self._config.action_timeout_s):
+                    undone = await self._undo(step)
+            except (MapekError, TimeoutError) as exc:
+                complete = False
+                log.error(
+                    "rollback_failed",
+                    policy_id=execution.id,
+                    action_type=step.action.action_type.value,
+                    error=_describe(exc, self._config.action_timeout_s),
+                )
+                continue
+            if undone:
+                execution = _with_action(
+                    execution, index, replace(step, status=ExecutionStatus.ROLLED_BACK)
+                )
+                self._journal(execution)
+        status = ExecutionStatus.ROLLED_BACK if done and complete else ExecutionStatus.FAILED
+        suffix = "" if complete else "; rollback incomplete"
+        return replace(execution, status=status, finished_at=self._clock(), error=error + suffix)
+
+    async def reconcile(self, execution: PolicyExecution) -> PolicyExecution:
+        """Settle an execution a crash interrupted: undo what completed, in reverse order."""
+        done = [a for a in execution.actions if a.status is ExecutionStatus.COMPLETED]
+        cut = [
+            replace(a, status=ExecutionStatus.FAILED, error="interrupted")
+            if a.status is ExecutionStatus.IN_PROGRESS
+            else a
+            for a in execution.actions
+        ]
+        execution = replace(execution, actions=tuple(cut))
+        reconciled = await self._roll_back(execution, done, "interrupted by a restart")
+        self._journal(reconciled)
+        self._history[reconciled.id] = reconciled
+        log.warning(
+            "execution_reconciled", execution_id=execution.id, status=reconciled.status.value
+        )
+        return reconciled
+
+    def _count(self, step: ActionExecution) -> None:
+        if self._metrics is not None:
+            self._metrics.actions.labels(
+                action_type=step.action.action_type.value, status=step.status.value
+            ).inc()
+
+    async def _apply(  # noqa: C901, PLR0911 - one case per action type
+        self, action: RemediationAction, key: str
+    ) -> ActionResult:
+        charter = self._charter
+        params = action.parameters
+        match action.action_type:
+            case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
+                state = await charter.get_committee_state()
+                if "to_size" in params:
+                    size = int(params["to_size"])
+                else:
+                    delta = int(params.get("delta", 1))
+                    sign = 1 if action.action_type is ActionType.SCALE_UP else -1
+                    size = max(1, state.target_size + sign * delta)
+                return await charter.scale_committee(size, idempotency_key=key)
+            case ActionType.RESTART_SERVICE:
+                return await charter.restart_committee(idempotency_key=key)
+            case ActionType.APPLY_POLICY:
+                policy_id = str(params.get("policy_id", "last_known_good"))
+                return await charter.apply_policy(policy_id, idempotency_key=key)
+            case ActionType.BYPASS_VALIDATION:
+                return await charter.set_validation_bypass(
+                    bool(params.get("active", True)), idempotency_key=key
+                )
+            case ActionType.THROTTLE_REQUESTS:
+                limit = params.get("limit_ops_per_sec")
+                if limit is None:
+                    state = await charter.get_committee_state()
+                    limit = state.offered_load * float(params.get("fraction", 0.8))
+                return await charter.set_throttle(float(limit), idempotency_key=key)
+            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
+                return await charter.set_emergency_override(
+                    bool(params.get("active", True)), idempotency_key=key
+                )
+            case ActionType.REBALANCE_LOAD:
+                return await charter.rebalance_load(idempotency_key=key)
+            case ActionType.UPDATE_CONFIGURATION:
+                settings = params.get("settings")
+                if not isinstance(settings, dict) or not settings:
+                    raise ExecutionError("update_configuration needs parameters.settings")
+                return await charter.update_configuration(settings, idempotency_key=key)
+
+    async def _undo(self, step: ActionExecution) -> bool:
+        """Restore what `step` changed; False when the action cannot be undone."""
+        charter = self._charter
+        key = f"{step.idempotency_key}:rollback"
+        previous: dict[str, Any] = step.result.get("previous", {})
+        current: dict[str, Any] = step.result.get("current", {})
+        match step.action.action_type:
+            case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
+                await charter.scale_committee(int(previous["size"]), idempotency_key=key)
+            case ActionType.APPLY_POLICY:
+                applied = current.get("active_policy") or step.action.parameters.get("policy_id")
+                await charter.rollback_policy(str(applied), idempotency_key=key)
+            case ActionType.BYPASS_VALIDATION:
+                await charter.set_validation_bypass(
+                    bool(previous.get("active", False)), idempotency_key=key
+                )
+            case ActionType.THROTTLE_REQUESTS:
+                await charter.set_throttle(previous.get("throttle_limit"), idempotency_key=key)
+            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
+                await charter.set_emergency_override(
+                    bool(previous.get("active", False)), idempotency_key=key
+                )
+            case ActionType.UPDATE_CONFIGURATION:
+                await charter.update_configuration(
+                    dict(previous.get("settings", {})), idempotency_key=key
+                )
+            case ActionType.RESTART_SERVICE | ActionType.REBALANCE_LOAD:
+                return False
+        return True
+
+    # --- verification -----------------------------------------------------------------
+
+    def pending_verifications(self) -> list[PendingVerification]:
+        return list(self._pending.values())
+
+    def pending_targets(self) -> dict[str, str]:
+        """Target -> execution id, for targets whose last action is not yet measured."""
+        return {p.target: p.execution.id for p in self._pending.values()}
+
+    def verify_due(self, observation: Observation, *, now: float) -> list[PolicyOutcome]:
+        """Classify every pending execution whose settle time has passed, where possible."""
+        outcomes: list[PolicyOutcome] = []
+        for exec_id, pending in list(self._pending.items()):
+            if now < pending.due_at:
+                continue
+            outcome, value = self.verify_execution(pending, observation, now=now)
+            if outcome is None:
+                self._pending[exec_id] = replace(pending, last_value=value)
+                continue
+            del self._pending[exec_id]
+            outcomes.append(outcome)
+        return outcomes
+
+    def verify_execution(
+        self, pending: PendingVerification, observation: Observation, *, now: float
+    ) -> tuple[PolicyOutcome | None, float | None]:
+        """The outcome once it is clear (or the deadline passed), else (None, last value)."""
+        execution = pending.execution
+        cause = execution.policy.cause
+        final = now >= pending.deadline
+        value = None
+        if not observation.degraded and cause.query is not None:
+            value = observation.value(cause.query, cause.target)
+        if value is None:
+            value = pending.last_value
+        still = any(
+            v.kind == cause.name and v.component == cause.target for v in observation.violations
+        )
+        if observation.degraded or (cause.query is not None and value is None):
+            if not final:
+                return None, value
+            return self._outcome(pending, OutcomeType.UNKNOWN, value, now, "no data"), value
+        if not still:
+            return self._outcome(
+                pending, OutcomeType.SUCCESS, value, now, "violation cleared"
+            ), value
+        kind = classify(
+            before=execution.baseline,
+            after=value,
+            threshold=cause.threshold,
+            partial=self._config.partial_improvement,
+            degradation=self._config.degradation,
+        )
+        if kind is OutcomeType.DEGRADATION or final:
+            return self._outcome(pending, kind, value, now, "still violating"), value
+        return None, value
+
+    def _outcome(
+        self,
+        pending: PendingVerification,
+        kind: OutcomeType,
+        value: float | None,
+        now: float,
+        detail: str,
+    ) -> PolicyOutcome:
+        execution = pending.execution
+        finished = execution.finished_at or execution.started_at
+        return PolicyOutcome(
+            execution_id=execution.id,
+            policy_id=execution.policy.id,
+            cause=execution.policy.cause.name,
+            action_type=execution.policy.primary_action,
+            target=execution.policy.target,
+            outcome=kind,
+            recorded_at=now,
+            value_before=execution.baseline,
+            value_after=value,
+            threshold=execution.policy.cause.threshold,
+            time_to_stabilize_s=(now - finished) if kind is OutcomeType.SUCCESS else None,
+            detail=detail,
+        )
+
+    def get_execution_history(self) -> list[PolicyExecution]:
+        return list(self._history.values())
+
+
+def classify(
+    *,
+    before: float | None,
+    after: float | None,
+    threshold: float | None,
+    partial: float,
+    degradation: float,
+) -> OutcomeType:
+    """A still-violating value's outcome, by its distance to the threshold before and after."""
+    if before is None or after is None or threshold is None:
+        return OutcomeType.INEFFECTIVE
+    gap_before = abs(before - threshold)
+    gap_after = abs(after - threshold)
+    if gap_before == 0:
+        return OutcomeType.INEFFECTIVE
+    change = (gap_before - gap_after) / gap_before
+    if change >= partial:
+        return OutcomeType.PARTIAL
+    if -change >= degradation:
+        return OutcomeType.DEGRADATION
+    return OutcomeType.INEFFECTIVE
+
+
+def _with_action(execution: PolicyExecution, index: int, step: ActionExecution) -> PolicyExecution:
+    actions = list(execution.actions)
+    actions[index] = step
+    return replace(execution, actions=tuple(actions), error=execution.error)
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g} s"
+    if isinstance(exc, CharterError):
+        return str(exc)
+    return str(exc) or type(exc).__name__

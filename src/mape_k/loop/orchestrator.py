@@ -1,0 +1,558 @@
+"""MAPEKOrchestrator: one iteration is Monitor → Analyze → Plan → Guards → Execute → Knowledge.
+
+`run_once(now)` does one iteration and returns its decision record; `run()` repeats it every
+`interval_s` with no drift and never two at once, and `trigger()` wakes it early (leading
+edge at once, then at most one more per `trigger_debounce_s`). A phase failure is logged and
+counted, the iteration ends with what it has, and nothing mutating runs on missing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from mape_k.config import Settings
+from mape_k.errors import MapekError
+from mape_k.loop import guards as guard_rules
+from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.execute import Executor
+from mape_k.loop.knowledge import Knowledge
+from mape_k.loop.monitor import Monitor
+from mape_k.loop.plan import Planner
+from mape_k.metrics import Metrics
+from mape_k.models import (
+    AnalysisResult,
+    ExecutionStatus,
+    GuardDecision,
+    Observation,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationPolicy,
+)
+from mape_k.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class MAPEKState:
+    iteration: int = 0
+    violations_seen: int = 0
+    policies_applied: int = 0
+    successful_executions: int = 0
+    failed_executions: int = 0
+    degraded_iterations: int = 0
+    last_cycle_s: float = 0.0
+    total_cycle_s: float = 0.0
+    phase_total_s: dict[str, float] = field(default_factory=dict)
+    last_started_at: float | None = None
+    last_result: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        n = max(self.iteration, 1)
+        return {
+            "iteration": self.iteration,
+            "violations_seen": self.violations_seen,
+            "policies_applied": self.policies_applied,
+            "successful_executions": self.successful_executions,
+            "failed_executions": self.failed_executions,
+            "degraded_iterations": self.degraded_iterations,
+            "last_cycle_s": round(self.last_cycle_s, 6),
+            "mean_cycle_s": round(self.total_cycle_s / n, 6),
+            "mean_phase_s": {k: round(v / n, 6) for k, v in self.phase_total_s.items()},
+            "last_started_at": self.last_started_at,
+            "last_result": self.last_result,
+        }
+
+
+class _Phases:
+    """Times the phases of one iteration into the record and the histogram."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.durations: dict[str, float] = {}
+        self._metrics = metrics
+
+    def done(self, phase: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.durations[phase] = round(elapsed, 6)
+        if self._metrics is not None:
+            self._metrics.iteration_duration.labels(phase=phase).observe(elapsed)
+
+
+class MAPEKOrchestrator:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        monitor: Monitor,
+        analyzer: PatternAnalyzer,
+        planner: Planner,
+        executor: Executor,
+        knowledge: Knowledge,
+        store: Store,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self.monitor = monitor
+        self.analyzer = analyzer
+        self.planner = planner
+        self.executor = executor
+        self.knowledge = knowledge
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self.state = MAPEKState()
+        self.dry_run = settings.executor.dry_run
+        self.freeze: guard_rules.Freeze | None = (
+            guard_rules.Freeze(
+                reason="guards.frozen is set in the configuration",
+                since=clock(),
+                until=None,
+                source="config",
+            )
+            if settings.guards.frozen
+            else None
+        )
+        self.records: deque[dict[str, Any]] = deque(
+            maxlen=settings.knowledge.decisions_kept_in_memory
+        )
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._triggered = False
+        self._last_start_mono = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._prom_ok: bool | None = None
+        if metrics is not None:
+            metrics.dry_run.set(1 if self.dry_run else 0)
+            metrics.frozen.set(1 if self.freeze else 0)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self.run(), name="mapek-loop")
+        return self._task
+
+    async def stop(self) -> None:
+        """Finish the current iteration (if any) and return; the caller bounds the wait."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def trigger(self, reason: str = "alert") -> None:
+        """Wake the loop early. Returns at once; bursts collapse into one iteration."""
+        log.debug("iteration_triggered", reason=reason)
+        self._triggered = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._settings.orchestrator.interval_s
+        debounce = self._settings.orchestrator.trigger_debounce_s
+        next_at = loop.time()
+        while not self._stopping.is_set():
+            now = loop.time()
+            trigger_ready = self._triggered and now >= self._last_start_mono + debounce
+            if trigger_ready or now >= next_at:
+                self._triggered = False
+                self._last_start_mono = now
+                await self._guarded_iteration()
+                # No drift: the schedule stays on its grid; missed slots are skipped.
+                while next_at <= loop.time():
+                    next_at += interval
+                continue
+            wake_at = next_at
+            if self._triggered:
+                wake_at = min(wake_at, self._last_start_mono + debounce)
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(max(0.0, wake_at - now)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _guarded_iteration(self) -> None:
+        try:
+            async with asyncio.timeout(self._settings.orchestrator.iteration_timeout_s):
+                await self.run_once()
+        except TimeoutError:
+            log.error(
+                "iteration_timeout", timeout_s=self._settings.orchestrator.iteration_timeout_s
+            )
+            self._count_result("error")
+        except Exception:
+            # A bug in one iteration must not take the loop down; it is logged with its stack.
+            log.exception("iteration_crashed")
+            self._count_result("error")
+
+    # --- one iteration ----------------------------------------------------------------
+
+    async def run_once(self, now: float | None = None) -> dict[str, Any]:
+        async with self._lock:
+            now = self._clock() if now is None else now
+            iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
+                return await self._iterate(iteration_id, now)
+
+    async def _iterate(self, iteration_id: str, now: float) -> dict[str, Any]:
+        started = time.perf_counter()
+        phases = _Phases(self._metrics)
+        self.state.iteration += 1
+        self.state.last_started_at = now
+        if self._metrics is not None:
+            self._metrics.last_iteration.set(now)
+        record: dict[str, Any] = {"id": iteration_id, "started_at": now}
+
+        t = time.perf_counter()
+        observation = await self.monitor.observe(now)
+        phases.done("monitor", t)
+        record["inputs"] = _inputs(observation)
+        self._note_prometheus(observation)
+        self.state.violations_seen += len(observation.violations)
+
+        t = time.perf_counter()
+        outcomes = self._verify(observation, now)
+        phases.done("verify", t)
+        record["verifications"] = [_outcome(o) for o in outcomes]
+
+        t = time.perf_counter()
+        analysis = self.analyzer.analyze(observation.violations, now=now)
+        phases.done("analyze", t)
+        record["patterns"] = [_pattern(p) for p in analysis.patterns]
+        record["causes"] = [_cause(c) for c in analysis.causes]
+        self._count_analysis(observation, analysis)
+
+        t = time.perf_counter()
+        policies = self.planner.generate_policies(
+            analysis, knowledge=self.knowledge.view(), now=now
+        )
+        phases.done("plan", t)
+        record["candidates"] = [_candidate(p) for p in policies]
+
+        t = time.perf_counter()
+        chosen, decisions, why = self._choose(policies, observation, now)
+        phases.done("guard", t)
+        record["guard_decisions"] = [_guard(d) for d in decisions]
+        self._record_guards(decisions, now)
+
+        execution: PolicyExecution | None = None
+        if chosen is not None:
+            t = time.perf_counter()
+            execution = await self.executor.execute_policy(
+                chosen, baseline=_baseline(chosen, observation)
+            )
+            phases.done("execute", t)
+            self._count_execution(execution)
+        record["choice"] = {"policy_id": chosen.id if chosen else None, "why": why}
+        record["execution"] = _execution(execution) if execution else None
+        result = _result(observation, chosen, execution, policies, decisions)
+        record["result"] = result
+        record["pending_approvals"] = [p.id for p in self.planner.pending_approvals()]
+        phases.done("total", started)
+        record["phases_s"] = phases.durations
+        self._finish(record, phases, result)
+        log.info(
+            "iteration_completed",
+            result=result,
+            violations=len(observation.violations),
+            patterns=len(analysis.patterns),
+            decision=why,
+            duration_s=phases.durations["total"],
+        )
+        return record
+
+    def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
+        outcomes = self.executor.verify_due(observation, now=now)
+        for outcome in outcomes:
+            self.knowledge.record_outcome(outcome)
+        if self._metrics is not None:
+            self._metrics.pending_verifications.set(len(self.executor.pending_verifications()))
+        return outcomes
+
+    def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
+        return guard_rules.GuardContext(
+            now=now,
+            dry_run=self.dry_run,
+            freeze=self.freeze,
+            degraded_reason=observation.degraded_reason,
+            settling=self.executor.pending_targets(),
+        )
+
+    def _choose(
+        self, policies: list[RemediationPolicy], observation: Observation, now: float
+    ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
+        """The best policy every guard allows; one policy per iteration, on purpose."""
+        if not policies:
+            if observation.degraded:
+                return None, [], f"nothing to do on missing data: {observation.degraded_reason}"
+            if observation.violations:
+                return None, [], "violations seen, but no remediation is configured for them"
+            return None, [], "no violations"
+        ctx = self.guard_context(observation, now)
+        decisions: list[GuardDecision] = []
+        held: list[str] = []
+        runnable = [p for p in policies if not p.requires_approval]
+        best = self.planner.get_best_policy(policies)
+        if best is not None and best not in runnable:
+            runnable.insert(0, best)  # an approved risky policy
+        for policy in runnable:
+            verdicts = guard_rules.evaluate(policy, ctx)
+            decisions.extend(verdicts)
+            if guard_rules.allowed(verdicts):
+                why = f"{policy.primary_action.value} on {policy.target}: {policy.rationale}"
+                return policy, decisions, why
+            held.extend(f"{d.guard}: {d.reason}" for d in guard_rules.holding(verdicts))
+        if not runnable:
+            waiting = ", ".join(p.id for p in self.planner.pending_approvals())
+            return None, decisions, f"waiting for operator approval of {waiting}"
+        return None, decisions, "held back by guards: " + "; ".join(dict.fromkeys(held))
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _finish(self, record: dict[str, Any], phases: _Phases, result: str) -> None:
+        self.state.last_cycle_s = phases.durations["total"]
+        self.state.total_cycle_s += phases.durations["total"]
+        for phase, seconds in phases.durations.items():
+            self.state.phase_total_s[phase] = self.state.phase_total_s.get(phase, 0.0) + seconds
+        self.state.last_result = result
+        self.records.append(record)
+        self._count_result(result)
+        if self._metrics is not None:
+            self._metrics.pending_approvals.set(len(self.planner.pending_approvals()))
+        try:
+            self._store.record_iteration(
+                record["id"], started_at=record["started_at"], result=result, record=record
+            )
+        except MapekError as exc:
+            log.error("decision_record_failed", error=str(exc))
+
+    def _count_result(self, result: str) -> None:
+        if result == "degraded":
+            self.state.degraded_iterations += 1
+        if self._metrics is not None:
+            self._metrics.iterations.labels(result=result).inc()
+
+    def _count_analysis(self, observation: Observation, analysis: AnalysisResult) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.active_violations.set(len(observation.violations))
+        for violation in observation.violations:
+            self._metrics.violations.labels(
+                source=violation.source.value, severity=violation.severity.value
+            ).inc()
+        for pattern in analysis.patterns:
+            self._metrics.patterns.labels(kind=pattern.kind.value).inc()
+
+    def _count_execution(self, execution: PolicyExecution) -> None:
+        self.state.policies_applied += 1
+        if execution.status is ExecutionStatus.COMPLETED:
+            self.state.successful_executions += 1
+        else:
+            self.state.failed_executions += 1
+
+    def _record_guards(self, decisions: list[GuardDecision], now: float) -> None:
+        for decision in decisions:
+            if self._metrics is not None:
+                self._metrics.guard_decisions.labels(
+                    guard=decision.guard, verdict=decision.verdict.value
+                ).inc()
+            if decision.verdict is not guard_rules.GuardVerdict.ALLOW:
+                log.info(
+                    "action_held",
+                    guard=decision.guard,
+                    verdict=decision.verdict.value,
+                    reason=decision.reason,
+                    policy_id=decision.policy_id,
+                )
+                try:
+                    self._store.record_guard_decision(
+                        at=now,
+                        guard=decision.guard,
+                        verdict=decision.verdict.value,
+                        reason=decision.reason,
+                        policy_id=decision.policy_id,
+                        until=decision.until,
+                    )
+                except MapekError as exc:
+                    log.error("guard_record_failed", error=str(exc))
+
+    def _note_prometheus(self, observation: Observation) -> None:
+        ok = not observation.degraded
+        if self._metrics is not None:
+            self._metrics.prometheus_up.set(1 if ok else 0)
+        self._prom_ok = ok
+
+    @property
+    def prometheus_ok(self) -> bool | None:
+        return self._prom_ok
+
+    def get_statistics(self) -> dict[str, Any]:
+        return {
+            **self.state.as_dict(),
+            "dry_run": self.dry_run,
+            "frozen": _freeze(self.freeze),
+            "pending_verifications": [
+                {
+                    "execution_id": p.execution.id,
+                    "target": p.target,
+                    "cause": p.execution.policy.cause.name,
+                    "due_at": p.due_at,
+                    "deadline": p.deadline,
+                }
+                for p in self.executor.pending_verifications()
+            ],
+        }
+
+
+# --- record helpers (plain dicts: JSON for the store and /stats) -----------------------
+
+
+def _result(
+    observation: Observation,
+    chosen: RemediationPolicy | None,
+    execution: PolicyExecution | None,
+    policies: list[RemediationPolicy],
+    decisions: list[GuardDecision],
+) -> str:
+    if execution is not None:
+        return "acted"
+    if observation.degraded:
+        return "degraded"
+    if decisions:
+        return "held"
+    if policies and chosen is None:
+        return "pending_approval"
+    return "idle"
+
+
+def _baseline(policy: RemediationPolicy, observation: Observation) -> float | None:
+    cause = policy.cause
+    if cause.query is None:
+        return cause.value
+    value = observation.value(cause.query, cause.target)
+    return cause.value if value is None else value
+
+
+def _inputs(observation: Observation) -> dict[str, Any]:
+    return {
+        "degraded": observation.degraded_reason,
+        "queries": [
+            {"name": q.name, "ok": q.ok, "samples": q.samples, "error": q.error}
+            for q in observation.queries
+        ],
+        "violations": [
+            {
+                "kind": v.kind,
+                "component": v.component,
+                "severity": v.severity.value,
+                "source": v.source.value,
+                "value": v.value,
+                "threshold": v.threshold,
+            }
+            for v in observation.violations
+        ],
+        "alerts_firing": observation.alerts_firing,
+    }
+
+
+def _pattern(p: Any) -> dict[str, Any]:
+    return {
+        "kind": p.kind.value,
+        "cause": p.cause,
+        "components": list(p.components),
+        "count": p.count,
+        "confidence": round(p.confidence, 3),
+        "description": p.description,
+    }
+
+
+def _cause(c: Any) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "target": c.target,
+        "severity": c.severity.value,
+        "confidence": round(c.confidence, 3),
+        "violations": c.violations,
+        "patterns": [k.value for k in c.patterns],
+    }
+
+
+def _candidate(p: RemediationPolicy) -> dict[str, Any]:
+    return {
+        "policy_id": p.id,
+        "cause": p.cause.key,
+        "actions": [{"type": a.action_type.value, "parameters": a.parameters} for a in p.actions],
+        "cost": round(p.score.cost, 3),
+        "benefit": round(p.score.benefit, 3),
+        "knowledge_weight": round(p.score.knowledge_weight, 3),
+        "confidence": round(p.score.confidence, 3),
+        "score": round(p.score.score, 3),
+        "requires_approval": p.requires_approval,
+    }
+
+
+def _guard(d: GuardDecision) -> dict[str, Any]:
+    return {
+        "guard": d.guard,
+        "verdict": d.verdict.value,
+        "reason": d.reason,
+        "policy_id": d.policy_id,
+        "until": d.until,
+    }
+
+
+def _execution(e: PolicyExecution) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "status": e.status.value,
+        "error": e.error,
+        "actions": [
+            {
+                "type": a.action.action_type.value,
+                "status": a.status.value,
+                "idempotency_key": a.idempotency_key,
+                "error": a.error,
+            }
+            for a in e.actions
+        ],
+    }
+
+
+def _outcome(o: PolicyOutcome) -> dict[str, Any]:
+    return {
+        "execution_id": o.execution_id,
+        "cause": o.cause,
+        "action_type": o.action_type.value,
+        "outcome": o.outcome.value,
+        "value_before": o.value_before,
+        "value_after": o.value_after,
+        "time_to_stabilize_s": o.time_to_stabilize_s,
+    }
+
+
+def _freeze(freeze: guard_rules.Freeze | None) -> dict[str, Any] | None:
+    if freeze is None:
+        return None
+    return {
+        "reason": freeze.reason,
+        "since": freeze.since,
+        "until": freeze.until,
+        "source": freeze.source,
+    }
