@@ -1,0 +1,252 @@
+"""Knowledge: verified outcomes in, per-(cause, action) statistics and insights out.
+
+Backed by store.py, so a restart forgets nothing. Scoring choices: SUCCESS counts as one
+success, PARTIAL as half a success (it helped but did not clear the violation), INEFFECTIVE
+and DEGRADATION as none; UNKNOWN outcomes (could not verify) are journaled but are not
+samples. Confidence = min(samples / saturation_samples, 1). No network I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from mape_k.config import KnowledgeConfig
+from mape_k.metrics import Metrics
+from mape_k.models import (
+    ActionType,
+    LearningInsight,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    PolicyPattern,
+)
+from mape_k.store import PairStats, Store
+
+log = structlog.get_logger(__name__)
+
+PARTIAL_WEIGHT = 0.5
+INEFFECTIVE_MIN_SAMPLES = 5  # "never worked" needs this many samples before it is said
+
+PairKey = tuple[str, ActionType]
+
+
+def weighted_successes(stats: PairStats) -> float:
+    return stats.successes + PARTIAL_WEIGHT * stats.partials
+
+
+def mean_tts(stats: PairStats) -> float | None:
+    return stats.tts_sum / stats.tts_count if stats.tts_count else None
+
+
+class Knowledge:
+    def __init__(
+        self, store: Store, config: KnowledgeConfig, *, metrics: Metrics | None = None
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._metrics = metrics
+        self._stats: dict[PairKey, PairStats] = {}
+        self._view: dict[PairKey, PolicyPattern] = {}
+        self.update_patterns()
+
+    # --- recording -------------------------------------------------------------------
+
+    def record_execution(self, execution: PolicyExecution) -> None:
+        """Journal an execution (before it runs, and again when it ends)."""
+        self._store.upsert_execution(execution)
+
+    def record_outcome(self, outcome: PolicyOutcome) -> bool:
+        """Store a verified outcome and learn from it; False if it was already recorded."""
+        inserted = self._store.record_outcome(outcome)
+        if not inserted:
+            log.info(
+                "outcome_duplicate",
+                execution_id=outcome.execution_id,
+                outcome=outcome.outcome.value,
+            )
+            return False
+        if self._metrics is not None:
+            self._metrics.outcomes.labels(outcome=outcome.outcome.value).inc()
+        self.update_patterns()
+        pattern = self._view.get((outcome.cause, outcome.action_type))
+        log.info(
+            "outcome_recorded",
+            execution_id=outcome.execution_id,
+            policy_id=outcome.policy_id,
+            cause=outcome.cause,
+            action_type=outcome.action_type.value,
+            target=outcome.target,
+            outcome=outcome.outcome.value,
+            time_to_stabilize_s=outcome.time_to_stabilize_s,
+            samples=pattern.samples if pattern else 0,
+            success_rate=round(pattern.success_rate, 4) if pattern else None,
+        )
+        return True
+
+    # --- learned view ----------------------------------------------------------------
+
+    def _pattern(self, stats: PairStats) -> PolicyPattern:
+        return PolicyPattern(
+            cause=stats.cause,
+            action_type=stats.action_type,
+            samples=stats.samples,
+            successes=weighted_successes(stats),
+            mean_time_to_stabilize_s=mean_tts(stats),
+            confidence=min(stats.samples / self._config.saturation_samples, 1.0),
+        )
+
+    def update_patterns(self) -> None:
+        """Reload the statistics from the store and refresh the view and the gauges."""
+        stats = {(row.cause, row.action_type): row for row in self._store.stats()}
+        view = {key: self._pattern(row) for key, row in stats.items() if row.samples > 0}
+        self._stats = stats
+        self._view = view
+        if self._metrics is not None:
+            for (cause, action), pattern in view.items():
+                labels = {"cause": cause, "action_type": action.value}
+                self._metrics.success_rate.labels(**labels).set(pattern.success_rate)
+                self._metrics.knowledge_samples.labels(**labels).set(pattern.samples)
+
+    def view(self) -> Mapping[PairKey, PolicyPattern]:
+        """What the Planner weighs candidates with: pairs with at least one sample."""
+        return MappingProxyType(dict(self._view))
+
+    def get_best_action_for_cause(self, cause: str) -> ActionType | None:
+        """The action with the highest success rate * confidence for `cause`.
+
+        None without data, or when no action has ever (even partly) worked for it.
+        Ties go to more samples, then to the action name (deterministic).
+        """
+        candidates = [p for (c, _), p in self._view.items() if c == cause]
+        if not candidates:
+            return None
+        best = max(
+            candidates,
+            key=lambda p: (p.success_rate * p.confidence, p.samples, p.action_type.value),
+        )
+        return best.action_type if best.success_rate > 0 else None
+
+    # --- insights and summary --------------------------------------------------------
+
+    def generate_insights(self) -> list[LearningInsight]:
+        """Statements an operator can act on, ordered by cause."""
+        insights: list[LearningInsight] = []
+        for cause in sorted({c for c, _ in self._view}):
+            best = self.get_best_action_for_cause(cause)
+            if best is not None:
+                pattern = self._view[(cause, best)]
+                tts = pattern.mean_time_to_stabilize_s
+                after = f", stabilizing in {tts:.1f} s on average" if tts is not None else ""
+                insights.append(
+                    LearningInsight(
+                        cause=cause,
+                        action_type=best,
+                        kind="preferred_action",
+                        message=(
+                            f"{best.value} works best for {cause}: "
+                            f"{pattern.success_rate:.0%} success over {pattern.samples} "
+                            f"samples{after}"
+                        ),
+                        confidence=pattern.confidence,
+                    )
+                )
+            for (c, action), pattern in sorted(self._view.items()):
+                if c != cause:
+                    continue
+                stats = self._stats[(c, action)]
+                insights.extend(self._pair_insights(stats, pattern))
+        return insights
+
+    def _pair_insights(self, stats: PairStats, pattern: PolicyPattern) -> list[LearningInsight]:
+        out: list[LearningInsight] = []
+        cause, action = stats.cause, stats.action_type
+        if stats.samples >= INEFFECTIVE_MIN_SAMPLES and weighted_successes(stats) == 0:
+            out.append(
+                LearningInsight(
+                    cause=cause,
+                    action_type=action,
+                    kind="ineffective_action",
+                    message=(
+                        f"{action.value} never fixed {cause} in {stats.samples} attempts;"
+                        " consider removing it from the remediations of this cause"
+                    ),
+                    confidence=pattern.confidence,
+                )
+            )
+        if stats.degradations > 0:
+            out.append(
+                LearningInsight(
+                    cause=cause,
+                    action_type=action,
+                    kind="degrading_action",
+                    message=(
+                        f"{action.value} made {cause} worse {stats.degradations} time(s)"
+                        f" out of {stats.samples}"
+                    ),
+                    confidence=pattern.confidence,
+                )
+            )
+        tts = mean_tts(stats)
+        if tts is not None:
+            out.append(
+                LearningInsight(
+                    cause=cause,
+                    action_type=action,
+                    kind="time_to_stabilize",
+                    message=(
+                        f"{action.value} stabilizes {cause} in {tts:.1f} s on average"
+                        f" ({stats.tts_count} measured)"
+                    ),
+                    confidence=min(stats.tts_count / self._config.saturation_samples, 1.0),
+                )
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready statistics for /stats: every pair, and totals."""
+        pairs: list[dict[str, Any]] = []
+        totals = dict.fromkeys(("samples", "successes", "unknown"), 0.0)
+        by_outcome = dict.fromkeys((o.value for o in OutcomeType), 0)
+        for (cause, action), stats in sorted(self._stats.items()):
+            pattern = self._pattern(stats)
+            counts = {
+                OutcomeType.SUCCESS.value: stats.successes,
+                OutcomeType.PARTIAL.value: stats.partials,
+                OutcomeType.INEFFECTIVE.value: stats.ineffective,
+                OutcomeType.DEGRADATION.value: stats.degradations,
+                OutcomeType.UNKNOWN.value: stats.unknowns,
+            }
+            for name, count in counts.items():
+                by_outcome[name] += count
+            totals["samples"] += stats.samples
+            totals["successes"] += pattern.successes
+            totals["unknown"] += stats.unknowns
+            pairs.append(
+                {
+                    "cause": cause,
+                    "action_type": action.value,
+                    "samples": stats.samples,
+                    "successes": pattern.successes,
+                    "success_rate": pattern.success_rate,
+                    "confidence": pattern.confidence,
+                    "mean_time_to_stabilize_s": pattern.mean_time_to_stabilize_s,
+                    "outcomes": counts,
+                }
+            )
+        samples = int(totals["samples"])
+        return {
+            "saturation_samples": self._config.saturation_samples,
+            "pairs": pairs,
+            "totals": {
+                "pairs": len(pairs),
+                "samples": samples,
+                "successes": totals["successes"],
+                "success_rate": totals["successes"] / samples if samples else 0.0,
+                "unknown": int(totals["unknown"]),
+                "outcomes": by_outcome,
+            },
+        }

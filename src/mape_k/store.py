@@ -1,0 +1,742 @@
+"""The knowledge store: one SQLite file (WAL) holding the journal and what was learned.
+
+Schema + ordered migrations, journal of iterations / executions / outcomes / guard
+decisions / control calls, aggregated per-(cause, action) statistics, key/value daemon
+state, and retention. It never overwrites or deletes an existing file it cannot read.
+No policy logic here: Knowledge decides what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    CandidateScore,
+    Cause,
+    ExecutionStatus,
+    GuardDecision,
+    OutcomeType,
+    PatternKind,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationAction,
+    RemediationPolicy,
+    Severity,
+    ViolationSource,
+)
+
+log = structlog.get_logger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 5000
+
+# Append-only: migration i (0-based) takes the file from schema i to schema i + 1.
+# Never edit a released entry; add a new one. Each runs in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE iterations (
+        id TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        result TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX iterations_started_at ON iterations (started_at);
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        target TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX executions_status ON executions (status);
+    CREATE INDEX executions_started_at ON executions (started_at);
+    CREATE TABLE outcomes (
+        execution_id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        value_before REAL,
+        value_after REAL,
+        threshold REAL,
+        time_to_stabilize_s REAL,
+        recorded_at REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX outcomes_recorded_at ON outcomes (recorded_at);
+    CREATE TABLE stats (
+        cause TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        samples INTEGER NOT NULL DEFAULT 0,
+        successes INTEGER NOT NULL DEFAULT 0,
+        partials INTEGER NOT NULL DEFAULT 0,
+        ineffective INTEGER NOT NULL DEFAULT 0,
+        degradations INTEGER NOT NULL DEFAULT 0,
+        unknowns INTEGER NOT NULL DEFAULT 0,
+        tts_sum REAL NOT NULL DEFAULT 0,
+        tts_count INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (cause, action_type)
+    );
+    CREATE TABLE guard_decisions (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        guard TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy_id TEXT,
+        until REAL
+    );
+    CREATE INDEX guard_decisions_at ON guard_decisions (at);
+    CREATE TABLE control_log (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        route TEXT NOT NULL,
+        body TEXT,
+        caller TEXT
+    );
+    CREATE INDEX control_log_at ON control_log (at);
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.IN_PROGRESS.value)
+
+# (table, time expression, extra condition) for retention; constants, never user input.
+_RETAINED: tuple[tuple[str, str, str], ...] = (
+    ("iterations", "started_at", "1"),
+    ("executions", "COALESCE(finished_at, started_at)", "status NOT IN ('pending', 'in_progress')"),
+    ("outcomes", "recorded_at", "1"),
+    ("guard_decisions", "at", "1"),
+    ("control_log", "at", "1"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PairStats:
+    """The aggregated counters of one (cause, action type) pair, as stored."""
+
+    cause: str
+    action_type: ActionType
+    samples: int  # outcomes other than UNKNOWN
+    successes: int
+    partials: int
+    ineffective: int
+    degradations: int
+    unknowns: int  # recorded, but not samples
+    tts_sum: float
+    tts_count: int
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses → dicts, enums → their values, tuples → lists (recursively)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {
+            (k.value if isinstance(k, Enum) else str(k)): to_jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(item) for item in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), separators=(",", ":"), sort_keys=True)
+
+
+# --- decoding records back into models ---------------------------------------------------
+
+
+def _cause_from(data: Mapping[str, Any]) -> Cause:
+    return Cause(
+        name=data["name"],
+        target=data["target"],
+        severity=Severity(data["severity"]),
+        confidence=float(data["confidence"]),
+        violations=int(data["violations"]),
+        patterns=tuple(PatternKind(p) for p in data.get("patterns", ())),
+        query=data.get("query"),
+        value=data.get("value"),
+        threshold=data.get("threshold"),
+        source=ViolationSource(data.get("source", ViolationSource.RULE.value)),
+    )
+
+
+def _action_from(data: Mapping[str, Any]) -> RemediationAction:
+    return RemediationAction(
+        action_type=ActionType(data["action_type"]),
+        target=data["target"],
+        parameters=dict(data.get("parameters", {})),
+    )
+
+
+def _policy_from(data: Mapping[str, Any]) -> RemediationPolicy:
+    return RemediationPolicy(
+        id=data["id"],
+        cause=_cause_from(data["cause"]),
+        actions=tuple(_action_from(a) for a in data["actions"]),
+        score=CandidateScore(**data["score"]),
+        requires_approval=bool(data["requires_approval"]),
+        created_at=float(data["created_at"]),
+        rationale=data.get("rationale", ""),
+    )
+
+
+def _action_execution_from(data: Mapping[str, Any]) -> ActionExecution:
+    return ActionExecution(
+        action=_action_from(data["action"]),
+        status=ExecutionStatus(data["status"]),
+        idempotency_key=data["idempotency_key"],
+        started_at=data.get("started_at"),
+        finished_at=data.get("finished_at"),
+        result=dict(data.get("result", {})),
+        error=data.get("error"),
+    )
+
+
+def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
+    """Rebuild a PolicyExecution from the JSON record `upsert_execution` wrote."""
+    return PolicyExecution(
+        id=data["id"],
+        policy=_policy_from(data["policy"]),
+        status=ExecutionStatus(data["status"]),
+        actions=tuple(_action_execution_from(a) for a in data["actions"]),
+        started_at=float(data["started_at"]),
+        finished_at=data.get("finished_at"),
+        error=data.get("error"),
+        dry_run=bool(data.get("dry_run", False)),
+        baseline=data.get("baseline"),
+    )
+
+
+def _outcome_from(row: sqlite3.Row) -> PolicyOutcome:
+    return PolicyOutcome(
+        execution_id=row["execution_id"],
+        policy_id=row["policy_id"],
+        cause=row["cause"],
+        action_type=ActionType(row["action_type"]),
+        target=row["target"],
+        outcome=OutcomeType(row["outcome"]),
+        recorded_at=row["recorded_at"],
+        value_before=row["value_before"],
+        value_after=row["value_after"],
+        threshold=row["threshold"],
+        time_to_stabilize_s=row["time_to_stabilize_s"],
+        detail=row["detail"],
+    )
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "file is encrypted" in text
+
+
+def _wrap(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
+    if _is_corruption(exc):
+        return StoreCorruptError(f"{path}: {what}: database is corrupt ({exc})")
+    return StoreError(f"{path}: {what}: {exc}")
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a non-empty file that is not SQLite before SQLite ever touches it."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read knowledge file {path}: {exc.strerror}") from exc
+    if head and head != SQLITE_HEADER:
+        raise StoreCorruptError(
+            f"{path} is not a SQLite database; refusing to open it (the file was left as is)"
+        )
+
+
+class Store:
+    """Synchronous access to the knowledge file; each call is one short transaction."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        """Use `Store.open(path)`: it validates and migrates the file."""
+        self._conn: sqlite3.Connection | None = connection
+        self._path = path
+        self._lock = threading.Lock()
+        self._schema_version = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (or create) the store at `path`; raise StoreCorruptError / StoreSchemaError."""
+        path = Path(path)
+        _check_header(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create directory {path.parent}: {exc.strerror}") from exc
+        try:
+            conn = sqlite3.connect(
+                path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # we issue BEGIN / COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock (callers may use to_thread)
+            )
+        except sqlite3.Error as exc:
+            raise _wrap(path, "cannot open", exc) from exc
+        conn.row_factory = sqlite3.Row
+        store = cls(conn, path)
+        try:
+            store._prepare()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        conn = self._require_open()
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise _wrap(self._path, "cannot configure", exc) from exc
+        # Read-only checks first: a file we refuse must not be written to at all.
+        self._quick_check_or_raise()
+        version = self._read_version()
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{self._path}: written by a newer mape-k (schema {version} > {SCHEMA_VERSION});"
+                " refusing to open — upgrade mape-k or point knowledge.path elsewhere"
+            )
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise _wrap(self._path, "cannot configure", exc) from exc
+        if str(mode).lower() != "wal":
+            log.warning("store_wal_unavailable", path=str(self._path), journal_mode=mode)
+        self._migrate(version)
+        log.info("store_opened", path=str(self._path), schema_version=self._schema_version)
+
+    def _quick_check_or_raise(self) -> None:
+        conn = self._require_open()
+        try:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruptError(
+                f"{self._path}: not a readable SQLite database ({exc}); refusing to open it"
+            ) from exc
+        if rows != ["ok"]:
+            raise StoreCorruptError(
+                f"{self._path}: integrity check failed ({'; '.join(map(str, rows[:3]))});"
+                " refusing to open it"
+            )
+
+    def _read_version(self) -> int:
+        conn = self._require_open()
+        try:
+            tables = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    " AND name NOT LIKE 'sqlite_%'"
+                )
+            }
+            if "meta" not in tables:
+                if tables:
+                    raise StoreSchemaError(
+                        f"{self._path} is a SQLite database but not a mape-k knowledge store"
+                        f" (tables: {', '.join(sorted(tables))}); refusing to open"
+                        " — point knowledge.path elsewhere"
+                    )
+                return 0
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            raise _wrap(self._path, "cannot read schema version", exc) from exc
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            pass
+        raise StoreSchemaError(
+            f"{self._path}: no readable schema_version in meta; refusing to open"
+        )
+
+    def _migrate(self, current: int) -> None:
+        conn = self._require_open()
+        for index in range(current, SCHEMA_VERSION):
+            target = index + 1
+            script = (
+                "BEGIN IMMEDIATE;\n"
+                f"{MIGRATIONS[index]}\n"
+                "INSERT INTO meta (key, value) VALUES ('schema_version', "
+                f"'{target}') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
+                "COMMIT;"
+            )
+            try:
+                conn.executescript(script)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise _wrap(self._path, f"migration to schema {target} failed", exc) from exc
+            log.info("store_migrated", path=str(self._path), from_version=index, to_version=target)
+        self._schema_version = SCHEMA_VERSION
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    def integrity_ok(self) -> bool:
+        """True when `PRAGMA quick_check` answers ok."""
+        try:
+            rows = self._read("PRAGMA quick_check", ())
+        except StoreError:
+            return False
+        return [row[0] for row in rows] == ["ok"]
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self._path}: store is closed")
+        return self._conn
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise _wrap(self._path, what, exc) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("store_rollback_failed")
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _wrap(self._path, "read failed", exc) from exc
+
+    def _loads(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StoreCorruptError(f"{self._path}: a stored record is not JSON") from exc
+
+    # --- iterations ------------------------------------------------------------------
+
+    def record_iteration(
+        self, iteration_id: str, *, started_at: float, result: str, record: Mapping[str, Any]
+    ) -> None:
+        """Store (or replace) the decision record of one iteration."""
+        with self._tx("record_iteration") as conn:
+            conn.execute(
+                "INSERT INTO iterations (id, started_at, result, record) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
+                " result = excluded.result, record = excluded.record",
+                (iteration_id, started_at, result, _dumps(record)),
+            )
+
+    def recent_iterations(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "started_at", "result", "record"}."""
+        rows = self._read(
+            "SELECT id, started_at, result, record FROM iterations"
+            " ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {
+                "id": row["id"],
+                "started_at": row["started_at"],
+                "result": row["result"],
+                "record": self._loads(row["record"]),
+            }
+            for row in rows
+        ]
+
+    # --- executions ------------------------------------------------------------------
+
+    def upsert_execution(self, execution: PolicyExecution) -> None:
+        """Write before acting (pending / in_progress) and again after: a crash leaves a trace."""
+        policy = execution.policy
+        with self._tx("upsert_execution") as conn:
+            conn.execute(
+                "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
+                " started_at, finished_at, dry_run, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
+                " cause = excluded.cause, target = excluded.target,"
+                " action_type = excluded.action_type, status = excluded.status,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " dry_run = excluded.dry_run, record = excluded.record",
+                (
+                    execution.id,
+                    policy.id,
+                    policy.cause.name,
+                    policy.target,
+                    policy.primary_action.value,
+                    execution.status.value,
+                    execution.started_at,
+                    execution.finished_at,
+                    int(execution.dry_run),
+                    _dumps(execution),
+                ),
+            )
+
+    def _executions(self, where: str, params: tuple[Any, ...]) -> list[PolicyExecution]:
+        rows = self._read(f"SELECT record FROM executions {where}", params)  # noqa: S608 - constant clauses
+        out: list[PolicyExecution] = []
+        for row in rows:
+            try:
+                out.append(execution_from_record(self._loads(row["record"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreCorruptError(f"{self._path}: unreadable execution record") from exc
+        return out
+
+    def get_execution(self, execution_id: str) -> PolicyExecution | None:
+        found = self._executions("WHERE id = ?", (execution_id,))
+        return found[0] if found else None
+
+    def recent_executions(self, limit: int) -> list[PolicyExecution]:
+        """Newest first."""
+        return self._executions("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
+
+    def unfinished_executions(self) -> list[PolicyExecution]:
+        """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
+        return self._executions(
+            "WHERE status IN (?, ?) ORDER BY started_at, rowid", tuple(_UNFINISHED)
+        )
+
+    # --- outcomes and statistics -----------------------------------------------------
+
+    def record_outcome(self, outcome: PolicyOutcome) -> bool:
+        """Insert the outcome and fold it into `stats`, atomically; False if already recorded."""
+        kind = outcome.outcome
+        counted = kind is not OutcomeType.UNKNOWN
+        tts = outcome.time_to_stabilize_s if counted else None
+        with self._tx("record_outcome") as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO outcomes (execution_id, policy_id, cause, action_type,"
+                " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
+                " recorded_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    outcome.execution_id,
+                    outcome.policy_id,
+                    outcome.cause,
+                    outcome.action_type.value,
+                    outcome.target,
+                    kind.value,
+                    outcome.value_before,
+                    outcome.value_after,
+                    outcome.threshold,
+                    outcome.time_to_stabilize_s,
+                    outcome.recorded_at,
+                    outcome.detail,
+                ),
+            )
+            inserted = cursor.rowcount == 1
+            if inserted:
+                conn.execute(
+                    "INSERT INTO stats (cause, action_type, samples, successes, partials,"
+                    " ineffective, degradations, unknowns, tts_sum, tts_count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (cause, action_type) DO UPDATE SET"
+                    " samples = samples + excluded.samples,"
+                    " successes = successes + excluded.successes,"
+                    " partials = partials + excluded.partials,"
+                    " ineffective = ineffective + excluded.ineffective,"
+                    " degradations = degradations + excluded.degradations,"
+                    " unknowns = unknowns + excluded.unknowns,"
+                    " tts_sum = tts_sum + excluded.tts_sum,"
+                    " tts_count = tts_count + excluded.tts_count",
+                    (
+                        outcome.cause,
+                        outcome.action_type.value,
+                        int(counted),
+                        int(kind is OutcomeType.SUCCESS),
+                        int(kind is OutcomeType.PARTIAL),
+                        int(kind is OutcomeType.INEFFECTIVE),
+                        int(kind is OutcomeType.DEGRADATION),
+                        int(not counted),
+                        tts or 0.0,
+                        int(tts is not None),
+                    ),
+                )
+        return inserted
+
+    def recent_outcomes(self, limit: int) -> list[PolicyOutcome]:
+        """Newest first."""
+        rows = self._read(
+            "SELECT * FROM outcomes ORDER BY recorded_at DESC, rowid DESC LIMIT ?", (limit,)
+        )
+        try:
+            return [_outcome_from(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
+
+    def stats(self) -> list[PairStats]:
+        """Every (cause, action type) pair with at least one recorded outcome."""
+        rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
+        try:
+            return [
+                PairStats(
+                    cause=row["cause"],
+                    action_type=ActionType(row["action_type"]),
+                    samples=row["samples"],
+                    successes=row["successes"],
+                    partials=row["partials"],
+                    ineffective=row["ineffective"],
+                    degradations=row["degradations"],
+                    unknowns=row["unknowns"],
+                    tts_sum=row["tts_sum"],
+                    tts_count=row["tts_count"],
+                )
+                for row in rows
+            ]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._path}: unknown action type in stats") from exc
+
+    # --- guard decisions, control log, state -----------------------------------------
+
+    def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
+        with self._tx("record_guard_decision") as conn:
+            conn.execute(
+                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    decision.guard,
+                    decision.verdict.value,
+                    decision.reason,
+                    decision.policy_id,
+                    decision.until,
+                ),
+            )
+
+    def recent_guard_decisions(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "guard", "verdict", "reason", "policy_id", "until"}."""
+        rows = self._read(
+            "SELECT * FROM guard_decisions ORDER BY at DESC, id DESC LIMIT ?", (limit,)
+        )
+        return [dict(row) for row in rows]
+
+    def record_control(
+        self, *, at: float, route: str, body: Any = None, caller: str | None = None
+    ) -> None:
+        """Journal one operator call of the control API (body stored as JSON)."""
+        with self._tx("record_control") as conn:
+            conn.execute(
+                "INSERT INTO control_log (at, route, body, caller) VALUES (?, ?, ?, ?)",
+                (at, route, None if body is None else _dumps(body), caller),
+            )
+
+    def recent_control(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "route", "body" (decoded), "caller"}."""
+        rows = self._read("SELECT * FROM control_log ORDER BY at DESC, id DESC LIMIT ?", (limit,))
+        return [{**dict(row), "body": self._loads(row["body"])} for row in rows]
+
+    def get_state(self, key: str) -> Any | None:
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return self._loads(rows[0]["value"]) if rows else None
+
+    def set_state(self, key: str, value: Any, *, at: float | None = None) -> None:
+        """Persist one JSON value of daemon state (freeze, breakers...) under `key`."""
+        updated_at = time.time() if at is None else at
+        with self._tx("set_state") as conn:
+            conn.execute(
+                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, _dumps(value), updated_at),
+            )
+
+    def delete_state(self, key: str) -> None:
+        with self._tx("delete_state") as conn:
+            conn.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    # --- retention -------------------------------------------------------------------
+
+    def prune(self, *, now: float, retention_days: float, max_rows: int) -> dict[str, int]:
+        """Drop journal rows older than retention and beyond max_rows newest, per table.
+
+        `stats` and `state` are never pruned (what was learned survives); unfinished
+        executions are kept whatever their age.
+        """
+        cutoff = now - retention_days * 86_400.0
+        deleted: dict[str, int] = {}
+        with self._tx("prune") as conn:
+            for table, at, keep in _RETAINED:
+                # Table and column names come from the constant _RETAINED, never from input.
+                old = conn.execute(
+                    f"DELETE FROM {table} WHERE {keep} AND {at} < ?",  # noqa: S608
+                    (cutoff,),
+                ).rowcount
+                excess = conn.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
+                    f" WHERE {keep} ORDER BY {at} DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                    (max_rows,),
+                ).rowcount
+                deleted[table] = old + excess
+        if any(deleted.values()):
+            log.info("store_pruned", path=str(self._path), **deleted)
+        return deleted

@@ -1,0 +1,467 @@
+"""The SQLite knowledge store, over real files in tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mape_k import store as store_module
+from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    CandidateScore,
+    Cause,
+    ExecutionStatus,
+    GuardDecision,
+    GuardVerdict,
+    OutcomeType,
+    PatternKind,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationAction,
+    RemediationPolicy,
+    Severity,
+)
+from mape_k.store import SCHEMA_VERSION, Store
+
+DAY = 86_400.0
+NOW = 1_700_000_000.0
+
+
+def make_execution(
+    execution_id: str = "exec-1",
+    *,
+    status: ExecutionStatus = ExecutionStatus.IN_PROGRESS,
+    started_at: float = NOW,
+    finished_at: float | None = None,
+    action: ActionType = ActionType.SCALE_UP,
+) -> PolicyExecution:
+    cause = Cause(
+        name="overload",
+        target="charter",
+        severity=Severity.CRITICAL,
+        confidence=0.85,
+        violations=4,
+        patterns=(PatternKind.TEMPORAL_BURST,),
+        query="saturation",
+        value=0.97,
+        threshold=0.9,
+    )
+    remediation = RemediationAction(action_type=action, target="charter", parameters={"delta": 2})
+    policy = RemediationPolicy(
+        id=f"pol-{execution_id}",
+        cause=cause,
+        actions=(remediation,),
+        score=CandidateScore(
+            cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.85, score=0.5
+        ),
+        requires_approval=False,
+        created_at=started_at - 1,
+        rationale="saturation above 0.9",
+    )
+    return PolicyExecution(
+        id=execution_id,
+        policy=policy,
+        status=status,
+        actions=(
+            ActionExecution(
+                action=remediation,
+                status=status,
+                idempotency_key=f"{execution_id}/0",
+                started_at=started_at,
+                result={"from_size": 3, "to_size": 5},
+            ),
+        ),
+        started_at=started_at,
+        finished_at=finished_at,
+        baseline=0.97,
+    )
+
+
+def make_outcome(
+    execution_id: str = "exec-1",
+    *,
+    outcome: OutcomeType = OutcomeType.SUCCESS,
+    cause: str = "overload",
+    action: ActionType = ActionType.SCALE_UP,
+    recorded_at: float = NOW,
+    tts: float | None = 30.0,
+) -> PolicyOutcome:
+    return PolicyOutcome(
+        execution_id=execution_id,
+        policy_id=f"pol-{execution_id}",
+        cause=cause,
+        action_type=action,
+        target="charter",
+        outcome=outcome,
+        recorded_at=recorded_at,
+        value_before=0.97,
+        value_after=0.5,
+        threshold=0.9,
+        time_to_stabilize_s=tts,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "knowledge.sqlite3"
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def siblings(path: Path) -> set[str]:
+    return {p.name for p in path.parent.iterdir()}
+
+
+# --- opening ---------------------------------------------------------------------------
+
+
+def test_open_creates_schema_wal_file_and_missing_parent_directory(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "k.sqlite3"
+    with Store.open(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.integrity_ok()
+    raw = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        raw.close()
+    expected = {"meta", "iterations", "executions", "outcomes", "stats"}
+    expected |= {"guard_decisions", "control_log", "state"}
+    assert expected <= tables
+    assert int(version) == SCHEMA_VERSION
+    assert mode == "wal"
+
+
+def test_reopen_keeps_stats_outcomes_and_state(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.record_outcome(make_outcome("a"))
+        store.record_outcome(make_outcome("b", outcome=OutcomeType.INEFFECTIVE, tts=None))
+        store.set_state("freeze", {"until": NOW + 60})
+    with Store.open(db_path) as store:
+        [row] = store.stats()
+        assert (row.samples, row.successes, row.ineffective) == (2, 1, 1)
+        assert (row.tts_sum, row.tts_count) == (30.0, 1)
+        assert {o.execution_id for o in store.recent_outcomes(10)} == {"a", "b"}
+        assert store.get_state("freeze") == {"until": NOW + 60}
+
+
+def test_newer_schema_is_refused_with_a_clear_message_and_the_file_untouched(
+    db_path: Path,
+) -> None:
+    Store.open(db_path).close()
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    raw.close()
+    before = snapshot(db_path)
+
+    with pytest.raises(StoreSchemaError) as info:
+        Store.open(db_path)
+
+    message = str(info.value)
+    assert f"schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}" in message
+    assert "written by a newer mape-k" in message
+    assert "upgrade mape-k or point knowledge.path elsewhere" in message
+    assert snapshot(db_path) == before
+
+
+def test_garbage_file_is_refused_as_corrupt_and_left_untouched(db_path: Path) -> None:
+    db_path.write_bytes(b"this is not a database\n" * 200)
+    before = snapshot(db_path)
+
+    with pytest.raises(StoreCorruptError, match=str(db_path)):
+        Store.open(db_path)
+
+    assert snapshot(db_path) == before
+    assert siblings(db_path) == {db_path.name}
+
+
+def test_sqlite_file_with_damaged_pages_is_refused_as_corrupt_and_left_untouched(
+    db_path: Path,
+) -> None:
+    with Store.open(db_path) as store:
+        for i in range(200):
+            store.record_iteration(f"it-{i}", started_at=NOW + i, result="idle", record={"i": i})
+    raw = sqlite3.connect(db_path)
+    page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    data = bytearray(db_path.read_bytes())
+    assert len(data) > 4 * page_size
+    data[page_size : 3 * page_size] = b"\xa5" * (2 * page_size)  # pages 2 and 3
+    db_path.write_bytes(bytes(data))
+    before = snapshot(db_path)
+
+    with pytest.raises(StoreCorruptError, match=str(db_path)):
+        Store.open(db_path)
+
+    assert snapshot(db_path) == before
+
+
+def test_foreign_sqlite_database_is_refused_and_left_untouched(db_path: Path) -> None:
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    raw.close()
+    before = snapshot(db_path)
+
+    with pytest.raises(StoreSchemaError, match="not a mape-k knowledge store"):
+        Store.open(db_path)
+
+    assert snapshot(db_path) == before
+
+
+def test_empty_existing_file_is_initialised(db_path: Path) -> None:
+    db_path.touch()
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+
+
+def test_failed_migration_rolls_back_entirely_and_raises_store_error(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store.open(db_path).close()
+    broken = "CREATE TABLE half_done (a INTEGER); INSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, broken))
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+
+    with pytest.raises(StoreError, match=f"migration to schema {SCHEMA_VERSION + 1} failed"):
+        Store.open(db_path)
+
+    raw = sqlite3.connect(db_path)
+    try:
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    finally:
+        raw.close()
+    assert "half_done" not in names
+    assert int(version) == SCHEMA_VERSION
+
+
+def test_closed_store_raises_store_error(db_path: Path) -> None:
+    store = Store.open(db_path)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.stats()
+
+
+# --- executions ------------------------------------------------------------------------
+
+
+def test_execution_round_trips_through_its_json_record(db_path: Path) -> None:
+    execution = make_execution()
+    with Store.open(db_path) as store:
+        store.upsert_execution(execution)
+        assert store.get_execution("exec-1") == execution
+        assert store.get_execution("nope") is None
+
+
+def test_in_progress_execution_is_found_unfinished_after_a_crash(db_path: Path) -> None:
+    crashed = Store.open(db_path)
+    try:
+        crashed.upsert_execution(make_execution("done", status=ExecutionStatus.PENDING))
+        crashed.upsert_execution(
+            make_execution("done", status=ExecutionStatus.COMPLETED, finished_at=NOW + 5)
+        )
+        crashed.upsert_execution(make_execution("running", status=ExecutionStatus.IN_PROGRESS))
+        # The process dies here: no update after the action, no close.
+        with Store.open(db_path) as restarted:
+            unfinished = restarted.unfinished_executions()
+            assert [e.id for e in unfinished] == ["running"]
+            assert unfinished[0] == make_execution("running")
+            assert restarted.get_execution("done").status is ExecutionStatus.COMPLETED
+    finally:
+        crashed.close()
+
+
+def test_recent_executions_are_newest_first(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        for i in range(3):
+            store.upsert_execution(make_execution(f"e{i}", started_at=NOW + i))
+        assert [e.id for e in store.recent_executions(2)] == ["e2", "e1"]
+
+
+# --- outcomes and stats ----------------------------------------------------------------
+
+
+def test_same_outcome_recorded_twice_counts_once(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        assert store.record_outcome(make_outcome("x")) is True
+        assert store.record_outcome(make_outcome("x")) is False
+        assert store.record_outcome(make_outcome("x", outcome=OutcomeType.DEGRADATION)) is False
+        [row] = store.stats()
+        assert (row.samples, row.successes, row.degradations) == (1, 1, 0)
+        assert len(store.recent_outcomes(10)) == 1
+
+
+def test_unknown_outcome_is_journaled_but_not_a_sample(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.record_outcome(make_outcome("u", outcome=OutcomeType.UNKNOWN, tts=12.0))
+        [row] = store.stats()
+        assert (row.samples, row.unknowns, row.tts_count) == (0, 1, 0)
+        assert store.recent_outcomes(1)[0].outcome is OutcomeType.UNKNOWN
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["e1", "e2", "e3", "e4", "e5", "e6"]),
+            st.sampled_from(["overload", "high_latency"]),
+            st.sampled_from([ActionType.SCALE_UP, ActionType.REBALANCE_LOAD]),
+            st.sampled_from(list(OutcomeType)),
+        ),
+        max_size=25,
+    )
+)
+def test_samples_equal_distinct_execution_ids_whose_outcome_is_known(
+    events: list[tuple[str, str, ActionType, OutcomeType]],
+) -> None:
+    first: dict[str, tuple[str, ActionType, OutcomeType]] = {}
+    for execution_id, cause, action, outcome in events:
+        first.setdefault(execution_id, (cause, action, outcome))
+    expected: dict[tuple[str, ActionType], int] = {}
+    for cause, action, outcome in first.values():
+        if outcome is not OutcomeType.UNKNOWN:
+            expected[(cause, action)] = expected.get((cause, action), 0) + 1
+
+    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "k.sqlite3") as store:
+        for execution_id, cause, action, outcome in events:
+            store.record_outcome(
+                make_outcome(execution_id, cause=cause, action=action, outcome=outcome)
+            )
+        got = {(r.cause, r.action_type): r.samples for r in store.stats() if r.samples}
+
+    assert got == expected
+    assert sum(got.values()) == sum(
+        1 for _, _, outcome in first.values() if outcome is not OutcomeType.UNKNOWN
+    )
+
+
+# --- retention -------------------------------------------------------------------------
+
+
+def test_prune_drops_old_rows_but_stats_and_unfinished_executions_survive(db_path: Path) -> None:
+    old, recent = NOW - 40 * DAY, NOW - 1 * DAY
+    with Store.open(db_path) as store:
+        store.record_outcome(make_outcome("old", recorded_at=old))
+        store.record_outcome(make_outcome("new", recorded_at=recent))
+        store.record_iteration("it-old", started_at=old, result="acted", record={})
+        store.record_iteration("it-new", started_at=recent, result="idle", record={})
+        store.upsert_execution(
+            make_execution(
+                "old-done", status=ExecutionStatus.COMPLETED, started_at=old, finished_at=old
+            )
+        )
+        store.upsert_execution(make_execution("old-stuck", started_at=old))
+        decision = GuardDecision(guard="cooldown", verdict=GuardVerdict.DELAY, reason="recent")
+        store.record_guard_decision(decision, at=old)
+        store.record_control(at=old, route="/control/freeze", body={"for_s": 60}, caller="ops")
+
+        deleted = store.prune(now=NOW, retention_days=30, max_rows=1000)
+
+        assert deleted == {
+            "iterations": 1,
+            "executions": 1,
+            "outcomes": 1,
+            "guard_decisions": 1,
+            "control_log": 1,
+        }
+        assert [o.execution_id for o in store.recent_outcomes(10)] == ["new"]
+        assert [i["id"] for i in store.recent_iterations(10)] == ["it-new"]
+        assert [e.id for e in store.unfinished_executions()] == ["old-stuck"]
+        assert store.get_execution("old-done") is None
+        [row] = store.stats()
+        assert row.samples == 2  # what was learned from the pruned outcome is kept
+
+
+def test_prune_keeps_at_most_max_rows_newest_per_table(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        for i in range(7):
+            store.record_iteration(f"it-{i}", started_at=NOW + i, result="idle", record={"i": i})
+            store.record_outcome(make_outcome(f"o-{i}", recorded_at=NOW + i))
+
+        deleted = store.prune(now=NOW + 10, retention_days=30, max_rows=3)
+
+        assert deleted["iterations"] == 4
+        assert deleted["outcomes"] == 4
+        assert [i["id"] for i in store.recent_iterations(10)] == ["it-6", "it-5", "it-4"]
+        assert [o.execution_id for o in store.recent_outcomes(10)] == ["o-6", "o-5", "o-4"]
+        assert store.stats()[0].samples == 7
+
+
+# --- guard decisions, control log, state -----------------------------------------------
+
+
+def test_guard_decisions_and_control_log_are_returned_newest_first(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.record_guard_decision(
+            GuardDecision(guard="freeze", verdict=GuardVerdict.BLOCK, reason="frozen", until=NOW),
+            at=NOW,
+        )
+        store.record_guard_decision(
+            GuardDecision(
+                guard="cooldown", verdict=GuardVerdict.DELAY, reason="recent", policy_id="p1"
+            ),
+            at=NOW + 1,
+        )
+        store.record_control(at=NOW, route="/control/freeze", body={"for_s": 60}, caller="ops")
+        store.record_control(at=NOW + 1, route="/control/unfreeze")
+
+        decisions = store.recent_guard_decisions(10)
+        control = store.recent_control(10)
+
+    assert [(d["guard"], d["verdict"], d["policy_id"]) for d in decisions] == [
+        ("cooldown", "delay", "p1"),
+        ("freeze", "block", None),
+    ]
+    assert decisions[1]["until"] == NOW
+    assert control[0]["route"] == "/control/unfreeze"
+    assert control[0]["body"] is None
+    assert control[1]["body"] == {"for_s": 60}
+    assert control[1]["caller"] == "ops"
+
+
+def test_state_is_upserted_and_deleted(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        assert store.get_state("breakers") is None
+        store.set_state("breakers", {"charter": "open"}, at=NOW)
+        store.set_state("breakers", {"charter": "closed"}, at=NOW + 1)
+        assert store.get_state("breakers") == {"charter": "closed"}
+        store.delete_state("breakers")
+        assert store.get_state("breakers") is None
+
+
+def test_iteration_record_is_replaced_on_same_id(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.record_iteration("it", started_at=NOW, result="idle", record={"v": 1})
+        store.record_iteration("it", started_at=NOW, result="acted", record={"v": 2})
+        assert store.recent_iterations(5) == [
+            {"id": "it", "started_at": NOW, "result": "acted", "record": {"v": 2}}
+        ]
+
+
+def test_records_of_frozen_dataclasses_serialise_enums_as_values(db_path: Path) -> None:
+    execution = replace(make_execution(), status=ExecutionStatus.ROLLED_BACK)
+    with Store.open(db_path) as store:
+        store.upsert_execution(execution)
+    raw = sqlite3.connect(db_path)
+    try:
+        status, record = raw.execute("SELECT status, record FROM executions").fetchone()
+    finally:
+        raw.close()
+    assert status == "rolled_back"
+    assert '"status":"rolled_back"' in record
+    assert '"action_type":"scale_up"' in record
