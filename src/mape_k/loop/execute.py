@@ -86,6 +86,7 @@ class Executor:
         self._journal = journal
         self._metrics = metrics
         self._clock = clock
+        self.dry_run = config.dry_run  # the orchestrator may toggle it at run time
         self._history: dict[str, PolicyExecution] = {}
         self._pending: dict[str, PendingVerification] = {}
 
@@ -98,7 +99,7 @@ class Executor:
         self, policy: RemediationPolicy, *, baseline: float | None = None
     ) -> PolicyExecution:
         """Run `policy` once. A policy id already executed returns its first result."""
-        if self._config.dry_run:
+        if self.dry_run:
             raise ExecutionError("dry-run mode: execute_policy must not be called")
         previous = self._history.get(policy.id)
         if previous is not None:

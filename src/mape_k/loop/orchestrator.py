@@ -9,6 +9,7 @@ counted, the iteration ends with what it has, and nothing mutating runs on missi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
@@ -32,6 +33,7 @@ from mape_k.models import (
     AnalysisResult,
     ExecutionStatus,
     GuardDecision,
+    GuardVerdict,
     Observation,
     PolicyExecution,
     PolicyOutcome,
@@ -112,16 +114,7 @@ class MAPEKOrchestrator:
         self._clock = clock
         self.state = MAPEKState()
         self.dry_run = settings.executor.dry_run
-        self.freeze: guard_rules.Freeze | None = (
-            guard_rules.Freeze(
-                reason="guards.frozen is set in the configuration",
-                since=clock(),
-                until=None,
-                source="config",
-            )
-            if settings.guards.frozen
-            else None
-        )
+        self.freeze: guard_rules.Freeze | None = self._config_freeze(settings)
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
         )
@@ -131,6 +124,7 @@ class MAPEKOrchestrator:
         self._triggered = False
         self._last_start_mono = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        self._busy_since: float | None = None
         self._ids = itertools.count(1)
         self._prom_ok: bool | None = None
         if metrics is not None:
@@ -152,6 +146,56 @@ class MAPEKOrchestrator:
         if self._task is not None:
             await self._task
 
+    async def cancel(self) -> None:
+        """Last resort when `stop()` overran its bound: cancel the loop task."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def busy_for(self) -> float:
+        """Seconds the current iteration has been running (0 when idle)."""
+        if self._busy_since is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._busy_since
+
+    def set_dry_run(self, enabled: bool) -> None:
+        self.dry_run = enabled
+        self.executor.dry_run = enabled
+        if self._metrics is not None:
+            self._metrics.dry_run.set(1 if enabled else 0)
+
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Apply a reloaded configuration; returns the sections that need a restart."""
+        old = self._settings
+        self._settings = settings
+        if settings.executor.dry_run != old.executor.dry_run:
+            self.set_dry_run(settings.executor.dry_run)
+        if settings.guards.frozen != old.guards.frozen:
+            self.freeze = self._config_freeze(settings)
+            if self._metrics is not None:
+                self._metrics.frozen.set(1 if self.freeze else 0)
+        hot = {"orchestrator", "executor", "guards", "logging"}
+        restart = [
+            name
+            for name in type(settings).model_fields
+            if name not in hot and getattr(settings, name) != getattr(old, name)
+        ]
+        if restart:
+            log.warning("config_reload_partial", restart_required_for=restart)
+        self._wake.set()
+        return restart
+
+    def _config_freeze(self, settings: Settings) -> guard_rules.Freeze | None:
+        if not settings.guards.frozen:
+            return None
+        return guard_rules.Freeze(
+            reason="guards.frozen is set in the configuration",
+            since=self._clock(),
+            until=None,
+            source="config",
+        )
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -164,10 +208,11 @@ class MAPEKOrchestrator:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self._settings.orchestrator.interval_s
-        debounce = self._settings.orchestrator.trigger_debounce_s
         next_at = loop.time()
         while not self._stopping.is_set():
+            # Read each pass: a SIGHUP reload may change them.
+            interval = self._settings.orchestrator.interval_s
+            debounce = self._settings.orchestrator.trigger_debounce_s
             now = loop.time()
             trigger_ready = self._triggered and now >= self._last_start_mono + debounce
             if trigger_ready or now >= next_at:
@@ -189,6 +234,7 @@ class MAPEKOrchestrator:
                 pass
 
     async def _guarded_iteration(self) -> None:
+        self._busy_since = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self._settings.orchestrator.iteration_timeout_s):
                 await self.run_once()
@@ -201,6 +247,8 @@ class MAPEKOrchestrator:
             # A bug in one iteration must not take the loop down; it is logged with its stack.
             log.exception("iteration_crashed")
             self._count_result("error")
+        finally:
+            self._busy_since = None
 
     # --- one iteration ----------------------------------------------------------------
 
@@ -373,7 +421,7 @@ class MAPEKOrchestrator:
                 self._metrics.guard_decisions.labels(
                     guard=decision.guard, verdict=decision.verdict.value
                 ).inc()
-            if decision.verdict is not guard_rules.GuardVerdict.ALLOW:
+            if decision.verdict is not GuardVerdict.ALLOW:
                 log.info(
                     "action_held",
                     guard=decision.guard,
@@ -382,14 +430,7 @@ class MAPEKOrchestrator:
                     policy_id=decision.policy_id,
                 )
                 try:
-                    self._store.record_guard_decision(
-                        at=now,
-                        guard=decision.guard,
-                        verdict=decision.verdict.value,
-                        reason=decision.reason,
-                        policy_id=decision.policy_id,
-                        until=decision.until,
-                    )
+                    self._store.record_guard_decision(decision, at=now)
                 except MapekError as exc:
                     log.error("guard_record_failed", error=str(exc))
 

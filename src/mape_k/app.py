@@ -1,0 +1,504 @@
+"""The daemon: builds every component in an AsyncExitStack and runs loop + server.
+
+`run()` opens the store, the clients and the aiohttp site (LIFO cleanup), reconciles
+executions a crash interrupted, serves, runs the loop, talks to systemd when asked to, and
+bounds shutdown. It never touches signals: cli.py turns them into `stop` / `reload`.
+`run_once()` builds the same pieces without a server for `mape-k once`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from mape_k import logs
+from mape_k.config import CharterMode, Settings, Sources, read_secret
+from mape_k.errors import CharterError, ConfigError, MapekError, StoreError
+from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
+from mape_k.integrations.charter import get_charter_client
+from mape_k.integrations.charter.base import CharterClient
+from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.integrations.prometheus import PrometheusClient
+from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.execute import Executor
+from mape_k.loop.guards import Freeze
+from mape_k.loop.knowledge import Knowledge
+from mape_k.loop.monitor import MetricSource, Monitor
+from mape_k.loop.orchestrator import MAPEKOrchestrator
+from mape_k.loop.plan import Planner
+from mape_k.metrics import Metrics
+from mape_k.models import ExecutionStatus
+from mape_k.server import build_app
+from mape_k.store import Store
+
+log = structlog.get_logger(__name__)
+
+FREEZE_KEY = "freeze"
+MOCK_WARMUP_S = 10.0  # `once --mock`: let an injected fault develop before observing
+
+
+def sd_notify(message: str) -> bool:
+    """Send `message` to systemd's $NOTIFY_SOCKET; a no-op (False) outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+    return True
+
+
+@dataclass
+class Components:
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    knowledge: Knowledge
+    charter: CharterClient
+    inbox: AlertInbox
+    router: AlertMessageRouter
+    monitor: Monitor
+    orchestrator: MAPEKOrchestrator
+    prometheus: PrometheusClient | None
+    world: MockCharterWorld | None
+
+
+@contextlib.asynccontextmanager
+async def build(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    fault: str | None = None,
+    world: MockCharterWorld | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Components]:
+    """Every component of the daemon, opened in order and closed in reverse."""
+    metrics = Metrics(registry or CollectorRegistry())
+    async with AsyncExitStack() as stack:
+        store = Store.open(settings.knowledge.path)
+        stack.callback(store.close)
+        knowledge = Knowledge(store, settings.knowledge, metrics=metrics)
+        prometheus: PrometheusClient | None = None
+        source: MetricSource
+        if settings.charter.mode is CharterMode.MOCK:
+            if world is None:
+                world = MockCharterWorld.create(
+                    clock=clock,
+                    seed=settings.charter.mock_seed,
+                    regime=settings.charter.mock_regime,
+                    fault=fault,
+                )
+            charter: CharterClient = world.client
+            source = world.metrics
+        else:
+            if fault is not None:
+                raise ConfigError("--fault needs the mock Charter (--mock or charter.mode=mock)")
+            charter = get_charter_client(settings.charter, metrics=metrics)
+            prometheus = PrometheusClient(settings.prometheus)
+            await prometheus.connect()
+            stack.push_async_callback(prometheus.disconnect)
+            source = prometheus
+        await charter.connect()
+        stack.push_async_callback(charter.disconnect)
+        inbox = AlertInbox(
+            max_alerts=settings.server.inbox_max_alerts,
+            component_label=settings.monitor.alert_component_label,
+            metrics=metrics,
+        )
+        router = AlertMessageRouter()
+        router.register_default_handler(inbox.offer)
+        monitor = Monitor(settings.monitor, source=source, alerts=inbox, metrics=metrics)
+        executor = Executor(
+            charter=charter,
+            config=settings.executor,
+            actions=settings.planner.actions,
+            journal=knowledge.record_execution,
+            metrics=metrics,
+            clock=clock,
+        )
+        orchestrator = MAPEKOrchestrator(
+            settings=settings,
+            monitor=monitor,
+            analyzer=PatternAnalyzer(settings.analyzer),
+            planner=Planner(settings.planner),
+            executor=executor,
+            knowledge=knowledge,
+            store=store,
+            metrics=metrics,
+            clock=clock,
+        )
+        yield Components(
+            settings=settings,
+            metrics=metrics,
+            store=store,
+            knowledge=knowledge,
+            charter=charter,
+            inbox=inbox,
+            router=router,
+            monitor=monitor,
+            orchestrator=orchestrator,
+            prometheus=prometheus,
+            world=world,
+        )
+
+
+async def reconcile(parts: Components) -> int:
+    """Settle executions a crash left in progress: undo what they completed."""
+    unfinished = parts.store.unfinished_executions()
+    for execution in unfinished:
+        try:
+            await parts.orchestrator.executor.reconcile(execution)
+        except MapekError as exc:
+            log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
+    return len(unfinished)
+
+
+class Daemon:
+    """The running daemon as the HTTP face sees it (server.DaemonControl)."""
+
+    def __init__(self, parts: Components, *, clock: Callable[[], float] = time.time) -> None:
+        self._parts = parts
+        self._clock = clock
+        self._started = clock()
+        self.startup_problem: str | None = None
+
+    @property
+    def _orch(self) -> MAPEKOrchestrator:
+        return self._parts.orchestrator
+
+    def trigger(self, reason: str) -> None:
+        self._orch.trigger(reason)
+
+    async def health(self) -> tuple[bool, str]:
+        if not self._orch.running:
+            return False, "the loop task is not running"
+        limit = 3 * self._parts.settings.orchestrator.interval_s
+        last = self._orch.state.last_started_at or self._started
+        age = self._clock() - last
+        if age > limit:
+            return False, f"last iteration started {age:.0f} s ago (limit {limit:.0f} s)"
+        return True, "ok"
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        prom = self._orch.prometheus_ok
+        if prom is None:
+            checks["prometheus"] = "no observation yet"
+        elif not prom:
+            last = self._parts.monitor.last_observation
+            reason = last.degraded_reason if last is not None else "unknown"
+            checks["prometheus"] = f"not answering: {reason}"
+        else:
+            checks["prometheus"] = "ok"
+        try:
+            checks["knowledge"] = (
+                "ok" if self._parts.store.integrity_ok() else "integrity check failed"
+            )
+        except StoreError as exc:
+            checks["knowledge"] = str(exc)
+        try:
+            async with asyncio.timeout(2.0):
+                await self._parts.charter.ping()
+            checks["charter"] = "ok"
+        except (CharterError, TimeoutError) as exc:
+            checks["charter"] = f"unreachable: {exc}" if str(exc) else "unreachable: timeout"
+        if self.startup_problem is not None:
+            checks["startup"] = self.startup_problem
+        freeze = self._orch.freeze
+        if freeze is not None and freeze.active(self._clock()):
+            checks["frozen"] = f"{freeze.reason} (since {freeze.since:.0f}, {freeze.source})"
+        ready = all(v == "ok" for v in checks.values())
+        if self._parts.metrics is not None:
+            self._parts.metrics.ready.set(1 if ready else 0)
+        return ready, checks
+
+    async def statistics(self) -> dict[str, Any]:
+        store = self._parts.store
+        return {
+            "orchestrator": self._orch.get_statistics(),
+            "iterations": list(self._orch.records)[-10:][::-1],
+            "pending_approvals": await self.pending_approvals(),
+            "knowledge": self._parts.knowledge.summary(),
+            "insights": [
+                {"cause": i.cause, "kind": i.kind, "message": i.message, "confidence": i.confidence}
+                for i in self._parts.knowledge.generate_insights()
+            ],
+            "guard_decisions": store.recent_guard_decisions(20),
+            "control": store.recent_control(20),
+            "alerts": {"firing": len(self._parts.inbox.firing())},
+        }
+
+    async def pending_approvals(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "policy_id": p.id,
+                "cause": p.cause.key,
+                "actions": [a.action_type.value for a in p.actions],
+                "score": round(p.score.score, 3),
+                "created_at": p.created_at,
+                "rationale": p.rationale,
+            }
+            for p in self._orch.planner.pending_approvals()
+        ]
+
+    async def approve(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
+        policy = self._orch.planner.approve_policy(policy_id, now=self._clock())
+        if policy is None:
+            return None
+        log.info("policy_approved", policy_id=policy_id, caller=caller)
+        self._orch.trigger("approval")
+        return {"policy_id": policy_id, "status": "approved"}
+
+    async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
+        policy = self._orch.planner.reject_policy(policy_id)
+        if policy is None:
+            return None
+        log.info("policy_rejected", policy_id=policy_id, caller=caller)
+        return {"policy_id": policy_id, "status": "rejected"}
+
+    async def freeze(self, reason: str, duration_s: float | None, *, caller: str) -> dict[str, Any]:
+        now = self._clock()
+        until = None if duration_s is None else now + duration_s
+        freeze = Freeze(reason=reason, since=now, until=until, source=f"operator {caller}")
+        self._set_freeze(freeze)
+        log.warning("frozen", reason=reason, until=until, caller=caller)
+        return {"frozen": True, "reason": reason, "since": now, "until": until}
+
+    async def unfreeze(self, *, caller: str) -> dict[str, Any]:
+        self._set_freeze(None)
+        log.warning("unfrozen", caller=caller)
+        return {"frozen": False}
+
+    def _set_freeze(self, freeze: Freeze | None) -> None:
+        self._orch.freeze = freeze
+        if freeze is None:
+            self._parts.store.delete_state(FREEZE_KEY)
+        else:
+            self._parts.store.set_state(FREEZE_KEY, _freeze_dict(freeze))
+        self._parts.metrics.frozen.set(1 if freeze else 0)
+
+    async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
+        self._orch.set_dry_run(enabled)
+        log.warning("dry_run_changed", enabled=enabled, caller=caller)
+        return {"dry_run": enabled}
+
+    async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
+        self._parts.store.record_control(at=self._clock(), route=route, body=body, caller=caller)
+
+
+def _freeze_dict(freeze: Freeze) -> dict[str, Any]:
+    return {
+        "reason": freeze.reason,
+        "since": freeze.since,
+        "until": freeze.until,
+        "source": freeze.source,
+    }
+
+
+def restore_freeze(parts: Components, now: float) -> None:
+    """An operator freeze (the kill switch above all) survives a restart."""
+    saved = parts.store.get_state(FREEZE_KEY)
+    if not isinstance(saved, dict) or parts.orchestrator.freeze is not None:
+        return
+    freeze = Freeze(
+        reason=str(saved.get("reason", "")),
+        since=float(saved.get("since", now)),
+        until=saved.get("until"),
+        source=str(saved.get("source", "operator")),
+    )
+    if freeze.active(now):
+        parts.orchestrator.freeze = freeze
+        parts.metrics.frozen.set(1)
+        log.warning("freeze_restored", reason=freeze.reason, until=freeze.until)
+
+
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
+    reloader: Callable[[], Settings] | None = None,
+    fault: str | None = None,
+    registry: CollectorRegistry | None = None,
+    serving: asyncio.Event | None = None,
+    configure_logging: bool = True,
+) -> int:
+    """Run the daemon until `stop` is set. Returns the process exit status."""
+    if configure_logging:
+        logs.configure(level=settings.logging.level, fmt=settings.logging.format)
+    webhook_token = read_secret(settings.server.webhook_token, settings.server.webhook_token_file)
+    admin_token = read_secret(settings.server.admin_token, settings.server.admin_token_file)
+    async with build(settings, registry=registry, fault=fault) as parts:
+        daemon = Daemon(parts)
+        restore_freeze(parts, time.time())
+        await reconcile(parts)
+        runner: web.AppRunner | None = None
+        if settings.server.enabled:
+            app = build_app(
+                control=daemon,
+                router=parts.router,
+                metrics=parts.metrics,
+                config=settings.server,
+                webhook_token=webhook_token,
+                admin_token=admin_token,
+            )
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, settings.server.host, settings.server.port)
+            await site.start()
+            parts.settings = settings
+            log.info("serving", addresses=[str(a) for a in runner.addresses])
+        try:
+            loop_task = parts.orchestrator.start()
+            sd_notify("READY=1")
+            if serving is not None:
+                serving.set()
+            await _supervise(
+                parts, stop=stop, loop_task=loop_task, reload=reload, reloader=reloader
+            )
+        finally:
+            sd_notify("STOPPING=1")
+            await _shutdown(parts, runner)
+    return 0
+
+
+async def _supervise(
+    parts: Components,
+    *,
+    stop: asyncio.Event,
+    loop_task: asyncio.Task[None],
+    reload: asyncio.Event | None,
+    reloader: Callable[[], Settings] | None,
+) -> None:
+    """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP."""
+    watchdog_s = _watchdog_interval()
+    last_seen = parts.orchestrator.state.iteration
+    while not stop.is_set():
+        if loop_task.done():
+            exc = loop_task.exception() if not loop_task.cancelled() else None
+            log.error("loop_task_ended", error=repr(exc))
+            return
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if reload is not None:
+            waiters.append(asyncio.ensure_future(reload.wait()))
+        done, _ = await asyncio.wait(
+            [*waiters, loop_task], timeout=watchdog_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            if waiter not in done:
+                waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        if reload is not None and reload.is_set():
+            reload.clear()
+            _reload(parts, reloader)
+        current = parts.orchestrator.state.iteration
+        # The watchdog is fed only while the loop makes progress, so a stuck loop is restarted.
+        limit = parts.settings.orchestrator.iteration_timeout_s + watchdog_s
+        if current != last_seen or parts.orchestrator.busy_for() < limit:
+            sd_notify("WATCHDOG=1")
+        last_seen = current
+
+
+def _watchdog_interval() -> float:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if usec and usec.isdigit():
+        return max(0.5, int(usec) / 1e6 / 2)
+    return 5.0
+
+
+def _reload(parts: Components, reloader: Callable[[], Settings] | None) -> None:
+    if reloader is None:
+        return
+    try:
+        new = reloader()
+    except MapekError as exc:
+        log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+        return
+    parts.orchestrator.reconfigure(new)
+    parts.settings = new
+    log.info("config_reloaded")
+
+
+async def _shutdown(parts: Components, runner: web.AppRunner | None) -> None:
+    timeout = parts.settings.orchestrator.shutdown_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            await parts.orchestrator.stop()
+    except TimeoutError:
+        log.error("shutdown_timeout", timeout_s=timeout)
+        await parts.orchestrator.cancel()
+    if runner is not None:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+async def run_once(
+    settings: Settings,
+    *,
+    fault: str | None = None,
+    sources: Sources | None = None,
+    configure_logging: bool = True,
+) -> dict[str, Any]:
+    """One iteration, for `mape-k once`: returns the JSON summary."""
+    if configure_logging:
+        logs.configure(level=settings.logging.level, fmt=settings.logging.format)
+    with tempfile.TemporaryDirectory(prefix="mape-k-once-") as scratch:
+        if settings.charter.mode is CharterMode.MOCK and "knowledge.path" not in (sources or {}):
+            # A mock run must not leave a knowledge file in the working directory.
+            settings = settings.model_copy(
+                update={
+                    "knowledge": settings.knowledge.model_copy(
+                        update={"path": Path(scratch) / "knowledge.sqlite3"}
+                    )
+                }
+            )
+        clock = _SimClock(time.time())
+        mock = settings.charter.mode is CharterMode.MOCK
+        async with build(settings, fault=fault, clock=clock if mock else time.time) as parts:
+            restore_freeze(parts, clock())
+            await reconcile(parts)
+            if mock and fault is not None:
+                clock.advance(MOCK_WARMUP_S)
+            record = await parts.orchestrator.run_once()
+    executions = [record["execution"]] if record.get("execution") else []
+    held = sorted(
+        {d["guard"] for d in record.get("guard_decisions", []) if d["verdict"] != "allow"}
+    )
+    return {
+        "result": record["result"],
+        "decision": record["choice"]["why"],
+        "held_by": held,
+        "policy_executions": executions,
+        "completed": sum(e["status"] == ExecutionStatus.COMPLETED.value for e in executions),
+        "iteration": record,
+    }
+
+
+class _SimClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,205 @@
+"""The `mape-k` command line: run, once, check-config, status, charter-sim, demo.
+
+This module turns arguments into settings (CLI layer of the precedence) and signals into
+events (SIGTERM/SIGINT → stop, SIGHUP → reload); everything else lives in app.py.
+Exit status: 0 ok, 1 invalid configuration or failed command, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mape_k import __version__
+from mape_k.config import Settings, Sources, effective_config, load_settings
+from mape_k.errors import ConfigError, MapekError
+
+FAULTS = ("load_spike", "error_burst", "member_crash", "latency_degradation", "bad_policy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mape-k", description="Keeps a Charter service healthy: the MAPE-K loop."
+    )
+    parser.add_argument("--version", action="version", version=f"mape-k {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def loop_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML file (default: $MAPEK_CONFIG)")
+        p.add_argument("--mock", action="store_true", help="mock Charter and mock metrics")
+        p.add_argument("--fault", choices=FAULTS, help="start the mock committee with a fault")
+        p.add_argument("--dry-run", action="store_true", help="decide and record; mutate nothing")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any setting, e.g. --set orchestrator.interval_s=5",
+        )
+
+    run = sub.add_parser("run", help="run the daemon (loop + HTTP server)")
+    loop_options(run)
+    run.add_argument("--host", help="server.host")
+    run.add_argument("--port", type=int, help="server.port")
+
+    once = sub.add_parser("once", help="one iteration; a JSON summary on stdout")
+    loop_options(once)
+
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("file", type=Path)
+
+    status = sub.add_parser("status", help="print the daemon's /stats for a terminal")
+    status.add_argument("--url", default="http://127.0.0.1:8001", help="the daemon's base URL")
+    status.add_argument("--json", action="store_true", help="raw JSON")
+
+    sim = sub.add_parser("charter-sim", help="run the Charter simulator service")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--regime", choices=("calm", "volatile", "spike"), default="calm")
+    sim.add_argument("--token-file", type=Path, help="require this bearer token")
+
+    demo = sub.add_parser("demo", help="the whole stack as local processes")
+    demo.add_argument("--fault", choices=(*FAULTS, "none"), default="error_burst")
+    demo.add_argument("--once", action="store_true", help="exit after recovery")
+    demo.add_argument("--port-offset", type=int, default=0)
+    return parser
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "overrides", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = _parse_value(value)
+    if getattr(args, "mock", False):
+        overrides["charter.mode"] = "mock"
+    if getattr(args, "dry_run", False):
+        overrides["executor.dry_run"] = True
+    if getattr(args, "host", None) and args.command == "run":
+        overrides["server.host"] = args.host
+    if getattr(args, "port", None) is not None and args.command == "run":
+        overrides["server.port"] = args.port
+    return overrides
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def load(args: argparse.Namespace) -> tuple[Settings, Sources]:
+    config = args.config or (
+        Path(os.environ["MAPEK_CONFIG"]) if "MAPEK_CONFIG" in os.environ else None
+    )
+    return load_settings(config, os.environ, _cli_overrides(args))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings, sources = load_settings(args.file, os.environ)
+    print(f"# {args.file}: valid. Effective configuration (source in brackets):")
+    for path, item in effective_config(settings, sources).items():
+        source = item["source"]
+        mark = "" if source.startswith(("defaults", "file:")) else "   <-- " + source
+        print(f"{path} = {json.dumps(item['value'])}{mark}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mape_k.app import run  # noqa: PLC0415 - keep `check-config` and `--help` light
+
+    settings, _ = load(args)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        reload = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await run(
+            settings, stop=stop, reload=reload, reloader=lambda: load(args)[0], fault=args.fault
+        )
+
+    return asyncio.run(main())
+
+
+def _once(args: argparse.Namespace) -> int:
+    from mape_k.app import run_once  # noqa: PLC0415
+
+    settings, sources = load(args)
+    summary = asyncio.run(run_once(settings, fault=args.fault, sources=sources))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mape_k.status import fetch_status, render_status  # noqa: PLC0415
+
+    stats = asyncio.run(fetch_status(args.url))
+    print(json.dumps(stats, indent=2) if args.json else render_status(stats))
+    return 0
+
+
+def _charter_sim(args: argparse.Namespace) -> int:
+    from mape_k.sim import service  # noqa: PLC0415
+
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.serve(
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            regime=args.regime,
+            token=token,
+            stop=stop,
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mape_k.demo import main as demo_main  # noqa: PLC0415
+
+    return asyncio.run(demo_main(fault=args.fault, once=args.once, port_offset=args.port_offset))
+
+
+COMMANDS = {
+    "run": _run,
+    "once": _once,
+    "check-config": _check_config,
+    "status": _status,
+    "charter-sim": _charter_sim,
+    "demo": _demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"mape-k: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    except MapekError as exc:
+        print(f"mape-k: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
