@@ -125,6 +125,8 @@ class MAPEKOrchestrator:
         self._last_start_mono = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._busy_since: float | None = None
+        # Called with each finished decision record (the demo's live view, tests' sync).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._ids = itertools.count(1)
         self._prom_ok: bool | None = None
         if metrics is not None:
@@ -214,18 +216,19 @@ class MAPEKOrchestrator:
             interval = self._settings.orchestrator.interval_s
             debounce = self._settings.orchestrator.trigger_debounce_s
             now = loop.time()
-            trigger_ready = self._triggered and now >= self._last_start_mono + debounce
-            if trigger_ready or now >= next_at:
+            run_now, wake_at = schedule(
+                now=now,
+                next_at=next_at,
+                triggered=self._triggered,
+                last_start=self._last_start_mono,
+                debounce_s=debounce,
+            )
+            if run_now:
                 self._triggered = False
                 self._last_start_mono = now
                 await self._guarded_iteration()
-                # No drift: the schedule stays on its grid; missed slots are skipped.
-                while next_at <= loop.time():
-                    next_at += interval
+                next_at = advance_grid(next_at, loop.time(), interval)
                 continue
-            wake_at = next_at
-            if self._triggered:
-                wake_at = min(wake_at, self._last_start_mono + debounce)
             self._wake.clear()
             try:
                 async with asyncio.timeout(max(0.0, wake_at - now)):
@@ -316,6 +319,8 @@ class MAPEKOrchestrator:
         phases.done("total", started)
         record["phases_s"] = phases.durations
         self._finish(record, phases, result)
+        for listener in self.listeners:
+            listener(record)
         log.info(
             "iteration_completed",
             result=result,
@@ -460,6 +465,27 @@ class MAPEKOrchestrator:
                 for p in self.executor.pending_verifications()
             ],
         }
+
+
+def schedule(
+    *, now: float, next_at: float, triggered: bool, last_start: float, debounce_s: float
+) -> tuple[bool, float]:
+    """(run an iteration now?, else when to wake up). Pure, for the loop and its tests.
+
+    A trigger runs at once unless an iteration started less than `debounce_s` ago; then it
+    runs when the debounce ends (leading edge plus one trailing run, never a burst).
+    """
+    trigger_at = last_start + debounce_s if triggered else float("inf")
+    if now >= next_at or now >= trigger_at:
+        return True, now
+    return False, min(next_at, trigger_at)
+
+
+def advance_grid(next_at: float, now: float, interval_s: float) -> float:
+    """The next slot on the fixed grid after `now`: no drift, missed slots skipped."""
+    while next_at <= now:
+        next_at += interval_s
+    return next_at
 
 
 # --- record helpers (plain dicts: JSON for the store and /stats) -----------------------

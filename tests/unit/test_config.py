@@ -1,0 +1,99 @@
+"""Configuration: precedence CLI > env > file > defaults, errors naming path and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mape_k.config import effective_config, load_settings
+from mape_k.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "mape_k_config.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_config_is_valid():
+    settings, _ = load_settings(SHIPPED, {})
+    assert settings.server.port == 8001
+    assert settings.orchestrator.interval_s == 30
+
+
+def test_defaults_match_the_spec():
+    settings, sources = load_settings(None, {})
+    assert sources == {}
+    assert settings.charter.mode.value == "mock"
+    assert settings.analyzer.temporal.window_s == 60
+    assert settings.analyzer.temporal.min_count == 3
+    assert settings.analyzer.frequency.min_count == 8
+    assert settings.planner.actions["scale_up"].cost == 0.20
+
+
+def test_cli_beats_env_beats_file_beats_defaults(tmp_path):
+    file = write(tmp_path, "orchestrator: {interval_s: 10}\nserver: {port: 9000, host: 0.0.0.0}\n")
+    env = {"MAPEK_SERVER__PORT": "9100", "MAPEK_ORCHESTRATOR__INTERVAL_S": "20"}
+    settings, sources = load_settings(file, env, {"orchestrator.interval_s": 5})
+    assert settings.orchestrator.interval_s == 5
+    assert settings.server.port == 9100
+    assert settings.server.host == "0.0.0.0"
+    assert settings.prometheus.url == "http://127.0.0.1:9090"
+    assert sources["orchestrator.interval_s"] == "cli:orchestrator.interval_s"
+    assert sources["server.port"] == "env:MAPEK_SERVER__PORT"
+    assert sources["server.host"] == f"file:{file}"
+
+
+def test_an_unknown_key_names_its_path_and_file(tmp_path):
+    file = write(tmp_path, "orchestrator:\n  intervall_s: 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(file, {})
+    assert str(err.value) == f"orchestrator.intervall_s: unknown key (from file:{file})"
+
+
+def test_a_bad_env_value_names_the_variable():
+    with pytest.raises(ConfigError, match=r"server\.port: .*\(from env:MAPEK_SERVER__PORT\)"):
+        load_settings(None, {"MAPEK_SERVER__PORT": "eighty"})
+
+
+def test_a_rule_naming_an_unknown_query_is_refused(tmp_path):
+    file = write(
+        tmp_path,
+        "monitor:\n  rules:\n    - {name: x, query: nope, threshold: 1}\n",
+    )
+    with pytest.raises(ConfigError, match="'nope' is not in monitor.queries"):
+        load_settings(file, {})
+
+
+def test_invalid_yaml_is_one_line_with_the_line_number(tmp_path):
+    file = write(tmp_path, "server: [1,\n")
+    with pytest.raises(ConfigError, match=r"line \d+: not valid YAML"):
+        load_settings(file, {})
+
+
+def test_env_lists_parse_as_json():
+    env = {"MAPEK_MONITOR__QUERIES": '{"up": "up"}', "MAPEK_MONITOR__RULES": "[]"}
+    settings, _ = load_settings(None, env)
+    assert settings.monitor.queries == {"up": "up"}
+    assert settings.monitor.rules == ()
+
+
+def test_replacing_queries_without_their_rules_says_which_rule_breaks():
+    with pytest.raises(ConfigError, match="rules.0.query: 'failure_rate' is not in monitor.queries"):
+        load_settings(None, {"MAPEK_MONITOR__QUERIES": '{"up": "up"}'})
+
+
+def test_effective_config_masks_tokens_and_marks_sources(tmp_path):
+    settings, sources = load_settings(None, {"MAPEK_CHARTER__TOKEN": "s3cret"})
+    effective = effective_config(settings, sources)
+    assert effective["charter.token"] == {"value": "**********", "source": "env:MAPEK_CHARTER__TOKEN"}
+    assert effective["server.port"]["source"] == "defaults"
+
+
+def test_settings_are_frozen():
+    settings, _ = load_settings(None, {})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
+        settings.server.port = 1  # type: ignore[misc]

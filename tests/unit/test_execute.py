@@ -1,0 +1,240 @@
+"""Executor: ordered actions, timeouts, reverse-order rollback, idempotency, verification."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
+from mape_k.errors import CharterRequestError, ExecutionError
+from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop.execute import Executor, PendingVerification, classify
+from mape_k.models import (
+    ActionType,
+    CandidateScore,
+    Cause,
+    ExecutionStatus,
+    Metric,
+    Observation,
+    OutcomeType,
+    PolicyExecution,
+    RemediationAction,
+    RemediationPolicy,
+    Severity,
+    Violation,
+    ViolationSource,
+)
+
+
+def policy(*actions: RemediationAction, pid: str = "p1", query: str = "failure_rate") -> RemediationPolicy:
+    cause = Cause(
+        name="high_failure_rate",
+        target="charter",
+        severity=Severity.CRITICAL,
+        confidence=0.6,
+        violations=1,
+        query=query,
+        value=0.4,
+        threshold=0.05,
+    )
+    score = CandidateScore(cost=0.3, benefit=0.75, knowledge_weight=1.0, confidence=0.6, score=0.15)
+    return RemediationPolicy(
+        id=pid, cause=cause, actions=actions, score=score, requires_approval=False, created_at=0
+    )
+
+
+def act(kind: ActionType, **params: object) -> RemediationAction:
+    return RemediationAction(action_type=kind, target="charter", parameters=dict(params))
+
+
+@pytest.fixture
+def world(clock):
+    return MockCharterWorld.create(clock=clock, seed=1, regime="calm")
+
+
+@pytest.fixture
+def journal():
+    return []
+
+
+def make_executor(world, journal, clock, **config) -> Executor:
+    return Executor(
+        charter=world.client,
+        config=ExecutorConfig(**config),
+        actions=DEFAULT_ACTIONS,
+        journal=journal.append,
+        clock=clock,
+    )
+
+
+async def test_actions_run_in_order_and_complete(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    result = await executor.execute_policy(
+        policy(act(ActionType.SCALE_UP, delta=2), act(ActionType.REBALANCE_LOAD))
+    )
+    assert result.status is ExecutionStatus.COMPLETED
+    assert [a.status for a in result.actions] == [ExecutionStatus.COMPLETED] * 2
+    operations = [entry.operation for entry in world.committee.actions]
+    assert operations == ["scale_committee", "rebalance_load"]
+    assert world.committee.state().target_size == 5
+
+
+async def test_every_action_is_journaled_before_and_after_it_runs(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    statuses = [(e.status, e.actions[0].status) for e in journal]
+    assert statuses[0] == (ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING)
+    assert (ExecutionStatus.IN_PROGRESS, ExecutionStatus.IN_PROGRESS) in statuses
+    assert statuses[-1] == (ExecutionStatus.COMPLETED, ExecutionStatus.COMPLETED)
+
+
+async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    world.client.fail_next(
+        "set_validation_bypass", CharterRequestError("refused", operation="bypass", status=409)
+    )
+    result = await executor.execute_policy(
+        policy(
+            act(ActionType.SCALE_UP, delta=1),
+            act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
+            act(ActionType.BYPASS_VALIDATION),
+        )
+    )
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert [a.status for a in result.actions] == [
+        ExecutionStatus.ROLLED_BACK,
+        ExecutionStatus.ROLLED_BACK,
+        ExecutionStatus.FAILED,
+    ]
+    log = [(e.operation, e.arguments) for e in world.committee.actions]
+    # Forward: scale, throttle. Then undo in reverse: throttle back to none, scale back to 3.
+    assert [op for op, _ in log] == ["scale_committee", "set_throttle", "set_throttle", "scale_committee"]
+    state = world.committee.state()
+    assert state.throttle_limit is None
+    assert state.target_size == 3
+
+
+async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clock):
+    executor = make_executor(world, journal, clock, action_timeout_s=0.01)
+    never = asyncio.Event()
+
+    async def hang(*_args, **_kwargs):
+        await never.wait()
+
+    world.client.rebalance_load = hang  # type: ignore[method-assign]
+    result = await executor.execute_policy(
+        policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD))
+    )
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert result.actions[1].error == "timed out after 0.01 s"
+    assert world.committee.state().target_size == 3
+
+
+async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    p = policy(act(ActionType.SCALE_UP, delta=1))
+    first = await executor.execute_policy(p)
+    for _ in range(99):
+        again = await executor.execute_policy(p)
+        assert again == first
+    assert [e.operation for e in world.committee.actions] == ["scale_committee"]
+
+
+async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charter(
+    world, journal, clock
+):
+    p = policy(act(ActionType.SCALE_UP, delta=1))
+    await make_executor(world, journal, clock).execute_policy(p)
+    await make_executor(world, journal, clock).execute_policy(p)
+    assert world.committee.state().target_size == 4
+
+
+async def test_dry_run_refuses_to_execute(world, journal, clock):
+    executor = make_executor(world, journal, clock, dry_run=True)
+    with pytest.raises(ExecutionError):
+        await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    assert world.committee.actions == []
+
+
+async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
+    world, journal, clock
+):
+    executor = make_executor(world, journal, clock)
+    done = await executor.execute_policy(policy(act(ActionType.SCALE_UP, delta=2), pid="crash"))
+    interrupted = PolicyExecution(
+        id="crash-2",
+        policy=done.policy,
+        status=ExecutionStatus.IN_PROGRESS,
+        actions=done.actions,
+        started_at=done.started_at,
+    )
+    fresh = make_executor(world, journal, clock)
+    result = await fresh.reconcile(interrupted)
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert world.committee.state().target_size == 3
+
+
+def observation(value: float | None, *, violating: bool, degraded: str | None = None) -> Observation:
+    metrics = () if value is None else (Metric("failure_rate", "charter", value, 0.0),)
+    violations = (
+        (
+            Violation(
+                kind="high_failure_rate",
+                component="charter",
+                severity=Severity.CRITICAL,
+                source=ViolationSource.RULE,
+                timestamp=0,
+                value=value,
+                threshold=0.05,
+                query="failure_rate",
+            ),
+        )
+        if violating
+        else ()
+    )
+    return Observation(at=0, metrics=metrics, violations=violations, queries=(), degraded_reason=degraded)
+
+
+def pending(deadline: float = 100.0) -> PendingVerification:
+    execution = PolicyExecution(
+        id="e1",
+        policy=policy(act(ActionType.RESTART_SERVICE)),
+        status=ExecutionStatus.COMPLETED,
+        actions=(),
+        started_at=0.0,
+        finished_at=1.0,
+        baseline=0.4,
+    )
+    return PendingVerification(execution=execution, due_at=10.0, deadline=deadline)
+
+
+@pytest.mark.parametrize(
+    ("obs", "now", "expected"),
+    [
+        (observation(0.01, violating=False), 20.0, OutcomeType.SUCCESS),
+        (observation(0.9, violating=True), 20.0, OutcomeType.DEGRADATION),
+        (observation(0.39, violating=True), 20.0, None),  # not yet: still time to work
+        (observation(0.39, violating=True), 100.0, OutcomeType.INEFFECTIVE),
+        (observation(0.15, violating=True), 100.0, OutcomeType.PARTIAL),
+        (observation(None, violating=False, degraded="prometheus down"), 20.0, None),
+        (observation(None, violating=False, degraded="prometheus down"), 100.0, OutcomeType.UNKNOWN),
+    ],
+)
+def test_verification_classifies_against_the_triggering_value(world, journal, clock, obs, now, expected):
+    executor = make_executor(world, journal, clock)
+    outcome, _ = executor.verify_execution(pending(), obs, now=now)
+    assert (outcome.outcome if outcome else None) is expected
+
+
+def test_success_records_time_to_stabilize(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    outcome, _ = executor.verify_execution(pending(), observation(0.0, violating=False), now=31.0)
+    assert outcome is not None
+    assert outcome.time_to_stabilize_s == 30.0
+
+
+def test_classify_measures_distance_to_threshold():
+    assert classify(before=0.4, after=0.2, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.PARTIAL
+    assert classify(before=0.4, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.DEGRADATION
+    assert classify(before=None, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.INEFFECTIVE
