@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FAULT  ?= error_burst
 DEB_PKGS := prometheus prometheus-alertmanager
 
-.PHONY: venv deps run demo test unit lint type bench all clean
+.PHONY: venv deps run demo test unit lint type bench docs all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ type: venv
 
 bench: venv deps
 	$(BIN)/python -m bench --append docs/benchmarks.md
+
+docs: venv
+	$(BIN)/python -c "from mape_k.config import reference_markdown; print(reference_markdown(), end='')" > docs/configuration.md
 
 all: lint type test
 

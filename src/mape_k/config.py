@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -494,3 +495,102 @@ def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str
         masked = "**********" if value is not None and path.endswith("token") else value
         out[path] = {"value": masked, "source": _origin(path, sources)}
     return out
+
+
+# --- reference documentation ----------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return " \\| ".join(member.value for member in annotation)
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    text = re.sub(r"\b[a-z_]+(?:\.[a-z_]+)*\.(?=[A-Za-z])", "", text)  # module paths
+    return text.replace("|", "\\|")
+
+
+def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(_reference_rows(annotation, f"{path}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, (dict, tuple, list)):
+            default = json.loads(
+                json.dumps(default, default=lambda v: v.model_dump(mode="json"))
+            )
+        shown = json.dumps(default, default=str)
+        if len(shown) > 60:
+            shown = "(see below)" if name in {"queries", "rules", "remediations"} else "(built in)"
+        env = ENV_PREFIX + path.upper().replace(".", "__")
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{path}` | `{_type_name(annotation)}` | `{shown}` | `{env}` | {description} |"
+        )
+    return rows
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the models (a test fails when it drifts)."""
+    defaults = Settings()
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `mape_k.config` by `make docs`; do not edit by hand.",
+        "Precedence: CLI flag (`--set KEY=VALUE`, `--mock`, `--dry-run`, `--port`) >",
+        "environment (`MAPEK_` prefix, `__` for nesting) > YAML file (`--config`,",
+        "`$MAPEK_CONFIG`) > these defaults. Lists and mappings given in the environment are",
+        "JSON. An unknown key or a bad value is an error naming its path and source.",
+        "",
+        "| key | type | default | environment | meaning |",
+        "|---|---|---|---|---|",
+        *_reference_rows(Settings, ""),
+        "",
+        "## Built-in queries (`monitor.queries`)",
+        "",
+        "| name | PromQL |",
+        "|---|---|",
+        *[f"| `{k}` | `{v}` |" for k, v in defaults.monitor.queries.items()],
+        "",
+        "## Built-in violation rules (`monitor.rules`)",
+        "",
+        "| rule (cause) | query | comparator | threshold | severity |",
+        "|---|---|---|---|---|",
+        *[
+            f"| `{r.name}` | `{r.query}` | `{r.comparator.value}` | {r.threshold:g} |"
+            f" {r.severity.value} |"
+            for r in defaults.monitor.rules
+        ],
+        "",
+        "## Built-in remediations (`planner.remediations`)",
+        "",
+        "| cause | candidates (in order; benefit override in brackets) |",
+        "|---|---|",
+    ]
+    for cause, candidates in defaults.planner.remediations.items():
+        shown = []
+        for candidate in candidates:
+            parts = []
+            for action in candidate:
+                params = json.dumps(action.parameters) if action.parameters else ""
+                benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
+                parts.append(f"{action.type.value}{params}{benefit}")
+            shown.append(" + ".join(parts))
+        lines.append(f"| `{cause}` | {'; '.join(f'`{s}`' for s in shown)} |")
+    lines += [
+        "",
+        "## Actions (`planner.actions`)",
+        "",
+        "| action | cost | benefit | settle_s | requires approval |",
+        "|---|---|---|---|---|",
+        *[
+            f"| `{a.value}` | {s.cost:g} | {s.benefit:g} | {s.settle_s:g} | {s.requires_approval} |"
+            for a, s in defaults.planner.actions.items()
+        ],
+        "",
+    ]
+    return "\n".join(lines)
