@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from mape_k.metrics import Metrics
@@ -22,6 +23,13 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that ran `logs.configure` (the CLI does) must not filter the next test's logs."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)

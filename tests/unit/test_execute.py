@@ -238,3 +238,20 @@ def test_classify_measures_distance_to_threshold():
     assert classify(before=0.4, after=0.2, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.PARTIAL
     assert classify(before=0.4, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.DEGRADATION
     assert classify(before=None, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.INEFFECTIVE
+
+
+async def test_rollback_restores_bypass_override_and_policy(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    world.client.fail_next("rebalance_load")
+    result = await executor.execute_policy(
+        policy(
+            act(ActionType.BYPASS_VALIDATION),
+            act(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),
+            act(ActionType.APPLY_POLICY, policy_id="strict-v2"),
+            act(ActionType.REBALANCE_LOAD),
+        )
+    )
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    state = world.committee.state()
+    assert (state.validation_bypass, state.emergency_override) == (False, False)
+    assert state.active_policy == "baseline-v1"

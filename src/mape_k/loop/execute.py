@@ -286,13 +286,13 @@ class Executor:
                 await charter.rollback_policy(str(applied), idempotency_key=key)
             case ActionType.BYPASS_VALIDATION:
                 await charter.set_validation_bypass(
-                    bool(previous.get("active", False)), idempotency_key=key
+                    bool(previous.get("validation_bypass", False)), idempotency_key=key
                 )
             case ActionType.THROTTLE_REQUESTS:
                 await charter.set_throttle(previous.get("throttle_limit"), idempotency_key=key)
             case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
                 await charter.set_emergency_override(
-                    bool(previous.get("active", False)), idempotency_key=key
+                    bool(previous.get("emergency_override", False)), idempotency_key=key
                 )
             case ActionType.UPDATE_CONFIGURATION:
                 await charter.update_configuration(

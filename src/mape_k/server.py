@@ -1,0 +1,436 @@
+"""The daemon's HTTP face (aiohttp): Alertmanager webhook, health, stats, metrics, control API.
+
+Handlers validate and hand over; they never run an iteration (trigger() returns at once) and
+never answer 5xx for bad input. The loop's state is reached only through DaemonControl.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from mape_k.config import ServerConfig
+from mape_k.integrations.alertmanager import (
+    WEBHOOK_VERSION,
+    AlertMessageRouter,
+    AlertStatus,
+    WebhookPayload,
+)
+from mape_k.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+WEBHOOK_PATH = "/api/v1/alerts"
+REJECTION_REASONS = ("unauthorized", "not_json", "content_type", "version", "invalid", "too_large")
+POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
+_READ_CHUNK = 64 * 1024
+
+
+class DaemonControl(Protocol):
+    """What the HTTP face needs from the running daemon (the lead's orchestrator/app).
+
+    `trigger` is synchronous and returns at once; everything else is a coroutine. `caller`
+    is the client's address. Methods may raise only on real bugs (the server answers 500).
+    """
+
+    def trigger(self, reason: str) -> None:
+        """Wake the loop for an iteration soon (debounced by orchestrator.trigger_debounce_s)."""
+
+    async def health(self) -> tuple[bool, str]:
+        """(alive, reason): loop task alive and last iteration started within 3 intervals."""
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, {component: "ok" or the problem}), e.g. prometheus, knowledge, charter."""
+
+    async def statistics(self) -> dict[str, Any]:
+        """The /stats document (JSON-serialisable)."""
+
+    async def pending_approvals(self) -> list[dict[str, Any]]:
+        """Policies waiting for an operator, JSON-serialisable."""
+
+    async def approve(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
+        """Approve a pending policy; None when no such pending policy (404)."""
+
+    async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
+        """Reject a pending policy; None when no such pending policy (404)."""
+
+    async def freeze(self, reason: str, duration_s: float | None, *, caller: str) -> dict[str, Any]:
+        """Stop all mutating actions; duration_s None = until unfreeze (the kill switch)."""
+
+    async def unfreeze(self, *, caller: str) -> dict[str, Any]:
+        """Lift a freeze (a no-op when none holds)."""
+
+    async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
+        """Turn dry-run mode on or off."""
+
+    async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
+        """Journal an authenticated control call (time, route, body, caller) before it acts."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FreezeRequest(_Body):
+    reason: str = Field(min_length=1, max_length=1000)
+    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class DryRunRequest(_Body):
+    enabled: StrictBool
+
+
+class _Rejected(Exception):  # internal control flow, never leaves this module
+    def __init__(self, status: int, reason: str, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.reason = reason
+        self.body: dict[str, Any] = {"error": error, **extra}
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        body, status=status, headers=headers, dumps=lambda obj: json.dumps(obj, default=str)
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_open(config: ServerConfig, webhook_token: str | None) -> bool:
+    """Log a loud warning when the webhook is reachable off-host without a token."""
+    if webhook_token is None and not is_loopback(config.host):
+        log.warning(
+            "webhook_unauthenticated",
+            host=config.host,
+            port=config.port,
+            hint="set server.webhook_token or server.webhook_token_file",
+        )
+        return True
+    return False
+
+
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, provided = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(
+        provided.strip().encode("utf-8", "replace"), token.encode("utf-8", "replace")
+    )
+
+
+def _is_json(request: web.Request) -> bool:
+    return request.content_type.lower() == "application/json"
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    too_large = _Rejected(
+        413, "too_large", f"body larger than {limit} bytes", limit_bytes=limit, field="body"
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _Rejected(400, "not_json", "body is not valid JSON", field="body") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        return field or "body", error["msg"]
+    return "body", "invalid"
+
+
+class _Server:
+    def __init__(
+        self,
+        *,
+        control: DaemonControl,
+        router: AlertMessageRouter,
+        metrics: Metrics,
+        config: ServerConfig,
+        webhook_token: str | None,
+        admin_token: str | None,
+    ) -> None:
+        self.control = control
+        self.router = router
+        self.metrics = metrics
+        self.config = config
+        self.webhook_token = webhook_token
+        self.admin_token = admin_token
+
+    # --- webhook -----------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        try:
+            payload = await self._payload(request)
+        except _Rejected as rejected:
+            self.metrics.webhook_rejections.labels(reason=rejected.reason).inc()
+            log.info(
+                "webhook_rejected",
+                reason=rejected.reason,
+                status=rejected.status,
+                error=rejected.body["error"],
+                field=rejected.body.get("field"),
+                peer=request.remote,
+            )
+            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None
+            return _json(rejected.body, rejected.status, headers)
+        for alert in payload.alerts:
+            self.metrics.alerts_received.labels(status=alert.status.value).inc()
+        result = self.router.route_alerts(payload.alerts)
+        all_repeats = bool(payload.alerts) and result.duplicates == len(payload.alerts)
+        if payload.truncated_alerts and not all_repeats:
+            self.metrics.alerts_truncated.inc(payload.truncated_alerts)
+            log.warning(
+                "alerts_truncated", truncated=payload.truncated_alerts, group_key=payload.group_key
+            )
+        if result.new_firing:
+            self._trigger()
+        summary = {
+            "received": len(payload.alerts),
+            "new_firing": result.new_firing,
+            "resolved": result.resolved,
+            "duplicates": result.duplicates,
+            "truncated": payload.truncated_alerts,
+        }
+        log.info("webhook_received", group_key=payload.group_key, **summary)
+        if result.full:
+            self.metrics.inbox_full.inc()
+            return _json(
+                {"error": "alert inbox full", "rejected": result.rejected, **summary},
+                503,
+                {"Retry-After": "5"},
+            )
+        return _json({"status": "ok", **summary})
+
+    def _trigger(self) -> None:
+        try:
+            self.control.trigger("alert")
+        except Exception:
+            # The alerts are in the inbox: the next scheduled iteration still sees them.
+            log.exception("trigger_failed")
+
+    async def _payload(self, request: web.Request) -> WebhookPayload:
+        if self.webhook_token is not None and not _bearer_ok(request, self.webhook_token):
+            raise _Rejected(401, "unauthorized", "missing or wrong bearer token")
+        if not _is_json(request):
+            raise _Rejected(
+                415, "content_type", "Content-Type must be application/json", field="Content-Type"
+            )
+        raw = await _read_bounded(request, self.config.max_body_bytes)
+        document = _loads(raw)
+        if not isinstance(document, dict):
+            raise _Rejected(422, "invalid", "body must be a JSON object", field="body")
+        version = document.get("version")
+        if version != WEBHOOK_VERSION:
+            raise _Rejected(
+                422,
+                "version",
+                f"unsupported webhook payload version {version!r}; expected {WEBHOOK_VERSION!r}",
+                field="version",
+            )
+        try:
+            return WebhookPayload.model_validate_json(raw)
+        except ValidationError as exc:
+            field, message = _first_error(exc)
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                raise _Rejected(400, "not_json", "body is not valid JSON", field="body") from exc
+            raise _Rejected(422, "invalid", message, field=field) from exc
+
+    # --- health, stats -----------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        alive, reason = await self.control.health()
+        if alive:
+            return _json({"status": "ok", "reason": reason})
+        return _json({"status": "unhealthy", "reason": reason}, 503)
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        ready, checks = await self.control.readiness()
+        if ready:
+            return _json({"status": "ready", "checks": checks})
+        problems = {name: state for name, state in checks.items() if state != "ok"}
+        return _json({"status": "not_ready", "checks": checks, "problems": problems}, 503)
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        return _json(await self.control.statistics())
+
+    # --- operator control --------------------------------------------------------------
+
+    async def _admit(self, request: web.Request, body: dict[str, Any]) -> str:
+        caller = request.remote or "unknown"
+        await self.control.record_control(
+            route=f"{request.method} {request.path}", body=body, caller=caller
+        )
+        log.info("control_call", route=f"{request.method} {request.path}", caller=caller)
+        return caller
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        if not _is_json(request):
+            raise _Rejected(
+                415, "content_type", "Content-Type must be application/json", field="Content-Type"
+            )
+        document = _loads(await _read_bounded(request, self.config.max_body_bytes))
+        if not isinstance(document, dict):
+            raise _Rejected(422, "invalid", "body must be a JSON object", field="body")
+        return document
+
+    async def pending(self, request: web.Request) -> web.Response:
+        await self._admit(request, {})
+        return _json({"pending": await self.control.pending_approvals()})
+
+    async def approve(self, request: web.Request) -> web.Response:
+        policy_id = request.match_info["id"]
+        caller = await self._admit(request, {"policy_id": policy_id})
+        result = await self.control.approve(policy_id, caller=caller)
+        if result is None:
+            return _json({"error": "no pending policy with this id", "policy_id": policy_id}, 404)
+        return _json(result)
+
+    async def reject(self, request: web.Request) -> web.Response:
+        policy_id = request.match_info["id"]
+        caller = await self._admit(request, {"policy_id": policy_id})
+        result = await self.control.reject(policy_id, caller=caller)
+        if result is None:
+            return _json({"error": "no pending policy with this id", "policy_id": policy_id}, 404)
+        return _json(result)
+
+    async def freeze(self, request: web.Request) -> web.Response:
+        body = FreezeRequest.model_validate(await self._json_body(request))
+        caller = await self._admit(request, body.model_dump())
+        return _json(await self.control.freeze(body.reason, body.duration_s, caller=caller))
+
+    async def unfreeze(self, request: web.Request) -> web.Response:
+        caller = await self._admit(request, {})
+        return _json(await self.control.unfreeze(caller=caller))
+
+    async def dry_run(self, request: web.Request) -> web.Response:
+        body = DryRunRequest.model_validate(await self._json_body(request))
+        caller = await self._admit(request, body.model_dump())
+        return _json(await self.control.set_dry_run(body.enabled, caller=caller))
+
+    # --- middlewares -------------------------------------------------------------------
+
+    @web.middleware
+    async def admin_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if (
+            self.admin_token is not None
+            and request.path.startswith(_CONTROL_PREFIXES)
+            and not _bearer_ok(request, self.admin_token)
+        ):
+            log.warning("control_unauthorized", path=request.path, peer=request.remote)
+            return _json(
+                {"error": "missing or wrong admin bearer token"},
+                401,
+                {"WWW-Authenticate": "Bearer"},
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except _Rejected as rejected:
+            return _json(rejected.body, rejected.status)
+        except ValidationError as exc:
+            field, message = _first_error(exc)
+            return _json({"error": message, "field": field}, 422)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return _json({"error": exc.reason}, exc.status, headers)
+        except Exception:
+            log.exception("http_handler_failed", method=request.method, path=request.path)
+            return _json({"error": "internal error"}, 500)
+        return response
+
+
+_CONTROL_PREFIXES = ("/api/v1/policies", "/api/v1/freeze", "/api/v1/dry-run")
+
+
+def build_app(
+    *,
+    control: DaemonControl,
+    router: AlertMessageRouter,
+    metrics: Metrics,
+    config: ServerConfig,
+    webhook_token: str | None,
+    admin_token: str | None,
+) -> web.Application:
+    """The aiohttp application; the control routes exist only when an admin token is set."""
+    server = _Server(
+        control=control,
+        router=router,
+        metrics=metrics,
+        config=config,
+        webhook_token=webhook_token,
+        admin_token=admin_token,
+    )
+    warn_if_open(config, webhook_token)
+    for reason in REJECTION_REASONS:
+        metrics.webhook_rejections.labels(reason=reason)
+    for status in AlertStatus:
+        metrics.alerts_received.labels(status=status.value)
+    # errors is outermost so even the auth middleware cannot leak an exception.
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[server.errors, server.admin_auth]
+    )
+    app.router.add_post(WEBHOOK_PATH, server.webhook)
+    app.router.add_get("/healthz", server.healthz, allow_head=False)
+    app.router.add_get("/readyz", server.readyz, allow_head=False)
+    app.router.add_get("/stats", server.stats, allow_head=False)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry), allow_head=False)
+    if admin_token is not None:
+        policy = f"/api/v1/policies/{{id:{POLICY_ID_PATTERN}}}"
+        app.router.add_get("/api/v1/policies/pending", server.pending, allow_head=False)
+        app.router.add_post(f"{policy}/approve", server.approve)
+        app.router.add_post(f"{policy}/reject", server.reject)
+        app.router.add_post("/api/v1/freeze", server.freeze)
+        app.router.add_delete("/api/v1/freeze", server.unfreeze)
+        app.router.add_post("/api/v1/dry-run", server.dry_run)
+    else:
+        log.info("control_api_disabled", reason="no server.admin_token")
+    return app
+
+
+__all__ = [
+    "DaemonControl",
+    "DryRunRequest",
+    "FreezeRequest",
+    "build_app",
+    "is_loopback",
+    "warn_if_open",
+]

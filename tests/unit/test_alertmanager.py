@@ -1,0 +1,259 @@
+"""Alertmanager webhook models, the bounded AlertInbox and the AlertMessageRouter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from mape_k.integrations.alertmanager import (
+    Alert,
+    AlertInbox,
+    AlertMessageRouter,
+    AlertStatus,
+    IngestResult,
+    WebhookPayload,
+)
+from mape_k.metrics import Metrics
+from mape_k.models import Severity, ViolationSource
+
+WEBHOOK_FIXTURES = (
+    Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "alertmanager" / "webhook"
+)
+
+
+def load(name: str) -> dict[str, Any]:
+    document = json.loads((WEBHOOK_FIXTURES / name).read_text())
+    return document.get("payload", document)
+
+
+def alert(
+    *,
+    fingerprint: str = "aaaa000000000001",
+    status: str = "firing",
+    starts_at: str = "2026-11-22T04:17:10.023Z",
+    **labels: str,
+) -> Alert:
+    return Alert.model_validate(
+        {
+            "status": status,
+            "labels": {"alertname": "CharterHighFailureRate", **labels},
+            "annotations": {},
+            "startsAt": starts_at,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "",
+            "fingerprint": fingerprint,
+        }
+    )
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def test_captured_payload_parses_with_each_alerts_own_fields() -> None:
+    payload = WebhookPayload.model_validate(load("grouped_firing_2_alerts.json"))
+    assert payload.version == "4"
+    assert payload.status is AlertStatus.FIRING
+    assert payload.truncated_alerts == 0
+    assert payload.group_key == '{}/{service=~"grp-.*"}:{alertname="DemoGaugeHigh"}'
+    assert [a.fingerprint for a in payload.alerts] == ["ef65cfe87988b0a9", "d36ebe4962053ce6"]
+    first = payload.alerts[0]
+    assert first.started == pytest.approx(1795321470.023)
+    assert first.ends_at is not None
+    assert first.ends_at.year == 1  # firing alerts carry the Go zero time
+
+
+def test_nanosecond_timestamps_from_go_are_accepted() -> None:
+    assert alert(starts_at="2026-11-22T04:17:10.123456789Z").started == pytest.approx(
+        1795321030.123456
+    )
+
+
+@pytest.mark.parametrize(
+    "starts_at", ["2026-11-22T04:17:10", "2026-11-22", "1795321030", "", "2026-11-22T25:00:00Z"]
+)
+def test_starts_at_must_be_rfc3339_with_an_offset(starts_at: str) -> None:
+    with pytest.raises(ValidationError):
+        alert(starts_at=starts_at)
+
+
+def test_payload_types_are_strict() -> None:
+    payload = load("firing_single_alert.json")
+    payload["truncatedAlerts"] = "0"
+    with pytest.raises(ValidationError):
+        WebhookPayload.model_validate_json(json.dumps(payload))
+
+
+# --- inbox: mapping ------------------------------------------------------------------------
+
+
+def test_firing_alert_maps_to_an_alert_violation() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(cause="high_failure_rate", component="charter-2", severity="critical")])
+    [violation] = inbox.firing()
+    assert violation.kind == "high_failure_rate"
+    assert violation.component == "charter-2"
+    assert violation.severity is Severity.CRITICAL
+    assert violation.source is ViolationSource.ALERT
+    assert violation.timestamp == pytest.approx(1795321030.023)
+    assert violation.labels["alertname"] == "CharterHighFailureRate"
+
+
+def test_alertname_default_component_and_unknown_severity_fallbacks() -> None:
+    inbox = AlertInbox(max_alerts=10, default_component="committee")
+    inbox.offer([alert(severity="page-someone")])
+    [violation] = inbox.firing()
+    assert (violation.kind, violation.component, violation.severity) == (
+        "CharterHighFailureRate",
+        "committee",
+        Severity.WARNING,
+    )
+
+
+def test_component_label_is_configurable_and_severity_case_insensitive() -> None:
+    inbox = AlertInbox(max_alerts=10, component_label="service")
+    inbox.offer([alert(service="checkout", component="ignored", severity="INFO")])
+    [violation] = inbox.firing()
+    assert (violation.component, violation.severity) == ("checkout", Severity.INFO)
+
+
+# --- inbox: dedupe and resolve -------------------------------------------------------------
+
+
+def test_same_delivery_twice_is_a_duplicate_and_counted_as_such() -> None:
+    metrics = Metrics(CollectorRegistry())
+    inbox = AlertInbox(max_alerts=10, metrics=metrics)
+    assert inbox.offer([alert()]) == IngestResult(new_firing=1)
+    assert inbox.offer([alert()]) == IngestResult(duplicates=1)
+    assert len(inbox) == 1
+    assert metrics.registry.get_sample_value("mapek_alerts_duplicate_total") == 1
+
+
+def test_resolved_alert_removes_its_violation_once() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert()])
+    assert inbox.offer([alert(status="resolved")]) == IngestResult(resolved=1)
+    assert inbox.firing() == []
+    assert inbox.offer([alert(status="resolved")]) == IngestResult(duplicates=1)
+
+
+def test_late_firing_retry_does_not_resurrect_a_resolved_occurrence() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(status="resolved")])  # resolved arrived before the firing retry
+    assert inbox.offer([alert()]) == IngestResult(duplicates=1)
+    assert inbox.firing() == []
+
+
+def test_refiring_with_a_new_starts_at_is_new() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert()])
+    inbox.offer([alert(status="resolved")])
+    result = inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
+    assert result.new_firing == 1
+    [violation] = inbox.firing()
+    assert violation.timestamp == pytest.approx(1795323600.0)
+
+
+def test_resolve_of_an_older_occurrence_keeps_the_newer_one() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
+    inbox.offer([alert(status="resolved", starts_at="2026-11-22T04:00:00Z")])
+    assert len(inbox) == 1
+
+
+def test_older_firing_occurrence_does_not_replace_a_newer_one() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
+    assert inbox.offer([alert(starts_at="2026-11-22T04:00:00Z")]).duplicates == 1
+    assert inbox.firing()[0].timestamp == pytest.approx(1795323600.0)
+
+
+def test_resolved_alerts_in_a_batch_free_room_before_firing_ones() -> None:
+    inbox = AlertInbox(max_alerts=1)
+    inbox.offer([alert(fingerprint="a")])
+    result = inbox.offer([alert(fingerprint="b"), alert(fingerprint="a", status="resolved")])
+    assert result == IngestResult(new_firing=1, resolved=1)
+    assert [v.timestamp for v in inbox.firing()] == [pytest.approx(1795321030.023)]
+
+
+# --- inbox: bounds -------------------------------------------------------------------------
+
+
+def test_full_inbox_rejects_and_does_not_remember_so_a_retry_can_land() -> None:
+    inbox = AlertInbox(max_alerts=2)
+    result = inbox.offer([alert(fingerprint=f"f{i}") for i in range(3)])
+    assert (result.new_firing, result.rejected, result.full) == (2, 1, True)
+    inbox.offer([alert(fingerprint="f0", status="resolved")])
+    retry = inbox.offer([alert(fingerprint=f"f{i}") for i in range(3)])
+    assert (retry.new_firing, retry.duplicates, retry.full) == (1, 2, False)
+    assert len(inbox) == 2
+
+
+def test_memory_stays_bounded_under_churn() -> None:
+    inbox = AlertInbox(max_alerts=50, dedupe_size=1000)
+    template = alert()
+    for i in range(30_000):
+        fired = template.model_copy(update={"fingerprint": f"{i:016x}"})
+        resolved = fired.model_copy(update={"status": AlertStatus.RESOLVED})
+        inbox.offer([fired])
+        inbox.offer([resolved])
+        assert len(inbox) == 0
+    assert inbox.remembered == 1000
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_alerts"):
+        AlertInbox(max_alerts=0)
+
+
+# --- router --------------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def __call__(self, alerts: Sequence[Alert]) -> IngestResult:
+        self.batches.append([a.fingerprint for a in alerts])
+        return IngestResult(new_firing=len(alerts))
+
+
+def test_router_sends_each_alert_to_the_first_matching_handler_else_the_default() -> None:
+    router = AlertMessageRouter()
+    by_labels, by_callable, second, default = Recorder(), Recorder(), Recorder(), Recorder()
+    router.register_handler({"component": "mape-k", "severity": "critical"}, by_labels)
+    router.register_handler(lambda a: a.labels.get("team") == "db", by_callable)
+    router.register_handler({"component": "mape-k"}, second)
+    router.register_default_handler(default)
+    result = router.route_alerts(
+        [
+            alert(fingerprint="1", component="mape-k", severity="critical"),
+            alert(fingerprint="2", team="db", component="mape-k"),
+            alert(fingerprint="3", component="mape-k", severity="warning"),
+            alert(fingerprint="4", component="charter"),
+            alert(fingerprint="5", component="mape-k", severity="critical"),
+        ]
+    )
+    assert by_labels.batches == [["1", "5"]]  # one call per batch, order kept
+    assert by_callable.batches == [["2"]]
+    assert second.batches == [["3"]]
+    assert default.batches == [["4"]]
+    assert result.new_firing == 5
+
+
+def test_default_handler_feeds_the_inbox() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    router = AlertMessageRouter()
+    router.register_default_handler(inbox.offer)
+    assert router.route_alerts([alert()]) == IngestResult(new_firing=1)
+    assert len(inbox.firing()) == 1
+
+
+def test_alerts_without_any_handler_are_counted_as_unrouted() -> None:
+    router = AlertMessageRouter()
+    assert router.route_alerts([alert(), alert(fingerprint="b")]) == IngestResult(unrouted=2)
