@@ -333,8 +333,100 @@ class ServerConfig(_Model):
     inbox_max_alerts: int = Field(10_000, ge=1)
 
 
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class FreezeWindow(_Model):
+    """A recurring change freeze, in UTC: from `start` to `end` on each of `days`.
+
+    `end` <= `start` means the window crosses midnight (it ends the next day); a day
+    names the day the window starts on.
+    """
+
+    start: str = Field(description='"HH:MM", UTC.')
+    end: str = Field(description='"HH:MM", UTC.')
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _WEEKDAYS
+    reason: str = "change freeze window"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f'expected "HH:MM" (UTC), got {value!r}')
+        return value
+
+
+class CooldownConfig(_Model):
+    enabled: bool = True
+    base_s: float = Field(120.0, ge=0, description="Quiet time per (target, action type).")
+    large_delta: int = Field(3, ge=1, description="A scale by this many members is large.")
+    large_factor: float = Field(3.0, ge=1, description="Cooldown multiplier after a large one.")
+
+
+class VelocityConfig(_Model):
+    enabled: bool = True
+    window_s: float = Field(3600.0, gt=0)
+    max_size_change: int = Field(6, ge=1, description="Sum of |members changed| per window.")
+    max_actions: int = Field(12, ge=1, description="Mutating actions per window (blast radius).")
+
+
+class StabilizationConfig(_Model):
+    enabled: bool = True
+    window_s: float = Field(
+        300.0, ge=0, description="Scale down only to the highest size recommended within."
+    )
+
+
+class OscillationConfig(_Model):
+    enabled: bool = True
+    window_s: float = Field(1800.0, gt=0, description="A change, its inverse and back within.")
+    backoff_s: float = Field(600.0, gt=0, description="First block; doubles on each repeat.")
+    max_backoff_s: float = Field(14_400.0, gt=0)
+
+
+class CharterBreakerConfig(_Model):
+    enabled: bool = True
+    failures: int = Field(3, ge=1, description="Consecutive failed calls that open it.")
+    open_s: float = Field(60.0, gt=0, description="Open this long, then one half-open probe.")
+
+
+class TargetBreakerConfig(_Model):
+    enabled: bool = True
+    failures: int = Field(3, ge=1, description="Remediations that did not fix the target...")
+    window_s: float = Field(3600.0, gt=0, description="...within this window.")
+    hold_s: float = Field(3600.0, gt=0, description="Then no action on it for this long.")
+
+
+class PanicConfig(_Model):
+    enabled: bool = True
+    on_degradation: bool = Field(True, description="Revert when verification says DEGRADATION.")
+    query: str | None = Field(None, description="A monitor.queries name whose value means panic.")
+    component: str = "charter"
+    comparator: Comparator = Comparator.GT
+    threshold: float = 0.0
+    lookback_s: float = Field(900.0, gt=0, description="Executions this recent are reverted.")
+    freeze_s: float | None = Field(
+        3600.0, gt=0, description="Then freeze this long (null: until an operator lifts it)."
+    )
+
+
 class GuardsConfig(_Model):
     frozen: bool = Field(False, description="Kill switch: no mutating action at all.")
+    freeze_windows: tuple[FreezeWindow, ...] = ()
+    cooldown: CooldownConfig = CooldownConfig()
+    velocity: VelocityConfig = VelocityConfig()
+    stabilization: StabilizationConfig = StabilizationConfig()
+    oscillation: OscillationConfig = OscillationConfig()
+    charter_breaker: CharterBreakerConfig = CharterBreakerConfig()
+    target_breaker: TargetBreakerConfig = TargetBreakerConfig()
+    panic: PanicConfig = PanicConfig()
+    approval_ttl_s: float = Field(
+        3600.0, gt=0, description="An approval older than this is a rejection (default deny)."
+    )
+    validate_startup: bool = Field(
+        True, description="Check config, store and Charter state before the first action."
+    )
 
 
 class LoggingConfig(_Model):

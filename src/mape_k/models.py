@@ -149,6 +149,7 @@ class AnalysisResult:
     violations: int
     patterns: tuple[ViolationPattern, ...]
     causes: tuple[Cause, ...]  # most urgent first
+    inhibited: tuple[str, ...] = ()  # "kind/target (by root)": symptoms hidden by a root cause
 
 
 class ActionType(StrEnum):

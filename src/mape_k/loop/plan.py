@@ -1,0 +1,338 @@
+"""Plan: causes + what Knowledge learned -> ranked remediation policies, and approval gating.
+
+PURE: no I/O, no clock, no logging; `now` is passed in. The only state is the small,
+bounded set of proposals waiting for (or holding) an operator's approval. Scoring and
+identity rules are in the docstring of `Planner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mape_k.config import CandidateAction, PlannerConfig
+from mape_k.models import (
+    ActionType,
+    AnalysisResult,
+    CandidateScore,
+    Cause,
+    PolicyPattern,
+    RemediationAction,
+    RemediationPolicy,
+)
+
+KnowledgeView = Mapping[tuple[str, ActionType], PolicyPattern]
+
+# A proposal's identity across iterations: cause key + actions with their parameters.
+# Policy ids change with `now`; an operator's approval is matched by signature.
+Signature = tuple[str, tuple[tuple[str, str], ...]]
+# Ranking: score desc, fewer actions, action type names, the cause's rank in the analysis
+# (most urgent first), the candidate's position in config.
+_RankKey = tuple[float, int, tuple[str, ...], int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """The part of a candidate's score that does not depend on the cause's confidence."""
+
+    position: int  # in the configured list: the last tie-breaker
+    actions: tuple[CandidateAction, ...]
+    types: tuple[str, ...]
+    cost: float
+    benefit: float
+    weight: float
+
+    def score(self, confidence: float) -> CandidateScore:
+        return CandidateScore(
+            cost=self.cost,
+            benefit=self.benefit,
+            knowledge_weight=self.weight,
+            confidence=confidence,
+            score=confidence * self.benefit * self.weight - self.cost,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Approved:
+    policy: RemediationPolicy
+    approved_at: float
+
+
+def knowledge_weight(pattern: PolicyPattern | None) -> float:
+    """(1 - c) + c * success_rate, with c the pattern's confidence; 1.0 without samples."""
+    if pattern is None or pattern.samples <= 0:
+        return 1.0
+    confidence = min(max(pattern.confidence, 0.0), 1.0)
+    return (1.0 - confidence) + confidence * pattern.success_rate
+
+
+def _params_json(parameters: Mapping[str, object]) -> str:
+    return json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def signature(policy: RemediationPolicy) -> Signature:
+    return (
+        policy.cause.key,
+        tuple((a.action_type.value, _params_json(a.parameters)) for a in policy.actions),
+    )
+
+
+def policy_id(sig: Signature, *, now: float) -> str:
+    """Deterministic id: 'pol-' + 16 hex of sha256 over (cause key, actions+params, now)."""
+    material = json.dumps([sig[0], [list(a) for a in sig[1]], repr(float(now))])
+    return "pol-" + hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+class Planner:
+    """Turns each cause into candidate policies, scores and ranks them.
+
+    Candidates for a cause: `config.remediations[cause.name]`, else
+    `config.default_remediations`; each is a tuple of actions, all aimed at `cause.target`.
+
+    Score (kept in `CandidateScore`):
+      cost    = sum of the actions' ActionSpec costs;
+      benefit = the first (primary) action's benefit -- the CandidateAction override, else
+                its ActionSpec's. Companion actions add cost but no benefit: every
+                benefit measures the same thing (the cause's metric back under its
+                threshold), so they do not add up; a companion is there because the
+                config says the primary needs it;
+      knowledge_weight = (1 - c) + c * success_rate of the PolicyPattern for
+                (cause.name, primary action), c its confidence; 1.0 with no samples;
+      score   = cause.confidence * benefit * knowledge_weight - cost.
+    Policies below `min_score` are dropped; the rest ranked by score desc, then fewer
+    actions, then action type names, then the cause's rank in the analysis (causes come
+    most urgent first) and the candidate's position in config; the top `max_policies`
+    over all causes are returned. Only those get an id and a rationale, so planning
+    stays ~O(candidates + log(max_policies) * candidates).
+
+    Ids (when `id_factory` is None): `policy_id(signature, now=now)`, a short sha256 of
+    (cause key, action types + parameters, now): the same inputs give the same id.
+
+    Approval: a returned policy `requires_approval` when `config.require_approval` and any
+    of its actions' ActionSpec requires it. Such a policy is registered as pending (keyed by
+    id; a proposal with the same signature already pending, approved, or recently rejected
+    is not registered again) instead of being eligible. `approve_policy` moves it to
+    approved; `get_best_policy` then returns it once, the next time a policy with the same
+    signature is proposed at its rank. Pending, approved and rejected entries expire
+    `approval_ttl_s` after the policy was created (approved: after approval); at most
+    `max_pending_approvals` of each are kept, the oldest dropped first.
+    """
+
+    def __init__(self, config: PlannerConfig) -> None:
+        self._config = config
+        self._pending: dict[str, RemediationPolicy] = {}  # id -> policy, oldest first
+        self._pending_ids: dict[Signature, str] = {}
+        self._approved: dict[Signature, _Approved] = {}  # oldest first
+        self._rejected: dict[Signature, float] = {}  # signature -> suppressed until
+        self._approval_times: dict[str, float] = {}  # policy id -> approved at (audit, guards)
+
+    @property
+    def config(self) -> PlannerConfig:
+        return self._config
+
+    # --- planning ------------------------------------------------------------------------
+
+    def score(
+        self,
+        cause: Cause,
+        candidate: Sequence[CandidateAction],
+        *,
+        knowledge: KnowledgeView,
+    ) -> CandidateScore:
+        """The score of one candidate for one cause (see the class docstring)."""
+        static = self._static(0, tuple(candidate), cause_name=cause.name, knowledge=knowledge)
+        return static.score(cause.confidence)
+
+    def _static(
+        self,
+        position: int,
+        candidate: tuple[CandidateAction, ...],
+        *,
+        cause_name: str,
+        knowledge: KnowledgeView,
+    ) -> _Candidate:
+        specs = self._config.actions
+        primary = candidate[0]
+        return _Candidate(
+            position=position,
+            actions=candidate,
+            types=tuple(action.type.value for action in candidate),
+            cost=sum(specs[action.type].cost for action in candidate),
+            benefit=primary.benefit if primary.benefit is not None else specs[primary.type].benefit,
+            weight=knowledge_weight(knowledge.get((cause_name, primary.type))),
+        )
+
+    def generate_policies(
+        self,
+        analysis: AnalysisResult,
+        *,
+        knowledge: KnowledgeView,
+        now: float,
+        id_factory: Callable[[], str] | None = None,
+    ) -> list[RemediationPolicy]:
+        self._expire(now)
+        cfg = self._config
+        min_score = cfg.min_score
+        # Everything but the cause's confidence depends only on the cause name: computed
+        # once per name, so the per-cause work is a multiply-add per candidate.
+        by_name: dict[str, list[_Candidate]] = {}
+        ranked: list[tuple[_RankKey, Cause, _Candidate]] = []
+        for rank, cause in enumerate(analysis.causes):
+            statics = by_name.get(cause.name)
+            if statics is None:
+                candidates = cfg.remediations.get(cause.name, cfg.default_remediations)
+                statics = by_name[cause.name] = [
+                    self._static(position, candidate, cause_name=cause.name, knowledge=knowledge)
+                    for position, candidate in enumerate(candidates)
+                    if candidate
+                ]
+            confidence = cause.confidence
+            for static in statics:
+                score = confidence * static.benefit * static.weight - static.cost
+                if score >= min_score:
+                    key = (-score, len(static.types), static.types, rank, static.position)
+                    ranked.append((key, cause, static))
+        best = heapq.nsmallest(cfg.max_policies, ranked, key=lambda item: item[0])
+        policies = [
+            self._build(cause, static, now=now, id_factory=id_factory) for _, cause, static in best
+        ]
+        for policy in policies:
+            if policy.requires_approval:
+                self._register_pending(policy, now=now)
+        return policies
+
+    def _build(
+        self,
+        cause: Cause,
+        static: _Candidate,
+        *,
+        now: float,
+        id_factory: Callable[[], str] | None,
+    ) -> RemediationPolicy:
+        candidate = static.actions
+        scored = static.score(cause.confidence)
+        actions = tuple(
+            RemediationAction(
+                action_type=action.type, target=cause.target, parameters=dict(action.parameters)
+            )
+            for action in candidate
+        )
+        specs = self._config.actions
+        requires_approval = self._config.require_approval and any(
+            specs[action.type].requires_approval for action in candidate
+        )
+        sig: Signature = (
+            cause.key,
+            tuple((a.action_type.value, _params_json(a.parameters)) for a in actions),
+        )
+        names = "+".join(action.type.value for action in candidate)
+        rationale = (
+            f"{names} for {cause.key}: benefit {scored.benefit:.2f} x weight "
+            f"{scored.knowledge_weight:.2f} x confidence {scored.confidence:.2f} - cost "
+            f"{scored.cost:.2f} = {scored.score:.2f}"
+            + (" (needs approval)" if requires_approval else "")
+        )
+        return RemediationPolicy(
+            id=id_factory() if id_factory is not None else policy_id(sig, now=now),
+            cause=cause,
+            actions=actions,
+            score=scored,
+            requires_approval=requires_approval,
+            created_at=now,
+            rationale=rationale,
+        )
+
+    # --- approval ------------------------------------------------------------------------
+
+    def get_best_policy(self, policies: Sequence[RemediationPolicy]) -> RemediationPolicy | None:
+        """The first policy (in the given ranked order) that may run now.
+
+        A policy that needs no approval is returned as is; one that needs approval is
+        returned only if an approval is held for its signature, and then that approved
+        policy (the id the operator saw) is returned and the approval is used up.
+        """
+        for policy in policies:
+            if not policy.requires_approval:
+                return policy
+            approved = self._approved.pop(signature(policy), None)
+            if approved is not None:
+                return approved.policy
+        return None
+
+    def approve_policy(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
+        """Move a pending policy to approved; None when unknown or expired."""
+        self._expire(now)
+        policy = self._pending.pop(policy_id, None)
+        if policy is None:
+            return None
+        sig = signature(policy)
+        self._pending_ids.pop(sig, None)
+        self._approved[sig] = _Approved(policy=policy, approved_at=now)
+        self._trim(self._approved)
+        self._approval_times[policy_id] = now
+        while len(self._approval_times) > self._config.max_pending_approvals:
+            del self._approval_times[next(iter(self._approval_times))]
+        return policy
+
+    def reject_policy(self, policy_id: str) -> RemediationPolicy | None:
+        """Drop a pending (or approved) policy; the same proposal is not queued again
+        until `approval_ttl_s` after the rejected policy was created."""
+        policy = self._pending.pop(policy_id, None)
+        if policy is None:
+            for sig, approved in self._approved.items():
+                if approved.policy.id == policy_id:
+                    policy = self._approved.pop(sig).policy
+                    break
+        if policy is None:
+            return None
+        self._approval_times.pop(policy_id, None)
+        sig = signature(policy)
+        if self._pending_ids.get(sig) == policy_id:
+            del self._pending_ids[sig]
+        self._rejected[sig] = policy.created_at + self._config.approval_ttl_s
+        self._trim(self._rejected)
+        return policy
+
+    def pending_approvals(self) -> list[RemediationPolicy]:
+        """Policies waiting for an operator, oldest first."""
+        return list(self._pending.values())
+
+    def approvals(self) -> dict[str, float]:
+        """Policy id -> when it was approved, for approvals not expired (used or not):
+        what the approval guard's `GuardContext.approvals` expects."""
+        return dict(self._approval_times)
+
+    def approved_policies(self) -> list[RemediationPolicy]:
+        """Approved policies not yet handed out by `get_best_policy`, oldest first."""
+        return [approved.policy for approved in self._approved.values()]
+
+    def _register_pending(self, policy: RemediationPolicy, *, now: float) -> None:
+        sig = signature(policy)
+        if sig in self._pending_ids or sig in self._approved:
+            return
+        if self._rejected.get(sig, float("-inf")) > now:
+            return
+        self._pending[policy.id] = policy
+        self._pending_ids[sig] = policy.id
+        while len(self._pending) > self._config.max_pending_approvals:
+            oldest_id = next(iter(self._pending))
+            oldest = self._pending.pop(oldest_id)
+            self._pending_ids.pop(signature(oldest), None)
+
+    def _expire(self, now: float) -> None:
+        ttl = self._config.approval_ttl_s
+        for pid in [p for p, pol in self._pending.items() if pol.created_at + ttl < now]:
+            self._pending_ids.pop(signature(self._pending.pop(pid)), None)
+        for sig in [s for s, a in self._approved.items() if a.approved_at + ttl < now]:
+            del self._approved[sig]
+        for sig in [s for s, until in self._rejected.items() if until <= now]:
+            del self._rejected[sig]
+        for pid in [p for p, at in self._approval_times.items() if at + ttl < now]:
+            del self._approval_times[pid]
+
+    def _trim(self, entries: dict[Signature, _Approved] | dict[Signature, float]) -> None:
+        while len(entries) > self._config.max_pending_approvals:
+            del entries[next(iter(entries))]
