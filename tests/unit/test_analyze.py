@@ -448,10 +448,6 @@ def test_history_stays_bounded_by_age_and_size(steps):
 
 
 def test_a_root_cause_inhibits_its_symptoms_on_the_same_component():
-    from mape_k.config import AnalyzerConfig
-    from mape_k.loop.analyze import PatternAnalyzer
-    from mape_k.models import Severity, Violation, ViolationSource
-
     def v(kind: str, component: str = "charter") -> Violation:
         return Violation(
             kind=kind,

@@ -64,7 +64,7 @@ def test_a_rule_naming_an_unknown_query_is_refused(tmp_path):
         tmp_path,
         "monitor:\n  rules:\n    - {name: x, query: nope, threshold: 1}\n",
     )
-    with pytest.raises(ConfigError, match="'nope' is not in monitor.queries"):
+    with pytest.raises(ConfigError, match=r"'nope' is not in monitor\.queries"):
         load_settings(file, {})
 
 
@@ -82,14 +82,19 @@ def test_env_lists_parse_as_json():
 
 
 def test_replacing_queries_without_their_rules_says_which_rule_breaks():
-    with pytest.raises(ConfigError, match="rules.0.query: 'failure_rate' is not in monitor.queries"):
+    with pytest.raises(
+        ConfigError, match=r"rules\.0\.query: 'failure_rate' is not in monitor\.queries"
+    ):
         load_settings(None, {"MAPEK_MONITOR__QUERIES": '{"up": "up"}'})
 
 
 def test_effective_config_masks_tokens_and_marks_sources(tmp_path):
     settings, sources = load_settings(None, {"MAPEK_CHARTER__TOKEN": "s3cret"})
     effective = effective_config(settings, sources)
-    assert effective["charter.token"] == {"value": "**********", "source": "env:MAPEK_CHARTER__TOKEN"}
+    assert effective["charter.token"] == {
+        "value": "**********",
+        "source": "env:MAPEK_CHARTER__TOKEN",
+    }
     assert effective["server.port"]["source"] == "defaults"
 
 

@@ -27,7 +27,9 @@ from mape_k.models import (
 )
 
 
-def policy(*actions: RemediationAction, pid: str = "p1", query: str = "failure_rate") -> RemediationPolicy:
+def policy(
+    *actions: RemediationAction, pid: str = "p1", query: str = "failure_rate"
+) -> RemediationPolicy:
     cause = Cause(
         name="high_failure_rate",
         target="charter",
@@ -109,7 +111,12 @@ async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, 
     ]
     log = [(e.operation, e.arguments) for e in world.committee.actions]
     # Forward: scale, throttle. Then undo in reverse: throttle back to none, scale back to 3.
-    assert [op for op, _ in log] == ["scale_committee", "set_throttle", "set_throttle", "scale_committee"]
+    assert [op for op, _ in log] == [
+        "scale_committee",
+        "set_throttle",
+        "set_throttle",
+        "scale_committee",
+    ]
     state = world.committee.state()
     assert state.throttle_limit is None
     assert state.target_size == 3
@@ -175,7 +182,9 @@ async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
     assert world.committee.state().target_size == 3
 
 
-def observation(value: float | None, *, violating: bool, degraded: str | None = None) -> Observation:
+def observation(
+    value: float | None, *, violating: bool, degraded: str | None = None
+) -> Observation:
     metrics = () if value is None else (Metric("failure_rate", "charter", value, 0.0),)
     violations = (
         (
@@ -193,7 +202,9 @@ def observation(value: float | None, *, violating: bool, degraded: str | None = 
         if violating
         else ()
     )
-    return Observation(at=0, metrics=metrics, violations=violations, queries=(), degraded_reason=degraded)
+    return Observation(
+        at=0, metrics=metrics, violations=violations, queries=(), degraded_reason=degraded
+    )
 
 
 def pending(deadline: float = 100.0) -> PendingVerification:
@@ -218,10 +229,16 @@ def pending(deadline: float = 100.0) -> PendingVerification:
         (observation(0.39, violating=True), 100.0, OutcomeType.INEFFECTIVE),
         (observation(0.15, violating=True), 100.0, OutcomeType.PARTIAL),
         (observation(None, violating=False, degraded="prometheus down"), 20.0, None),
-        (observation(None, violating=False, degraded="prometheus down"), 100.0, OutcomeType.UNKNOWN),
+        (
+            observation(None, violating=False, degraded="prometheus down"),
+            100.0,
+            OutcomeType.UNKNOWN,
+        ),
     ],
 )
-def test_verification_classifies_against_the_triggering_value(world, journal, clock, obs, now, expected):
+def test_verification_classifies_against_the_triggering_value(
+    world, journal, clock, obs, now, expected
+):
     executor = make_executor(world, journal, clock)
     outcome, _ = executor.verify_execution(pending(), obs, now=now)
     assert (outcome.outcome if outcome else None) is expected
@@ -235,9 +252,18 @@ def test_success_records_time_to_stabilize(world, journal, clock):
 
 
 def test_classify_measures_distance_to_threshold():
-    assert classify(before=0.4, after=0.2, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.PARTIAL
-    assert classify(before=0.4, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.DEGRADATION
-    assert classify(before=None, after=0.5, threshold=0.05, partial=0.3, degradation=0.2) is OutcomeType.INEFFECTIVE
+    assert (
+        classify(before=0.4, after=0.2, threshold=0.05, partial=0.3, degradation=0.2)
+        is OutcomeType.PARTIAL
+    )
+    assert (
+        classify(before=0.4, after=0.5, threshold=0.05, partial=0.3, degradation=0.2)
+        is OutcomeType.DEGRADATION
+    )
+    assert (
+        classify(before=None, after=0.5, threshold=0.05, partial=0.3, degradation=0.2)
+        is OutcomeType.INEFFECTIVE
+    )
 
 
 async def test_rollback_restores_bypass_override_and_policy(world, journal, clock):

@@ -33,10 +33,15 @@ def settings_for(tmp_path: Path, **cli):
         (1.0, 30.0, True, 0.0, (True, 1.0)),  # the trailing run when the debounce ends
     ],
 )
-def test_schedule_runs_on_the_grid_and_debounces_triggers(now, next_at, triggered, last_start, expected):
-    assert schedule(
-        now=now, next_at=next_at, triggered=triggered, last_start=last_start, debounce_s=1.0
-    ) == expected
+def test_schedule_runs_on_the_grid_and_debounces_triggers(
+    now, next_at, triggered, last_start, expected
+):
+    assert (
+        schedule(
+            now=now, next_at=next_at, triggered=triggered, last_start=last_start, debounce_s=1.0
+        )
+        == expected
+    )
 
 
 def test_the_grid_does_not_drift_and_skips_missed_slots():
@@ -159,7 +164,9 @@ async def test_a_crashing_iteration_does_not_stop_the_loop(tmp_path):
         record = await asyncio.wait_for(done.get(), 5)
         await parts.orchestrator.stop()
     assert record["result"] == "idle"
-    assert parts.metrics.registry.get_sample_value("mapek_iterations_total", {"result": "error"}) == 1
+    assert (
+        parts.metrics.registry.get_sample_value("mapek_iterations_total", {"result": "error"}) == 1
+    )
 
 
 async def test_statistics_count_iterations_and_executions(tmp_path, clock):
@@ -178,4 +185,10 @@ async def test_statistics_count_iterations_and_executions(tmp_path, clock):
 
 
 def test_outcome_types_cover_the_spec():
-    assert {o.value for o in OutcomeType} == {"success", "partial", "ineffective", "degradation", "unknown"}
+    assert {o.value for o in OutcomeType} == {
+        "success",
+        "partial",
+        "ineffective",
+        "degradation",
+        "unknown",
+    }
