@@ -79,11 +79,9 @@ async def test_no_second_action_on_a_target_until_the_first_is_measured(tmp_path
         first = await parts.orchestrator.run_once()
         second = await parts.orchestrator.run_once()  # same instant: effect not measurable yet
     assert first["result"] == "acted"
-    assert second["result"] in {"held", "idle"}
-    if second["result"] == "held":
-        assert {d["guard"] for d in second["guard_decisions"] if d["verdict"] != "allow"} == {
-            "settle"
-        }
+    assert second["result"] == "held"
+    held = {d["guard"] for d in second["guard_decisions"] if d["verdict"] != "allow"}
+    assert "settle" in held
 
 
 class _DownSource:
