@@ -34,7 +34,7 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.execute import Executor
-from mape_k.loop.guards import Freeze
+from mape_k.loop.guards import Freeze, active_window
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
@@ -80,6 +80,7 @@ class Components:
     orchestrator: MAPEKOrchestrator
     prometheus: PrometheusClient | None
     world: MockCharterWorld | None
+    port: int | None = None  # the server's bound port, once it listens
 
 
 @contextlib.asynccontextmanager
@@ -179,11 +180,21 @@ class Daemon:
         self._parts = parts
         self._clock = clock
         self._started = clock()
-        self.startup_problem: str | None = None
+        self._startup_problem: str | None = None
 
     @property
     def _orch(self) -> MAPEKOrchestrator:
         return self._parts.orchestrator
+
+    @property
+    def startup_problem(self) -> str | None:
+        """Why the daemon runs but does not act (start-up state validation), if it does not."""
+        problems = [p for p in (self._startup_problem, self._orch.startup_problem) if p]
+        return "; ".join(problems) or None
+
+    @startup_problem.setter
+    def startup_problem(self, value: str | None) -> None:
+        self._startup_problem = value
 
     def trigger(self, reason: str) -> None:
         self._orch.trigger(reason)
@@ -221,19 +232,41 @@ class Daemon:
             checks["charter"] = "ok"
         except (CharterError, TimeoutError) as exc:
             checks["charter"] = f"unreachable: {exc}" if str(exc) else "unreachable: timeout"
-        if self.startup_problem is not None:
-            checks["startup"] = self.startup_problem
-        freeze = self._orch.freeze
-        if freeze is not None and freeze.active(self._clock()):
-            checks["frozen"] = f"{freeze.reason} (since {freeze.since:.0f}, {freeze.source})"
+        checks.update(self._guard_readiness(self._clock()))
         ready = all(v == "ok" for v in checks.values())
         if self._parts.metrics is not None:
             self._parts.metrics.ready.set(1 if ready else 0)
         return ready, checks
 
+    def _guard_readiness(self, now: float) -> dict[str, str]:
+        """What keeps the loop from acting, each saying why and until when."""
+        checks: dict[str, str] = {}
+        if self.startup_problem is not None:
+            checks["startup"] = self.startup_problem
+        freeze = self._orch.freeze
+        if freeze is None or not freeze.active(now):
+            freeze = active_window(self._parts.settings.guards.freeze_windows, now)
+        if freeze is not None:
+            until = "until lifted" if freeze.until is None else f"until {freeze.until:.0f}"
+            checks["frozen"] = (
+                f"{freeze.reason} (since {freeze.since:.0f}, {until}, {freeze.source})"
+            )
+        safety = self._orch.safety
+        circuit = safety.charter
+        if circuit.phase(now) == "open":
+            checks["charter_circuit"] = (
+                f"open until {circuit.until:.0f} after {circuit.failures} failed calls"
+                f" (last: {circuit.last_error})"
+            )
+        for target, hold in sorted(safety.needs_human.items()):
+            if now < hold.until:
+                checks[f"needs_human:{target}"] = hold.reason
+        return checks
+
     async def statistics(self) -> dict[str, Any]:
         store = self._parts.store
         return {
+            "guards": self._orch.guard_statistics(self._clock()),
             "orchestrator": self._orch.get_statistics(),
             "iterations": list(self._orch.records)[-10:][::-1],
             "pending_approvals": await self.pending_approvals(),
@@ -261,7 +294,7 @@ class Daemon:
         ]
 
     async def approve(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
-        policy = self._orch.planner.approve_policy(policy_id, now=self._clock())
+        policy = self._orch.approve(policy_id, now=self._clock())
         if policy is None:
             return None
         log.info("policy_approved", policy_id=policy_id, caller=caller)
@@ -339,10 +372,14 @@ async def run(
     reloader: Callable[[], Settings] | None = None,
     fault: str | None = None,
     registry: CollectorRegistry | None = None,
-    serving: asyncio.Event | None = None,
+    on_ready: Callable[[Components], None] | None = None,
     configure_logging: bool = True,
 ) -> int:
-    """Run the daemon until `stop` is set. Returns the process exit status."""
+    """Run the daemon until `stop` is set. Returns the process exit status.
+
+    `on_ready` is called once the server listens (`parts.port`) and the loop runs: the seam
+    tests and benchmarks use to observe a real daemon in-process.
+    """
     if configure_logging:
         logs.configure(level=settings.logging.level, fmt=settings.logging.format)
     webhook_token = read_secret(settings.server.webhook_token, settings.server.webhook_token_file)
@@ -351,6 +388,7 @@ async def run(
         daemon = Daemon(parts)
         restore_freeze(parts, time.time())
         await reconcile(parts)
+        prune(parts)
         runner: web.AppRunner | None = None
         if settings.server.enabled:
             app = build_app(
@@ -365,13 +403,13 @@ async def run(
             await runner.setup()
             site = web.TCPSite(runner, settings.server.host, settings.server.port)
             await site.start()
-            parts.settings = settings
+            parts.port = int(runner.addresses[0][1])
             log.info("serving", addresses=[str(a) for a in runner.addresses])
         try:
             loop_task = parts.orchestrator.start()
             sd_notify("READY=1")
-            if serving is not None:
-                serving.set()
+            if on_ready is not None:
+                on_ready(parts)
             await _supervise(
                 parts, stop=stop, loop_task=loop_task, reload=reload, reloader=reloader
             )
@@ -379,6 +417,23 @@ async def run(
             sd_notify("STOPPING=1")
             await _shutdown(parts, runner)
     return 0
+
+
+PRUNE_EVERY_S = 3600.0
+
+
+def prune(parts: Components) -> None:
+    """Bounded disk use: old journal rows rotate out (learned statistics never do)."""
+    config = parts.settings.knowledge
+    try:
+        removed = parts.store.prune(
+            now=time.time(), retention_days=config.retention_days, max_rows=config.max_rows
+        )
+    except StoreError as exc:
+        log.error("prune_failed", error=str(exc))
+        return
+    if any(removed.values()):
+        log.info("store_pruned", **removed)
 
 
 async def _supervise(
@@ -392,6 +447,8 @@ async def _supervise(
     """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP."""
     watchdog_s = _watchdog_interval()
     last_seen = parts.orchestrator.state.iteration
+    loop = asyncio.get_running_loop()
+    pruned_at = loop.time()
     while not stop.is_set():
         if loop_task.done():
             exc = loop_task.exception() if not loop_task.cancelled() else None
@@ -410,6 +467,9 @@ async def _supervise(
         if reload is not None and reload.is_set():
             reload.clear()
             _reload(parts, reloader)
+        if loop.time() - pruned_at >= PRUNE_EVERY_S:
+            pruned_at = loop.time()
+            prune(parts)
         current = parts.orchestrator.state.iteration
         # The watchdog is fed only while the loop makes progress, so a stuck loop is restarted.
         limit = parts.settings.orchestrator.iteration_timeout_s + watchdog_s

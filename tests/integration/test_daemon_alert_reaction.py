@@ -1,0 +1,122 @@
+"""A real Alertmanager delivers to the real daemon (app.run), which iterates within 2 s.
+
+The daemon runs in-process on a free port with the mock Charter and an interval of an
+hour, so only the alert can wake it; Alertmanager 0.25 runs as a process with the
+webhook's bearer token in a file, the way `http_config.authorization` sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from test_alertmanager_real import (
+    ALERTMANAGER,
+    TOKEN,
+    alertmanager_config,
+    am_alert,
+    free_port,
+    wait_ready,
+)
+
+from mape_k.app import Components, run
+from mape_k.config import load_settings
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 20.0
+
+
+@contextlib.contextmanager
+def alertmanager(tmp_path: Path, webhook_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    token_file = tmp_path / "webhook_token"
+    token_file.write_text(TOKEN + "\n")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(alertmanager_config(webhook_url=webhook_url, token_file=token_file))
+    port = free_port()
+    log = (tmp_path / "am.log").open("wb")
+    process = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_seconds(
+    tmp_path: Path,
+) -> None:
+    settings, _ = load_settings(
+        None,
+        {},
+        {
+            "charter.mode": "mock",
+            "server.port": 0,
+            "server.webhook_token": TOKEN,
+            "orchestrator.interval_s": 3600,
+            "knowledge.path": str(tmp_path / "k.sqlite3"),
+        },
+    )
+    stop = asyncio.Event()
+    ready: asyncio.Queue[Components] = asyncio.Queue()
+    task = asyncio.create_task(
+        run(
+            settings,
+            stop=stop,
+            on_ready=ready.put_nowait,
+            configure_logging=False,
+            registry=CollectorRegistry(),
+        )
+    )
+    try:
+        parts = await asyncio.wait_for(ready.get(), DEADLINE_S)
+        delivered: list[float] = []
+        route = parts.router.route_alerts
+
+        def timed_route(alerts):  # the moment the webhook hands the delivery to the inbox
+            delivered.append(time.time())
+            return route(alerts)
+
+        parts.router.route_alerts = timed_route  # type: ignore[method-assign]
+        iterations: asyncio.Queue[dict] = asyncio.Queue()
+        parts.orchestrator.listeners.append(iterations.put_nowait)
+        await asyncio.wait_for(iterations.get(), DEADLINE_S)  # the start-up slot
+
+        webhook = f"http://127.0.0.1:{parts.port}/api/v1/alerts"
+        with alertmanager(tmp_path, webhook) as (am_url, process):
+            await wait_ready(am_url, process)
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                posted = await client.post(f"{am_url}/api/v2/alerts", json=[am_alert()])
+                assert posted.status_code == 200, posted.text
+            record = await asyncio.wait_for(iterations.get(), DEADLINE_S)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+    assert delivered, "Alertmanager never delivered to the daemon"
+    reaction = record["started_at"] - delivered[0]
+    assert 0 <= reaction < 2.0, f"iteration started {reaction:.3f} s after delivery"
+    kinds = {(v["kind"], v["source"]) for v in record["inputs"]["violations"]}
+    assert ("high_failure_rate", "alert") in kinds
+    assert record["result"] == "acted"
