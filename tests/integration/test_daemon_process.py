@@ -1,0 +1,126 @@
+"""The daemon as a process: systemd notification, SIGHUP reload, bounded SIGTERM shutdown.
+
+`python -m mape_k run --mock` runs on a free port; the test plays systemd by binding the
+$NOTIFY_SOCKET datagram socket itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prom_support import free_port
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 20.0
+
+
+class Notify:
+    """The systemd side of sd_notify: a datagram socket collecting messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(DEADLINE_S)
+
+    def expect(self, message: str) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            data = self.sock.recv(4096).decode()
+            if message in data.split("\n"):
+                return
+        pytest.fail(f"no {message} from the daemon within {DEADLINE_S} s")
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Notify]:
+    handle = Notify(tmp_path / "notify.sock")
+    yield handle
+    handle.sock.close()
+
+
+def start(tmp_path: Path, config: Path, notify: Notify) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": "1000000",  # feed every 0.5 s
+        "MAPEK_SERVER__PORT": str(port),
+        "MAPEK_KNOWLEDGE__PATH": str(tmp_path / "k.sqlite3"),
+        "MAPEK_LOGGING__FORMAT": "json",
+    }
+    with (tmp_path / "daemon.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mape_k", "run", "--mock", "--config", str(config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def write_config(path: Path, *, interval: float, shutdown_timeout: float = 5.0) -> Path:
+    path.write_text(
+        f"orchestrator: {{interval_s: {interval}, shutdown_timeout_s: {shutdown_timeout}}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def wait_log(tmp_path: Path, event: str) -> str:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        text = (tmp_path / "daemon.log").read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines():
+            if f'"event": "{event}"' in line:
+                return line
+        time.sleep(0.05)  # polling a log file another process writes
+    pytest.fail(f"no {event} in the daemon log:\n{text[-3000:]}")
+
+
+def test_notify_ready_watchdog_and_stopping_then_exit_zero_on_sigterm(tmp_path, notify):
+    config = write_config(tmp_path / "c.yaml", interval=1)
+    process, url = start(tmp_path, config, notify)
+    try:
+        notify.expect("READY=1")
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        notify.expect("WATCHDOG=1")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        notify.expect("STOPPING=1")
+        assert process.wait(timeout=DEADLINE_S) == 0
+        assert time.monotonic() - started < 5.0 + 2.0  # shutdown_timeout_s + start-up slack
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sighup_with_an_invalid_file_keeps_the_running_config(tmp_path, notify):
+    config = write_config(tmp_path / "c.yaml", interval=30)
+    process, url = start(tmp_path, config, notify)
+    try:
+        notify.expect("READY=1")
+        config.write_text("orchestrator: {interval_s: -1}\n", encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        line = wait_log(tmp_path, "config_reload_failed")
+        assert "orchestrator.interval_s" in line
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+        config.write_text("executor: {dry_run: true}\n", encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        wait_log(tmp_path, "config_reloaded")
+        stats = httpx.get(f"{url}/stats", timeout=5).json()
+        assert stats["orchestrator"]["dry_run"] is True
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
