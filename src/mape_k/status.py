@@ -17,6 +17,7 @@ from mape_k.errors import MapekError
 
 # Sections shown first, in this order, under these titles; the rest follows by key.
 _SECTIONS = (
+    ("iterations", "Last iterations"),
     ("last_iterations", "Last iterations"),
     ("pending_approvals", "Pending approvals"),
     ("pending_verifications", "Pending verifications"),
@@ -76,10 +77,22 @@ def _block(key: str, value: Any, *, indent: int, width: int) -> list[str]:
     return [f"{pad}{key}: {_scalar(key, value)}"]
 
 
+def _decision_line(record: Any) -> Any:
+    """One iteration's decision record as `time  result  why` (others unchanged)."""
+    if not isinstance(record, Mapping) or "choice" not in record:
+        return record
+    choice = record.get("choice") or {}
+    why = choice.get("why") if isinstance(choice, Mapping) else None
+    started = _scalar("started_at", record.get("started_at"))
+    return f"{started}  {record.get('result', '?'):<16} {why or ''}"
+
+
 def render_status(stats: Mapping[str, Any], *, width: int = 100) -> str:
     """A readable summary of a /stats document: scalars first, then the known sections."""
     if not isinstance(stats, Mapping):
         return _inline(stats, width)
+    if isinstance(stats.get("iterations"), list):
+        stats = {**stats, "iterations": [_decision_line(r) for r in stats["iterations"]][::-1]}
     section_keys = {key for key, _ in _SECTIONS}
     scalars = {k: v for k, v in stats.items() if not isinstance(v, Mapping | list | tuple)}
     lines = ["mape-k status", "============="]

@@ -73,3 +73,20 @@ async def test_fetch_status_failures_are_mapek_errors(response: object, message:
     )
     with pytest.raises(MapekError, match=message):
         await fetch_status("http://127.0.0.1:8001")
+
+
+def test_iterations_render_as_one_decision_line_each_oldest_first():
+    stats = {
+        "iterations": [
+            {
+                "started_at": 60.0,
+                "result": "acted",
+                "choice": {"why": "restart_service on charter"},
+            },
+            {"started_at": 30.0, "result": "idle", "choice": {"why": "no violations"}},
+        ]
+    }
+    text = render_status(stats)
+    first = text.index("1970-01-01 00:00:30Z  idle")
+    second = text.index("1970-01-01 00:01:00Z  acted            restart_service on charter")
+    assert first < second
