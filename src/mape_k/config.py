@@ -280,7 +280,10 @@ class PlannerConfig(_Model):
         50, ge=1, description="Bound on policies waiting for an operator (oldest dropped)."
     )
     approval_ttl_s: float = Field(
-        900.0, gt=0, description="A pending, approved or rejected proposal expires after this."
+        3600.0,
+        gt=0,
+        description="A pending, approved or rejected proposal expires after this"
+        " (keep it >= guards.approval_ttl_s, which bounds how long an approval is honoured).",
     )
 
     @field_validator("actions")
@@ -302,7 +305,10 @@ class ExecutorConfig(_Model):
         0.3, gt=0, lt=1, description="Relative improvement that counts as PARTIAL."
     )
     degradation: float = Field(
-        0.2, gt=0, description="Relative worsening that counts as DEGRADATION."
+        0.5,
+        gt=0,
+        description="Relative worsening that counts as DEGRADATION (it triggers a panic"
+        " revert, so noise must not reach it).",
     )
 
 
@@ -333,7 +339,8 @@ class ServerConfig(_Model):
     inbox_max_alerts: int = Field(10_000, ge=1)
 
 
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -346,7 +353,7 @@ class FreezeWindow(_Model):
 
     start: str = Field(description='"HH:MM", UTC.')
     end: str = Field(description='"HH:MM", UTC.')
-    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _WEEKDAYS
+    days: tuple[Weekday, ...] = _WEEKDAYS
     reason: str = "change freeze window"
 
     @field_validator("start", "end")
@@ -612,9 +619,7 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
         elif isinstance(default, (dict, tuple, list)):
-            default = json.loads(
-                json.dumps(default, default=lambda v: v.model_dump(mode="json"))
-            )
+            default = json.loads(json.dumps(default, default=lambda v: v.model_dump(mode="json")))
         shown = json.dumps(default, default=str)
         if len(shown) > 60:
             shown = "(see below)" if name in {"queries", "rules", "remediations"} else "(built in)"

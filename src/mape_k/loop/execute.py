@@ -92,6 +92,10 @@ class Executor:
 
     # --- execution --------------------------------------------------------------------
 
+    def wrap_charter(self, wrap: Callable[[CharterClient], CharterClient]) -> None:
+        """Put a wrapper (the guards' circuit breaker) around the Charter client."""
+        self._charter = wrap(self._charter)
+
     def settle_s(self, policy: RemediationPolicy) -> float:
         return max(self._actions[a.action_type].settle_s for a in policy.actions)
 
@@ -223,6 +227,35 @@ class Executor:
             "execution_reconciled", execution_id=execution.id, status=reconciled.status.value
         )
         return reconciled
+
+    async def revert_recent(self, *, since: float, reason: str) -> list[PolicyExecution]:
+        """Panic revert: undo the reversible completed actions of executions finished at or
+        after `since`, newest first, each journaled; returns the executions reverted."""
+        recent = sorted(
+            (
+                e
+                for e in self._history.values()
+                if e.status is ExecutionStatus.COMPLETED and (e.finished_at or 0.0) >= since
+            ),
+            key=lambda e: e.finished_at or e.started_at,
+            reverse=True,
+        )
+        reverted: list[PolicyExecution] = []
+        for execution in recent:
+            done = [
+                a
+                for a in execution.actions
+                if a.status is ExecutionStatus.COMPLETED and INVERSE[a.action.action_type]
+            ]
+            if not done:
+                continue
+            undone = await self._roll_back(execution, done, f"panic revert: {reason}")
+            self._journal(undone)
+            self._history[undone.id] = undone
+            self._pending.pop(undone.id, None)
+            reverted.append(undone)
+            log.warning("execution_reverted", execution_id=undone.id, status=undone.status.value)
+        return reverted
 
     def _count(self, step: ActionExecution) -> None:
         if self._metrics is not None:

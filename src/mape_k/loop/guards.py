@@ -1,16 +1,35 @@
 """Guards: pure decisions, between Plan and Execute, on whether a policy may run now.
 
 Each guard looks at the policy and a `GuardContext` (a snapshot built by the orchestrator:
-time, modes, freezes, what is still settling) and answers allow / delay / block with a
-reason. A policy runs only when every guard allows it. No I/O and no clock here.
+time, modes, freezes, recent changes, breakers, back-offs) and answers allow / delay /
+block with a reason. A policy runs only when every guard allows it. No I/O and no clock
+here: the bookkeeping that feeds the context lives in safety.py. See docs/guards.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from mape_k.models import GuardDecision, GuardVerdict, RemediationPolicy
+from mape_k.config import FreezeWindow, GuardsConfig
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    ExecutionStatus,
+    GuardDecision,
+    GuardVerdict,
+    PolicyExecution,
+    RemediationAction,
+    RemediationPolicy,
+)
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Action types that change nothing an inverse could flip back (execute.INVERSE maps them
+# to None): they count for cooldown and velocity, never for oscillation.
+_NO_KNOB = frozenset({ActionType.RESTART_SERVICE, ActionType.REBALANCE_LOAD})
+_SCALE = frozenset({ActionType.SCALE_UP, ActionType.SCALE_DOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +37,72 @@ class Freeze:
     reason: str
     since: float
     until: float | None  # None: until lifted (the kill switch)
-    source: str = "operator"  # "config" | "operator" | "panic"
+    source: str = "operator"  # "config" | "operator ..." | "panic" | "window"
 
     def active(self, now: float) -> bool:
         return self.until is None or now < self.until
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One action's effect on one knob of a target (or None: no knob, e.g. a restart)."""
+
+    at: float
+    target: str
+    action_type: ActionType
+    execution_id: str
+    knob: str | None = None  # "size", "throttle", "bypass", "override", "policy", "config:KEY"
+    direction: int = 0  # +1 / -1 for ordered knobs, 0 when only values compare
+    before: Any = None
+    after: Any = None
+    size_delta: int = 0  # |members changed| (scale actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """An oscillating target: no change to it before `until`."""
+
+    target: str
+    since: float
+    until: float
+    level: int  # 1, 2, 3...: the block lasts backoff_s * 2**(level - 1)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    """The Charter API circuit breaker: closed, open (until), or half-open (one probe)."""
+
+    state: str = "closed"  # "closed" | "open" | "half_open"
+    failures: int = 0  # consecutive
+    opened_at: float | None = None
+    until: float | None = None
+    last_error: str | None = None
+
+    def phase(self, now: float) -> str:
+        """The state as of `now`: an open circuit whose time is up is half-open."""
+        if self.state == "open" and self.until is not None and now >= self.until:
+            return "half_open"
+        return self.state
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A target where repeated remediation did not help: a human must look."""
+
+    target: str
+    since: float
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """The committee size one iteration asked for (scale-down stabilization)."""
+
+    at: float
+    target: str
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +112,15 @@ class GuardContext:
     freeze: Freeze | None = None
     degraded_reason: str | None = None  # the observation cannot be trusted
     settling: Mapping[str, str] = field(default_factory=dict)  # target -> execution id
+    config: GuardsConfig = field(default_factory=GuardsConfig)
+    history: tuple[Change, ...] = ()  # oldest first
+    recommendations: tuple[Recommendation, ...] = ()
+    committee_size: int | None = None  # the target's size now, when known
+    backoffs: Mapping[str, Backoff] = field(default_factory=dict)
+    charter: Circuit = field(default_factory=Circuit)
+    needs_human: Mapping[str, Hold] = field(default_factory=dict)
+    startup_problem: str | None = None
+    approvals: Mapping[str, float] = field(default_factory=dict)  # policy id -> approved at
 
 
 Guard = Callable[[RemediationPolicy, GuardContext], GuardDecision]
@@ -44,20 +134,381 @@ def _decision(
     )
 
 
+def _allow(name: str, reason: str, policy: RemediationPolicy) -> GuardDecision:
+    return _decision(name, GuardVerdict.ALLOW, reason, policy, None)
+
+
+def _at(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- what an action changes ------------------------------------------------------------
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _scale_target(action: RemediationAction, size: int | None) -> int | None:
+    params = action.parameters
+    if "to_size" in params:
+        return int(params["to_size"])
+    if size is None:
+        return None
+    sign = 1 if action.action_type is ActionType.SCALE_UP else -1
+    return max(1, size + sign * int(params.get("delta", 1)))
+
+
+def planned_changes(
+    policy: RemediationPolicy, *, now: float, committee_size: int | None
+) -> list[Change]:
+    """What `policy` would change if it ran now (a prediction from its parameters)."""
+    changes: list[Change] = []
+    size = committee_size
+    for action in policy.actions:
+        base = Change(
+            at=now, target=policy.target, action_type=action.action_type, execution_id=policy.id
+        )
+        kind = action.action_type
+        params = action.parameters
+        if kind in _SCALE:
+            to = _scale_target(action, size)
+            delta = abs(to - size) if to is not None and size is not None else None
+            if delta is None:
+                delta = int(params.get("delta", 1))
+            sign = 1 if kind is ActionType.SCALE_UP else -1
+            changes.append(
+                _with(base, knob="size", direction=sign, before=size, after=to, size_delta=delta)
+            )
+            size = to
+        elif kind is ActionType.THROTTLE_REQUESTS:
+            direction = (
+                1 if "limit_ops_per_sec" not in params or params["limit_ops_per_sec"] else -1
+            )
+            changes.append(_with(base, knob="throttle", direction=direction))
+        elif kind is ActionType.BYPASS_VALIDATION:
+            on = bool(params.get("active", True))
+            changes.append(_with(base, knob="bypass", direction=1 if on else -1, after=on))
+        elif kind is ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
+            on = bool(params.get("active", True))
+            changes.append(_with(base, knob="override", direction=1 if on else -1, after=on))
+        elif kind is ActionType.APPLY_POLICY:
+            target_policy = str(params.get("policy_id", "last_known_good"))
+            changes.append(_with(base, knob="policy", after=target_policy))
+        elif kind is ActionType.UPDATE_CONFIGURATION:
+            settings = params.get("settings")
+            for key, value in (settings if isinstance(settings, dict) else {}).items():
+                changes.append(_with(base, knob=f"config:{key}", after=value))
+        else:
+            changes.append(base)
+    return changes
+
+
+def _with(base: Change, **values: Any) -> Change:
+    return Change(
+        at=base.at,
+        target=base.target,
+        action_type=base.action_type,
+        execution_id=base.execution_id,
+        **values,
+    )
+
+
+def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
+    """What an execution did, from the Charter's previous/current answers."""
+    changes: list[Change] = []
+    for step in execution.actions:
+        if step.status not in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+            continue
+        base = Change(
+            at=at,
+            target=execution.policy.target,
+            action_type=step.action.action_type,
+            execution_id=execution.id,
+        )
+        if step.status is ExecutionStatus.FAILED:
+            changes.append(base)  # an attempt: counts for cooldown and blast radius only
+            continue
+        changes.extend(_step_changes(base, step))
+    return changes
+
+
+def _step_changes(base: Change, step: ActionExecution) -> list[Change]:  # noqa: C901, PLR0911
+    previous: dict[str, Any] = step.result.get("previous", {}) or {}
+    current: dict[str, Any] = step.result.get("current", {}) or {}
+    kind = step.action.action_type
+    if kind in _SCALE:
+        before, after = previous.get("size"), current.get("size")
+        if not isinstance(before, int | float) or not isinstance(after, int | float):
+            return [base]
+        delta = int(after) - int(before)
+        if delta == 0:
+            return [base]
+        return [
+            _with(
+                base,
+                knob="size",
+                direction=_sign(delta),
+                before=int(before),
+                after=int(after),
+                size_delta=abs(delta),
+            )
+        ]
+    if kind is ActionType.THROTTLE_REQUESTS:
+        before, after = previous.get("throttle_limit"), current.get("throttle_limit")
+        if before == after:
+            return [base]
+        tighter = after is not None and (before is None or float(after) < float(before))
+        return [
+            _with(base, knob="throttle", direction=1 if tighter else -1, before=before, after=after)
+        ]
+    if kind in {ActionType.BYPASS_VALIDATION, ActionType.ACTIVATE_EMERGENCY_OVERRIDE}:
+        key = "validation_bypass" if kind is ActionType.BYPASS_VALIDATION else "emergency_override"
+        knob = "bypass" if kind is ActionType.BYPASS_VALIDATION else "override"
+        before, after = bool(previous.get(key, False)), bool(current.get(key, False))
+        if before == after:
+            return [base]
+        return [_with(base, knob=knob, direction=1 if after else -1, before=before, after=after)]
+    if kind is ActionType.APPLY_POLICY:
+        before, after = previous.get("active_policy"), current.get("active_policy")
+        if before == after:
+            return [base]
+        return [_with(base, knob="policy", before=before, after=after)]
+    if kind is ActionType.UPDATE_CONFIGURATION:
+        old: dict[str, Any] = previous.get("settings", {}) or {}
+        new: dict[str, Any] = current.get("settings", {}) or {}
+        out = [
+            _with(base, knob=f"config:{key}", before=old.get(key), after=value)
+            for key, value in new.items()
+            if old.get(key) != value
+        ]
+        return out or [base]
+    return [base]
+
+
+def reverses(first: Change, second: Change) -> bool:
+    """True when `second` undoes `first` on the same knob (opposite direction, or back)."""
+    if first.knob is None or first.knob != second.knob or first.target != second.target:
+        return False
+    if first.direction and second.direction:
+        return first.direction == -second.direction
+    return second.after is not None and second.after == first.before
+
+
+def oscillation(
+    history: Iterable[Change], candidate: Change | None, *, window_s: float, now: float
+) -> tuple[Change, ...] | None:
+    """Three changes of one knob inside the window, each undoing the one before, or None.
+
+    With a `candidate`, asks whether running it would complete such a flip-flop.
+    """
+    recent = [c for c in history if c.knob is not None and c.at >= now - window_s]
+    if candidate is not None:
+        if candidate.knob is None:
+            return None
+        same = [c for c in recent if c.knob == candidate.knob and c.target == candidate.target]
+        if len(same) >= 2 and reverses(same[-2], same[-1]) and reverses(same[-1], candidate):
+            return (same[-2], same[-1], candidate)
+        return None
+    by_knob: dict[tuple[str, str], list[Change]] = {}
+    for change in recent:
+        by_knob.setdefault((change.target, change.knob or ""), []).append(change)
+    for seq in by_knob.values():
+        for a, b, c in zip(seq, seq[1:], seq[2:], strict=False):
+            if reverses(a, b) and reverses(b, c):
+                return (a, b, c)
+    return None
+
+
+def active_window(windows: Iterable[FreezeWindow], now: float) -> Freeze | None:
+    """The configured freeze window `now` falls in (UTC), as a Freeze ending with it."""
+    moment = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+    for window in windows:
+        sh, sm = (int(x) for x in window.start.split(":"))
+        eh, em = (int(x) for x in window.end.split(":"))
+        for days_back in (0, 1):  # a window crossing midnight started yesterday
+            day = moment.date() - dt.timedelta(days=days_back)
+            if _DAYS[day.weekday()] not in window.days:
+                continue
+            start = dt.datetime(day.year, day.month, day.day, sh, sm, tzinfo=dt.UTC)
+            end = dt.datetime(day.year, day.month, day.day, eh, em, tzinfo=dt.UTC)
+            if end <= start:
+                end += dt.timedelta(days=1)
+            if start <= moment < end:
+                return Freeze(
+                    reason=window.reason,
+                    since=start.timestamp(),
+                    until=end.timestamp(),
+                    source="window",
+                )
+    return None
+
+
+# --- the guards ------------------------------------------------------------------------
+
+
 def data_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if ctx.degraded_reason is not None:
         reason = f"no action on missing or stale data: {ctx.degraded_reason}"
         return _decision("data", GuardVerdict.BLOCK, reason, policy, None)
-    return _decision("data", GuardVerdict.ALLOW, "observation complete", policy, None)
+    return _allow("data", "observation complete", policy)
+
+
+def startup_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    if ctx.startup_problem is not None:
+        reason = f"start-up validation failed, not acting: {ctx.startup_problem}"
+        return _decision("startup", GuardVerdict.BLOCK, reason, policy, None)
+    return _allow("startup", "start-up state valid", policy)
 
 
 def freeze_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
-    freeze = ctx.freeze
-    if freeze is not None and freeze.active(ctx.now):
-        until = "until lifted" if freeze.until is None else f"until {freeze.until:.0f}"
+    freeze = ctx.freeze if ctx.freeze is not None and ctx.freeze.active(ctx.now) else None
+    if freeze is None:
+        freeze = active_window(ctx.config.freeze_windows, ctx.now)
+    if freeze is not None:
+        until = "until lifted" if freeze.until is None else f"until {_at(freeze.until)}"
         reason = f"frozen ({freeze.source}) {until}: {freeze.reason}"
         return _decision("freeze", GuardVerdict.BLOCK, reason, policy, freeze.until)
-    return _decision("freeze", GuardVerdict.ALLOW, "not frozen", policy, None)
+    return _allow("freeze", "not frozen", policy)
+
+
+def charter_breaker_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    if not ctx.config.charter_breaker.enabled:
+        return _allow("charter_breaker", "disabled", policy)
+    phase = ctx.charter.phase(ctx.now)
+    if phase == "open":
+        until = ctx.charter.until
+        when = f"until {_at(until)}" if until is not None else ""
+        reason = (
+            f"Charter API circuit open {when} after {ctx.charter.failures} failed calls"
+            f" (last: {ctx.charter.last_error})"
+        )
+        return _decision("charter_breaker", GuardVerdict.BLOCK, reason, policy, until)
+    if phase == "half_open":
+        return _allow("charter_breaker", "half-open: this policy is the probe", policy)
+    return _allow("charter_breaker", "closed", policy)
+
+
+def target_breaker_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    hold = ctx.needs_human.get(policy.target)
+    if ctx.config.target_breaker.enabled and hold is not None and ctx.now < hold.until:
+        reason = f"deeper problem on {policy.target}, needs a human: {hold.reason}"
+        return _decision("target_breaker", GuardVerdict.BLOCK, reason, policy, hold.until)
+    return _allow("target_breaker", "no repeated failures", policy)
+
+
+def oscillation_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    cfg = ctx.config.oscillation
+    if not cfg.enabled:
+        return _allow("oscillation", "disabled", policy)
+    backoff = ctx.backoffs.get(policy.target)
+    if backoff is not None and ctx.now < backoff.until:
+        reason = (
+            f"{policy.target} oscillated ({backoff.reason}); back-off level {backoff.level}"
+            f" until {_at(backoff.until)}"
+        )
+        return _decision("oscillation", GuardVerdict.BLOCK, reason, policy, backoff.until)
+    for change in planned_changes(policy, now=ctx.now, committee_size=ctx.committee_size):
+        flip = oscillation(ctx.history, change, window_s=cfg.window_s, now=ctx.now)
+        if flip is not None:
+            steps = " -> ".join(c.action_type.value for c in flip)
+            reason = f"would oscillate {policy.target} {change.knob}: {steps}"
+            return _decision("oscillation", GuardVerdict.BLOCK, reason, policy, None)
+    return _allow("oscillation", "no flip-flop", policy)
+
+
+def cooldown_s(last: Change, config: GuardsConfig) -> float:
+    cfg = config.cooldown
+    large = last.size_delta >= cfg.large_delta
+    return cfg.base_s * (cfg.large_factor if large else 1.0)
+
+
+def cooldown_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    if not ctx.config.cooldown.enabled:
+        return _allow("cooldown", "disabled", policy)
+    for action in policy.actions:
+        previous = [
+            c
+            for c in ctx.history
+            if c.target == policy.target and c.action_type is action.action_type
+        ]
+        if not previous:
+            continue
+        last = max(previous, key=lambda c: c.at)
+        until = last.at + cooldown_s(last, ctx.config)
+        if ctx.now < until:
+            reason = (
+                f"{action.action_type.value} on {policy.target} cooling down until {_at(until)}"
+                f" (last at {_at(last.at)}, size change {last.size_delta})"
+            )
+            return _decision("cooldown", GuardVerdict.DELAY, reason, policy, until)
+    return _allow("cooldown", "no recent action of this type", policy)
+
+
+def velocity_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    cfg = ctx.config.velocity
+    if not cfg.enabled:
+        return _allow("velocity", "disabled", policy)
+    recent = [c for c in ctx.history if c.at > ctx.now - cfg.window_s]
+    actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
+    size_change = sum(c.size_delta for c in recent)
+    planned = planned_changes(policy, now=ctx.now, committee_size=ctx.committee_size)
+    more_size = sum(c.size_delta for c in planned)
+    until = (min(c.at for c in recent) + cfg.window_s) if recent else None
+    if actions + len(policy.actions) > cfg.max_actions:
+        reason = (
+            f"blast radius: {actions} actions in the last {cfg.window_s:.0f} s,"
+            f" limit {cfg.max_actions}"
+        )
+        return _decision("velocity", GuardVerdict.DELAY, reason, policy, until)
+    if more_size and size_change + more_size > cfg.max_size_change:
+        reason = (
+            f"committee size changed by {size_change} in the last {cfg.window_s:.0f} s;"
+            f" {more_size} more would pass the limit {cfg.max_size_change}"
+        )
+        return _decision("velocity", GuardVerdict.DELAY, reason, policy, until)
+    return _allow("velocity", f"{actions} actions, size change {size_change}", policy)
+
+
+def stabilization_floor(
+    recommendations: Iterable[Recommendation], *, target: str, now: float, window_s: float
+) -> int | None:
+    sizes = [r.size for r in recommendations if r.target == target and r.at >= now - window_s]
+    return max(sizes) if sizes else None
+
+
+def stabilization_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    cfg = ctx.config.stabilization
+    downs = [a for a in policy.actions if a.action_type is ActionType.SCALE_DOWN]
+    if not cfg.enabled or not downs:
+        return _allow("stabilization", "not a scale-down", policy)
+    floor = stabilization_floor(
+        ctx.recommendations, target=policy.target, now=ctx.now, window_s=cfg.window_s
+    )
+    to = _scale_target(downs[-1], ctx.committee_size)
+    if to is None:
+        reason = "scale-down held: the committee size is unknown"
+        return _decision("stabilization", GuardVerdict.DELAY, reason, policy, None)
+    if floor is not None and to < floor:
+        reason = (
+            f"scale-down to {to} held: the highest size recommended in the last"
+            f" {cfg.window_s:.0f} s is {floor}"
+        )
+        return _decision("stabilization", GuardVerdict.DELAY, reason, policy, None)
+    return _allow("stabilization", f"recommendations stayed at or below {to}", policy)
+
+
+def approval_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    if not policy.requires_approval:
+        return _allow("approval", "needs no approval", policy)
+    approved_at = ctx.approvals.get(policy.id)
+    if approved_at is None:
+        return _decision("approval", GuardVerdict.BLOCK, "not approved", policy, None)
+    expires = approved_at + ctx.config.approval_ttl_s
+    if ctx.now >= expires:
+        reason = f"approval expired at {_at(expires)}: default deny (rejected)"
+        return _decision("approval", GuardVerdict.BLOCK, reason, policy, None)
+    return _allow("approval", f"approved, valid until {_at(expires)}", policy)
 
 
 def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
@@ -65,7 +516,7 @@ def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if execution is not None:
         reason = f"{policy.target} is settling after {execution}; its effect is not measured yet"
         return _decision("settle", GuardVerdict.DELAY, reason, policy, None)
-    return _decision("settle", GuardVerdict.ALLOW, "target settled", policy, None)
+    return _allow("settle", "target settled", policy)
 
 
 def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
@@ -73,11 +524,24 @@ def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision
         actions = ", ".join(a.action_type.value for a in policy.actions)
         reason = f"dry-run: would execute {actions} on {policy.target}"
         return _decision("dry_run", GuardVerdict.BLOCK, reason, policy, None)
-    return _decision("dry_run", GuardVerdict.ALLOW, "live mode", policy, None)
+    return _allow("dry_run", "live mode", policy)
 
 
 # Order matters only for reading: every guard is evaluated and recorded.
-DEFAULT_GUARDS: tuple[Guard, ...] = (data_guard, freeze_guard, settle_guard, dry_run_guard)
+DEFAULT_GUARDS: tuple[Guard, ...] = (
+    data_guard,
+    startup_guard,
+    freeze_guard,
+    charter_breaker_guard,
+    target_breaker_guard,
+    approval_guard,
+    oscillation_guard,
+    cooldown_guard,
+    velocity_guard,
+    stabilization_guard,
+    settle_guard,
+    dry_run_guard,
+)
 
 
 def evaluate(

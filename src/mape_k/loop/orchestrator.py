@@ -15,26 +15,37 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from mape_k.config import Settings
 from mape_k.errors import MapekError
+from mape_k.integrations.charter.base import CharterClient
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
+from mape_k.loop.safety import (
+    FREEZE_KEY,
+    BreakerCharter,
+    SafetyState,
+    charter_problems,
+    config_problems,
+    store_problems,
+)
 from mape_k.metrics import Metrics
 from mape_k.models import (
+    ActionType,
     AnalysisResult,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
     Observation,
+    OutcomeType,
     PolicyExecution,
     PolicyOutcome,
     RemediationPolicy,
@@ -129,6 +140,14 @@ class MAPEKOrchestrator:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._ids = itertools.count(1)
         self._prom_ok: bool | None = None
+        # The guards' memory (history, breakers, back-offs), persisted in the store.
+        self.safety = SafetyState(settings.guards, store=store, metrics=metrics)
+        self.safety.load()
+        self.startup_problem: str | None = None
+        self._startup_checked = False
+        self._committee_size: int | None = None
+        self._charter: CharterClient | None = None
+        executor.wrap_charter(self._wrap_charter)
         if metrics is not None:
             metrics.dry_run.set(1 if self.dry_run else 0)
             metrics.frozen.set(1 if self.freeze else 0)
@@ -171,6 +190,9 @@ class MAPEKOrchestrator:
         """Apply a reloaded configuration; returns the sections that need a restart."""
         old = self._settings
         self._settings = settings
+        self.safety.config = settings.guards
+        if settings.guards != old.guards:
+            self._startup_checked = False  # re-validate the new configuration
         if settings.executor.dry_run != old.executor.dry_run:
             self.set_dry_run(settings.executor.dry_run)
         if settings.guards.frozen != old.guards.frozen:
@@ -262,7 +284,7 @@ class MAPEKOrchestrator:
             with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
                 return await self._iterate(iteration_id, now)
 
-    async def _iterate(self, iteration_id: str, now: float) -> dict[str, Any]:
+    async def _iterate(self, iteration_id: str, now: float) -> dict[str, Any]:  # noqa: PLR0915
         started = time.perf_counter()
         phases = _Phases(self._metrics)
         self.state.iteration += 1
@@ -277,9 +299,12 @@ class MAPEKOrchestrator:
         record["inputs"] = _inputs(observation)
         self._note_prometheus(observation)
         self.state.violations_seen += len(observation.violations)
+        self._committee_size = _size(observation, "charter")
+        await self._check_startup()
 
         t = time.perf_counter()
         outcomes = self._verify(observation, now)
+        record["panic"] = await self._panic_check(outcomes, observation, now)
         phases.done("verify", t)
         record["verifications"] = [_outcome(o) for o in outcomes]
 
@@ -288,6 +313,7 @@ class MAPEKOrchestrator:
         phases.done("analyze", t)
         record["patterns"] = [_pattern(p) for p in analysis.patterns]
         record["causes"] = [_cause(c) for c in analysis.causes]
+        record["inhibited"] = list(analysis.inhibited)
         self._count_analysis(observation, analysis)
 
         t = time.perf_counter()
@@ -296,6 +322,7 @@ class MAPEKOrchestrator:
         )
         phases.done("plan", t)
         record["candidates"] = [_candidate(p) for p in policies]
+        self._recommend(policies, observation, now)
 
         t = time.perf_counter()
         chosen, decisions, why = self._choose(policies, observation, now)
@@ -311,11 +338,14 @@ class MAPEKOrchestrator:
             )
             phases.done("execute", t)
             self._count_execution(execution)
+            self._note_execution(execution, now)
         record["choice"] = {"policy_id": chosen.id if chosen else None, "why": why}
         record["execution"] = _execution(execution) if execution else None
         result = _result(observation, chosen, execution, policies, decisions)
         record["result"] = result
         record["pending_approvals"] = [p.id for p in self.planner.pending_approvals()]
+        self.safety.prune(now=now)
+        self.safety.save(now=now)
         phases.done("total", started)
         record["phases_s"] = phases.durations
         self._finish(record, phases, result)
@@ -335,17 +365,28 @@ class MAPEKOrchestrator:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
             self.knowledge.record_outcome(outcome)
+            self.safety.note_outcome(outcome, now=now)
         if self._metrics is not None:
             self._metrics.pending_verifications.set(len(self.executor.pending_verifications()))
         return outcomes
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
+        safety = self.safety
         return guard_rules.GuardContext(
             now=now,
             dry_run=self.dry_run,
             freeze=self.freeze,
             degraded_reason=observation.degraded_reason,
             settling=self.executor.pending_targets(),
+            config=self._settings.guards,
+            history=tuple(safety.history),
+            recommendations=tuple(safety.recommendations),
+            committee_size=_size(observation, "charter"),
+            backoffs=dict(safety.backoffs),
+            charter=safety.charter,
+            needs_human=dict(safety.needs_human),
+            startup_problem=self.startup_problem,
+            approvals=dict(safety.approvals),
         )
 
     def _choose(
@@ -366,8 +407,10 @@ class MAPEKOrchestrator:
         if best is not None and best not in runnable:
             runnable.insert(0, best)  # an approved risky policy
         for policy in runnable:
-            verdicts = guard_rules.evaluate(policy, ctx)
+            size = _size(observation, policy.target)
+            verdicts = guard_rules.evaluate(policy, replace(ctx, committee_size=size))
             decisions.extend(verdicts)
+            self._after_guards(policy, verdicts, now)
             if guard_rules.allowed(verdicts):
                 why = f"{policy.primary_action.value} on {policy.target}: {policy.rationale}"
                 return policy, decisions, why
@@ -376,6 +419,186 @@ class MAPEKOrchestrator:
             waiting = ", ".join(p.id for p in self.planner.pending_approvals())
             return None, decisions, f"waiting for operator approval of {waiting}"
         return None, decisions, "held back by guards: " + "; ".join(dict.fromkeys(held))
+
+    # --- the safety envelope's hooks -----------------------------------------------------
+
+    def _wrap_charter(self, inner: CharterClient) -> CharterClient:
+        self._charter = BreakerCharter(inner, on_result=self._charter_result)
+        return self._charter
+
+    def _charter_result(self, ok: bool, error: str | None) -> None:
+        self.safety.charter_result(ok, now=self._clock(), error=error)
+
+    def approve(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
+        """An operator approval: the planner's, plus its time for the approval guard."""
+        policy = self.planner.approve_policy(policy_id, now=now)
+        if policy is not None:
+            self.safety.note_approval(policy.id, now=now)
+            self.safety.save(now=now)
+        return policy
+
+    async def _check_startup(self) -> None:
+        """State validation before acting: config, store, Charter. Re-checked while failing."""
+        if not self._settings.guards.validate_startup:
+            self.startup_problem = None
+            return
+        if self._startup_checked and self.startup_problem is None:
+            return
+        problems = config_problems(self._settings) + store_problems(self._store)
+        if self._charter is not None:
+            try:
+                async with asyncio.timeout(self._settings.executor.action_timeout_s):
+                    state = await self._charter.get_committee_state()
+            except (MapekError, TimeoutError) as exc:
+                problems.append(f"Charter state unknown: {exc or 'timeout'}")
+            else:
+                problems.extend(f"Charter state insane: {p}" for p in charter_problems(state))
+        problem = "; ".join(problems) or None
+        if problem != self.startup_problem:
+            if problem is None:
+                log.warning("startup_validation_passed", previous_problem=self.startup_problem)
+            else:
+                log.error("startup_validation_failed", problem=problem, acting=False)
+        elif problem is None and not self._startup_checked:
+            log.info("startup_validation_passed")
+        self.startup_problem = problem
+        self._startup_checked = True
+
+    def _panic_reason(self, outcomes: list[PolicyOutcome], observation: Observation) -> str | None:
+        cfg = self._settings.guards.panic
+        if not cfg.enabled:
+            return None
+        if cfg.on_degradation:
+            for outcome in outcomes:
+                if outcome.outcome is OutcomeType.DEGRADATION:
+                    return (
+                        f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
+                        f" made it worse ({outcome.value_before} -> {outcome.value_after})"
+                    )
+        if cfg.query is not None and not observation.degraded:
+            value = observation.value(cfg.query, cfg.component)
+            if value is not None and cfg.comparator.holds(value, cfg.threshold):
+                return (
+                    f"panic condition {cfg.query} {cfg.comparator.value} {cfg.threshold}: {value}"
+                )
+        return None
+
+    async def _panic_check(
+        self, outcomes: list[PolicyOutcome], observation: Observation, now: float
+    ) -> dict[str, Any] | None:
+        """Panic revert: undo recent policies, newest first, then freeze, and say so loudly."""
+        reason = self._panic_reason(outcomes, observation)
+        if reason is None:
+            return None
+        current = self.freeze
+        if current is not None and current.active(now) and current.source == "panic":
+            return None  # already reverted and frozen; nothing new to undo
+        cfg = self._settings.guards.panic
+        reverted = (
+            []
+            if self.dry_run
+            else await self.executor.revert_recent(since=now - cfg.lookback_s, reason=reason)
+        )
+        until = None if cfg.freeze_s is None else now + cfg.freeze_s
+        if current is None or not current.active(now) or current.until is not None:
+            self.freeze = guard_rules.Freeze(
+                reason=f"panic revert: {reason}", since=now, until=until, source="panic"
+            )
+            try:
+                self._store.set_state(FREEZE_KEY, _freeze(self.freeze), at=now)
+            except MapekError as exc:
+                log.error("freeze_save_failed", error=str(exc))
+        if self._metrics is not None:
+            self._metrics.panic_reverts.inc()
+            self._metrics.frozen.set(1)
+        ids = [e.id for e in reverted]
+        log.error(
+            "panic_revert",
+            reason=reason,
+            reverted=ids,
+            statuses=[e.status.value for e in reverted],
+            frozen_until=until,
+        )
+        decision = GuardDecision(
+            guard="panic",
+            verdict=GuardVerdict.BLOCK,
+            reason=f"panic revert of {len(ids)} execution(s), frozen: {reason}",
+            policy_id=None,
+            until=until,
+        )
+        self._record_guards([decision], now)
+        return {"reason": reason, "reverted": ids, "frozen_until": until}
+
+    def _recommend(
+        self, policies: list[RemediationPolicy], observation: Observation, now: float
+    ) -> None:
+        """Record each target's recommended size this iteration (scale-down stabilization)."""
+        if observation.degraded:
+            return
+        for metric in observation.metrics:
+            if metric.name != "committee_size":
+                continue
+            size = round(metric.value)
+            recommended = size
+            for policy in policies:
+                if policy.target == metric.component and policy.primary_action in {
+                    ActionType.SCALE_UP,
+                    ActionType.SCALE_DOWN,
+                }:
+                    changes = guard_rules.planned_changes(policy, now=now, committee_size=size)
+                    after = changes[0].after
+                    recommended = int(after) if isinstance(after, int) else size
+                    break
+            self.safety.recommend(metric.component, recommended, now=now)
+
+    def _after_guards(
+        self, policy: RemediationPolicy, verdicts: tuple[GuardDecision, ...], now: float
+    ) -> None:
+        for decision in verdicts:
+            if decision.verdict is GuardVerdict.ALLOW:
+                continue
+            if decision.guard == "oscillation":
+                # A predicted flip-flop starts the back-off (an active one is kept as is).
+                self.safety.start_backoff(policy.target, decision.reason, now=now)
+            if decision.guard == "approval" and policy.id in self.safety.approvals:
+                # An expired approval is a rejection: default deny.
+                self.planner.reject_policy(policy.id)
+                self.safety.approvals.pop(policy.id, None)
+                log.warning("approval_expired", policy_id=policy.id, reason=decision.reason)
+
+    def _note_execution(self, execution: PolicyExecution, now: float) -> None:
+        changes = guard_rules.executed_changes(execution, at=now)
+        self.safety.record_changes(changes, now=now)
+        if any((a.error or "").startswith("timed out") for a in execution.actions):
+            self.safety.charter_result(False, now=now, error="action timed out")
+
+    def guard_statistics(self, now: float) -> dict[str, Any]:
+        """Each guard's state, for /stats."""
+        settings = self._settings.guards
+        freeze = self.freeze if self.freeze is not None and self.freeze.active(now) else None
+        window = guard_rules.active_window(settings.freeze_windows, now)
+        approvals = [
+            {
+                "policy_id": p.id,
+                "approved_at": self.safety.approvals.get(p.id),
+                "expires_at": (
+                    self.safety.approvals[p.id] + settings.approval_ttl_s
+                    if p.id in self.safety.approvals
+                    else None
+                ),
+            }
+            for p in self.planner.approved_policies()
+        ]
+        return {
+            "dry_run": self.dry_run,
+            "freeze": _freeze(freeze),
+            "freeze_window": _freeze(window),
+            "freeze_windows": [w.model_dump() for w in settings.freeze_windows],
+            "startup": {"ok": self.startup_problem is None, "problem": self.startup_problem},
+            "approvals": approvals,
+            "approval_ttl_s": settings.approval_ttl_s,
+            **self.safety.snapshot(now=now, committee_size=self._committee_size),
+        }
 
     # --- bookkeeping ------------------------------------------------------------------
 
@@ -440,10 +663,8 @@ class MAPEKOrchestrator:
                     log.error("guard_record_failed", error=str(exc))
 
     def _note_prometheus(self, observation: Observation) -> None:
-        ok = not observation.degraded
-        if self._metrics is not None:
-            self._metrics.prometheus_up.set(1 if ok else 0)
-        self._prom_ok = ok
+        # The Monitor owns mapek_prometheus_up; readiness needs "usable data" instead.
+        self._prom_ok = not observation.degraded
 
     @property
     def prometheus_ok(self) -> bool | None:
@@ -507,6 +728,11 @@ def _result(
     if policies and chosen is None:
         return "pending_approval"
     return "idle"
+
+
+def _size(observation: Observation, target: str) -> int | None:
+    value = observation.value("committee_size", target)
+    return None if value is None else round(value)
 
 
 def _baseline(policy: RemediationPolicy, observation: Observation) -> float | None:

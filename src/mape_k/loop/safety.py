@@ -1,0 +1,490 @@
+"""Safety bookkeeping for the guards: what happened recently, breakers, back-offs, holds.
+
+`SafetyState` keeps the action history window, size recommendations, oscillation
+back-offs, the Charter circuit breaker, per-target "needs a human" holds and approval
+times, and persists them in the store's state table (key "safety") so a restart keeps
+them. The decisions themselves are pure functions in guards.py; this module only records.
+`BreakerCharter` wraps a CharterClient to feed the circuit breaker from real call results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, replace
+from typing import Any, TypeVar
+
+import structlog
+
+from mape_k.config import GuardsConfig, Settings
+from mape_k.errors import CharterError, CharterRequestError, CharterUnavailable, MapekError
+from mape_k.integrations.charter.base import (
+    ActionResult,
+    CharterClient,
+    CharterPolicy,
+    CharterViolation,
+    CommitteeState,
+    PolicyValidation,
+)
+from mape_k.loop.guards import (
+    Backoff,
+    Change,
+    Circuit,
+    Hold,
+    Recommendation,
+    cooldown_s,
+    oscillation,
+)
+from mape_k.metrics import Metrics
+from mape_k.models import ActionType, OutcomeType, PolicyOutcome
+from mape_k.store import SCHEMA_VERSION, Store
+
+log = structlog.get_logger(__name__)
+
+STATE_KEY = "safety"
+FREEZE_KEY = "freeze"  # the same key app.Daemon persists operator freezes under
+T = TypeVar("T")
+
+
+class SafetyState:
+    """The guards' memory. Every mutator takes `now`; `save()` persists it."""
+
+    def __init__(
+        self,
+        config: GuardsConfig,
+        *,
+        store: Store | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._metrics = metrics
+        self.history: list[Change] = []
+        self.recommendations: list[Recommendation] = []
+        self.backoffs: dict[str, Backoff] = {}
+        self.charter = Circuit()
+        self.needs_human: dict[str, Hold] = {}
+        self.failures: dict[str, list[float]] = {}  # target -> times of outcomes that failed
+        self.approvals: dict[str, float] = {}
+        self.oscillations = 0
+        self._dirty = False
+
+    # --- persistence -------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self._store is None:
+            return
+        try:
+            saved = self._store.get_state(STATE_KEY)
+        except MapekError as exc:
+            log.error("safety_state_unreadable", error=str(exc))
+            return
+        if not isinstance(saved, dict):
+            return
+        try:
+            self.history = [
+                replace(Change(**c), action_type=ActionType(c["action_type"]))
+                for c in saved.get("history", [])
+            ]
+            self.recommendations = [Recommendation(**r) for r in saved.get("recommendations", [])]
+            self.backoffs = {t: Backoff(**b) for t, b in saved.get("backoffs", {}).items()}
+            self.charter = Circuit(**saved.get("charter", {}))
+            self.needs_human = {t: Hold(**h) for t, h in saved.get("needs_human", {}).items()}
+            self.failures = {t: list(v) for t, v in saved.get("failures", {}).items()}
+            self.approvals = dict(saved.get("approvals", {}))
+            self.oscillations = int(saved.get("oscillations", 0))
+        except (TypeError, ValueError, KeyError) as exc:
+            log.error("safety_state_unreadable", error=f"bad saved state: {exc}")
+            return
+        log.info(
+            "safety_state_restored",
+            changes=len(self.history),
+            backoffs=len(self.backoffs),
+            charter_circuit=self.charter.state,
+            needs_human=sorted(self.needs_human),
+        )
+        self._publish(now=None)
+
+    def save(self, *, now: float) -> None:
+        if self._store is None or not self._dirty:
+            return
+        data = {
+            "history": [asdict(c) for c in self.history],
+            "recommendations": [asdict(r) for r in self.recommendations],
+            "backoffs": {t: asdict(b) for t, b in self.backoffs.items()},
+            "charter": asdict(self.charter),
+            "needs_human": {t: asdict(h) for t, h in self.needs_human.items()},
+            "failures": self.failures,
+            "approvals": self.approvals,
+            "oscillations": self.oscillations,
+        }
+        try:
+            self._store.set_state(STATE_KEY, data, at=now)
+        except MapekError as exc:
+            log.error("safety_state_save_failed", error=str(exc))
+            return
+        self._dirty = False
+
+    # --- upkeep --------------------------------------------------------------------------
+
+    def prune(self, *, now: float) -> None:
+        """Forget what no guard can see any more (keeps the state small)."""
+        cfg = self.config
+        keep = max(cfg.velocity.window_s, cfg.oscillation.window_s, 3 * cfg.cooldown.base_s)
+        keep = max(keep, cfg.cooldown.base_s * cfg.cooldown.large_factor)
+        before = (
+            len(self.history),
+            len(self.recommendations),
+            len(self.backoffs),
+            len(self.needs_human),
+            len(self.approvals),
+        )
+        self.history = [c for c in self.history if c.at >= now - keep]
+        window = cfg.stabilization.window_s
+        self.recommendations = [r for r in self.recommendations if r.at >= now - window]
+        reset = cfg.oscillation.max_backoff_s
+        self.backoffs = {t: b for t, b in self.backoffs.items() if now < b.until + reset}
+        self.needs_human = {t: h for t, h in self.needs_human.items() if now < h.until}
+        tw = cfg.target_breaker.window_s
+        self.failures = {t: [x for x in v if x >= now - tw] for t, v in self.failures.items()}
+        self.failures = {t: v for t, v in self.failures.items() if v}
+        self.approvals = {
+            p: at for p, at in self.approvals.items() if now < at + 2 * cfg.approval_ttl_s
+        }
+        after = (
+            len(self.history),
+            len(self.recommendations),
+            len(self.backoffs),
+            len(self.needs_human),
+            len(self.approvals),
+        )
+        if after != before:
+            self._dirty = True
+        self._publish(now=now)
+
+    def _publish(self, *, now: float | None) -> None:
+        if self._metrics is None:
+            return
+        if now is None:
+            oscillating = len(self.backoffs)
+        else:
+            oscillating = sum(1 for b in self.backoffs.values() if now < b.until)
+        self._metrics.oscillating_targets.set(oscillating)
+        self._metrics.needs_human.set(len(self.needs_human))
+        self._metrics.circuit_open.labels(circuit="charter").set(
+            0 if self.charter.state == "closed" else 1
+        )
+
+    # --- recording -----------------------------------------------------------------------
+
+    def record_changes(self, changes: Iterable[Change], *, now: float) -> Backoff | None:
+        """Remember what an execution did; start a back-off if it completed a flip-flop."""
+        added = list(changes)
+        if not added:
+            return None
+        self.history.extend(added)
+        self.history.sort(key=lambda c: c.at)
+        self._dirty = True
+        cfg = self.config.oscillation
+        if not cfg.enabled:
+            return None
+        flip = oscillation(self.history, None, window_s=cfg.window_s, now=now)
+        if flip is None or not any(c in flip for c in added):
+            return None
+        steps = " -> ".join(c.action_type.value for c in flip)
+        return self.start_backoff(flip[-1].target, f"{flip[-1].knob}: {steps}", now=now)
+
+    def start_backoff(self, target: str, reason: str, *, now: float) -> Backoff:
+        """Block changes to `target` with an exponential back-off (level + 1 if recent)."""
+        cfg = self.config.oscillation
+        previous = self.backoffs.get(target)
+        if previous is not None and now < previous.until:
+            return previous
+        level = 1
+        if previous is not None and now < previous.until + cfg.max_backoff_s:
+            level = previous.level + 1
+        duration = min(cfg.backoff_s * 2 ** (level - 1), cfg.max_backoff_s)
+        backoff = Backoff(
+            target=target, since=now, until=now + duration, level=level, reason=reason
+        )
+        self.backoffs[target] = backoff
+        self.oscillations += 1
+        self._dirty = True
+        if self._metrics is not None:
+            self._metrics.oscillations.inc()
+        log.error(
+            "oscillation_detected",
+            target=target,
+            reason=reason,
+            level=level,
+            blocked_until=backoff.until,
+        )
+        self._publish(now=now)
+        return backoff
+
+    def recommend(self, target: str, size: int, *, now: float) -> None:
+        self.recommendations.append(Recommendation(at=now, target=target, size=size))
+        self._dirty = True
+
+    def note_approval(self, policy_id: str, *, now: float) -> None:
+        self.approvals[policy_id] = now
+        self._dirty = True
+
+    def note_outcome(self, outcome: PolicyOutcome, *, now: float) -> Hold | None:
+        """Count remediations that did not fix their target; K of them open its breaker."""
+        cfg = self.config.target_breaker
+        target = outcome.target
+        if outcome.outcome is OutcomeType.SUCCESS:
+            if self.failures.pop(target, None) is not None:
+                self._dirty = True
+            return None
+        if outcome.outcome is OutcomeType.UNKNOWN:
+            return None
+        times = [t for t in self.failures.get(target, []) if t >= now - cfg.window_s]
+        times.append(now)
+        self.failures[target] = times
+        self._dirty = True
+        if not cfg.enabled or len(times) < cfg.failures or target in self.needs_human:
+            return None
+        hold = Hold(
+            target=target,
+            since=now,
+            until=now + cfg.hold_s,
+            reason=(
+                f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it"
+                f" (last: {outcome.action_type.value} for {outcome.cause}: {outcome.outcome.value})"
+            ),
+        )
+        self.needs_human[target] = hold
+        self.failures.pop(target, None)
+        log.error("needs_human", target=target, reason=hold.reason, until=hold.until)
+        self._publish(now=now)
+        return hold
+
+    def clear_needs_human(self, target: str | None = None) -> list[str]:
+        targets = list(self.needs_human) if target is None else [target]
+        cleared = [t for t in targets if self.needs_human.pop(t, None) is not None]
+        if cleared:
+            self._dirty = True
+            self._publish(now=None)
+        return cleared
+
+    # --- the Charter circuit breaker -----------------------------------------------------
+
+    def charter_result(self, ok: bool, *, now: float, error: str | None = None) -> None:
+        cfg = self.config.charter_breaker
+        circuit = self.charter
+        if ok:
+            if circuit.state != "closed" or circuit.failures:
+                if circuit.state != "closed":
+                    log.warning("charter_circuit_closed", after_failures=circuit.failures)
+                self.charter = Circuit()
+                self._dirty = True
+                self._publish(now=now)
+            return
+        failures = circuit.failures + 1
+        half_open = circuit.phase(now) == "half_open"
+        if cfg.enabled and (half_open or failures >= cfg.failures):
+            self.charter = Circuit(
+                state="open",
+                failures=failures,
+                opened_at=now,
+                until=now + cfg.open_s,
+                last_error=error,
+            )
+            log.error(
+                "charter_circuit_open",
+                failures=failures,
+                until=now + cfg.open_s,
+                error=error,
+                probe_failed=half_open,
+            )
+        else:
+            self.charter = replace(circuit, failures=failures, last_error=error)
+        self._dirty = True
+        self._publish(now=now)
+
+    # --- /stats --------------------------------------------------------------------------
+
+    def snapshot(self, *, now: float, committee_size: int | None = None) -> dict[str, Any]:
+        cfg = self.config
+        recent = [c for c in self.history if c.at > now - cfg.velocity.window_s]
+        cooldowns: list[dict[str, Any]] = []
+        last: dict[tuple[str, ActionType], Change] = {}
+        for change in self.history:
+            last[(change.target, change.action_type)] = change
+        for (target, kind), change in sorted(last.items(), key=lambda kv: kv[1].at):
+            until = change.at + cooldown_s(change, cfg)
+            if cfg.cooldown.enabled and now < until:
+                cooldowns.append({"target": target, "action_type": kind.value, "until": until})
+        return {
+            "cooldowns": cooldowns,
+            "velocity": {
+                "window_s": cfg.velocity.window_s,
+                "actions": len({(c.execution_id, c.action_type, c.at) for c in recent}),
+                "max_actions": cfg.velocity.max_actions,
+                "size_change": sum(c.size_delta for c in recent),
+                "max_size_change": cfg.velocity.max_size_change,
+            },
+            "stabilization": {
+                "window_s": cfg.stabilization.window_s,
+                "committee_size": committee_size,
+                "recommendations": [asdict(r) for r in self.recommendations[-20:]],
+            },
+            "oscillating_targets": [
+                {**asdict(b), "active": now < b.until} for b in self.backoffs.values()
+            ],
+            "oscillations_detected": self.oscillations,
+            "charter_circuit": {**asdict(self.charter), "phase": self.charter.phase(now)},
+            "needs_human": [asdict(h) for h in self.needs_human.values()],
+            "failed_remediations": {t: len(v) for t, v in self.failures.items()},
+        }
+
+
+# --- the Charter API circuit breaker, fed by real calls -------------------------------------
+
+
+class BreakerCharter:
+    """A CharterClient that reports each call's result to `on_result(ok, error)`.
+
+    Unavailable / timeouts count as failures; a 4xx answer (the API answered) is neither.
+    """
+
+    def __init__(
+        self, inner: CharterClient, *, on_result: Callable[[bool, str | None], None]
+    ) -> None:
+        self.inner = inner
+        self._on_result = on_result
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            result = await awaitable
+        except CharterRequestError:
+            self._on_result(True, None)
+            raise
+        except CharterUnavailable as exc:
+            self._on_result(False, str(exc))
+            raise
+        except CharterError as exc:
+            self._on_result(False, str(exc))
+            raise
+        except TimeoutError:
+            self._on_result(False, "timeout")
+            raise
+        self._on_result(True, None)
+        return result
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def disconnect(self) -> None:
+        await self.inner.disconnect()
+
+    async def ping(self) -> None:
+        await self._call(self.inner.ping())
+
+    async def get_policies(self) -> list[CharterPolicy]:
+        return await self._call(self.inner.get_policies())
+
+    async def validate_policy(self, policy_id: str) -> PolicyValidation:
+        return await self._call(self.inner.validate_policy(policy_id))
+
+    async def apply_policy(self, policy_id: str, *, idempotency_key: str) -> ActionResult:
+        return await self._call(self.inner.apply_policy(policy_id, idempotency_key=idempotency_key))
+
+    async def rollback_policy(self, policy_id: str, *, idempotency_key: str) -> ActionResult:
+        return await self._call(
+            self.inner.rollback_policy(policy_id, idempotency_key=idempotency_key)
+        )
+
+    async def get_committee_state(self) -> CommitteeState:
+        return await self._call(self.inner.get_committee_state())
+
+    async def get_violations(self) -> list[CharterViolation]:
+        return await self._call(self.inner.get_violations())
+
+    async def scale_committee(self, size: int, *, idempotency_key: str) -> ActionResult:
+        return await self._call(self.inner.scale_committee(size, idempotency_key=idempotency_key))
+
+    async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
+        return await self._call(self.inner.restart_committee(idempotency_key=idempotency_key))
+
+    async def set_throttle(
+        self, limit_ops_per_sec: float | None, *, idempotency_key: str
+    ) -> ActionResult:
+        return await self._call(
+            self.inner.set_throttle(limit_ops_per_sec, idempotency_key=idempotency_key)
+        )
+
+    async def set_validation_bypass(self, active: bool, *, idempotency_key: str) -> ActionResult:
+        return await self._call(
+            self.inner.set_validation_bypass(active, idempotency_key=idempotency_key)
+        )
+
+    async def set_emergency_override(self, active: bool, *, idempotency_key: str) -> ActionResult:
+        return await self._call(
+            self.inner.set_emergency_override(active, idempotency_key=idempotency_key)
+        )
+
+    async def rebalance_load(self, *, idempotency_key: str) -> ActionResult:
+        return await self._call(self.inner.rebalance_load(idempotency_key=idempotency_key))
+
+    async def update_configuration(
+        self, settings: dict[str, Any], *, idempotency_key: str
+    ) -> ActionResult:
+        return await self._call(
+            self.inner.update_configuration(settings, idempotency_key=idempotency_key)
+        )
+
+
+# --- state validation at start ---------------------------------------------------------------
+
+
+def config_problems(settings: Settings) -> list[str]:
+    """Cross-section sanity the per-field validation cannot see."""
+    problems: list[str] = []
+    guards = settings.guards
+    panic = guards.panic
+    if panic.query is not None and panic.query not in settings.monitor.queries:
+        problems.append(f"guards.panic.query {panic.query!r} is not in monitor.queries")
+    if guards.oscillation.max_backoff_s < guards.oscillation.backoff_s:
+        problems.append("guards.oscillation.max_backoff_s is below guards.oscillation.backoff_s")
+    if settings.planner.approval_ttl_s < guards.approval_ttl_s:
+        log.info(
+            "approval_ttl_capped",
+            detail="planner.approval_ttl_s drops approvals before guards.approval_ttl_s",
+            planner_s=settings.planner.approval_ttl_s,
+            guards_s=guards.approval_ttl_s,
+        )
+    return problems
+
+
+def store_problems(store: Store) -> list[str]:
+    problems: list[str] = []
+    try:
+        if not store.integrity_ok():
+            problems.append("knowledge store integrity check failed")
+        if store.schema_version != SCHEMA_VERSION:
+            problems.append(
+                f"knowledge store schema {store.schema_version}, expected {SCHEMA_VERSION}"
+            )
+    except MapekError as exc:
+        problems.append(f"knowledge store unusable: {exc}")
+    return problems
+
+
+def charter_problems(state: CommitteeState) -> list[str]:
+    """A Charter state no controller should act on."""
+    problems: list[str] = []
+    if state.size < 1:
+        problems.append(f"committee_size {state.size} < 1")
+    if not 0 <= state.healthy_members <= state.size:
+        problems.append(f"healthy_members {state.healthy_members} not in 0..{state.size}")
+    if state.target_size < 1:
+        problems.append(f"target_size {state.target_size} < 1")
+    if not 0.0 <= state.failure_rate <= 1.0:
+        problems.append(f"failure_rate {state.failure_rate} not in 0..1")
+    if state.throttle_limit is not None and state.throttle_limit <= 0:
+        problems.append(f"throttle_limit {state.throttle_limit} <= 0")
+    if state.offered_load < 0 or state.queue_depth < 0:
+        problems.append("negative load or queue depth")
+    return problems

@@ -1,0 +1,645 @@
+"""The safety envelope: one focused test per guard, pure functions with `now` passed in,
+plus the stateful parts (breakers, back-off, panic revert, start-up validation) on a fake
+clock. No sleeping anywhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestServer
+
+from mape_k.app import Daemon, build
+from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig, load_settings
+from mape_k.errors import CharterUnavailable
+from mape_k.integrations.charter.base import CommitteeState
+from mape_k.integrations.charter.http import HttpCharterClient
+from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop import guards as g
+from mape_k.loop.execute import Executor
+from mape_k.loop.safety import BreakerCharter, SafetyState, charter_problems
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    CandidateScore,
+    Cause,
+    ExecutionStatus,
+    GuardVerdict,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationAction,
+    RemediationPolicy,
+    Severity,
+)
+from mape_k.sim.committee import Committee
+from mape_k.sim.service import build_app as build_sim_app
+from mape_k.store import Store
+
+NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a Tuesday
+
+
+def policy(
+    *actions: tuple[ActionType, dict[str, object]],
+    pid: str = "p1",
+    target: str = "charter",
+    approval: bool = False,
+) -> RemediationPolicy:
+    cause = Cause(
+        name="overload",
+        target=target,
+        severity=Severity.CRITICAL,
+        confidence=0.8,
+        violations=1,
+        query="saturation",
+        value=1.2,
+        threshold=0.9,
+    )
+    score = CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.8, score=0.4)
+    return RemediationPolicy(
+        id=pid,
+        cause=cause,
+        actions=tuple(
+            RemediationAction(action_type=kind, target=target, parameters=dict(params))
+            for kind, params in actions
+        ),
+        score=score,
+        requires_approval=approval,
+        created_at=NOW,
+    )
+
+
+UP = policy((ActionType.SCALE_UP, {"delta": 1}))
+DOWN = policy((ActionType.SCALE_DOWN, {"delta": 1}))
+RESTART = policy((ActionType.RESTART_SERVICE, {}))
+
+
+def change(
+    at: float,
+    kind: ActionType,
+    *,
+    knob: str | None = None,
+    direction: int = 0,
+    before: object = None,
+    after: object = None,
+    size_delta: int = 0,
+    target: str = "charter",
+) -> g.Change:
+    return g.Change(
+        at=at,
+        target=target,
+        action_type=kind,
+        execution_id=f"e{at}",
+        knob=knob,
+        direction=direction,
+        before=before,
+        after=after,
+        size_delta=size_delta,
+    )
+
+
+def scaled(at: float, delta: int) -> g.Change:
+    kind = ActionType.SCALE_UP if delta > 0 else ActionType.SCALE_DOWN
+    return change(at, kind, knob="size", direction=1 if delta > 0 else -1, size_delta=abs(delta))
+
+
+def ctx(**kw: object) -> g.GuardContext:
+    return g.GuardContext(now=kw.pop("now", NOW), **kw)  # type: ignore[arg-type]
+
+
+def verdict(guard: g.Guard, p: RemediationPolicy, **kw: object) -> GuardVerdict:
+    return guard(p, ctx(**kw)).verdict
+
+
+# --- data, startup, dry-run, settle -------------------------------------------------------
+
+
+def test_data_guard_blocks_on_a_degraded_observation():
+    assert verdict(g.data_guard, UP, degraded_reason="prometheus down") is GuardVerdict.BLOCK
+    assert verdict(g.data_guard, UP) is GuardVerdict.ALLOW
+
+
+def test_startup_guard_blocks_while_start_up_validation_failed():
+    decision = g.startup_guard(UP, ctx(startup_problem="committee_size 0 < 1"))
+    assert decision.verdict is GuardVerdict.BLOCK
+    assert "committee_size 0 < 1" in decision.reason
+    assert verdict(g.startup_guard, UP) is GuardVerdict.ALLOW
+
+
+def test_dry_run_is_a_guard_mode():
+    decision = g.dry_run_guard(UP, ctx(dry_run=True))
+    assert decision.verdict is GuardVerdict.BLOCK
+    assert "would execute scale_up" in decision.reason
+
+
+def test_settle_guard_delays_a_target_whose_last_action_is_unmeasured():
+    assert verdict(g.settle_guard, UP, settling={"charter": "e1"}) is GuardVerdict.DELAY
+    assert verdict(g.settle_guard, UP, settling={"other": "e1"}) is GuardVerdict.ALLOW
+
+
+# --- freeze ------------------------------------------------------------------------------
+
+
+def test_an_operator_freeze_blocks_until_it_ends_and_says_until_when():
+    freeze = g.Freeze(reason="deploy", since=NOW, until=NOW + 600, source="operator alice")
+    held = g.freeze_guard(UP, ctx(freeze=freeze, now=NOW + 599))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert held.until == NOW + 600
+    assert "until 2023-11-14T22:23:20Z" in held.reason
+    assert verdict(g.freeze_guard, UP, freeze=freeze, now=NOW + 600) is GuardVerdict.ALLOW
+
+
+def test_the_kill_switch_blocks_every_mutating_action_with_no_end():
+    kill = g.Freeze(reason="kill switch", since=NOW, until=None, source="config")
+    for p in (UP, DOWN, RESTART):
+        decision = g.freeze_guard(p, ctx(freeze=kill, now=NOW + 10 * 86_400))
+        assert decision.verdict is GuardVerdict.BLOCK
+        assert "until lifted" in decision.reason
+
+
+def test_a_freeze_window_from_config_blocks_inside_it_only_on_its_days():
+    cfg = GuardsConfig.model_validate(
+        {"freeze_windows": [{"start": "22:00", "end": "02:00", "days": ["tue"], "reason": "batch"}]}
+    )
+    tuesday_2213 = NOW
+    wednesday_0130 = NOW + 3 * 3600 + 17 * 60  # still Tuesday's window (crosses midnight)
+    wednesday_2213 = NOW + 86_400
+    held = g.freeze_guard(UP, ctx(config=cfg, now=tuesday_2213))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "(window)" in held.reason
+    assert "batch" in held.reason
+    end = dt.datetime(2023, 11, 15, 2, 0, tzinfo=dt.UTC).timestamp()
+    assert held.until == end
+    assert verdict(g.freeze_guard, UP, config=cfg, now=wednesday_0130) is GuardVerdict.BLOCK
+    assert verdict(g.freeze_guard, UP, config=cfg, now=end) is GuardVerdict.ALLOW
+    assert verdict(g.freeze_guard, UP, config=cfg, now=wednesday_2213) is GuardVerdict.ALLOW
+
+
+def test_a_freeze_window_must_be_hh_mm():
+    with pytest.raises(ValueError, match="HH:MM"):
+        GuardsConfig.model_validate({"freeze_windows": [{"start": "25:00", "end": "02:00"}]})
+
+
+# --- cooldown, velocity, stabilization ---------------------------------------------------
+
+
+def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
+    cfg = GuardsConfig()  # base 120 s, x3 at >= 3 members
+    small = (scaled(NOW, 1),)
+    assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 119) is GuardVerdict.DELAY
+    assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 120) is GuardVerdict.ALLOW
+    assert verdict(g.cooldown_guard, RESTART, history=small, now=NOW + 1) is GuardVerdict.ALLOW
+    other = policy((ActionType.SCALE_UP, {"delta": 1}), target="other")
+    assert verdict(g.cooldown_guard, other, history=small, now=NOW + 1) is GuardVerdict.ALLOW
+    large = (scaled(NOW, 3),)
+    held = g.cooldown_guard(UP, ctx(history=large, now=NOW + 300, config=cfg))
+    assert held.verdict is GuardVerdict.DELAY
+    assert held.until == NOW + 360
+    assert verdict(g.cooldown_guard, UP, history=large, now=NOW + 360) is GuardVerdict.ALLOW
+
+
+def test_velocity_bounds_the_size_change_per_hour():
+    cfg = GuardsConfig.model_validate({"velocity": {"max_size_change": 4}})
+    history = (scaled(NOW, 2), scaled(NOW + 600, 1))
+    two = policy((ActionType.SCALE_UP, {"delta": 2}))
+    held = g.velocity_guard(two, ctx(config=cfg, history=history, committee_size=6, now=NOW + 900))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "passes" not in held.reason
+    assert "limit 4" in held.reason
+    assert held.until == NOW + 3600  # when the oldest change leaves the window
+    one = policy((ActionType.SCALE_UP, {"delta": 1}))
+    kw = {"config": cfg, "history": history, "committee_size": 6}
+    assert verdict(g.velocity_guard, one, now=NOW + 900, **kw) is GuardVerdict.ALLOW
+    assert verdict(g.velocity_guard, two, now=NOW + 3600, **kw) is GuardVerdict.ALLOW
+    assert verdict(g.velocity_guard, RESTART, now=NOW + 900, **kw) is GuardVerdict.ALLOW
+
+
+def test_velocity_bounds_the_number_of_actions_per_hour():
+    cfg = GuardsConfig.model_validate({"velocity": {"max_actions": 3}})
+    history = tuple(change(NOW + i * 60, ActionType.RESTART_SERVICE) for i in range(3))
+    held = g.velocity_guard(RESTART, ctx(config=cfg, history=history, now=NOW + 200))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "blast radius: 3 actions" in held.reason
+    assert verdict(g.velocity_guard, RESTART, config=cfg, history=history[1:], now=NOW + 200) is (
+        GuardVerdict.ALLOW
+    )
+
+
+def test_scale_down_only_to_the_highest_recommendation_of_the_window():
+    recs = (
+        g.Recommendation(at=NOW, target="charter", size=6),
+        g.Recommendation(at=NOW + 60, target="charter", size=5),
+        g.Recommendation(at=NOW + 120, target="charter", size=4),
+    )
+    # at 6 members, a scale-down to 5 is held while a 6 was recommended in the last 300 s
+    held = g.stabilization_guard(DOWN, ctx(recommendations=recs, committee_size=6, now=NOW + 200))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "highest size recommended in the last 300 s is 6" in held.reason
+    # once the 6 is older than the window, the highest is 5: the scale-down may run
+    kw = {"recommendations": recs, "committee_size": 6}
+    assert verdict(g.stabilization_guard, DOWN, now=NOW + 301, **kw) is GuardVerdict.ALLOW
+    assert verdict(g.stabilization_guard, UP, now=NOW + 200, **kw) is GuardVerdict.ALLOW
+
+
+# --- oscillation -------------------------------------------------------------------------
+
+
+def test_oscillation_up_down_then_up_again_is_blocked():
+    history = (scaled(NOW, 1), scaled(NOW + 300, -1))
+    held = g.oscillation_guard(UP, ctx(history=history, now=NOW + 600))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "scale_up -> scale_down -> scale_up" in held.reason
+    # the same sequence spread over more than the window is not an oscillation
+    assert verdict(g.oscillation_guard, UP, history=history, now=NOW + 1801) is GuardVerdict.ALLOW
+    # going on in the same direction is not either
+    assert verdict(g.oscillation_guard, DOWN, history=history, now=NOW + 600) is GuardVerdict.ALLOW
+
+
+def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_was_executed():
+    def executed(at: float, kind: ActionType, previous: dict, current: dict) -> list[g.Change]:
+        step = ActionExecution(
+            action=RemediationAction(action_type=kind, target="charter"),
+            status=ExecutionStatus.COMPLETED,
+            idempotency_key=f"k{at}",
+            result={"previous": previous, "current": current},
+        )
+        execution = PolicyExecution(
+            id=f"e{at}", policy=UP, status=ExecutionStatus.COMPLETED, actions=(step,), started_at=at
+        )
+        return g.executed_changes(execution, at=at)
+
+    throttle = ActionType.THROTTLE_REQUESTS
+    history = [
+        *executed(NOW, throttle, {"throttle_limit": None}, {"throttle_limit": 200.0}),
+        *executed(NOW + 60, throttle, {"throttle_limit": 200.0}, {"throttle_limit": None}),
+        *executed(NOW + 120, throttle, {"throttle_limit": None}, {"throttle_limit": 150.0}),
+    ]
+    flip = g.oscillation(history, None, window_s=1800, now=NOW + 120)
+    assert flip is not None
+    assert [c.knob for c in flip] == ["throttle"] * 3
+
+    config = ActionType.UPDATE_CONFIGURATION
+    history = [
+        *executed(NOW, config, {"settings": {"batch_size": 16}}, {"settings": {"batch_size": 32}}),
+        *executed(
+            NOW + 60, config, {"settings": {"batch_size": 32}}, {"settings": {"batch_size": 16}}
+        ),
+    ]
+    again = policy((config, {"settings": {"batch_size": 32}}))
+    held = g.oscillation_guard(again, ctx(history=tuple(history), now=NOW + 120))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "config:batch_size" in held.reason
+    other = policy((config, {"settings": {"batch_size": 64}}))
+    assert verdict(g.oscillation_guard, other, history=tuple(history), now=NOW + 120) is (
+        GuardVerdict.ALLOW
+    )
+
+
+def test_an_oscillating_target_is_blocked_with_exponential_back_off():
+    safety = SafetyState(GuardsConfig())  # back-off 600 s, doubling
+    first = safety.start_backoff("charter", "size flip-flop", now=NOW)
+    assert (first.level, first.until) == (1, NOW + 600)
+    held = g.oscillation_guard(RESTART, ctx(backoffs=safety.backoffs, now=NOW + 599))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert held.until == NOW + 600
+    assert safety.start_backoff("charter", "again", now=NOW + 10) is first  # still active
+    second = safety.start_backoff("charter", "again", now=NOW + 700)
+    assert (second.level, second.until) == (2, NOW + 700 + 1200)
+    assert safety.oscillations == 2
+
+
+# --- breakers ----------------------------------------------------------------------------
+
+
+def test_the_charter_circuit_opens_after_n_failures_then_lets_one_probe_through():
+    safety = SafetyState(GuardsConfig())  # 3 failures, open 60 s
+    for i in range(2):
+        safety.charter_result(False, now=NOW + i, error="503")
+    assert verdict(g.charter_breaker_guard, UP, charter=safety.charter) is GuardVerdict.ALLOW
+    safety.charter_result(False, now=NOW + 2, error="503")
+    held = g.charter_breaker_guard(UP, ctx(charter=safety.charter, now=NOW + 61))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert held.until == NOW + 62
+    probe = g.charter_breaker_guard(UP, ctx(charter=safety.charter, now=NOW + 62))
+    assert probe.verdict is GuardVerdict.ALLOW
+    assert "half-open" in probe.reason
+    safety.charter_result(False, now=NOW + 62, error="still 503")  # the probe failed: reopen
+    assert safety.charter.phase(NOW + 100) == "open"
+    assert safety.charter.until == NOW + 122
+    safety.charter_result(True, now=NOW + 122)  # a probe that works closes it
+    assert safety.charter == g.Circuit()
+
+
+async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock):
+    world = MockCharterWorld.create(clock=clock, seed=1)
+    safety = SafetyState(GuardsConfig())
+    wrapped = BreakerCharter(
+        world.client, on_result=lambda ok, err: safety.charter_result(ok, now=clock(), error=err)
+    )
+    world.client.fail_next("scale_committee", times=3)
+    for _ in range(3):
+        with pytest.raises(CharterUnavailable):
+            await wrapped.scale_committee(4, idempotency_key="k")
+    assert safety.charter.phase(clock()) == "open"
+    assert "injected failure" in (safety.charter.last_error or "")
+
+
+def test_k_remediations_that_did_not_fix_a_target_need_a_human():
+    safety = SafetyState(GuardsConfig())  # 3 within 3600 s, hold 3600 s
+
+    def outcome(kind: OutcomeType) -> PolicyOutcome:
+        return PolicyOutcome(
+            execution_id="e",
+            policy_id="p",
+            cause="overload",
+            action_type=ActionType.SCALE_UP,
+            target="charter",
+            outcome=kind,
+            recorded_at=NOW,
+        )
+
+    safety.note_outcome(outcome(OutcomeType.INEFFECTIVE), now=NOW)
+    safety.note_outcome(outcome(OutcomeType.SUCCESS), now=NOW + 10)  # a fix resets the count
+    for i in range(2):
+        assert safety.note_outcome(outcome(OutcomeType.PARTIAL), now=NOW + 20 + i) is None
+    hold = safety.note_outcome(outcome(OutcomeType.DEGRADATION), now=NOW + 30)
+    assert hold is not None
+    assert "3 remediations" in hold.reason
+    held = g.target_breaker_guard(UP, ctx(needs_human=safety.needs_human, now=NOW + 40))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "needs a human" in held.reason
+    kw = {"needs_human": safety.needs_human}
+    assert verdict(g.target_breaker_guard, UP, now=NOW + 30 + 3600, **kw) is GuardVerdict.ALLOW
+
+
+# --- approvals ---------------------------------------------------------------------------
+
+
+def test_an_approval_expires_and_then_is_a_rejection():
+    risky = policy((ActionType.BYPASS_VALIDATION, {}), approval=True)
+    approvals = {risky.id: NOW}
+    assert verdict(g.approval_guard, risky) is not GuardVerdict.ALLOW  # not approved: deny
+    ok = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3599))
+    assert ok.verdict is GuardVerdict.ALLOW
+    expired = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3600))
+    assert expired.verdict is GuardVerdict.BLOCK
+    assert "default deny" in expired.reason
+    assert verdict(g.approval_guard, UP) is GuardVerdict.ALLOW
+
+
+# --- state validation, persistence -------------------------------------------------------
+
+
+def test_an_insane_charter_state_is_named():
+    state = CommitteeState(
+        size=0,
+        healthy_members=2,
+        target_size=0,
+        offered_load=10,
+        throughput_ops_per_sec=10,
+        failure_rate=1.5,
+        p99_latency_s=0.1,
+        queue_depth=0,
+        throttle_limit=None,
+        emergency_override=False,
+        validation_bypass=False,
+        active_policy=None,
+    )
+    problems = charter_problems(state)
+    assert "committee_size 0 < 1" in problems
+    assert any("healthy_members 2" in p for p in problems)
+    assert any("failure_rate" in p for p in problems)
+
+
+def test_the_guards_memory_survives_a_restart(tmp_path: Path):
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        safety = SafetyState(GuardsConfig(), store=store)
+        safety.record_changes([scaled(NOW, 2)], now=NOW)
+        safety.start_backoff("charter", "flip", now=NOW)
+        safety.charter_result(False, now=NOW, error="503")
+        safety.note_approval("pol-1", now=NOW)
+        safety.save(now=NOW)
+        again = SafetyState(GuardsConfig(), store=store)
+        again.load()
+    assert again.history == safety.history
+    assert again.backoffs == safety.backoffs
+    assert again.charter == safety.charter
+    assert again.approvals == {"pol-1": NOW}
+
+
+# --- through the loop: start-up, panic, breaker, kill switch, approvals -----------------------
+
+
+def settings_for(tmp_path: Path, **cli: object):
+    overrides = {"knowledge.path": str(tmp_path / "k.sqlite3"), "charter.mode": "mock", **cli}
+    return load_settings(None, {}, overrides)[0]
+
+
+def held_by(record: dict) -> set[str]:
+    return {d["guard"] for d in record["guard_decisions"] if d["verdict"] != "allow"}
+
+
+async def test_an_invalid_start_state_runs_but_does_not_act_and_says_why(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    world.client.fail_next("get_committee_state")  # the start-up check cannot read the Charter
+    async with build(settings, world=world, clock=clock) as parts:
+        daemon = Daemon(parts, clock=clock)
+        clock.advance(10)
+        first = await parts.orchestrator.run_once()
+        ready, checks = await daemon.readiness()
+        stats = await daemon.statistics()
+        clock.advance(10)
+        second = await parts.orchestrator.run_once()  # re-checked: now it passes
+    assert first["result"] == "held"
+    assert "startup" in held_by(first)
+    assert not ready
+    assert "Charter state unknown" in checks["startup"]
+    assert stats["guards"]["startup"]["ok"] is False
+    assert second["result"] == "acted"
+
+
+async def test_a_config_problem_found_at_start_blocks_every_action(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"guards.panic.query": "no_such_query"})
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        clock.advance(10)
+        record = await parts.orchestrator.run_once()
+    assert "startup" in held_by(record)
+    assert world.committee.actions == []
+
+
+async def test_panic_condition_reverts_recent_policies_and_freezes(tmp_path, clock):
+    settings = settings_for(
+        tmp_path,
+        **{"guards.panic.query": "unhealthy_members", "guards.panic.threshold": 0},
+    )
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="load_spike")
+    with structlog.testing.capture_logs() as logs:
+        async with build(settings, world=world, clock=clock) as parts:
+            records = []
+            for _ in range(3):
+                clock.advance(10)
+                records.append(await parts.orchestrator.run_once())
+            assert any(r["result"] == "acted" for r in records)
+            grown = world.committee.state().target_size
+            assert grown > 3
+            world.committee.inject("member_crash", 0.5, 0, clock())
+            clock.advance(10)
+            panic = await parts.orchestrator.run_once()
+            clock.advance(10)
+            after = await parts.orchestrator.run_once()
+            reverts = parts.metrics.registry.get_sample_value("mapek_panic_reverts_total")
+            freeze = parts.orchestrator.freeze
+    assert panic["panic"] is not None
+    assert panic["panic"]["reverted"]
+    assert world.committee.state().target_size == 3  # back to the last known-good size
+    assert freeze is not None
+    assert freeze.source == "panic"
+    assert freeze.until == clock.now - 10 + 3600
+    assert "freeze" in held_by(after)
+    assert reverts == 1
+    assert [e["log_level"] for e in logs if e["event"] == "panic_revert"] == ["error"]
+
+
+async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="load_spike")
+    async with build(settings, world=world, clock=clock) as parts:
+        orch = parts.orchestrator
+        clock.advance(10)
+        record = await orch.run_once()
+        assert record["result"] == "acted"
+        execution = orch.executor.get_execution_history()[0]
+        real_verify = orch.executor.verify_due
+
+        def degraded(observation, *, now):
+            real_verify(observation, now=now)
+            return [
+                PolicyOutcome(
+                    execution_id=execution.id,
+                    policy_id=execution.policy.id,
+                    cause=execution.policy.cause.name,
+                    action_type=execution.policy.primary_action,
+                    target=execution.policy.target,
+                    outcome=OutcomeType.DEGRADATION,
+                    recorded_at=now,
+                    value_before=1.0,
+                    value_after=1.5,
+                )
+            ]
+
+        orch.executor.verify_due = degraded
+        clock.advance(10)
+        panic = await orch.run_once()
+    assert panic["panic"]["reverted"] == [execution.id]
+    assert world.committee.state().target_size == 3
+    assert orch.freeze is not None
+    assert orch.freeze.source == "panic"
+
+
+async def test_while_the_charter_circuit_is_open_nothing_is_attempted(tmp_path, clock):
+    settings = settings_for(
+        tmp_path, **{"guards.charter_breaker.failures": 2, "guards.cooldown.enabled": False}
+    )
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        daemon = Daemon(parts, clock=clock)
+        world.client.fail_next("restart_committee", times=2)
+        clock.advance(10)
+        first = await parts.orchestrator.run_once()  # restart fails
+        clock.advance(5)
+        second = await parts.orchestrator.run_once()  # fails again: the circuit opens
+        clock.advance(5)
+        third = await parts.orchestrator.run_once()
+        ready, checks = await daemon.readiness()
+        clock.advance(60)
+        probe = await parts.orchestrator.run_once()  # half-open: one probe, it works
+    assert first["execution"]["status"] == second["execution"]["status"] == "failed"
+    assert third["execution"] is None
+    assert "charter_breaker" in held_by(third)
+    assert not ready
+    assert checks["charter_circuit"].startswith("open until")
+    assert probe["result"] == "acted"
+    assert probe["execution"]["status"] == "completed"
+    assert parts.orchestrator.safety.charter.state == "closed"
+
+
+async def test_the_kill_switch_is_shown_in_readiness_and_stats(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        daemon = Daemon(parts, clock=clock)
+        await daemon.freeze("incident 42", None, caller="alice")
+        clock.advance(10)
+        record = await parts.orchestrator.run_once()
+        ready, checks = await daemon.readiness()
+        stats = await daemon.statistics()
+    assert record["execution"] is None
+    assert "freeze" in held_by(record)
+    assert not ready
+    assert "incident 42" in checks["frozen"]
+    assert "until lifted" in checks["frozen"]
+    assert stats["guards"]["freeze"]["reason"] == "incident 42"
+    assert stats["guards"]["freeze"]["until"] is None
+    assert world.committee.actions == []
+
+
+async def test_stats_show_each_guards_state(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        daemon = Daemon(parts, clock=clock)
+        clock.advance(10)
+        await parts.orchestrator.run_once()
+        guards = (await daemon.statistics())["guards"]
+    assert guards["cooldowns"][0]["action_type"] == "restart_service"
+    assert guards["velocity"]["actions"] == 1
+    assert guards["velocity"]["max_actions"] == 12
+    assert guards["charter_circuit"]["phase"] == "closed"
+    assert set(guards) >= {
+        "freeze",
+        "freeze_windows",
+        "oscillating_targets",
+        "needs_human",
+        "approvals",
+        "stabilization",
+        "startup",
+        "dry_run",
+    }
+
+
+# --- idempotency against the simulator service ----------------------------------------------
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
+    committee = Committee(5, "calm", start=clock())
+    server = TestServer(build_sim_app(seed=5, regime="calm", clock=clock, committee=committee))
+    await server.start_server()
+    client = HttpCharterClient(url=str(server.make_url("")), sleep=_no_sleep)
+    await client.connect()
+    try:
+        p = replace(UP, actions=(replace(UP.actions[0], parameters={"delta": 2}),))
+        for _ in range(100):  # a fresh executor each time: only the Charter can deduplicate
+            executor = Executor(
+                charter=client,
+                config=ExecutorConfig(),
+                actions=DEFAULT_ACTIONS,
+                journal=lambda _e: None,
+                clock=clock,
+            )
+            await executor.execute_policy(p)
+    finally:
+        await client.disconnect()
+        await server.close()
+    scales = [a for a in committee.actions if a.operation == "scale_committee"]
+    assert len(scales) == 100
+    assert [a.replayed for a in scales].count(False) == 1
+    assert committee.state().target_size == 5
