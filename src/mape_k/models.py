@@ -89,6 +89,7 @@ class Observation:
     violations: tuple[Violation, ...]
     queries: tuple[QueryResult, ...]
     alerts_firing: int = 0
+    alerts_superseded: int = 0  # firing alerts a fresh rule reading showed as recovered
     degraded_reason: str | None = None
 
     @property

@@ -281,3 +281,23 @@ async def test_rollback_restores_bypass_override_and_policy(world, journal, cloc
     state = world.committee.state()
     assert (state.validation_bypass, state.emergency_override) == (False, False)
     assert state.active_policy == "baseline-v1"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (0.65, 0.11, OutcomeType.PARTIAL),  # crossed to the good side: never a degradation
+        (0.65, 0.9, OutcomeType.DEGRADATION),
+        (0.08, 0.0, OutcomeType.DEGRADATION),  # a "<" rule: further below is worse
+        (0.02, 0.2, OutcomeType.PARTIAL),
+    ],
+)
+def test_classify_knows_which_side_of_the_threshold_is_bad(before, after, expected):
+    got = classify(
+        before=before,
+        after=after,
+        threshold=0.5 if before > 0.1 else 0.1,
+        partial=0.3,
+        degradation=0.5,
+    )
+    assert got is expected

@@ -429,13 +429,18 @@ def classify(
     partial: float,
     degradation: float,
 ) -> OutcomeType:
-    """A still-violating value's outcome, by its distance to the threshold before and after."""
-    if before is None or after is None or threshold is None:
+    """A still-violating value's outcome, by its signed distance past the threshold.
+
+    The bad side is the side `before` was on. A value now on the good side is at least
+    PARTIAL (something else keeps the violation alive), never DEGRADATION.
+    """
+    if before is None or after is None or threshold is None or before == threshold:
         return OutcomeType.INEFFECTIVE
-    gap_before = abs(before - threshold)
-    gap_after = abs(after - threshold)
-    if gap_before == 0:
-        return OutcomeType.INEFFECTIVE
+    bad = 1.0 if before > threshold else -1.0
+    gap_before = (before - threshold) * bad
+    gap_after = (after - threshold) * bad
+    if gap_after <= 0:
+        return OutcomeType.PARTIAL
     change = (gap_before - gap_after) / gap_before
     if change >= partial:
         return OutcomeType.PARTIAL

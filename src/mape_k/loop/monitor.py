@@ -108,7 +108,12 @@ class Monitor:
 
         violations = self._rule_violations(fresh, now=now)
         firing = self._alerts.firing() if self._alerts is not None else []
-        violations.extend(firing)
+        # An alert lags its measurement (`for:`, group_wait, rate windows): where a rule of the
+        # same kind just read the component fresh and found it fine, the reading wins, so a
+        # recovered target is neither re-remediated nor verified as still broken.
+        cleared = self._measured_fine(fresh, violations)
+        current = [a for a in firing if (a.kind, a.component) not in cleared]
+        violations.extend(current)
 
         observation = Observation(
             at=now,
@@ -116,6 +121,7 @@ class Monitor:
             violations=tuple(violations),
             queries=tuple(self._query_result(read, problems.get(read.name)) for read in reads),
             alerts_firing=len(firing),
+            alerts_superseded=len(firing) - len(current),
             degraded_reason=self._degraded_reason(reads, problems),
         )
         self._record(reads, observation)
@@ -179,6 +185,19 @@ class Monitor:
             )
             for sample in samples
         ]
+
+    def _measured_fine(
+        self, fresh: dict[str, tuple[Sample, ...]], violations: list[Violation]
+    ) -> set[tuple[str, str]]:
+        """(kind, component) pairs a rule read fresh this pass without finding a violation."""
+        violating = {(v.kind, v.component) for v in violations}
+        fine: set[tuple[str, str]] = set()
+        for rule in self._config.rules:
+            for sample in fresh.get(rule.query, ()):
+                key = (rule.name, sample.labels.get(rule.component_label) or rule.default_component)
+                if not math.isnan(sample.value) and key not in violating:
+                    fine.add(key)
+        return fine
 
     def _rule_violations(
         self, fresh: dict[str, tuple[Sample, ...]], *, now: float

@@ -762,6 +762,7 @@ def _inputs(observation: Observation) -> dict[str, Any]:
             for v in observation.violations
         ],
         "alerts_firing": observation.alerts_firing,
+        "alerts_superseded": observation.alerts_superseded,
     }
 
 

@@ -1,0 +1,214 @@
+"""Benchmark 6: monitor fan-out, one Monitor pass of 200 PromQL queries, wall time and CPU.
+
+A Prometheus-compatible stub (bench.prom_stub, a subprocess on another core) answers;
+the real Monitor + PrometheusClient read it, with httpx's default transport (httpcore)
+and with httpx-aiohttp's AiohttpTransport side by side, plus a bare aiohttp client as
+the floor. Usage: python -m bench.monitor_fanout [--queries N] [--passes N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import httpx
+
+from bench.common import Verdict, quiet_logs, table, write_json
+from bench.webhook_ingest import cores, free_port, wait_port
+from mape_k.config import MonitorConfig
+from mape_k.integrations.prometheus import PrometheusClient
+from mape_k.loop.monitor import Monitor
+from mape_k.models import Sample
+
+TARGET_MS = 200.0
+MAX_CONNECTIONS = 32  # prometheus.max_connections default
+
+
+class AiohttpSource:
+    """The floor: a bare aiohttp client reading the same vector (not a daemon option)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def read(self, name: str, promql: str, *, timeout_s: float) -> list[Sample]:  # noqa: ARG002
+        assert self._session is not None
+        async with self._session.post(f"{self._url}/api/v1/query", data={"query": promql}) as r:
+            body = await r.json()
+        return [
+            Sample(labels=e["metric"], value=float(e["value"][1]), timestamp=e["value"][0])
+            for e in body["data"]["result"]
+        ]
+
+
+def _aiohttp_transport() -> httpx.AsyncBaseTransport | None:
+    try:
+        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+    except ImportError:
+        return None
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS)
+    )
+    return transport
+
+
+async def passes(monitor: Monitor, count: int) -> tuple[list[float], list[float], int]:
+    """(wall ms, CPU ms) per pass after one warm-up pass; failed query count."""
+    await monitor.observe(time.time())
+    walls: list[float] = []
+    cpus: list[float] = []
+    failed = 0
+    for _ in range(count):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        observation = await monitor.observe(time.time())
+        walls.append((time.perf_counter() - wall0) * 1000)
+        cpus.append((time.process_time() - cpu0) * 1000)
+        failed += sum(not q.ok for q in observation.queries)
+    return walls, cpus, failed
+
+
+async def measure(url: str, *, queries: int, count: int) -> dict[str, dict[str, Any]]:
+    config = MonitorConfig(
+        queries={
+            f"q{i}": f'max(westworld_charter_failure_rate{{shard="{i}"}})' for i in range(queries)
+        },
+        rules=(),
+        query_timeout_s=10,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    variants: list[tuple[str, Callable[[], httpx.AsyncBaseTransport | None]]] = [
+        ("httpx 0.28, default transport (httpcore)", lambda: None),
+        ("httpx 0.28 + httpx-aiohttp AiohttpTransport", _aiohttp_transport),
+    ]
+    for name, make in variants:
+        transport = make()
+        if transport is None and "aiohttp" in name:
+            results[name] = {"missing": True}
+            continue
+        client = PrometheusClient(
+            url=url, timeout_s=10, max_connections=MAX_CONNECTIONS, transport=transport
+        )
+        await client.connect()
+        try:
+            walls, cpus, failed = await passes(Monitor(config, source=client, alerts=None), count)
+        finally:
+            await client.disconnect()
+        results[name] = {"walls": walls, "cpus": cpus, "failed": failed}
+    floor = AiohttpSource(url)
+    await floor.open()
+    try:
+        walls, cpus, failed = await passes(Monitor(config, source=floor, alerts=None), count)
+    finally:
+        await floor.close()
+    results["bare aiohttp client (floor, not a daemon option)"] = {
+        "walls": walls,
+        "cpus": cpus,
+        "failed": failed,
+    }
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--passes", type=int, default=7)
+    parser.add_argument("--json", help="write the verdict rows here (for the runner)")
+    args = parser.parse_args()
+    quiet_logs()
+    client_core, stub_core = cores()
+    os.sched_setaffinity(0, {int(client_core)})
+    port = free_port()
+    stub = subprocess.Popen(
+        ["taskset", "-c", stub_core, sys.executable, "-m", "bench.prom_stub", str(port)]
+    )
+    try:
+        wait_port(port)
+        results = asyncio.run(
+            measure(f"http://127.0.0.1:{port}", queries=args.queries, count=args.passes)
+        )
+    finally:
+        stub.terminate()
+        stub.wait(10)
+    rows = []
+    for name, r in results.items():
+        if r.get("missing"):
+            rows.append([name, "not installed", "-", "-", "-", "-"])
+            continue
+        rows.append(
+            [
+                name,
+                f"{statistics.median(r['walls']):.1f}",
+                f"{max(r['walls']):.1f}",
+                f"{statistics.median(r['cpus']):.1f}",
+                f"{statistics.median(r['cpus']) * 1000 / args.queries:.0f}",
+                r["failed"],
+            ]
+        )
+    default = results["httpx 0.28, default transport (httpcore)"]
+    wall = statistics.median(default["walls"])
+    ok = wall <= TARGET_MS and default["failed"] == 0
+    alt = results["httpx 0.28 + httpx-aiohttp AiohttpTransport"]
+    alt_wall = statistics.median(alt["walls"]) if not alt.get("missing") else float("nan")
+    alt_ok = alt_wall <= TARGET_MS and not alt.get("missing") and alt["failed"] == 0
+    print(f"### 6. Monitor fan-out ({args.queries} queries, one Monitor pass)\n")
+    print(
+        table(
+            [
+                "client",
+                "median wall ms",
+                "max wall ms",
+                "median CPU ms",
+                "CPU us/query",
+                "failed queries",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nTarget: one pass <= {TARGET_MS:g} ms -> default transport {wall:.1f} ms: "
+        f"**{'PASS' if ok else 'MISS'}**; with AiohttpTransport {alt_wall:.1f} ms: "
+        f"**{'PASS' if alt_ok else 'MISS'}**. Median of {args.passes} passes after a warm-up "
+        f"pass; pool of {MAX_CONNECTIONS} connections (prometheus.max_connections); client "
+        f"pinned to core {client_core}, stub (bench.prom_stub, aiohttp) to core {stub_core}; "
+        "CPU is time.process_time() of the client process.\n"
+    )
+    write_json(
+        args.json,
+        [
+            Verdict(
+                "6 monitor fan-out",
+                f"{args.queries} queries, httpx default transport",
+                f"{wall:.1f} ms wall, {statistics.median(default['cpus']):.1f} ms CPU",
+                f"<= {TARGET_MS:g} ms",
+                ok,
+            ),
+            Verdict(
+                "6 monitor fan-out",
+                f"{args.queries} queries, httpx + AiohttpTransport",
+                f"{alt_wall:.1f} ms wall"
+                + ("" if alt.get("missing") else f", {statistics.median(alt['cpus']):.1f} ms CPU"),
+                f"<= {TARGET_MS:g} ms",
+                alt_ok,
+            ),
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
