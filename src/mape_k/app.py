@@ -31,7 +31,7 @@ from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.integrations.charter import get_charter_client
 from mape_k.integrations.charter.base import CharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.integrations.prometheus import PrometheusClient
+from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze, active_window
@@ -114,7 +114,10 @@ async def build(
             if fault is not None:
                 raise ConfigError("--fault needs the mock Charter (--mock or charter.mode=mock)")
             charter = get_charter_client(settings.charter, metrics=metrics)
-            prometheus = PrometheusClient(settings.prometheus)
+            prometheus = PrometheusClient(
+                settings.prometheus,
+                transport=aiohttp_transport(settings.prometheus.max_connections),
+            )
             await prometheus.connect()
             stack.push_async_callback(prometheus.disconnect)
             source = prometheus

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -499,6 +499,11 @@ class Stack:
         process = self._proc(name).process
         return process.pid if process is not None else None
 
+    def returncode(self, name: str) -> int | None:
+        """The component's exit status once it exited (None while running or never started)."""
+        process = self._proc(name).process
+        return None if process is None else process.poll()
+
     def signal(self, name: str, sig: int) -> None:
         """Send `sig` to the component's process group."""
         process = self._proc(name).process
@@ -596,6 +601,36 @@ class Stack:
         except httpx.HTTPError as exc:
             raise StackError(f"GET mape-k /metrics: {exc}") from exc
         return response.text
+
+    async def daemon_readiness(self) -> tuple[int, dict[str, Any]]:
+        """The daemon's /readyz: (HTTP status, body); 503 is an answer, not an error."""
+        try:
+            response = await self._http.get(f"{self.urls['mape-k']}/readyz")
+            body: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StackError(f"GET mape-k /readyz: {exc}") from exc
+        return response.status_code, body
+
+    async def set_chaos(self, status: int | None, operations: Sequence[str] | None = None) -> None:
+        """The simulator's mutating calls (only `operations`, if given) answer `status`."""
+        body = {
+            "mutations_fail_with": status,
+            "operations": None if operations is None else list(operations),
+        }
+        await self._json("POST", f"{self.urls['charter']}/sim/chaos", json=body)
+
+    async def post_alerts(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST a webhook body to the daemon as Alertmanager does (with the webhook token)."""
+        token = (self.workdir / "webhook_token").read_text(encoding="utf-8").strip()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        try:
+            response = await self._http.post(
+                f"{self.urls['mape-k']}/api/v1/alerts", content=body, headers=headers
+            )
+            answer: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StackError(f"POST mape-k /api/v1/alerts: {exc}") from exc
+        return response.status_code, answer
 
     async def prometheus_alerts(self) -> list[dict[str, Any]]:
         """Prometheus's active alerts (pending and firing), from /api/v1/alerts."""

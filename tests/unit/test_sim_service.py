@@ -283,6 +283,28 @@ async def test_chaos_makes_mutations_fail_until_switched_off(client: TestClient[
     assert (await client.post("/api/v1/committee/restart")).status == 200
 
 
+async def test_chaos_can_fail_only_the_named_operations_and_lists_what_it_refused(
+    client: TestClient[Any, Any],
+) -> None:
+    body = {"mutations_fail_with": 503, "operations": ["restart_committee"]}
+    assert (await client.post("/sim/chaos", json=body)).status == 200
+    refused = await client.post("/api/v1/committee/restart", headers={"Idempotency-Key": "k1"})
+    assert refused.status == 503
+    throttle = await client.put("/api/v1/throttle", json={"limit_ops_per_sec": 100})
+    assert throttle.status == 200
+    state = await (await client.get("/sim/state")).json()
+    assert state["chaos_operations"] == ["restart_committee"]
+    assert [a["operation"] for a in state["actions"]] == ["set_throttle"]
+    assert [(r["operation"], r["idempotency_key"], r["status"]) for r in state["rejected"]] == [
+        ("restart_committee", "k1", 503)
+    ]
+
+
+async def test_chaos_refuses_an_unknown_operation(client: TestClient[Any, Any]) -> None:
+    body = {"mutations_fail_with": 503, "operations": ["reboot_everything"]}
+    assert (await client.post("/sim/chaos", json=body)).status == 400
+
+
 async def test_chaos_refuses_a_status_that_is_not_an_error(client: TestClient[Any, Any]) -> None:
     assert (await client.post("/sim/chaos", json={"mutations_fail_with": 200})).status == 400
 

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -44,6 +45,9 @@ M = TypeVar("M", bound=BaseModel)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+CHAOS_LOG_SIZE = 1000
+
+
 class SimState:
     """What the handlers share: the model, the clock, the token and the chaos switch."""
 
@@ -54,6 +58,9 @@ class SimState:
         self.clock = clock
         self.token = token
         self.mutations_fail_with: int | None = None
+        self.chaos_operations: frozenset[str] | None = None  # None: every mutating operation
+        # Mutating calls chaos refused (they never reach the committee's action log).
+        self.rejected: deque[dict[str, Any]] = deque(maxlen=CHAOS_LOG_SIZE)
 
     def now(self) -> float:
         now = self.clock()
@@ -96,6 +103,7 @@ class FaultBody(_Body):
 
 class ChaosBody(_Body):
     mutations_fail_with: int | None = Field(ge=400, le=599)
+    operations: list[str] | None = None  # only these operations fail; None: all of them
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -125,6 +133,21 @@ class _BadRequest(Exception):
 
 
 # --- middlewares ----------------------------------------------------------------------------
+
+# The mutating routes' names (build_app names them by their Charter operation).
+MUTATING_OPERATIONS = frozenset(
+    {
+        "apply_policy",
+        "rollback_policy",
+        "scale_committee",
+        "restart_committee",
+        "rebalance_load",
+        "set_throttle",
+        "set_validation_bypass",
+        "set_emergency_override",
+        "update_configuration",
+    }
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -166,7 +189,17 @@ async def _auth_and_chaos(request: web.Request, handler: Handler) -> web.StreamR
         and request.method in _MUTATING
         and not request.path.endswith("/validate")
     ):
-        return _error(state.mutations_fail_with, "injected failure (POST /sim/chaos)")
+        operation = request.match_info.route.name or request.path
+        if state.chaos_operations is None or operation in state.chaos_operations:
+            state.rejected.append(
+                {
+                    "time": state.now(),
+                    "operation": operation,
+                    "idempotency_key": _key(request),
+                    "status": state.mutations_fail_with,
+                }
+            )
+            return _error(state.mutations_fail_with, "injected failure (POST /sim/chaos)")
     return await handler(request)
 
 
@@ -294,9 +327,19 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 async def set_chaos(request: web.Request) -> web.Response:
     body = await _body(request, ChaosBody)
+    unknown = sorted(set(body.operations or ()) - MUTATING_OPERATIONS)
+    if unknown:
+        raise _BadRequest(f"operations: unknown operation(s) {unknown}", field="operations")
     state = _state(request)
     state.mutations_fail_with = body.mutations_fail_with
-    return web.json_response({"mutations_fail_with": state.mutations_fail_with})
+    state.chaos_operations = None if body.operations is None else frozenset(body.operations)
+    return web.json_response(
+        {"mutations_fail_with": state.mutations_fail_with, "operations": _ops(state)}
+    )
+
+
+def _ops(state: SimState) -> list[str] | None:
+    return None if state.chaos_operations is None else sorted(state.chaos_operations)
 
 
 async def sim_state(request: web.Request) -> web.Response:
@@ -321,6 +364,8 @@ async def sim_state(request: web.Request) -> web.Response:
             "active_faults": [f.as_dict() for f in committee.active_faults],
             "actions": [a.as_dict() for a in committee.actions],
             "mutations_fail_with": state.mutations_fail_with,
+            "chaos_operations": _ops(state),
+            "rejected": list(state.rejected),
         }
     )
 
@@ -459,17 +504,23 @@ def build_app(
     app.router.add_get(f"{API}/ping", ping)
     app.router.add_get(f"{API}/policies", get_policies)
     app.router.add_post(f"{API}/policies/{{policy_id}}/validate", validate_policy)
-    app.router.add_post(f"{API}/policies/{{policy_id}}/apply", apply_policy)
-    app.router.add_post(f"{API}/policies/{{policy_id}}/rollback", rollback_policy)
+    app.router.add_post(f"{API}/policies/{{policy_id}}/apply", apply_policy, name="apply_policy")
+    app.router.add_post(
+        f"{API}/policies/{{policy_id}}/rollback", rollback_policy, name="rollback_policy"
+    )
     app.router.add_get(f"{API}/committee", get_committee)
     app.router.add_get(f"{API}/violations", get_violations)
-    app.router.add_post(f"{API}/committee/scale", scale)
-    app.router.add_post(f"{API}/committee/restart", restart)
-    app.router.add_post(f"{API}/committee/rebalance", rebalance)
-    app.router.add_put(f"{API}/throttle", set_throttle)
-    app.router.add_put(f"{API}/validation-bypass", set_validation_bypass)
-    app.router.add_put(f"{API}/emergency-override", set_emergency_override)
-    app.router.add_patch(f"{API}/config", update_configuration)
+    app.router.add_post(f"{API}/committee/scale", scale, name="scale_committee")
+    app.router.add_post(f"{API}/committee/restart", restart, name="restart_committee")
+    app.router.add_post(f"{API}/committee/rebalance", rebalance, name="rebalance_load")
+    app.router.add_put(f"{API}/throttle", set_throttle, name="set_throttle")
+    app.router.add_put(
+        f"{API}/validation-bypass", set_validation_bypass, name="set_validation_bypass"
+    )
+    app.router.add_put(
+        f"{API}/emergency-override", set_emergency_override, name="set_emergency_override"
+    )
+    app.router.add_patch(f"{API}/config", update_configuration, name="update_configuration")
     app.router.add_post("/sim/faults", inject_fault)
     app.router.add_delete("/sim/faults", clear_faults)
     app.router.add_get("/sim/state", sim_state)
