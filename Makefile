@@ -53,6 +53,8 @@ type: venv
 	$(BIN)/mypy
 
 bench: venv deps
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || echo "wrk missing (apt-get install wrk): the webhook ingest benchmark will say so" >&2
 	$(BIN)/python -m bench --append docs/benchmarks.md
 
 docs: venv
