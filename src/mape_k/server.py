@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
@@ -329,17 +330,19 @@ class _Server:
         return _json({"pending": await self.control.pending_approvals()})
 
     async def approve(self, request: web.Request) -> web.Response:
-        policy_id = request.match_info["id"]
-        caller = await self._admit(request, {"policy_id": policy_id})
-        result = await self.control.approve(policy_id, caller=caller)
-        if result is None:
-            return _json({"error": "no pending policy with this id", "policy_id": policy_id}, 404)
-        return _json(result)
+        return await self._decide(request, self.control.approve)
 
     async def reject(self, request: web.Request) -> web.Response:
+        return await self._decide(request, self.control.reject)
+
+    async def _decide(
+        self,
+        request: web.Request,
+        decide: Callable[..., Awaitable[dict[str, Any] | None]],
+    ) -> web.Response:
         policy_id = request.match_info["id"]
         caller = await self._admit(request, {"policy_id": policy_id})
-        result = await self.control.reject(policy_id, caller=caller)
+        result = await decide(policy_id, caller=caller)
         if result is None:
             return _json({"error": "no pending policy with this id", "policy_id": policy_id}, 404)
         return _json(result)
