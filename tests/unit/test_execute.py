@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -180,6 +181,49 @@ async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
     result = await fresh.reconcile(interrupted)
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert world.committee.state().target_size == 3
+
+
+async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
+    world, journal, clock
+):
+    executor = make_executor(world, journal, clock)
+    first = await executor.execute_policy(
+        policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), pid="cut")
+    )
+    assert world.committee.throttle_limit == 500.0
+    # The crash came after the Charter applied the call, before its result was journaled.
+    interrupted = PolicyExecution(
+        id="cut",
+        policy=first.policy,
+        status=ExecutionStatus.IN_PROGRESS,
+        actions=(replace(first.actions[0], status=ExecutionStatus.IN_PROGRESS, result={}),),
+        started_at=first.started_at,
+    )
+    result = await make_executor(world, journal, clock).reconcile(interrupted)
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert world.committee.throttle_limit is None
+    throttles = [a for a in world.committee.actions if a.operation == "set_throttle"]
+    assert [a.replayed for a in throttles] == [False, True, False]  # applied once, undone once
+
+
+async def test_reconcile_does_not_resend_an_in_progress_action_without_an_inverse(
+    world, journal, clock
+):
+    done = await make_executor(world, journal, clock).execute_policy(
+        policy(act(ActionType.RESTART_SERVICE), pid="r")
+    )
+    interrupted = PolicyExecution(
+        id="r2",
+        policy=done.policy,
+        status=ExecutionStatus.IN_PROGRESS,
+        actions=(
+            replace(done.actions[0], status=ExecutionStatus.IN_PROGRESS, idempotency_key="r2:0:x"),
+        ),
+        started_at=done.started_at,
+    )
+    result = await make_executor(world, journal, clock).reconcile(interrupted)
+    assert result.status is ExecutionStatus.FAILED
+    assert [a.operation for a in world.committee.actions] == ["restart_committee"]
 
 
 def observation(

@@ -211,15 +211,41 @@ class Executor:
         return replace(execution, status=status, finished_at=self._clock(), error=error + suffix)
 
     async def reconcile(self, execution: PolicyExecution) -> PolicyExecution:
-        """Settle an execution a crash interrupted: undo what completed, in reverse order."""
-        done = [a for a in execution.actions if a.status is ExecutionStatus.COMPLETED]
-        cut = [
-            replace(a, status=ExecutionStatus.FAILED, error="interrupted")
-            if a.status is ExecutionStatus.IN_PROGRESS
-            else a
-            for a in execution.actions
-        ]
-        execution = replace(execution, actions=tuple(cut))
+        """Settle an execution a crash interrupted: undo what completed, in reverse order.
+
+        An action journaled IN_PROGRESS may have reached the Charter before the crash. If it
+        can be undone, it is re-sent with its idempotency key (the Charter replays the first
+        result when it arrived, else applies it now) and then undone like a completed one.
+        """
+        done: list[ActionExecution] = []
+        steps = list(execution.actions)
+        for index, step in enumerate(steps):
+            if step.status is ExecutionStatus.COMPLETED:
+                done.append(step)
+                continue
+            if step.status is not ExecutionStatus.IN_PROGRESS:
+                continue
+            steps[index] = replace(step, status=ExecutionStatus.FAILED, error="interrupted")
+            if INVERSE[step.action.action_type] is None:
+                continue  # cannot be undone: re-sending it would only apply it
+            try:
+                async with asyncio.timeout(self._config.action_timeout_s):
+                    result = await self._apply(step.action, step.idempotency_key)
+            except (MapekError, TimeoutError) as exc:
+                log.error(
+                    "reconcile_replay_failed",
+                    execution_id=execution.id,
+                    action_type=step.action.action_type.value,
+                    error=_describe(exc, self._config.action_timeout_s),
+                )
+                continue
+            steps[index] = replace(
+                step,
+                status=ExecutionStatus.COMPLETED,
+                result={"previous": result.previous, "current": result.current},
+            )
+            done.append(steps[index])
+        execution = replace(execution, actions=tuple(steps))
         reconciled = await self._roll_back(execution, done, "interrupted by a restart")
         self._journal(reconciled)
         self._history[reconciled.id] = reconciled

@@ -397,7 +397,15 @@ class MAPEKOrchestrator:
             if observation.degraded:
                 return None, [], f"nothing to do on missing data: {observation.degraded_reason}"
             if observation.violations:
-                return None, [], "violations seen, but no remediation is configured for them"
+                causes = ", ".join(
+                    sorted({f"{v.kind}/{v.component}" for v in observation.violations})
+                )
+                floor = self._settings.planner.min_score
+                why = (
+                    f"no remediation for {causes}: none configured, or every candidate scored"
+                    f" below planner.min_score ({floor:g})"
+                )
+                return None, [], why
             return None, [], "no violations"
         ctx = self.guard_context(observation, now)
         decisions: list[GuardDecision] = []
