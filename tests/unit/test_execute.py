@@ -345,3 +345,11 @@ def test_classify_knows_which_side_of_the_threshold_is_bad(before, after, expect
         degradation=0.5,
     )
     assert got is expected
+
+
+async def test_the_in_memory_history_is_bounded(world, journal, clock, monkeypatch):
+    monkeypatch.setattr("mape_k.loop.execute.HISTORY_KEPT", 3)
+    executor = make_executor(world, journal, clock)
+    for n in range(5):
+        await executor.execute_policy(policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
+    assert [e.id for e in executor.get_execution_history()] == ["p2", "p3", "p4"]

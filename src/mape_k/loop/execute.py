@@ -51,6 +51,7 @@ INVERSE: dict[ActionType, ActionType | None] = {
 }
 
 Journal = Callable[[PolicyExecution], None]
+HISTORY_KEPT = 1000  # executions remembered in memory (replay of a policy id, revert)
 
 
 def idempotency_key(policy_id: str, index: int, action: RemediationAction) -> str:
@@ -172,7 +173,7 @@ class Executor:
                 deadline=due + self._config.verify_deadline_s,
             )
         self._journal(execution)
-        self._history[execution.id] = execution
+        self._remember(execution)
         log.info(
             "policy_executed",
             policy_id=policy.id,
@@ -248,7 +249,7 @@ class Executor:
         execution = replace(execution, actions=tuple(steps))
         reconciled = await self._roll_back(execution, done, "interrupted by a restart")
         self._journal(reconciled)
-        self._history[reconciled.id] = reconciled
+        self._remember(reconciled)
         log.warning(
             "execution_reconciled", execution_id=execution.id, status=reconciled.status.value
         )
@@ -277,7 +278,7 @@ class Executor:
                 continue
             undone = await self._roll_back(execution, done, f"panic revert: {reason}")
             self._journal(undone)
-            self._history[undone.id] = undone
+            self._remember(undone)
             self._pending.pop(undone.id, None)
             reverted.append(undone)
             log.warning("execution_reverted", execution_id=undone.id, status=undone.status.value)
@@ -442,6 +443,13 @@ class Executor:
             time_to_stabilize_s=(now - finished) if kind is OutcomeType.SUCCESS else None,
             detail=detail,
         )
+
+    def _remember(self, execution: PolicyExecution) -> None:
+        """Bounded: the store keeps the journal; memory keeps the recent ones (replays)."""
+        self._history.pop(execution.id, None)
+        self._history[execution.id] = execution
+        while len(self._history) > HISTORY_KEPT:
+            del self._history[next(iter(self._history))]
 
     def get_execution_history(self) -> list[PolicyExecution]:
         return list(self._history.values())
