@@ -76,6 +76,8 @@ async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_
             "server.webhook_token": TOKEN,
             "orchestrator.interval_s": 3600,
             "knowledge.path": str(tmp_path / "k.sqlite3"),
+            # An alert-only cause (no rule reads it, so no fresh reading can supersede it).
+            "planner.remediations": {"charter_down": [[{"type": "restart_service"}]]},
         },
     )
     stop = asyncio.Event()
@@ -107,7 +109,9 @@ async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_
         with alertmanager(tmp_path, webhook) as (am_url, process):
             await wait_ready(am_url, process)
             async with httpx.AsyncClient(timeout=5.0) as client:
-                posted = await client.post(f"{am_url}/api/v2/alerts", json=[am_alert()])
+                alert = am_alert()
+                alert["labels"] = {**alert["labels"], "cause": "charter_down"}
+                posted = await client.post(f"{am_url}/api/v2/alerts", json=[alert])
                 assert posted.status_code == 200, posted.text
             record = await asyncio.wait_for(iterations.get(), DEADLINE_S)
     finally:
@@ -118,5 +122,5 @@ async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_
     reaction = record["started_at"] - delivered[0]
     assert 0 <= reaction < 2.0, f"iteration started {reaction:.3f} s after delivery"
     kinds = {(v["kind"], v["source"]) for v in record["inputs"]["violations"]}
-    assert ("high_failure_rate", "alert") in kinds
+    assert ("charter_down", "alert") in kinds
     assert record["result"] == "acted"
