@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
-from mape_k.errors import CharterRequestError, ExecutionError
+from mape_k.errors import CharterRequestError, ExecutionError, StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.execute import Executor, PendingVerification, classify
 from mape_k.models import (
@@ -353,3 +353,64 @@ async def test_the_in_memory_history_is_bounded(world, journal, clock, monkeypat
     for n in range(5):
         await executor.execute_policy(policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
     assert [e.id for e in executor.get_execution_history()] == ["p2", "p3", "p4"]
+
+
+async def test_no_action_runs_when_the_journal_cannot_record_it(world, clock):
+
+    def broken(_execution):
+        raise StoreError("disk full")
+
+    executor = Executor(
+        charter=world.client,
+        config=ExecutorConfig(),
+        actions=DEFAULT_ACTIONS,
+        journal=broken,
+        clock=clock,
+    )
+    result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    assert result.status is ExecutionStatus.FAILED
+    assert "journal" in (result.error or "")
+    assert world.committee.actions == []
+
+
+async def test_a_journal_failure_after_an_action_keeps_the_execution_and_its_verification(
+    world, clock
+):
+
+    writes = []
+
+    def flaky(execution):
+        writes.append(execution)
+        if execution.actions[0].status is ExecutionStatus.COMPLETED:
+            raise StoreError("disk full")
+
+    executor = Executor(
+        charter=world.client,
+        config=ExecutorConfig(),
+        actions=DEFAULT_ACTIONS,
+        journal=flaky,
+        clock=clock,
+    )
+    result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    assert result.status is ExecutionStatus.COMPLETED
+    assert [p.execution.id for p in executor.pending_verifications()] == [result.id]
+    assert len(world.committee.actions) == 1
+
+
+async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_cleanly(
+    world, journal, clock
+):
+    executor = make_executor(world, journal, clock)
+    real_scale = world.client.scale_committee
+
+    async def no_previous(size, *, idempotency_key):
+        answer = await real_scale(size, idempotency_key=idempotency_key)
+        return replace(answer, previous={})
+
+    world.client.scale_committee = no_previous  # type: ignore[method-assign]
+    world.client.fail_next("rebalance_load")
+    result = await executor.execute_policy(
+        policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD))
+    )
+    assert result.status is ExecutionStatus.FAILED
+    assert "rollback incomplete" in (result.error or "")

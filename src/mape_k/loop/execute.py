@@ -51,6 +51,9 @@ INVERSE: dict[ActionType, ActionType | None] = {
 }
 
 Journal = Callable[[PolicyExecution], None]
+# What an action or its undo may raise: ours, the per-action timeout, and a Charter answer
+# whose shape does not hold what an inverse needs (e.g. `previous` without `size`).
+ACTION_ERRORS = (MapekError, TimeoutError, KeyError, TypeError, ValueError)
 HISTORY_KEPT = 1000  # executions remembered in memory (replay of a policy id, revert)
 
 
@@ -126,16 +129,29 @@ class Executor:
             started_at=started,
             baseline=baseline,
         )
-        self._journal(execution)
+        try:
+            self._journal(execution)
+        except MapekError as exc:
+            # Nothing is done that is not recorded first: no journal, no action.
+            not_started = replace(
+                execution,
+                status=ExecutionStatus.FAILED,
+                finished_at=self._clock(),
+                error=f"not started, the journal is unavailable: {exc}",
+            )
+            log.error("execution_not_started", policy_id=policy.id, error=str(exc))
+            self._remember(not_started)
+            return not_started
         done: list[ActionExecution] = []
         for step in execution.actions:
             running = replace(step, status=ExecutionStatus.IN_PROGRESS, started_at=self._clock())
             execution = _with_action(execution, len(done), running)
-            self._journal(execution)
             try:
+                # Recorded before it runs, or it does not run: a crash must find it journaled.
+                self._journal(execution)
                 async with asyncio.timeout(self._config.action_timeout_s):
                     result = await self._apply(running.action, running.idempotency_key)
-            except (MapekError, TimeoutError) as exc:
+            except ACTION_ERRORS as exc:
                 error = _describe(exc, self._config.action_timeout_s)
                 failed = replace(
                     running, status=ExecutionStatus.FAILED, finished_at=self._clock(), error=error
@@ -157,7 +173,7 @@ class Executor:
                 result={"previous": result.previous, "current": result.current},
             )
             execution = _with_action(execution, len(done), completed)
-            self._journal(execution)
+            self._journal_after(execution)
             self._count(completed)
             done.append(completed)
         else:
@@ -172,7 +188,7 @@ class Executor:
                 due_at=due,
                 deadline=due + self._config.verify_deadline_s,
             )
-        self._journal(execution)
+        self._journal_after(execution)
         self._remember(execution)
         log.info(
             "policy_executed",
@@ -193,7 +209,7 @@ class Executor:
             try:
                 async with asyncio.timeout(self._config.action_timeout_s):
                     undone = await self._undo(step)
-            except (MapekError, TimeoutError) as exc:
+            except ACTION_ERRORS as exc:
                 complete = False
                 log.error(
                     "rollback_failed",
@@ -206,7 +222,7 @@ class Executor:
                 execution = _with_action(
                     execution, index, replace(step, status=ExecutionStatus.ROLLED_BACK)
                 )
-                self._journal(execution)
+                self._journal_after(execution)
         status = ExecutionStatus.ROLLED_BACK if done and complete else ExecutionStatus.FAILED
         suffix = "" if complete else "; rollback incomplete"
         return replace(execution, status=status, finished_at=self._clock(), error=error + suffix)
@@ -232,7 +248,7 @@ class Executor:
             try:
                 async with asyncio.timeout(self._config.action_timeout_s):
                     result = await self._apply(step.action, step.idempotency_key)
-            except (MapekError, TimeoutError) as exc:
+            except ACTION_ERRORS as exc:
                 log.error(
                     "reconcile_replay_failed",
                     execution_id=execution.id,
@@ -248,7 +264,7 @@ class Executor:
             done.append(steps[index])
         execution = replace(execution, actions=tuple(steps))
         reconciled = await self._roll_back(execution, done, "interrupted by a restart")
-        self._journal(reconciled)
+        self._journal_after(reconciled)
         self._remember(reconciled)
         log.warning(
             "execution_reconciled", execution_id=execution.id, status=reconciled.status.value
@@ -277,12 +293,20 @@ class Executor:
             if not done:
                 continue
             undone = await self._roll_back(execution, done, f"panic revert: {reason}")
-            self._journal(undone)
+            self._journal_after(undone)
             self._remember(undone)
             self._pending.pop(undone.id, None)
             reverted.append(undone)
             log.warning("execution_reverted", execution_id=undone.id, status=undone.status.value)
         return reverted
+
+    def _journal_after(self, execution: PolicyExecution) -> None:
+        """Record what already happened; a store failure here must not undo the bookkeeping
+        in memory (cooldowns, verification), or the next iteration would act again."""
+        try:
+            self._journal(execution)
+        except MapekError as exc:
+            log.error("journal_failed", execution_id=execution.id, error=str(exc))
 
     def _count(self, step: ActionExecution) -> None:
         if self._metrics is not None:

@@ -261,19 +261,33 @@ class MAPEKOrchestrator:
     async def _guarded_iteration(self) -> None:
         self._busy_since = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(self._settings.orchestrator.iteration_timeout_s):
-                await self.run_once()
+            await self.run_once()
         except TimeoutError:
-            log.error(
-                "iteration_timeout", timeout_s=self._settings.orchestrator.iteration_timeout_s
-            )
-            self._count_result("error")
-        except Exception:
+            timeout = self._settings.orchestrator.iteration_timeout_s
+            log.error("iteration_timeout", timeout_s=timeout)
+            self._record_failure(f"reading inputs took longer than {timeout:g} s")
+        except Exception as exc:
             # A bug in one iteration must not take the loop down; it is logged with its stack.
             log.exception("iteration_crashed")
-            self._count_result("error")
+            self._record_failure(f"crashed: {type(exc).__name__}: {exc}")
         finally:
             self._busy_since = None
+
+    def _record_failure(self, error: str) -> None:
+        """A failed iteration is a decision too: counted, and shown in /stats."""
+        self.state.last_result = "error"
+        self._count_result("error")
+        self.records.append(
+            {
+                "id": f"{self.state.iteration}-failed",
+                "started_at": self.state.last_started_at,
+                "result": "error",
+                "choice": {
+                    "policy_id": None,
+                    "why": f"iteration failed, nothing executed: {error}",
+                },
+            }
+        )
 
     # --- one iteration ----------------------------------------------------------------
 
@@ -294,13 +308,16 @@ class MAPEKOrchestrator:
         record: dict[str, Any] = {"id": iteration_id, "started_at": now}
 
         t = time.perf_counter()
-        observation = await self.monitor.observe(now)
-        phases.done("monitor", t)
-        record["inputs"] = _inputs(observation)
-        self._note_prometheus(observation)
-        self.state.violations_seen += len(observation.violations)
-        self._committee_size = _size(observation, "charter")
-        await self._check_startup()
+        # The iteration timeout bounds reading, never acting: a Charter call is bounded by
+        # executor.action_timeout_s and must not be cancelled half-way by the loop itself.
+        async with asyncio.timeout(self._settings.orchestrator.iteration_timeout_s):
+            observation = await self.monitor.observe(now)
+            phases.done("monitor", t)
+            record["inputs"] = _inputs(observation)
+            self._note_prometheus(observation)
+            self.state.violations_seen += len(observation.violations)
+            self._committee_size = _size(observation, "charter")
+            await self._check_startup()
 
         t = time.perf_counter()
         outcomes = self._verify(observation, now)
