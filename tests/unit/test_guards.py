@@ -643,3 +643,38 @@ async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
     assert len(scales) == 100
     assert [a.replayed for a in scales].count(False) == 1
     assert committee.state().target_size == 5
+
+
+async def test_a_panic_during_an_operator_freeze_reverts_nothing_and_keeps_the_freeze(
+    tmp_path, clock
+):
+    settings = settings_for(
+        tmp_path,
+        **{"guards.panic.query": "unhealthy_members", "guards.panic.threshold": 0},
+    )
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="load_spike")
+    async with build(settings, world=world, clock=clock) as parts:
+        for _ in range(3):
+            clock.advance(10)
+            await parts.orchestrator.run_once()
+        grown = world.committee.state().target_size
+        operator = g.Freeze(reason="maintenance", since=clock(), until=None, source="operator")
+        parts.orchestrator.freeze = operator
+        world.committee.inject("member_crash", 0.5, 0, clock())
+        clock.advance(10)
+        record = await parts.orchestrator.run_once()
+    assert record["panic"]["skipped"].startswith("frozen (operator)")
+    assert world.committee.state().target_size == grown  # nothing mutated during the freeze
+    assert parts.orchestrator.freeze is operator
+
+
+async def test_lifting_the_config_kill_switch_keeps_an_operator_freeze(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"guards.frozen": True})
+    async with build(settings, clock=clock) as parts:
+        operator = g.Freeze(reason="incident", since=clock(), until=None, source="operator")
+        parts.orchestrator.freeze = operator
+        lifted = settings.model_copy(
+            update={"guards": settings.guards.model_copy(update={"frozen": False})}
+        )
+        parts.orchestrator.reconfigure(lifted)
+        assert parts.orchestrator.freeze is operator

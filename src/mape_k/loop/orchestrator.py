@@ -196,7 +196,11 @@ class MAPEKOrchestrator:
         if settings.executor.dry_run != old.executor.dry_run:
             self.set_dry_run(settings.executor.dry_run)
         if settings.guards.frozen != old.guards.frozen:
-            self.freeze = self._config_freeze(settings)
+            # The config owns only its own kill switch: an operator or panic freeze stays.
+            if settings.guards.frozen:
+                self.freeze = self.freeze or self._config_freeze(settings)
+            elif self.freeze is not None and self.freeze.source == "config":
+                self.freeze = None
             if self._metrics is not None:
                 self._metrics.frozen.set(1 if self.freeze else 0)
         hot = {"orchestrator", "executor", "guards", "logging"}
@@ -516,8 +520,13 @@ class MAPEKOrchestrator:
         if reason is None:
             return None
         current = self.freeze
-        if current is not None and current.active(now) and current.source == "panic":
-            return None  # already reverted and frozen; nothing new to undo
+        if current is not None and current.active(now):
+            # Frozen already: a human (or an earlier panic) holds the controls. Reverting
+            # now would be a mutating action during a freeze; say so instead.
+            log.warning(
+                "panic_revert_skipped", reason=reason, frozen_by=current.source, why=current.reason
+            )
+            return {"reason": reason, "skipped": f"frozen ({current.source}): {current.reason}"}
         cfg = self._settings.guards.panic
         reverted = (
             []
@@ -525,14 +534,13 @@ class MAPEKOrchestrator:
             else await self.executor.revert_recent(since=now - cfg.lookback_s, reason=reason)
         )
         until = None if cfg.freeze_s is None else now + cfg.freeze_s
-        if current is None or not current.active(now) or current.until is not None:
-            self.freeze = guard_rules.Freeze(
-                reason=f"panic revert: {reason}", since=now, until=until, source="panic"
-            )
-            try:
-                self._store.set_state(FREEZE_KEY, _freeze(self.freeze), at=now)
-            except MapekError as exc:
-                log.error("freeze_save_failed", error=str(exc))
+        self.freeze = guard_rules.Freeze(
+            reason=f"panic revert: {reason}", since=now, until=until, source="panic"
+        )
+        try:
+            self._store.set_state(FREEZE_KEY, _freeze(self.freeze), at=now)
+        except MapekError as exc:
+            log.error("freeze_save_failed", error=str(exc))
         if self._metrics is not None:
             self._metrics.panic_reverts.inc()
             self._metrics.frozen.set(1)
