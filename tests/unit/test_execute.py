@@ -414,3 +414,13 @@ async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_c
     )
     assert result.status is ExecutionStatus.FAILED
     assert "rollback incomplete" in (result.error or "")
+
+
+def test_a_vanished_series_is_not_a_success(world, journal, clock):
+    executor = make_executor(world, journal, clock)
+    earlier = replace(pending(), last_value=0.38)
+    outcome, _ = executor.verify_execution(earlier, observation(None, violating=False), now=20.0)
+    assert outcome is None  # not yet: wait for a reading
+    final, _ = executor.verify_execution(earlier, observation(None, violating=False), now=100.0)
+    assert final is not None
+    assert final.outcome is OutcomeType.UNKNOWN

@@ -416,15 +416,16 @@ class Executor:
         execution = pending.execution
         cause = execution.policy.cause
         final = now >= pending.deadline
-        value = None
+        fresh = None
         if not observation.degraded and cause.query is not None:
-            value = observation.value(cause.query, cause.target)
-        if value is None:
-            value = pending.last_value
+            fresh = observation.value(cause.query, cause.target)
+        value = fresh if fresh is not None else pending.last_value
         still = any(
             v.kind == cause.name and v.component == cause.target for v in observation.violations
         )
-        if observation.degraded or (cause.query is not None and value is None):
+        # A rule-backed cause is judged on a reading of this pass only: a target whose series
+        # vanished is not "cleared" (that would teach Knowledge a success that never was).
+        if observation.degraded or (cause.query is not None and fresh is None):
             if not final:
                 return None, value
             return self._outcome(pending, OutcomeType.UNKNOWN, value, now, "no data"), value
