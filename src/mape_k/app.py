@@ -39,6 +39,7 @@ from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
+from mape_k.loop.safety import FREEZE_KEY
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import build_app
@@ -46,7 +47,7 @@ from mape_k.store import Store
 
 log = structlog.get_logger(__name__)
 
-FREEZE_KEY = "freeze"
+INTEGRITY_EVERY_S = 60.0
 MOCK_WARMUP_S = 10.0  # `once --mock`: let an injected fault develop before observing
 
 
@@ -184,6 +185,7 @@ class Daemon:
         self._clock = clock
         self._started = clock()
         self._startup_problem: str | None = None
+        self._integrity: tuple[float, str] | None = None
 
     @property
     def _orch(self) -> MAPEKOrchestrator:
@@ -201,6 +203,18 @@ class Daemon:
 
     def trigger(self, reason: str) -> None:
         self._orch.trigger(reason)
+
+    def _knowledge_check(self) -> str:
+        """The store's integrity check, at most once a minute (it reads the whole file)."""
+        now = self._clock()
+        if self._integrity is None or now - self._integrity[0] >= INTEGRITY_EVERY_S:
+            try:
+                ok = self._parts.store.integrity_ok()
+                state = "ok" if ok else "integrity check failed"
+            except StoreError as exc:
+                state = str(exc)
+            self._integrity = (now, state)
+        return self._integrity[1]
 
     async def health(self) -> tuple[bool, str]:
         if not self._orch.running:
@@ -223,12 +237,7 @@ class Daemon:
             checks["prometheus"] = f"not answering: {reason}"
         else:
             checks["prometheus"] = "ok"
-        try:
-            checks["knowledge"] = (
-                "ok" if self._parts.store.integrity_ok() else "integrity check failed"
-            )
-        except StoreError as exc:
-            checks["knowledge"] = str(exc)
+        checks["knowledge"] = self._knowledge_check()
         try:
             async with asyncio.timeout(2.0):
                 await self._parts.charter.ping()
@@ -315,22 +324,44 @@ class Daemon:
         now = self._clock()
         until = None if duration_s is None else now + duration_s
         freeze = Freeze(reason=reason, since=now, until=until, source=f"operator {caller}")
-        self._set_freeze(freeze)
-        log.warning("frozen", reason=reason, until=until, caller=caller)
-        return {"frozen": True, "reason": reason, "since": now, "until": until}
+        persisted = self._set_freeze(freeze)
+        log.warning("frozen", reason=reason, until=until, caller=caller, persisted=persisted)
+        return {
+            "frozen": True,
+            "reason": reason,
+            "since": now,
+            "until": until,
+            "persisted": persisted,
+        }
 
     async def unfreeze(self, *, caller: str) -> dict[str, Any]:
-        self._set_freeze(None)
-        log.warning("unfrozen", caller=caller)
-        return {"frozen": False}
+        if self._parts.settings.guards.frozen:
+            # The configuration's kill switch is lifted where it was set, not over HTTP.
+            config = self._orch._config_freeze(self._parts.settings)  # noqa: SLF001
+            persisted = self._set_freeze(config)
+            log.warning("unfreeze_refused", caller=caller, reason="guards.frozen is set")
+            return {
+                "frozen": True,
+                "reason": "guards.frozen is set in the configuration: change it and reload",
+                "persisted": persisted,
+            }
+        persisted = self._set_freeze(None)
+        log.warning("unfrozen", caller=caller, persisted=persisted)
+        return {"frozen": False, "persisted": persisted}
 
-    def _set_freeze(self, freeze: Freeze | None) -> None:
+    def _set_freeze(self, freeze: Freeze | None) -> bool:
+        """Apply at once in memory (the guard reads it); persisting is best effort."""
         self._orch.freeze = freeze
-        if freeze is None:
-            self._parts.store.delete_state(FREEZE_KEY)
-        else:
-            self._parts.store.set_state(FREEZE_KEY, _freeze_dict(freeze))
         self._parts.metrics.frozen.set(1 if freeze else 0)
+        try:
+            if freeze is None or freeze.source == "config":
+                self._parts.store.delete_state(FREEZE_KEY)
+            else:
+                self._parts.store.set_state(FREEZE_KEY, _freeze_dict(freeze))
+        except StoreError as exc:
+            log.error("freeze_save_failed", error=str(exc))
+            return False
+        return True
 
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         self._orch.set_dry_run(enabled)
@@ -338,7 +369,13 @@ class Daemon:
         return {"dry_run": enabled}
 
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
-        self._parts.store.record_control(at=self._clock(), route=route, body=body, caller=caller)
+        # Best effort: a full disk must not stop an operator's freeze from taking effect.
+        try:
+            self._parts.store.record_control(
+                at=self._clock(), route=route, body=body, caller=caller
+            )
+        except StoreError as exc:
+            log.error("control_record_failed", route=route, caller=caller, error=str(exc))
 
 
 def _freeze_dict(freeze: Freeze) -> dict[str, Any]:
@@ -353,14 +390,25 @@ def _freeze_dict(freeze: Freeze) -> dict[str, Any]:
 def restore_freeze(parts: Components, now: float) -> None:
     """An operator freeze (the kill switch above all) survives a restart."""
     saved = parts.store.get_state(FREEZE_KEY)
-    if not isinstance(saved, dict) or parts.orchestrator.freeze is not None:
+    if saved is None or parts.orchestrator.freeze is not None:
         return
-    freeze = Freeze(
-        reason=str(saved.get("reason", "")),
-        since=float(saved.get("since", now)),
-        until=saved.get("until"),
-        source=str(saved.get("source", "operator")),
-    )
+    try:
+        until = saved["until"]
+        freeze = Freeze(
+            reason=str(saved["reason"]),
+            since=float(saved["since"]),
+            until=None if until is None else float(until),
+            source=str(saved["source"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        # Fail closed: a freeze we cannot read is kept, until an operator lifts it.
+        log.error("freeze_unreadable", saved=repr(saved)[:200])
+        freeze = Freeze(
+            reason="a saved freeze could not be read; lift it with DELETE /api/v1/freeze",
+            since=now,
+            until=None,
+            source="store",
+        )
     if freeze.active(now):
         parts.orchestrator.freeze = freeze
         parts.metrics.frozen.set(1)
@@ -404,22 +452,34 @@ async def run(
             )
             runner = web.AppRunner(app, handle_signals=False, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, settings.server.host, settings.server.port)
-            await site.start()
-            parts.port = int(runner.addresses[0][1])
-            log.info("serving", addresses=[str(a) for a in runner.addresses])
         try:
+            if runner is not None:
+                await _listen(runner, settings)
+                parts.port = int(runner.addresses[0][1])
+                log.info("serving", addresses=[str(a) for a in runner.addresses])
             loop_task = parts.orchestrator.start()
             sd_notify("READY=1")
             if on_ready is not None:
                 on_ready(parts)
-            await _supervise(
+            healthy = await _supervise(
                 parts, stop=stop, loop_task=loop_task, reload=reload, reloader=reloader
             )
         finally:
             sd_notify("STOPPING=1")
             await _shutdown(parts, runner)
-    return 0
+    # A loop that died is a failure: systemd's Restart=on-failure must bring it back.
+    return 0 if healthy else 1
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    host, port = settings.server.host, settings.server.port
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"server.host/server.port: cannot listen on {host}:{port}:"
+            f" {os.strerror(exc.errno) if exc.errno else exc}"
+        ) from exc
 
 
 PRUNE_EVERY_S = 3600.0
@@ -446,8 +506,11 @@ async def _supervise(
     loop_task: asyncio.Task[None],
     reload: asyncio.Event | None,
     reloader: Callable[[], Settings] | None,
-) -> None:
-    """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP."""
+) -> bool:
+    """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP.
+
+    Returns False when the loop task ended by itself (a failure), True on a requested stop.
+    """
     watchdog_s = _watchdog_interval()
     last_seen = parts.orchestrator.state.iteration
     loop = asyncio.get_running_loop()
@@ -456,7 +519,7 @@ async def _supervise(
         if loop_task.done():
             exc = loop_task.exception() if not loop_task.cancelled() else None
             log.error("loop_task_ended", error=repr(exc))
-            return
+            return False
         waiters = [asyncio.ensure_future(stop.wait())]
         if reload is not None:
             waiters.append(asyncio.ensure_future(reload.wait()))
@@ -479,6 +542,7 @@ async def _supervise(
         if current != last_seen or parts.orchestrator.busy_for() < limit:
             sd_notify("WATCHDOG=1")
         last_seen = current
+    return True
 
 
 def _watchdog_interval() -> float:
