@@ -678,3 +678,16 @@ async def test_lifting_the_config_kill_switch_keeps_an_operator_freeze(tmp_path,
         )
         parts.orchestrator.reconfigure(lifted)
         assert parts.orchestrator.freeze is operator
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [{"backoffs": []}, {"history": [{"nope": 1}]}, {"charter": "open"}, ["not", "a", "dict"]],
+)
+def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_path, saved):
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        store.set_state("safety", saved)
+        state = SafetyState(GuardsConfig(), store=store)
+        state.load()
+    assert state.history == []
+    assert state.backoffs == {}

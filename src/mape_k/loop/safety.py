@@ -81,20 +81,24 @@ class SafetyState:
         if not isinstance(saved, dict):
             return
         try:
-            self.history = [
+            # Built whole before assigned: a bad file leaves the fresh (empty) state intact.
+            history = [
                 replace(Change(**c), action_type=ActionType(c["action_type"]))
                 for c in saved.get("history", [])
             ]
-            self.recommendations = [Recommendation(**r) for r in saved.get("recommendations", [])]
-            self.backoffs = {t: Backoff(**b) for t, b in saved.get("backoffs", {}).items()}
-            self.charter = Circuit(**saved.get("charter", {}))
-            self.needs_human = {t: Hold(**h) for t, h in saved.get("needs_human", {}).items()}
-            self.failures = {t: list(v) for t, v in saved.get("failures", {}).items()}
-            self.approvals = dict(saved.get("approvals", {}))
-            self.oscillations = int(saved.get("oscillations", 0))
-        except (TypeError, ValueError, KeyError) as exc:
+            recommendations = [Recommendation(**r) for r in saved.get("recommendations", [])]
+            backoffs = {t: Backoff(**b) for t, b in saved.get("backoffs", {}).items()}
+            charter = Circuit(**saved.get("charter", {}))
+            needs_human = {t: Hold(**h) for t, h in saved.get("needs_human", {}).items()}
+            failures = {t: list(v) for t, v in saved.get("failures", {}).items()}
+            approvals = dict(saved.get("approvals", {}))
+            oscillations = int(saved.get("oscillations", 0))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             log.error("safety_state_unreadable", error=f"bad saved state: {exc}")
             return
+        self.history, self.recommendations, self.backoffs = history, recommendations, backoffs
+        self.charter, self.needs_human, self.failures = charter, needs_human, failures
+        self.approvals, self.oscillations = approvals, oscillations
         log.info(
             "safety_state_restored",
             changes=len(self.history),
