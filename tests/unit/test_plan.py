@@ -301,6 +301,8 @@ def test_emergency_override_and_bypass_are_pending_until_approved(kind):
     [again] = plan(p, cause(kind, confidence=1.0), now=NOW + 30)
     assert again.id != risky.id
     assert p.get_best_policy([again]) == risky
+    assert p.get_best_policy([again]) == risky  # held back by a guard: still approved
+    p.use_approval(risky)  # it ran: the approval is spent
     assert p.get_best_policy([again]) is None
     assert p.approvals() == {risky.id: NOW + 5}  # what the approval guard checks
 

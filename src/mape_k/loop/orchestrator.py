@@ -358,6 +358,8 @@ class MAPEKOrchestrator:
                 chosen, baseline=_baseline(chosen, observation)
             )
             phases.done("execute", t)
+            if chosen.requires_approval:
+                self.planner.use_approval(chosen)
             self._count_execution(execution)
             self._note_execution(execution, now)
         record["choice"] = {"policy_id": chosen.id if chosen else None, "why": why}

@@ -252,15 +252,20 @@ class Planner:
 
         A policy that needs no approval is returned as is; one that needs approval is
         returned only if an approval is held for its signature, and then that approved
-        policy (the id the operator saw) is returned and the approval is used up.
+        policy (the id the operator saw) is returned. The approval stays until
+        `use_approval`: a policy the guards hold back keeps its approval.
         """
         for policy in policies:
             if not policy.requires_approval:
                 return policy
-            approved = self._approved.pop(signature(policy), None)
+            approved = self._approved.get(signature(policy))
             if approved is not None:
                 return approved.policy
         return None
+
+    def use_approval(self, policy: RemediationPolicy) -> None:
+        """The approved policy ran: its approval is spent (one approval, one execution)."""
+        self._approved.pop(signature(policy), None)
 
     def approve_policy(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
         """Move a pending policy to approved; None when unknown or expired."""
