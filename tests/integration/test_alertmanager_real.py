@@ -8,19 +8,26 @@ Alertmanager's API and waits (bounded) for the daemon's trigger.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
+from am_support import (
+    AMTOOL,
+    DEADLINE_S,
+    INSTALL_HINT,
+    TOKEN,
+    alertmanager,
+    alertmanager_config,
+    am_alert,
+    now_rfc3339,
+)
 from prometheus_client import CollectorRegistry
 
 from mape_k.config import ServerConfig
@@ -36,12 +43,6 @@ from mape_k.models import Severity
 from mape_k.server import build_app
 
 pytestmark = pytest.mark.integration
-
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-AMTOOL = "/usr/bin/amtool"
-TOKEN = "integration-webhook-token"
-DEADLINE_S = 15.0
-INSTALL_HINT = "install it: apt-get install -y --no-install-recommends prometheus-alertmanager"
 
 
 class EventControl:
@@ -96,50 +97,8 @@ class Stack:
     resolved: asyncio.Event
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def alertmanager_config(*, webhook_url: str, token_file: Path) -> str:
-    return f"""
-route:
-  receiver: mape-k
-  group_by: ['alertname']
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: mape-k
-    webhook_configs:
-      - url: '{webhook_url}'
-        send_resolved: true
-        max_alerts: 0
-        http_config:
-          authorization:
-            type: Bearer
-            credentials_file: '{token_file}'
-"""
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        async with asyncio.timeout(DEADLINE_S):
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"alertmanager exited with {process.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{url}/-/ready")).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)  # polling an external process's readiness
-
-
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    if shutil.which(ALERTMANAGER) is None:
-        pytest.fail(f"{ALERTMANAGER} not found; {INSTALL_HINT}")
     metrics = Metrics(CollectorRegistry())
     inbox = AlertInbox(max_alerts=100, metrics=metrics)
     resolved = asyncio.Event()
@@ -168,64 +127,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     host, port = runner.addresses[0][:2]
     daemon_url = f"http://{host}:{port}"
 
-    token_file = tmp_path / "webhook_token"
-    token_file.write_text(TOKEN + "\n")
-    config_file = tmp_path / "alertmanager.yml"
-    config_file.write_text(
-        alertmanager_config(webhook_url=f"{daemon_url}/api/v1/alerts", token_file=token_file)
-    )
-    check = subprocess.run(
-        [AMTOOL, "check-config", str(config_file)], capture_output=True, text=True, check=False
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-
-    am_port = free_port()
-    am_url = f"http://127.0.0.1:{am_port}"
-    log_file = (tmp_path / "alertmanager.log").open("wb")
-    process = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={config_file}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            f"--web.external-url={am_url}",
-            "--cluster.listen-address=",
-            "--log.level=debug",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        await wait_ready(am_url, process)
-        yield Stack(daemon_url, am_url, control, inbox, metrics, resolved)
+        async with alertmanager(tmp_path, webhook_url=f"{daemon_url}/api/v1/alerts") as am_url:
+            yield Stack(daemon_url, am_url, control, inbox, metrics, resolved)
     finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout=10)
-        except TimeoutError:
-            process.kill()
-            await asyncio.to_thread(process.wait)
-        log_file.close()
         await runner.cleanup()
-
-
-def now_rfc3339() -> str:
-    return datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def am_alert(**extra: str) -> dict[str, Any]:
-    return {
-        "labels": {
-            "alertname": "CharterHighFailureRate",
-            "cause": "high_failure_rate",
-            "component": "charter",
-            "severity": "critical",
-        },
-        "annotations": {"summary": "failure rate above 5%"},
-        "startsAt": now_rfc3339(),
-        "generatorURL": "http://127.0.0.1:9090/graph",
-        **extra,
-    }
 
 
 async def test_real_alertmanager_delivery_triggers_the_daemon(stack: Stack) -> None:

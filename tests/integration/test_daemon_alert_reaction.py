@@ -8,60 +8,19 @@ webhook's bearer token in a file, the way `http_config.authorization` sends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from am_support import TOKEN, alertmanager, am_alert
 from prometheus_client import CollectorRegistry
-from test_alertmanager_real import (
-    ALERTMANAGER,
-    TOKEN,
-    alertmanager_config,
-    am_alert,
-    free_port,
-    wait_ready,
-)
 
 from mape_k.app import Components, run
 from mape_k.config import load_settings
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 20.0
-
-
-@contextlib.contextmanager
-def alertmanager(tmp_path: Path, webhook_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    token_file = tmp_path / "webhook_token"
-    token_file.write_text(TOKEN + "\n")
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(alertmanager_config(webhook_url=webhook_url, token_file=token_file))
-    port = free_port()
-    log = (tmp_path / "am.log").open("wb")
-    process = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_seconds(
@@ -106,11 +65,9 @@ async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_
         await asyncio.wait_for(iterations.get(), DEADLINE_S)  # the start-up slot
 
         webhook = f"http://127.0.0.1:{parts.port}/api/v1/alerts"
-        with alertmanager(tmp_path, webhook) as (am_url, process):
-            await wait_ready(am_url, process)
+        async with alertmanager(tmp_path, webhook_url=webhook) as am_url:
             async with httpx.AsyncClient(timeout=5.0) as client:
-                alert = am_alert()
-                alert["labels"] = {**alert["labels"], "cause": "charter_down"}
+                alert = am_alert(cause="charter_down")
                 posted = await client.post(f"{am_url}/api/v2/alerts", json=[alert])
                 assert posted.status_code == 200, posted.text
             record = await asyncio.wait_for(iterations.get(), DEADLINE_S)
