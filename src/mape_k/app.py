@@ -128,6 +128,7 @@ async def build(
             max_alerts=settings.server.inbox_max_alerts,
             component_label=settings.monitor.alert_component_label,
             metrics=metrics,
+            ttl_s=settings.server.alert_ttl_s,
         )
         router = AlertMessageRouter()
         router.register_default_handler(inbox.offer)

@@ -337,6 +337,12 @@ class ServerConfig(_Model):
     admin_token_file: Path | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024)
     inbox_max_alerts: int = Field(10_000, ge=1)
+    alert_ttl_s: float = Field(
+        46_800.0,
+        gt=0,
+        description="A firing alert not re-delivered for this long is dropped (its resolve was"
+        " lost). Keep it above Alertmanager's repeat_interval (12h shipped).",
+    )
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

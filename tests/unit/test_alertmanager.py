@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
+from mape_k.config import ServerConfig
 from mape_k.integrations.alertmanager import (
+    DEFAULT_ALERT_TTL_S,
     Alert,
     AlertInbox,
     AlertMessageRouter,
@@ -29,7 +33,8 @@ WEBHOOK_FIXTURES = (
 
 def load(name: str) -> dict[str, Any]:
     document = json.loads((WEBHOOK_FIXTURES / name).read_text())
-    return document.get("payload", document)
+    payload: dict[str, Any] = document.get("payload", document)
+    return payload
 
 
 def alert(
@@ -37,6 +42,7 @@ def alert(
     fingerprint: str = "aaaa000000000001",
     status: str = "firing",
     starts_at: str = "2026-11-22T04:17:10.023Z",
+    ends_at: str = "0001-01-01T00:00:00Z",
     **labels: str,
 ) -> Alert:
     return Alert.model_validate(
@@ -45,7 +51,7 @@ def alert(
             "labels": {"alertname": "CharterHighFailureRate", **labels},
             "annotations": {},
             "startsAt": starts_at,
-            "endsAt": "0001-01-01T00:00:00Z",
+            "endsAt": ends_at,
             "generatorURL": "",
             "fingerprint": fingerprint,
         }
@@ -209,6 +215,175 @@ def test_memory_stays_bounded_under_churn() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_alerts"):
         AlertInbox(max_alerts=0)
+
+
+# --- inbox: expiry (lost resolves) ---------------------------------------------------------
+
+TTL = 600.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_an_alert_not_re_delivered_expires_after_the_ttl_and_is_logged_once() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(fingerprint="f1", cause="overload", component="charter")])
+    clock.advance(TTL)
+    assert len(inbox.firing()) == 1  # exactly at the TTL: still firing
+    clock.advance(1)
+    with capture_logs() as logs:
+        assert inbox.firing() == []
+        assert inbox.firing() == []
+        assert len(inbox) == 0
+    expired = [e for e in logs if e["event"] == "alert_expired"]
+    assert len(expired) == 1
+    assert {k: expired[0][k] for k in ("kind", "component", "fingerprint", "reason")} == {
+        "kind": "overload",
+        "component": "charter",
+        "fingerprint": "f1",
+        "reason": "ttl",
+    }
+    assert expired[0]["last_seen_age_s"] == pytest.approx(TTL + 1)
+
+
+def test_a_duplicate_re_delivery_keeps_the_alert_alive_and_still_counts_as_duplicate() -> None:
+    clock = FakeClock()
+    metrics = Metrics(CollectorRegistry())
+    inbox = AlertInbox(max_alerts=10, metrics=metrics, ttl_s=TTL, clock=clock)
+    inbox.offer([alert()])
+    for _ in range(5):  # Alertmanager's repeat_interval re-sends, each within the TTL
+        clock.advance(TTL - 1)
+        assert inbox.offer([alert()]) == IngestResult(duplicates=1)
+    assert len(inbox.firing()) == 1
+    assert metrics.registry.get_sample_value("mapek_alerts_duplicate_total") == 5
+    clock.advance(TTL + 1)
+    assert inbox.firing() == []
+
+
+def test_a_re_delivery_refreshes_only_its_own_occurrence() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
+    clock.advance(TTL - 1)
+    older = alert(starts_at="2026-11-22T04:00:00Z")
+    assert inbox.offer([older]) == IngestResult(duplicates=1)
+    clock.advance(2)
+    assert inbox.firing() == []
+
+
+def test_refreshes_keep_expiry_in_last_seen_order() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(fingerprint="a")])
+    clock.advance(10)
+    inbox.offer([alert(fingerprint="b")])
+    clock.advance(10)
+    inbox.offer([alert(fingerprint="a")])  # a is now the most recently seen
+    clock.advance(TTL - 5)
+    assert [v.timestamp for v in inbox.firing()] == [pytest.approx(1795321030.023)]
+    assert inbox.offer([alert(fingerprint="b")]) == IngestResult(new_firing=1)  # b expired
+
+
+def test_a_past_ends_at_expires_the_alert() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(ends_at=rfc3339(clock.now + 60))])
+    clock.advance(59)
+    assert len(inbox.firing()) == 1
+    clock.advance(1)
+    with capture_logs() as logs:
+        assert inbox.firing() == []
+    assert [e["reason"] for e in logs if e["event"] == "alert_expired"] == ["ends_at"]
+
+
+def test_a_re_delivery_carries_the_current_ends_at() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(ends_at=rfc3339(clock.now + 60))])
+    clock.advance(30)
+    assert inbox.offer([alert(ends_at=rfc3339(clock.now + 60))]).duplicates == 1  # extended
+    clock.advance(45)
+    assert len(inbox.firing()) == 1
+    inbox.offer([alert()])  # a Go zero time endsAt is unset: only the TTL applies now
+    clock.advance(TTL)
+    assert len(inbox.firing()) == 1
+
+
+def test_a_firing_delivery_whose_ends_at_has_passed_is_not_admitted() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    assert inbox.offer([alert(ends_at=rfc3339(clock.now - 1))]) == IngestResult(duplicates=1)
+    assert inbox.firing() == []
+
+
+def test_expired_alerts_free_capacity() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=2, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(fingerprint="f0"), alert(fingerprint="f1")])
+    assert inbox.offer([alert(fingerprint="f2")]).full
+    clock.advance(TTL + 1)
+    result = inbox.offer([alert(fingerprint="f2"), alert(fingerprint="f3")])
+    assert result == IngestResult(new_firing=2)
+    assert len(inbox) == 2
+
+
+def test_a_re_delivery_after_expiry_brings_the_alert_back() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert()])
+    clock.advance(TTL + 1)
+    assert inbox.firing() == []
+    assert inbox.offer([alert()]) == IngestResult(new_firing=1)  # still firing after all
+    assert len(inbox.firing()) == 1
+    assert inbox.offer([alert()]) == IngestResult(duplicates=1)
+
+
+def test_a_resolve_after_expiry_counts_and_a_late_firing_retry_stays_out() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert()])
+    clock.advance(TTL + 1)
+    assert inbox.firing() == []
+    assert inbox.offer([alert(status="resolved")]) == IngestResult(resolved=1)
+    assert inbox.offer([alert()]) == IngestResult(duplicates=1)
+    assert inbox.firing() == []
+
+
+def test_expiry_memory_stays_bounded() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=50, dedupe_size=100, ttl_s=TTL, clock=clock)
+    template = alert()
+    for i in range(2_000):
+        inbox.offer([template.model_copy(update={"fingerprint": f"{i:016x}"})])
+        clock.advance(TTL / 10)
+        assert len(inbox) <= 11
+    assert inbox.remembered == 100
+    assert len(inbox._expired) <= 100
+
+
+@pytest.mark.parametrize("ttl_s", [0.0, -1.0])
+def test_ttl_must_be_positive(ttl_s: float) -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        AlertInbox(max_alerts=1, ttl_s=ttl_s)
+    with pytest.raises(ValidationError, match="alert_ttl_s"):
+        ServerConfig(alert_ttl_s=ttl_s)
+
+
+def test_default_ttl_outlasts_the_shipped_repeat_interval() -> None:
+    assert ServerConfig().alert_ttl_s == DEFAULT_ALERT_TTL_S > 12 * 3600
 
 
 # --- router --------------------------------------------------------------------------------

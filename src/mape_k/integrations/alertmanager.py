@@ -1,13 +1,15 @@
 """Alertmanager webhook (payload version 4, as Alertmanager 0.25 sends it): models, inbox, router.
 
-The inbox turns firing alerts into Violations for the Monitor, forgets resolved ones, and
-acknowledges re-deliveries without counting them twice. Its memory is bounded.
-No I/O here: the HTTP side lives in mape_k.server.
+The inbox turns firing alerts into Violations for the Monitor, forgets resolved ones (or
+ones not re-delivered within a TTL, should the resolve be lost), and acknowledges
+re-deliveries without counting them twice. Its memory is bounded.
+No I/O here: the HTTP side lives in mape_k.server; the clock is injected.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
 _MAX_TRUNCATED = 2**53  # a Counter adds floats: keep the increment exactly representable
+# Longer than the shipped Alertmanager repeat_interval (12h): a firing alert is re-sent in time.
+DEFAULT_ALERT_TTL_S = 13 * 3600.0
 
 
 class AlertStatus(StrEnum):
@@ -67,6 +71,13 @@ class Alert(_Model):
     def started(self) -> float:
         """startsAt as Unix seconds."""
         return self.starts_at.timestamp()
+
+    @property
+    def ends(self) -> float | None:
+        """endsAt as Unix seconds, None when unset (absent or Go's zero time, year 1)."""
+        if self.ends_at is None or self.ends_at.year <= 1:
+            return None
+        return self.ends_at.timestamp()
 
 
 class WebhookPayload(_Model):
@@ -108,10 +119,12 @@ class IngestResult:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     started: float
     violation: Violation
+    last_seen: float  # clock time of the latest delivery of this occurrence
+    ends: float | None  # endsAt of the latest delivery, None when unset
 
 
 _DeliveryKey = tuple[str, AlertStatus, float]  # (fingerprint, status, startsAt)
@@ -122,6 +135,12 @@ class AlertInbox:
 
     A delivery seen before (same fingerprint, status and startsAt) is a duplicate; so is a
     firing delivery of an occurrence already resolved (a late retry must not resurrect it).
+
+    Resolves can be lost (Alertmanager restarted, delivery given up, daemon down), so an
+    entry also expires when no delivery of its occurrence (duplicates included: Alertmanager
+    re-sends firing alerts every repeat_interval) came for `ttl_s`, or when its endsAt is set
+    and past. Expired entries leave `firing()` and free capacity; a later re-delivery of an
+    expired occurrence (not resolved meanwhile) brings it back as new.
     """
 
     def __init__(
@@ -132,16 +151,26 @@ class AlertInbox:
         default_component: str = "charter",
         metrics: Metrics | None = None,
         dedupe_size: int | None = None,
+        ttl_s: float = DEFAULT_ALERT_TTL_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_alerts < 1:
             raise ValueError("max_alerts must be >= 1")
+        if not ttl_s > 0:
+            raise ValueError("ttl_s must be > 0")
         self._max_alerts = max_alerts
         self._component_label = component_label
         self._default_component = default_component
         self._metrics = metrics
         self._dedupe_size = dedupe_size if dedupe_size is not None else max(4 * max_alerts, 1024)
+        self._ttl_s = ttl_s
+        self._clock = clock
+        # Ordered by last_seen (a refreshed entry moves to the end): expiry scans the front.
         self._firing: dict[str, _Entry] = {}
+        self._with_ends: set[str] = set()  # fingerprints whose entry has an endsAt
         self._seen: OrderedDict[_DeliveryKey, None] = OrderedDict()
+        # (fingerprint, startsAt) of expired occurrences, bounded like the dedupe memory.
+        self._expired: OrderedDict[tuple[str, float], None] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -152,15 +181,56 @@ class AlertInbox:
         """How many delivery keys the dedupe memory holds (bounded by dedupe_size)."""
         return len(self._seen)
 
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
     def __len__(self) -> int:
+        """How many alerts are firing now (expired entries are dropped first)."""
+        self.expire()
         return len(self._firing)
 
     def firing(self) -> list[Violation]:
         """The violations of the alerts firing now (the Monitor's AlertSource protocol)."""
+        self.expire()
         return [entry.violation for entry in self._firing.values()]
+
+    def expire(self) -> int:
+        """Drop the entries past their TTL or their endsAt; return how many."""
+        return self._expire(self._clock())
+
+    def _expire(self, now: float) -> int:
+        cutoff = now - self._ttl_s
+        stale: list[tuple[str, str]] = []
+        for fingerprint, entry in self._firing.items():
+            if entry.last_seen >= cutoff:
+                break  # ordered by last_seen: the rest were seen later
+            stale.append((fingerprint, "ttl"))
+        ttl_expired = {fingerprint for fingerprint, _ in stale}
+        for fingerprint in self._with_ends:
+            ends = self._firing[fingerprint].ends
+            if ends is not None and ends <= now and fingerprint not in ttl_expired:
+                stale.append((fingerprint, "ends_at"))
+        for fingerprint, reason in stale:
+            entry = self._drop(fingerprint)
+            self._expired[(fingerprint, entry.started)] = None
+            while len(self._expired) > self._dedupe_size:
+                self._expired.popitem(last=False)
+            log.warning(
+                "alert_expired",
+                kind=entry.violation.kind,
+                component=entry.violation.component,
+                fingerprint=fingerprint,
+                reason=reason,
+                last_seen_age_s=round(now - entry.last_seen, 3),
+                ttl_s=self._ttl_s,
+            )
+        return len(stale)
 
     def offer(self, alerts: Sequence[Alert]) -> IngestResult:
         """Take a batch: resolved alerts first (they free room), then firing ones."""
+        now = self._clock()
+        self._expire(now)  # expired entries free room too
         resolved = duplicates = new_firing = rejected = 0
         for alert in alerts:
             if alert.status is AlertStatus.RESOLVED:
@@ -171,7 +241,7 @@ class AlertInbox:
         for alert in alerts:
             if alert.status is not AlertStatus.FIRING:
                 continue
-            outcome = self._fire(alert)
+            outcome = self._fire(alert, now)
             if outcome == "new":
                 new_firing += 1
             elif outcome == "duplicate":
@@ -194,27 +264,52 @@ class AlertInbox:
         entry = self._firing.get(alert.fingerprint)
         # A resolve of an older occurrence must not clear a newer one.
         if entry is not None and entry.started <= started:
-            del self._firing[alert.fingerprint]
+            self._drop(alert.fingerprint)
+        self._expired.pop((alert.fingerprint, started), None)
         self._remember(key)
         return True
 
-    def _fire(self, alert: Alert) -> Literal["new", "duplicate", "full"]:
-        started = alert.started
-        key = (alert.fingerprint, AlertStatus.FIRING, started)
-        if (
-            self._seen_before(key)
-            or (alert.fingerprint, AlertStatus.RESOLVED, started) in self._seen
-        ):
+    def _fire(self, alert: Alert, now: float) -> Literal["new", "duplicate", "full"]:
+        fingerprint, started, ends = alert.fingerprint, alert.started, alert.ends
+        key = (fingerprint, AlertStatus.FIRING, started)
+        seen = self._seen_before(key)
+        if (fingerprint, AlertStatus.RESOLVED, started) in self._seen:
             return "duplicate"
-        entry = self._firing.get(alert.fingerprint)
+        entry = self._firing.get(fingerprint)
         if entry is not None and entry.started >= started:
-            self._remember(key)  # the same or an older occurrence: nothing new
+            if entry.started == started:  # a re-delivery of this occurrence: still firing
+                self._refresh(fingerprint, entry, now=now, ends=ends)
+            if not seen:
+                self._remember(key)  # the same or an older occurrence: nothing new
             return "duplicate"
+        if ends is not None and ends <= now:
+            return "duplicate"  # a late retry of an occurrence that has ended since
+        if seen and (fingerprint, started) not in self._expired:
+            return "duplicate"  # only an expired occurrence may come back
         if entry is None and len(self._firing) >= self._max_alerts:
             return "full"  # not remembered: Alertmanager's retry must be able to land
-        self._firing[alert.fingerprint] = _Entry(started, self._violation(alert))
+        self._expired.pop((fingerprint, started), None)
+        if entry is not None:
+            self._drop(fingerprint)  # an older occurrence: the new one goes to the end
+        self._firing[fingerprint] = _Entry(started, self._violation(alert), now, ends)
+        if ends is not None:
+            self._with_ends.add(fingerprint)
         self._remember(key)
         return "new"
+
+    def _refresh(self, fingerprint: str, entry: _Entry, *, now: float, ends: float | None) -> None:
+        entry.last_seen = now
+        entry.ends = ends  # the latest delivery's endsAt is the current one
+        if ends is None:
+            self._with_ends.discard(fingerprint)
+        else:
+            self._with_ends.add(fingerprint)
+        del self._firing[fingerprint]
+        self._firing[fingerprint] = entry  # keep the dict ordered by last_seen
+
+    def _drop(self, fingerprint: str) -> _Entry:
+        self._with_ends.discard(fingerprint)
+        return self._firing.pop(fingerprint)
 
     def _violation(self, alert: Alert) -> Violation:
         labels = alert.labels
