@@ -338,7 +338,7 @@ class Daemon:
     async def unfreeze(self, *, caller: str) -> dict[str, Any]:
         if self._parts.settings.guards.frozen:
             # The configuration's kill switch is lifted where it was set, not over HTTP.
-            config = self._orch._config_freeze(self._parts.settings)  # noqa: SLF001
+            config = self._orch.config_freeze(self._parts.settings)
             persisted = self._set_freeze(config)
             log.warning("unfreeze_refused", caller=caller, reason="guards.frozen is set")
             return {

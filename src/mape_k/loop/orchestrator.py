@@ -125,7 +125,7 @@ class MAPEKOrchestrator:
         self._clock = clock
         self.state = MAPEKState()
         self.dry_run = settings.executor.dry_run
-        self.freeze: guard_rules.Freeze | None = self._config_freeze(settings)
+        self.freeze: guard_rules.Freeze | None = self.config_freeze(settings)
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
         )
@@ -198,7 +198,7 @@ class MAPEKOrchestrator:
         if settings.guards.frozen != old.guards.frozen:
             # The config owns only its own kill switch: an operator or panic freeze stays.
             if settings.guards.frozen:
-                self.freeze = self.freeze or self._config_freeze(settings)
+                self.freeze = self.freeze or self.config_freeze(settings)
             elif self.freeze is not None and self.freeze.source == "config":
                 self.freeze = None
             if self._metrics is not None:
@@ -214,7 +214,7 @@ class MAPEKOrchestrator:
         self._wake.set()
         return restart
 
-    def _config_freeze(self, settings: Settings) -> guard_rules.Freeze | None:
+    def config_freeze(self, settings: Settings) -> guard_rules.Freeze | None:
         if not settings.guards.frozen:
             return None
         return guard_rules.Freeze(
