@@ -424,3 +424,17 @@ def test_a_vanished_series_is_not_a_success(world, journal, clock):
     final, _ = executor.verify_execution(earlier, observation(None, violating=False), now=100.0)
     assert final is not None
     assert final.outcome is OutcomeType.UNKNOWN
+
+
+async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back(
+    world, journal, clock
+):
+    executor = make_executor(world, journal, clock)
+    executor.hold = lambda: "frozen (operator): incident" if world.committee.actions else None
+    result = await executor.execute_policy(
+        policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0), act(ActionType.SCALE_UP))
+    )
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert "frozen (operator): incident" in (result.actions[1].error or "")
+    assert [e.operation for e in world.committee.actions] == ["set_throttle", "set_throttle"]
+    assert world.committee.state().throttle_limit is None

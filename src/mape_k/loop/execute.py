@@ -91,6 +91,9 @@ class Executor:
         self._metrics = metrics
         self._clock = clock
         self.dry_run = config.dry_run  # the orchestrator may toggle it at run time
+        # Asked before every action after the first: a reason to stop (a freeze that came
+        # while the policy runs, a shutdown) ends the policy like a failed action.
+        self.hold: Callable[[], str | None] = lambda: None
         self._history: dict[str, PolicyExecution] = {}
         self._pending: dict[str, PendingVerification] = {}
 
@@ -147,6 +150,9 @@ class Executor:
             running = replace(step, status=ExecutionStatus.IN_PROGRESS, started_at=self._clock())
             execution = _with_action(execution, len(done), running)
             try:
+                reason = self.hold() if done else None
+                if reason is not None:
+                    raise ExecutionError(f"stopped before this action: {reason}")
                 # Recorded before it runs, or it does not run: a crash must find it journaled.
                 self._journal(execution)
                 async with asyncio.timeout(self._config.action_timeout_s):

@@ -119,6 +119,7 @@ class MAPEKOrchestrator:
         self.analyzer = analyzer
         self.planner = planner
         self.executor = executor
+        executor.hold = self._hold
         self.knowledge = knowledge
         self._store = store
         self._metrics = metrics
@@ -173,6 +174,15 @@ class MAPEKOrchestrator:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def _hold(self) -> str | None:
+        """Why a running policy must not take its next action, if it must not."""
+        if self._stopping.is_set():
+            return "the daemon is stopping"
+        freeze = self.freeze
+        if freeze is not None and freeze.active(self._clock()):
+            return f"frozen ({freeze.source}): {freeze.reason}"
+        return None
 
     def busy_for(self) -> float:
         """Seconds the current iteration has been running (0 when idle)."""
