@@ -691,3 +691,28 @@ def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_pa
         state.load()
     assert state.history == []
     assert state.backoffs == {}
+
+
+def test_a_rolled_back_action_counts_as_an_action_but_moves_no_knob():
+    steps = tuple(
+        ActionExecution(
+            action=RemediationAction(action_type=kind, target="charter"),
+            status=status,
+            idempotency_key=f"k{n}",
+            result={"previous": {"size": 3}, "current": {"size": 4}},
+        )
+        for n, (kind, status) in enumerate(
+            [
+                (ActionType.SCALE_UP, ExecutionStatus.ROLLED_BACK),
+                (ActionType.REBALANCE_LOAD, ExecutionStatus.FAILED),
+            ]
+        )
+    )
+    execution = PolicyExecution(
+        id="e1", policy=UP, status=ExecutionStatus.ROLLED_BACK, actions=steps, started_at=NOW
+    )
+    changes = g.executed_changes(execution, at=NOW)
+    assert [(c.action_type, c.knob, c.size_delta) for c in changes] == [
+        (ActionType.SCALE_UP, None, 0),
+        (ActionType.REBALANCE_LOAD, None, 0),
+    ]

@@ -217,8 +217,9 @@ def _with(base: Change, **values: Any) -> Change:
 def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
     """What an execution did, from the Charter's previous/current answers."""
     changes: list[Change] = []
+    counted = {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK}
     for step in execution.actions:
-        if step.status not in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}:
+        if step.status not in counted:
             continue
         base = Change(
             at=at,
@@ -226,8 +227,10 @@ def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
             action_type=step.action.action_type,
             execution_id=execution.id,
         )
-        if step.status is ExecutionStatus.FAILED:
-            changes.append(base)  # an attempt: counts for cooldown and blast radius only
+        if step.status is not ExecutionStatus.COMPLETED:
+            # A failed attempt, or a change applied and undone: no knob moved for good, but
+            # the target was acted on (cooldown and blast radius count it).
+            changes.append(base)
             continue
         changes.extend(_step_changes(base, step))
     return changes
