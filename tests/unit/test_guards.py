@@ -244,6 +244,24 @@ def test_scale_down_only_to_the_highest_recommendation_of_the_window():
     assert verdict(g.stabilization_guard, UP, now=NOW + 200, **kw) is GuardVerdict.ALLOW
 
 
+def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held():
+    recs = (
+        g.Recommendation(at=NOW, target="charter", size=5),
+        g.Recommendation(at=NOW + 60, target="charter", size=3),
+    )
+    deep = policy((ActionType.SCALE_DOWN, {"delta": 3}))  # 6 -> 3
+    context = ctx(recommendations=recs, committee_size=6, now=NOW + 100)
+    clamped = g.stabilized(deep, context)
+    assert clamped.actions[0].parameters["to_size"] == 5
+    assert clamped.id != deep.id  # other size, other idempotency keys
+    assert "stabilized: down to 5, not 3" in clamped.rationale
+    assert g.stabilization_guard(clamped, context).verdict is GuardVerdict.ALLOW
+    # nothing to clamp when the floor is not below the current size: the guard holds it
+    at_floor = ctx(recommendations=recs, committee_size=5, now=NOW + 100)
+    assert g.stabilized(deep, at_floor) is deep
+    assert g.stabilization_guard(deep, at_floor).verdict is GuardVerdict.DELAY
+
+
 # --- oscillation -------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mape_k.config import FreezeWindow, GuardsConfig
@@ -478,6 +478,32 @@ def stabilization_floor(
 ) -> int | None:
     sizes = [r.size for r in recommendations if r.target == target and r.at >= now - window_s]
     return max(sizes) if sizes else None
+
+
+def stabilized(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
+    """HPA's stabilization: a scale-down goes only to the highest size recommended in the
+    window. A scale-down past that floor (but still below the current size) is rewritten to
+    stop at the floor, under a new id (its idempotency keys must not name the other size);
+    anything else is returned as is and judged by `stabilization_guard`."""
+    cfg = ctx.config.stabilization
+    downs = [i for i, a in enumerate(policy.actions) if a.action_type is ActionType.SCALE_DOWN]
+    size = ctx.committee_size
+    if not cfg.enabled or not downs or size is None:
+        return policy
+    floor = stabilization_floor(
+        ctx.recommendations, target=policy.target, now=ctx.now, window_s=cfg.window_s
+    )
+    index = downs[-1]
+    to = _scale_target(policy.actions[index], size)
+    if floor is None or to is None or not to < floor < size:
+        return policy
+    action = policy.actions[index]
+    clamped = replace(action, parameters={**action.parameters, "to_size": floor})
+    actions = (*policy.actions[:index], clamped, *policy.actions[index + 1 :])
+    note = f"; stabilized: down to {floor}, not {to} (highest recommendation in the window)"
+    return replace(
+        policy, id=f"{policy.id}-s{floor}", actions=actions, rationale=policy.rationale + note
+    )
 
 
 def stabilization_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:

@@ -447,9 +447,10 @@ class MAPEKOrchestrator:
         best = self.planner.get_best_policy(policies)
         if best is not None and best not in runnable:
             runnable.insert(0, best)  # an approved risky policy
-        for policy in runnable:
-            size = _size(observation, policy.target)
-            verdicts = guard_rules.evaluate(policy, replace(ctx, committee_size=size))
+        for candidate in runnable:
+            target_ctx = replace(ctx, committee_size=_size(observation, candidate.target))
+            policy = guard_rules.stabilized(candidate, target_ctx)
+            verdicts = guard_rules.evaluate(policy, target_ctx)
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)
             if guard_rules.allowed(verdicts):
