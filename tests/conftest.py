@@ -10,6 +10,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+from fakes import FakeClock
 from mape_k.metrics import Metrics
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -44,20 +45,6 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*leaked, return_exceptions=True)
         pytest.fail(f"test left {len(leaked)} task(s) running: {[t.get_name() for t in leaked]}")
-
-
-class FakeClock:
-    """A settable clock for anything with time in it: tests advance it explicitly."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from fakes import FakeClock
 from mape_k.config import ServerConfig
 from mape_k.integrations.alertmanager import (
     DEFAULT_ALERT_TTL_S,
@@ -220,17 +221,6 @@ def test_capacity_must_be_positive() -> None:
 # --- inbox: expiry (lost resolves) ---------------------------------------------------------
 
 TTL = 600.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def rfc3339(timestamp: float) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from fakes import FakeClock
 from mape_k.errors import CharterNotFound, CharterRequestError
 from mape_k.integrations.charter.base import ActionResult, CharterClient
 from mape_k.integrations.charter.http import HttpCharterClient
@@ -23,17 +24,6 @@ from mape_k.sim.service import build_app
 
 START = 2_000_000.0
 SEED = 11
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -50,7 +40,7 @@ async def _no_sleep(_seconds: float) -> None:
 
 @pytest.fixture(params=["mock", "http"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    clock = FakeClock()
+    clock = FakeClock(START)
     committee = Committee(SEED, "calm", start=clock())
     twin = Committee(SEED, "calm", start=clock())
     if request.param == "mock":
@@ -81,7 +71,7 @@ def same(result: ActionResult, expected: ActionResult) -> None:
 
 
 def test_both_clients_implement_the_protocol() -> None:
-    assert isinstance(MockCharterClient(clock=FakeClock()), CharterClient)
+    assert isinstance(MockCharterClient(clock=FakeClock(START)), CharterClient)
     assert isinstance(HttpCharterClient(url="http://127.0.0.1:1"), CharterClient)
 
 

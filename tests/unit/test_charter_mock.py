@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import FakeClock
 from mape_k.errors import CharterUnavailable, PrometheusQueryError
 from mape_k.integrations.charter.base import SIGNALS
 from mape_k.integrations.charter.mock import MockCharterClient, MockCharterWorld
@@ -12,16 +13,8 @@ from mape_k.models import Sample
 START = 500.0
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_metric_source_returns_each_signal_as_one_charter_sample() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     world = MockCharterWorld.create(clock=clock, seed=4)
     clock.now += 10
     for name in SIGNALS:
@@ -34,14 +27,14 @@ async def test_metric_source_returns_each_signal_as_one_charter_sample() -> None
 
 
 async def test_metric_source_refuses_an_unknown_name_naming_it() -> None:
-    world = MockCharterWorld.create(clock=FakeClock())
+    world = MockCharterWorld.create(clock=FakeClock(START))
     with pytest.raises(PrometheusQueryError, match="bogus") as info:
         await world.metrics.read("bogus", "max(bogus)", timeout_s=1)
     assert info.value.query == "max(bogus)"
 
 
 async def test_the_world_shares_one_committee_between_client_and_metrics() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     world = MockCharterWorld.create(clock=clock, fault="member_crash", fault_magnitude=0.5)
     clock.now += 1
     unhealthy = await world.metrics.read("unhealthy_members", "q", timeout_s=1)
@@ -54,7 +47,7 @@ async def test_the_world_shares_one_committee_between_client_and_metrics() -> No
 
 
 async def test_a_fault_given_at_construction_is_active_until_remediated() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     client = MockCharterClient(clock=clock, fault="error_burst")
     clock.now += 3
     state = await client.get_committee_state()
@@ -63,7 +56,7 @@ async def test_a_fault_given_at_construction_is_active_until_remediated() -> Non
 
 
 async def test_fail_next_makes_the_next_calls_fail_without_touching_the_committee() -> None:
-    client = MockCharterClient(clock=FakeClock())
+    client = MockCharterClient(clock=FakeClock(START))
     client.fail_next("scale_committee", times=2)
     for _ in range(2):
         with pytest.raises(CharterUnavailable):
@@ -74,7 +67,7 @@ async def test_fail_next_makes_the_next_calls_fail_without_touching_the_committe
 
 
 async def test_connect_and_disconnect_track_the_connection() -> None:
-    client = MockCharterClient(clock=FakeClock())
+    client = MockCharterClient(clock=FakeClock(START))
     await client.connect()
     assert client.connected
     await client.disconnect()

@@ -13,26 +13,16 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from fakes import FakeClock
 from mape_k.sim.committee import Committee
 from mape_k.sim.service import build_app, serve
 
 START = 1_000_000.0
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
@@ -350,7 +340,7 @@ def test_the_openapi_document_describes_every_route_and_nothing_else() -> None:
         for method in operations
         if method in {"get", "post", "put", "patch", "delete"}
     }
-    app = build_app(seed=1, regime="calm", clock=FakeClock())
+    app = build_app(seed=1, regime="calm", clock=FakeClock(START))
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -1,0 +1,17 @@
+"""Test doubles shared by the test folders (importable: `tests` is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    """A settable clock for anything with time in it: tests advance it explicitly."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
