@@ -26,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mape_k.sim.committee import Committee
+from mape_k.sim.committee import FAULT_KINDS, Committee
 from mape_k.stack import (
     DEFAULT_MAGNITUDE,
+    FAULT_CAUSE,
     FAULT_SIGNALS,
     Stack,
     StackError,
@@ -37,14 +38,6 @@ from mape_k.stack import (
     short_for,
 )
 
-FAULTS = ("load_spike", "error_burst", "member_crash", "latency_degradation", "bad_policy")
-FAULT_CAUSE = {
-    "load_spike": "overload",
-    "error_burst": "high_failure_rate",
-    "member_crash": "members_unhealthy",
-    "latency_degradation": "high_latency",
-    "bad_policy": "policy_regression",
-}
 SCRAPE_S = 1.0
 EVAL_S = 1.0
 GROUP_WAIT_S = 1.0
@@ -195,7 +188,7 @@ async def run(faults: list[str], repeat: int) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--faults", default=",".join(FAULT_KINDS))
     parser.add_argument("--append", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]

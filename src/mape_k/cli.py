@@ -20,8 +20,7 @@ from typing import Any
 from mape_k import __version__
 from mape_k.config import Settings, Sources, effective_config, load_settings
 from mape_k.errors import ConfigError, MapekError
-
-FAULTS = ("load_spike", "error_burst", "member_crash", "latency_degradation", "bad_policy")
+from mape_k.sim.committee import FAULT_KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     def loop_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, help="YAML file (default: $MAPEK_CONFIG)")
         p.add_argument("--mock", action="store_true", help="mock Charter and mock metrics")
-        p.add_argument("--fault", choices=FAULTS, help="start the mock committee with a fault")
+        p.add_argument("--fault", choices=FAULT_KINDS, help="start the mock committee with a fault")
         p.add_argument("--dry-run", action="store_true", help="decide and record; mutate nothing")
         p.add_argument(
             "--set",
@@ -68,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--token-file", type=Path, help="require this bearer token")
 
     demo = sub.add_parser("demo", help="the whole stack as local processes")
-    demo.add_argument("--fault", choices=(*FAULTS, "none"), default="error_burst")
+    demo.add_argument("--fault", choices=(*FAULT_KINDS, "none"), default="error_burst")
     demo.add_argument("--once", action="store_true", help="exit after recovery")
     demo.add_argument("--port-offset", type=int, default=0)
     return parser

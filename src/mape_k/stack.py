@@ -74,6 +74,14 @@ FAULT_SIGNALS: dict[str, tuple[str, float]] = {
     "latency_degradation": ("p99_latency_s", 0.5),
     "bad_policy": ("policy_error_rate", 0.02),
 }
+# The daemon's violation kind (the alert rules' `cause` label) each fault must raise.
+FAULT_CAUSE: dict[str, str] = {
+    "load_spike": "overload",
+    "error_burst": "high_failure_rate",
+    "member_crash": "members_unhealthy",
+    "latency_degradation": "high_latency",
+    "bad_policy": "policy_regression",
+}
 FITTING_OPERATIONS: dict[str, frozenset[str]] = {
     "load_spike": frozenset({"scale_committee", "set_throttle"}),
     "error_burst": frozenset({"restart_committee"}),

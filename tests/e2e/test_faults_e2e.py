@@ -18,20 +18,19 @@ from typing import Any
 
 import pytest
 
-from mape_k.stack import DEFAULT_MAGNITUDE, FAULT_SIGNALS, FITTING_OPERATIONS, Stack
+from mape_k.stack import (
+    DEFAULT_MAGNITUDE,
+    FAULT_CAUSE,
+    FAULT_SIGNALS,
+    FITTING_OPERATIONS,
+    Stack,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(100)]
 
 POLL_S = 0.25
 DEADLINE_S = 60.0  # from injection to a recorded outcome; a case takes ~20-25 s here
 # The alert rule (by its `cause` label) each fault must fire, and the daemon's action for it.
-FAULT_CAUSE = {
-    "load_spike": "overload",
-    "error_burst": "high_failure_rate",
-    "member_crash": "members_unhealthy",
-    "latency_degradation": "high_latency",
-    "bad_policy": "policy_regression",
-}
 FITTING_ACTIONS = {
     "load_spike": {"scale_up", "throttle_requests"},
     "error_burst": {"restart_service"},
