@@ -66,13 +66,13 @@ def make_executor(world, journal, clock, **config) -> Executor:
         charter=world.client,
         config=ExecutorConfig(**config),
         actions=DEFAULT_ACTIONS,
-        journal=journal.append,
+        journal=journal,
         clock=clock,
     )
 
 
 async def test_actions_run_in_order_and_complete(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     result = await executor.execute_policy(
         policy(act(ActionType.SCALE_UP, delta=2), act(ActionType.REBALANCE_LOAD))
     )
@@ -84,7 +84,7 @@ async def test_actions_run_in_order_and_complete(world, journal, clock):
 
 
 async def test_every_action_is_journaled_before_and_after_it_runs(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
     statuses = [(e.status, e.actions[0].status) for e in journal]
     assert statuses[0] == (ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING)
@@ -93,7 +93,7 @@ async def test_every_action_is_journaled_before_and_after_it_runs(world, journal
 
 
 async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     world.client.fail_next(
         "set_validation_bypass", CharterRequestError("refused", operation="bypass", status=409)
     )
@@ -124,7 +124,7 @@ async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, 
 
 
 async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clock):
-    executor = make_executor(world, journal, clock, action_timeout_s=0.01)
+    executor = make_executor(world, journal.append, clock, action_timeout_s=0.01)
     never = asyncio.Event()
 
     async def hang(*_args, **_kwargs):
@@ -140,7 +140,7 @@ async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clo
 
 
 async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     p = policy(act(ActionType.SCALE_UP, delta=1))
     first = await executor.execute_policy(p)
     for _ in range(99):
@@ -153,13 +153,13 @@ async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charte
     world, journal, clock
 ):
     p = policy(act(ActionType.SCALE_UP, delta=1))
-    await make_executor(world, journal, clock).execute_policy(p)
-    await make_executor(world, journal, clock).execute_policy(p)
+    await make_executor(world, journal.append, clock).execute_policy(p)
+    await make_executor(world, journal.append, clock).execute_policy(p)
     assert world.committee.state().target_size == 4
 
 
 async def test_dry_run_refuses_to_execute(world, journal, clock):
-    executor = make_executor(world, journal, clock, dry_run=True)
+    executor = make_executor(world, journal.append, clock, dry_run=True)
     with pytest.raises(ExecutionError):
         await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
     assert world.committee.actions == []
@@ -168,7 +168,7 @@ async def test_dry_run_refuses_to_execute(world, journal, clock):
 async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
     world, journal, clock
 ):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     done = await executor.execute_policy(policy(act(ActionType.SCALE_UP, delta=2), pid="crash"))
     interrupted = PolicyExecution(
         id="crash-2",
@@ -177,7 +177,7 @@ async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
         actions=done.actions,
         started_at=done.started_at,
     )
-    fresh = make_executor(world, journal, clock)
+    fresh = make_executor(world, journal.append, clock)
     result = await fresh.reconcile(interrupted)
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert world.committee.state().target_size == 3
@@ -186,7 +186,7 @@ async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
 async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
     world, journal, clock
 ):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     first = await executor.execute_policy(
         policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), pid="cut")
     )
@@ -199,7 +199,7 @@ async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
         actions=(replace(first.actions[0], status=ExecutionStatus.IN_PROGRESS, result={}),),
         started_at=first.started_at,
     )
-    result = await make_executor(world, journal, clock).reconcile(interrupted)
+    result = await make_executor(world, journal.append, clock).reconcile(interrupted)
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert world.committee.throttle_limit is None
     throttles = [a for a in world.committee.actions if a.operation == "set_throttle"]
@@ -209,7 +209,7 @@ async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
 async def test_reconcile_does_not_resend_an_in_progress_action_without_an_inverse(
     world, journal, clock
 ):
-    done = await make_executor(world, journal, clock).execute_policy(
+    done = await make_executor(world, journal.append, clock).execute_policy(
         policy(act(ActionType.RESTART_SERVICE), pid="r")
     )
     interrupted = PolicyExecution(
@@ -221,7 +221,7 @@ async def test_reconcile_does_not_resend_an_in_progress_action_without_an_invers
         ),
         started_at=done.started_at,
     )
-    result = await make_executor(world, journal, clock).reconcile(interrupted)
+    result = await make_executor(world, journal.append, clock).reconcile(interrupted)
     assert result.status is ExecutionStatus.FAILED
     assert [a.operation for a in world.committee.actions] == ["restart_committee"]
 
@@ -283,13 +283,13 @@ def pending(deadline: float = 100.0) -> PendingVerification:
 def test_verification_classifies_against_the_triggering_value(
     world, journal, clock, obs, now, expected
 ):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     outcome, _ = executor.verify_execution(pending(), obs, now=now)
     assert (outcome.outcome if outcome else None) is expected
 
 
 def test_success_records_time_to_stabilize(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     outcome, _ = executor.verify_execution(pending(), observation(0.0, violating=False), now=31.0)
     assert outcome is not None
     assert outcome.time_to_stabilize_s == 30.0
@@ -311,7 +311,7 @@ def test_classify_measures_distance_to_threshold():
 
 
 async def test_rollback_restores_bypass_override_and_policy(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     world.client.fail_next("rebalance_load")
     result = await executor.execute_policy(
         policy(
@@ -349,7 +349,7 @@ def test_classify_knows_which_side_of_the_threshold_is_bad(before, after, expect
 
 async def test_the_in_memory_history_is_bounded(world, journal, clock, monkeypatch):
     monkeypatch.setattr("mape_k.loop.execute.HISTORY_KEPT", 3)
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     for n in range(5):
         await executor.execute_policy(policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
     assert [e.id for e in executor.get_execution_history()] == ["p2", "p3", "p4"]
@@ -360,13 +360,7 @@ async def test_no_action_runs_when_the_journal_cannot_record_it(world, clock):
     def broken(_execution):
         raise StoreError("disk full")
 
-    executor = Executor(
-        charter=world.client,
-        config=ExecutorConfig(),
-        actions=DEFAULT_ACTIONS,
-        journal=broken,
-        clock=clock,
-    )
+    executor = make_executor(world, broken, clock)
     result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
     assert result.status is ExecutionStatus.FAILED
     assert "journal" in (result.error or "")
@@ -384,13 +378,7 @@ async def test_a_journal_failure_after_an_action_keeps_the_execution_and_its_ver
         if execution.actions[0].status is ExecutionStatus.COMPLETED:
             raise StoreError("disk full")
 
-    executor = Executor(
-        charter=world.client,
-        config=ExecutorConfig(),
-        actions=DEFAULT_ACTIONS,
-        journal=flaky,
-        clock=clock,
-    )
+    executor = make_executor(world, flaky, clock)
     result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
     assert result.status is ExecutionStatus.COMPLETED
     assert [p.execution.id for p in executor.pending_verifications()] == [result.id]
@@ -400,7 +388,7 @@ async def test_a_journal_failure_after_an_action_keeps_the_execution_and_its_ver
 async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_cleanly(
     world, journal, clock
 ):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     real_scale = world.client.scale_committee
 
     async def no_previous(size, *, idempotency_key):
@@ -417,7 +405,7 @@ async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_c
 
 
 def test_a_vanished_series_is_not_a_success(world, journal, clock):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     earlier = replace(pending(), last_value=0.38)
     outcome, _ = executor.verify_execution(earlier, observation(None, violating=False), now=20.0)
     assert outcome is None  # not yet: wait for a reading
@@ -429,7 +417,7 @@ def test_a_vanished_series_is_not_a_success(world, journal, clock):
 async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back(
     world, journal, clock
 ):
-    executor = make_executor(world, journal, clock)
+    executor = make_executor(world, journal.append, clock)
     executor.hold = lambda: "frozen (operator): incident" if world.committee.actions else None
     result = await executor.execute_policy(
         policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0), act(ActionType.SCALE_UP))
