@@ -10,10 +10,8 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from fakes import FakeClock
+from fakes import FIXTURES, FakeClock
 from mape_k.metrics import Metrics
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
 @pytest.fixture

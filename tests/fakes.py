@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# Captured Prometheus / Alertmanager payloads, inside the repository (see its README).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
 
 class FakeClock:
     """A settable clock for anything with time in it: tests advance it explicitly."""

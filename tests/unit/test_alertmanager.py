@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from fakes import FakeClock
+from fakes import FIXTURES, FakeClock
 from mape_k.config import ServerConfig
 from mape_k.integrations.alertmanager import (
     DEFAULT_ALERT_TTL_S,
@@ -27,9 +26,7 @@ from mape_k.integrations.alertmanager import (
 from mape_k.metrics import Metrics
 from mape_k.models import Severity, ViolationSource
 
-WEBHOOK_FIXTURES = (
-    Path(__file__).parents[2] / ".." / "shared" / "fixtures" / "alertmanager" / "webhook"
-)
+WEBHOOK_FIXTURES = FIXTURES / "alertmanager" / "webhook"
 
 
 def load(name: str) -> dict[str, Any]:

@@ -1,11 +1,10 @@
-"""PrometheusClient against real Prometheus 2.42 answers (shared/fixtures), served by respx."""
+"""PrometheusClient against real Prometheus 2.42 answers (tests/fixtures), served by respx."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,6 +13,7 @@ import pytest
 import respx
 from structlog.testing import capture_logs
 
+from fakes import FIXTURES
 from mape_k.config import PrometheusConfig
 from mape_k.errors import (
     PrometheusError,
@@ -24,7 +24,6 @@ from mape_k.errors import (
 )
 from mape_k.integrations.prometheus import PrometheusClient
 
-FIXTURES = Path(__file__).parents[2] / ".." / "shared" / "fixtures"
 PROM = FIXTURES / "prometheus"
 INDEX: dict[str, dict[str, Any]] = json.loads((FIXTURES / "_index.json").read_text())
 URL = "http://prometheus.test:9090"

@@ -5,24 +5,24 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+import fakes
 from mape_k.config import ServerConfig
 from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.metrics import Metrics
 from mape_k.server import build_app
 
-FIXTURES = Path(__file__).parents[3] / ".." / "shared" / "fixtures" / "alertmanager" / "webhook"
+FIXTURES = fakes.FIXTURES / "alertmanager" / "webhook"
 WEBHOOK_TOKEN = "s3cr3t-test-token"
 ADMIN_TOKEN = "admin-test-token"
 
 
 def fixture_payload(name: str) -> dict[str, Any]:
-    """A webhook body from the shared fixtures (retry files hold it under `payload`)."""
+    """A webhook body from the captured fixtures (retry files hold it under `payload`)."""
     document = json.loads((FIXTURES / name).read_text())
     return document.get("payload", document)
 
