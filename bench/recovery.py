@@ -34,8 +34,8 @@ from mape_k.stack import (
     Stack,
     StackError,
     parse_duration,
-    repo_root,
     short_for,
+    staging_files,
 )
 
 SCRAPE_S = 1.0
@@ -70,7 +70,7 @@ def rule_for_s(cause: str) -> float:
     """The shortest stack `for` among the staging rules carrying this cause."""
     import yaml  # noqa: PLC0415 - only the floor needs it
 
-    path = repo_root() / "prometheus" / "rules" / "charter.rules.yml"
+    path = staging_files() / "prometheus" / "rules" / "charter.rules.yml"
     rules = yaml.safe_load(path.read_text(encoding="utf-8"))["groups"][0]["rules"]
     fors = [
         parse_duration(short_for(r["for"])) if "for" in r else 0.0

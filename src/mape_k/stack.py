@@ -1,6 +1,8 @@
 """The whole stack as local processes on loopback: Prometheus, Alertmanager, Charter sim, daemon.
 
-Configs are generated from the staging ones (prometheus/, alertmanager/) with short intervals;
+Configs are generated from the staging ones (package data: `mape_k/staging/prometheus/`,
+`mape_k/staging/alertmanager/`, read with importlib.resources, so an installed wheel has
+them too) with short intervals;
 each process runs in its own process group with its log in the working directory, and
 `Stack.start()` always stops every process it started (errors and Ctrl-C included).
 Used by `mape-k demo`, tests/e2e and bench/recovery.py; not by the daemon itself.
@@ -21,6 +23,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,8 +135,14 @@ def free_port() -> int:
         return port
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Something listens on (or holds) 127.0.0.1:`port`.
+
+    SO_REUSEADDR, as the servers themselves set it: the connections of a stack that just
+    stopped linger in TIME_WAIT for a minute, and they do not keep a new listener out.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -151,7 +161,7 @@ def allocate_ports(mode: Literal["fixed", "free"], *, offset: int = 0) -> dict[s
     for name, port in ports.items():
         if not 0 < port < 65536:
             raise StackError(f"port offset {offset} puts {name} on port {port}")
-    busy = [f"{name} {port}" for name, port in ports.items() if _port_in_use(port)]
+    busy = [f"{name} {port}" for name, port in ports.items() if port_in_use(port)]
     if busy:
         raise StackError(
             f"port(s) in use: {', '.join(busy)}; pick another --port-offset (e.g. 100)"
@@ -159,9 +169,24 @@ def allocate_ports(mode: Literal["fixed", "free"], *, offset: int = 0) -> dict[s
     return ports
 
 
-def repo_root() -> Path:
-    """The checkout holding prometheus/ and alertmanager/ (src/mape_k/stack.py → ../..)."""
-    return Path(__file__).resolve().parents[2]
+def staging_files() -> Traversable:
+    """The staging configs shipped in the package: prometheus/ (config, rules), alertmanager/.
+
+    The same files the compose stack mounts; package data, so a wheel or an image has them.
+    """
+    return resources.files("mape_k") / "staging"
+
+
+def staging_rule_files(staging: Traversable | None = None) -> list[Traversable]:
+    """The staging Prometheus rule files (`*.rules.yml`), sorted by name."""
+    rules = (staging or staging_files()) / "prometheus" / "rules"
+    if not rules.is_dir():
+        return []
+    return sorted((f for f in rules.iterdir() if f.name.endswith(".rules.yml")), key=_name)
+
+
+def _name(item: Traversable) -> str:
+    return item.name
 
 
 # --- generated configs ------------------------------------------------------------------
@@ -324,7 +349,7 @@ def stack_daemon_config(
     }
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def _load_yaml(path: Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -385,7 +410,6 @@ class Stack:
         daemon_env: Mapping[str, str] | None = None,
         interval_s: float = 1.0,
         orchestrator_interval_s: float = 2.0,
-        staging_dir: Path | None = None,
         seed: int = 7,
     ) -> AsyncIterator[Stack]:
         """Generate configs in `workdir`, start every process, wait until each is ready.
@@ -400,7 +424,7 @@ class Stack:
         procs = _prepare(
             workdir=workdir,
             ports=allocated,
-            staging=staging_dir or repo_root(),
+            staging=staging_files(),
             prometheus_bin=prometheus_bin,
             alertmanager_bin=alertmanager_bin,
             interval_s=interval_s,
@@ -657,7 +681,7 @@ def _prepare(
     *,
     workdir: Path,
     ports: Mapping[str, int],
-    staging: Path,
+    staging: Traversable,
     prometheus_bin: str,
     alertmanager_bin: str,
     interval_s: float,
@@ -670,7 +694,7 @@ def _prepare(
         _secret(workdir / name)
     rules_dir = workdir / "rules"
     rules_dir.mkdir(exist_ok=True)
-    rule_files = sorted((staging / "prometheus" / "rules").glob("*.rules.yml"))
+    rule_files = staging_rule_files(staging)
     if not rule_files:
         raise StackError(f"no staging rules in {staging / 'prometheus' / 'rules'}")
     for path in rule_files:

@@ -27,10 +27,11 @@ from mape_k.sim.service import build_app as build_sim_app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.staging.yml"
-PROM_CONFIG = ROOT / "prometheus" / "prometheus.yml"
-RULES_DIR = ROOT / "prometheus" / "rules"
-RULE_TESTS = sorted((ROOT / "prometheus" / "tests").glob("*.test.yml"))
-AM_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+STAGING = ROOT / "src" / "mape_k" / "staging"
+PROM_CONFIG = STAGING / "prometheus" / "prometheus.yml"
+RULES_DIR = STAGING / "prometheus" / "rules"
+RULE_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.test.yml"))
+AM_CONFIG = STAGING / "alertmanager" / "alertmanager.yml"
 GRAFANA = ROOT / "grafana"
 DOCKERFILE = ROOT / "Dockerfile"
 UNIT = ROOT / "deploy" / "systemd" / "mape-k.service"
@@ -294,7 +295,7 @@ def test_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
 
 def test_prometheus_rule_files_resolve_inside_the_container(services: dict[str, Any]) -> None:
     mounts = dict(volume.split(":")[:2] for volume in services["prometheus"]["volumes"])
-    config_in_container = mounts["./prometheus/prometheus.yml"]
+    config_in_container = mounts["./src/mape_k/staging/prometheus/prometheus.yml"]
     assert "--config.file=" + config_in_container in services["prometheus"]["command"]
     config_dir = Path(config_in_container).parent
     for pattern in load_yaml(PROM_CONFIG)["rule_files"]:

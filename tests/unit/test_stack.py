@@ -15,20 +15,23 @@ from mape_k.stack import (
     STACK_SETTLE_S,
     StackError,
     allocate_ports,
+    port_in_use,
     short_for,
     short_window,
     stack_alertmanager_config,
     stack_daemon_config,
     stack_prometheus_config,
     stack_rules,
+    staging_files,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 PORTS = {"prometheus": 19090, "alertmanager": 19093, "charter": 18000, "mape-k": 18001}
 
 
 def staging(path: str) -> dict[str, object]:
-    data: dict[str, object] = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
+    data: dict[str, object] = yaml.safe_load(
+        staging_files().joinpath(path).read_text(encoding="utf-8")
+    )
     return data
 
 
@@ -115,6 +118,18 @@ def test_fixed_ports_are_shifted_by_the_offset_and_a_busy_one_is_named() -> None
         busy = sock.getsockname()[1]
         with pytest.raises(StackError, match=f"charter {busy}"):
             allocate_ports("fixed", offset=busy - BASE_PORTS["charter"])
+
+
+def test_a_port_holding_only_time_wait_connections_is_free_and_a_listening_one_busy() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    assert port_in_use(port)
+    accepted.close()  # the server side closes first: its end of the connection is TIME_WAIT
+    client.close()
+    listener.close()
+    assert not port_in_use(port)
 
 
 def test_free_ports_are_distinct() -> None:
