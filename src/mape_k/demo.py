@@ -2,8 +2,10 @@
 
 Starts the stack (stack.py) in a temporary directory, injects the fault, then polls the
 simulator's /sim/state, Prometheus's /api/v1/alerts and the daemon's /stats and prints one
-line per change: alert → iteration → action → recovery. With `once`, it returns after the
-recovery (0) or after RECOVERY_BOUND_S (1). Every process it started is stopped on exit.
+line per change: alert → iteration → action → recovery. When nothing changed for
+HEARTBEAT_S it says what it is waiting for and for how long, from start-up on. With `once`,
+it returns after the recovery (0) or after RECOVERY_BOUND_S (1). Every process it started is
+stopped on exit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mape_k.stack import DEFAULT_MAGNITUDE, FAULT_SIGNALS, Stack, StackError
 
 RECOVERY_BOUND_S = 120.0
 POLL_S = 1.0
+HEARTBEAT_S = 5.0  # the longest silence: then a line says what the demo is waiting for
 # The simulator's signals the daemon's rules watch (name, threshold: violating above).
 WATCHED: tuple[tuple[str, float], ...] = (
     ("failure_rate", 0.05),
@@ -54,6 +57,32 @@ class Recovery:
         return None if self.recovered_at is None else self.recovered_at - self.injected_at
 
 
+class Heartbeat:
+    """Prints lines, and when none was printed for HEARTBEAT_S, what is being waited for."""
+
+    def __init__(self, out: TextIO, *, start: float) -> None:
+        self.out = out
+        self.start = start
+        self.waiting_for = "the stack to start"
+        self._last = start
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+        self._last = time.monotonic()
+
+    def wait(self, what: str) -> None:
+        """What the demo waits for from now on: the next silent stretch names it."""
+        self.waiting_for = what
+
+    async def run(self) -> None:
+        """Until cancelled: a line after every HEARTBEAT_S of silence."""
+        while True:
+            await asyncio.sleep(max(0.0, self._last + HEARTBEAT_S - time.monotonic()))
+            now = time.monotonic()
+            if now - self._last >= HEARTBEAT_S:
+                self.say(f"[{now - self.start:6.1f}s] waiting    for {self.waiting_for}")
+
+
 class Watcher:
     """Turns successive snapshots of the three endpoints into one line per change."""
 
@@ -67,6 +96,20 @@ class Watcher:
         self._outcomes: set[str] = set()
         self._inbox = 0
         self._last_iteration = ""
+        self._signals: dict[str, float] = {}
+
+    def waiting_for(self) -> str:
+        """What the demo waits for next, from the last snapshot."""
+        recovery = self.recovery
+        if recovery is None:
+            return "a fault to be injected (POST /sim/faults on the simulator)"
+        name, limit = FAULT_SIGNALS[recovery.fault]
+        value = f"{name} = {self._signals.get(name, float('nan')):.3g}"
+        if recovery.first_action_at is None:
+            return f"mape-k to act on {recovery.fault} ({value}, threshold {limit:g})"
+        if recovery.recovered_at is None:
+            return f"{name} to fall under {limit:g} after the remediation ({value})"
+        return "mape-k to verify the remediation and record its outcome"
 
     def _line(self, now: float, source: str, text: str) -> str:
         return f"[{now - self.start:6.1f}s] {source:<10} {text}"
@@ -74,6 +117,7 @@ class Watcher:
     def sim(self, state: dict[str, Any], now: float) -> list[str]:
         lines: list[str] = []
         signals: dict[str, float] = state["signals"]
+        self._signals = signals
         violating = {name for name, limit in WATCHED if signals.get(name, 0.0) > limit}
         for name, limit in WATCHED:
             value = signals.get(name, 0.0)
@@ -151,7 +195,7 @@ class Watcher:
         return lines
 
 
-async def _snapshot(stack: Stack, watcher: Watcher, out: TextIO) -> None:
+async def _snapshot(stack: Stack, watcher: Watcher, beat: Heartbeat) -> None:
     now = time.monotonic()
     lines: list[str] = []
     with contextlib.suppress(StackError):
@@ -161,7 +205,8 @@ async def _snapshot(stack: Stack, watcher: Watcher, out: TextIO) -> None:
     with contextlib.suppress(StackError):
         lines += watcher.sim(await stack.sim_state(), now)
     for line in lines:
-        print(line, file=out, flush=True)
+        beat.say(line)
+    beat.wait(watcher.waiting_for())
 
 
 async def run_demo(
@@ -175,12 +220,39 @@ async def run_demo(
     bound_s: float = RECOVERY_BOUND_S,
 ) -> int:
     """The demo in `workdir` until `stop` is set, or until recovery with `once`."""
-    print(f"mape-k demo: starting the stack in {workdir} ...", file=out, flush=True)
-    started = time.monotonic()
-    async with Stack.start(workdir, port_offset=port_offset) as stack:
-        print(f"stack ready in {time.monotonic() - started:.1f} s:", file=out)
+    beat = Heartbeat(out, start=time.monotonic())
+    beat.say(f"mape-k demo: starting the stack in {workdir} ...")
+    ticker = asyncio.create_task(beat.run(), name="demo-heartbeat")
+    try:
+        return await _demo(
+            fault,
+            once=once,
+            port_offset=port_offset,
+            workdir=workdir,
+            stop=stop,
+            beat=beat,
+            bound_s=bound_s,
+        )
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+async def _demo(
+    fault: str,
+    *,
+    once: bool,
+    port_offset: int,
+    workdir: Path,
+    stop: asyncio.Event,
+    beat: Heartbeat,
+    bound_s: float,
+) -> int:
+    async with Stack.start(workdir, port_offset=port_offset, progress=beat.wait) as stack:
+        beat.say(f"stack ready in {time.monotonic() - beat.start:.1f} s:")
         for name, url in stack.urls.items():
-            print(f"  {name:<12} {url}   (log: {workdir / (name + '.log')})", file=out)
+            beat.say(f"  {name:<12} {url}   (log: {workdir / (name + '.log')})")
         recovery: Recovery | None = None
         t0 = time.monotonic()
         if fault != "none":
@@ -188,26 +260,24 @@ async def run_demo(
             await stack.inject(fault, magnitude, 0.0)
             recovery = Recovery(fault=fault, injected_at=t0)
             name, limit = FAULT_SIGNALS[fault]
-            print(
+            beat.say(
                 f"injected {fault} (magnitude {magnitude:g}, until remediated);"
-                f" watching {name} > {limit:g}",
-                file=out,
+                f" watching {name} > {limit:g}"
             )
         else:
-            print(f"no fault injected; inject one with POST {stack.urls['charter']}/sim/faults")
+            beat.say(f"no fault injected; inject one with POST {stack.urls['charter']}/sim/faults")
         if not once:
-            print("Ctrl-C stops the demo and every process it started.", file=out)
-        out.flush()
+            beat.say("Ctrl-C stops the demo and every process it started.")
         watcher = Watcher(start=t0, recovery=recovery)
         while not stop.is_set():
-            await _snapshot(stack, watcher, out)
+            await _snapshot(stack, watcher, beat)
             if once and recovery is not None and recovery.done:
                 took = recovery.seconds() or 0.0
                 outcome = ", ".join(recovery.outcomes)
-                print(f"RECOVERED: {fault} in {took:.1f} s (outcome recorded: {outcome})", file=out)
+                beat.say(f"RECOVERED: {fault} in {took:.1f} s (outcome recorded: {outcome})")
                 return 0
             if once and time.monotonic() - t0 > bound_s:
-                print(f"NOT RECOVERED within {bound_s:g} s; logs in {workdir}", file=out)
+                beat.say(f"NOT RECOVERED within {bound_s:g} s; logs in {workdir}")
                 return 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):

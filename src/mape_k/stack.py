@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -411,12 +411,15 @@ class Stack:
         interval_s: float = 1.0,
         orchestrator_interval_s: float = 2.0,
         seed: int = 7,
+        progress: Callable[[str], None] | None = None,
     ) -> AsyncIterator[Stack]:
         """Generate configs in `workdir`, start every process, wait until each is ready.
 
         `fault` = (kind, magnitude, duration_s) is injected once everything is ready.
-        Every process started is stopped on exit, whatever the exit.
+        Every process started is stopped on exit, whatever the exit. `progress` is told
+        what the start-up waits for at each step (the demo shows it while it waits).
         """
+        say = progress or (lambda _: None)
         prometheus_bin = find_binary("prometheus")
         alertmanager_bin = find_binary("prometheus-alertmanager")
         workdir = _make_workdir(workdir)
@@ -435,9 +438,12 @@ class Stack:
         stack = cls(workdir=workdir, ports=allocated, procs=procs)
         try:
             for name in COMPONENTS:
+                say(f"{name} to start and answer its readiness check")
                 await stack._launch(name)
                 if name == "prometheus":
+                    say("Prometheus's first scrape of the simulator")
                     await stack._wait_scraped()
+            say("the start-up alerts to resolve (absent metrics before the first scrape)")
             await stack._wait_quiet()
             if fault is not None:
                 await stack.inject(*fault)
