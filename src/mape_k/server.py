@@ -1,5 +1,7 @@
 """The daemon's HTTP face (aiohttp): Alertmanager webhook, health, stats, metrics, control API.
 
+The API is described by src/mape_k/openapi/daemon-api.yaml, served at GET /openapi.json.
+
 Handlers validate and hand over; they never run an iteration (trigger() returns at once) and
 never answer 5xx for bad input. The loop's state is reached only through DaemonControl.
 """
@@ -17,6 +19,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from mape_k import openapi
 from mape_k.config import ServerConfig
 from mape_k.integrations.alertmanager import (
     WEBHOOK_VERSION,
@@ -434,6 +437,8 @@ def build_app(
     app.router.add_get("/readyz", server.readyz, allow_head=False)
     app.router.add_get("/stats", server.stats, allow_head=False)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry), allow_head=False)
+    # Open like /healthz: the document describes the routes, not the daemon's state.
+    openapi.add_routes(app.router, openapi.DAEMON_API, allow_head=False)
     if admin_token is not None:
         policy = f"/api/v1/policies/{{id:{POLICY_ID_PATTERN}}}"
         app.router.add_get("/api/v1/policies/pending", server.pending, allow_head=False)

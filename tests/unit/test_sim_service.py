@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakes import FakeClock
+from mape_k import openapi
 from mape_k.sim.committee import Committee
 from mape_k.sim.service import build_app, serve
 
@@ -331,8 +332,7 @@ async def test_serve_listens_on_a_free_port_until_stopped() -> None:
 
 
 def test_the_openapi_document_describes_every_route_and_nothing_else() -> None:
-    spec_path = Path(__file__).parents[2] / "docs" / "charter-api.openapi.yaml"
-    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    spec = openapi.document(openapi.CHARTER_API)
     assert spec["openapi"].startswith("3.")
     documented = {
         (method.upper(), path)
@@ -347,6 +347,21 @@ def test_the_openapi_document_describes_every_route_and_nothing_else() -> None:
         if route.method != "HEAD" and route.resource is not None
     }
     assert documented == served
+
+
+async def test_the_simulator_serves_its_document_without_a_token(clock: FakeClock) -> None:
+    packaged = files("mape_k.openapi").joinpath("charter-api.yaml").read_bytes()
+    app = build_app(seed=1, regime="calm", clock=clock, token="sim-token")
+    async with TestClient(TestServer(app)) as client:
+        as_json = await client.get("/openapi.json")
+        assert as_json.status == 200
+        assert as_json.content_type == "application/json"
+        assert await as_json.json() == yaml.safe_load(packaged)
+        as_yaml = await client.get("/openapi.yaml")
+        assert as_yaml.status == 200
+        assert as_yaml.content_type == "application/yaml"
+        assert await as_yaml.read() == packaged
+        assert (await client.get("/api/v1/ping")).status == 401  # the API still needs it
 
 
 @pytest.mark.parametrize(

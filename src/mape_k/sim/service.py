@@ -1,7 +1,8 @@
 """The Charter simulator service: the Charter API, /metrics, /sim/* and /health over aiohttp.
 
 Serves one `Committee` (sim/committee.py), advanced to `clock()` on every request and
-scrape. The API is documented in docs/charter-api.openapi.yaml. No signal handling here:
+scrape. The API is documented in src/mape_k/openapi/charter-api.yaml, served at
+GET /openapi.json (and /openapi.yaml) without a token. No signal handling here:
 `serve` runs until its `stop` event is set (the CLI turns signals into that).
 """
 
@@ -28,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mape_k import openapi
 from mape_k.errors import CharterNotFound, CharterRequestError
 from mape_k.integrations.charter.base import ActionResult
 from mape_k.sim.committee import (
@@ -527,6 +529,7 @@ def build_app(
     app.router.add_post("/sim/chaos", set_chaos)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    openapi.add_routes(app.router, openapi.CHARTER_API)
     return app
 
 

@@ -1,9 +1,12 @@
-"""docs/daemon-api.openapi.yaml stays true: every route is documented, every status seen is."""
+"""The daemon's OpenAPI document (src/mape_k/openapi/daemon-api.yaml) stays true.
+
+Every route is documented, every status seen is, and the daemon serves the document.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import pytest
@@ -18,16 +21,17 @@ from server_harness import (
     webhook_headers,
 )
 
-SPEC_PATH = Path(__file__).parents[3] / "docs" / "daemon-api.openapi.yaml"
+from mape_k import openapi
+
 FIRING = json.dumps(fixture_payload("firing_single_alert.json"))
 OTHER = json.dumps(fixture_payload("retry_after_http_400_deliveries.json"))
 JSON = {"Content-Type": "application/json"}
+NOT_JSON = {"/metrics": "text/plain", "/openapi.yaml": "application/yaml"}
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
-    return document
+    return openapi.document(openapi.DAEMON_API)
 
 
 def documented(spec: dict[str, Any], path: str, method: str) -> set[int]:
@@ -47,7 +51,7 @@ def test_every_registered_route_is_documented_and_nothing_else(spec: dict[str, A
 
 def test_spec_is_openapi_3_with_resolvable_refs(spec: dict[str, Any]) -> None:
     assert spec["openapi"].startswith("3.")
-    text = SPEC_PATH.read_text()
+    text = openapi.source(openapi.DAEMON_API).decode("utf-8")
     for ref in {part.split('"')[0] for part in text.split('$ref: "#/')[1:]}:
         node: Any = spec
         for key in ref.split("/"):
@@ -71,6 +75,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("/stats", "GET", "/stats", {}, 200),
     ("/stats", "GET", "/stats", {"broken": True}, 500),
     ("/metrics", "GET", "/metrics", {}, 200),
+    ("/openapi.json", "GET", "/openapi.json", {}, 200),
+    ("/openapi.yaml", "GET", "/openapi.yaml", {}, 200),
     ("/api/v1/policies/pending", "GET", "/api/v1/policies/pending", {"admin": True}, 200),
     ("/api/v1/policies/pending", "GET", "/api/v1/policies/pending", {}, 401),
     ("/api/v1/policies/pending", "GET", "/api/v1/policies/pending", {"no_admin": True}, 404),
@@ -146,5 +152,30 @@ async def test_each_observed_status_is_documented_for_its_route(
     response = await harness.client.request(method, path, data=options.get("data"), headers=headers)
     assert response.status == expected, await response.text()
     assert response.status in documented(spec, template, method)
-    if response.status != 200 or path != "/metrics":
+    if response.status == 200 and path in NOT_JSON:
+        assert response.content_type == NOT_JSON[path]
+    else:
         assert response.content_type == "application/json"
+
+
+def packaged(name: str) -> bytes:
+    return files("mape_k.openapi").joinpath(name).read_bytes()
+
+
+@pytest.mark.parametrize("admin_token", [ADMIN_TOKEN, None], ids=["control-api", "no-control-api"])
+async def test_the_daemon_serves_its_document_without_a_token(
+    make_harness: MakeHarness, admin_token: str | None
+) -> None:
+    harness = await make_harness(admin_token=admin_token)  # and the webhook token is set
+    as_json = await harness.client.get("/openapi.json")  # no Authorization header
+    assert as_json.status == 200
+    assert as_json.content_type == "application/json"
+    assert await as_json.json() == yaml.safe_load(packaged("daemon-api.yaml"))
+    as_yaml = await harness.client.get("/openapi.yaml")
+    assert as_yaml.status == 200
+    assert as_yaml.content_type == "application/yaml"
+    assert await as_yaml.read() == packaged("daemon-api.yaml")
+    # The token checks still hold beside it.
+    assert (await harness.client.post("/api/v1/alerts", json={})).status == 401
+    if admin_token is not None:
+        assert (await harness.client.get("/api/v1/policies/pending")).status == 401

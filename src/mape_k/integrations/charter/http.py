@@ -1,5 +1,5 @@
 """`HttpCharterClient`: the `CharterClient` Protocol over the Charter HTTP API (see
-docs/charter-api.openapi.yaml), on one `httpx.AsyncClient`.
+src/mape_k/openapi/charter-api.yaml), on one `httpx.AsyncClient`.
 
 Retries (jittered exponential backoff) only where safe: GET/PUT, and calls carrying an
 idempotency key, on connect/read errors and 502/503/504. Never on 4xx. httpx errors never
