@@ -33,6 +33,7 @@ root = r.files("mape_k") / "staging"
 print(mape_k.__file__)
 print(*sorted(p.name for p in (root / "prometheus" / "rules").iterdir()))
 print((root / "alertmanager" / "alertmanager.yml").is_file())
+print(*sorted(p.name for p in (root.parent / "openapi").iterdir() if p.name[-5:] == ".yaml"))
 """
 
 
@@ -81,7 +82,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bin_dir
 
 
-def test_the_wheel_carries_the_staging_files_and_no_tests(installed: Path) -> None:
+def test_the_wheel_carries_the_staging_files_and_the_openapi_documents(installed: Path) -> None:
     listing = _run(
         [
             str(installed / "python"),
@@ -94,6 +95,7 @@ def test_the_wheel_carries_the_staging_files_and_no_tests(installed: Path) -> No
     assert not Path(listing[0]).resolve().is_relative_to(ROOT), listing[0]
     assert listing[1].split() == ["charter.rules.yml", "mapek.rules.yml"]
     assert listing[2] == "True"
+    assert listing[3].split() == ["charter-api.yaml", "daemon-api.yaml"]
 
 
 def test_the_installed_demo_recovers_and_is_never_silent_for_long(
