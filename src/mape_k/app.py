@@ -48,7 +48,6 @@ from mape_k.store import Store
 log = structlog.get_logger(__name__)
 
 INTEGRITY_EVERY_S = 60.0
-MOCK_WARMUP_S = 10.0  # `once --mock`: let an injected fault develop before observing
 
 
 def sd_notify(message: str) -> bool:
@@ -599,13 +598,13 @@ async def run_once(
                     )
                 }
             )
-        clock = _SimClock(time.time())
+        # The mock world stands still during the one pass: every reading sees one instant.
+        started = time.time()
         mock = settings.charter.mode is CharterMode.MOCK
-        async with build(settings, fault=fault, clock=clock if mock else time.time) as parts:
+        clock: Callable[[], float] = (lambda: started) if mock else time.time
+        async with build(settings, fault=fault, clock=clock) as parts:
             restore_freeze(parts, clock())
             await reconcile(parts)
-            if mock and fault is not None:
-                clock.advance(MOCK_WARMUP_S)
             record = await parts.orchestrator.run_once()
     executions = [record["execution"]] if record.get("execution") else []
     held = sorted(
@@ -619,14 +618,3 @@ async def run_once(
         "completed": sum(e["status"] == ExecutionStatus.COMPLETED.value for e in executions),
         "iteration": record,
     }
-
-
-class _SimClock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

@@ -22,6 +22,7 @@ from mape_k.models import Sample
 from mape_k.sim.committee import Committee
 
 DEFAULT_FAULT_MAGNITUDE = 0.8
+FAULT_HEAD_START_S = 10.0  # a fault the mock world starts with has been developing this long
 
 
 class MockCharterClient:
@@ -42,7 +43,7 @@ class MockCharterClient:
         self.connected = False
         self._failures: dict[str, list[CharterError]] = {}
         if fault is not None:
-            self.committee.inject(fault, fault_magnitude, 0, clock())
+            self.committee.inject(fault, fault_magnitude, 0, self.committee.now)
 
     def fail_next(
         self, operation: str, error: CharterError | None = None, *, times: int = 1
@@ -170,7 +171,9 @@ class MockCharterWorld:
         fault: str | None = None,
         fault_magnitude: float = DEFAULT_FAULT_MAGNITUDE,
     ) -> MockCharterWorld:
-        committee = Committee(seed, regime, start=clock())
+        # A fault given at start began FAULT_HEAD_START_S ago: the first reading sees it.
+        start = clock() - (FAULT_HEAD_START_S if fault is not None else 0.0)
+        committee = Committee(seed, regime, start=start)
         client = MockCharterClient(
             committee, clock=clock, fault=fault, fault_magnitude=fault_magnitude
         )
