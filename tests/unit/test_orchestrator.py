@@ -44,28 +44,6 @@ def test_schedule_runs_on_the_grid_and_debounces_triggers(
     )
 
 
-@pytest.mark.parametrize(
-    ("now", "triggered", "last_start", "verify_at", "expected"),
-    [
-        (5.0, False, 0.0, 20.0, (False, 20.0)),  # wake when the settle time ends...
-        (20.0, False, 0.0, 20.0, (True, 20.0)),  # ...and run then, off the grid
-        (20.5, False, 20.0, 20.0, (False, 30.0)),  # measured (or not) once: back to the grid
-        (20.2, False, 20.0, 20.1, (False, 21.0)),  # due just after a start: after the debounce
-        (5.0, True, 0.0, 20.0, (True, 5.0)),  # a pending verification never delays an alert
-    ],
-)
-def test_schedule_wakes_when_a_verification_is_due(now, triggered, last_start, verify_at, expected):
-    got = schedule(
-        now=now,
-        next_at=30.0,
-        triggered=triggered,
-        last_start=last_start,
-        debounce_s=1.0,
-        verify_at=verify_at,
-    )
-    assert got == expected
-
-
 def test_the_grid_does_not_drift_and_skips_missed_slots():
     assert advance_grid(0.0, 0.2, 30.0) == 30.0
     assert advance_grid(30.0, 95.0, 30.0) == 120.0

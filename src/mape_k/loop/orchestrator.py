@@ -258,7 +258,6 @@ class MAPEKOrchestrator:
                 triggered=self._triggered,
                 last_start=self._last_start_mono,
                 debounce_s=debounce,
-                verify_at=self._next_verification(now),
             )
             if run_now:
                 self._triggered = False
@@ -272,11 +271,6 @@ class MAPEKOrchestrator:
                     await self._wake.wait()
             except TimeoutError:
                 pass
-
-    def _next_verification(self, now_mono: float) -> float:
-        """When (loop time) the earliest pending verification's settle time ends."""
-        due = [p.due_at for p in self.executor.pending_verifications()]
-        return now_mono + min(due) - self._clock() if due else float("inf")
 
     async def _guarded_iteration(self) -> None:
         self._busy_since = asyncio.get_running_loop().time()
@@ -741,26 +735,14 @@ class MAPEKOrchestrator:
 
 
 def schedule(
-    *,
-    now: float,
-    next_at: float,
-    triggered: bool,
-    last_start: float,
-    debounce_s: float,
-    verify_at: float = float("inf"),
+    *, now: float, next_at: float, triggered: bool, last_start: float, debounce_s: float
 ) -> tuple[bool, float]:
     """(run an iteration now?, else when to wake up). Pure, for the loop and its tests.
 
     A trigger runs at once unless an iteration started less than `debounce_s` ago; then it
     runs when the debounce ends (leading edge plus one trailing run, never a burst).
-    `verify_at`, when a pending verification's settle time ends, is such a trigger too: the
-    outcome is measured then, not at the next slot of the grid.
     """
-    earliest = last_start + debounce_s
-    trigger_at = min(
-        earliest if triggered else float("inf"),
-        max(earliest, verify_at) if verify_at > last_start else float("inf"),
-    )
+    trigger_at = last_start + debounce_s if triggered else float("inf")
     if now >= next_at or now >= trigger_at:
         return True, now
     return False, min(next_at, trigger_at)
