@@ -263,7 +263,12 @@ def _wrap(path: Path, what: str, exc: sqlite3.Error) -> StoreError:
 
 
 def _check_header(path: Path) -> None:
-    """Refuse a non-empty file that is not SQLite before SQLite ever touches it."""
+    """Refuse a file that is not SQLite before SQLite ever touches it.
+
+    A 0-byte file is refused too: SQLite would initialise it silently, but an existing
+    knowledge file that is empty lost its contents (truncated, a failed copy), and starting
+    over on it would hide that. Only a path with no file is a new store.
+    """
     try:
         with path.open("rb") as handle:
             head = handle.read(len(SQLITE_HEADER))
@@ -271,7 +276,12 @@ def _check_header(path: Path) -> None:
         return
     except OSError as exc:
         raise StoreError(f"cannot read knowledge file {path}: {exc.strerror}") from exc
-    if head and head != SQLITE_HEADER:
+    if not head:
+        raise StoreCorruptError(
+            f"{path} is empty (0 bytes), not a knowledge store; refusing to initialise it"
+            " (remove the file to start a new store)"
+        )
+    if head != SQLITE_HEADER:
         raise StoreCorruptError(
             f"{path} is not a SQLite database; refusing to open it (the file was left as is)"
         )

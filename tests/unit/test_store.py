@@ -222,9 +222,19 @@ def test_foreign_sqlite_database_is_refused_and_left_untouched(db_path: Path) ->
     assert snapshot(db_path) == before
 
 
-def test_empty_existing_file_is_initialised(db_path: Path) -> None:
-    db_path.touch()
+def test_an_empty_existing_file_is_refused_and_left_as_is(db_path: Path) -> None:
+    db_path.touch()  # a knowledge file that lost its contents, not a new store
+    with pytest.raises(StoreCorruptError, match=r"empty \(0 bytes\).*remove the file"):
+        Store.open(db_path)
+    assert db_path.stat().st_size == 0
+    assert not db_path.with_name(db_path.name + "-wal").exists()
+
+
+def test_a_path_with_no_file_is_a_new_store(db_path: Path) -> None:
+    assert not db_path.exists()
     with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+    with Store.open(db_path) as store:  # and it opens again once initialised
         assert store.schema_version == SCHEMA_VERSION
 
 
