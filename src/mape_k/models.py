@@ -89,7 +89,8 @@ class Observation:
     violations: tuple[Violation, ...]
     queries: tuple[QueryResult, ...]
     alerts_firing: int = 0
-    alerts_superseded: int = 0  # firing alerts a fresh rule reading showed as recovered
+    # Firing alerts a fresh rule reading showed as recovered: "AlertName (kind/component)".
+    alerts_superseded: tuple[str, ...] = ()
     degraded_reason: str | None = None
 
     @property

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from mape_k.config import Comparator, MonitorConfig, ViolationRule
 from mape_k.errors import PrometheusQueryError, PrometheusTimeout, PrometheusUnavailable
-from mape_k.loop.monitor import Monitor
+from mape_k.loop.monitor import Monitor, group_problems
 from mape_k.metrics import Metrics
 from mape_k.models import Sample, Severity, Violation, ViolationSource
 
@@ -444,3 +444,35 @@ async def test_metrics_count_query_results_and_prometheus_up():
     assert value("mapek_prometheus_queries_total", result="timeout") == 2
     assert value("mapek_prometheus_up") == 0
     assert value("mapek_active_violations") == 0
+
+
+async def test_the_same_error_on_every_query_is_said_once_with_the_count():
+    names = [f"q{i}" for i in range(8)]
+    refused = "cannot reach Prometheus at http://127.0.0.1:9: connection refused"
+    source = FakeSource({name: PrometheusUnavailable(refused) for name in names})
+    queries = {name: f"up{{n='{name}'}}" for name in names}
+    monitor = Monitor(config(queries=queries, rules=()), source=source, alerts=None)
+    observation = await monitor.observe(NOW)
+    reason = observation.degraded_reason or ""
+    assert reason.count(refused) == 1, reason
+    assert f"{refused} (8 queries: q0, q1, q2 +5 more)" in reason
+
+
+def test_group_problems_keeps_distinct_problems_apart_in_first_seen_order():
+    problems = {"a": "refused", "b": "slow", "c": "refused"}
+    assert group_problems(["a", "b", "c"], problems) == "refused (2 queries: a, c); b (slow)"
+
+
+async def test_a_superseded_alert_is_named_in_the_observation():
+    alert = Violation(
+        kind="high_failure_rate",
+        component="charter",
+        severity=Severity.CRITICAL,
+        source=ViolationSource.ALERT,
+        timestamp=NOW - 30,
+        labels={"alertname": "CharterHighFailureRate"},
+    )
+    monitor = Monitor(config(), source=healthy_source(0.01), alerts=FakeAlerts([alert]))
+    observation = await monitor.observe(NOW)
+    assert observation.violations == ()
+    assert observation.alerts_superseded == ("CharterHighFailureRate (high_failure_rate/charter)",)

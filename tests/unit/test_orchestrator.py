@@ -13,8 +13,8 @@ from mape_k.app import build
 from mape_k.config import load_settings
 from mape_k.errors import PrometheusUnavailable
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.loop.orchestrator import advance_grid, schedule
-from mape_k.models import ActionType, OutcomeType
+from mape_k.loop.orchestrator import advance_grid, schedule, why_nothing
+from mape_k.models import ActionType, Observation, OutcomeType
 from mape_k.store import Store
 
 
@@ -190,3 +190,19 @@ def test_outcome_types_cover_the_spec():
         "degradation",
         "unknown",
     }
+
+
+def test_nothing_done_because_a_fresh_reading_superseded_an_alert_names_the_alert():
+    observation = Observation(
+        at=0.0,
+        metrics=(),
+        violations=(),
+        queries=(),
+        alerts_firing=1,
+        alerts_superseded=("CharterHighFailureRate (high_failure_rate/charter)",),
+    )
+    why = why_nothing(observation, 0.0)
+    assert why.startswith("no violations: firing alert(s) CharterHighFailureRate")
+    assert why_nothing(Observation(at=0.0, metrics=(), violations=(), queries=()), 0.0) == (
+        "no violations"
+    )

@@ -121,7 +121,11 @@ class Monitor:
             violations=tuple(violations),
             queries=tuple(self._query_result(read, problems.get(read.name)) for read in reads),
             alerts_firing=len(firing),
-            alerts_superseded=len(firing) - len(current),
+            alerts_superseded=tuple(
+                f"{a.labels.get('alertname', 'alert')} ({a.kind}/{a.component})"
+                for a in firing
+                if (a.kind, a.component) in cleared
+            ),
             degraded_reason=self._degraded_reason(reads, problems),
         )
         self._record(reads, observation)
@@ -228,15 +232,12 @@ class Monitor:
 
     def _degraded_reason(self, reads: list[_Read], problems: dict[str, str]) -> str | None:
         if reads and all(read.outcome != "ok" for read in reads):
-            detail = "; ".join(f"{read.name} ({problems[read.name]})" for read in reads)
-            return f"all queries failed: {detail}"
+            return "all queries failed: " + group_problems([r.name for r in reads], problems)
         needed = {rule.query for rule in self._config.rules}
         bad = [read.name for read in reads if read.name in needed and read.name in problems]
         if not bad:
             return None
-        return "no usable data for rule queries: " + "; ".join(
-            f"{name} ({problems[name]})" for name in bad
-        )
+        return "no usable data for rule queries: " + group_problems(bad, problems)
 
     @staticmethod
     def _query_result(read: _Read, problem: str | None) -> QueryResult:
@@ -270,3 +271,20 @@ class Monitor:
             if reads:
                 self._metrics.prometheus_up.set(0 if unreachable else 1)
             self._metrics.active_violations.set(len(observation.violations))
+
+
+def group_problems(names: list[str], problems: dict[str, str], *, shown: int = 3) -> str:
+    """Each distinct problem once, with the queries it hit: the same connection error on
+    eight queries reads `<error> (8 queries: a, b, c +5 more)`, not eight times."""
+    by_problem: dict[str, list[str]] = {}
+    for name in names:
+        by_problem.setdefault(problems[name], []).append(name)
+    parts = []
+    for problem, hit in by_problem.items():
+        listed = ", ".join(hit[:shown]) + (f" +{len(hit) - shown} more" if len(hit) > shown else "")
+        parts.append(
+            f"{hit[0]} ({problem})"
+            if len(hit) == 1
+            else f"{problem} ({len(hit)} queries: {listed})"
+        )
+    return "; ".join(parts)

@@ -427,19 +427,7 @@ class MAPEKOrchestrator:
     ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
         """The best policy every guard allows; one policy per iteration, on purpose."""
         if not policies:
-            if observation.degraded:
-                return None, [], f"nothing to do on missing data: {observation.degraded_reason}"
-            if observation.violations:
-                causes = ", ".join(
-                    sorted({f"{v.kind}/{v.component}" for v in observation.violations})
-                )
-                floor = self._settings.planner.min_score
-                why = (
-                    f"no remediation for {causes}: none configured, or every candidate scored"
-                    f" below planner.min_score ({floor:g})"
-                )
-                return None, [], why
-            return None, [], "no violations"
+            return None, [], why_nothing(observation, self._settings.planner.min_score)
         ctx = self.guard_context(observation, now)
         decisions: list[GuardDecision] = []
         held: list[str] = []
@@ -734,6 +722,25 @@ class MAPEKOrchestrator:
         }
 
 
+def why_nothing(observation: Observation, min_score: float) -> str:
+    """Why an iteration with no candidate policy did nothing, in words. Pure."""
+    if observation.degraded:
+        return f"nothing to do on missing data: {observation.degraded_reason}"
+    if observation.violations:
+        causes = ", ".join(sorted({f"{v.kind}/{v.component}" for v in observation.violations}))
+        return (
+            f"no remediation for {causes}: none configured, or every candidate scored"
+            f" below planner.min_score ({min_score:g})"
+        )
+    if observation.alerts_superseded:
+        return (
+            f"no violations: firing alert(s) {', '.join(observation.alerts_superseded)}"
+            " superseded by a fresh reading that finds the target fine (alerts lag their"
+            " measurement)"
+        )
+    return "no violations"
+
+
 def schedule(
     *, now: float, next_at: float, triggered: bool, last_start: float, debounce_s: float
 ) -> tuple[bool, float]:
@@ -808,7 +815,7 @@ def _inputs(observation: Observation) -> dict[str, Any]:
             for v in observation.violations
         ],
         "alerts_firing": observation.alerts_firing,
-        "alerts_superseded": observation.alerts_superseded,
+        "alerts_superseded": list(observation.alerts_superseded),
     }
 
 
