@@ -2,13 +2,17 @@
 
 This module turns arguments into settings (CLI layer of the precedence) and signals into
 events (SIGTERM/SIGINT → stop, SIGHUP → reload); everything else lives in app.py.
-Exit status: 0 ok, 1 invalid configuration or failed command, 2 usage error.
+Exit status: 0 ok, 1 invalid configuration or failed command, 2 usage error, 130 Ctrl-C,
+141 (128 + SIGPIPE, what a shell reports for `yes | head`) when the reader of stdout went
+away. Every error is one line on stderr, never a traceback; `python -X dev -m mape_k ...`
+shows the traceback of an unexpected one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mape_k import __version__
-from mape_k.config import Settings, Sources, effective_config, load_settings
+from mape_k.config import Settings, Sources, effective_config, load_settings, read_secret
 from mape_k.errors import ConfigError, MapekError
 from mape_k.sim.committee import FAULT_KINDS
 
@@ -151,10 +155,19 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = read_secret(None, path)
+    if token is None:  # an empty file must not silently turn authentication off
+        raise ConfigError(f"--token-file {path}: the file is empty")
+    return token
+
+
 def _charter_sim(args: argparse.Namespace) -> int:
     from mape_k.sim import service  # noqa: PLC0415
 
-    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else None
+    token = _sim_token(args.token_file)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -170,7 +183,13 @@ def _charter_sim(args: argparse.Namespace) -> int:
             stop=stop,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MapekError(
+            f"--host/--port: cannot listen on {args.host}:{args.port}: {reason}"
+        ) from exc
     return 0
 
 
@@ -190,15 +209,62 @@ COMMANDS = {
 }
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # Output still buffered must fail here, where it is handled, not at interpreter exit.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mape-k check-config FILE | head`): nothing to report.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"mape-k: invalid configuration: {exc}", file=sys.stderr)
-        return 1
-    except MapekError as exc:
-        print(f"mape-k: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
+    except ConfigError as exc:
+        _error(f"invalid configuration: {exc}")
+    except MapekError as exc:
+        _error(str(exc))
+    except OSError as exc:
+        _error(_os_error(exc))
+    except Exception as exc:
+        if sys.flags.dev_mode:
+            raise
+        _error(
+            f"unexpected error: {type(exc).__name__}: {exc}"
+            " (a bug; `python -X dev -m mape_k ...` shows the traceback)"
+        )
+    return 1
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds; a closed stderr is not an error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"mape-k: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
