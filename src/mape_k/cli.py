@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from mape_k import __version__
-from mape_k.config import Settings, Sources, effective_config, load_settings, read_secret
+from mape_k.config import (
+    Settings,
+    Sources,
+    effective_config,
+    load_settings,
+    read_secret,
+    service_links,
+)
 from mape_k.errors import ConfigError, MapekError
 from mape_k.sim.committee import FAULT_KINDS
 
@@ -102,15 +109,30 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def load(args: argparse.Namespace) -> tuple[Settings, Sources]:
+def load(args: argparse.Namespace, *, warn: bool = True) -> tuple[Settings, Sources]:
+    """Settings from the arguments, the environment and the file; `warn` once per process."""
     config = args.config or (
         Path(os.environ["MAPEK_CONFIG"]) if "MAPEK_CONFIG" in os.environ else None
     )
-    return load_settings(config, os.environ, _cli_overrides(args))
+    loaded = load_settings(config, os.environ, _cli_overrides(args))
+    if warn:
+        _warn_service_links()
+    return loaded
+
+
+def _warn_service_links() -> None:
+    """One line on stderr (logging is not configured yet) naming what the loader ignored."""
+    names = service_links(os.environ)
+    if names:
+        _stderr_line(
+            f"warning: ignoring Kubernetes service-link variables {', '.join(names)}"
+            " (a Service named mapek; `enableServiceLinks: false` in the pod spec drops them)"
+        )
 
 
 def _check_config(args: argparse.Namespace) -> int:
     settings, sources = load_settings(args.file, os.environ)
+    _warn_service_links()
     print(f"# {args.file}: valid. Effective configuration (source in brackets):")
     for path, item in effective_config(settings, sources).items():
         source = item["source"]
@@ -132,7 +154,11 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         return await run(
-            settings, stop=stop, reload=reload, reloader=lambda: load(args)[0], fault=args.fault
+            settings,
+            stop=stop,
+            reload=reload,
+            reloader=lambda: load(args, warn=False)[0],
+            fault=args.fault,
         )
 
     return asyncio.run(main())
@@ -235,22 +261,22 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except ConfigError as exc:
-        _error(f"invalid configuration: {exc}")
+        _stderr_line(f"invalid configuration: {exc}")
     except MapekError as exc:
-        _error(str(exc))
+        _stderr_line(str(exc))
     except OSError as exc:
-        _error(_os_error(exc))
+        _stderr_line(_os_error(exc))
     except Exception as exc:
         if sys.flags.dev_mode:
             raise
-        _error(
+        _stderr_line(
             f"unexpected error: {type(exc).__name__}: {exc}"
             " (a bug; `python -X dev -m mape_k ...` shows the traceback)"
         )
     return 1
 
 
-def _error(message: str) -> None:
+def _stderr_line(message: str) -> None:
     """One line on stderr, whatever the message holds; a closed stderr is not an error."""
     with contextlib.suppress(OSError, ValueError):
         print(f"mape-k: {' '.join(message.split())}", file=sys.stderr, flush=True)

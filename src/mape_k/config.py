@@ -8,6 +8,7 @@ No I/O here except reading the one YAML file (and token files) it is given.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -527,11 +528,62 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+# What Kubernetes injects into every pod for a Service named `mapek` (service links, on
+# unless the pod sets `enableServiceLinks: false`): Docker-link variables in our prefix,
+# never settings. Matched by name and value, so a typo or a hand-set MAPEK_PORT=9000 is
+# still an error.
+_SERVICE_LINK = re.compile(
+    r"^MAPEK_(?:"
+    r"(?P<host>SERVICE_HOST)"
+    r"|(?P<port>SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)_PORT)"
+    r"|(?P<addr>PORT_\d+_(?:TCP|UDP|SCTP)_ADDR)"
+    r"|(?P<proto>PORT_\d+_(?:TCP|UDP|SCTP)_PROTO)"
+    r"|(?P<url>PORT(?:_\d+_(?:TCP|UDP|SCTP))?)"
+    r")$"
+)
+_LINK_URL = re.compile(r"^(?:tcp|udp|sctp)://\[?(?P<ip>[0-9A-Fa-f:.]+?)\]?:(?P<port>\d+)$")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port(value: str) -> bool:
+    return value.isdigit() and 0 < int(value) <= 65535
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """True for a variable Kubernetes injects for a Service named `mapek` (not a setting)."""
+    match = _SERVICE_LINK.match(name)
+    if match is None:
+        return False
+    kind = match.lastgroup
+    if kind in {"host", "addr"}:
+        return _is_ip(value)
+    if kind == "port":
+        return _is_port(value)
+    if kind == "proto":
+        return value in {"tcp", "udp", "sctp"}
+    url = _LINK_URL.match(value)
+    return url is not None and _is_ip(url["ip"]) and _is_port(url["port"])
+
+
+def service_links(env: Mapping[str, str]) -> list[str]:
+    """The Kubernetes service-link variables in `env`, which `load_settings` ignores."""
+    return sorted(name for name, value in env.items() if is_service_link(name, value))
+
+
 def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
     tree: dict[str, Any] = {}
     sources: Sources = {}
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == "MAPEK_CONFIG":
+            continue
+        if is_service_link(name, raw):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         if not path:
@@ -648,6 +700,10 @@ def reference_markdown() -> str:
         "environment (`MAPEK_` prefix, `__` for nesting) > YAML file (`--config`,",
         "`$MAPEK_CONFIG`) > these defaults. Lists and mappings given in the environment are",
         "JSON. An unknown key or a bad value is an error naming its path and source.",
+        "The variables Kubernetes injects for a Service named `mapek` (`MAPEK_SERVICE_HOST`,",
+        "`MAPEK_SERVICE_PORT[_<NAME>]`, `MAPEK_PORT`, `MAPEK_PORT_<port>_<TCP|UDP|SCTP>` and",
+        "its `_ADDR`, `_PORT`, `_PROTO`, with the values Kubernetes gives them) are no settings:",
+        "they are ignored, with one warning on stderr naming them.",
         "",
         "| key | type | default | environment | meaning |",
         "|---|---|---|---|---|",

@@ -48,10 +48,13 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
     handle.sock.close()
 
 
-def start(tmp_path: Path, config: Path, notify: Notify) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    tmp_path: Path, config: Path, notify: Notify, *, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "NOTIFY_SOCKET": str(notify.path),
         "WATCHDOG_USEC": "1000000",  # feed every 0.5 s
         "MAPEK_SERVER__PORT": str(port),
@@ -124,3 +127,34 @@ def test_sighup_with_an_invalid_file_keeps_the_running_config(tmp_path, notify):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_S) == 0
+
+
+def test_kubernetes_service_links_do_not_stop_the_daemon(tmp_path, notify):
+    links = {
+        "MAPEK_SERVICE_HOST": "10.96.12.34",
+        "MAPEK_SERVICE_PORT": "8001",
+        "MAPEK_SERVICE_PORT_HTTP": "8001",
+        "MAPEK_PORT": "tcp://10.96.12.34:8001",
+        "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
+        "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
+        "MAPEK_PORT_8001_TCP_PORT": "8001",
+        "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+    }
+    config = write_config(tmp_path / "c.yaml", interval=30)
+    process, url = start(tmp_path, config, notify, extra_env=links)
+    try:
+        notify.expect("READY=1")
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
+    warnings = [
+        line
+        for line in (tmp_path / "daemon.log").read_text(encoding="utf-8").splitlines()
+        if "service-link" in line
+    ]
+    assert warnings == [
+        "mape-k: warning: ignoring Kubernetes service-link variables "
+        + ", ".join(sorted(links))
+        + " (a Service named mapek; `enableServiceLinks: false` in the pod spec drops them)"
+    ]

@@ -179,3 +179,18 @@ def test_an_unexpected_error_is_one_line_naming_its_type(capsys, monkeypatch):
     assert main(["status"]) == 1
     err = one_line_error(capsys)
     assert err.startswith("mape-k: unexpected error: RuntimeError: first line second line")
+
+
+def test_check_config_warns_once_about_kubernetes_service_links(capsys, monkeypatch):
+    monkeypatch.setenv("MAPEK_SERVICE_HOST", "10.96.12.34")
+    monkeypatch.setenv("MAPEK_SERVICE_PORT", "8001")
+    monkeypatch.setenv("MAPEK_PORT", "tcp://10.96.12.34:8001")
+    monkeypatch.setenv("MAPEK_PORT_8001_TCP_PORT", "8001")
+    assert main(["check-config", str(SHIPPED)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "mape-k: warning: ignoring Kubernetes service-link variables MAPEK_PORT,"
+        " MAPEK_PORT_8001_TCP_PORT, MAPEK_SERVICE_HOST, MAPEK_SERVICE_PORT (a Service named"
+        " mapek; `enableServiceLinks: false` in the pod spec drops them)\n"
+    )
+    assert "MAPEK_PORT" not in captured.out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mape_k.config import effective_config, load_settings
+from mape_k.config import effective_config, load_settings, service_links
 from mape_k.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "mape_k_config.yaml"
@@ -102,3 +102,50 @@ def test_settings_are_frozen():
     settings, _ = load_settings(None, {})
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
         settings.server.port = 1  # type: ignore[misc]
+
+
+# --- Kubernetes service links: a Service named `mapek` injects MAPEK_* variables ----------
+
+SERVICE_LINKS = {
+    "MAPEK_SERVICE_HOST": "10.96.12.34",
+    "MAPEK_SERVICE_PORT": "8001",
+    "MAPEK_SERVICE_PORT_HTTP": "8001",
+    "MAPEK_PORT": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
+    "MAPEK_PORT_8001_TCP_PORT": "8001",
+    "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+    # a second port of the same Service, dual-stack style
+    "MAPEK_SERVICE_PORT_METRICS_UDP": "9102",
+    "MAPEK_PORT_9102_UDP": "udp://[fd00:10:96::c]:9102",
+    "MAPEK_PORT_9102_UDP_ADDR": "fd00:10:96::c",
+    "MAPEK_PORT_9102_UDP_PORT": "9102",
+    "MAPEK_PORT_9102_UDP_PROTO": "udp",
+    "MAPEK_PORT_38412_SCTP": "sctp://10.96.12.34:38412",
+}
+
+
+def test_kubernetes_service_links_are_ignored_and_named():
+    env = {**SERVICE_LINKS, "MAPEK_SERVER__PORT": "9000", "KUBERNETES_PORT": "tcp://10.96.0.1:443"}
+    settings, sources = load_settings(None, env)
+    assert settings.server.port == 9000
+    assert sources == {"server.port": "env:MAPEK_SERVER__PORT"}
+    assert service_links(env) == sorted(SERVICE_LINKS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "path"),
+    [
+        ("MAPEK_SERVR__PORT", "9000", "servr"),  # a typo stays an error
+        ("MAPEK_PORT", "9000", "port"),  # set by hand, not by Kubernetes
+        ("MAPEK_SERVICE_HOST", "mapek.default.svc", "service_host"),
+        ("MAPEK_PORT_8001_TCP_PROTO", "http", "port_8001_tcp_proto"),
+        ("MAPEK_PORT_8001_HTTP", "tcp://10.96.12.34:8001", "port_8001_http"),
+        ("MAPEK_PORT_8001_TCP_HOST", "10.96.12.34", "port_8001_tcp_host"),
+        ("MAPEK_SERVICE_PORT", "http", "service_port"),
+    ],
+)
+def test_only_the_exact_service_link_shapes_are_ignored(name, value, path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {**SERVICE_LINKS, name: value})
+    assert str(err.value) == f"{path}: unknown key (from env:{name})"
