@@ -28,6 +28,7 @@ from mape_k.config import (
     effective_config,
     load_settings,
     read_secret,
+    remediation_table,
     service_links,
 )
 from mape_k.errors import ConfigError, MapekError
@@ -138,6 +139,12 @@ def _check_config(args: argparse.Namespace) -> int:
         source = item["source"]
         mark = "" if source.startswith(("defaults", "file:")) else "   <-- " + source
         print(f"{path} = {json.dumps(item['value'])}{mark}")
+    print(
+        "# Effective remediations (planner.remediations merged with the built-ins per cause):"
+        " cause = candidates in order, [benefit override]   (source)"
+    )
+    for cause, candidates, source in remediation_table(settings, sources):
+        print(f"{cause} = {candidates}   ({source})")
     return 0
 
 

@@ -267,7 +267,9 @@ class PlannerConfig(_Model):
     actions: dict[ActionType, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     remediations: dict[str, tuple[tuple[CandidateAction, ...], ...]] = Field(
         default_factory=_default_remediations,
-        description="Cause (violation kind) -> candidate policies, each a list of actions.",
+        description="Cause (violation kind) -> candidate policies, each a list of actions."
+        " Merged with the built-ins per cause: a cause given here replaces that cause's"
+        " built-in candidates, the others keep theirs; [] leaves a cause without any.",
     )
     default_remediations: tuple[tuple[CandidateAction, ...], ...] = Field(
         default=(), description="Candidates for a cause with no entry in remediations."
@@ -291,6 +293,14 @@ class PlannerConfig(_Model):
     @classmethod
     def _complete_actions(cls, value: dict[ActionType, ActionSpec]) -> dict[ActionType, ActionSpec]:
         return {**DEFAULT_ACTIONS, **value}
+
+    @field_validator("remediations")
+    @classmethod
+    def _complete_remediations(
+        cls, value: dict[str, tuple[tuple[CandidateAction, ...], ...]]
+    ) -> dict[str, tuple[tuple[CandidateAction, ...], ...]]:
+        # An empty tuple stays: the cause then has no candidates (not default_remediations).
+        return {**_default_remediations(), **value}
 
 
 class ExecutorConfig(_Model):
@@ -588,8 +598,9 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         if not path:
             continue
-        _set_path(tree, path, _env_value(raw))
-        sources[".".join(path)] = f"env:{name}"
+        value = _env_value(raw)
+        _set_path(tree, path, value)
+        sources.update(dict.fromkeys(_leaves({".".join(path): value}), f"env:{name}"))
     return tree, sources
 
 
@@ -631,7 +642,7 @@ def load_settings(
     cli_tree: dict[str, Any] = {}
     for dotted, value in (cli or {}).items():
         _set_path(cli_tree, dotted.split("."), value)
-        sources[dotted] = f"cli:{dotted}"
+        sources.update(dict.fromkeys(_leaves({dotted: value}), f"cli:{dotted}"))
     tree = _merge(tree, cli_tree)
     try:
         settings = Settings.model_validate(tree)
@@ -652,6 +663,53 @@ def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str
         masked = "**********" if value is not None and path.endswith("token") else value
         out[path] = {"value": masked, "source": _origin(path, sources)}
     return out
+
+
+def candidate_text(candidate: tuple[CandidateAction, ...]) -> str:
+    """`scale_up{"delta": 2} [0.85] + throttle_requests{...}`: actions, parameters, benefit."""
+    parts = []
+    for action in candidate:
+        params = json.dumps(action.parameters) if action.parameters else ""
+        benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
+        parts.append(f"{action.type.value}{params}{benefit}")
+    return " + ".join(parts)
+
+
+def _candidates_text(candidates: tuple[tuple[CandidateAction, ...], ...]) -> str:
+    shown = [candidate_text(candidate) for candidate in candidates if candidate]
+    return "; ".join(shown) if shown else "none"
+
+
+BUILT_IN = "built-in"
+
+
+def remediation_table(settings: Settings, sources: Sources) -> list[tuple[str, str, str]]:
+    """(cause, its candidates in order, where they come from) for the effective planner.
+
+    Every cause in `planner.remediations` (the built-ins merged with the configured ones),
+    then each `monitor.rules` cause without an entry, then any other cause (an alert's),
+    both of which get `planner.default_remediations`.
+    """
+    planner = settings.planner
+    rows = [
+        (
+            cause,
+            _candidates_text(candidates),
+            sources.get(f"planner.remediations.{cause}", BUILT_IN),
+        )
+        for cause, candidates in planner.remediations.items()
+    ]
+    fallback = _candidates_text(planner.default_remediations)
+    origin = _origin("planner.default_remediations", sources)
+    fallback_source = (
+        f"planner.default_remediations, {BUILT_IN if origin == 'defaults' else origin}"
+    )
+    ruled = dict.fromkeys(
+        r.name for r in settings.monitor.rules if r.name not in planner.remediations
+    )
+    rows += [(cause, fallback, fallback_source) for cause in ruled]
+    rows.append(("(any other cause)", fallback, fallback_source))
+    return rows
 
 
 # --- reference documentation ----------------------------------------------------------
@@ -727,19 +785,18 @@ def reference_markdown() -> str:
         "",
         "## Built-in remediations (`planner.remediations`)",
         "",
+        "A cause given in `planner.remediations` (file, environment or `--set`) replaces that",
+        "cause's built-in candidates below; every other cause keeps its built-ins, and an",
+        "empty list (`overload: []`) leaves a cause with no candidates at all. A cause with",
+        "no entry gets `planner.default_remediations`. `mape-k check-config FILE` prints the",
+        "effective table, each cause marked built-in or with where it was set.",
+        "",
         "| cause | candidates (in order; benefit override in brackets) |",
         "|---|---|",
     ]
     for cause, candidates in defaults.planner.remediations.items():
-        shown = []
-        for candidate in candidates:
-            parts = []
-            for action in candidate:
-                params = json.dumps(action.parameters) if action.parameters else ""
-                benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
-                parts.append(f"{action.type.value}{params}{benefit}")
-            shown.append(" + ".join(parts))
-        lines.append(f"| `{cause}` | {'; '.join(f'`{s}`' for s in shown)} |")
+        shown = "; ".join(f"`{candidate_text(candidate)}`" for candidate in candidates)
+        lines.append(f"| `{cause}` | {shown} |")
     lines += [
         "",
         "## Actions (`planner.actions`)",

@@ -194,3 +194,19 @@ def test_check_config_warns_once_about_kubernetes_service_links(capsys, monkeypa
         " mapek; `enableServiceLinks: false` in the pod spec drops them)\n"
     )
     assert "MAPEK_PORT" not in captured.out
+
+
+def test_check_config_prints_the_effective_remediation_table(capsys, tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text(
+        "planner:\n  remediations:\n    overload: [[{type: scale_up, parameters: {delta: 3}}]]\n",
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("# Effective remediations"))) :]
+    assert f'overload = scale_up{{"delta": 3}}   (file:{file})' in table
+    assert (
+        'members_unhealthy = restart_service [0.9]; scale_up{"delta": 1} [0.5]   (built-in)'
+        in table
+    )

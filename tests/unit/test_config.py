@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from mape_k.config import effective_config, load_settings, service_links
+from mape_k.config import (
+    CandidateAction,
+    effective_config,
+    load_settings,
+    remediation_table,
+    service_links,
+)
 from mape_k.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "mape_k_config.yaml"
@@ -149,3 +155,57 @@ def test_only_the_exact_service_link_shapes_are_ignored(name, value, path):
     with pytest.raises(ConfigError) as err:
         load_settings(None, {**SERVICE_LINKS, name: value})
     assert str(err.value) == f"{path}: unknown key (from env:{name})"
+
+
+# --- planner.remediations: merged with the built-ins per cause ------------------------------
+
+
+def test_overriding_one_cause_keeps_every_other_causes_built_in_remediations(tmp_path):
+    built_in = load_settings(None, {})[0].planner.remediations
+    file = write(
+        tmp_path,
+        "planner:\n  remediations:\n"
+        "    overload:\n      - [{type: scale_up, parameters: {delta: 3}}]\n"
+        "    queue_backlog: []\n",
+    )
+    env = {"MAPEK_PLANNER__REMEDIATIONS": '{"high_latency": [[{"type": "rebalance_load"}]]}'}
+    remediations = load_settings(file, env)[0].planner.remediations
+    assert remediations["overload"] == (
+        (CandidateAction(type="scale_up", parameters={"delta": 3}),),
+    )
+    assert remediations["high_latency"] == ((CandidateAction(type="rebalance_load"),),)
+    assert remediations["queue_backlog"] == ()  # removed: no candidates at all
+    untouched = set(built_in) - {"overload", "high_latency", "queue_backlog"}
+    assert untouched
+    assert {cause: remediations[cause] for cause in untouched} == {
+        cause: built_in[cause] for cause in untouched
+    }
+
+
+def test_the_remediation_table_marks_built_in_and_configured_causes(tmp_path):
+    file = write(
+        tmp_path,
+        "planner:\n  remediations:\n"
+        "    overload:\n      - [{type: scale_up, parameters: {delta: 3}, benefit: 0.9}]\n"
+        "    queue_backlog: []\n"
+        "monitor:\n  rules:\n"
+        "    - {name: high_failure_rate, query: failure_rate, threshold: 0.05}\n"
+        "    - {name: lonely, query: queue_depth, threshold: 5}\n",
+    )
+    env = {"MAPEK_PLANNER__DEFAULT_REMEDIATIONS": '[[{"type": "rebalance_load"}]]'}
+    table = {
+        cause: (text, source)
+        for cause, text, source in remediation_table(*load_settings(file, env))
+    }
+    assert table["overload"] == ('scale_up{"delta": 3} [0.9]', f"file:{file}")
+    assert table["queue_backlog"] == ("none", f"file:{file}")
+    assert table["high_failure_rate"] == (
+        'restart_service; throttle_requests{"fraction": 0.7}',
+        "built-in",
+    )
+    fallback = (
+        "rebalance_load",
+        "planner.default_remediations, env:MAPEK_PLANNER__DEFAULT_REMEDIATIONS",
+    )
+    assert table["lonely"] == fallback  # a rule's cause without an entry
+    assert table["(any other cause)"] == fallback

@@ -410,3 +410,10 @@ def test_output_is_ranked_bounded_deterministic_and_above_min_score(
     if len(policies) == max_policies:
         everyone = plan(Planner(PlannerConfig(max_policies=100, min_score=min_score)), *causes)
         assert all(x.score.score <= scores[-1] for x in everyone[max_policies:])
+
+
+def test_an_empty_remediation_list_leaves_a_cause_without_candidates():
+    p = planner({"overload": ()}, default_remediations=((act(A.SCALE_UP),),))
+    assert plan(p, cause("overload")) == []
+    [fallback] = plan(p, cause("not_configured"))  # a cause with no entry at all
+    assert fallback.primary_action is A.SCALE_UP
