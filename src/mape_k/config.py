@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -653,6 +653,54 @@ def load_settings(
         where = _origin(path, sources)
         raise ConfigError(f"{path or '<root>'}: {_describe(first)} (from {where}){extra}") from exc
     return settings, sources
+
+
+# --- reload ---------------------------------------------------------------------------
+
+# What a SIGHUP cannot change: values built into long-lived objects at start. Everything
+# else applies at the reload (docs/operations.md lists both; a test keeps it in step).
+RESTART_REQUIRED: tuple[str, ...] = (
+    "prometheus",  # the HTTP client and its connection pool
+    "charter",  # the Charter client (or the mock committee)
+    "server",  # the listening socket, the tokens, the alert inbox's bounds
+    "knowledge.path",  # the open store
+    "monitor.alert_component_label",  # the alert inbox
+)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _at(model: BaseModel, path: str) -> Any:
+    value: Any = model
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _replaced(model: _M, path: list[str], value: Any) -> _M:
+    head, *rest = path
+    child = value if not rest else _replaced(getattr(model, head), rest, value)
+    return model.model_copy(update={head: child})
+
+
+def _changed_leaves(path: str, before: Any, after: Any) -> list[str]:
+    if not isinstance(before, BaseModel) or not isinstance(after, BaseModel):
+        return [path]
+    old, new = _leaves(before.model_dump(), f"{path}."), _leaves(after.model_dump(), f"{path}.")
+    return [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
+
+
+def reload_plan(running: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """What a reload applies: `new`, but every RESTART_REQUIRED value kept as it runs;
+    and the dotted paths of those that differ (they wait for a restart)."""
+    effective = new
+    waiting: list[str] = []
+    for path in RESTART_REQUIRED:
+        before, after = _at(running, path), _at(new, path)
+        if before != after:
+            waiting += _changed_leaves(path, before, after)
+            effective = _replaced(effective, path.split("."), before)
+    return effective, waiting
 
 
 def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str, Any]]:

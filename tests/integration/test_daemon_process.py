@@ -6,6 +6,7 @@ $NOTIFY_SOCKET datagram socket itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -49,7 +50,11 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
 
 
 def start(
-    tmp_path: Path, config: Path, notify: Notify, *, extra_env: dict[str, str] | None = None
+    tmp_path: Path,
+    config: Path,
+    notify: Notify,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
@@ -63,7 +68,7 @@ def start(
     }
     with (tmp_path / "daemon.log").open("wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "mape_k", "run", "--mock", "--config", str(config)],
+            [sys.executable, "-m", "mape_k", "run", "--mock", "--config", str(config), *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -79,15 +84,16 @@ def write_config(path: Path, *, interval: float, shutdown_timeout: float = 5.0) 
     return path
 
 
-def wait_log(tmp_path: Path, event: str) -> str:
+def wait_log(tmp_path: Path, event: str, containing: str = "") -> str:
+    """The first log line of `event` (that contains `containing`), waiting for it."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         text = (tmp_path / "daemon.log").read_text(encoding="utf-8", errors="replace")
         for line in text.splitlines():
-            if f'"event": "{event}"' in line:
+            if f'"event": "{event}"' in line and containing in line:
                 return line
         time.sleep(0.05)  # polling a log file another process writes
-    pytest.fail(f"no {event} in the daemon log:\n{text[-3000:]}")
+    pytest.fail(f"no {event} {containing!r} in the daemon log:\n{text[-3000:]}")
 
 
 def test_notify_ready_watchdog_and_stopping_then_exit_zero_on_sigterm(tmp_path, notify):
@@ -124,6 +130,32 @@ def test_sighup_with_an_invalid_file_keeps_the_running_config(tmp_path, notify):
         wait_log(tmp_path, "config_reloaded")
         stats = httpx.get(f"{url}/stats", timeout=5).json()
         assert stats["orchestrator"]["dry_run"] is True
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
+
+
+def test_sighup_applies_the_planner_and_names_what_needs_a_restart(tmp_path, notify):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "orchestrator: {interval_s: 1}\nplanner: {remediations: {high_failure_rate: []}}\n",
+        encoding="utf-8",
+    )
+    process, _ = start(tmp_path, config, notify, "--fault", "error_burst")
+    try:
+        notify.expect("READY=1")
+        # The fault lasts until a restart clears it; with no candidates nothing acts on it.
+        wait_log(tmp_path, "iteration_completed", "no remediation for high_failure_rate/charter")
+        config.write_text(
+            "orchestrator: {interval_s: 1}\nserver: {max_body_bytes: 4096}\n", encoding="utf-8"
+        )
+        process.send_signal(signal.SIGHUP)
+        partial = json.loads(wait_log(tmp_path, "config_reload_partial"))
+        assert partial["restart_required_for"] == ["server.max_body_bytes"]
+        reloaded = json.loads(wait_log(tmp_path, "config_reloaded"))
+        assert reloaded["applied"] == ["planner"]
+        acted = wait_log(tmp_path, "iteration_completed", '"result": "acted"')
+        assert "restart_service for high_failure_rate/charter" in acted
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_S) == 0

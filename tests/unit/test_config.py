@@ -10,6 +10,7 @@ from mape_k.config import (
     CandidateAction,
     effective_config,
     load_settings,
+    reload_plan,
     remediation_table,
     service_links,
 )
@@ -209,3 +210,42 @@ def test_the_remediation_table_marks_built_in_and_configured_causes(tmp_path):
     )
     assert table["lonely"] == fallback  # a rule's cause without an entry
     assert table["(any other cause)"] == fallback
+
+
+# --- reload: what a SIGHUP applies, and what waits for a restart ------------------------------
+
+
+def test_a_reload_keeps_restart_only_values_and_names_them():
+    running, _ = load_settings(None, {})
+    new, _ = load_settings(
+        None,
+        {},
+        {
+            "planner.min_score": 0.5,
+            "guards.frozen": True,
+            "server.port": 9000,
+            "server.webhook_token": "changed",
+            "knowledge.path": "/elsewhere.sqlite3",
+            "knowledge.max_rows": 500,
+            "monitor.alert_component_label": "service",
+            "monitor.max_staleness_s": 30,
+            "prometheus.url": "http://prometheus:9090",
+        },
+    )
+    effective, restart = reload_plan(running, new)
+    assert restart == [
+        "prometheus.url",
+        "server.port",
+        "server.webhook_token",
+        "knowledge.path",
+        "monitor.alert_component_label",
+    ]
+    assert effective.prometheus == running.prometheus
+    assert effective.server == running.server
+    assert effective.knowledge.path == running.knowledge.path
+    assert effective.monitor.alert_component_label == running.monitor.alert_component_label
+    assert effective.planner == new.planner
+    assert effective.guards == new.guards
+    assert effective.knowledge.max_rows == 500
+    assert effective.monitor.max_staleness_s == 30
+    assert reload_plan(running, running) == (running, [])
