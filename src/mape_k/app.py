@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from mape_k import logs
-from mape_k.config import CharterMode, Settings, Sources, read_secret
+from mape_k.config import CharterMode, Settings, Sources, read_secret, reload_plan
 from mape_k.errors import CharterError, ConfigError, MapekError, StoreError
 from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.integrations.charter import get_charter_client
@@ -462,7 +462,12 @@ async def run(
             if on_ready is not None:
                 on_ready(parts)
             healthy = await _supervise(
-                parts, stop=stop, loop_task=loop_task, reload=reload, reloader=reloader
+                parts,
+                stop=stop,
+                loop_task=loop_task,
+                reload=reload,
+                reloader=reloader,
+                configure_logging=configure_logging,
             )
         finally:
             sd_notify("STOPPING=1")
@@ -506,6 +511,7 @@ async def _supervise(
     loop_task: asyncio.Task[None],
     reload: asyncio.Event | None,
     reloader: Callable[[], Settings] | None,
+    configure_logging: bool,
 ) -> bool:
     """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP.
 
@@ -532,7 +538,7 @@ async def _supervise(
         await asyncio.gather(*waiters, return_exceptions=True)
         if reload is not None and reload.is_set():
             reload.clear()
-            _reload(parts, reloader)
+            reload_config(parts, reloader, configure_logging=configure_logging)
         if loop.time() - pruned_at >= PRUNE_EVERY_S:
             pruned_at = loop.time()
             prune(parts)
@@ -552,17 +558,35 @@ def _watchdog_interval() -> float:
     return 5.0
 
 
-def _reload(parts: Components, reloader: Callable[[], Settings] | None) -> None:
+def reload_config(
+    parts: Components, reloader: Callable[[], Settings] | None, *, configure_logging: bool = True
+) -> list[str]:
+    """SIGHUP: apply what can change at run time; returns what waits for a restart.
+
+    An invalid configuration changes nothing. Otherwise every section applies (the loop's
+    parts between two iterations, logging at once) except config.RESTART_REQUIRED, which
+    keeps its running values and is named in the log until the daemon restarts.
+    """
     if reloader is None:
-        return
+        return []
     try:
         new = reloader()
     except MapekError as exc:
         log.error("config_reload_failed", error=str(exc), kept="the running configuration")
-        return
-    parts.orchestrator.reconfigure(new)
-    parts.settings = new
-    log.info("config_reloaded")
+        return []
+    old = parts.settings
+    effective, restart = reload_plan(old, new)
+    if configure_logging and effective.logging != old.logging:
+        logs.configure(level=effective.logging.level, fmt=effective.logging.format)
+    parts.orchestrator.reconfigure(effective)
+    parts.settings = effective
+    applied = [
+        name for name in type(old).model_fields if getattr(effective, name) != getattr(old, name)
+    ]
+    if restart:
+        log.warning("config_reload_partial", restart_required_for=restart)
+    log.info("config_reloaded", applied=applied, restart_required_for=restart)
+    return restart
 
 
 async def _shutdown(parts: Components, runner: web.AppRunner | None) -> None:

@@ -2,13 +2,17 @@
 
 This module turns arguments into settings (CLI layer of the precedence) and signals into
 events (SIGTERM/SIGINT → stop, SIGHUP → reload); everything else lives in app.py.
-Exit status: 0 ok, 1 invalid configuration or failed command, 2 usage error.
+Exit status: 0 ok, 1 invalid configuration or failed command, 2 usage error, 130 Ctrl-C,
+141 (128 + SIGPIPE, what a shell reports for `yes | head`) when the reader of stdout went
+away. Every error is one line on stderr, never a traceback; `python -X dev -m mape_k ...`
+shows the traceback of an unexpected one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from mape_k import __version__
-from mape_k.config import Settings, Sources, effective_config, load_settings
+from mape_k.config import (
+    Settings,
+    Sources,
+    effective_config,
+    load_settings,
+    read_secret,
+    remediation_table,
+    service_links,
+)
 from mape_k.errors import ConfigError, MapekError
 from mape_k.sim.committee import FAULT_KINDS
 
@@ -98,20 +110,41 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def load(args: argparse.Namespace) -> tuple[Settings, Sources]:
+def load(args: argparse.Namespace, *, warn: bool = True) -> tuple[Settings, Sources]:
+    """Settings from the arguments, the environment and the file; `warn` once per process."""
     config = args.config or (
         Path(os.environ["MAPEK_CONFIG"]) if "MAPEK_CONFIG" in os.environ else None
     )
-    return load_settings(config, os.environ, _cli_overrides(args))
+    loaded = load_settings(config, os.environ, _cli_overrides(args))
+    if warn:
+        _warn_service_links()
+    return loaded
+
+
+def _warn_service_links() -> None:
+    """One line on stderr (logging is not configured yet) naming what the loader ignored."""
+    names = service_links(os.environ)
+    if names:
+        _stderr_line(
+            f"warning: ignoring Kubernetes service-link variables {', '.join(names)}"
+            " (a Service named mapek; `enableServiceLinks: false` in the pod spec drops them)"
+        )
 
 
 def _check_config(args: argparse.Namespace) -> int:
     settings, sources = load_settings(args.file, os.environ)
+    _warn_service_links()
     print(f"# {args.file}: valid. Effective configuration (source in brackets):")
     for path, item in effective_config(settings, sources).items():
         source = item["source"]
         mark = "" if source.startswith(("defaults", "file:")) else "   <-- " + source
         print(f"{path} = {json.dumps(item['value'])}{mark}")
+    print(
+        "# Effective remediations (planner.remediations merged with the built-ins per cause):"
+        " cause = candidates in order, [benefit override]   (source)"
+    )
+    for cause, candidates, source in remediation_table(settings, sources):
+        print(f"{cause} = {candidates}   ({source})")
     return 0
 
 
@@ -128,7 +161,11 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         return await run(
-            settings, stop=stop, reload=reload, reloader=lambda: load(args)[0], fault=args.fault
+            settings,
+            stop=stop,
+            reload=reload,
+            reloader=lambda: load(args, warn=False)[0],
+            fault=args.fault,
         )
 
     return asyncio.run(main())
@@ -151,10 +188,19 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = read_secret(None, path)
+    if token is None:  # an empty file must not silently turn authentication off
+        raise ConfigError(f"--token-file {path}: the file is empty")
+    return token
+
+
 def _charter_sim(args: argparse.Namespace) -> int:
     from mape_k.sim import service  # noqa: PLC0415
 
-    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else None
+    token = _sim_token(args.token_file)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -170,7 +216,13 @@ def _charter_sim(args: argparse.Namespace) -> int:
             stop=stop,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MapekError(
+            f"--host/--port: cannot listen on {args.host}:{args.port}: {reason}"
+        ) from exc
     return 0
 
 
@@ -190,15 +242,62 @@ COMMANDS = {
 }
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # Output still buffered must fail here, where it is handled, not at interpreter exit.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mape-k check-config FILE | head`): nothing to report.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"mape-k: invalid configuration: {exc}", file=sys.stderr)
-        return 1
-    except MapekError as exc:
-        print(f"mape-k: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
+    except ConfigError as exc:
+        _stderr_line(f"invalid configuration: {exc}")
+    except MapekError as exc:
+        _stderr_line(str(exc))
+    except OSError as exc:
+        _stderr_line(_os_error(exc))
+    except Exception as exc:
+        if sys.flags.dev_mode:
+            raise
+        _stderr_line(
+            f"unexpected error: {type(exc).__name__}: {exc}"
+            " (a bug; `python -X dev -m mape_k ...` shows the traceback)"
+        )
+    return 1
+
+
+def _stderr_line(message: str) -> None:
+    """One line on stderr, whatever the message holds; a closed stderr is not an error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"mape-k: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -8,13 +8,14 @@ No I/O here except reading the one YAML file (and token files) it is given.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -266,7 +267,9 @@ class PlannerConfig(_Model):
     actions: dict[ActionType, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     remediations: dict[str, tuple[tuple[CandidateAction, ...], ...]] = Field(
         default_factory=_default_remediations,
-        description="Cause (violation kind) -> candidate policies, each a list of actions.",
+        description="Cause (violation kind) -> candidate policies, each a list of actions."
+        " Merged with the built-ins per cause: a cause given here replaces that cause's"
+        " built-in candidates, the others keep theirs; [] leaves a cause without any.",
     )
     default_remediations: tuple[tuple[CandidateAction, ...], ...] = Field(
         default=(), description="Candidates for a cause with no entry in remediations."
@@ -290,6 +293,14 @@ class PlannerConfig(_Model):
     @classmethod
     def _complete_actions(cls, value: dict[ActionType, ActionSpec]) -> dict[ActionType, ActionSpec]:
         return {**DEFAULT_ACTIONS, **value}
+
+    @field_validator("remediations")
+    @classmethod
+    def _complete_remediations(
+        cls, value: dict[str, tuple[tuple[CandidateAction, ...], ...]]
+    ) -> dict[str, tuple[tuple[CandidateAction, ...], ...]]:
+        # An empty tuple stays: the cause then has no candidates (not default_remediations).
+        return {**_default_remediations(), **value}
 
 
 class ExecutorConfig(_Model):
@@ -527,17 +538,69 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+# What Kubernetes injects into every pod for a Service named `mapek` (service links, on
+# unless the pod sets `enableServiceLinks: false`): Docker-link variables in our prefix,
+# never settings. Matched by name and value, so a typo or a hand-set MAPEK_PORT=9000 is
+# still an error.
+_SERVICE_LINK = re.compile(
+    r"^MAPEK_(?:"
+    r"(?P<host>SERVICE_HOST)"
+    r"|(?P<port>SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)_PORT)"
+    r"|(?P<addr>PORT_\d+_(?:TCP|UDP|SCTP)_ADDR)"
+    r"|(?P<proto>PORT_\d+_(?:TCP|UDP|SCTP)_PROTO)"
+    r"|(?P<url>PORT(?:_\d+_(?:TCP|UDP|SCTP))?)"
+    r")$"
+)
+_LINK_URL = re.compile(r"^(?:tcp|udp|sctp)://\[?(?P<ip>[0-9A-Fa-f:.]+?)\]?:(?P<port>\d+)$")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port(value: str) -> bool:
+    return value.isdigit() and 0 < int(value) <= 65535
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """True for a variable Kubernetes injects for a Service named `mapek` (not a setting)."""
+    match = _SERVICE_LINK.match(name)
+    if match is None:
+        return False
+    kind = match.lastgroup
+    if kind in {"host", "addr"}:
+        return _is_ip(value)
+    if kind == "port":
+        return _is_port(value)
+    if kind == "proto":
+        return value in {"tcp", "udp", "sctp"}
+    url = _LINK_URL.match(value)
+    return url is not None and _is_ip(url["ip"]) and _is_port(url["port"])
+
+
+def service_links(env: Mapping[str, str]) -> list[str]:
+    """The Kubernetes service-link variables in `env`, which `load_settings` ignores."""
+    return sorted(name for name, value in env.items() if is_service_link(name, value))
+
+
 def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
     tree: dict[str, Any] = {}
     sources: Sources = {}
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == "MAPEK_CONFIG":
             continue
+        if is_service_link(name, raw):
+            continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
         if not path:
             continue
-        _set_path(tree, path, _env_value(raw))
-        sources[".".join(path)] = f"env:{name}"
+        value = _env_value(raw)
+        _set_path(tree, path, value)
+        sources.update(dict.fromkeys(_leaves({".".join(path): value}), f"env:{name}"))
     return tree, sources
 
 
@@ -579,7 +642,7 @@ def load_settings(
     cli_tree: dict[str, Any] = {}
     for dotted, value in (cli or {}).items():
         _set_path(cli_tree, dotted.split("."), value)
-        sources[dotted] = f"cli:{dotted}"
+        sources.update(dict.fromkeys(_leaves({dotted: value}), f"cli:{dotted}"))
     tree = _merge(tree, cli_tree)
     try:
         settings = Settings.model_validate(tree)
@@ -592,6 +655,54 @@ def load_settings(
     return settings, sources
 
 
+# --- reload ---------------------------------------------------------------------------
+
+# What a SIGHUP cannot change: values built into long-lived objects at start. Everything
+# else applies at the reload (docs/operations.md lists both; a test keeps it in step).
+RESTART_REQUIRED: tuple[str, ...] = (
+    "prometheus",  # the HTTP client and its connection pool
+    "charter",  # the Charter client (or the mock committee)
+    "server",  # the listening socket, the tokens, the alert inbox's bounds
+    "knowledge.path",  # the open store
+    "monitor.alert_component_label",  # the alert inbox
+)
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _at(model: BaseModel, path: str) -> Any:
+    value: Any = model
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _replaced(model: _M, path: list[str], value: Any) -> _M:
+    head, *rest = path
+    child = value if not rest else _replaced(getattr(model, head), rest, value)
+    return model.model_copy(update={head: child})
+
+
+def _changed_leaves(path: str, before: Any, after: Any) -> list[str]:
+    if not isinstance(before, BaseModel) or not isinstance(after, BaseModel):
+        return [path]
+    old, new = _leaves(before.model_dump(), f"{path}."), _leaves(after.model_dump(), f"{path}.")
+    return [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
+
+
+def reload_plan(running: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """What a reload applies: `new`, but every RESTART_REQUIRED value kept as it runs;
+    and the dotted paths of those that differ (they wait for a restart)."""
+    effective = new
+    waiting: list[str] = []
+    for path in RESTART_REQUIRED:
+        before, after = _at(running, path), _at(new, path)
+        if before != after:
+            waiting += _changed_leaves(path, before, after)
+            effective = _replaced(effective, path.split("."), before)
+    return effective, waiting
+
+
 def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str, Any]]:
     """Every leaf of the effective config with its value (secrets masked) and source."""
     dumped = settings.model_dump(mode="json")
@@ -600,6 +711,53 @@ def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str
         masked = "**********" if value is not None and path.endswith("token") else value
         out[path] = {"value": masked, "source": _origin(path, sources)}
     return out
+
+
+def candidate_text(candidate: tuple[CandidateAction, ...]) -> str:
+    """`scale_up{"delta": 2} [0.85] + throttle_requests{...}`: actions, parameters, benefit."""
+    parts = []
+    for action in candidate:
+        params = json.dumps(action.parameters) if action.parameters else ""
+        benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
+        parts.append(f"{action.type.value}{params}{benefit}")
+    return " + ".join(parts)
+
+
+def _candidates_text(candidates: tuple[tuple[CandidateAction, ...], ...]) -> str:
+    shown = [candidate_text(candidate) for candidate in candidates if candidate]
+    return "; ".join(shown) if shown else "none"
+
+
+BUILT_IN = "built-in"
+
+
+def remediation_table(settings: Settings, sources: Sources) -> list[tuple[str, str, str]]:
+    """(cause, its candidates in order, where they come from) for the effective planner.
+
+    Every cause in `planner.remediations` (the built-ins merged with the configured ones),
+    then each `monitor.rules` cause without an entry, then any other cause (an alert's),
+    both of which get `planner.default_remediations`.
+    """
+    planner = settings.planner
+    rows = [
+        (
+            cause,
+            _candidates_text(candidates),
+            sources.get(f"planner.remediations.{cause}", BUILT_IN),
+        )
+        for cause, candidates in planner.remediations.items()
+    ]
+    fallback = _candidates_text(planner.default_remediations)
+    origin = _origin("planner.default_remediations", sources)
+    fallback_source = (
+        f"planner.default_remediations, {BUILT_IN if origin == 'defaults' else origin}"
+    )
+    ruled = dict.fromkeys(
+        r.name for r in settings.monitor.rules if r.name not in planner.remediations
+    )
+    rows += [(cause, fallback, fallback_source) for cause in ruled]
+    rows.append(("(any other cause)", fallback, fallback_source))
+    return rows
 
 
 # --- reference documentation ----------------------------------------------------------
@@ -648,6 +806,10 @@ def reference_markdown() -> str:
         "environment (`MAPEK_` prefix, `__` for nesting) > YAML file (`--config`,",
         "`$MAPEK_CONFIG`) > these defaults. Lists and mappings given in the environment are",
         "JSON. An unknown key or a bad value is an error naming its path and source.",
+        "The variables Kubernetes injects for a Service named `mapek` (`MAPEK_SERVICE_HOST`,",
+        "`MAPEK_SERVICE_PORT[_<NAME>]`, `MAPEK_PORT`, `MAPEK_PORT_<port>_<TCP|UDP|SCTP>` and",
+        "its `_ADDR`, `_PORT`, `_PROTO`, with the values Kubernetes gives them) are no settings:",
+        "they are ignored, with one warning on stderr naming them.",
         "",
         "| key | type | default | environment | meaning |",
         "|---|---|---|---|---|",
@@ -671,19 +833,18 @@ def reference_markdown() -> str:
         "",
         "## Built-in remediations (`planner.remediations`)",
         "",
+        "A cause given in `planner.remediations` (file, environment or `--set`) replaces that",
+        "cause's built-in candidates below; every other cause keeps its built-ins, and an",
+        "empty list (`overload: []`) leaves a cause with no candidates at all. A cause with",
+        "no entry gets `planner.default_remediations`. `mape-k check-config FILE` prints the",
+        "effective table, each cause marked built-in or with where it was set.",
+        "",
         "| cause | candidates (in order; benefit override in brackets) |",
         "|---|---|",
     ]
     for cause, candidates in defaults.planner.remediations.items():
-        shown = []
-        for candidate in candidates:
-            parts = []
-            for action in candidate:
-                params = json.dumps(action.parameters) if action.parameters else ""
-                benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
-                parts.append(f"{action.type.value}{params}{benefit}")
-            shown.append(" + ".join(parts))
-        lines.append(f"| `{cause}` | {'; '.join(f'`{s}`' for s in shown)} |")
+        shown = "; ".join(f"`{candidate_text(candidate)}`" for candidate in candidates)
+        lines.append(f"| `{cause}` | {shown} |")
     lines += [
         "",
         "## Actions (`planner.actions`)",

@@ -116,6 +116,8 @@ async def fetch_status(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             response = await client.get(target)
+    except httpx.InvalidURL as exc:
+        raise MapekError(f"--url {url!r}: not a valid URL ({exc})") from exc
     except httpx.HTTPError as exc:
         raise MapekError(f"cannot reach the daemon at {target}: {exc}") from exc
     if response.status_code != 200:

@@ -6,6 +6,7 @@ $NOTIFY_SOCKET datagram socket itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -48,10 +49,17 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
     handle.sock.close()
 
 
-def start(tmp_path: Path, config: Path, notify: Notify) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    tmp_path: Path,
+    config: Path,
+    notify: Notify,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "NOTIFY_SOCKET": str(notify.path),
         "WATCHDOG_USEC": "1000000",  # feed every 0.5 s
         "MAPEK_SERVER__PORT": str(port),
@@ -60,7 +68,7 @@ def start(tmp_path: Path, config: Path, notify: Notify) -> tuple[subprocess.Pope
     }
     with (tmp_path / "daemon.log").open("wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "mape_k", "run", "--mock", "--config", str(config)],
+            [sys.executable, "-m", "mape_k", "run", "--mock", "--config", str(config), *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -76,15 +84,16 @@ def write_config(path: Path, *, interval: float, shutdown_timeout: float = 5.0) 
     return path
 
 
-def wait_log(tmp_path: Path, event: str) -> str:
+def wait_log(tmp_path: Path, event: str, containing: str = "") -> str:
+    """The first log line of `event` (that contains `containing`), waiting for it."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         text = (tmp_path / "daemon.log").read_text(encoding="utf-8", errors="replace")
         for line in text.splitlines():
-            if f'"event": "{event}"' in line:
+            if f'"event": "{event}"' in line and containing in line:
                 return line
         time.sleep(0.05)  # polling a log file another process writes
-    pytest.fail(f"no {event} in the daemon log:\n{text[-3000:]}")
+    pytest.fail(f"no {event} {containing!r} in the daemon log:\n{text[-3000:]}")
 
 
 def test_notify_ready_watchdog_and_stopping_then_exit_zero_on_sigterm(tmp_path, notify):
@@ -124,3 +133,60 @@ def test_sighup_with_an_invalid_file_keeps_the_running_config(tmp_path, notify):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_S) == 0
+
+
+def test_sighup_applies_the_planner_and_names_what_needs_a_restart(tmp_path, notify):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "orchestrator: {interval_s: 1}\nplanner: {remediations: {high_failure_rate: []}}\n",
+        encoding="utf-8",
+    )
+    process, _ = start(tmp_path, config, notify, "--fault", "error_burst")
+    try:
+        notify.expect("READY=1")
+        # The fault lasts until a restart clears it; with no candidates nothing acts on it.
+        wait_log(tmp_path, "iteration_completed", "no remediation for high_failure_rate/charter")
+        config.write_text(
+            "orchestrator: {interval_s: 1}\nserver: {max_body_bytes: 4096}\n", encoding="utf-8"
+        )
+        process.send_signal(signal.SIGHUP)
+        partial = json.loads(wait_log(tmp_path, "config_reload_partial"))
+        assert partial["restart_required_for"] == ["server.max_body_bytes"]
+        reloaded = json.loads(wait_log(tmp_path, "config_reloaded"))
+        assert reloaded["applied"] == ["planner"]
+        acted = wait_log(tmp_path, "iteration_completed", '"result": "acted"')
+        assert "restart_service for high_failure_rate/charter" in acted
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
+
+
+def test_kubernetes_service_links_do_not_stop_the_daemon(tmp_path, notify):
+    links = {
+        "MAPEK_SERVICE_HOST": "10.96.12.34",
+        "MAPEK_SERVICE_PORT": "8001",
+        "MAPEK_SERVICE_PORT_HTTP": "8001",
+        "MAPEK_PORT": "tcp://10.96.12.34:8001",
+        "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
+        "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
+        "MAPEK_PORT_8001_TCP_PORT": "8001",
+        "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+    }
+    config = write_config(tmp_path / "c.yaml", interval=30)
+    process, url = start(tmp_path, config, notify, extra_env=links)
+    try:
+        notify.expect("READY=1")
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
+    warnings = [
+        line
+        for line in (tmp_path / "daemon.log").read_text(encoding="utf-8").splitlines()
+        if "service-link" in line
+    ]
+    assert warnings == [
+        "mape-k: warning: ignoring Kubernetes service-link variables "
+        + ", ".join(sorted(links))
+        + " (a Service named mapek; `enableServiceLinks: false` in the pod spec drops them)"
+    ]

@@ -1,16 +1,22 @@
-"""The daemon's assembly: start-up failures are one line, freezes survive and fail closed."""
+"""The daemon's assembly: start-up failures are one line, freezes survive and fail closed,
+a SIGHUP applies what can change at run time."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
-from mape_k.app import Daemon, build, restore_freeze
+from mape_k import logs
+from mape_k.app import Daemon, build, reload_config, restore_freeze
 from mape_k.cli import main
-from mape_k.config import load_settings
-from mape_k.errors import StoreError
+from mape_k.config import Settings, load_settings
+from mape_k.errors import ConfigError, StoreError
+from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.safety import FREEZE_KEY
+from mape_k.models import ActionType
 
 
 def settings_for(tmp_path, **cli):
@@ -85,3 +91,82 @@ async def test_a_freeze_takes_effect_even_when_the_store_cannot_write(
         frozen = parts.orchestrator.freeze
     assert frozen is not None
     assert answer["persisted"] is (broken != "set_state")
+
+
+# --- SIGHUP: what can change at run time applies, the rest is named -----------------------
+
+RISKY = {  # the only candidate for the fault's cause needs an operator's approval
+    "planner.remediations.high_failure_rate": [[{"type": "bypass_validation"}]],
+    "planner.min_score": -1.0,
+}
+
+
+async def test_a_reload_applies_the_planner_and_keeps_a_pending_approval_it_still_offers(
+    tmp_path, clock
+):
+    settings = settings_for(tmp_path, **RISKY)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        orchestrator = parts.orchestrator
+        clock.advance(5)
+        first = await orchestrator.run_once()
+        assert first["result"] == "pending_approval"
+        [pending] = orchestrator.planner.pending_approvals()
+
+        # A cost changes, the risky candidate stays: the operator's queue survives the reload.
+        bypass = {"cost": 0.5, "benefit": 0.5, "settle_s": 15, "requires_approval": True}
+        cheaper = settings_for(
+            tmp_path,
+            **RISKY,
+            **{
+                "planner.actions.bypass_validation": bypass,
+                "server.port": 9999,
+                "knowledge.path": str(tmp_path / "elsewhere.sqlite3"),
+            },
+        )
+        with capture_logs() as logs:
+            restart = reload_config(parts, lambda: cheaper, configure_logging=False)
+        assert restart == ["server.port", "knowledge.path"]
+        assert orchestrator.planner.config.actions[ActionType.BYPASS_VALIDATION].cost == 0.5
+        assert orchestrator.planner.pending_approvals() == [pending]
+        assert parts.settings.server.port == settings.server.port  # still what it listens on
+        assert parts.settings.knowledge.path == settings.knowledge.path
+        [partial] = [e for e in logs if e["event"] == "config_reload_partial"]
+        assert partial["restart_required_for"] == ["server.port", "knowledge.path"]
+        [done] = [e for e in logs if e["event"] == "config_reloaded"]
+        assert done["applied"] == ["planner"]
+
+        # The cause's built-ins come back: the risky proposal is dropped, the fix runs.
+        reload_config(parts, lambda: settings_for(tmp_path), configure_logging=False)
+        assert orchestrator.planner.pending_approvals() == []
+        clock.advance(5)
+        second = await orchestrator.run_once()
+    assert second["result"] == "acted"
+    assert second["execution"]["actions"][0]["type"] == "restart_service"
+
+
+async def test_a_reload_that_fails_validation_changes_nothing(tmp_path, clock):
+    settings = settings_for(tmp_path)
+
+    def broken() -> Settings:
+        raise ConfigError("orchestrator.interval_s: must be > 0 (from file:c.yaml)")
+
+    async with build(settings, clock=clock) as parts:
+        planner = parts.orchestrator.planner.config
+        assert reload_config(parts, broken, configure_logging=False) == []
+        assert parts.settings is settings
+        assert parts.orchestrator.planner.config is planner
+
+
+async def test_a_reload_applies_the_logging_level(tmp_path, clock, capsys):
+    settings = settings_for(tmp_path, **{"logging.format": "json"})
+    quieter = settings_for(tmp_path, **{"logging.format": "json", "logging.level": "error"})
+    async with build(settings, clock=clock) as parts:
+        logs.configure(level="info", fmt="json")
+        reload_config(parts, lambda: quieter)
+        log = structlog.get_logger("test")
+        log.warning("hidden_after_reload")
+        log.error("shown_after_reload")
+    err = capsys.readouterr().err
+    assert "shown_after_reload" in err
+    assert "hidden_after_reload" not in err

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mape_k.config import effective_config, load_settings
+from mape_k.config import (
+    CandidateAction,
+    effective_config,
+    load_settings,
+    reload_plan,
+    remediation_table,
+    service_links,
+)
 from mape_k.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "mape_k_config.yaml"
@@ -102,3 +109,143 @@ def test_settings_are_frozen():
     settings, _ = load_settings(None, {})
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
         settings.server.port = 1  # type: ignore[misc]
+
+
+# --- Kubernetes service links: a Service named `mapek` injects MAPEK_* variables ----------
+
+SERVICE_LINKS = {
+    "MAPEK_SERVICE_HOST": "10.96.12.34",
+    "MAPEK_SERVICE_PORT": "8001",
+    "MAPEK_SERVICE_PORT_HTTP": "8001",
+    "MAPEK_PORT": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
+    "MAPEK_PORT_8001_TCP_PORT": "8001",
+    "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+    # a second port of the same Service, dual-stack style
+    "MAPEK_SERVICE_PORT_METRICS_UDP": "9102",
+    "MAPEK_PORT_9102_UDP": "udp://[fd00:10:96::c]:9102",
+    "MAPEK_PORT_9102_UDP_ADDR": "fd00:10:96::c",
+    "MAPEK_PORT_9102_UDP_PORT": "9102",
+    "MAPEK_PORT_9102_UDP_PROTO": "udp",
+    "MAPEK_PORT_38412_SCTP": "sctp://10.96.12.34:38412",
+}
+
+
+def test_kubernetes_service_links_are_ignored_and_named():
+    env = {**SERVICE_LINKS, "MAPEK_SERVER__PORT": "9000", "KUBERNETES_PORT": "tcp://10.96.0.1:443"}
+    settings, sources = load_settings(None, env)
+    assert settings.server.port == 9000
+    assert sources == {"server.port": "env:MAPEK_SERVER__PORT"}
+    assert service_links(env) == sorted(SERVICE_LINKS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "path"),
+    [
+        ("MAPEK_SERVR__PORT", "9000", "servr"),  # a typo stays an error
+        ("MAPEK_PORT", "9000", "port"),  # set by hand, not by Kubernetes
+        ("MAPEK_SERVICE_HOST", "mapek.default.svc", "service_host"),
+        ("MAPEK_PORT_8001_TCP_PROTO", "http", "port_8001_tcp_proto"),
+        ("MAPEK_PORT_8001_HTTP", "tcp://10.96.12.34:8001", "port_8001_http"),
+        ("MAPEK_PORT_8001_TCP_HOST", "10.96.12.34", "port_8001_tcp_host"),
+        ("MAPEK_SERVICE_PORT", "http", "service_port"),
+    ],
+)
+def test_only_the_exact_service_link_shapes_are_ignored(name, value, path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {**SERVICE_LINKS, name: value})
+    assert str(err.value) == f"{path}: unknown key (from env:{name})"
+
+
+# --- planner.remediations: merged with the built-ins per cause ------------------------------
+
+
+def test_overriding_one_cause_keeps_every_other_causes_built_in_remediations(tmp_path):
+    built_in = load_settings(None, {})[0].planner.remediations
+    file = write(
+        tmp_path,
+        "planner:\n  remediations:\n"
+        "    overload:\n      - [{type: scale_up, parameters: {delta: 3}}]\n"
+        "    queue_backlog: []\n",
+    )
+    env = {"MAPEK_PLANNER__REMEDIATIONS": '{"high_latency": [[{"type": "rebalance_load"}]]}'}
+    remediations = load_settings(file, env)[0].planner.remediations
+    assert remediations["overload"] == (
+        (CandidateAction(type="scale_up", parameters={"delta": 3}),),
+    )
+    assert remediations["high_latency"] == ((CandidateAction(type="rebalance_load"),),)
+    assert remediations["queue_backlog"] == ()  # removed: no candidates at all
+    untouched = set(built_in) - {"overload", "high_latency", "queue_backlog"}
+    assert untouched
+    assert {cause: remediations[cause] for cause in untouched} == {
+        cause: built_in[cause] for cause in untouched
+    }
+
+
+def test_the_remediation_table_marks_built_in_and_configured_causes(tmp_path):
+    file = write(
+        tmp_path,
+        "planner:\n  remediations:\n"
+        "    overload:\n      - [{type: scale_up, parameters: {delta: 3}, benefit: 0.9}]\n"
+        "    queue_backlog: []\n"
+        "monitor:\n  rules:\n"
+        "    - {name: high_failure_rate, query: failure_rate, threshold: 0.05}\n"
+        "    - {name: lonely, query: queue_depth, threshold: 5}\n",
+    )
+    env = {"MAPEK_PLANNER__DEFAULT_REMEDIATIONS": '[[{"type": "rebalance_load"}]]'}
+    table = {
+        cause: (text, source)
+        for cause, text, source in remediation_table(*load_settings(file, env))
+    }
+    assert table["overload"] == ('scale_up{"delta": 3} [0.9]', f"file:{file}")
+    assert table["queue_backlog"] == ("none", f"file:{file}")
+    assert table["high_failure_rate"] == (
+        'restart_service; throttle_requests{"fraction": 0.7}',
+        "built-in",
+    )
+    fallback = (
+        "rebalance_load",
+        "planner.default_remediations, env:MAPEK_PLANNER__DEFAULT_REMEDIATIONS",
+    )
+    assert table["lonely"] == fallback  # a rule's cause without an entry
+    assert table["(any other cause)"] == fallback
+
+
+# --- reload: what a SIGHUP applies, and what waits for a restart ------------------------------
+
+
+def test_a_reload_keeps_restart_only_values_and_names_them():
+    running, _ = load_settings(None, {})
+    new, _ = load_settings(
+        None,
+        {},
+        {
+            "planner.min_score": 0.5,
+            "guards.frozen": True,
+            "server.port": 9000,
+            "server.webhook_token": "changed",
+            "knowledge.path": "/elsewhere.sqlite3",
+            "knowledge.max_rows": 500,
+            "monitor.alert_component_label": "service",
+            "monitor.max_staleness_s": 30,
+            "prometheus.url": "http://prometheus:9090",
+        },
+    )
+    effective, restart = reload_plan(running, new)
+    assert restart == [
+        "prometheus.url",
+        "server.port",
+        "server.webhook_token",
+        "knowledge.path",
+        "monitor.alert_component_label",
+    ]
+    assert effective.prometheus == running.prometheus
+    assert effective.server == running.server
+    assert effective.knowledge.path == running.knowledge.path
+    assert effective.monitor.alert_component_label == running.monitor.alert_component_label
+    assert effective.planner == new.planner
+    assert effective.guards == new.guards
+    assert effective.knowledge.max_rows == 500
+    assert effective.monitor.max_staleness_s == 30
+    assert reload_plan(running, running) == (running, [])

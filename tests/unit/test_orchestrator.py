@@ -102,6 +102,61 @@ async def test_nothing_is_executed_when_prometheus_cannot_be_read(tmp_path, cloc
     assert real.committee.actions == []
 
 
+class _GatedSource:
+    """Reads wait for the test to open the gate: an iteration held in its Monitor phase."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.reading = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def read(self, name, promql, *, timeout_s):
+        self.reading.set()
+        await self.gate.wait()
+        return await self.inner.read(name, promql, timeout_s=timeout_s)
+
+
+async def test_a_reload_during_an_iteration_applies_when_it_ends(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    real = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    source = _GatedSource(real.metrics)
+    world = MockCharterWorld(committee=real.committee, client=real.client, metrics=source)
+    no_candidates = settings_for(tmp_path, **{"planner.remediations.high_failure_rate": []})
+    async with build(settings, world=world, clock=clock) as parts:
+        orchestrator = parts.orchestrator
+        clock.advance(5)
+        iteration = asyncio.create_task(orchestrator.run_once())
+        await source.reading.wait()
+        orchestrator.reconfigure(no_candidates)
+        assert orchestrator.planner.config is settings.planner  # not half-way through
+        source.gate.set()
+        record = await iteration
+        assert record["result"] == "acted"  # planned on the configuration it started with
+        assert orchestrator.planner.config is no_candidates.planner
+        orchestrator.reconfigure(settings)  # idle: applies at once
+        assert orchestrator.planner.config is settings.planner
+
+
+async def test_a_reloaded_kill_switch_applies_at_once_even_during_an_iteration(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    real = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    source = _GatedSource(real.metrics)
+    world = MockCharterWorld(committee=real.committee, client=real.client, metrics=source)
+    async with build(settings, world=world, clock=clock) as parts:
+        orchestrator = parts.orchestrator
+        clock.advance(5)
+        iteration = asyncio.create_task(orchestrator.run_once())
+        await source.reading.wait()
+        orchestrator.reconfigure(settings_for(tmp_path, **{"guards.frozen": True}))
+        assert orchestrator.freeze is not None
+        assert orchestrator.freeze.source == "config"
+        source.gate.set()
+        record = await iteration
+    assert record["execution"] is None
+    assert "freeze" in {d["guard"] for d in record["guard_decisions"] if d["verdict"] != "allow"}
+    assert real.committee.actions == []
+
+
 async def test_the_decision_record_says_why_nothing_was_done(tmp_path, clock):
     settings = settings_for(tmp_path)
     world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")

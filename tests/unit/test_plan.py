@@ -379,6 +379,52 @@ def test_pending_set_is_bounded_dropping_the_oldest():
     assert [x.id for x in p.pending_approvals()] == ids[2:]
 
 
+# --- reconfigure (SIGHUP) ------------------------------------------------------------------
+
+
+def test_a_reload_keeps_pending_and_approved_proposals_it_still_offers():
+    p = planner(RISKY)
+    [waiting] = plan(p, cause("overload", confidence=1.0))
+    [regression, _] = plan(p, cause("policy_regression", confidence=1.0))
+    p.approve_policy(regression.id, now=NOW)
+    # new costs and a new cause, the same risky candidates: nothing is lost
+    more = {**RISKY, "queue_backlog": ((act(A.SCALE_UP),),)}
+    costs = {A.SCALE_UP: ActionSpec(cost=0.5, benefit=0.8, settle_s=1)}
+    assert p.reconfigure(PlannerConfig(remediations=more, actions=costs, min_score=-1)) == []
+    assert p.config.actions[A.SCALE_UP].cost == 0.5
+    assert p.pending_approvals() == [waiting]
+    assert p.approved_policies() == [regression]
+    assert p.approvals() == {regression.id: NOW}
+
+
+def test_a_reload_drops_proposals_it_no_longer_offers_or_gates():
+    p = planner(RISKY)
+    [waiting] = plan(p, cause("overload", confidence=1.0))
+    [regression, _] = plan(p, cause("policy_regression", confidence=1.0))
+    p.approve_policy(regression.id, now=NOW)
+    other_parameters = {
+        **RISKY,
+        "overload": ((act(A.ACTIVATE_EMERGENCY_OVERRIDE, 1.0, minutes=5),),),
+    }
+    assert p.reconfigure(PlannerConfig(remediations=other_parameters)) == [waiting.id]
+    assert p.pending_approvals() == []
+    assert p.approved_policies() == [regression]
+    assert p.reconfigure(PlannerConfig(remediations=RISKY, require_approval=False)) == [
+        regression.id
+    ]
+    assert p.approved_policies() == []
+    assert p.approvals() == {}
+
+
+def test_a_reload_applies_a_smaller_bound_to_the_pending_set():
+    remediations = {f"k{i}": ((act(A.BYPASS_VALIDATION, 1.0),),) for i in range(3)}
+    p = planner(remediations)
+    ids = [plan(p, cause(f"k{i}", confidence=1.0), now=NOW + i)[0].id for i in range(3)]
+    config = PlannerConfig(remediations=remediations, max_pending_approvals=1)
+    assert p.reconfigure(config) == ids[:2]
+    assert [x.id for x in p.pending_approvals()] == ids[2:]
+
+
 # --- properties ----------------------------------------------------------------------------
 
 cause_st = st.builds(
@@ -410,3 +456,10 @@ def test_output_is_ranked_bounded_deterministic_and_above_min_score(
     if len(policies) == max_policies:
         everyone = plan(Planner(PlannerConfig(max_policies=100, min_score=min_score)), *causes)
         assert all(x.score.score <= scores[-1] for x in everyone[max_policies:])
+
+
+def test_an_empty_remediation_list_leaves_a_cause_without_candidates():
+    p = planner({"overload": ()}, default_remediations=((act(A.SCALE_UP),),))
+    assert plan(p, cause("overload")) == []
+    [fallback] = plan(p, cause("not_configured"))  # a cause with no entry at all
+    assert fallback.primary_action is A.SCALE_UP

@@ -115,6 +115,10 @@ class PatternAnalyzer:
     def config(self) -> AnalyzerConfig:
         return self._config
 
+    def reconfigure(self, config: AnalyzerConfig) -> None:
+        """A reloaded configuration; the history is trimmed to its bounds on the next pass."""
+        self._config = config
+
     @property
     def history_size(self) -> int:
         return len(self._history)

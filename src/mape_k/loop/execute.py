@@ -97,6 +97,13 @@ class Executor:
         self._history: dict[str, PolicyExecution] = {}
         self._pending: dict[str, PendingVerification] = {}
 
+    def reconfigure(
+        self, config: ExecutorConfig, *, actions: Mapping[ActionType, ActionSpec]
+    ) -> None:
+        """A reloaded configuration. `dry_run` is the orchestrator's to set (`self.dry_run`)."""
+        self._config = config
+        self._actions = actions
+
     # --- execution --------------------------------------------------------------------
 
     def wrap_charter(self, wrap: Callable[[CharterClient], CharterClient]) -> None:

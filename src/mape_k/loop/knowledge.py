@@ -53,6 +53,13 @@ class Knowledge:
         self._view: dict[PairKey, PolicyPattern] = {}
         self.update_patterns()
 
+    def reconfigure(self, config: KnowledgeConfig) -> None:
+        """A reloaded configuration (the store stays: `path` needs a restart)."""
+        self._config = config
+        self._view = {
+            key: self._pattern(row) for key, row in self._stats.items() if row.samples > 0
+        }
+
     # --- recording -------------------------------------------------------------------
 
     def record_execution(self, execution: PolicyExecution) -> None:

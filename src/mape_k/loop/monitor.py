@@ -79,6 +79,10 @@ class Monitor:
     def last_observation(self) -> Observation | None:
         return self._last
 
+    def reconfigure(self, config: MonitorConfig) -> None:
+        """A reloaded configuration, used from the next observation on."""
+        self._config = config
+
     async def observe(self, now: float) -> Observation:
         """Read all queries, apply the rules, add firing alerts. A source failure never raises."""
         names = list(self._config.queries)

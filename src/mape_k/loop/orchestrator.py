@@ -126,11 +126,13 @@ class MAPEKOrchestrator:
         self._clock = clock
         self.state = MAPEKState()
         self.dry_run = settings.executor.dry_run
+        self._configured_dry_run = settings.executor.dry_run
         self.freeze: guard_rules.Freeze | None = self.config_freeze(settings)
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
         )
         self._lock = asyncio.Lock()
+        self._reloaded: Settings | None = None  # a reload waiting for the iteration to end
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._triggered = False
@@ -196,33 +198,63 @@ class MAPEKOrchestrator:
         if self._metrics is not None:
             self._metrics.dry_run.set(1 if enabled else 0)
 
-    def reconfigure(self, settings: Settings) -> list[str]:
-        """Apply a reloaded configuration; returns the sections that need a restart."""
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply a reloaded configuration to every part of the loop.
+
+        `settings` is what `config.reload_plan` says can apply: the values that need a
+        restart are already kept as they run. The safety switches (`guards.frozen`,
+        `executor.dry_run`) apply at once, even to a policy running now. The rest applies
+        at once when the loop is idle; an iteration in progress finishes on the
+        configuration it started with, and the new one applies as it ends.
+        """
+        self._apply_switches(settings)
+        if self._lock.locked():
+            self._reloaded = settings
+            return
+        self._apply(settings)
+
+    def _apply_switches(self, settings: Settings) -> None:
+        # The config owns only its own kill switch: an active operator or panic freeze stays.
+        if settings.guards.frozen:
+            if self.freeze is None or not self.freeze.active(self._clock()):
+                self.freeze = self.config_freeze(settings)
+        elif self.freeze is not None and self.freeze.source == "config":
+            self.freeze = None
+        if self._metrics is not None:
+            self._metrics.frozen.set(1 if self.freeze else 0)
+        # Dry run set over the control API stays until the configured value changes.
+        if settings.executor.dry_run != self._configured_dry_run:
+            self._configured_dry_run = settings.executor.dry_run
+            self.set_dry_run(settings.executor.dry_run)
+
+    def _apply(self, settings: Settings) -> None:
         old = self._settings
         self._settings = settings
+        self.monitor.reconfigure(settings.monitor)
+        self.analyzer.reconfigure(settings.analyzer)
+        dropped = self.planner.reconfigure(settings.planner)
+        self.executor.reconfigure(settings.executor, actions=settings.planner.actions)
+        self.knowledge.reconfigure(settings.knowledge)
         self.safety.config = settings.guards
-        if settings.guards != old.guards:
+        if self.records.maxlen != settings.knowledge.decisions_kept_in_memory:
+            self.records = deque(self.records, maxlen=settings.knowledge.decisions_kept_in_memory)
+        if settings != old:
             self._startup_checked = False  # re-validate the new configuration
-        if settings.executor.dry_run != old.executor.dry_run:
-            self.set_dry_run(settings.executor.dry_run)
-        if settings.guards.frozen != old.guards.frozen:
-            # The config owns only its own kill switch: an operator or panic freeze stays.
-            if settings.guards.frozen:
-                self.freeze = self.freeze or self.config_freeze(settings)
-            elif self.freeze is not None and self.freeze.source == "config":
-                self.freeze = None
-            if self._metrics is not None:
-                self._metrics.frozen.set(1 if self.freeze else 0)
-        hot = {"orchestrator", "executor", "guards", "logging"}
-        restart = [
-            name
-            for name in type(settings).model_fields
-            if name not in hot and getattr(settings, name) != getattr(old, name)
-        ]
-        if restart:
-            log.warning("config_reload_partial", restart_required_for=restart)
+        self._forget_approvals(dropped)
         self._wake.set()
-        return restart
+
+    def _forget_approvals(self, dropped: list[str]) -> None:
+        """Proposals the reloaded planner dropped: their approval times go too."""
+        for policy_id in dropped:
+            self.safety.approvals.pop(policy_id, None)
+        if dropped:
+            log.warning(
+                "approvals_dropped",
+                policy_ids=dropped,
+                reason="the reloaded planner no longer proposes them for approval, or keeps fewer",
+            )
+        if self._metrics is not None:
+            self._metrics.pending_approvals.set(len(self.planner.pending_approvals()))
 
     def config_freeze(self, settings: Settings) -> guard_rules.Freeze | None:
         if not settings.guards.frozen:
@@ -309,8 +341,13 @@ class MAPEKOrchestrator:
         async with self._lock:
             now = self._clock() if now is None else now
             iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-            with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
-                return await self._iterate(iteration_id, now)
+            try:
+                with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
+                    return await self._iterate(iteration_id, now)
+            finally:
+                reloaded, self._reloaded = self._reloaded, None
+                if reloaded is not None:
+                    self._apply(reloaded)
 
     async def _iterate(self, iteration_id: str, now: float) -> dict[str, Any]:  # noqa: PLR0915
         started = time.perf_counter()

@@ -73,6 +73,11 @@ def _params_json(parameters: Mapping[str, object]) -> str:
     return json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _candidate_actions(candidate: Sequence[CandidateAction]) -> tuple[tuple[str, str], ...]:
+    """A configured candidate's half of a Signature: action types with their parameters."""
+    return tuple((action.type.value, _params_json(action.parameters)) for action in candidate)
+
+
 def signature(policy: RemediationPolicy) -> Signature:
     return (
         policy.cause.key,
@@ -132,6 +137,42 @@ class Planner:
     @property
     def config(self) -> PlannerConfig:
         return self._config
+
+    def reconfigure(self, config: PlannerConfig) -> list[str]:
+        """Plan with a reloaded configuration from now on; returns the ids of dropped proposals.
+
+        A pending or approved proposal survives while the new configuration still offers
+        its actions (with their parameters) for its cause and still gates them behind an
+        approval; the others are dropped, and the new bounds apply. Rejections are kept.
+        """
+        self._config = config
+        dropped: list[str] = []
+        for pid, policy in list(self._pending.items()):
+            if not self._still_gated(policy):
+                del self._pending[pid]
+                self._pending_ids.pop(signature(policy), None)
+                dropped.append(pid)
+        for sig, approved in list(self._approved.items()):
+            if not self._still_gated(approved.policy):
+                del self._approved[sig]
+                self._approval_times.pop(approved.policy.id, None)
+                dropped.append(approved.policy.id)
+        dropped += self._trim_pending()
+        self._trim(self._approved)
+        self._trim(self._rejected)
+        return dropped
+
+    def _still_gated(self, policy: RemediationPolicy) -> bool:
+        """The configuration proposes this policy's actions for its cause, behind an approval."""
+        cfg = self._config
+        actions = signature(policy)[1]
+        candidates = cfg.remediations.get(policy.cause.name, cfg.default_remediations)
+        offered = any(_candidate_actions(candidate) == actions for candidate in candidates)
+        return (
+            offered
+            and cfg.require_approval
+            and any(cfg.actions[action.action_type].requires_approval for action in policy.actions)
+        )
 
     # --- planning ------------------------------------------------------------------------
 
@@ -322,10 +363,17 @@ class Planner:
             return
         self._pending[policy.id] = policy
         self._pending_ids[sig] = policy.id
+        self._trim_pending()
+
+    def _trim_pending(self) -> list[str]:
+        """Drop the oldest pending proposals beyond the bound; returns their ids."""
+        dropped: list[str] = []
         while len(self._pending) > self._config.max_pending_approvals:
             oldest_id = next(iter(self._pending))
             oldest = self._pending.pop(oldest_id)
             self._pending_ids.pop(signature(oldest), None)
+            dropped.append(oldest_id)
+        return dropped
 
     def _expire(self, now: float) -> None:
         ttl = self._config.approval_ttl_s
