@@ -433,8 +433,13 @@ async def run(
     """
     if configure_logging:
         logs.configure(level=settings.logging.level, fmt=settings.logging.format)
-    webhook_token = read_secret(settings.server.webhook_token, settings.server.webhook_token_file)
-    admin_token = read_secret(settings.server.admin_token, settings.server.admin_token_file)
+    server = settings.server
+    webhook_token = read_secret(
+        server.webhook_token, server.webhook_token_file, file_key="server.webhook_token_file"
+    )
+    admin_token = read_secret(
+        server.admin_token, server.admin_token_file, file_key="server.admin_token_file"
+    )
     async with build(settings, registry=registry, fault=fault) as parts:
         daemon = Daemon(parts)
         restore_freeze(parts, time.time())

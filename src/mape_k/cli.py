@@ -191,10 +191,8 @@ def _status(args: argparse.Namespace) -> int:
 def _sim_token(path: Path | None) -> str | None:
     if path is None:
         return None
-    token = read_secret(None, path)
-    if token is None:  # an empty file must not silently turn authentication off
-        raise ConfigError(f"--token-file {path}: the file is empty")
-    return token
+    # An empty file is an error there: it must not silently turn authentication off.
+    return read_secret(None, path, file_key="--token-file")
 
 
 def _charter_sim(args: argparse.Namespace) -> int:

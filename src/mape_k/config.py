@@ -38,14 +38,44 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
-    """A token given inline or as a file path (the file wins; trailing newline dropped)."""
-    if path is not None:
-        try:
-            return path.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
-    return value.get_secret_value() if value is not None else None
+def read_secret(value: SecretStr | None, path: Path | None, *, file_key: str) -> str | None:
+    """A token given inline or as a file (surrounding whitespace dropped); None if neither.
+
+    The models refuse both set at once and an empty inline value (`check_secret_pair`); an
+    empty file is refused here, naming `file_key`: an empty secret never means "no secret".
+    """
+    if path is None:
+        return value.get_secret_value() if value is not None else None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{file_key}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_key}: {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"{file_key}: {path} is empty; put the token in it, or unset it")
+    return token
+
+
+def check_secret_pair(value: SecretStr | None, path: Path | None, key: str) -> None:
+    """One source per secret, and an inline one that is not blank (ValueError names it)."""
+    if value is not None and path is not None:
+        raise ValueError(f"{key} and {key}_file are both set; keep one")
+    if value is not None and not value.get_secret_value().strip():
+        raise ValueError(
+            f"{key} is empty (an empty secret is not 'no secret': it would accept a bare"
+            f" 'Bearer' header); set a token or remove {key}"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """`host` (an address or "localhost") can only be reached from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class PrometheusConfig(_Model):
@@ -77,6 +107,11 @@ class CharterConfig(_Model):
     backoff_s: float = Field(0.2, ge=0, description="Base of the jittered exponential backoff.")
     mock_seed: int = Field(7, description="Seed of the simulated committee in mock mode.")
     mock_regime: Literal["calm", "volatile", "spike"] = "calm"
+
+    @model_validator(mode="after")
+    def _one_token(self) -> CharterConfig:
+        check_secret_pair(self.token, self.token_file, "token")
+        return self
 
 
 class Comparator(StrEnum):
@@ -346,6 +381,11 @@ class ServerConfig(_Model):
     webhook_token_file: Path | None = None
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
+    allow_open_webhook: bool = Field(
+        False,
+        description="Start with no webhook token on a non-loopback host (anyone who can"
+        " reach the port can then post alerts). Off: such a start is a config error.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024)
     inbox_max_alerts: int = Field(10_000, ge=1)
     alert_ttl_s: float = Field(
@@ -354,6 +394,19 @@ class ServerConfig(_Model):
         description="A firing alert not re-delivered for this long is dropped (its resolve was"
         " lost). Keep it above Alertmanager's repeat_interval (12h shipped).",
     )
+
+    @model_validator(mode="after")
+    def _secrets(self) -> ServerConfig:
+        check_secret_pair(self.webhook_token, self.webhook_token_file, "webhook_token")
+        check_secret_pair(self.admin_token, self.admin_token_file, "admin_token")
+        no_token = self.webhook_token is None and self.webhook_token_file is None
+        if no_token and self.enabled and not is_loopback(self.host) and not self.allow_open_webhook:
+            raise ValueError(
+                f"no webhook_token or webhook_token_file, and host {self.host} is not"
+                " loopback: anyone reaching the port could post alerts; set a token, or"
+                " allow_open_webhook: true"
+            )
+        return self
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -612,16 +665,14 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _origin(path: str, sources: Sources) -> str:
-    """The source that set `path` or its nearest ancestor or descendant."""
+    """The source that set `path` or its nearest ancestor, else those of its descendants."""
     probe = path
     while probe:
         if probe in sources:
             return sources[probe]
         probe = probe.rpartition(".")[0]
-    for key, source in sources.items():
-        if key.startswith(f"{path}."):
-            return source
-    return "defaults"
+    below = dict.fromkeys(s for k, s in sources.items() if k.startswith(f"{path}."))
+    return ", ".join(below) if below else "defaults"
 
 
 def load_settings(

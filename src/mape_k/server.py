@@ -9,7 +9,6 @@ never answer 5xx for bad input. The loop's state is reached only through DaemonC
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from mape_k import openapi
-from mape_k.config import ServerConfig
+from mape_k.config import ServerConfig, is_loopback
 from mape_k.integrations.alertmanager import (
     WEBHOOK_VERSION,
     AlertMessageRouter,
@@ -105,26 +104,22 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def warn_if_open(config: ServerConfig, webhook_token: str | None) -> bool:
-    """Log a loud warning when the webhook is reachable off-host without a token."""
-    if webhook_token is None and not is_loopback(config.host):
-        log.warning(
-            "webhook_unauthenticated",
-            host=config.host,
-            port=config.port,
-            hint="set server.webhook_token or server.webhook_token_file",
-        )
-        return True
-    return False
+    """Log a warning at start when the webhook takes alerts without a token, on any address.
+
+    Off loopback this only happens with `server.allow_open_webhook` (the config refuses it
+    otherwise).
+    """
+    if webhook_token is not None:
+        return False
+    log.warning(
+        "webhook_unauthenticated",
+        host=config.host,
+        port=config.port,
+        reachable_from="this machine only" if is_loopback(config.host) else "the network",
+        hint="set server.webhook_token or server.webhook_token_file",
+    )
+    return True
 
 
 def _bearer_ok(request: web.Request, token: str) -> bool:

@@ -138,14 +138,16 @@ def test_a_missing_token_file_for_charter_sim_is_one_line(capsys, tmp_path):
     missing = tmp_path / "nope"
     assert main(["charter-sim", "--port", "0", "--token-file", str(missing)]) == 1
     err = one_line_error(capsys)
-    assert err.endswith(f"cannot read token file {missing}: No such file or directory")
+    assert err.endswith(f"--token-file: cannot read {missing}: No such file or directory")
 
 
 def test_an_empty_token_file_does_not_turn_authentication_off(capsys, tmp_path):
     empty = tmp_path / "token"
     empty.write_text("\n", encoding="utf-8")
     assert main(["charter-sim", "--port", "0", "--token-file", str(empty)]) == 1
-    assert one_line_error(capsys).endswith(f"--token-file {empty}: the file is empty")
+    assert one_line_error(capsys).endswith(
+        f"--token-file: {empty} is empty; put the token in it, or unset it"
+    )
 
 
 def test_charter_sim_on_a_port_in_use_is_one_line(capsys):

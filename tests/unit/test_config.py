@@ -10,6 +10,7 @@ from mape_k.config import (
     CandidateAction,
     effective_config,
     load_settings,
+    read_secret,
     reload_plan,
     remediation_table,
     service_links,
@@ -42,7 +43,11 @@ def test_defaults_match_the_spec():
 
 
 def test_cli_beats_env_beats_file_beats_defaults(tmp_path):
-    file = write(tmp_path, "orchestrator: {interval_s: 10}\nserver: {port: 9000, host: 0.0.0.0}\n")
+    file = write(
+        tmp_path,
+        "orchestrator: {interval_s: 10}\n"
+        "server: {port: 9000, host: 0.0.0.0, webhook_token_file: /run/secrets/t}\n",
+    )
     env = {"MAPEK_SERVER__PORT": "9100", "MAPEK_ORCHESTRATOR__INTERVAL_S": "20"}
     settings, sources = load_settings(file, env, {"orchestrator.interval_s": 5})
     assert settings.orchestrator.interval_s == 5
@@ -249,3 +254,54 @@ def test_a_reload_keeps_restart_only_values_and_names_them():
     assert effective.knowledge.max_rows == 500
     assert effective.monitor.max_staleness_s == 30
     assert reload_plan(running, running) == (running, [])
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAPEK_SERVER__ADMIN_TOKEN": ""}, "admin_token is empty"),
+        ({"MAPEK_SERVER__WEBHOOK_TOKEN": "  \t"}, "webhook_token is empty"),
+        ({"MAPEK_CHARTER__TOKEN": ""}, "token is empty"),
+        (
+            {"MAPEK_SERVER__WEBHOOK_TOKEN": "t", "MAPEK_SERVER__WEBHOOK_TOKEN_FILE": "/run/t"},
+            "webhook_token and webhook_token_file are both set; keep one",
+        ),
+        (
+            {"MAPEK_SERVER__ADMIN_TOKEN": "t", "MAPEK_SERVER__ADMIN_TOKEN_FILE": "/run/t"},
+            "admin_token and admin_token_file are both set",
+        ),
+    ],
+)
+def test_an_empty_or_doubly_given_secret_is_a_config_error(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, env)
+
+
+def test_an_empty_token_file_is_an_error_naming_the_key(tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text(" \n", encoding="utf-8")
+    settings, _ = load_settings(None, {"MAPEK_SERVER__WEBHOOK_TOKEN_FILE": str(empty)})
+    server = settings.server
+    with pytest.raises(ConfigError, match=r"^server\.webhook_token_file: .* is empty"):
+        read_secret(server.webhook_token, server.webhook_token_file, file_key=FILE_KEY)
+    empty.write_text("s3cret\n", encoding="utf-8")
+    assert read_secret(server.webhook_token, server.webhook_token_file, file_key=FILE_KEY) == (
+        "s3cret"
+    )
+
+
+FILE_KEY = "server.webhook_token_file"
+
+
+def test_an_open_webhook_off_loopback_needs_an_explicit_yes():
+    with pytest.raises(ConfigError, match=r"host 0\.0\.0\.0 is not loopback.*allow_open_webhook"):
+        load_settings(None, {"MAPEK_SERVER__HOST": "0.0.0.0"})
+    settings, _ = load_settings(
+        None, {"MAPEK_SERVER__HOST": "0.0.0.0", "MAPEK_SERVER__ALLOW_OPEN_WEBHOOK": "true"}
+    )
+    assert settings.server.allow_open_webhook
+    for host in ("127.0.0.1", "::1", "localhost"):  # loopback: allowed, with a warning at start
+        assert load_settings(None, {"MAPEK_SERVER__HOST": host})[0].server.host == host

@@ -359,14 +359,19 @@ async def test_unknown_route_and_wrong_method_answer_json(harness: Harness) -> N
     assert "POST" in response.headers["Allow"]
 
 
-def test_open_webhook_on_a_public_address_logs_a_loud_warning() -> None:
+def test_a_webhook_without_a_token_logs_a_warning_on_any_address() -> None:
+    open_public = ServerConfig(host="0.0.0.0", allow_open_webhook=True)
     with structlog.testing.capture_logs() as logs:
-        assert warn_if_open(ServerConfig(host="0.0.0.0"), None)
-        assert not warn_if_open(ServerConfig(host="0.0.0.0"), "t")
-        assert not warn_if_open(ServerConfig(host="127.0.0.1"), None)
-        assert not warn_if_open(ServerConfig(host="::1"), None)
-        assert not warn_if_open(ServerConfig(host="localhost"), None)
-    assert [(e["event"], e["log_level"]) for e in logs] == [("webhook_unauthenticated", "warning")]
+        assert warn_if_open(open_public, None)
+        assert not warn_if_open(open_public, "t")
+        assert warn_if_open(ServerConfig(host="127.0.0.1"), None)
+        assert warn_if_open(ServerConfig(host="::1"), None)
+        assert not warn_if_open(ServerConfig(host="localhost"), "t")
+    assert [(e["event"], e["log_level"], e["reachable_from"]) for e in logs] == [
+        ("webhook_unauthenticated", "warning", "the network"),
+        ("webhook_unauthenticated", "warning", "this machine only"),
+        ("webhook_unauthenticated", "warning", "this machine only"),
+    ]
 
 
 # --- operator control ----------------------------------------------------------------------

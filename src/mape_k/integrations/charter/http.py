@@ -60,7 +60,11 @@ class HttpCharterClient:
     ) -> None:
         config = config or CharterConfig()
         self.url = (url or config.url).rstrip("/")
-        self._token = token if token is not None else read_secret(config.token, config.token_file)
+        self._token = (
+            token
+            if token is not None
+            else read_secret(config.token, config.token_file, file_key="charter.token_file")
+        )
         self._timeout = httpx.Timeout(
             timeout_s if timeout_s is not None else config.timeout_s,
             connect=connect_timeout_s
