@@ -30,6 +30,7 @@ MODULES: list[tuple[str, list[str], bool]] = [
     ("recovery", [str(BENCH / "recovery.py")], False),
     ("monitor_fanout", ["-m", "bench.monitor_fanout"], True),
     ("idle_cost", ["-m", "bench.idle_cost"], True),
+    ("config_rejection", ["-m", "bench.config_rejection"], True),
 ]
 TIMEOUT_S = 900
 _LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}\S* +\[|^\{\"")

@@ -20,3 +20,13 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+
+def alias_bomb(levels: int = 9, fanout: int = 9) -> str:
+    """A "billion laughs": each anchor references the previous one `fanout` times."""
+    lines = ["a0: &a0 {x: 1, y: 1, z: 1, w: 1}"]
+    for i in range(1, levels + 1):
+        refs = ", ".join(f"k{j}: *a{i - 1}" for j in range(fanout))
+        lines.append(f"a{i}: &a{i} {{{refs}}}")
+    lines.append(f"orchestrator: *a{levels}")
+    return "\n".join(lines) + "\n"

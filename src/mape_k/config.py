@@ -35,7 +35,8 @@ ENV_PREFIX = "MAPEK_"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are never a meaningful setting (an infinite interval, a NaN threshold).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def read_secret(value: SecretStr | None, path: Path | None, *, file_key: str) -> str | None:
@@ -367,10 +368,10 @@ class KnowledgeConfig(_Model):
 
 
 class OrchestratorConfig(_Model):
-    interval_s: float = Field(30.0, gt=0)
-    trigger_debounce_s: float = Field(1.0, ge=0)
-    iteration_timeout_s: float = Field(60.0, gt=0)
-    shutdown_timeout_s: float = Field(10.0, gt=0)
+    interval_s: float = Field(30.0, gt=0, le=86_400)
+    trigger_debounce_s: float = Field(1.0, ge=0, le=3600)
+    iteration_timeout_s: float = Field(60.0, gt=0, le=3600)
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
 
 
 class ServerConfig(_Model):
@@ -561,22 +562,73 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# Bounds of a config file: a real one is a few KiB, a few hundred values, a few levels deep.
+# Past them it is a mistake or an attack (a YAML "billion laughs" of nested aliases expands
+# exponentially, 800 bytes to gigabytes); refused before anything walks the tree.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
+# libyaml's safe loader where PyYAML has it: fast, and it stops at 1,000 levels of nesting
+# at once, where the pure-Python one recurses until RecursionError (seconds).
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(raw)} bytes, more than a config file can be (1 MiB)")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset"
+            f" {exc.start}); save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML") from exc
+        problem = getattr(exc, "problem", None)
+        raise ConfigError(
+            f"{path}{where}: not valid YAML" + (f" ({problem})" if problem else "")
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    _expanded_size(data, path, depth=0, memo={})
     return data
+
+
+def _expanded_size(node: Any, path: Path, *, depth: int, memo: dict[int, int]) -> int:
+    """How many values `node` holds once aliases are expanded (each shared node counted
+    every time it is referenced, but walked once); ConfigError past the bounds."""
+    if not isinstance(node, dict | list):
+        return 1
+    if depth >= MAX_CONFIG_DEPTH:
+        raise ConfigError(f"{path}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if id(node) in memo:
+        size = memo[id(node)]
+    else:
+        size = 1
+        for child in node.values() if isinstance(node, dict) else node:
+            size += _expanded_size(child, path, depth=depth + 1, memo=memo)
+            if size > MAX_CONFIG_VALUES:
+                break
+        memo[id(node)] = size
+    if size > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases"
+            " referencing aliases?); a config file is far smaller"
+        )
+    return size
 
 
 def _env_value(raw: str) -> Any:

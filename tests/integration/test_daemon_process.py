@@ -20,6 +20,8 @@ import httpx
 import pytest
 from prom_support import free_port
 
+from fakes import alias_bomb
+
 pytestmark = pytest.mark.integration
 DEADLINE_S = 20.0
 
@@ -124,6 +126,13 @@ def test_sighup_with_an_invalid_file_keeps_the_running_config(tmp_path, notify):
         line = wait_log(tmp_path, "config_reload_failed")
         assert "orchestrator.interval_s" in line
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+        # A file that would expand to gigabytes (nested YAML aliases): refused at once, and
+        # the daemon keeps serving on the running config.
+        config.write_text(alias_bomb(), encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        wait_log(tmp_path, "config_reload_failed", "expands to more than")
+        assert httpx.get(f"{url}/healthz", timeout=1).status_code == 200
 
         config.write_text("executor: {dry_run: true}\n", encoding="utf-8")
         process.send_signal(signal.SIGHUP)

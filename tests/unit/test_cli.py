@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import mape_k
+from fakes import alias_bomb
 from mape_k import cli
 from mape_k.cli import main
 
@@ -212,3 +213,30 @@ def test_check_config_prints_the_effective_remediation_table(capsys, tmp_path):
         'members_unhealthy = restart_service [0.9]; scale_up{"delta": 1} [0.5]   (built-in)'
         in table
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        alias_bomb().encode(),
+        b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "x: caf\xe9\n".encode("latin-1"),
+        b"orchestrator: {interval_s: .inf}\n",
+    ],
+    ids=["alias-bomb", "5000-deep", "latin-1", "inf"],
+)
+def test_check_config_rejects_a_hostile_file_with_one_line_and_exit_1(tmp_path, content):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "mape_k", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # a hang (the alias bomb used to take minutes and gigabytes) fails here
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAPEK_")},
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mape-k: invalid configuration: ")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes import alias_bomb
 from mape_k.config import (
     CandidateAction,
     effective_config,
@@ -305,3 +306,39 @@ def test_an_open_webhook_off_loopback_needs_an_explicit_yes():
     assert settings.server.allow_open_webhook
     for host in ("127.0.0.1", "::1", "localhost"):  # loopback: allowed, with a warning at start
         assert load_settings(None, {"MAPEK_SERVER__HOST": host})[0].server.host == host
+
+
+# --- files that would hang or crash a YAML loader ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (alias_bomb().encode(), r"expands to more than 100,000 values"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", r"line 1: not valid YAML \(.*nesting"),
+        (b"a:\n" + b"".join(b"  " * i + b"- \n" for i in range(1, 60)), r"nested more than 32"),
+        ("x: 1\ny: caf\xe9\n".encode("latin-1"), r"line 2: not UTF-8 text \(byte 0xe9"),
+        ("\ufeffx: 1\n".encode("utf-16"), r"not UTF-8 text"),
+        (b"# big\n" + b"#" * (1 << 20), r"more than a config file can be"),
+        (b"orchestrator: {interval_s: .inf}\n", r"orchestrator\.interval_s: .*finite number"),
+        (b"orchestrator: {interval_s: .nan}\n", r"orchestrator\.interval_s: .*finite number"),
+        (b"orchestrator: {interval_s: 1e12}\n", r"orchestrator\.interval_s: .*less than or equal"),
+        (b"monitor: {query_timeout_s: -.inf}\n", r"monitor\.query_timeout_s"),
+    ],
+)
+def test_a_hostile_or_broken_file_is_one_config_error(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, {})
+
+
+def test_anchors_and_aliases_of_a_normal_size_still_work(tmp_path):
+    path = write(
+        tmp_path,
+        "x-timeouts: &timeouts {query_timeout_s: 3}\nmonitor: *timeouts\n",
+    )
+    with pytest.raises(ConfigError, match="x-timeouts: unknown key"):
+        load_settings(path, {})  # the anchor's own key is still checked...
+    path.write_text("monitor: &m {query_timeout_s: 3}\n", encoding="utf-8")
+    assert load_settings(path, {})[0].monitor.query_timeout_s == 3  # ...an alias is fine
