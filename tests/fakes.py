@@ -30,3 +30,16 @@ def alias_bomb(levels: int = 9, fanout: int = 9) -> str:
         lines.append(f"a{i}: &a{i} {{{refs}}}")
     lines.append(f"orchestrator: *a{levels}")
     return "\n".join(lines) + "\n"
+
+
+# What the kubelet injects for a Service named `mapek` (one TCP port, 8001).
+K8S_SERVICE_LINKS = {
+    "MAPEK_SERVICE_HOST": "10.96.12.34",
+    "MAPEK_SERVICE_PORT": "8001",
+    "MAPEK_SERVICE_PORT_HTTP": "8001",
+    "MAPEK_PORT": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
+    "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
+    "MAPEK_PORT_8001_TCP_PORT": "8001",
+    "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+}

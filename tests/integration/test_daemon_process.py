@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prom_support import free_port
 
-from fakes import alias_bomb
+from fakes import K8S_SERVICE_LINKS, alias_bomb
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 20.0
@@ -171,16 +171,7 @@ def test_sighup_applies_the_planner_and_names_what_needs_a_restart(tmp_path, not
 
 
 def test_kubernetes_service_links_do_not_stop_the_daemon(tmp_path, notify):
-    links = {
-        "MAPEK_SERVICE_HOST": "10.96.12.34",
-        "MAPEK_SERVICE_PORT": "8001",
-        "MAPEK_SERVICE_PORT_HTTP": "8001",
-        "MAPEK_PORT": "tcp://10.96.12.34:8001",
-        "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
-        "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
-        "MAPEK_PORT_8001_TCP_PORT": "8001",
-        "MAPEK_PORT_8001_TCP_PROTO": "tcp",
-    }
+    links = K8S_SERVICE_LINKS
     config = write_config(tmp_path / "c.yaml", interval=30)
     process, url = start(tmp_path, config, notify, extra_env=links)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import alias_bomb
+from fakes import K8S_SERVICE_LINKS, alias_bomb
 from mape_k.config import (
     CandidateAction,
     effective_config,
@@ -120,14 +120,7 @@ def test_settings_are_frozen():
 # --- Kubernetes service links: a Service named `mapek` injects MAPEK_* variables ----------
 
 SERVICE_LINKS = {
-    "MAPEK_SERVICE_HOST": "10.96.12.34",
-    "MAPEK_SERVICE_PORT": "8001",
-    "MAPEK_SERVICE_PORT_HTTP": "8001",
-    "MAPEK_PORT": "tcp://10.96.12.34:8001",
-    "MAPEK_PORT_8001_TCP": "tcp://10.96.12.34:8001",
-    "MAPEK_PORT_8001_TCP_ADDR": "10.96.12.34",
-    "MAPEK_PORT_8001_TCP_PORT": "8001",
-    "MAPEK_PORT_8001_TCP_PROTO": "tcp",
+    **K8S_SERVICE_LINKS,
     # a second port of the same Service, dual-stack style
     "MAPEK_SERVICE_PORT_METRICS_UDP": "9102",
     "MAPEK_PORT_9102_UDP": "udp://[fd00:10:96::c]:9102",
