@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mape_k.sim.committee import FAULT_KINDS, Committee
+from mape_k.causes import FAULT_KINDS
+from mape_k.sim.committee import Committee
 from mape_k.stack import (
     DEFAULT_MAGNITUDE,
     FAULT_CAUSE,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mape_k import __version__
+from mape_k.causes import FAULT_KINDS
 from mape_k.config import (
     Settings,
     Sources,
@@ -32,7 +33,6 @@ from mape_k.config import (
     service_links,
 )
 from mape_k.errors import ConfigError, MapekError
-from mape_k.sim.committee import FAULT_KINDS
 
 
 def _parser() -> argparse.ArgumentParser:

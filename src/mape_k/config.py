@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from mape_k.causes import CAUSES
 from mape_k.errors import ConfigError
 from mape_k.models import ActionType, Severity
 
@@ -155,16 +156,10 @@ DEFAULT_QUERIES: dict[str, str] = {
 
 
 def _default_rules() -> tuple[ViolationRule, ...]:
-    def rule(name: str, query: str, threshold: float, severity: Severity) -> ViolationRule:
-        return ViolationRule(name=name, query=query, threshold=threshold, severity=severity)
-
-    return (
-        rule("high_failure_rate", "failure_rate", 0.05, Severity.CRITICAL),
-        rule("policy_regression", "policy_error_rate", 0.02, Severity.CRITICAL),
-        rule("members_unhealthy", "unhealthy_members", 0, Severity.CRITICAL),
-        rule("overload", "saturation", 0.9, Severity.CRITICAL),
-        rule("high_latency", "p99_latency_s", 0.5, Severity.WARNING),
-        rule("queue_backlog", "queue_depth", 100, Severity.WARNING),
+    """One rule per cause of the table in causes.py (the query is named after the signal)."""
+    return tuple(
+        ViolationRule(name=c.name, query=c.signal, threshold=c.threshold, severity=c.severity)
+        for c in CAUSES
     )
 
 

@@ -22,20 +22,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mape_k import logs
+from mape_k.causes import CAUSES
 from mape_k.stack import DEFAULT_MAGNITUDE, FAULT_SIGNALS, Stack, StackError
 
 RECOVERY_BOUND_S = 120.0
 POLL_S = 1.0
 HEARTBEAT_S = 5.0  # the longest silence: then a line says what the demo is waiting for
 # The simulator's signals the daemon's rules watch (name, threshold: violating above).
-WATCHED: tuple[tuple[str, float], ...] = (
-    ("failure_rate", 0.05),
-    ("policy_error_rate", 0.02),
-    ("unhealthy_members", 0.0),
-    ("saturation", 0.9),
-    ("p99_latency_s", 0.5),
-    ("queue_depth", 100.0),
-)
+WATCHED: tuple[tuple[str, float], ...] = tuple((c.signal, c.threshold) for c in CAUSES)
 
 
 @dataclass

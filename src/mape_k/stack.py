@@ -32,6 +32,7 @@ import httpx
 import structlog
 import yaml
 
+from mape_k.causes import FAULTS, fault_signal
 from mape_k.config import DEFAULT_ACTIONS
 from mape_k.errors import MapekError
 from mape_k.models import ActionType
@@ -69,38 +70,13 @@ STACK_SETTLE_S: dict[ActionType, float] = {
     ActionType.BYPASS_VALIDATION: 5.0,
     ActionType.ACTIVATE_EMERGENCY_OVERRIDE: 5.0,
 }
-# What each fault kind breaks in the simulator (signal, threshold: violating while above) and
-# the simulator operations that fit it (docs/demo.md; helper_common "fitting remediation").
-FAULT_SIGNALS: dict[str, tuple[str, float]] = {
-    "load_spike": ("saturation", 0.9),
-    "error_burst": ("failure_rate", 0.05),
-    "member_crash": ("unhealthy_members", 0.0),
-    "latency_degradation": ("p99_latency_s", 0.5),
-    "bad_policy": ("policy_error_rate", 0.02),
-}
-# The daemon's violation kind (the alert rules' `cause` label) each fault must raise.
-FAULT_CAUSE: dict[str, str] = {
-    "load_spike": "overload",
-    "error_burst": "high_failure_rate",
-    "member_crash": "members_unhealthy",
-    "latency_degradation": "high_latency",
-    "bad_policy": "policy_regression",
-}
-FITTING_OPERATIONS: dict[str, frozenset[str]] = {
-    "load_spike": frozenset({"scale_committee", "set_throttle"}),
-    "error_burst": frozenset({"restart_committee"}),
-    "member_crash": frozenset({"restart_committee"}),
-    "latency_degradation": frozenset({"rebalance_load"}),
-    "bad_policy": frozenset({"apply_policy", "rollback_policy"}),
-}
-# Magnitudes that make each fault clearly visible without side effects on other rules.
-DEFAULT_MAGNITUDE: dict[str, float] = {
-    "load_spike": 0.7,
-    "error_burst": 0.7,
-    "member_crash": 0.7,
-    "latency_degradation": 0.6,  # 0.8 would also push p99 past the 1 s validation timeout
-    "bad_policy": 0.7,
-}
+# Per fault kind, from the one table in causes.py: the signal it drives over its threshold,
+# the cause (the alert rules' `cause` label) it must raise, the simulator operations that
+# fit it, and the magnitude that makes it clearly visible (docs/demo.md).
+FAULT_SIGNALS: dict[str, tuple[str, float]] = {f.kind: fault_signal(f.kind) for f in FAULTS}
+FAULT_CAUSE: dict[str, str] = {f.kind: f.cause for f in FAULTS}
+FITTING_OPERATIONS: dict[str, frozenset[str]] = {f.kind: f.fixes for f in FAULTS}
+DEFAULT_MAGNITUDE: dict[str, float] = {f.kind: f.magnitude for f in FAULTS}
 TIME_SCALE = 60.0  # range windows in the stack: staging's / 60 (5m -> 5s), at least 5 s
 
 

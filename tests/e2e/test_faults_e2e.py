@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mape_k.causes import CAUSES
 from mape_k.stack import (
     DEFAULT_MAGNITUDE,
     FAULT_CAUSE,
@@ -38,14 +39,7 @@ FITTING_ACTIONS = {
     "latency_degradation": {"rebalance_load"},
     "bad_policy": {"apply_policy"},
 }
-WATCHED = {
-    "failure_rate": 0.05,
-    "policy_error_rate": 0.02,
-    "unhealthy_members": 0.0,
-    "saturation": 0.9,
-    "p99_latency_s": 0.5,
-    "queue_depth": 100.0,
-}
+WATCHED = {c.signal: c.threshold for c in CAUSES}
 _RECEIVED = re.compile(
     r'^mapek_alerts_received_total\{[^}]*status="firing"[^}]*\} (\S+)$', re.MULTILINE
 )

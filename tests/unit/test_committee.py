@@ -6,21 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
+from mape_k.causes import CAUSES
 from mape_k.errors import CharterNotFound, CharterRequestError
 from mape_k.integrations.charter.base import SIGNALS
 from mape_k.sim.committee import Committee, InvalidArgument
 
 START = 1_000.0
 
-# (signal, threshold) of the shipped rules
-RULES = {
-    "high_failure_rate": ("failure_rate", 0.05),
-    "policy_regression": ("policy_error_rate", 0.02),
-    "members_unhealthy": ("unhealthy_members", 0.0),
-    "overload": ("saturation", 0.9),
-    "high_latency": ("p99_latency_s", 0.5),
-    "queue_backlog": ("queue_depth", 100.0),
-}
+# (signal, threshold) of each cause (the one table; test_causes checks the shipped rules)
+RULES = {c.name: (c.signal, c.threshold) for c in CAUSES}
 
 
 def breached(committee: Committee) -> set[str]:

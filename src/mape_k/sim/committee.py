@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from mape_k.causes import CAUSES, FAULT_KINDS
 from mape_k.errors import CharterError, CharterNotFound, CharterRequestError, ConfigError
 from mape_k.integrations.charter.base import (
     SIGNALS,
@@ -26,13 +27,6 @@ from mape_k.integrations.charter.base import (
 
 Regime = Literal["calm", "volatile", "spike"]
 REGIMES: tuple[str, ...] = ("calm", "volatile", "spike")
-FAULT_KINDS: tuple[str, ...] = (
-    "load_spike",
-    "error_burst",
-    "member_crash",
-    "latency_degradation",
-    "bad_policy",
-)
 LAST_KNOWN_GOOD = "last_known_good"
 LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ERROR_REASONS: tuple[str, ...] = ("internal", "policy", "timeout", "overload")
@@ -47,14 +41,9 @@ _OVERRIDE_RISK = 0.01
 _BYPASS_CAPACITY = 1.5
 _BYPASS_RISK = 0.02
 
-# Rising edges of these are recorded as Charter's own violations (same as the shipped rules).
-_VIOLATION_RULES: tuple[tuple[str, str, float, str], ...] = (
-    ("high_failure_rate", "failure_rate", 0.05, "critical"),
-    ("policy_regression", "policy_error_rate", 0.02, "critical"),
-    ("members_unhealthy", "unhealthy_members", 0.0, "critical"),
-    ("overload", "saturation", 0.9, "critical"),
-    ("high_latency", "p99_latency_s", 0.5, "warning"),
-    ("queue_backlog", "queue_depth", 100.0, "warning"),
+# Rising edges of the causes' tests are recorded as Charter's own violations.
+_VIOLATION_RULES: tuple[tuple[str, str, float, str], ...] = tuple(
+    (c.name, c.signal, c.threshold, c.severity.value) for c in CAUSES
 )
 
 _DEFAULT_CONFIG: dict[str, Any] = {

@@ -30,11 +30,11 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mape_k import openapi
+from mape_k.causes import FAULT_KINDS
 from mape_k.errors import CharterNotFound, CharterRequestError
 from mape_k.integrations.charter.base import ActionResult
 from mape_k.sim.committee import (
     ERROR_REASONS,
-    FAULT_KINDS,
     LATENCY_BUCKETS,
     Committee,
     InvalidArgument,
