@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from am_support import TOKEN, alertmanager, am_alert
+from am_support import TOKEN, alertmanager, am_alert, shipped_max_alerts
 from prometheus_client import CollectorRegistry
 
 from mape_k.app import Components, run
@@ -156,3 +156,29 @@ async def test_an_alert_alertmanager_delivered_still_fires_after_the_daemon_rest
     async with daemon(knowledge) as (parts, _), httpx.AsyncClient(timeout=5.0) as client:
         assert await firing_count(client, parts) == 1
         assert [v.kind for v in parts.inbox.firing()] == ["charter_down"]
+
+
+async def test_a_group_larger_than_the_shipped_max_alerts_arrives_truncated_and_lands(
+    tmp_path: Path,
+) -> None:
+    max_alerts = shipped_max_alerts()
+    async with daemon(tmp_path / "k.sqlite3") as (parts, deliveries):
+        webhook = f"http://127.0.0.1:{parts.port}/api/v1/alerts"
+        async with (
+            alertmanager(tmp_path, webhook_url=webhook) as am_url,
+            httpx.AsyncClient(timeout=10.0) as client,
+        ):
+            group = [
+                am_alert(cause="charter_down", member=f"m{i}") for i in range(max_alerts + 100)
+            ]
+            posted = await client.post(f"{am_url}/api/v2/alerts", json=group)
+            assert posted.status_code == 200, posted.text
+            async with asyncio.timeout(DEADLINE_S):
+                while len(await deliveries.get()) < max_alerts:
+                    pass  # Alertmanager may flush part of the group first
+            registry = parts.metrics.registry
+            assert registry.get_sample_value("mapek_alerts_truncated_total") == 100
+            too_large = {"reason": "too_large"}
+            assert registry.get_sample_value("mapek_webhook_rejections_total", too_large) == 0
+            assert registry.get_sample_value("mapek_inbox_full_total") == 0
+            assert len(parts.inbox.firing()) >= max_alerts

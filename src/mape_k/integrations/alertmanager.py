@@ -33,7 +33,9 @@ WEBHOOK_VERSION = "4"
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_MAX_TRUNCATED = 2**53  # a Counter adds floats: keep the increment exactly representable
+# Alertmanager's truncatedAlerts is a Go uint64: every value it can send is accepted (the
+# Counter that adds it is a float, exact up to 2^53; the log and the answer keep the integer).
+MAX_TRUNCATED = 2**64 - 1
 # Longer than the shipped Alertmanager repeat_interval (12h): a firing alert is re-sent in time.
 DEFAULT_ALERT_TTL_S = 13 * 3600.0
 
@@ -88,7 +90,7 @@ class WebhookPayload(_Model):
 
     version: Literal["4"]
     group_key: StrictStr = Field(alias="groupKey")
-    truncated_alerts: StrictInt = Field(0, ge=0, le=_MAX_TRUNCATED, alias="truncatedAlerts")
+    truncated_alerts: StrictInt = Field(0, ge=0, le=MAX_TRUNCATED, alias="truncatedAlerts")
     status: AlertStatus
     receiver: StrictStr
     group_labels: Labels = Field(default_factory=dict, alias="groupLabels")
