@@ -103,13 +103,13 @@ def main() -> int:
     growth = large / small - 1
     ok = growth <= TARGET_GROWTH and done == args.large
     print("### 4. Memory under churn (alerts ingested and resolved)\n")
-    print(table(["point", "alerts", "RSS MiB", "firing", "dedupe keys", "elapsed s"], rows))
+    print(table(["point", "alerts", "RSS MiB", "firing", "resolves kept", "elapsed s"], rows))
     print(
         f"\nTarget: RSS growth <= {TARGET_GROWTH:.0%} from {args.small:,} to {args.large:,} "
         f"alerts -> {growth:+.2%}: **{'PASS' if ok else 'MISS'}**. Fresh fingerprint per "
         f"alert, batches of {BATCH} parsed from JSON bytes by WebhookPayload, routed to the "
-        f"inbox (max_alerts {config.inbox_max_alerts:,}, dedupe memory bounded at "
-        f"max(4 x max_alerts, 1024)), then resolved; {done:,} resolved in all.\n"
+        f"inbox (max_alerts {config.inbox_max_alerts:,}, resolve memory bounded at "
+        f"max(2 x max_alerts, 1024) resolves), then resolved; {done:,} resolved in all.\n"
     )
     write_json(
         args.json,

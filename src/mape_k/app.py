@@ -128,7 +128,12 @@ async def build(
             component_label=settings.monitor.alert_component_label,
             metrics=metrics,
             ttl_s=settings.server.alert_ttl_s,
+            journal=store,  # firing alerts and remembered resolves survive a restart
         )
+        try:
+            inbox.restore(store.inbox_rows())
+        except StoreError as exc:  # a cache of Alertmanager's state: it re-sends in time
+            log.warning("alert_inbox_not_restored", error=str(exc))
         router = AlertMessageRouter()
         router.register_default_handler(inbox.offer)
         monitor = Monitor(settings.monitor, source=source, alerts=inbox, metrics=metrics)

@@ -388,7 +388,8 @@ class ServerConfig(_Model):
         46_800.0,
         gt=0,
         description="A firing alert not re-delivered for this long is dropped (its resolve was"
-        " lost). Keep it above Alertmanager's repeat_interval (12h shipped).",
+        " lost), and a resolve is remembered this long (a firing delivery of the resolved"
+        " span is ignored). Keep it above Alertmanager's repeat_interval (12h shipped).",
     )
 
     @model_validator(mode="after")

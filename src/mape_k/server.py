@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 WEBHOOK_PATH = "/api/v1/alerts"
 REJECTION_REASONS = ("unauthorized", "not_json", "content_type", "version", "invalid", "too_large")
 POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
+RETRY_AFTER_S = "5"  # seconds, on a 503 of the webhook (Alertmanager retries with backoff)
+_REJECTION_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER_S}}
 _READ_CHUNK = 64 * 1024
 
 
@@ -155,11 +157,28 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _not_json(problem: str) -> _Rejected:
+    return _Rejected(400, "not_json", f"body is not UTF-8 JSON: {problem}", field="body")
+
+
 def _loads(raw: bytes) -> Any:
+    """The JSON document of a body, which must be UTF-8 (RFC 8259); 400 naming the problem."""
+    # json.loads(bytes) would guess UTF-16 or UTF-32: decode strictly instead. JSON text
+    # never holds a raw NUL, and UTF-16 or UTF-32 text of JSON always does.
+    if 0 in raw:
+        raise _not_json(f"NUL byte at offset {raw.index(0)} (UTF-16 or UTF-32?)")
     try:
-        return json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise _Rejected(400, "not_json", "body is not valid JSON", field="body") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_json(f"byte {raw[exc.start]:#04x} at offset {exc.start} is not UTF-8") from exc
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise _not_json(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except ValueError as exc:
+        raise _not_json(str(exc)) from exc
+    except RecursionError as exc:
+        raise _not_json("nested too deeply") from exc
 
 
 def _no_constant(name: str) -> Any:
@@ -202,7 +221,8 @@ class _Server:
             payload = await self._payload(request)
         except _Rejected as rejected:
             self.metrics.webhook_rejections.labels(reason=rejected.reason).inc()
-            log.info(
+            # A 503 is the daemon's capacity, not the sender's mistake: louder.
+            (log.warning if rejected.status == 503 else log.info)(
                 "webhook_rejected",
                 reason=rejected.reason,
                 status=rejected.status,
@@ -210,8 +230,7 @@ class _Server:
                 field=rejected.body.get("field"),
                 peer=request.remote,
             )
-            headers = {"WWW-Authenticate": "Bearer"} if rejected.status == 401 else None
-            return _json(rejected.body, rejected.status, headers)
+            return _json(rejected.body, rejected.status, _REJECTION_HEADERS.get(rejected.status))
         for alert in payload.alerts:
             self._received[alert.status].inc()
         result = self.router.route_alerts(payload.alerts)
@@ -238,7 +257,7 @@ class _Server:
             return _json(
                 {"error": "alert inbox full", "rejected": result.rejected, **summary},
                 503,
-                {"Retry-After": "5"},
+                {"Retry-After": RETRY_AFTER_S},
             )
         # Integers only: formatted directly, the delivery's hottest line after validation.
         return web.Response(
@@ -265,7 +284,20 @@ class _Server:
             raise _Rejected(
                 415, "content_type", "Content-Type must be application/json", field="Content-Type"
             )
-        raw = await _read_bounded(request, self.config.max_body_bytes)
+        limit = self.config.max_body_bytes
+        try:
+            raw = await _read_bounded(request, limit)
+        except _Rejected as exc:
+            # A delivery that only exceeds what the daemon takes is not the sender's error,
+            # and Alertmanager retries a 5xx (with backoff) but never a 4xx.
+            raise _Rejected(
+                503,
+                "too_large",
+                f"body larger than {limit} bytes (server.max_body_bytes): lower max_alerts in"
+                " Alertmanager's webhook_config or raise server.max_body_bytes",
+                limit_bytes=limit,
+                field="body",
+            ) from exc
         try:
             # The common case parses once; only a refused body is parsed again to say why.
             return WebhookPayload.model_validate_json(raw)

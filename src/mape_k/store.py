@@ -119,6 +119,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX control_log_at ON control_log (at);
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
     """,
+    # 2: the alert inbox survives a restart (firing alerts and the resolves it remembers).
+    """
+    CREATE TABLE alert_inbox (
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+        starts_at REAL NOT NULL,
+        ends_at REAL,
+        seen_at REAL NOT NULL,
+        labels TEXT,
+        PRIMARY KEY (fingerprint, status)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -148,6 +160,24 @@ class PairStats:
     unknowns: int  # recorded, but not samples
     tts_sum: float
     tts_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    """One remembered alert of the inbox, as stored (see AlertInbox for the meaning).
+
+    `status` "firing": an alert firing now; `ends_at` its endsAt (None when unset),
+    `seen_at` its latest delivery, `labels` what its violation is made of.
+    `status` "resolved": the latest resolve of the fingerprint; `starts_at` its startsAt,
+    `ends_at` the end it set, `seen_at` its receipt, `labels` None.
+    """
+
+    fingerprint: str
+    status: str
+    starts_at: float
+    ends_at: float | None
+    seen_at: float
+    labels: Mapping[str, str] | None = None
 
 
 def to_jsonable(value: Any) -> Any:
@@ -723,6 +753,59 @@ class Store:
     def delete_state(self, key: str) -> None:
         with self._tx("delete_state") as conn:
             conn.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    # --- alert inbox -----------------------------------------------------------------
+
+    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        """Write what the alert inbox changed, in one transaction: rows by (fingerprint, status)."""
+        with self._tx("save_inbox") as conn:
+            conn.executemany(
+                "DELETE FROM alert_inbox WHERE fingerprint = ? AND status = ?", deletes
+            )
+            conn.executemany(
+                "INSERT INTO alert_inbox (fingerprint, status, starts_at, ends_at, seen_at, labels)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, status) DO UPDATE SET"
+                " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
+                " seen_at = excluded.seen_at, labels = excluded.labels",
+                [
+                    (
+                        row.fingerprint,
+                        row.status,
+                        row.starts_at,
+                        row.ends_at,
+                        row.seen_at,
+                        None if row.labels is None else _dumps(row.labels),
+                    )
+                    for row in upserts
+                ],
+            )
+
+    def inbox_rows(self) -> list[InboxRow]:
+        """Every remembered inbox row, oldest delivery first."""
+        rows = self._read(
+            "SELECT fingerprint, status, starts_at, ends_at, seen_at, labels FROM alert_inbox"
+            " ORDER BY seen_at, rowid",
+            (),
+        )
+        out: list[InboxRow] = []
+        for row in rows:
+            labels = self._loads(row["labels"])
+            if labels is not None and not (
+                isinstance(labels, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+            ):
+                raise StoreCorruptError(f"{self._path}: unreadable alert inbox row")
+            out.append(
+                InboxRow(
+                    fingerprint=row["fingerprint"],
+                    status=row["status"],
+                    starts_at=row["starts_at"],
+                    ends_at=row["ends_at"],
+                    seen_at=row["seen_at"],
+                    labels=labels,
+                )
+            )
+        return out
 
     # --- retention -------------------------------------------------------------------
 

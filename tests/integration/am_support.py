@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prom_support import free_port
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -26,9 +27,21 @@ AMTOOL = "/usr/bin/amtool"
 TOKEN = "integration-webhook-token"
 DEADLINE_S = 15.0
 INSTALL_HINT = "install it: apt-get install -y --no-install-recommends prometheus-alertmanager"
+SHIPPED_CONFIG = (
+    Path(__file__).resolve().parents[2] / "src/mape_k/staging/alertmanager/alertmanager.yml"
+)
+
+
+def shipped_max_alerts() -> int:
+    """The max_alerts of the shipped Alertmanager config (the same for every mape-k receiver)."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    hooks = [h for r in config["receivers"] for h in r.get("webhook_configs", [])]
+    [value] = {hook["max_alerts"] for hook in hooks}
+    return int(value)
 
 
 def alertmanager_config(*, webhook_url: str, token_file: Path) -> str:
+    max_alerts = shipped_max_alerts()
     return f"""
 route:
   receiver: mape-k
@@ -41,7 +54,7 @@ receivers:
     webhook_configs:
       - url: '{webhook_url}'
         send_resolved: true
-        max_alerts: 0
+        max_alerts: {max_alerts}
         http_config:
           authorization:
             type: Bearer

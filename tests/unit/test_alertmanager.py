@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from structlog.testing import capture_logs
 
 from fakes import FIXTURES, FakeClock
 from mape_k.config import ServerConfig
+from mape_k.errors import StoreError
 from mape_k.integrations.alertmanager import (
     DEFAULT_ALERT_TTL_S,
     Alert,
@@ -25,8 +27,14 @@ from mape_k.integrations.alertmanager import (
 )
 from mape_k.metrics import Metrics
 from mape_k.models import Severity, ViolationSource
+from mape_k.store import InboxRow, Store
 
 WEBHOOK_FIXTURES = FIXTURES / "alertmanager" / "webhook"
+TTL = 600.0
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def load(name: str) -> dict[str, Any]:
@@ -156,7 +164,7 @@ def test_late_firing_retry_does_not_resurrect_a_resolved_occurrence() -> None:
 def test_refiring_with_a_new_starts_at_is_new() -> None:
     inbox = AlertInbox(max_alerts=10)
     inbox.offer([alert()])
-    inbox.offer([alert(status="resolved")])
+    inbox.offer([alert(status="resolved", ends_at="2026-11-22T04:30:00Z")])
     result = inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
     assert result.new_firing == 1
     [violation] = inbox.firing()
@@ -166,8 +174,84 @@ def test_refiring_with_a_new_starts_at_is_new() -> None:
 def test_resolve_of_an_older_occurrence_keeps_the_newer_one() -> None:
     inbox = AlertInbox(max_alerts=10)
     inbox.offer([alert(starts_at="2026-11-22T05:00:00Z")])
-    inbox.offer([alert(status="resolved", starts_at="2026-11-22T04:00:00Z")])
+    older = alert(
+        status="resolved", starts_at="2026-11-22T04:00:00Z", ends_at="2026-11-22T04:30:00Z"
+    )
+    inbox.offer([older])  # it ended before the firing one started: about another occurrence
     assert len(inbox) == 1
+
+
+# The sequence seen with alerts posted through Alertmanager's API v2, where the sender sets
+# startsAt: Alertmanager merges the resolving post into the alert it holds and keeps the
+# earlier startsAt, so the resolve starts before the firing it ends (and ends after it).
+FIRED = "2026-11-22T04:17:10.023Z"
+EARLIER = "2026-11-22T04:10:00Z"
+ENDED = "2026-11-22T04:25:00Z"
+
+
+def resolve_with_an_earlier_starts_at() -> Alert:
+    return alert(status="resolved", starts_at=EARLIER, ends_at=ENDED)
+
+
+def test_a_resolve_with_an_earlier_starts_at_ends_the_firing_alert() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at=FIRED)])
+    assert inbox.offer([resolve_with_an_earlier_starts_at()]) == IngestResult(resolved=1)
+    assert inbox.firing() == []
+    assert inbox.offer([resolve_with_an_earlier_starts_at()]) == IngestResult(duplicates=1)
+
+
+@pytest.mark.parametrize("starts_at", [EARLIER, FIRED, "2026-11-22T04:20:00Z", ENDED])
+def test_a_firing_delivery_of_the_resolved_span_is_never_acted_on_again(starts_at: str) -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at=FIRED)])
+    inbox.offer([resolve_with_an_earlier_starts_at()])
+    assert inbox.offer([alert(starts_at=starts_at)]) == IngestResult(duplicates=1)
+    assert inbox.firing() == []
+
+
+def test_a_firing_after_the_resolves_end_is_new_and_outlives_its_late_retry() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at=FIRED)])
+    inbox.offer([resolve_with_an_earlier_starts_at()])
+    assert inbox.offer([alert(starts_at="2026-11-22T04:25:00.001Z")]) == IngestResult(new_firing=1)
+    # A late retry of the earlier resolve is about the older occurrence: the new one stays.
+    assert inbox.offer([resolve_with_an_earlier_starts_at()]) == IngestResult(duplicates=1)
+    [violation] = inbox.firing()
+    assert violation.timestamp == pytest.approx(1795321500.001)
+
+
+def test_a_late_retry_of_an_older_resolve_does_not_shorten_the_resolved_span() -> None:
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(starts_at=FIRED)])
+    inbox.offer([alert(status="resolved", starts_at=FIRED, ends_at="2026-11-22T05:00:00Z")])
+    inbox.offer([resolve_with_an_earlier_starts_at()])  # ends 04:25, delivered late
+    assert inbox.offer([alert(starts_at="2026-11-22T04:40:00Z")]) == IngestResult(duplicates=1)
+    assert inbox.firing() == []
+
+
+def test_a_resolve_without_an_ends_at_ends_at_its_receipt() -> None:
+    clock = FakeClock(start=1795321030.023 + 60)
+    inbox = AlertInbox(max_alerts=10, clock=clock)
+    inbox.offer([alert(starts_at=FIRED)])
+    inbox.offer([alert(status="resolved", starts_at=EARLIER)])  # Go's zero time: unset
+    assert inbox.firing() == []
+    assert inbox.offer([alert(starts_at=rfc3339(clock.now))]).duplicates == 1
+    assert inbox.offer([alert(starts_at=rfc3339(clock.now + 1))]).new_firing == 1
+
+
+def test_a_resolve_is_remembered_for_the_ttl_then_forgotten() -> None:
+    clock = FakeClock()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock)
+    inbox.offer([alert(starts_at=FIRED)])
+    inbox.offer([resolve_with_an_earlier_starts_at()])
+    clock.advance(TTL)
+    assert inbox.offer([alert(starts_at=FIRED)]).duplicates == 1
+    assert inbox.remembered == 1
+    clock.advance(1)
+    assert len(inbox) == 0
+    assert inbox.remembered == 0  # Alertmanager re-sending it a TTL later: firing again
+    assert inbox.offer([alert(starts_at=FIRED)]).new_firing == 1
 
 
 def test_older_firing_occurrence_does_not_replace_a_newer_one() -> None:
@@ -216,12 +300,6 @@ def test_capacity_must_be_positive() -> None:
 
 
 # --- inbox: expiry (lost resolves) ---------------------------------------------------------
-
-TTL = 600.0
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_an_alert_not_re_delivered_expires_after_the_ttl_and_is_logged_once() -> None:
@@ -357,8 +435,7 @@ def test_expiry_memory_stays_bounded() -> None:
         inbox.offer([template.model_copy(update={"fingerprint": f"{i:016x}"})])
         clock.advance(TTL / 10)
         assert len(inbox) <= 11
-    assert inbox.remembered == 100
-    assert len(inbox._expired) <= 100
+    assert inbox.remembered == 0  # expired alerts leave nothing behind
 
 
 @pytest.mark.parametrize("ttl_s", [0.0, -1.0])
@@ -371,6 +448,95 @@ def test_ttl_must_be_positive(ttl_s: float) -> None:
 
 def test_default_ttl_outlasts_the_shipped_repeat_interval() -> None:
     assert ServerConfig().alert_ttl_s == DEFAULT_ALERT_TTL_S > 12 * 3600
+
+
+# --- inbox: kept in the knowledge store across restarts -----------------------------------
+
+
+def stored_inbox(store: Store, clock: FakeClock, **kwargs: Any) -> AlertInbox:
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=store, **kwargs)
+    inbox.restore(store.inbox_rows())
+    return inbox
+
+
+def test_a_restarted_inbox_has_the_firing_alerts_and_remembers_the_resolves(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        inbox = stored_inbox(store, clock)
+        inbox.offer([alert(fingerprint="a", cause="overload"), alert(fingerprint="b")])
+        inbox.offer([alert(fingerprint="b", status="resolved", starts_at=EARLIER, ends_at=ENDED)])
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        inbox = stored_inbox(store, clock)
+        [violation] = inbox.firing()
+        assert (violation.kind, violation.timestamp) == ("overload", pytest.approx(1795321030.023))
+        assert violation.labels == {"alertname": "CharterHighFailureRate", "cause": "overload"}
+        assert inbox.remembered == 1
+        assert inbox.offer([alert(fingerprint="b")]) == IngestResult(duplicates=1)
+        assert inbox.offer([alert(fingerprint="a")]) == IngestResult(duplicates=1)
+
+
+def test_a_restored_alert_keeps_its_ttl_clock(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        inbox = stored_inbox(store, clock)
+        inbox.offer([alert(fingerprint="a"), alert(fingerprint="b")])
+        clock.advance(61)  # a re-delivery is written once the stored one is a minute old
+        inbox.offer([alert(fingerprint="b")])
+        clock.advance(TTL - 30)
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        with capture_logs() as logs:
+            inbox = stored_inbox(store, clock)
+        assert [e["fingerprint"] for e in logs if e["event"] == "alert_expired"] == ["a"]
+        assert len(inbox) == 1
+        clock.advance(31)
+        assert len(inbox) == 0
+        assert store.inbox_rows() == []
+
+
+def test_a_restore_keeps_the_newest_alerts_that_fit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        inbox = stored_inbox(store, clock)
+        for name in "abc":
+            inbox.offer([alert(fingerprint=name, component=name)])
+            clock.advance(1)
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        smaller = AlertInbox(max_alerts=2, ttl_s=TTL, clock=clock, journal=store)
+        assert smaller.restore(store.inbox_rows()) == 2
+        assert [v.component for v in smaller.firing()] == ["b", "c"]
+        assert [row.fingerprint for row in store.inbox_rows()] == ["b", "c"]
+
+
+class FailingJournal:
+    """A journal whose writes fail until `working` is set; keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.working = False
+        self.rows: dict[tuple[str, str], InboxRow] = {}
+
+    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        if not self.working:
+            raise StoreError("disk full")
+        for key in deletes:
+            self.rows.pop(key, None)
+        for row in upserts:
+            self.rows[(row.fingerprint, row.status)] = row
+
+
+def test_a_failed_write_is_logged_once_kept_and_written_with_the_next_change() -> None:
+    journal = FailingJournal()
+    inbox = AlertInbox(max_alerts=10, journal=journal)
+    with capture_logs() as logs:
+        assert inbox.offer([alert(fingerprint="a"), alert(fingerprint="b")]).new_firing == 2
+        inbox.offer([alert(fingerprint="b", status="resolved", ends_at=ENDED)])
+        assert len(inbox.firing()) == 1  # memory is the truth meanwhile
+        journal.working = True
+        inbox.offer([alert(fingerprint="c")])
+    events = [e["event"] for e in logs if e["event"].startswith("alert_inbox_")]
+    assert events == ["alert_inbox_save_failed", "alert_inbox_saved"]
+    assert sorted(journal.rows) == [("a", "firing"), ("b", "resolved"), ("c", "firing")]
 
 
 # --- router --------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ a SIGHUP applies what can change at run time."""
 from __future__ import annotations
 
 import socket
+import sqlite3
+import time
+from datetime import UTC, datetime
 
 import pytest
 import structlog
@@ -14,6 +17,7 @@ from mape_k.app import Daemon, build, reload_config, restore_freeze
 from mape_k.cli import main
 from mape_k.config import Settings, load_settings
 from mape_k.errors import ConfigError, StoreError
+from mape_k.integrations.alertmanager import Alert, IngestResult
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.safety import FREEZE_KEY
 from mape_k.models import ActionType
@@ -170,3 +174,55 @@ async def test_a_reload_applies_the_logging_level(tmp_path, clock, capsys):
     err = capsys.readouterr().err
     assert "shown_after_reload" in err
     assert "hidden_after_reload" not in err
+
+
+def am_alert(fingerprint, status="firing", *, starts_at, ends_at=None, **labels):
+    def rfc3339(timestamp):
+        return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+    return Alert.model_validate(
+        {
+            "status": status,
+            "labels": {"alertname": "CharterDown", "cause": "charter_down", **labels},
+            "startsAt": rfc3339(starts_at),
+            "endsAt": "0001-01-01T00:00:00Z" if ends_at is None else rfc3339(ends_at),
+            "fingerprint": fingerprint,
+        }
+    )
+
+
+async def test_firing_alerts_and_resolves_survive_a_restart(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    started = time.time() - 60
+    async with build(settings, clock=clock) as parts:
+        parts.router.route_alerts(
+            [
+                am_alert("a", starts_at=started, component="charter-1"),
+                am_alert("b", starts_at=started, component="charter-2"),
+            ]
+        )
+        resolve = am_alert("b", "resolved", starts_at=started - 30, ends_at=started + 30)
+        assert parts.router.route_alerts([resolve]) == IngestResult(resolved=1)
+    async with build(settings, clock=clock) as parts:
+        assert [(v.kind, v.component) for v in parts.inbox.firing()] == [
+            ("charter_down", "charter-1")
+        ]
+        # Alertmanager's re-delivery of a is a duplicate; a late firing retry of b stays out.
+        again = [am_alert("a", starts_at=started), am_alert("b", starts_at=started)]
+        assert parts.router.route_alerts(again) == IngestResult(duplicates=2)
+        assert len(parts.inbox.firing()) == 1
+
+
+async def test_an_unreadable_saved_inbox_starts_empty_with_a_warning(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    async with build(settings, clock=clock) as parts:
+        parts.router.route_alerts([am_alert("a", starts_at=time.time())])
+    with sqlite3.connect(settings.knowledge.path) as raw:
+        raw.execute("UPDATE alert_inbox SET labels = '[1, 2]'")
+    with capture_logs() as logs:
+        async with build(settings, clock=clock) as parts:
+            assert parts.inbox.firing() == []
+            parts.router.route_alerts([am_alert("b", starts_at=time.time())])
+            assert len(parts.inbox.firing()) == 1  # and the inbox works as before
+    [warning] = [e for e in logs if e["event"] == "alert_inbox_not_restored"]
+    assert "alert inbox" in warning["error"]

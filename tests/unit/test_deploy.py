@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from fakes import alert_size, shipped_alert_group, shipped_alerts
 from mape_k.config import load_settings
 from mape_k.metrics import Metrics
 from mape_k.sim.service import REGISTRY as SIM_REGISTRY
@@ -330,6 +331,23 @@ def test_alertmanager_webhook_reaches_mapek_with_the_shared_token(
         assert host_port(hook["url"]) == ("mape-k", PORTS["mape-k"])
         assert hook["send_resolved"] is True
         assert hook["http_config"]["authorization"]["credentials_file"] == token_file
+
+
+def test_a_full_group_of_the_shipped_max_alerts_fits_the_shipped_body_limit() -> None:
+    # A delivery over server.max_body_bytes is refused (503) and retried in vain: the
+    # shipped max_alerts must keep a group of realistic alerts under the limit, with room.
+    limit = load_settings(file=ROOT / "config" / "mape_k_config.yaml")[0].server.max_body_bytes
+    config = load_yaml(AM_CONFIG)
+    hooks = [
+        hook for receiver in config["receivers"] for hook in receiver.get("webhook_configs", [])
+    ]
+    [max_alerts] = {hook["max_alerts"] for hook in hooks}
+    assert max_alerts > 0  # 0 means every alert of the group, however many
+    largest = max(alert_size(alert) for alert in shipped_alerts())
+    assert 500 < largest < 1100  # what the arithmetic in alertmanager.yml assumes
+    body = shipped_alert_group(max_alerts)
+    assert max_alerts * largest < len(body) <= limit // 2  # label values may be twice as long
+    assert len(shipped_alert_group(2 * max_alerts)) <= limit
 
 
 def test_alertmanager_timings_and_grouping_match_the_spec() -> None:

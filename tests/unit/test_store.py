@@ -29,7 +29,7 @@ from mape_k.models import (
     RemediationPolicy,
     Severity,
 )
-from mape_k.store import SCHEMA_VERSION, Store
+from mape_k.store import SCHEMA_VERSION, InboxRow, Store
 
 DAY = 86_400.0
 NOW = 1_700_000_000.0
@@ -475,3 +475,52 @@ def test_records_of_frozen_dataclasses_serialise_enums_as_values(db_path: Path) 
     assert status == "rolled_back"
     assert '"status":"rolled_back"' in record
     assert '"action_type":"scale_up"' in record
+
+
+# --- alert inbox -------------------------------------------------------------------------
+
+
+def test_a_schema_1_file_migrates_to_keep_the_alert_inbox_and_its_data(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as old:
+        old.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        old.setattr(store_module, "SCHEMA_VERSION", 1)
+        with Store.open(db_path) as store:
+            store.set_state("freeze", {"reason": "kept"})
+            with pytest.raises(StoreError, match="no such table: alert_inbox"):
+                store.inbox_rows()
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get_state("freeze") == {"reason": "kept"}
+        assert store.inbox_rows() == []
+
+
+def test_inbox_rows_round_trip_are_upserted_by_key_and_come_oldest_first(db_path: Path) -> None:
+    firing = InboxRow("f1", "firing", NOW - 60, None, NOW, {"alertname": "A", "cause": "x"})
+    resolved = InboxRow("f2", "resolved", NOW - 120, NOW - 10, NOW - 5)
+    with Store.open(db_path) as store:
+        store.save_inbox([firing, resolved], [])
+        store.save_inbox(
+            [replace(firing, seen_at=NOW + 30)], [("f2", "resolved"), ("zz", "firing")]
+        )
+        assert store.inbox_rows() == [replace(firing, seen_at=NOW + 30)]
+        store.save_inbox([resolved, InboxRow("f1", "resolved", NOW - 60, NOW, NOW + 31)], [])
+    with Store.open(db_path) as store:
+        rows = store.inbox_rows()
+    assert [(r.fingerprint, r.status) for r in rows] == [
+        ("f2", "resolved"),
+        ("f1", "firing"),
+        ("f1", "resolved"),
+    ]
+    assert rows[0] == resolved
+
+
+@pytest.mark.parametrize("labels", ["[1]", '{"a": 1}', "not json"])
+def test_an_unreadable_inbox_row_is_a_store_corrupt_error(db_path: Path, labels: str) -> None:
+    with Store.open(db_path) as store:
+        store.save_inbox([InboxRow("f1", "firing", NOW, None, NOW, {"a": "b"})], [])
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE alert_inbox SET labels = ?", (labels,))
+    with Store.open(db_path) as store, pytest.raises(StoreCorruptError):
+        store.inbox_rows()

@@ -3,7 +3,8 @@
 The inbox turns firing alerts into Violations for the Monitor, forgets resolved ones (or
 ones not re-delivered within a TTL, should the resolve be lost), and acknowledges
 re-deliveries without counting them twice. Its memory is bounded.
-No I/O here: the HTTP side lives in mape_k.server; the clock is injected.
+No I/O here: the HTTP side lives in mape_k.server; the clock is injected, and so is the
+journal (the knowledge store) that keeps the inbox across restarts.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from mape_k.errors import MapekError
 from mape_k.metrics import Metrics
 from mape_k.models import Severity, Violation, ViolationSource
+from mape_k.store import InboxRow
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +33,9 @@ WEBHOOK_VERSION = "4"
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_MAX_TRUNCATED = 2**53  # a Counter adds floats: keep the increment exactly representable
+# Alertmanager's truncatedAlerts is a Go uint64: every value it can send is accepted (the
+# Counter that adds it is a float, exact up to 2^53; the log and the answer keep the integer).
+MAX_TRUNCATED = 2**64 - 1
 # Longer than the shipped Alertmanager repeat_interval (12h): a firing alert is re-sent in time.
 DEFAULT_ALERT_TTL_S = 13 * 3600.0
 
@@ -85,7 +90,7 @@ class WebhookPayload(_Model):
 
     version: Literal["4"]
     group_key: StrictStr = Field(alias="groupKey")
-    truncated_alerts: StrictInt = Field(0, ge=0, le=_MAX_TRUNCATED, alias="truncatedAlerts")
+    truncated_alerts: StrictInt = Field(0, ge=0, le=MAX_TRUNCATED, alias="truncatedAlerts")
     status: AlertStatus
     receiver: StrictStr
     group_labels: Labels = Field(default_factory=dict, alias="groupLabels")
@@ -119,28 +124,66 @@ class IngestResult:
         )
 
 
+class InboxJournal(Protocol):
+    """Where the inbox keeps what it remembers across restarts (the knowledge Store)."""
+
+    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        """Write the changed rows and delete the forgotten (fingerprint, status) keys."""
+
+
 @dataclass(slots=True)
 class _Entry:
     started: float
     violation: Violation
     last_seen: float  # clock time of the latest delivery of this occurrence
     ends: float | None  # endsAt of the latest delivery, None when unset
+    saved_seen: float  # last_seen as the journal has it
 
 
-_DeliveryKey = tuple[str, AlertStatus, float]  # (fingerprint, status, startsAt)
+@dataclass(slots=True)
+class _Resolve:
+    starts: float  # startsAt of the resolve delivery (what makes a re-delivery a duplicate)
+    ends: float  # its endsAt (receipt time when unset): firing that started by then is over
+    received: float  # clock time of its latest delivery
+
+
+_FIRING = AlertStatus.FIRING.value
+_RESOLVED = AlertStatus.RESOLVED.value
+# A re-delivery moves last_seen; the journal is told at most this often (the TTL is hours).
+_SAVE_SEEN_EVERY_S = 60.0
 
 
 class AlertInbox:
     """Firing alerts as Violations, bounded; the Monitor reads it through `firing()`.
 
-    A delivery seen before (same fingerprint, status and startsAt) is a duplicate; so is a
-    firing delivery of an occurrence already resolved (a late retry must not resurrect it).
+    Alertmanager keeps one alert per fingerprint, so the inbox decides per fingerprint, in
+    the order deliveries arrive:
+
+    * A **resolved** delivery ends the firing alert of its fingerprint, whatever its
+      startsAt: Alertmanager merges a re-posted alert into the one it holds and keeps the
+      earliest startsAt, so a resolve can carry an earlier startsAt than the firing it ends.
+      Only a firing alert that started *after* the resolve's endsAt survives it (that is a
+      newer occurrence; the resolve is a late retry about an older one). A resolve without
+      an endsAt ends at its receipt (never before its own startsAt).
+    * The inbox remembers the latest resolve of each fingerprint (for `ttl_s`, at most
+      `dedupe_size` of them). A firing delivery whose startsAt is at or before that
+      resolve's endsAt belongs to the resolved occurrence (a late retry, or a re-post
+      Alertmanager merged into the resolved alert): it is acknowledged as a duplicate and
+      never acted on. A **new firing** is one received after the resolve whose startsAt
+      is after the resolve's endsAt.
+    * A firing delivery with the startsAt of the firing alert is a re-delivery (a
+      duplicate that keeps it alive); an earlier startsAt is a duplicate too; a later one
+      is a new occurrence that replaces it.
 
     Resolves can be lost (Alertmanager restarted, delivery given up, daemon down), so an
     entry also expires when no delivery of its occurrence (duplicates included: Alertmanager
     re-sends firing alerts every repeat_interval) came for `ttl_s`, or when its endsAt is set
     and past. Expired entries leave `firing()` and free capacity; a later re-delivery of an
     expired occurrence (not resolved meanwhile) brings it back as new.
+
+    With a `journal`, every change is written through it (a refresh of last_seen at most
+    once a minute) and `restore()` takes the rows back after a restart. A failed write is
+    logged once, kept and retried with the next change: memory stays the truth.
     """
 
     def __init__(
@@ -153,6 +196,7 @@ class AlertInbox:
         dedupe_size: int | None = None,
         ttl_s: float = DEFAULT_ALERT_TTL_S,
         clock: Callable[[], float] = time.time,
+        journal: InboxJournal | None = None,
     ) -> None:
         if max_alerts < 1:
             raise ValueError("max_alerts must be >= 1")
@@ -162,15 +206,18 @@ class AlertInbox:
         self._component_label = component_label
         self._default_component = default_component
         self._metrics = metrics
-        self._dedupe_size = dedupe_size if dedupe_size is not None else max(4 * max_alerts, 1024)
+        self._dedupe_size = dedupe_size if dedupe_size is not None else max(2 * max_alerts, 1024)
         self._ttl_s = ttl_s
         self._clock = clock
+        self._journal = journal
         # Ordered by last_seen (a refreshed entry moves to the end): expiry scans the front.
         self._firing: dict[str, _Entry] = {}
         self._with_ends: set[str] = set()  # fingerprints whose entry has an endsAt
-        self._seen: OrderedDict[_DeliveryKey, None] = OrderedDict()
-        # (fingerprint, startsAt) of expired occurrences, bounded like the dedupe memory.
-        self._expired: OrderedDict[tuple[str, float], None] = OrderedDict()
+        # The latest resolve per fingerprint, ordered by receipt: expiry scans the front.
+        self._resolved: OrderedDict[str, _Resolve] = OrderedDict()
+        # Journal writes not done yet, by (fingerprint, status); None = delete the row.
+        self._unsaved: dict[tuple[str, str], InboxRow | None] = {}
+        self._save_failing = False
 
     @property
     def capacity(self) -> int:
@@ -178,8 +225,8 @@ class AlertInbox:
 
     @property
     def remembered(self) -> int:
-        """How many delivery keys the dedupe memory holds (bounded by dedupe_size)."""
-        return len(self._seen)
+        """How many resolves the inbox remembers (bounded by dedupe_size)."""
+        return len(self._resolved)
 
     @property
     def ttl_s(self) -> float:
@@ -197,10 +244,56 @@ class AlertInbox:
 
     def expire(self) -> int:
         """Drop the entries past their TTL or their endsAt; return how many."""
-        return self._expire(self._clock())
+        expired = self._expire(self._clock())
+        self._save()
+        return expired
+
+    def restore(self, rows: Iterable[InboxRow]) -> int:
+        """Take back the rows a previous run saved (oldest delivery first); return how many fire.
+
+        Call it before the first delivery. Rows beyond the capacity (the oldest) and rows
+        past their TTL are dropped, and dropped from the journal too.
+        """
+        for row in rows:
+            if row.status == _FIRING and row.labels is not None:
+                self._firing.pop(row.fingerprint, None)
+                self._firing[row.fingerprint] = _Entry(
+                    started=row.starts_at,
+                    violation=self._violation(row.labels, row.starts_at),
+                    last_seen=row.seen_at,
+                    ends=row.ends_at,
+                    saved_seen=row.seen_at,
+                )
+                if row.ends_at is not None:
+                    self._with_ends.add(row.fingerprint)
+                else:
+                    self._with_ends.discard(row.fingerprint)
+            elif row.status == _RESOLVED:
+                self._resolved.pop(row.fingerprint, None)
+                self._resolved[row.fingerprint] = _Resolve(
+                    starts=row.starts_at,
+                    ends=row.seen_at if row.ends_at is None else row.ends_at,
+                    received=row.seen_at,
+                )
+            else:
+                self._forget(row.fingerprint, row.status)
+        while len(self._firing) > self._max_alerts:
+            fingerprint = next(iter(self._firing))
+            self._drop(fingerprint)
+        self._bound_resolved()
+        self._expire(self._clock())
+        self._save()
+        log.info("alert_inbox_restored", firing=len(self._firing), resolves=len(self._resolved))
+        return len(self._firing)
 
     def _expire(self, now: float) -> int:
         cutoff = now - self._ttl_s
+        while self._resolved:
+            fingerprint, resolve = next(iter(self._resolved.items()))
+            if resolve.received >= cutoff:
+                break
+            del self._resolved[fingerprint]
+            self._forget(fingerprint, _RESOLVED)
         stale: list[tuple[str, str]] = []
         for fingerprint, entry in self._firing.items():
             if entry.last_seen >= cutoff:
@@ -213,9 +306,6 @@ class AlertInbox:
                 stale.append((fingerprint, "ends_at"))
         for fingerprint, reason in stale:
             entry = self._drop(fingerprint)
-            self._expired[(fingerprint, entry.started)] = None
-            while len(self._expired) > self._dedupe_size:
-                self._expired.popitem(last=False)
             log.warning(
                 "alert_expired",
                 kind=entry.violation.kind,
@@ -234,7 +324,7 @@ class AlertInbox:
         resolved = duplicates = new_firing = rejected = 0
         for alert in alerts:
             if alert.status is AlertStatus.RESOLVED:
-                if self._resolve(alert):
+                if self._resolve(alert, now):
                     resolved += 1
                 else:
                     duplicates += 1
@@ -248,6 +338,7 @@ class AlertInbox:
                 duplicates += 1
             else:
                 rejected += 1
+        self._save()
         if self._metrics is not None and duplicates:
             self._metrics.alerts_duplicate.inc(duplicates)
         if rejected:
@@ -256,49 +347,55 @@ class AlertInbox:
             new_firing=new_firing, resolved=resolved, duplicates=duplicates, rejected=rejected
         )
 
-    def _resolve(self, alert: Alert) -> bool:
-        started = alert.started
-        key = (alert.fingerprint, AlertStatus.RESOLVED, started)
-        if self._seen_before(key):
-            return False
-        entry = self._firing.get(alert.fingerprint)
-        # A resolve of an older occurrence must not clear a newer one.
-        if entry is not None and entry.started <= started:
-            self._drop(alert.fingerprint)
-        self._expired.pop((alert.fingerprint, started), None)
-        self._remember(key)
-        return True
+    def _resolve(self, alert: Alert, now: float) -> bool:
+        """Apply one resolve; False when it is a re-delivery that changed nothing."""
+        fingerprint = alert.fingerprint
+        # Without an endsAt the resolve ends at its receipt; it never ends before it starts.
+        ends = max(alert.ends if alert.ends is not None else now, alert.started)
+        entry = self._firing.get(fingerprint)
+        # Only a firing alert that started after this resolve's end is a newer occurrence.
+        ended = entry is not None and entry.started <= ends
+        if ended:
+            self._drop(fingerprint)
+        known = self._resolved.pop(fingerprint, None)
+        if known is not None and known.ends > ends:
+            resolve = _Resolve(known.starts, known.ends, now)  # a late retry of an older one
+        else:
+            resolve = _Resolve(alert.started, ends, now)
+        self._resolved[fingerprint] = resolve
+        if self._journal is not None:
+            self._unsaved[(fingerprint, _RESOLVED)] = InboxRow(
+                fingerprint, _RESOLVED, resolve.starts, resolve.ends, now
+            )
+        self._bound_resolved()
+        return ended or known is None or known.starts != alert.started
 
     def _fire(self, alert: Alert, now: float) -> Literal["new", "duplicate", "full"]:
         fingerprint, started, ends = alert.fingerprint, alert.started, alert.ends
-        key = (fingerprint, AlertStatus.FIRING, started)
-        seen = self._seen_before(key)
-        if (fingerprint, AlertStatus.RESOLVED, started) in self._seen:
-            return "duplicate"
+        resolve = self._resolved.get(fingerprint)
+        if resolve is not None and started <= resolve.ends:
+            return "duplicate"  # the resolved occurrence: never acted on again
         entry = self._firing.get(fingerprint)
         if entry is not None and entry.started >= started:
             if entry.started == started:  # a re-delivery of this occurrence: still firing
                 self._refresh(fingerprint, entry, now=now, ends=ends)
-            if not seen:
-                self._remember(key)  # the same or an older occurrence: nothing new
-            return "duplicate"
+            return "duplicate"  # the same or an older occurrence: nothing new
         if ends is not None and ends <= now:
             return "duplicate"  # a late retry of an occurrence that has ended since
-        if seen and (fingerprint, started) not in self._expired:
-            return "duplicate"  # only an expired occurrence may come back
         if entry is None and len(self._firing) >= self._max_alerts:
             return "full"  # not remembered: Alertmanager's retry must be able to land
-        self._expired.pop((fingerprint, started), None)
         if entry is not None:
             self._drop(fingerprint)  # an older occurrence: the new one goes to the end
-        self._firing[fingerprint] = _Entry(started, self._violation(alert), now, ends)
+        entry = _Entry(started, self._violation(alert.labels, started), now, ends, now)
+        self._firing[fingerprint] = entry
         if ends is not None:
             self._with_ends.add(fingerprint)
-        self._remember(key)
+        self._save_entry(fingerprint, entry)
         return "new"
 
     def _refresh(self, fingerprint: str, entry: _Entry, *, now: float, ends: float | None) -> None:
         entry.last_seen = now
+        changed = entry.ends != ends
         entry.ends = ends  # the latest delivery's endsAt is the current one
         if ends is None:
             self._with_ends.discard(fingerprint)
@@ -306,13 +403,55 @@ class AlertInbox:
             self._with_ends.add(fingerprint)
         del self._firing[fingerprint]
         self._firing[fingerprint] = entry  # keep the dict ordered by last_seen
+        if changed or now - entry.saved_seen >= _SAVE_SEEN_EVERY_S:
+            self._save_entry(fingerprint, entry)
 
     def _drop(self, fingerprint: str) -> _Entry:
         self._with_ends.discard(fingerprint)
+        self._forget(fingerprint, _FIRING)
         return self._firing.pop(fingerprint)
 
-    def _violation(self, alert: Alert) -> Violation:
-        labels = alert.labels
+    def _bound_resolved(self) -> None:
+        while len(self._resolved) > self._dedupe_size:
+            fingerprint, _ = self._resolved.popitem(last=False)
+            self._forget(fingerprint, _RESOLVED)
+
+    def _forget(self, fingerprint: str, status: str) -> None:
+        if self._journal is not None:
+            self._unsaved[(fingerprint, status)] = None
+
+    def _save_entry(self, fingerprint: str, entry: _Entry) -> None:
+        entry.saved_seen = entry.last_seen
+        if self._journal is None:
+            return
+        self._unsaved[(fingerprint, _FIRING)] = InboxRow(
+            fingerprint,
+            _FIRING,
+            entry.started,
+            entry.ends,
+            entry.last_seen,
+            entry.violation.labels,
+        )
+
+    def _save(self) -> None:
+        """Hand the unsaved changes to the journal; on failure keep them for the next time."""
+        if not self._unsaved or self._journal is None:
+            return
+        upserts = [row for row in self._unsaved.values() if row is not None]
+        deletes = [key for key, row in self._unsaved.items() if row is None]
+        try:
+            self._journal.save_inbox(upserts, deletes)
+        except MapekError as exc:
+            if not self._save_failing:
+                log.warning("alert_inbox_save_failed", error=str(exc), unsaved=len(self._unsaved))
+            self._save_failing = True
+            return
+        self._unsaved.clear()
+        if self._save_failing:
+            log.info("alert_inbox_saved")
+            self._save_failing = False
+
+    def _violation(self, labels: Mapping[str, str], started: float) -> Violation:
         kind = labels.get("cause") or labels.get("alertname") or "alert"
         component = labels.get(self._component_label) or self._default_component
         try:
@@ -324,21 +463,9 @@ class AlertInbox:
             component=component,
             severity=severity,
             source=ViolationSource.ALERT,
-            timestamp=alert.started,
+            timestamp=started,
             labels=dict(labels),
         )
-
-    def _seen_before(self, key: _DeliveryKey) -> bool:
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return True
-        return False
-
-    def _remember(self, key: _DeliveryKey) -> None:
-        self._seen[key] = None
-        self._seen.move_to_end(key)
-        while len(self._seen) > self._dedupe_size:
-            self._seen.popitem(last=False)
 
 
 AlertMatcher = Mapping[str, str] | Callable[[Alert], bool]

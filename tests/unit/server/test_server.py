@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from typing import Any
 
 import pytest
 import structlog
+import yaml
 from server_harness import (
     ADMIN_TOKEN,
     FIXTURES,
@@ -19,7 +21,9 @@ from server_harness import (
     webhook_headers,
 )
 
+import fakes
 from mape_k.config import ServerConfig
+from mape_k.integrations.alertmanager import MAX_TRUNCATED
 from mape_k.models import Severity, ViolationSource
 from mape_k.server import warn_if_open
 
@@ -215,18 +219,48 @@ async def test_json_content_type_with_charset_is_accepted(harness: Harness) -> N
     assert response.status == 200
 
 
-async def test_body_over_the_limit_is_413_naming_the_limit(make_harness: MakeHarness) -> None:
+async def test_a_delivery_over_the_body_limit_is_503_with_retry_after_naming_the_limit(
+    make_harness: MakeHarness,
+) -> None:
+    # Well-formed, only too big for this daemon: Alertmanager drops a 4xx, retries a 503.
     harness = await make_harness(max_body_bytes=2048)
     payload = fixture_payload("firing_single_alert.json")
     payload["commonAnnotations"]["padding"] = "x" * 4096
-    status, body = await post_alerts(harness, payload)
-    assert status == 413
+    with structlog.testing.capture_logs() as logs:
+        response = await harness.client.post(
+            WEBHOOK, data=json.dumps(payload), headers=webhook_headers()
+        )
+    body = await response.json()
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
     assert body["limit_bytes"] == 2048
     assert "2048" in body["error"]
+    assert "max_alerts" in body["error"]
     assert harness.sample("mapek_webhook_rejections_total", {"reason": "too_large"}) == 1
+    assert [e["log_level"] for e in logs if e["event"] == "webhook_rejected"] == ["warning"]
+    assert harness.inbox.firing() == []
 
 
-async def test_chunked_body_over_the_limit_is_413(make_harness: MakeHarness) -> None:
+async def test_a_full_group_of_the_shipped_alertmanager_lands_and_one_over_the_limit_is_503(
+    make_harness: MakeHarness,
+) -> None:
+    config = yaml.safe_load((fakes.STAGING / "alertmanager" / "alertmanager.yml").read_text())
+    [max_alerts] = {
+        h["max_alerts"] for r in config["receivers"] for h in r.get("webhook_configs", [])
+    }
+    harness = await make_harness(max_alerts=10_000)  # the shipped limits otherwise
+    full = fakes.shipped_alert_group(max_alerts)
+    response = await harness.client.post(WEBHOOK, data=full, headers=webhook_headers())
+    assert response.status == 200, await response.text()
+    assert (await response.json())["new_firing"] == max_alerts
+    # What max_alerts: 0 let through: ~2,900 alerts, over 1 MiB. Retried, never dropped.
+    huge = fakes.shipped_alert_group(2_900)
+    assert len(huge) > ServerConfig().max_body_bytes
+    response = await harness.client.post(WEBHOOK, data=io.BytesIO(huge), headers=webhook_headers())
+    assert (response.status, response.headers["Retry-After"]) == (503, "5")
+
+
+async def test_chunked_body_over_the_limit_is_503(make_harness: MakeHarness) -> None:
     harness = await make_harness(max_body_bytes=2048)
 
     async def chunks() -> Any:
@@ -234,6 +268,17 @@ async def test_chunked_body_over_the_limit_is_413(make_harness: MakeHarness) -> 
             yield b" " * 1024
 
     response = await harness.client.post(WEBHOOK, data=chunks(), headers=webhook_headers())
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+
+
+async def test_a_control_body_over_the_limit_is_still_413(make_harness: MakeHarness) -> None:
+    harness = await make_harness(max_body_bytes=2048)
+    response = await harness.client.post(
+        "/api/v1/freeze",
+        data=json.dumps({"reason": "x" * 4096}),
+        headers=admin_headers() | {"Content-Type": "application/json"},
+    )
     assert response.status == 413
 
 
@@ -243,6 +288,62 @@ async def test_body_that_is_not_json_is_400(harness: Harness, body: bytes) -> No
     assert response.status == 400
     assert (await response.json())["field"] == "body"
     assert harness.sample("mapek_webhook_rejections_total", {"reason": "not_json"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("encoding", "problem"),
+    [
+        ("utf-16", "NUL byte at offset 3 (UTF-16 or UTF-32?)"),  # after its byte order mark
+        ("utf-16-be", "NUL byte at offset 0 (UTF-16 or UTF-32?)"),
+        ("utf-16-le", "NUL byte at offset 1 (UTF-16 or UTF-32?)"),
+        ("utf-32", "NUL byte at offset 2 (UTF-16 or UTF-32?)"),
+        ("latin-1", "byte 0xdc at offset "),
+        ("utf-8-sig", "Unexpected UTF-8 BOM"),
+    ],
+)
+async def test_a_valid_payload_in_another_encoding_is_400_naming_the_problem(
+    harness: Harness, encoding: str, problem: str
+) -> None:
+    payload = fixture_payload("firing_single_alert.json")
+    payload["commonAnnotations"]["summary"] = "Überlast"  # not ASCII: latin-1 differs
+    body = json.dumps(payload, ensure_ascii=False).encode(encoding)
+    response = await harness.client.post(WEBHOOK, data=body, headers=webhook_headers())
+    answer = await response.json()
+    assert (response.status, answer["field"]) == (400, "body")
+    assert answer["error"].startswith("body is not UTF-8 JSON: ")
+    assert problem in answer["error"]
+    assert harness.sample("mapek_webhook_rejections_total", {"reason": "not_json"}) == 1
+    assert harness.inbox.firing() == []
+
+
+async def test_invalid_json_is_400_saying_where(harness: Harness) -> None:
+    response = await harness.client.post(
+        WEBHOOK, data=b'{"version": "4",\n "alerts": [}', headers=webhook_headers()
+    )
+    assert response.status == 400
+    assert (await response.json())["error"] == (
+        "body is not UTF-8 JSON: Expecting value at line 2 column 13"
+    )
+
+
+@pytest.mark.parametrize("truncated", [2**53, 2**53 + 1, MAX_TRUNCATED])
+async def test_any_truncated_alerts_count_alertmanager_can_send_is_accepted(
+    harness: Harness, truncated: int
+) -> None:
+    payload = fixture_payload("firing_single_alert.json")
+    payload["truncatedAlerts"] = truncated  # a Go uint64
+    status, body = await post_alerts(harness, payload)
+    assert (status, body["truncated"], body["new_firing"]) == (200, truncated, 1)
+    assert harness.sample("mapek_alerts_truncated_total") == float(truncated)
+
+
+async def test_a_truncated_alerts_count_beyond_uint64_is_422_naming_the_field(
+    harness: Harness,
+) -> None:
+    payload = fixture_payload("firing_single_alert.json")
+    payload["truncatedAlerts"] = MAX_TRUNCATED + 1
+    status, body = await post_alerts(harness, payload)
+    assert (status, body["field"]) == (422, "truncatedAlerts")
 
 
 @pytest.mark.parametrize("version", ["3", 4, None, "5"])

@@ -22,8 +22,15 @@ from server_harness import (
 )
 
 from mape_k import openapi
+from mape_k.integrations.alertmanager import MAX_TRUNCATED
 
 FIRING = json.dumps(fixture_payload("firing_single_alert.json"))
+TRUNCATED_2_53 = json.dumps(
+    fixture_payload("firing_single_alert.json") | {"truncatedAlerts": 2**53 + 1}
+)
+TRUNCATED_2_64 = json.dumps(
+    fixture_payload("firing_single_alert.json") | {"truncatedAlerts": 2**64}
+)
 OTHER = json.dumps(fixture_payload("retry_after_http_400_deliveries.json"))
 JSON = {"Content-Type": "application/json"}
 NOT_JSON = {"/metrics": "text/plain", "/openapi.yaml": "application/yaml"}
@@ -63,8 +70,11 @@ def test_spec_is_openapi_3_with_resolvable_refs(spec: dict[str, Any]) -> None:
 SCENARIOS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING}, 200),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": "nope"}, 400),
+    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING.encode("utf-16")}, 400),
+    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": TRUNCATED_2_53, "fresh": True}, 200),
+    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": TRUNCATED_2_64}, 422),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING, "token": "bad"}, 401),
-    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": "x" * 5000}, 413),
+    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": "x" * 5000}, 503),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING, "ctype": "text/plain"}, 415),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": '{"version": "3"}'}, 422),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": OTHER}, 503),
@@ -122,7 +132,8 @@ async def _prepare(make_harness: MakeHarness, options: dict[str, Any]) -> Harnes
     if options.get("broken"):
         control.statistics_error = RuntimeError("bug")
     # Fill the one-slot inbox so the second distinct alert is refused.
-    await harness.client.post("/api/v1/alerts", data=FIRING, headers=webhook_headers())
+    if not options.get("fresh"):
+        await harness.client.post("/api/v1/alerts", data=FIRING, headers=webhook_headers())
     return harness
 
 
@@ -156,6 +167,11 @@ async def test_each_observed_status_is_documented_for_its_route(
         assert response.content_type == NOT_JSON[path]
     else:
         assert response.content_type == "application/json"
+
+
+def test_the_documented_truncated_alerts_range_is_the_accepted_one(spec: dict[str, Any]) -> None:
+    field = spec["components"]["schemas"]["WebhookPayload"]["properties"]["truncatedAlerts"]
+    assert (field["minimum"], field["maximum"]) == (0, MAX_TRUNCATED)
 
 
 def packaged(name: str) -> bytes:
