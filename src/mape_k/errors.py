@@ -70,6 +70,10 @@ class CharterUnavailable(CharterError):
     """The Charter API cannot be reached right now (worth retrying later)."""
 
 
+class CharterTimeout(CharterUnavailable):
+    """A Charter call got no answer in time (the call may or may not have taken effect)."""
+
+
 class CharterRequestError(CharterError):
     """The Charter API refused the request (4xx); retrying will not help."""
 

@@ -4,6 +4,7 @@ clock. No sleeping anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from mape_k.app import Daemon, build
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig, load_settings
-from mape_k.errors import CharterUnavailable
+from mape_k.errors import CharterRequestError, CharterTimeout, CharterUnavailable
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.integrations.charter.http import HttpCharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
@@ -355,7 +356,10 @@ async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock)
     world = MockCharterWorld.create(clock=clock, seed=1)
     safety = SafetyState(GuardsConfig())
     wrapped = BreakerCharter(
-        world.client, on_result=lambda ok, err: safety.charter_result(ok, now=clock(), error=err)
+        world.client,
+        on_result=lambda ok, err, mutation: safety.charter_result(
+            ok, now=clock(), error=err, mutation=mutation
+        ),
     )
     world.client.fail_next("scale_committee", times=3)
     for _ in range(3):
@@ -734,3 +738,61 @@ def test_a_rolled_back_action_counts_as_an_action_but_moves_no_knob():
         (ActionType.SCALE_UP, None, 0),
         (ActionType.REBALANCE_LOAD, None, 0),
     ]
+
+
+def breaker_over(world, safety, clock) -> BreakerCharter:
+    return BreakerCharter(
+        world.client,
+        on_result=lambda ok, err, mutation: safety.charter_result(
+            ok, now=clock(), error=err, mutation=mutation
+        ),
+    )
+
+
+async def test_failed_writes_open_the_circuit_though_reads_between_them_succeed(clock):
+    """A Charter whose reads answer and whose writes fail: each policy reads state first."""
+    world = MockCharterWorld.create(clock=clock, seed=1)
+    safety = SafetyState(GuardsConfig())  # opens after 3 failures
+    charter = breaker_over(world, safety, clock)
+    world.client.fail_next("set_throttle", times=3)
+    for _ in range(3):
+        await charter.get_committee_state()  # works: must not reset the count
+        with pytest.raises(CharterUnavailable):
+            await charter.set_throttle(50.0, idempotency_key="k")
+    assert safety.charter.phase(clock()) == "open"
+    assert safety.charter.failures == 3
+
+
+async def test_a_refused_request_is_neither_a_failure_nor_a_success(clock):
+    world = MockCharterWorld.create(clock=clock, seed=1)
+    safety = SafetyState(GuardsConfig())
+    charter = breaker_over(world, safety, clock)
+    world.client.fail_next("scale_committee")  # one real failure first
+    with pytest.raises(CharterUnavailable):
+        await charter.scale_committee(4, idempotency_key="a")
+    with pytest.raises(CharterRequestError):
+        await charter.scale_committee(10_000, idempotency_key="b")  # out of range: 4xx
+    assert safety.charter.failures == 1
+    await charter.scale_committee(4, idempotency_key="c")  # a write that works closes it
+    assert safety.charter == g.Circuit()
+
+
+async def test_timeouts_count_by_type_not_by_text(clock):
+    world = MockCharterWorld.create(clock=clock, seed=1)
+    safety = SafetyState(GuardsConfig())
+    charter = breaker_over(world, safety, clock)
+    world.client.fail_next("restart_committee", CharterTimeout("no answer", operation="r"))
+    with pytest.raises(CharterTimeout):
+        await charter.restart_committee(idempotency_key="k")
+    assert safety.charter.failures == 1
+    assert (safety.charter.last_error or "").startswith("timeout")
+
+    class Hanging:
+        async def rebalance_load(self, *, idempotency_key: str):
+            await asyncio.Event().wait()
+
+    hanging = BreakerCharter(Hanging(), on_result=charter._on_result)  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):  # the executor's per-action bound
+            await hanging.rebalance_load(idempotency_key="k2")
+    assert safety.charter.failures == 2

@@ -261,3 +261,25 @@ def test_nothing_done_because_a_fresh_reading_superseded_an_alert_names_the_aler
     assert why_nothing(Observation(at=0.0, metrics=(), violations=(), queries=()), 0.0) == (
         "no violations"
     )
+
+
+async def test_a_half_open_circuit_probes_with_a_read_and_risks_no_policy_when_it_fails(
+    tmp_path, clock
+):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        safety = parts.orchestrator.safety
+        for _ in range(3):
+            safety.charter_result(False, now=clock(), error="503", mutation=True)
+        assert safety.charter.phase(clock()) == "open"
+        clock.advance(61)  # open_s 60: half-open
+        world.client.fail_next("ping")
+        record = await parts.orchestrator.run_once()
+        assert record["result"] != "acted", record["choice"]
+        assert safety.charter.phase(clock()) == "open"  # the probe failed: open again
+        assert world.committee.actions == []  # and nothing was tried on the Charter
+        clock.advance(61)
+        record = await parts.orchestrator.run_once()  # the probe works: a policy is the trial
+        assert record["result"] == "acted", record["choice"]
+        assert safety.charter.phase(clock()) == "closed"  # its mutation worked

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from mape_k.config import Settings
-from mape_k.errors import MapekError
+from mape_k.errors import CharterError, MapekError
 from mape_k.integrations.charter.base import CharterClient
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
@@ -393,6 +393,8 @@ class MAPEKOrchestrator:
         self._recommend(policies, observation, now)
 
         t = time.perf_counter()
+        if policies and self.safety.charter.phase(now) == "half_open":
+            await self._probe_charter()
         chosen, decisions, why = self._choose(policies, observation, now)
         phases.done("guard", t)
         record["guard_decisions"] = [_guard(d) for d in decisions]
@@ -493,8 +495,20 @@ class MAPEKOrchestrator:
         self._charter = BreakerCharter(inner, on_result=self._charter_result)
         return self._charter
 
-    def _charter_result(self, ok: bool, error: str | None) -> None:
-        self.safety.charter_result(ok, now=self._clock(), error=error)
+    async def _probe_charter(self) -> None:
+        """Half-open: a mutation-free call first. If it fails the circuit opens again and
+        no policy is risked; if it works, the next policy is the trial whose mutation
+        closes (or reopens) the circuit."""
+        if self._charter is None:
+            return
+        try:
+            async with asyncio.timeout(self._settings.executor.action_timeout_s):
+                await self._charter.ping()
+        except (CharterError, TimeoutError) as exc:
+            log.warning("charter_probe_failed", error=str(exc) or "timeout")
+
+    def _charter_result(self, ok: bool, error: str | None, mutation: bool) -> None:
+        self.safety.charter_result(ok, now=self._clock(), error=error, mutation=mutation)
 
     def approve(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
         """An operator approval: the planner's, plus its time for the approval guard."""
@@ -640,8 +654,6 @@ class MAPEKOrchestrator:
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:
         changes = guard_rules.executed_changes(execution, at=now)
         self.safety.record_changes(changes, now=now)
-        if any((a.error or "").startswith("timed out") for a in execution.actions):
-            self.safety.charter_result(False, now=now, error="action timed out")
 
     def guard_statistics(self, now: float) -> dict[str, Any]:
         """Each guard's state, for /stats."""

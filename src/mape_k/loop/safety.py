@@ -9,6 +9,7 @@ them. The decisions themselves are pure functions in guards.py; this module only
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import structlog
 
 from mape_k.config import GuardsConfig, Settings
-from mape_k.errors import CharterError, CharterRequestError, CharterUnavailable, MapekError
+from mape_k.errors import CharterError, CharterRequestError, CharterTimeout, MapekError
 from mape_k.integrations.charter.base import (
     ActionResult,
     CharterClient,
@@ -274,9 +275,16 @@ class SafetyState:
 
     # --- the Charter circuit breaker -----------------------------------------------------
 
-    def charter_result(self, ok: bool, *, now: float, error: str | None = None) -> None:
+    def charter_result(
+        self, ok: bool, *, now: float, error: str | None = None, mutation: bool = True
+    ) -> None:
+        """One Charter call's result. A failure of any call counts; only a mutation that
+        worked closes the circuit — a read that works says nothing about writes (a Charter
+        whose reads answer and whose writes fail must still open it)."""
         cfg = self.config.charter_breaker
         circuit = self.charter
+        if ok and not mutation:
+            return
         if ok:
             if circuit.state != "closed" or circuit.failures:
                 if circuit.state != "closed":
@@ -348,34 +356,44 @@ class SafetyState:
 
 
 class BreakerCharter:
-    """A CharterClient that reports each call's result to `on_result(ok, error)`.
+    """A CharterClient that reports each call's result to `on_result(ok, error, mutation)`.
 
-    Unavailable / timeouts count as failures; a 4xx answer (the API answered) is neither.
+    A failure is the API not answering usefully: unavailable, a timeout (`CharterTimeout`,
+    or the executor's per-action bound cancelling a mutation — the loop cancels a Charter
+    call for nothing else), a 5xx. A 4xx answer (the API answered and refused) is neither
+    a failure nor a success. Reads report failures only: their success never closes the
+    circuit, a mutation's does.
     """
 
     def __init__(
-        self, inner: CharterClient, *, on_result: Callable[[bool, str | None], None]
+        self, inner: CharterClient, *, on_result: Callable[[bool, str | None, bool], None]
     ) -> None:
         self.inner = inner
         self._on_result = on_result
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
+    async def _call(self, awaitable: Awaitable[T], *, mutation: bool = False) -> T:
         try:
             result = await awaitable
         except CharterRequestError:
-            self._on_result(True, None)
             raise
-        except CharterUnavailable as exc:
-            self._on_result(False, str(exc))
+        except CharterTimeout as exc:
+            self._on_result(False, f"timeout: {exc}", mutation)
             raise
         except CharterError as exc:
-            self._on_result(False, str(exc))
+            self._on_result(False, str(exc), mutation)
             raise
         except TimeoutError:
-            self._on_result(False, "timeout")
+            self._on_result(False, "timeout", mutation)
             raise
-        self._on_result(True, None)
+        except asyncio.CancelledError:
+            if mutation:  # the executor's per-action bound; a read may be cancelled by anything
+                self._on_result(False, "timeout (the action's time bound)", mutation)
+            raise
+        self._on_result(True, None, mutation)
         return result
+
+    async def _mutate(self, awaitable: Awaitable[T]) -> T:
+        return await self._call(awaitable, mutation=True)
 
     async def connect(self) -> None:
         await self.inner.connect()
@@ -393,10 +411,12 @@ class BreakerCharter:
         return await self._call(self.inner.validate_policy(policy_id))
 
     async def apply_policy(self, policy_id: str, *, idempotency_key: str) -> ActionResult:
-        return await self._call(self.inner.apply_policy(policy_id, idempotency_key=idempotency_key))
+        return await self._mutate(
+            self.inner.apply_policy(policy_id, idempotency_key=idempotency_key)
+        )
 
     async def rollback_policy(self, policy_id: str, *, idempotency_key: str) -> ActionResult:
-        return await self._call(
+        return await self._mutate(
             self.inner.rollback_policy(policy_id, idempotency_key=idempotency_key)
         )
 
@@ -407,35 +427,35 @@ class BreakerCharter:
         return await self._call(self.inner.get_violations())
 
     async def scale_committee(self, size: int, *, idempotency_key: str) -> ActionResult:
-        return await self._call(self.inner.scale_committee(size, idempotency_key=idempotency_key))
+        return await self._mutate(self.inner.scale_committee(size, idempotency_key=idempotency_key))
 
     async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
-        return await self._call(self.inner.restart_committee(idempotency_key=idempotency_key))
+        return await self._mutate(self.inner.restart_committee(idempotency_key=idempotency_key))
 
     async def set_throttle(
         self, limit_ops_per_sec: float | None, *, idempotency_key: str
     ) -> ActionResult:
-        return await self._call(
+        return await self._mutate(
             self.inner.set_throttle(limit_ops_per_sec, idempotency_key=idempotency_key)
         )
 
     async def set_validation_bypass(self, active: bool, *, idempotency_key: str) -> ActionResult:
-        return await self._call(
+        return await self._mutate(
             self.inner.set_validation_bypass(active, idempotency_key=idempotency_key)
         )
 
     async def set_emergency_override(self, active: bool, *, idempotency_key: str) -> ActionResult:
-        return await self._call(
+        return await self._mutate(
             self.inner.set_emergency_override(active, idempotency_key=idempotency_key)
         )
 
     async def rebalance_load(self, *, idempotency_key: str) -> ActionResult:
-        return await self._call(self.inner.rebalance_load(idempotency_key=idempotency_key))
+        return await self._mutate(self.inner.rebalance_load(idempotency_key=idempotency_key))
 
     async def update_configuration(
         self, settings: dict[str, Any], *, idempotency_key: str
     ) -> ActionResult:
-        return await self._call(
+        return await self._mutate(
             self.inner.update_configuration(settings, idempotency_key=idempotency_key)
         )
 

@@ -19,7 +19,13 @@ import httpx
 import structlog
 
 from mape_k.config import CharterConfig, read_secret
-from mape_k.errors import CharterError, CharterNotFound, CharterRequestError, CharterUnavailable
+from mape_k.errors import (
+    CharterError,
+    CharterNotFound,
+    CharterRequestError,
+    CharterTimeout,
+    CharterUnavailable,
+)
 from mape_k.integrations.charter.base import (
     ActionResult,
     CharterPolicy,
@@ -166,7 +172,7 @@ class HttpCharterClient:
                 )
             except httpx.TimeoutException as exc:
                 if last:
-                    raise CharterUnavailable(f"timed out: {exc}", operation=operation) from exc
+                    raise CharterTimeout(f"timed out: {exc}", operation=operation) from exc
                 reason = "timeout"
             except httpx.TransportError as exc:
                 if last:
