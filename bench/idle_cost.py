@@ -29,9 +29,12 @@ WARMUP_S = 5.0
 
 
 @contextlib.contextmanager
-def process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    with open(os.devnull, "wb") as devnull:  # noqa: PTH123
-        proc = subprocess.Popen(argv, stdout=devnull, stderr=devnull)
+def process(
+    argv: list[str], port: int, *, log: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` running while the block runs, once it listens on `port`; output to `log`."""
+    with open(log or os.devnull, "wb") as output:  # noqa: PTH123
+        proc = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env)
         try:
             wait_port(port)
             yield proc

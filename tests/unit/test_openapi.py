@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import OpenAPIV30SpecValidator
 
 from mape_k import openapi
@@ -37,6 +38,25 @@ def test_the_json_form_is_the_yaml_document(name: str) -> None:
     assert json.loads(openapi.as_json(name)) == from_package
     assert openapi.document(name) == from_package
     assert openapi.document(name) is not openapi.document(name)
+
+
+@pytest.mark.parametrize("name", openapi.DOCUMENTS)
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [(openapi.JSON_PATH, "application/json"), (openapi.YAML_PATH, openapi.YAML_CONTENT_TYPE)],
+)
+def test_each_served_form_matches_its_own_response_schema(
+    name: str, path: str, content_type: str
+) -> None:
+    """A client (schemathesis, say) parses the answer by its media type, then checks it."""
+    spec = openapi.document(name)
+    schema = spec["paths"][path]["get"]["responses"]["200"]["content"][content_type]["schema"]
+    body = openapi.as_json(name) if path == openapi.JSON_PATH else openapi.source(name)
+    parsed = json.loads(body) if path == openapi.JSON_PATH else yaml.safe_load(body)
+    errors = [
+        f"{e.validator}: {e.validator_value}" for e in OAS30Validator(schema).iter_errors(parsed)
+    ]
+    assert errors == [], f"{name} {path}"
 
 
 def test_an_unknown_document_is_refused() -> None:
