@@ -36,6 +36,7 @@ POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 RETRY_AFTER_S = "5"  # seconds, on a 503 of the webhook (Alertmanager retries with backoff)
 _REJECTION_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER_S}}
 _READ_CHUNK = 64 * 1024
+MAX_FREEZE_S = 365 * 86_400.0  # a timed freeze of more than a year is a mistake
 
 
 class DaemonControl(Protocol):
@@ -85,7 +86,8 @@ class _Body(BaseModel):
 
 class FreezeRequest(_Body):
     reason: str = Field(min_length=1, max_length=1000)
-    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # At most a year: longer is a typo (or an attack on the readable "until"); null is forever.
+    duration_s: float | None = Field(None, gt=0, le=MAX_FREEZE_S, allow_inf_nan=False)
 
 
 class DryRunRequest(_Body):

@@ -558,6 +558,8 @@ async def test_freeze_with_a_duration_reaches_the_control(harness: Harness) -> N
     [
         ("/api/v1/freeze", {"reason": "", "duration_s": None}, "reason"),
         ("/api/v1/freeze", {"reason": "x", "duration_s": -1}, "duration_s"),
+        ("/api/v1/freeze", {"reason": "x", "duration_s": 1.7976931348623157e308}, "duration_s"),
+        ("/api/v1/freeze", {"reason": "x", "duration_s": 365 * 86_400 + 1}, "duration_s"),
         ("/api/v1/freeze", {"reason": "x", "duration_s": "10"}, "duration_s"),
         ("/api/v1/freeze", {"duration_s": 10}, "reason"),
         ("/api/v1/freeze", {"reason": "x", "until": 10}, "until"),
