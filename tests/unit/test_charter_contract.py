@@ -253,3 +253,21 @@ async def test_a_replayed_restart_does_not_restart_again(harness: Harness) -> No
     assert replay.replayed
     assert harness.committee.counters.restarts == 1
     assert (await harness.client.get_committee_state()).healthy_members == 3
+
+
+async def test_find_action_tells_whether_a_key_arrived_and_applies_nothing(
+    harness: Harness,
+) -> None:
+    assert await harness.client.find_action("never-sent") is None
+    made = await harness.client.scale_committee(5, idempotency_key="k-scale")
+    found = await harness.client.find_action("k-scale")
+    assert found is not None
+    assert found.replayed
+    assert (found.operation, found.previous, found.current) == (
+        "scale_committee",
+        made.previous,
+        made.current,
+    )
+    effects = [a for a in harness.committee.actions if not a.replayed]
+    assert len(effects) == 1  # the lookups applied and logged nothing
+    assert len(harness.committee.actions) == 1

@@ -407,6 +407,9 @@ class BreakerCharter:
     async def get_policies(self) -> list[CharterPolicy]:
         return await self._call(self.inner.get_policies())
 
+    async def find_action(self, idempotency_key: str) -> ActionResult | None:
+        return await self._call(self.inner.find_action(idempotency_key))
+
     async def validate_policy(self, policy_id: str) -> PolicyValidation:
         return await self._call(self.inner.validate_policy(policy_id))
 

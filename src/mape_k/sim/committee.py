@@ -498,6 +498,13 @@ class Committee:
             errors=(f"shadow run rejects {policy.error_rate:.0%} of valid requests",),
         )
 
+    def find_action(self, key: str) -> ActionResult | None:
+        """The result of the mutation made with idempotency key `key`, if one was (a read:
+        nothing is applied or logged). How a restarted caller learns whether its call of
+        an interrupted action arrived."""
+        found = self._results.get(key) if key else None
+        return None if found is None else replace(found, replayed=True)
+
     # --- mutating operations -------------------------------------------------------------
 
     def _once(

@@ -250,6 +250,16 @@ async def rollback_policy(request: web.Request) -> web.Response:
     return _result(state.committee.rollback_policy(policy_id, key=_key(request), now=state.now()))
 
 
+async def find_action(request: web.Request) -> web.Response:
+    state = _state(request)
+    state.now()
+    key = request.match_info["idempotency_key"]
+    found = state.committee.find_action(key)
+    if found is None:
+        raise CharterNotFound(f"no action was made with idempotency key {key!r}")
+    return _result(found)
+
+
 async def get_committee(request: web.Request) -> web.Response:
     state = _state(request)
     state.now()
@@ -511,6 +521,7 @@ def build_app(
         f"{API}/policies/{{policy_id}}/rollback", rollback_policy, name="rollback_policy"
     )
     app.router.add_get(f"{API}/committee", get_committee)
+    app.router.add_get(f"{API}/actions/{{idempotency_key}}", find_action)
     app.router.add_get(f"{API}/violations", get_violations)
     app.router.add_post(f"{API}/committee/scale", scale, name="scale_committee")
     app.router.add_post(f"{API}/committee/restart", restart, name="restart_committee")

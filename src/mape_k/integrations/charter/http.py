@@ -228,6 +228,19 @@ class HttpCharterClient:
     async def ping(self) -> None:
         await self._call("ping", "GET", "/ping")
 
+    async def find_action(self, idempotency_key: str) -> ActionResult | None:
+        try:
+            body = await self._call(
+                "find_action",
+                "GET",
+                f"/actions/{_seg(idempotency_key)}",
+                json=None,
+                idempotency_key=None,
+            )
+        except CharterNotFound:
+            return None
+        return _parse("find_action", lambda: _action_result(body, idempotency_key))
+
     async def get_policies(self) -> list[CharterPolicy]:
         body = await self._call("get_policies", "GET", "/policies")
         return _parse("get_policies", lambda: [_policy(p) for p in body["policies"]])
@@ -253,16 +266,7 @@ class HttpCharterClient:
         json: Any = None,
     ) -> ActionResult:
         body = await self._call(operation, method, path, json=json, idempotency_key=key)
-        return _parse(
-            operation,
-            lambda: ActionResult(
-                operation=str(body["operation"]),
-                idempotency_key=str(body.get("idempotency_key") or key),
-                replayed=bool(body.get("replayed", False)),
-                previous=dict(body.get("previous") or {}),
-                current=dict(body.get("current") or {}),
-            ),
-        )
+        return _parse(operation, lambda: _action_result(body, key))
 
     async def apply_policy(self, policy_id: str, *, idempotency_key: str) -> ActionResult:
         path = f"/policies/{_seg(policy_id)}/apply"
@@ -342,6 +346,16 @@ class HttpCharterClient:
 def _seg(value: str) -> str:
     """A path segment, percent-encoded (policy ids come from config and the API)."""
     return quote(value, safe="")
+
+
+def _action_result(body: Any, key: str) -> ActionResult:
+    return ActionResult(
+        operation=str(body["operation"]),
+        idempotency_key=str(body.get("idempotency_key") or key),
+        replayed=bool(body.get("replayed", False)),
+        previous=dict(body.get("previous") or {}),
+        current=dict(body.get("current") or {}),
+    )
 
 
 def _parse(operation: str, build: Callable[[], T]) -> T:

@@ -72,6 +72,10 @@ class MockCharterClient:
     async def ping(self) -> None:
         self._now("ping")
 
+    async def find_action(self, idempotency_key: str) -> ActionResult | None:
+        self._now("find_action")
+        return self.committee.find_action(idempotency_key)
+
     async def get_policies(self) -> list[CharterPolicy]:
         self._now("get_policies")
         return self.committee.policies()
