@@ -171,14 +171,19 @@ async def build(
         )
 
 
-async def reconcile(parts: Components) -> int:
-    """Settle executions a crash left in progress: undo what they completed."""
+async def reconcile(parts: Components, now: float | None = None) -> int:
+    """Settle executions a crash left in progress from what the Charter says happened,
+    then resume the envelope from the journal (guard history, pending verifications)."""
     unfinished = parts.store.unfinished_executions()
     for execution in unfinished:
         try:
             await parts.orchestrator.executor.reconcile(execution)
         except MapekError as exc:
             log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
+    try:
+        parts.orchestrator.resume(time.time() if now is None else now)
+    except MapekError as exc:
+        log.error("resume_failed", error=str(exc))
     return len(unfinished)
 
 
@@ -638,7 +643,7 @@ async def run_once(
         clock: Callable[[], float] = (lambda: started) if mock else time.time
         async with build(settings, fault=fault, clock=clock) as parts:
             restore_freeze(parts, clock())
-            await reconcile(parts)
+            await reconcile(parts, clock())
             record = await parts.orchestrator.run_once()
     executions = [record["execution"]] if record.get("execution") else []
     held = sorted(

@@ -607,6 +607,21 @@ class Store:
             "WHERE status IN (?, ?) ORDER BY started_at, rowid", tuple(_UNFINISHED)
         )
 
+    def unverified_executions(self, *, since: float) -> list[PolicyExecution]:
+        """Completed (not dry-run) executions finished at or after `since` with no outcome
+        recorded yet: the verifications a restart must wait for again. Oldest first."""
+        return self._executions(
+            "WHERE status = ? AND dry_run = 0 AND finished_at >= ?"
+            " AND id NOT IN (SELECT execution_id FROM outcomes) ORDER BY finished_at, rowid",
+            (ExecutionStatus.COMPLETED.value, since),
+        )
+
+    def executions_finished_since(self, since: float) -> list[PolicyExecution]:
+        """Executions (not dry-run) that finished at or after `since`, oldest first."""
+        return self._executions(
+            "WHERE dry_run = 0 AND finished_at >= ? ORDER BY finished_at, rowid", (since,)
+        )
+
     # --- outcomes and statistics -----------------------------------------------------
 
     def record_outcome(self, outcome: PolicyOutcome) -> bool:

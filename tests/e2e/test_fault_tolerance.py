@@ -108,6 +108,13 @@ def outcome_count(db: Path) -> int:
     return int(count)
 
 
+def outcomes_for(db: Path, execution_ids: set[str]) -> set[str]:
+    """Which of `execution_ids` have an outcome recorded (the table holds one per id)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT execution_id FROM outcomes").fetchall()
+    return {row[0] for row in rows} & execution_ids
+
+
 def metric(text: str, name: str, **labels: str) -> float | None:
     """One sample of the Prometheus text `text`, or None."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
@@ -325,6 +332,7 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
     ) as stack:
         seen_keys: set[str] = set()
         interrupted_total = 0
+        completed_at_reconcile: set[str] = set()
         for round_no, mode in enumerate(modes):
             await stack.set_chaos(503 if mode == "inside" else None, ["restart_committee"])
             state = await stack.sim_state()  # after the switch: what follows saw it
@@ -370,13 +378,23 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
             assert_each_key_applied_at_most_once(state)
             log_text = stack.logs("mape-k", tail=2_000_000)
             for exec_id, before in unfinished.items():
-                assert after[exec_id]["status"] in {"rolled_back", "failed"}, after[exec_id]
+                status = after[exec_id]["status"]
+                # Reconcile asks the Charter what arrived: all of it -> completed (kept and
+                # verified later); part of it -> that part undone; none -> nothing to undo.
+                assert status in {"completed", "rolled_back", "failed"}, after[exec_id]
+                if status == "completed":
+                    keys = {s["idempotency_key"] for s in before["actions"]}
+                    assert keys <= applied_at_kill, (
+                        f"round {round_no}: {exec_id} completed with actions that never"
+                        f" arrived: {keys - applied_at_kill}"
+                    )
+                    completed_at_reconcile.add(exec_id)
                 assert any(
                     "execution_reconciled" in line and exec_id in line
                     for line in log_text.splitlines()
                 ), f"round {round_no}: no execution_reconciled for {exec_id}"
-                # Not run again: no new effect for this policy but undo calls (and an
-                # in-progress call that had not arrived, re-sent by reconcile and undone).
+                # Not run again: no new effect for this policy but undo calls (an action
+                # that had not arrived is never sent by reconcile).
                 applied = {a["idempotency_key"] for a in effects(state)}
                 redone = [
                     key
@@ -390,11 +408,25 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
                 # completed, or in progress at the kill (its call may have arrived).
                 for step in before["actions"]:
                     key = step["idempotency_key"]
+                    if status == "completed":
+                        break  # what the policy decided stays: it is verified instead
                     if key.endswith(":throttle_requests") and key in applied:
                         assert f"{key}:rollback" in applied, (
                             f"round {round_no}: {key} left applied{explain(stack, state)}"
                         )
         assert interrupted_total >= 5, "fewer than 5 kills caught an execution in progress"
+        # An execution completed by reconcile is waited for and measured once, like any other.
+        if completed_at_reconcile:
+
+            async def all_measured() -> bool:
+                return outcomes_for(db, completed_at_reconcile) == completed_at_reconcile
+
+            await until(
+                all_measured,
+                timeout_s=30,
+                what="the outcome of every execution completed by reconcile",
+                poll_s=FAST_POLL_S,
+            )
         assert outcome_count(db) >= 1, "no outcome recorded: the 'none lost' checks were empty"
 
 

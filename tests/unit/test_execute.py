@@ -165,7 +165,7 @@ async def test_dry_run_refuses_to_execute(world, journal, clock):
     assert world.committee.actions == []
 
 
-async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
+async def test_an_interrupted_execution_whose_actions_all_took_effect_is_completed_and_verified(
     world, journal, clock
 ):
     executor = make_executor(world, journal.append, clock)
@@ -179,11 +179,12 @@ async def test_reconcile_undoes_the_completed_part_of_an_interrupted_execution(
     )
     fresh = make_executor(world, journal.append, clock)
     result = await fresh.reconcile(interrupted)
-    assert result.status is ExecutionStatus.ROLLED_BACK
-    assert world.committee.state().target_size == 3
+    assert result.status is ExecutionStatus.COMPLETED
+    assert world.committee.state().target_size == 5  # kept: it is what the policy decided
+    assert [p.execution.id for p in fresh.pending_verifications()] == ["crash-2"]
 
 
-async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
+async def test_an_in_progress_action_that_reached_the_charter_is_completed_not_resent(
     world, journal, clock
 ):
     executor = make_executor(world, journal.append, clock)
@@ -200,10 +201,65 @@ async def test_reconcile_undoes_an_in_progress_action_that_reached_the_charter(
         started_at=first.started_at,
     )
     result = await make_executor(world, journal.append, clock).reconcile(interrupted)
-    assert result.status is ExecutionStatus.ROLLED_BACK
-    assert world.committee.throttle_limit is None
+    assert result.status is ExecutionStatus.COMPLETED
+    assert result.actions[0].result == first.actions[0].result  # the Charter's own answer
+    assert world.committee.throttle_limit == 500.0
     throttles = [a for a in world.committee.actions if a.operation == "set_throttle"]
-    assert [a.replayed for a in throttles] == [False, True, False]  # applied once, undone once
+    assert [a.replayed for a in throttles] == [False]  # asked, never re-sent nor undone
+
+
+async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest_is_undone(
+    world, journal, clock
+):
+    two = policy(
+        act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0),
+        act(ActionType.SCALE_UP, delta=2),
+        pid="half",
+    )
+    first = await make_executor(world, journal.append, clock).execute_policy(two)
+    undone_scale = await world.client.scale_committee(3, idempotency_key="manual")  # as before
+    assert undone_scale.current["size"] == 3
+    interrupted = PolicyExecution(
+        id="half-2",
+        policy=two,
+        status=ExecutionStatus.IN_PROGRESS,
+        actions=(
+            first.actions[0],
+            replace(
+                first.actions[1],
+                status=ExecutionStatus.IN_PROGRESS,
+                idempotency_key="half-2:1:scale_up",  # never reached the Charter
+                result={},
+            ),
+        ),
+        started_at=first.started_at,
+    )
+    result = await make_executor(world, journal.append, clock).reconcile(interrupted)
+    assert result.status is ExecutionStatus.ROLLED_BACK
+    assert result.actions[1].status is ExecutionStatus.PENDING  # not applied, not sent
+    assert world.committee.throttle_limit is None  # the part that took effect was undone
+    assert world.committee.state().target_size == 3
+    scales = [
+        a.idempotency_key for a in world.committee.actions if a.operation == "scale_committee"
+    ]
+    assert "half-2:1:scale_up" not in scales
+
+
+async def test_a_failed_lookup_leaves_the_action_failed_as_possibly_applied(world, journal, clock):
+    done = await make_executor(world, journal.append, clock).execute_policy(
+        policy(act(ActionType.RESTART_SERVICE), pid="r")
+    )
+    interrupted = PolicyExecution(
+        id="r3",
+        policy=done.policy,
+        status=ExecutionStatus.IN_PROGRESS,
+        actions=(replace(done.actions[0], status=ExecutionStatus.IN_PROGRESS),),
+        started_at=done.started_at,
+    )
+    world.client.fail_next("find_action")
+    result = await make_executor(world, journal.append, clock).reconcile(interrupted)
+    assert result.status is ExecutionStatus.FAILED
+    assert "unknown" in (result.actions[0].error or "")
 
 
 async def test_reconcile_does_not_resend_an_in_progress_action_without_an_inverse(

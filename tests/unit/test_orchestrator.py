@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mape_k.app import build
+from mape_k.app import build, reconcile
 from mape_k.config import load_settings
 from mape_k.errors import PrometheusUnavailable
 from mape_k.integrations.charter.mock import MockCharterWorld
@@ -283,3 +283,34 @@ async def test_a_half_open_circuit_probes_with_a_read_and_risks_no_policy_when_i
         record = await parts.orchestrator.run_once()  # the probe works: a policy is the trial
         assert record["result"] == "acted", record["choice"]
         assert safety.charter.phase(clock()) == "closed"  # its mutation worked
+
+
+async def test_a_restart_forgets_no_verification_and_no_guard_history(tmp_path, clock):
+    """Act, stop (as a crash: nothing saved at shutdown matters), start again on the same
+    store: the outcome is still measured and recorded once, and the guards still know the
+    target was acted on."""
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        clock.advance(5)
+        acted = await parts.orchestrator.run_once()
+        assert acted["result"] == "acted"
+        execution_id = acted["execution"]["id"]
+        parts.orchestrator.safety.history.clear()  # as if the crash came before the save
+        parts.orchestrator.safety._dirty = False
+    async with build(settings, world=world, clock=clock) as parts:
+        await reconcile(parts, clock())
+        orchestrator = parts.orchestrator
+        assert [p.execution.id for p in orchestrator.executor.pending_verifications()] == [
+            execution_id
+        ]
+        assert execution_id in {c.execution_id for c in orchestrator.safety.history}
+        records = []
+        for _ in range(8):
+            clock.advance(5)
+            records.append(await orchestrator.run_once())
+        assert not [r for r in records if r["result"] == "acted"]  # no second restart
+    verified = [v["execution_id"] for r in records for v in r["verifications"]]
+    assert verified == [execution_id]
+    with Store.open(settings.knowledge.path) as store:
+        assert [o.execution_id for o in store.recent_outcomes(10)] == [execution_id]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -113,6 +113,12 @@ class Executor:
     def settle_s(self, policy: RemediationPolicy) -> float:
         return max(self._actions[a.action_type].settle_s for a in policy.actions)
 
+    def verification_horizon_s(self) -> float:
+        """How long after it finished an execution may still be waiting for its outcome."""
+        settle = self._config.verify_delay_s
+        longest = max(s.settle_s for s in self._actions.values()) if settle is None else settle
+        return longest + self._config.verify_deadline_s
+
     async def execute_policy(
         self, policy: RemediationPolicy, *, baseline: float | None = None
     ) -> PolicyExecution:
@@ -193,14 +199,7 @@ class Executor:
             execution = replace(
                 execution, status=ExecutionStatus.COMPLETED, finished_at=self._clock()
             )
-            settle = self._config.verify_delay_s
-            due = execution.finished_at or started
-            due += self.settle_s(policy) if settle is None else settle
-            self._pending[execution.id] = PendingVerification(
-                execution=execution,
-                due_at=due,
-                deadline=due + self._config.verify_deadline_s,
-            )
+            self._await_verification(execution)
         self._journal_after(execution)
         self._remember(execution)
         log.info(
@@ -241,48 +240,88 @@ class Executor:
         return replace(execution, status=status, finished_at=self._clock(), error=error + suffix)
 
     async def reconcile(self, execution: PolicyExecution) -> PolicyExecution:
-        """Settle an execution a crash interrupted: undo what completed, in reverse order.
+        """Settle an execution a crash interrupted, from what the Charter says happened.
 
-        An action journaled IN_PROGRESS may have reached the Charter before the crash. If it
-        can be undone, it is re-sent with its idempotency key (the Charter replays the first
-        result when it arrived, else applies it now) and then undone like a completed one.
+        An action journaled IN_PROGRESS may or may not have reached the Charter before the
+        crash; `find_action` with its idempotency key says, and applies nothing. Arrived:
+        it is completed, with the Charter's answer. Never arrived: nothing to undo, and it
+        is not sent now (it stays PENDING). If every action of the policy took effect, the
+        execution is COMPLETED and verified later like any other; otherwise what took
+        effect is undone in reverse order, so nothing stays half-applied. A lookup that
+        fails (the Charter down) leaves that action FAILED: it may have arrived.
         """
-        done: list[ActionExecution] = []
         steps = list(execution.actions)
+        arrived: list[str] = []
         for index, step in enumerate(steps):
-            if step.status is ExecutionStatus.COMPLETED:
-                done.append(step)
-                continue
-            if step.status is not ExecutionStatus.IN_PROGRESS:
-                continue
-            steps[index] = replace(step, status=ExecutionStatus.FAILED, error="interrupted")
-            if INVERSE[step.action.action_type] is None:
-                continue  # cannot be undone: re-sending it would only apply it
-            try:
-                async with asyncio.timeout(self._config.action_timeout_s):
-                    result = await self._apply(step.action, step.idempotency_key)
-            except ACTION_ERRORS as exc:
-                log.error(
-                    "reconcile_replay_failed",
-                    execution_id=execution.id,
-                    action_type=step.action.action_type.value,
-                    error=_describe(exc, self._config.action_timeout_s),
-                )
-                continue
-            steps[index] = replace(
-                step,
-                status=ExecutionStatus.COMPLETED,
-                result={"previous": result.previous, "current": result.current},
-            )
-            done.append(steps[index])
+            if step.status is ExecutionStatus.IN_PROGRESS:
+                steps[index] = await self._settle_interrupted(execution.id, step)
+                if steps[index].status is ExecutionStatus.COMPLETED:
+                    arrived.append(step.action.action_type.value)
         execution = replace(execution, actions=tuple(steps))
-        reconciled = await self._roll_back(execution, done, "interrupted by a restart")
+        if all(step.status is ExecutionStatus.COMPLETED for step in steps):
+            reconciled = replace(
+                execution, status=ExecutionStatus.COMPLETED, finished_at=self._clock()
+            )
+            self._await_verification(reconciled)
+        else:
+            done = [step for step in steps if step.status is ExecutionStatus.COMPLETED]
+            reconciled = await self._roll_back(execution, done, "interrupted by a restart")
         self._journal_after(reconciled)
         self._remember(reconciled)
         log.warning(
-            "execution_reconciled", execution_id=execution.id, status=reconciled.status.value
+            "execution_reconciled",
+            execution_id=execution.id,
+            status=reconciled.status.value,
+            interrupted_action_arrived=arrived,
         )
         return reconciled
+
+    async def _settle_interrupted(
+        self, execution_id: str, step: ActionExecution
+    ) -> ActionExecution:
+        try:
+            async with asyncio.timeout(self._config.action_timeout_s):
+                found = await self._charter.find_action(step.idempotency_key)
+        except ACTION_ERRORS as exc:
+            error = _describe(exc, self._config.action_timeout_s)
+            log.error("reconcile_lookup_failed", execution_id=execution_id, error=error)
+            return replace(
+                step,
+                status=ExecutionStatus.FAILED,
+                error=f"interrupted; whether it reached the Charter is unknown ({error})",
+            )
+        if found is None:
+            return replace(
+                step,
+                status=ExecutionStatus.PENDING,
+                started_at=None,
+                error="interrupted before it reached the Charter: not applied",
+            )
+        return replace(
+            step,
+            status=ExecutionStatus.COMPLETED,
+            finished_at=self._clock(),
+            result={"previous": found.previous, "current": found.current},
+        )
+
+    def restore_verifications(self, executions: Iterable[PolicyExecution]) -> int:
+        """After a restart: wait again for the outcome of completed executions that have
+        none yet (from the journal), with the due time and deadline they had."""
+        restored = 0
+        for execution in executions:
+            if execution.status is ExecutionStatus.COMPLETED and execution.id not in self._pending:
+                self._await_verification(execution)
+                self._remember(execution)
+                restored += 1
+        return restored
+
+    def _await_verification(self, execution: PolicyExecution) -> None:
+        settle = self._config.verify_delay_s
+        due = execution.finished_at or execution.started_at
+        due += self.settle_s(execution.policy) if settle is None else settle
+        self._pending[execution.id] = PendingVerification(
+            execution=execution, due_at=due, deadline=due + self._config.verify_deadline_s
+        )
 
     async def revert_recent(self, *, since: float, reason: str) -> list[PolicyExecution]:
         """Panic revert: undo the reversible completed actions of executions finished at or

@@ -655,6 +655,28 @@ class MAPEKOrchestrator:
         changes = guard_rules.executed_changes(execution, at=now)
         self.safety.record_changes(changes, now=now)
 
+    def resume(self, now: float) -> None:
+        """After a restart, the envelope knows what the journal says happened: executions
+        that finished within the guards' windows are in their history (a crash between an
+        action and the guards' save lost them), and completed executions with no outcome
+        yet are waited for again (a restart used to forget them, and learning with them).
+        Run once at start, after the interrupted executions were reconciled."""
+        guards = self._settings.guards
+        horizon = max(guards.velocity.window_s, guards.oscillation.window_s)
+        known = {change.execution_id for change in self.safety.history}
+        noted = 0
+        for execution in self._store.executions_finished_since(now - horizon):
+            if execution.id not in known:
+                self._note_execution(execution, execution.finished_at or now)
+                noted += 1
+        since = now - self.executor.verification_horizon_s()
+        restored = self.executor.restore_verifications(
+            self._store.unverified_executions(since=since)
+        )
+        if noted or restored:
+            self.safety.save(now=now)
+            log.info("envelope_resumed", history_added=noted, verifications_restored=restored)
+
     def guard_statistics(self, now: float) -> dict[str, Any]:
         """Each guard's state, for /stats."""
         settings = self._settings.guards
