@@ -116,12 +116,26 @@ class _Refusal(asyncio.Protocol):
 class _Connection(asyncio.Protocol):
     """One admitted connection: aiohttp's handler inside, the guard's deadline around it."""
 
-    __slots__ = ("_guard", "busy", "dropped", "handler", "receiving", "timer", "transport")
+    __slots__ = (
+        "_guard",
+        "busy",
+        "deadline",
+        "dropped",
+        "handler",
+        "reason",
+        "receiving",
+        "timer",
+        "transport",
+    )
 
     def __init__(self, guard: ConnectionGuard, handler: RequestHandler) -> None:
         self._guard = guard
         self.handler = handler
         self.transport: asyncio.Transport | None = None
+        # One deadline while waiting; the timer may be set earlier than a deadline that moved
+        # later since (it re-arms itself), so a request costs no timer operation.
+        self.deadline = 0.0
+        self.reason = "header_timeout"
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False
         self.receiving = False  # waiting, and bytes of the next request arrived
@@ -137,7 +151,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if data and not self.busy and not self.receiving:
             self.receiving = True
-            self._guard.arm(self, "header_timeout")
+            self._guard.set_deadline(self, "header_timeout")
         self.handler.data_received(data)
 
     def eof_received(self) -> None:
@@ -273,18 +287,27 @@ class ConnectionGuard:
         conn.receiving = reason == "header_timeout"
         self._waiting[conn] = None
         self._waiting.move_to_end(conn)
-        self.arm(conn, reason)
+        self.set_deadline(conn, reason)
 
-    def arm(self, conn: _Connection, reason: str) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
+    def set_deadline(self, conn: _Connection, reason: str) -> None:
         loop = asyncio.get_running_loop()
-        conn.timer = loop.call_later(self._timeouts[reason], self._expire, conn, reason)
+        conn.reason = reason
+        conn.deadline = loop.time() + self._timeouts[reason]
+        timer = conn.timer
+        if timer is None or timer.when() > conn.deadline:
+            if timer is not None:
+                timer.cancel()
+            conn.timer = loop.call_at(conn.deadline, self._expire, conn)
 
-    def _expire(self, conn: _Connection, reason: str) -> None:
+    def _expire(self, conn: _Connection) -> None:
         conn.timer = None
         if conn.busy or conn.dropped:
+            return  # busy: no deadline (the next wait sets one); dropped: gone
+        loop = asyncio.get_running_loop()
+        if loop.time() < conn.deadline:  # moved later since the timer was set
+            conn.timer = loop.call_at(conn.deadline, self._expire, conn)
             return
+        reason = conn.reason
         log.debug("connection_timed_out", reason=reason, timeout_s=self._timeouts[reason])
         self._forget(conn)
         conn.close()
@@ -297,11 +320,8 @@ class ConnectionGuard:
         """Outermost: marks the connection busy while its request is handled."""
         conn = self._open.get(request.protocol)
         if conn is not None:
-            conn.busy = True
+            conn.busy = True  # its timer, if it fires meanwhile, does nothing
             self._waiting.pop(conn, None)
-            if conn.timer is not None:
-                conn.timer.cancel()
-                conn.timer = None
         try:
             response: web.StreamResponse = await handler(request)
         finally:

@@ -161,14 +161,21 @@ async def _read_bounded(request: web.Request, limit: int, timeout_s: float) -> b
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
-    total = 0
+
+    async def read() -> bytes:
+        total = 0
+        while chunk := await request.content.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    if request.content.is_eof():  # all of it came with the headers: nothing to wait for
+        return await read()
     try:
         async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.read(_READ_CHUNK):
-                total += len(chunk)
-                if total > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
+            return await read()
     except TimeoutError as exc:
         # A 408 closes the connection (connections.ConnectionGuard.middleware).
         raise _Rejected(
@@ -176,9 +183,8 @@ async def _read_bounded(request: web.Request, limit: int, timeout_s: float) -> b
             "timeout",
             f"body not received within server.body_timeout_s ({timeout_s:g} s)",
             field="body",
-            received_bytes=total,
+            received_bytes=sum(len(chunk) for chunk in chunks),
         ) from exc
-    return b"".join(chunks)
 
 
 def _loads(raw: bytes) -> Any:
