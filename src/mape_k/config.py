@@ -345,7 +345,7 @@ class ServerConfig(_Model):
     )
     max_connections: int = Field(
         512,
-        ge=8,
+        ge=8,  # connections.MIN_CONNECTIONS
         description="Open HTTP connections at most. At the cap a new connection replaces the"
         " longest-waiting idle or stalled one, or gets 503 + Retry-After when all are busy."
         " Lowered at start to fit the file limit (RLIMIT_NOFILE).",

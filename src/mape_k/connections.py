@@ -11,7 +11,8 @@ the connection's one deadline:
   first byte arrived, have its headers in within `header_timeout_s`. Past the deadline the
   connection is closed (a slowloris client is cut off however slowly it trickles).
 - *busy* (headers in, the handler runs): no deadline here; the handler bounds reading the
-  body (`server.body_timeout_s`, answered 408 in server.py).
+  body (`server.body_timeout_s`, answered 408 in server.py; the guard then closes the
+  connection instead of letting aiohttp linger over the rest of the body).
 
 At `max_connections` a new connection takes the place of the one that has been waiting
 longest (a stalled or idle connection, never one whose request is being handled); when
