@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from fakes import FIXTURES, FakeClock
+from mape_k import logs
 from mape_k.metrics import Metrics
 
 
@@ -29,6 +30,7 @@ def _reset_logging() -> Iterator[None]:
     """A test that ran `logs.configure` (the CLI does) must not filter the next test's logs."""
     yield
     structlog.reset_defaults()
+    logs.reset()
 
 
 @pytest.fixture(autouse=True)

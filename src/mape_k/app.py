@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import socket
 import tempfile
 import time
@@ -26,6 +27,12 @@ from prometheus_client import CollectorRegistry
 
 from mape_k import logs
 from mape_k.config import CharterMode, Settings, Sources, read_secret, reload_plan
+from mape_k.connections import (
+    SERVER_RESERVE,
+    ConnectionGuard,
+    GuardedSite,
+    plan_file_limit,
+)
 from mape_k.errors import CharterError, ConfigError, MapekError, StoreError
 from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.integrations.charter import get_charter_client
@@ -48,6 +55,7 @@ from mape_k.store import Store
 log = structlog.get_logger(__name__)
 
 INTEGRITY_EVERY_S = 60.0
+CHARTER_POOL = 100  # httpx's default pool size: HttpCharterClient sets no limits of its own
 
 
 def sd_notify(message: str) -> bool:
@@ -443,6 +451,7 @@ async def run(
     """
     if configure_logging:
         logs.configure(level=settings.logging.level, fmt=settings.logging.format)
+    logs.route_loop_errors(asyncio.get_running_loop())
     server = settings.server
     webhook_token = read_secret(
         server.webhook_token, server.webhook_token_file, file_key="server.webhook_token_file"
@@ -450,13 +459,21 @@ async def run(
     admin_token = read_secret(
         server.admin_token, server.admin_token_file, file_key="server.admin_token_file"
     )
+    max_connections = fit_file_limit(settings) if settings.server.enabled else 0
     async with build(settings, registry=registry, fault=fault) as parts:
         daemon = Daemon(parts)
         restore_freeze(parts, time.time())
         await reconcile(parts)
         prune(parts)
         runner: web.AppRunner | None = None
+        guard: ConnectionGuard | None = None
         if settings.server.enabled:
+            guard = ConnectionGuard(
+                max_connections=max_connections,
+                header_timeout_s=settings.server.header_timeout_s,
+                keepalive_timeout_s=settings.server.keepalive_timeout_s,
+                metrics=parts.metrics,
+            )
             app = build_app(
                 control=daemon,
                 router=parts.router,
@@ -464,12 +481,13 @@ async def run(
                 config=settings.server,
                 webhook_token=webhook_token,
                 admin_token=admin_token,
+                guard=guard,
             )
-            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            runner = guard.runner(app)
             await runner.setup()
         try:
-            if runner is not None:
-                await _listen(runner, settings)
+            if runner is not None and guard is not None:
+                await _listen(runner, settings, guard)
                 parts.port = int(runner.addresses[0][1])
                 log.info("serving", addresses=[str(a) for a in runner.addresses])
             loop_task = parts.orchestrator.start()
@@ -491,10 +509,47 @@ async def run(
     return 0 if healthy else 1
 
 
-async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+def file_reserve(settings: Settings) -> int:
+    """Descriptors the daemon needs besides its server connections."""
+    pools = 0
+    if settings.charter.mode is not CharterMode.MOCK:
+        pools = settings.prometheus.max_connections + CHARTER_POOL
+    return SERVER_RESERVE + pools
+
+
+def fit_file_limit(settings: Settings) -> int:
+    """The connection cap that fits RLIMIT_NOFILE: the soft limit is raised (up to the hard
+    one) when that is enough, else the cap is lowered with a warning."""
+    configured = settings.server.max_connections
+    reserve = file_reserve(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        plan = plan_file_limit(configured, soft=soft, hard=hard, reserve=reserve)
+        if plan.soft_limit != soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft_limit, hard))
+            except (ValueError, OSError):
+                plan = plan_file_limit(configured, soft=soft, hard=soft, reserve=reserve)
+            else:
+                log.info("file_limit_raised", soft=plan.soft_limit, was=soft, hard=hard)
+    except ValueError as exc:
+        raise ConfigError(f"server.max_connections: {exc}") from exc
+    if plan.lowered:
+        log.warning(
+            "connection_cap_lowered",
+            configured=configured,
+            max_connections=plan.max_connections,
+            file_limit=plan.soft_limit,
+            reserved=reserve,
+            hint=f"raise the file limit (LimitNOFILE) to {plan.needed} for the configured cap",
+        )
+    return plan.max_connections
+
+
+async def _listen(runner: web.AppRunner, settings: Settings, guard: ConnectionGuard) -> None:
     host, port = settings.server.host, settings.server.port
     try:
-        await web.TCPSite(runner, host, port).start()
+        await GuardedSite(runner, host, port, guard=guard).start()
     except OSError as exc:
         raise ConfigError(
             f"server.host/server.port: cannot listen on {host}:{port}:"

@@ -391,6 +391,37 @@ class ServerConfig(_Model):
         " lost), and a resolve is remembered this long (a firing delivery of the resolved"
         " span is ignored). Keep it above Alertmanager's repeat_interval (12h shipped).",
     )
+    max_connections: int = Field(
+        512,
+        ge=8,  # connections.MIN_CONNECTIONS
+        description="Open HTTP connections at most. At the cap a new connection replaces the"
+        " longest-waiting idle or stalled one, or gets 503 + Retry-After when all are busy."
+        " Lowered at start to fit the file limit (RLIMIT_NOFILE).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="A request's line and headers must arrive within this long of the"
+        " connection opening (or of the request's first byte); then the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="A request body must arrive within this long of the handler starting to"
+        " read it; otherwise 408 and the connection is closed.",
+    )
+    keepalive_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="An idle keep-alive connection is closed after this long without a new"
+        " request.",
+    )
 
     @model_validator(mode="after")
     def _secrets(self) -> ServerConfig:

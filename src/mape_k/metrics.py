@@ -131,6 +131,21 @@ class Metrics:
             "Webhook deliveries answered 503 because the alert inbox was full.",
             registry=registry,
         )
+        self.http_connections = Gauge(
+            "mapek_http_connections", "Open HTTP connections of the server.", registry=registry
+        )
+        self.http_connections_max = Gauge(
+            "mapek_http_connections_max",
+            "The connection cap in force (server.max_connections, fitted to the file limit).",
+            registry=registry,
+        )
+        self.http_connections_dropped = Counter(
+            "mapek_http_connections_dropped_total",
+            "Connections the server closed on its own: header_timeout, idle_timeout, evicted"
+            " (made room at the cap), refused (503 at the cap).",
+            ["reason"],
+            registry=registry,
+        )
         self.frozen = Gauge(
             "mapek_frozen", "1 while a freeze (or the kill switch) holds.", registry=registry
         )

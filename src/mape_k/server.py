@@ -8,6 +8,7 @@ never answer 5xx for bad input. The loop's state is reached only through DaemonC
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from mape_k import openapi
 from mape_k.config import ServerConfig, is_loopback
+from mape_k.connections import ConnectionGuard
 from mape_k.integrations.alertmanager import (
     WEBHOOK_VERSION,
     AlertMessageRouter,
@@ -31,7 +33,15 @@ from mape_k.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 WEBHOOK_PATH = "/api/v1/alerts"
-REJECTION_REASONS = ("unauthorized", "not_json", "content_type", "version", "invalid", "too_large")
+REJECTION_REASONS = (
+    "unauthorized",
+    "not_json",
+    "content_type",
+    "version",
+    "invalid",
+    "too_large",
+    "timeout",
+)
 POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 RETRY_AFTER_S = "5"  # seconds, on a 503 of the webhook (Alertmanager retries with backoff)
 _REJECTION_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER_S}}
@@ -146,17 +156,34 @@ def _too_large(limit: int) -> _Rejected:
     )
 
 
-async def _read_bounded(request: web.Request, limit: int) -> bytes:
+async def _read_bounded(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
-    total = 0
-    while chunk := await request.content.read(_READ_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        total = 0
+        while chunk := await request.content.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    if request.content.is_eof():  # all of it came with the headers: nothing to wait for
+        return await read()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read()
+    except TimeoutError as exc:
+        # A 408 closes the connection (connections.ConnectionGuard.middleware).
+        raise _Rejected(
+            408,
+            "timeout",
+            f"body not received within server.body_timeout_s ({timeout_s:g} s)",
+            field="body",
+            received_bytes=sum(len(chunk) for chunk in chunks),
+        ) from exc
 
 
 def _not_json(problem: str) -> _Rejected:
@@ -288,8 +315,10 @@ class _Server:
             )
         limit = self.config.max_body_bytes
         try:
-            raw = await _read_bounded(request, limit)
+            raw = await _read_bounded(request, limit, self.config.body_timeout_s)
         except _Rejected as exc:
+            if exc.status != 413:
+                raise  # a body that did not arrive in time stays a 408
             # A delivery that only exceeds what the daemon takes is not the sender's error,
             # and Alertmanager retries a 5xx (with backoff) but never a 4xx.
             raise _Rejected(
@@ -352,7 +381,8 @@ class _Server:
             raise _Rejected(
                 415, "content_type", "Content-Type must be application/json", field="Content-Type"
             )
-        document = _loads(await _read_bounded(request, self.config.max_body_bytes))
+        raw = await _read_bounded(request, self.config.max_body_bytes, self.config.body_timeout_s)
+        document = _loads(raw)
         if not isinstance(document, dict):
             raise _Rejected(422, "invalid", "body must be a JSON object", field="body")
         return document
@@ -442,8 +472,13 @@ def build_app(
     config: ServerConfig,
     webhook_token: str | None,
     admin_token: str | None,
+    guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The aiohttp application; the control routes exist only when an admin token is set."""
+    """The aiohttp application; the control routes exist only when an admin token is set.
+
+    With a `guard` (the daemon's listening socket) its middleware is outermost: it tells the
+    guard when a connection is busy with a request.
+    """
     server = _Server(
         control=control,
         router=router,
@@ -457,9 +492,12 @@ def build_app(
         metrics.webhook_rejections.labels(reason=reason)
     for status in AlertStatus:
         metrics.alerts_received.labels(status=status.value)
-    # errors is outermost so even the auth middleware cannot leak an exception; the auth
-    # middleware exists only with the control API (no per-request cost otherwise).
+    # errors is outermost (inside the guard's, which only marks the connection busy) so even
+    # the auth middleware cannot leak an exception; the auth middleware exists only with the
+    # control API (no per-request cost otherwise).
     middlewares = [server.errors] + ([server.admin_auth] if admin_token is not None else [])
+    if guard is not None:
+        middlewares.insert(0, guard.middleware)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app.router.add_post(WEBHOOK_PATH, server.webhook)
     app.router.add_get("/healthz", server.healthz, allow_head=False)

@@ -22,7 +22,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from fakes import alert_size, shipped_alert_group, shipped_alerts
+from mape_k.app import file_reserve
 from mape_k.config import load_settings
+from mape_k.connections import plan_file_limit
 from mape_k.metrics import Metrics
 from mape_k.sim.service import REGISTRY as SIM_REGISTRY
 from mape_k.sim.service import build_app as build_sim_app
@@ -758,6 +760,17 @@ def test_systemd_watchdog_is_three_loop_intervals_of_the_shipped_config() -> Non
     settings, _ = load_settings(file=ROOT / "config" / "mape_k_config.yaml", env={})
     (watchdog,) = unit_entries()["Service.WatchdogSec"]
     assert float(watchdog) == 3 * settings.orchestrator.interval_s
+
+
+def test_systemd_file_limit_fits_the_connection_cap_of_the_shipped_config() -> None:
+    env = {"MAPEK_CHARTER__MODE": "http"}  # production: the client pools need descriptors too
+    settings, _ = load_settings(file=ROOT / "config" / "mape_k_config.yaml", env=env)
+    (limit,) = unit_entries()["Service.LimitNOFILE"]
+    reserve = file_reserve(settings)
+    # The shipped cap fits, with room to double it.
+    for cap in (settings.server.max_connections, 2 * settings.server.max_connections):
+        plan = plan_file_limit(cap, soft=int(limit), hard=int(limit), reserve=reserve)
+        assert (plan.max_connections, plan.lowered) == (cap, False), plan
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")

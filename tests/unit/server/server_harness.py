@@ -117,13 +117,19 @@ def make_app_parts(
     max_alerts: int = 100,
     max_body_bytes: int = 1_048_576,
     host: str = "127.0.0.1",
+    body_timeout_s: float = 30.0,
 ) -> tuple[Any, FakeControl, AlertInbox, Metrics, AlertMessageRouter]:
     metrics = Metrics(CollectorRegistry())
     inbox = AlertInbox(max_alerts=max_alerts, metrics=metrics)
     router = AlertMessageRouter()
     router.register_default_handler(inbox.offer)
     control = FakeControl()
-    config = ServerConfig(host=host, max_body_bytes=max_body_bytes, inbox_max_alerts=max_alerts)
+    config = ServerConfig(
+        host=host,
+        max_body_bytes=max_body_bytes,
+        inbox_max_alerts=max_alerts,
+        body_timeout_s=body_timeout_s,
+    )
     app = build_app(
         control=control,
         router=router,

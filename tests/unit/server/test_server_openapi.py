@@ -5,7 +5,9 @@ Every route is documented, every status seen is, and the daemon serves the docum
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
@@ -75,6 +77,7 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": TRUNCATED_2_64}, 422),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING, "token": "bad"}, 401),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": "x" * 5000}, 503),
+    ("/api/v1/alerts", "POST", "/api/v1/alerts", {"slow": True}, 408),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": FIRING, "ctype": "text/plain"}, 415),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": '{"version": "3"}'}, 422),
     ("/api/v1/alerts", "POST", "/api/v1/alerts", {"data": OTHER}, 503),
@@ -107,6 +110,7 @@ for template, good in (
         (template, "POST", template, {"admin": True, "data": "{"}, 400),
         (template, "POST", template, {"data": json.dumps(good)}, 401),
         (template, "POST", template, {"no_admin": True, "data": json.dumps(good)}, 404),
+        (template, "POST", template, {"admin": True, "slow": True}, 408),
         (template, "POST", template, {"admin": True, "data": " " * 5000}, 413),
         (template, "POST", template, {"admin": True, "data": "{}", "ctype": "text/plain"}, 415),
         (template, "POST", template, {"admin": True, "data": "{}"}, 422),
@@ -118,11 +122,19 @@ SCENARIOS += [
 ]
 
 
+async def slow_body() -> AsyncIterator[bytes]:
+    """A body that stops after its first byte for longer than the body timeout (0.2 s)."""
+    yield b"{"
+    await asyncio.sleep(2.0)  # the slow client itself
+    yield b"}"
+
+
 async def _prepare(make_harness: MakeHarness, options: dict[str, Any]) -> Harness:
     harness = await make_harness(
         admin_token=None if options.get("no_admin") else ADMIN_TOKEN,
         max_alerts=1,
         max_body_bytes=4096,
+        body_timeout_s=0.2,
     )
     control = harness.control
     if options.get("unhealthy"):
@@ -160,7 +172,10 @@ async def test_each_observed_status_is_documented_for_its_route(
             headers |= JSON
     if "ctype" in options:
         headers["Content-Type"] = options["ctype"]
-    response = await harness.client.request(method, path, data=options.get("data"), headers=headers)
+    data = slow_body() if options.get("slow") else options.get("data")
+    if options.get("slow"):
+        headers |= JSON
+    response = await harness.client.request(method, path, data=data, headers=headers)
     assert response.status == expected, await response.text()
     assert response.status in documented(spec, template, method)
     if response.status == 200 and path in NOT_JSON:
