@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mape_k.app import build
+from mape_k.app import Daemon, build
 from mape_k.config import load_settings
 from mape_k.errors import PrometheusUnavailable
 from mape_k.integrations.alertmanager import Alert
@@ -249,6 +249,13 @@ async def test_a_record_summarises_10000_alerts_and_keeps_what_the_choice_stands
         clock.advance(5)
         record = await parts.orchestrator.run_once()
         [stored] = parts.store.recent_iterations(1)
+        for _ in range(9):
+            clock.advance(30)
+            await parts.orchestrator.run_once()
+        stats = await Daemon(parts, clock=clock).statistics()
+    assert len(stats["iterations"]) == 10
+    stats_size = len(json.dumps(stats, default=str))
+    assert stats_size < 640_000, f"/stats is {stats_size} bytes"
     size = len(json.dumps(record))
     assert size < 64_000, f"a decision record of {size} bytes"
     assert stored["record"] == json.loads(json.dumps(record))
