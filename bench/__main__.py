@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark, each in a fresh process, print and optionally append.
 
 `python -m bench [--append docs/benchmarks.md] [--only NAME ...]` runs benchmarks 1, 2, 4,
-6-10 (bench/*.py here), bench/analysis_scaling.py (3) and, when present, bench/recovery.py
+6-11 (bench/*.py here), bench/analysis_scaling.py (3) and, when present, bench/recovery.py
 (5); prints each table, then a summary; with --append, appends one section holding the
 machine, the command, the date, the summary and every table. Measurements, not tests:
 the exit status is 0 even when a target is missed (a crashed benchmark gives 1).
@@ -33,6 +33,7 @@ MODULES: list[tuple[str, list[str], bool]] = [
     ("config_rejection", ["-m", "bench.config_rejection"], True),
     ("api_fuzz", ["-m", "bench.api_fuzz"], True),
     ("stalled_connections", ["-m", "bench.stalled_connections"], True),
+    ("store_budget", ["-m", "bench.store_budget"], True),
 ]
 TIMEOUT_S = 900
 _LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}\S* +\[|^\{\"")

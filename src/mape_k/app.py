@@ -49,7 +49,7 @@ from mape_k.loop.plan import Planner
 from mape_k.loop.safety import FREEZE_KEY
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
-from mape_k.server import build_app
+from mape_k.server import STATS_LIMIT, build_app
 from mape_k.store import Store
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,9 @@ async def build(
     """Every component of the daemon, opened in order and closed in reverse."""
     metrics = Metrics(registry or CollectorRegistry())
     async with AsyncExitStack() as stack:
-        store = Store.open(settings.knowledge.path)
+        store = Store.open(
+            settings.knowledge.path, max_bytes=settings.knowledge.max_bytes, metrics=metrics
+        )
         stack.callback(store.close)
         knowledge = Knowledge(store, settings.knowledge, metrics=metrics)
         prometheus: PrometheusClient | None = None
@@ -255,7 +257,8 @@ class Daemon:
             checks["prometheus"] = f"not answering: {reason}"
         else:
             checks["prometheus"] = "ok"
-        checks["knowledge"] = self._knowledge_check()
+        # A failed write (a full disk) shows at once; the integrity check once a minute.
+        checks["knowledge"] = self._parts.store.write_problem() or self._knowledge_check()
         try:
             async with asyncio.timeout(2.0):
                 await self._parts.charter.ping()
@@ -293,12 +296,24 @@ class Daemon:
                 checks[f"needs_human:{target}"] = hold.reason
         return checks
 
-    async def statistics(self) -> dict[str, Any]:
+    async def statistics(
+        self, *, limit: int = STATS_LIMIT, before: float | None = None
+    ) -> dict[str, Any]:
         store = self._parts.store
+        iterations, more = self._orch.recent_records(limit=limit, before=before)
+        next_before = iterations[-1].get("started_at") if more and iterations else None
         return {
             "guards": self._orch.guard_statistics(self._clock()),
             "orchestrator": self._orch.get_statistics(),
-            "iterations": list(self._orch.records)[-10:][::-1],
+            "iterations": iterations,
+            "iterations_page": {
+                "limit": limit,
+                "before": before,
+                "next_before": next_before,
+                "next": None
+                if next_before is None
+                else f"/stats?limit={limit}&before={next_before!r}",
+            },
             "pending_approvals": await self.pending_approvals(),
             "knowledge": self._parts.knowledge.summary(),
             "insights": [
@@ -560,18 +575,22 @@ async def _listen(runner: web.AppRunner, settings: Settings, guard: ConnectionGu
 PRUNE_EVERY_S = 3600.0
 
 
-def prune(parts: Components) -> None:
-    """Bounded disk use: old journal rows rotate out (learned statistics never do)."""
+def prune(parts: Components, now: float | None = None) -> None:
+    """Bounded disk use: old journal rows rotate out (learned statistics never do).
+
+    Age and row count, hourly; the byte budget (knowledge.max_bytes) is the store's own,
+    checked after every write.
+    """
     config = parts.settings.knowledge
     try:
-        removed = parts.store.prune(
-            now=time.time(), retention_days=config.retention_days, max_rows=config.max_rows
+        # The store logs and counts what it pruned (store_pruned, reason=retention).
+        parts.store.prune(
+            now=time.time() if now is None else now,
+            retention_days=config.retention_days,
+            max_rows=config.max_rows,
         )
     except StoreError as exc:
         log.error("prune_failed", error=str(exc))
-        return
-    if any(removed.values()):
-        log.info("store_pruned", **removed)
 
 
 async def _supervise(

@@ -359,7 +359,21 @@ class KnowledgeConfig(_Model):
     saturation_samples: int = Field(30, ge=1, description="Samples at which confidence is 1.")
     retention_days: float = Field(30.0, gt=0)
     max_rows: int = Field(100_000, ge=100, description="Per journal table.")
+    max_bytes: int = Field(
+        268_435_456,
+        ge=1_048_576,
+        description="Byte budget of the store (file plus WAL): the oldest history is pruned"
+        " when a write would exceed it; statistics and state never are.",
+    )
     decisions_kept_in_memory: int = Field(50, ge=1)
+    record_top_n: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Per list of a decision record (violations, causes, patterns...): items"
+        " beyond the candidates' own are kept up to this many; the rest are counted and"
+        " digested, not copied.",
+    )
 
 
 class OrchestratorConfig(_Model):

@@ -173,6 +173,23 @@ class Metrics:
             registry=registry,
         )
         self.ready = Gauge("mapek_ready", "1 when /readyz would answer 200.", registry=registry)
+        self.knowledge_bytes = Gauge(
+            "mapek_knowledge_bytes",
+            "Bytes of the knowledge store (database pages plus WAL), after the last write.",
+            registry=registry,
+        )
+        self.knowledge_writable = Gauge(
+            "mapek_knowledge_writable",
+            "0 while a kind of write to the knowledge store fails (disk full, read-only), else 1.",
+            registry=registry,
+        )
+        self.knowledge_pruned_rows = Counter(
+            "mapek_knowledge_pruned_rows_total",
+            "Journal rows pruned, by table and reason (retention: age or max_rows; bytes:"
+            " knowledge.max_bytes).",
+            ["table", "reason"],
+            registry=registry,
+        )
         self._prime()
 
     def _prime(self) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -47,6 +48,8 @@ RETRY_AFTER_S = "5"  # seconds, on a 503 of the webhook (Alertmanager retries wi
 _REJECTION_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER_S}}
 _READ_CHUNK = 64 * 1024
 MAX_FREEZE_S = 365 * 86_400.0  # a timed freeze of more than a year is a mistake
+STATS_LIMIT = 10  # decision records on one page of /stats by default
+STATS_MAX_LIMIT = 100
 
 
 class DaemonControl(Protocol):
@@ -65,8 +68,9 @@ class DaemonControl(Protocol):
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """(ready, {component: "ok" or the problem}), e.g. prometheus, knowledge, charter."""
 
-    async def statistics(self) -> dict[str, Any]:
-        """The /stats document (JSON-serialisable)."""
+    async def statistics(self, *, limit: int, before: float | None) -> dict[str, Any]:
+        """The /stats document (JSON-serialisable): at most `limit` decision records,
+        newest first, only those started before `before` when given."""
 
     async def pending_approvals(self) -> list[dict[str, Any]]:
         """Policies waiting for an operator, JSON-serialisable."""
@@ -212,6 +216,37 @@ def _loads(raw: bytes) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _stats_page(query: Mapping[str, str]) -> tuple[int, float | None]:
+    """`?limit=N&before=T` of /stats: 1 <= N <= STATS_MAX_LIMIT, T a finite Unix time."""
+    raw_limit = query.get("limit")
+    limit = STATS_LIMIT
+    if raw_limit is not None:
+        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4
+        if not digits or not 1 <= int(raw_limit) <= STATS_MAX_LIMIT:
+            raise _Rejected(
+                400,
+                "invalid",
+                f"limit must be an integer from 1 to {STATS_MAX_LIMIT}",
+                field="limit",
+            )
+        limit = int(raw_limit)
+    raw_before = query.get("before")
+    if raw_before is None:
+        return limit, None
+    try:
+        before = float(raw_before)
+    except ValueError:
+        before = math.nan
+    if not math.isfinite(before):
+        raise _Rejected(
+            400,
+            "invalid",
+            "before must be a Unix time in seconds (iterations_page.next_before)",
+            field="before",
+        )
+    return limit, before
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:
@@ -363,8 +398,9 @@ class _Server:
         problems = {name: state for name, state in checks.items() if state != "ok"}
         return _json({"status": "not_ready", "checks": checks, "problems": problems}, 503)
 
-    async def stats(self, _request: web.Request) -> web.Response:
-        return _json(await self.control.statistics())
+    async def stats(self, request: web.Request) -> web.Response:
+        limit, before = _stats_page(request.query)
+        return _json(await self.control.statistics(limit=limit, before=before))
 
     # --- operator control --------------------------------------------------------------
 

@@ -2,13 +2,16 @@
 
 Schema + ordered migrations, journal of iterations / executions / outcomes / guard
 decisions / control calls, aggregated per-(cause, action) statistics, key/value daemon
-state, and retention. It never overwrites or deletes an existing file it cannot read.
-No policy logic here: Knowledge decides what the numbers mean.
+state, and retention: by age and row count (`prune`, hourly) and by bytes (a budget
+checked after every write; the oldest history goes first, and incremental vacuum gives
+the freed pages back to the file system). It never overwrites or deletes an existing file
+it cannot read. No policy logic here: Knowledge decides what the numbers mean.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -23,6 +26,7 @@ from typing import Any, Self
 import structlog
 
 from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
     ActionType,
@@ -137,13 +141,25 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.IN_PROGRESS.value)
 
 # (table, time expression, extra condition) for retention; constants, never user input.
+# Under the byte budget the tables are emptied in this order (oldest rows first): the
+# decision records are nearly all of the bytes; the operators' audit trail goes last.
+# `stats`, `state`, `meta` and unfinished executions are never deleted.
 _RETAINED: tuple[tuple[str, str, str], ...] = (
     ("iterations", "started_at", "1"),
-    ("executions", "COALESCE(finished_at, started_at)", "status NOT IN ('pending', 'in_progress')"),
-    ("outcomes", "recorded_at", "1"),
     ("guard_decisions", "at", "1"),
+    ("outcomes", "recorded_at", "1"),
+    ("executions", "COALESCE(finished_at, started_at)", "status NOT IN ('pending', 'in_progress')"),
     ("control_log", "at", "1"),
 )
+# A decision record is the largest regular write, every iteration: once one is written
+# again, earlier failures of rarer, smaller writes (a control call) are over too.
+_CLEARS_ALL_FAILURES = frozenset({"record_iteration"})
+# The byte budget keeps this many newest rows of each table whatever it costs.
+BUDGET_KEEP_NEWEST = 10
+# Pruned down to this share of the budget, so the next prune is not one write away.
+BUDGET_LOW_WATER = 0.9
+_WAL_LIMIT_MAX = 4 * 1024 * 1024
+_WAL_LIMIT_MIN = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +194,23 @@ class InboxRow:
     ends_at: float | None
     seen_at: float
     labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    """Bytes of the knowledge store: the database (its pages) plus the WAL file."""
+
+    database: int  # page_count x page_size: what the main file holds once checkpointed
+    free: int  # pages on the freelist (reusable, returned by incremental vacuum), in bytes
+    wal: int
+
+    @property
+    def total(self) -> int:
+        return self.database + self.wal
+
+    @property
+    def live(self) -> int:
+        return self.database - self.free
 
 
 def to_jsonable(value: Any) -> Any:
@@ -320,18 +353,45 @@ def _check_header(path: Path) -> None:
 class Store:
     """Synchronous access to the knowledge file; each call is one short transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         """Use `Store.open(path)`: it validates and migrates the file."""
         self._conn: sqlite3.Connection | None = connection
         self._path = path
         self._lock = threading.Lock()
         self._schema_version = 0
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        # The WAL's share of the budget: truncated to this after each checkpoint.
+        self._wal_limit = (
+            _WAL_LIMIT_MAX
+            if max_bytes is None
+            else max(_WAL_LIMIT_MIN, min(_WAL_LIMIT_MAX, max_bytes // 16))
+        )
+        # The last failure of each kind of write, until that write succeeds again.
+        self._write_failures: dict[str, tuple[float, str]] = {}
+        self._incremental = False  # auto_vacuum = INCREMENTAL: pruned pages can be returned
+        # Shrink above this; raised after a shrink that could not reach the budget (what
+        # is left is never pruned), so that every write does not try again.
+        self._shrink_above = max_bytes
 
     # --- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        """Open (or create) the store at `path`; raise StoreCorruptError / StoreSchemaError."""
+    def open(
+        cls, path: Path, *, max_bytes: int | None = None, metrics: Metrics | None = None
+    ) -> Store:
+        """Open (or create) the store at `path`; raise StoreCorruptError / StoreSchemaError.
+
+        With `max_bytes`, every write is followed by a cheap size check, and the oldest
+        history is pruned when the file (with its WAL) would exceed it (`shrink`).
+        """
         path = Path(path)
         _check_header(path)
         try:
@@ -348,7 +408,7 @@ class Store:
         except sqlite3.Error as exc:
             raise _wrap(path, "cannot open", exc) from exc
         conn.row_factory = sqlite3.Row
-        store = cls(conn, path)
+        store = cls(conn, path, max_bytes=max_bytes, metrics=metrics)
         try:
             store._prepare()
         except BaseException:
@@ -372,14 +432,61 @@ class Store:
                 " refusing to open — upgrade mape-k or point knowledge.path elsewhere"
             )
         try:
+            if version == 0:
+                # Before the first table exists this needs no VACUUM (a no-op otherwise).
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {self._wal_limit}")
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self._wal_limit // page_size)}")
         except sqlite3.Error as exc:
             raise _wrap(self._path, "cannot configure", exc) from exc
         if str(mode).lower() != "wal":
             log.warning("store_wal_unavailable", path=str(self._path), journal_mode=mode)
         self._migrate(version)
+        self._note_writable()
+        try:
+            self._incremental = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+        except sqlite3.Error as exc:
+            raise _wrap(self._path, "cannot read auto_vacuum", exc) from exc
+        self._after_write()  # an old, big file is pruned first: its VACUUM is then smaller
+        if not self._incremental:
+            self._convert_to_incremental_vacuum()
         log.info("store_opened", path=str(self._path), schema_version=self._schema_version)
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """Make the file give pruned pages back: a file made before this needs one VACUUM.
+
+        The file says which mode it is in (`PRAGMA auto_vacuum`: 2 is INCREMENTAL), so this
+        needs no schema version (and an older mape-k still opens the file). A VACUUM that
+        fails (it needs free space about the size of the file) is logged and retried at the
+        next start: the daemon works the same, only the file does not shrink.
+        """
+        conn = self._require_open()
+        before = self.size().total
+        started = time.perf_counter()
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.error(
+                "store_vacuum_failed",
+                path=str(self._path),
+                error=str(exc),
+                bytes=before,
+                hint="the file keeps its size until a start finds free space about its size",
+            )
+            return
+        self._incremental = True
+        log.info(
+            "store_converted_to_incremental_vacuum",
+            path=str(self._path),
+            bytes_before=before,
+            bytes_after=self.size().total,
+            duration_s=round(time.perf_counter() - started, 3),
+        )
 
     def _quick_check_or_raise(self) -> None:
         conn = self._require_open()
@@ -486,7 +593,7 @@ class Store:
         return self._conn
 
     @contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _tx(self, what: str, *, budget: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._require_open()
             try:
@@ -495,10 +602,39 @@ class Store:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
+                self._write_failed(what, exc)
                 raise _wrap(self._path, what, exc) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
+            if what in _CLEARS_ALL_FAILURES:
+                self._write_failures.clear()
+            else:
+                self._write_failures.pop(what, None)
+            self._note_writable()
+        if budget:
+            self._after_write()
+
+    def _write_failed(self, what: str, exc: sqlite3.Error) -> None:
+        first = what not in self._write_failures
+        self._write_failures[what] = (time.time(), str(exc))
+        self._note_writable()
+        if first:
+            log.error("store_write_failed", path=str(self._path), write=what, error=str(exc))
+
+    def _note_writable(self) -> None:
+        if self._metrics is not None:
+            self._metrics.knowledge_writable.set(0 if self._write_failures else 1)
+
+    def write_problem(self) -> str | None:
+        """Why the store cannot write now (a kind of write failed and has not succeeded
+        since), or None. `/readyz` shows it: a full disk is not `knowledge: ok`."""
+        failures = dict(self._write_failures)
+        if not failures:
+            return None
+        what, (_at, error) = max(failures.items(), key=lambda item: item[1][0])
+        others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
+        return f"cannot write: {what} failed: {error}{others}"
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -538,12 +674,13 @@ class Store:
                 (iteration_id, started_at, result, _dumps(record)),
             )
 
-    def recent_iterations(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first: {"id", "started_at", "result", "record"}."""
+    def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
+        """Newest first: {"id", "started_at", "result", "record"}; with `before`, only the
+        iterations that started before that time (the next page of /stats)."""
         rows = self._read(
-            "SELECT id, started_at, result, record FROM iterations"
+            "SELECT id, started_at, result, record FROM iterations WHERE started_at < ?"
             " ORDER BY started_at DESC, rowid DESC LIMIT ?",
-            (limit,),
+            (math.inf if before is None else before, limit),
         )
         return [
             {
@@ -828,11 +965,11 @@ class Store:
         """Drop journal rows older than retention and beyond max_rows newest, per table.
 
         `stats` and `state` are never pruned (what was learned survives); unfinished
-        executions are kept whatever their age.
+        executions are kept whatever their age. The freed pages go back to the file system.
         """
         cutoff = now - retention_days * 86_400.0
         deleted: dict[str, int] = {}
-        with self._tx("prune") as conn:
+        with self._tx("prune", budget=False) as conn:
             for table, at, keep in _RETAINED:
                 # Table and column names come from the constant _RETAINED, never from input.
                 old = conn.execute(
@@ -846,5 +983,148 @@ class Store:
                 ).rowcount
                 deleted[table] = old + excess
         if any(deleted.values()):
-            log.info("store_pruned", path=str(self._path), **deleted)
+            self._vacuum()
+            self._pruned("retention", deleted)
+        self._after_write()
         return deleted
+
+    def size(self) -> StoreSize:
+        """The store's bytes now: cheap (two pragmas and a stat), done after every write."""
+        with self._lock:
+            conn = self._require_open()
+            try:
+                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise _wrap(self._path, "cannot read the size", exc) from exc
+        try:
+            wal = self._path.with_name(self._path.name + "-wal").stat().st_size
+        except OSError:
+            wal = 0
+        return StoreSize(database=pages * page_size, free=free * page_size, wal=wal)
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    def _after_write(self) -> None:
+        """Keep the byte budget: shrink when the file and its WAL outgrow it."""
+        if self._max_bytes is None and self._metrics is None:
+            return
+        try:
+            size = self.size()
+            if self._shrink_above is not None and self._usage(size) > self._shrink_above:
+                self.shrink()
+                size = self.size()
+        except StoreError:
+            # The write itself succeeded. A failed delete or vacuum was logged once
+            # (store_write_failed) and shows in /readyz; the next write tries again.
+            return
+        if self._metrics is not None:
+            self._metrics.knowledge_bytes.set(size.total)
+
+    def _usage(self, size: StoreSize) -> int:
+        """The bytes the budget holds: the file and its WAL; without incremental vacuum
+        (its VACUUM failed) the file cannot shrink, so only the pages in use count."""
+        return size.total if self._incremental else size.live + size.wal
+
+    def _database_budget(self) -> int:
+        """What the database may hold: max_bytes minus room for the WAL (two limits: the
+        checkpointed WAL, and the transaction that is written into it)."""
+        assert self._max_bytes is not None
+        return max(0, self._max_bytes - 2 * self._wal_limit)
+
+    def shrink(self) -> dict[str, int]:
+        """Delete the oldest history until the store is back under its byte budget.
+
+        Tables go in the order of _RETAINED (decision records first), each oldest rows
+        first and in batches, down to BUDGET_LOW_WATER of the budget; the newest
+        BUDGET_KEEP_NEWEST rows of each table, `stats`, `state` and unfinished executions
+        always stay. Then incremental vacuum returns the freed pages to the file system and
+        the WAL is truncated. Returns the rows deleted per table.
+        """
+        if self._max_bytes is None:
+            return {}
+        target = int(self._database_budget() * BUDGET_LOW_WATER)
+        before = self.size()
+        deleted = {table: 0 for table, _, _ in _RETAINED}
+        for table, at, keep in _RETAINED:
+            while (live := self.size().live) > target:
+                count = self._prunable(table, keep)
+                if count == 0:
+                    break
+                # Rows in proportion to the excess, at least a twentieth: a few passes.
+                share = (live - target) / max(live, 1)
+                batch = min(count, max(1, math.ceil(count * share), math.ceil(count / 20)))
+                with self._tx("shrink", budget=False) as conn:
+                    # Table and column names come from the constant _RETAINED, never input.
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
+                        f" WHERE {keep} ORDER BY {at}, rowid LIMIT ?)",
+                        (batch,),
+                    )
+                deleted[table] += batch
+        self._vacuum()
+        after = self.size()
+        deleted = {table: n for table, n in deleted.items() if n}
+        self._pruned("bytes", deleted)
+        usage = self._usage(after)
+        self._shrink_above = max(self._max_bytes, usage + self._max_bytes // 10)
+        if usage > self._max_bytes:
+            log.warning(
+                "store_over_budget",
+                path=str(self._path),
+                bytes=usage,
+                max_bytes=self._max_bytes,
+                why="what is left is never pruned: statistics, state, unfinished executions"
+                f" and the newest {BUDGET_KEEP_NEWEST} rows of each journal table",
+            )
+        else:
+            log.info(
+                "store_shrunk",
+                path=str(self._path),
+                bytes_before=before.total,
+                bytes_after=after.total,
+                max_bytes=self._max_bytes,
+            )
+        return deleted
+
+    def _prunable(self, table: str, keep: str) -> int:
+        rows = self._read(
+            f"SELECT COUNT(*) FROM {table} WHERE {keep}",  # noqa: S608 - constant clauses
+            (),
+        )
+        return max(0, int(rows[0][0]) - BUDGET_KEEP_NEWEST)
+
+    def _vacuum(self) -> None:
+        """Give the freelist back to the file system, in steps the WAL limit bounds."""
+        if not self._incremental:
+            return
+        with self._lock:
+            conn = self._require_open()
+            try:
+                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                step = max(16, self._wal_limit // page_size)
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                while free > 0:
+                    # executescript steps the pragma to the end (execute() frees one page).
+                    conn.executescript(f"PRAGMA incremental_vacuum({step});")
+                    left = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                    if left >= free:
+                        break
+                    free = left
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                self._write_failed("vacuum", exc)
+                raise _wrap(self._path, "incremental vacuum failed", exc) from exc
+            self._write_failures.pop("vacuum", None)
+            self._note_writable()
+
+    def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
+        if not any(deleted.values()):
+            return
+        log.info("store_pruned", path=str(self._path), reason=reason, **deleted)
+        if self._metrics is not None:
+            for table, rows in deleted.items():
+                self._metrics.knowledge_pruned_rows.labels(table=table, reason=reason).inc(rows)

@@ -3,6 +3,7 @@ a SIGHUP applies what can change at run time."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import time
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 import structlog
+from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from mape_k import logs
@@ -21,6 +23,7 @@ from mape_k.integrations.alertmanager import Alert, IngestResult
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.safety import FREEZE_KEY
 from mape_k.models import ActionType
+from mape_k.server import build_app
 
 
 def settings_for(tmp_path, **cli):
@@ -226,3 +229,98 @@ async def test_an_unreadable_saved_inbox_starts_empty_with_a_warning(tmp_path, c
             assert len(parts.inbox.firing()) == 1  # and the inbox works as before
     [warning] = [e for e in logs if e["event"] == "alert_inbox_not_restored"]
     assert "alert inbox" in warning["error"]
+
+
+@contextlib.asynccontextmanager
+async def serving(parts, clock):
+    """The real HTTP face of a real Daemon (aiohttp test server on 127.0.0.1)."""
+    app = build_app(
+        control=Daemon(parts, clock=clock),
+        router=parts.router,
+        metrics=parts.metrics,
+        config=parts.settings.server,
+        webhook_token=None,
+        admin_token=None,
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_readyz_says_the_store_cannot_write_when_the_disk_is_full(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"charter.mode": "mock"})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts, serving(parts, clock) as client:
+        clock.advance(5)
+        await parts.orchestrator.run_once()
+        ready = await (await client.get("/readyz")).json()
+        assert ready["checks"]["knowledge"] == "ok"
+
+        conn = parts.store._require_open()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as on a full disk
+        for _ in range(100):  # until the records no longer fit in the pages there are
+            clock.advance(30)
+            record = await parts.orchestrator.run_once()
+            if parts.store.recent_iterations(1)[0]["id"] != record["id"]:
+                break
+        else:
+            pytest.fail("the store kept writing")
+        response = await client.get("/readyz")
+        body = await response.json()
+        assert response.status == 503
+        assert body["problems"]["knowledge"] == (
+            "cannot write: record_iteration failed: database or disk is full"
+        )
+
+        conn.execute(f"PRAGMA max_page_count = {pages * 1000}")  # space again
+        clock.advance(30)
+        await parts.orchestrator.run_once()
+        body = await (await client.get("/readyz")).json()
+        assert body["checks"]["knowledge"] == "ok"
+
+
+async def test_stats_pages_through_the_decision_records_newest_first(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"charter.mode": "mock"})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts:
+        ids = []
+        for _ in range(25):
+            clock.advance(30)
+            ids.append((await parts.orchestrator.run_once())["id"])
+    ids.reverse()  # newest first
+    # A restart: the records of the earlier run come from the journal.
+    async with build(settings, world=world, clock=clock) as parts, serving(parts, clock) as client:
+        clock.advance(30)
+        ids.insert(0, (await parts.orchestrator.run_once())["id"])
+        first = await (await client.get("/stats")).json()
+        assert [r["id"] for r in first["iterations"]] == ids[:10]
+        page = first["iterations_page"]
+        assert page["next_before"] == first["iterations"][-1]["started_at"]
+        second = await (await client.get(page["next"])).json()
+        assert [r["id"] for r in second["iterations"]] == ids[10:20]
+        rest = await (
+            await client.get(f"/stats?limit=100&before={second['iterations_page']['next_before']}")
+        ).json()
+        assert [r["id"] for r in rest["iterations"]] == ids[20:]
+        assert rest["iterations_page"] == {
+            "limit": 100,
+            "before": second["iterations_page"]["next_before"],
+            "next_before": None,
+            "next": None,
+        }
+        two = await (await client.get("/stats?limit=2")).json()
+        assert [r["id"] for r in two["iterations"]] == ids[:2]
+        for query, field in (
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=x", "limit"),
+            ("before=nan", "before"),
+            ("before=soon", "before"),
+        ):
+            response = await client.get(f"/stats?{query}")
+            assert response.status == 400, query
+            assert (await response.json())["field"] == field

@@ -4,14 +4,16 @@ closed loop against the mock committee (detect → plan → execute → verify �
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mape_k.app import build, reconcile
+from mape_k.app import Daemon, build, reconcile
 from mape_k.config import load_settings
 from mape_k.errors import PrometheusUnavailable
+from mape_k.integrations.alertmanager import Alert
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.orchestrator import advance_grid, schedule, why_nothing
 from mape_k.models import ActionType, Observation, OutcomeType
@@ -314,3 +316,90 @@ async def test_a_restart_forgets_no_verification_and_no_guard_history(tmp_path, 
     assert verified == [execution_id]
     with Store.open(settings.knowledge.path) as store:
         assert [o.execution_id for o in store.recent_outcomes(10)] == [execution_id]
+
+
+def _alerts(count: int, *, components: int, kind: str = "high_failure_rate") -> list[Alert]:
+    return [
+        Alert.model_validate(
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "CharterHighFailureRate",
+                    "cause": kind,
+                    "component": f"member-{i % components}",
+                    "severity": "critical",
+                },
+                "startsAt": "2026-11-22T04:17:10.023Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": f"{kind}-{i:08x}",
+            }
+        )
+        for i in range(count)
+    ]
+
+
+async def test_a_record_summarises_10000_alerts_and_keeps_what_the_choice_stands_on(
+    tmp_path, clock
+):
+    settings = settings_for(tmp_path, **{"knowledge.record_top_n": 5})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts:
+        result = parts.inbox.offer(
+            _alerts(9_500, components=950) + _alerts(500, components=50, kind="odd_kind")
+        )
+        assert result.new_firing == 10_000
+        clock.advance(5)
+        record = await parts.orchestrator.run_once()
+        [stored] = parts.store.recent_iterations(1)
+        for _ in range(9):
+            clock.advance(30)
+            await parts.orchestrator.run_once()
+        stats = await Daemon(parts, clock=clock).statistics()
+    assert len(stats["iterations"]) == 10
+    stats_size = len(json.dumps(stats, default=str))
+    assert stats_size < 640_000, f"/stats is {stats_size} bytes"
+    size = len(json.dumps(record))
+    assert size < 64_000, f"a decision record of {size} bytes"
+    assert stored["record"] == json.loads(json.dumps(record))
+    assert record["result"] == "acted"
+    # What the chosen policy stands on is there in full: its cause and all its violations.
+    chosen = next(
+        c for c in record["candidates"] if c["policy_id"] == record["choice"]["policy_id"]
+    )
+    name, target = chosen["cause"].split("/")
+    assert {"name": name, "target": target} in [
+        {"name": c["name"], "target": c["target"]} for c in record["causes"]
+    ]
+    [evidence] = [
+        v for v in record["inputs"]["violations"] if (v["kind"], v["component"]) == (name, target)
+    ]
+    assert evidence["count"] == 10  # ten alerts of that kind on that member, counted once
+    # Every candidate's cause is kept; of the rest, record_top_n; the tail is summarised.
+    candidate_causes = {c["cause"] for c in record["candidates"]}
+    assert {f"{c['name']}/{c['target']}" for c in record["causes"]} >= candidate_causes
+    assert len(record["causes"]) == len(candidate_causes) + 5
+    omitted = record["omitted"]
+    assert set(omitted) >= {"violations", "causes"}
+    violations = omitted["violations"]
+    assert violations["total"] == 10_000
+    shown = sum(v.get("count", 1) for v in record["inputs"]["violations"])
+    assert violations["shown"] == shown
+    assert violations["omitted"] == 10_000 - shown
+    assert sum(violations["by"].values()) == violations["omitted"]
+    assert set(violations["by"]) == {"high_failure_rate", "odd_kind"}
+    assert violations["digest"].startswith("sha256:")
+    assert omitted["causes"]["total"] == 1000  # 950 + 50 (kind, member) pairs
+    assert omitted["causes"]["omitted"] == 1000 - len(record["causes"])
+
+
+async def test_a_decision_about_many_unhandled_violations_names_a_bounded_few(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"knowledge.record_top_n": 5})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts:
+        parts.inbox.offer(_alerts(1000, components=1000, kind="nobody_handles_this"))
+        clock.advance(5)
+        record = await parts.orchestrator.run_once()
+    why = record["choice"]["why"]
+    assert why.startswith("no remediation for nobody_handles_this/member-")
+    assert " and 995 more: none configured" in why
+    assert len(why) < 400

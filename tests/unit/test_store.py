@@ -8,11 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from mape_k import store as store_module
 from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
     ActionType,
@@ -524,3 +527,141 @@ def test_an_unreadable_inbox_row_is_a_store_corrupt_error(db_path: Path, labels:
         raw.execute("UPDATE alert_inbox SET labels = ?", (labels,))
     with Store.open(db_path) as store, pytest.raises(StoreCorruptError):
         store.inbox_rows()
+
+
+# --- byte budget, incremental vacuum, write failures -----------------------------------
+
+
+def on_disk(path: Path) -> int:
+    """What the store takes on the file system: the database file and its WAL."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def big_record(i: int, size: int = 2000) -> dict[str, object]:
+    return {"i": i, "inputs": {"violations": [{"kind": "k", "pad": "x" * size}]}}
+
+
+def raw_auto_vacuum(path: Path) -> int:
+    raw = sqlite3.connect(path)
+    try:
+        return int(raw.execute("PRAGMA auto_vacuum").fetchone()[0])
+    finally:
+        raw.close()
+
+
+def test_the_file_shrinks_when_old_records_are_pruned(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        for i in range(2000):
+            store.record_iteration(
+                f"it-{i}", started_at=NOW + i, result="idle", record=big_record(i)
+            )
+        before = on_disk(db_path)
+        store.prune(now=NOW + 2000, retention_days=30, max_rows=100)
+        after = on_disk(db_path)
+        assert [i["id"] for i in store.recent_iterations(1)] == ["it-1999"]
+    # 100 records of ~2 kB are left: the pages of the other 1900 went back to the disk.
+    assert before > 4_000_000
+    assert after < 1_000_000, after
+    assert raw_auto_vacuum(db_path) == 2  # INCREMENTAL
+
+
+def test_a_file_made_before_incremental_vacuum_is_converted_once_and_keeps_its_data(
+    db_path: Path,
+) -> None:
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    try:  # what an earlier mape-k made: schema 1, auto_vacuum NONE, some history
+        raw.executescript(store_module.MIGRATIONS[0])
+        raw.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        raw.execute("INSERT INTO state (key, value, updated_at) VALUES ('guards', '{\"a\": 1}', 0)")
+        raw.execute(
+            "INSERT INTO iterations (id, started_at, result, record)"
+            " VALUES ('it-0', ?, 'idle', '{}')",
+            (NOW,),
+        )
+    finally:
+        raw.close()
+    assert raw_auto_vacuum(db_path) == 0
+
+    with structlog.testing.capture_logs() as logs, Store.open(db_path) as store:
+        assert store.get_state("guards") == {"a": 1}
+        assert [i["id"] for i in store.recent_iterations(5)] == ["it-0"]
+    assert raw_auto_vacuum(db_path) == 2
+    assert [e["event"] for e in logs].count("store_converted_to_incremental_vacuum") == 1
+    with structlog.testing.capture_logs() as logs, Store.open(db_path):
+        pass
+    assert "store_converted_to_incremental_vacuum" not in [e["event"] for e in logs]
+
+
+def test_the_byte_budget_holds_over_thousands_of_records_and_keeps_what_is_needed(
+    db_path: Path,
+) -> None:
+    budget = 1_048_576
+    metrics = Metrics(CollectorRegistry())
+    with Store.open(db_path, max_bytes=budget, metrics=metrics) as store:
+        store.upsert_execution(make_execution("stuck", started_at=NOW))  # unfinished: kept
+        store.record_outcome(make_outcome("learned", recorded_at=NOW))
+        store.set_state("guards", {"history": [1, 2, 3]})
+        worst = 0
+        for i in range(3000):  # ~6 MB of decision records through a 1 MiB budget
+            store.record_iteration(
+                f"it-{i}", started_at=NOW + i, result="idle", record=big_record(i)
+            )
+            if i % 10 == 0:
+                store.record_guard_decision(
+                    GuardDecision(guard="cooldown", verdict=GuardVerdict.DELAY, reason="r" * 500),
+                    at=NOW + i,
+                )
+            worst = max(worst, on_disk(db_path))
+        newest = [i["id"] for i in store.recent_iterations(3)]
+        kept = store.recent_iterations(10_000)
+        assert [e.id for e in store.unfinished_executions()] == ["stuck"]
+        assert store.stats()[0].samples == 1
+        assert store.get_state("guards") == {"history": [1, 2, 3]}
+        bytes_gauge = metrics.registry.get_sample_value("mapek_knowledge_bytes")
+        reported = store.size().total
+    assert worst <= budget, f"{worst} bytes on disk with a budget of {budget}"
+    assert newest == ["it-2999", "it-2998", "it-2997"]
+    assert 10 < len(kept) < 3000  # the oldest went, the budget did not empty the table
+    pruned = metrics.registry.get_sample_value(
+        "mapek_knowledge_pruned_rows_total", {"table": "iterations", "reason": "bytes"}
+    )
+    assert pruned == 3000 - len(kept)
+    assert bytes_gauge == reported
+
+
+def test_a_full_disk_is_a_write_problem_until_writes_succeed_again(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.record_iteration("it-0", started_at=NOW, result="idle", record={})
+        assert store.write_problem() is None
+        conn = store._require_open()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        # SQLite answers SQLITE_FULL past max_page_count exactly as on a full disk.
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with structlog.testing.capture_logs() as logs:
+            for i in (1, 2):
+                with pytest.raises(StoreError, match="database or disk is full"):
+                    store.record_iteration(
+                        f"it-{i}", started_at=NOW + i, result="idle", record=big_record(i, 50_000)
+                    )
+        assert store.write_problem() == (
+            "cannot write: record_iteration failed: database or disk is full"
+        )
+        assert [e["event"] for e in logs].count("store_write_failed") == 1  # once, not per write
+        store.set_state("small", 1)  # fits in the pages there are: not proof the disk is fine
+        assert store.write_problem() is not None
+        conn.execute(f"PRAGMA max_page_count = {pages * 100}")
+        store.record_iteration("it-3", started_at=NOW + 3, result="idle", record=big_record(3))
+        assert store.write_problem() is None
+
+
+def test_iterations_page_backwards_by_start_time(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        for i in range(7):
+            store.record_iteration(f"it-{i}", started_at=NOW + i, result="idle", record={"i": i})
+        first = store.recent_iterations(3)
+        second = store.recent_iterations(3, before=first[-1]["started_at"])
+        last = store.recent_iterations(3, before=second[-1]["started_at"])
+    assert [i["id"] for i in first] == ["it-6", "it-5", "it-4"]
+    assert [i["id"] for i in second] == ["it-3", "it-2", "it-1"]
+    assert [i["id"] for i in last] == ["it-0"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +42,7 @@ from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
     AnalysisResult,
+    Cause,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
@@ -49,6 +51,9 @@ from mape_k.models import (
     PolicyExecution,
     PolicyOutcome,
     RemediationPolicy,
+    Severity,
+    ViolationPattern,
+    ViolationSource,
 )
 from mape_k.store import Store
 
@@ -364,7 +369,7 @@ class MAPEKOrchestrator:
         async with asyncio.timeout(self._settings.orchestrator.iteration_timeout_s):
             observation = await self.monitor.observe(now)
             phases.done("monitor", t)
-            record["inputs"] = _inputs(observation)
+            record["inputs"] = None  # filled in once the candidates are known (below)
             self._note_prometheus(observation)
             self.state.violations_seen += len(observation.violations)
             self._committee_size = _size(observation, "charter")
@@ -379,9 +384,6 @@ class MAPEKOrchestrator:
         t = time.perf_counter()
         analysis = self.analyzer.analyze(observation.violations, now=now)
         phases.done("analyze", t)
-        record["patterns"] = [_pattern(p) for p in analysis.patterns]
-        record["causes"] = [_cause(c) for c in analysis.causes]
-        record["inhibited"] = list(analysis.inhibited)
         self._count_analysis(observation, analysis)
 
         t = time.perf_counter()
@@ -389,6 +391,14 @@ class MAPEKOrchestrator:
             analysis, knowledge=self.knowledge.view(), now=now
         )
         phases.done("plan", t)
+        # Large inputs are summarised, never copied: what the candidates stand on in full,
+        # then the top of the rest, then counts and a digest of the tail (`omitted`).
+        summary = RecordSummary(policies, self._settings.knowledge.record_top_n)
+        record["inputs"] = summary.inputs(observation)
+        record["patterns"] = summary.patterns(analysis.patterns)
+        record["causes"] = summary.causes(analysis.causes)
+        record["inhibited"] = summary.inhibited(analysis.inhibited)
+        record["omitted"] = summary.omitted
         record["candidates"] = [_candidate(p) for p in policies]
         self._recommend(policies, observation, now)
 
@@ -466,7 +476,15 @@ class MAPEKOrchestrator:
     ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
         """The best policy every guard allows; one policy per iteration, on purpose."""
         if not policies:
-            return None, [], why_nothing(observation, self._settings.planner.min_score)
+            return (
+                None,
+                [],
+                why_nothing(
+                    observation,
+                    self._settings.planner.min_score,
+                    top_n=self._settings.knowledge.record_top_n,
+                ),
+            )
         ctx = self.guard_context(observation, now)
         decisions: list[GuardDecision] = []
         held: list[str] = []
@@ -734,12 +752,12 @@ class MAPEKOrchestrator:
         if self._metrics is None:
             return
         self._metrics.active_violations.set(len(observation.violations))
-        for violation in observation.violations:
-            self._metrics.violations.labels(
-                source=violation.source.value, severity=violation.severity.value
-            ).inc()
-        for pattern in analysis.patterns:
-            self._metrics.patterns.labels(kind=pattern.kind.value).inc()
+        # Counted per label pair, not per item: 10,000 firing alerts are 6 increments.
+        by_labels = Counter((v.source, v.severity) for v in observation.violations)
+        for (source, severity), count in by_labels.items():
+            self._metrics.violations.labels(source=source.value, severity=severity.value).inc(count)
+        for kind, count in Counter(p.kind for p in analysis.patterns).items():
+            self._metrics.patterns.labels(kind=kind.value).inc(count)
 
     def _count_execution(self, execution: PolicyExecution) -> None:
         self.state.policies_applied += 1
@@ -775,6 +793,29 @@ class MAPEKOrchestrator:
     def prometheus_ok(self) -> bool | None:
         return self._prom_ok
 
+    def recent_records(
+        self, *, limit: int, before: float | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Decision records newest first, at most `limit`, only those started before
+        `before` when given; and whether older ones exist (the next page of /stats).
+
+        This process's records (failed iterations, records the store could not write) are
+        merged with the journal's (earlier runs): /stats shows the newest decisions even on a
+        full disk.
+        """
+        cutoff = float("inf") if before is None else before
+        merged = {
+            row["id"]: row["record"]
+            for row in self._store.recent_iterations(limit + 1, before=before)
+            if isinstance(row["record"], dict)
+        }
+        for record in self.records:
+            started = record.get("started_at")
+            if started is not None and started < cutoff:
+                merged[record["id"]] = record
+        ordered = sorted(merged.values(), key=lambda r: r.get("started_at") or 0.0, reverse=True)
+        return ordered[:limit], len(ordered) > limit
+
     def get_statistics(self) -> dict[str, Any]:
         return {
             **self.state.as_dict(),
@@ -793,19 +834,19 @@ class MAPEKOrchestrator:
         }
 
 
-def why_nothing(observation: Observation, min_score: float) -> str:
-    """Why an iteration with no candidate policy did nothing, in words. Pure."""
+def why_nothing(observation: Observation, min_score: float, *, top_n: int = 20) -> str:
+    """Why an iteration with no candidate policy did nothing, in words (bounded). Pure."""
     if observation.degraded:
         return f"nothing to do on missing data: {observation.degraded_reason}"
     if observation.violations:
-        causes = ", ".join(sorted({f"{v.kind}/{v.component}" for v in observation.violations}))
+        causes = _some(sorted({v.key for v in observation.violations}), top_n)
         return (
             f"no remediation for {causes}: none configured, or every candidate scored"
             f" below planner.min_score ({min_score:g})"
         )
     if observation.alerts_superseded:
         return (
-            f"no violations: firing alert(s) {', '.join(observation.alerts_superseded)}"
+            f"no violations: firing alert(s) {_some(observation.alerts_superseded, top_n)}"
             " superseded by a fresh reading that finds the target fine (alerts lag their"
             " measurement)"
         )
@@ -867,30 +908,166 @@ def _baseline(policy: RemediationPolicy, observation: Observation) -> float | No
     return cause.value if value is None else value
 
 
-def _inputs(observation: Observation) -> dict[str, Any]:
-    return {
-        "degraded": observation.degraded_reason,
-        "queries": [
-            {"name": q.name, "ok": q.ok, "samples": q.samples, "error": q.error}
-            for q in observation.queries
-        ],
-        "violations": [
-            {
-                "kind": v.kind,
-                "component": v.component,
-                "severity": v.severity.value,
-                "source": v.source.value,
-                "value": v.value,
-                "threshold": v.threshold,
+def _some(items: Sequence[str], limit: int) -> str:
+    """'a, b, c' or, past `limit` items, 'a, b and 998 more': a bounded line of text."""
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+
+
+def _digest(parts: Iterable[str]) -> str:
+    """Order-independent digest of a set of items: equal tails have equal digests."""
+    hasher = hashlib.sha256()
+    for part in sorted(parts):
+        hasher.update(part.encode("utf-8", "replace"))
+        hasher.update(b"\n")
+    return f"sha256:{hasher.hexdigest()}"
+
+
+def _top_counts(counts: Counter[str], limit: int) -> dict[str, int]:
+    """The `limit` largest counts; the rest summed under "(other)"."""
+    top = dict(counts.most_common(limit))
+    rest = sum(counts.values()) - sum(top.values())
+    if rest:
+        top["(other)"] = rest
+    return top
+
+
+_SEVERITY_RANK = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+_ViolationRow = tuple[str, str, Severity, ViolationSource, float | None, float | None]
+
+
+class RecordSummary:
+    """Bounds the lists of one decision record (pure: built from this iteration's values).
+
+    What the candidates stand on (their causes, the violations and patterns of those causes)
+    is kept in full; of the rest, the first `top_n` (most urgent first); the tail becomes
+    `omitted[<list>]`: how many items, counts by kind, and a digest of the omitted items.
+    Identical violations (many alerts of one kind on one component) are kept once with a
+    `count`. A record is then O(top_n + candidates' evidence) whatever fires.
+    """
+
+    def __init__(self, policies: Sequence[RemediationPolicy], top_n: int) -> None:
+        self.top_n = top_n
+        self.keys = frozenset(p.cause.key for p in policies)
+        self.kinds = frozenset(p.cause.name for p in policies)
+        self.targets = frozenset(p.cause.target for p in policies)
+        self.omitted: dict[str, dict[str, Any]] = {}
+
+    def _omit(
+        self, name: str, *, total: int, shown: int, by: Counter[str], parts: list[str]
+    ) -> None:
+        if total > shown:
+            self.omitted[name] = {
+                "total": total,
+                "shown": shown,
+                "omitted": total - shown,
+                "by": _top_counts(by, self.top_n),
+                "digest": _digest(parts),
             }
+
+    def inputs(self, observation: Observation) -> dict[str, Any]:
+        rows: Counter[_ViolationRow] = Counter(
+            (v.kind, v.component, v.severity, v.source, v.value, v.threshold)
             for v in observation.violations
-        ],
-        "alerts_firing": observation.alerts_firing,
-        "alerts_superseded": list(observation.alerts_superseded),
+        )
+        focus = [row for row in rows if f"{row[0]}/{row[1]}" in self.keys]
+        rest = sorted(
+            (row for row in rows if f"{row[0]}/{row[1]}" not in self.keys),
+            key=lambda row: (_SEVERITY_RANK[row[2]], -rows[row]),
+        )
+        shown, tail = focus + rest[: self.top_n], rest[self.top_n :]
+        by: Counter[str] = Counter()
+        for row in tail:
+            by[row[0]] += rows[row]
+        self._omit(
+            "violations",
+            total=len(observation.violations),
+            shown=sum(rows[row] for row in shown),
+            by=by,
+            parts=[f"{rows[row]}x{row!r}" for row in tail],
+        )
+        return {
+            "degraded": observation.degraded_reason,
+            "queries": [
+                {"name": q.name, "ok": q.ok, "samples": q.samples, "error": q.error}
+                for q in observation.queries
+            ],
+            "violations": [_violation(row, rows[row]) for row in shown],
+            "alerts_firing": observation.alerts_firing,
+            "alerts_superseded": list(observation.alerts_superseded),
+        }
+
+    def causes(self, causes: Sequence[Cause]) -> list[dict[str, Any]]:
+        focus = [c for c in causes if c.key in self.keys]
+        rest = [c for c in causes if c.key not in self.keys]  # most urgent first already
+        shown, tail = focus + rest[: self.top_n], rest[self.top_n :]
+        self._omit(
+            "causes",
+            total=len(causes),
+            shown=len(shown),
+            by=Counter(c.name for c in tail),
+            parts=[repr(_cause(c)) for c in tail],
+        )
+        return [_cause(c) for c in shown]
+
+    def _about_focus(self, p: ViolationPattern) -> bool:
+        kinds = {p.cause, *p.related}
+        return not kinds.isdisjoint(self.kinds) and not self.targets.isdisjoint(p.components)
+
+    def patterns(self, patterns: Sequence[ViolationPattern]) -> list[dict[str, Any]]:
+        focus = [p for p in patterns if self._about_focus(p)]
+        rest = sorted(
+            (p for p in patterns if not self._about_focus(p)),
+            key=lambda p: (-p.confidence, -p.count),
+        )
+        shown, tail = focus + rest[: self.top_n], rest[self.top_n :]
+        self._omit(
+            "patterns",
+            total=len(patterns),
+            shown=len(shown),
+            by=Counter(p.kind.value for p in tail),
+            parts=[f"{p.kind.value}/{p.cause}/{','.join(p.components)}/{p.count}" for p in tail],
+        )
+        return [self._pattern(p) for p in shown]
+
+    def _pattern(self, p: ViolationPattern) -> dict[str, Any]:
+        data = _pattern(p)
+        if len(p.components) > self.top_n:
+            ours = [c for c in p.components if c in self.targets]
+            others = [c for c in p.components if c not in self.targets]
+            data["components"] = ours + others[: self.top_n]
+            data["components_total"] = len(p.components)
+        return data
+
+    def inhibited(self, inhibited: Sequence[str]) -> list[str]:
+        shown, tail = list(inhibited[: self.top_n]), list(inhibited[self.top_n :])
+        self._omit(
+            "inhibited",
+            total=len(inhibited),
+            shown=len(shown),
+            by=Counter(entry.split("/", 1)[0] for entry in tail),
+            parts=tail,
+        )
+        return shown
+
+
+def _violation(row: _ViolationRow, count: int) -> dict[str, Any]:
+    kind, component, severity, source, value, threshold = row
+    data: dict[str, Any] = {
+        "kind": kind,
+        "component": component,
+        "severity": severity.value,
+        "source": source.value,
+        "value": value,
+        "threshold": threshold,
     }
+    if count > 1:
+        data["count"] = count
+    return data
 
 
-def _pattern(p: Any) -> dict[str, Any]:
+def _pattern(p: ViolationPattern) -> dict[str, Any]:
     return {
         "kind": p.kind.value,
         "cause": p.cause,
@@ -901,7 +1078,7 @@ def _pattern(p: Any) -> dict[str, Any]:
     }
 
 
-def _cause(c: Any) -> dict[str, Any]:
+def _cause(c: Cause) -> dict[str, Any]:
     return {
         "name": c.name,
         "target": c.target,

@@ -42,6 +42,7 @@ class FakeControl:
         self.stats: dict[str, Any] = {"statistics": {"iterations": 3}, "last_iterations": []}
         self.pending: list[dict[str, Any]] = [{"policy_id": "pol-1", "action": "restart_service"}]
         self.statistics_error: Exception | None = None
+        self.stats_pages: list[tuple[int, float | None]] = []  # (limit, before) asked for
 
     def trigger(self, reason: str) -> None:
         self.triggers.append(reason)
@@ -52,7 +53,8 @@ class FakeControl:
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         return self.ready
 
-    async def statistics(self) -> dict[str, Any]:
+    async def statistics(self, *, limit: int, before: float | None) -> dict[str, Any]:
+        self.stats_pages.append((limit, before))
         if self.statistics_error is not None:
             raise self.statistics_error
         return self.stats

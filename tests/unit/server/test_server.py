@@ -433,6 +433,30 @@ async def test_stats_serves_the_controls_statistics(harness: Harness) -> None:
     assert await response.json() == harness.control.stats
 
 
+async def test_stats_pages_are_bounded_and_bad_page_parameters_are_a_400(
+    harness: Harness,
+) -> None:
+    assert (await harness.client.get("/stats")).status == 200
+    assert (await harness.client.get("/stats?limit=100&before=1700000000.5")).status == 200
+    assert harness.control.stats_pages == [(10, None), (100, 1700000000.5)]
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=1e3", "limit"),
+        ("limit=%D9%A3", "limit"),  # an Arabic-Indic digit: isdigit() but not ASCII
+        ("limit=" + "9" * 5000, "limit"),  # more digits than int() takes
+        ("before=inf", "before"),
+        ("before=nan", "before"),
+        ("before=yesterday", "before"),
+    ]:
+        response = await harness.client.get(f"/stats?{query}")
+        assert response.status == 400, query
+        body = await response.json()
+        assert body["field"] == field, query
+    assert len(harness.control.stats_pages) == 2  # none of those reached the daemon
+
+
 async def test_metrics_exposes_the_registry(harness: Harness) -> None:
     await post_alerts(harness, fixture_payload("firing_single_alert.json"))
     response = await harness.client.get("/metrics")

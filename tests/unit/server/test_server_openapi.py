@@ -86,6 +86,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("/readyz", "GET", "/readyz", {}, 200),
     ("/readyz", "GET", "/readyz", {"unready": True}, 503),
     ("/stats", "GET", "/stats", {}, 200),
+    ("/stats", "GET", "/stats?limit=20&before=1700000000", {}, 200),
+    ("/stats", "GET", "/stats?limit=0", {}, 400),
     ("/stats", "GET", "/stats", {"broken": True}, 500),
     ("/metrics", "GET", "/metrics", {}, 200),
     ("/openapi.json", "GET", "/openapi.json", {}, 200),
