@@ -166,6 +166,7 @@ async def build(
             metrics=metrics,
             clock=clock,
         )
+        metrics.watch_state(lambda: orchestrator.state_gauges(clock()))
         yield Components(
             settings=settings,
             metrics=metrics,
@@ -385,7 +386,6 @@ class Daemon:
     def _set_freeze(self, freeze: Freeze | None) -> bool:
         """Apply at once in memory (the guard reads it); persisting is best effort."""
         self._orch.freeze = freeze
-        self._parts.metrics.frozen.set(1 if freeze else 0)
         try:
             if freeze is None or freeze.source == "config":
                 self._parts.store.delete_state(FREEZE_KEY)
@@ -444,7 +444,6 @@ def restore_freeze(parts: Components, now: float) -> None:
         )
     if freeze.active(now):
         parts.orchestrator.freeze = freeze
-        parts.metrics.frozen.set(1)
         log.warning("freeze_restored", reason=freeze.reason, until=freeze.until)
 
 

@@ -7,7 +7,12 @@ so cardinality is bounded by construction. No global registry: tests pass a fres
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from mape_k.models import ActionType, ExecutionStatus, GuardVerdict, OutcomeType, PatternKind
 
@@ -15,6 +20,67 @@ PHASES = ("monitor", "analyze", "plan", "guard", "execute", "verify", "total")
 ITERATION_RESULTS = ("acted", "idle", "held", "degraded", "error", "pending_approval")
 
 _PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class StateGauges:
+    """The daemon's state as gauges, read when Prometheus scrapes (see StateCollector)."""
+
+    frozen: bool = False
+    dry_run: bool = False
+    pending_approvals: int = 0
+    pending_verifications: int = 0
+    oscillating_targets: int = 0
+    needs_human: int = 0
+    charter_circuit_open: bool = False
+
+
+class StateCollector(Collector):
+    """Gauges pulled from the state's owner at scrape time, never pushed: a timed freeze
+    that expires reads 0 at the next scrape, since nothing has to remember to reset it."""
+
+    def __init__(self, read: Callable[[], StateGauges]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._read())
+
+    @staticmethod
+    def _families(state: StateGauges | None) -> Iterator[Metric]:
+        """The families; with `state` None (describing), without samples."""
+        values: dict[str, float] = {}
+        if state is not None:
+            values = {
+                "frozen": int(state.frozen),
+                "dry_run": int(state.dry_run),
+                "pending_approvals": state.pending_approvals,
+                "pending_verifications": state.pending_verifications,
+                "oscillating_targets": state.oscillating_targets,
+                "needs_human": state.needs_human,
+            }
+        for name, doc in _STATE_DOCS.items():
+            yield GaugeMetricFamily(f"mapek_{name}", doc, value=values.get(name))
+        circuit = GaugeMetricFamily(
+            "mapek_circuit_open",
+            "1 while a circuit breaker is open, by circuit.",
+            labels=["circuit"],
+        )
+        if state is not None:
+            circuit.add_metric(["charter"], int(state.charter_circuit_open))
+        yield circuit
+
+
+_STATE_DOCS = {
+    "frozen": "1 while a freeze (or the kill switch, or a freeze window) holds.",
+    "dry_run": "1 while in dry-run mode.",
+    "pending_approvals": "Policies waiting for an operator.",
+    "pending_verifications": "Executions not yet verified.",
+    "oscillating_targets": "Targets blocked by the oscillation detector now.",
+    "needs_human": "Targets where repeated remediation failed (deeper problem), on hold now.",
+}
 
 
 class Metrics:
@@ -67,12 +133,6 @@ class Metrics:
             "Outcomes recorded per (cause, action type).",
             ["cause", "action_type"],
             registry=registry,
-        )
-        self.pending_approvals = Gauge(
-            "mapek_pending_approvals", "Policies waiting for an operator.", registry=registry
-        )
-        self.pending_verifications = Gauge(
-            "mapek_pending_verifications", "Executions not yet verified.", registry=registry
         )
         self.guard_decisions = Counter(
             "mapek_guard_decisions_total",
@@ -146,31 +206,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.frozen = Gauge(
-            "mapek_frozen", "1 while a freeze (or the kill switch) holds.", registry=registry
-        )
-        self.dry_run = Gauge("mapek_dry_run", "1 while in dry-run mode.", registry=registry)
         self.oscillations = Counter(
             "mapek_oscillations_total", "Oscillations detected.", registry=registry
         )
-        self.oscillating_targets = Gauge(
-            "mapek_oscillating_targets",
-            "Targets blocked by the oscillation detector now.",
-            registry=registry,
-        )
         self.panic_reverts = Counter(
             "mapek_panic_reverts_total", "Panic reverts performed.", registry=registry
-        )
-        self.circuit_open = Gauge(
-            "mapek_circuit_open",
-            "1 while a circuit breaker is open, by circuit.",
-            ["circuit"],
-            registry=registry,
-        )
-        self.needs_human = Gauge(
-            "mapek_needs_human",
-            "Targets where repeated remediation failed (deeper problem).",
-            registry=registry,
         )
         self.ready = Gauge("mapek_ready", "1 when /readyz would answer 200.", registry=registry)
         self.knowledge_bytes = Gauge(
@@ -191,6 +231,10 @@ class Metrics:
             registry=registry,
         )
         self._prime()
+
+    def watch_state(self, read: Callable[[], StateGauges]) -> None:
+        """Serve the state gauges from `read`, called at each scrape (once per registry)."""
+        self.registry.register(StateCollector(read))
 
     def _prime(self) -> None:
         """Create the labelled children we know of, so dashboards show zeros, not gaps."""

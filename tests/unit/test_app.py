@@ -232,7 +232,7 @@ async def test_an_unreadable_saved_inbox_starts_empty_with_a_warning(tmp_path, c
 
 
 @contextlib.asynccontextmanager
-async def serving(parts, clock):
+async def serving(parts, clock, admin_token=None):
     """The real HTTP face of a real Daemon (aiohttp test server on 127.0.0.1)."""
     app = build_app(
         control=Daemon(parts, clock=clock),
@@ -240,7 +240,7 @@ async def serving(parts, clock):
         metrics=parts.metrics,
         config=parts.settings.server,
         webhook_token=None,
-        admin_token=None,
+        admin_token=admin_token,
     )
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -324,3 +324,46 @@ async def test_stats_pages_through_the_decision_records_newest_first(tmp_path, c
             response = await client.get(f"/stats?{query}")
             assert response.status == 400, query
             assert (await response.json())["field"] == field
+
+
+def gauge(text: str, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return value
+
+
+async def test_a_timed_freeze_that_expires_reads_zero_on_metrics(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"charter.mode": "mock"})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with (
+        build(settings, world=world, clock=clock) as parts,
+        serving(parts, clock, admin_token="t0ken") as client,
+    ):
+        assert gauge(await (await client.get("/metrics")).text(), "mapek_frozen") == 0
+        response = await client.post(
+            "/api/v1/freeze",
+            json={"reason": "deploy", "duration_s": 60},
+            headers={"Authorization": "Bearer t0ken"},
+        )
+        assert response.status == 200
+        assert gauge(await (await client.get("/metrics")).text(), "mapek_frozen") == 1
+        clock.advance(61)  # nothing runs in between: no code path resets anything
+        assert gauge(await (await client.get("/metrics")).text(), "mapek_frozen") == 0
+
+
+async def test_state_gauges_are_read_from_their_owners_at_scrape_time(tmp_path, clock):
+    settings = settings_for(tmp_path, **{"charter.mode": "mock"})
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts, serving(parts, clock) as client:
+        clock.advance(5)
+        record = await parts.orchestrator.run_once()
+        assert record["result"] == "acted"
+        text = await (await client.get("/metrics")).text()
+        assert gauge(text, "mapek_pending_verifications") == 1
+        assert gauge(text, "mapek_dry_run") == 0
+        parts.orchestrator.set_dry_run(True)
+        safety = parts.orchestrator.safety
+        for _ in range(3):
+            safety.charter_result(False, now=clock(), error="503")
+        text = await (await client.get("/metrics")).text()
+        assert gauge(text, "mapek_dry_run") == 1
+        assert 'mapek_circuit_open{circuit="charter"} 1.0' in text

@@ -25,7 +25,7 @@ from fakes import alert_size, shipped_alert_group, shipped_alerts
 from mape_k.app import file_reserve
 from mape_k.config import load_settings
 from mape_k.connections import plan_file_limit
-from mape_k.metrics import Metrics
+from mape_k.metrics import Metrics, StateGauges
 from mape_k.sim.service import REGISTRY as SIM_REGISTRY
 from mape_k.sim.service import build_app as build_sim_app
 
@@ -100,7 +100,7 @@ def charter_series() -> set[str]:
 
 def daemon_series() -> set[str]:
     registry = CollectorRegistry()
-    Metrics(registry)
+    Metrics(registry).watch_state(StateGauges)  # the state gauges, read at scrape time
     return series_names(registry)
 
 

@@ -38,7 +38,7 @@ from mape_k.loop.safety import (
     config_problems,
     store_problems,
 )
-from mape_k.metrics import Metrics
+from mape_k.metrics import Metrics, StateGauges
 from mape_k.models import (
     ActionType,
     AnalysisResult,
@@ -156,9 +156,6 @@ class MAPEKOrchestrator:
         self._committee_size: int | None = None
         self._charter: CharterClient | None = None
         executor.wrap_charter(self._wrap_charter)
-        if metrics is not None:
-            metrics.dry_run.set(1 if self.dry_run else 0)
-            metrics.frozen.set(1 if self.freeze else 0)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -191,6 +188,27 @@ class MAPEKOrchestrator:
             return f"frozen ({freeze.source}): {freeze.reason}"
         return None
 
+    def active_freeze(self, now: float) -> guard_rules.Freeze | None:
+        """The freeze that holds now: an operator's, a panic's or the kill switch, else a
+        configured freeze window; None when nothing holds."""
+        freeze = self.freeze
+        if freeze is not None and freeze.active(now):
+            return freeze
+        return guard_rules.active_window(self._settings.guards.freeze_windows, now)
+
+    def state_gauges(self, now: float) -> StateGauges:
+        """The loop's state for /metrics, read from its owners at scrape time."""
+        safety = self.safety
+        return StateGauges(
+            frozen=self.active_freeze(now) is not None,
+            dry_run=self.dry_run,
+            pending_approvals=len(self.planner.pending_approvals()),
+            pending_verifications=len(self.executor.pending_verifications()),
+            oscillating_targets=sum(1 for b in safety.backoffs.values() if now < b.until),
+            needs_human=sum(1 for h in safety.needs_human.values() if now < h.until),
+            charter_circuit_open=safety.charter.phase(now) != "closed",
+        )
+
     def busy_for(self) -> float:
         """Seconds the current iteration has been running (0 when idle)."""
         if self._busy_since is None:
@@ -200,8 +218,6 @@ class MAPEKOrchestrator:
     def set_dry_run(self, enabled: bool) -> None:
         self.dry_run = enabled
         self.executor.dry_run = enabled
-        if self._metrics is not None:
-            self._metrics.dry_run.set(1 if enabled else 0)
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply a reloaded configuration to every part of the loop.
@@ -225,8 +241,6 @@ class MAPEKOrchestrator:
                 self.freeze = self.config_freeze(settings)
         elif self.freeze is not None and self.freeze.source == "config":
             self.freeze = None
-        if self._metrics is not None:
-            self._metrics.frozen.set(1 if self.freeze else 0)
         # Dry run set over the control API stays until the configured value changes.
         if settings.executor.dry_run != self._configured_dry_run:
             self._configured_dry_run = settings.executor.dry_run
@@ -258,8 +272,6 @@ class MAPEKOrchestrator:
                 policy_ids=dropped,
                 reason="the reloaded planner no longer proposes them for approval, or keeps fewer",
             )
-        if self._metrics is not None:
-            self._metrics.pending_approvals.set(len(self.planner.pending_approvals()))
 
     def config_freeze(self, settings: Settings) -> guard_rules.Freeze | None:
         if not settings.guards.frozen:
@@ -448,8 +460,6 @@ class MAPEKOrchestrator:
         for outcome in outcomes:
             self.knowledge.record_outcome(outcome)
             self.safety.note_outcome(outcome, now=now)
-        if self._metrics is not None:
-            self._metrics.pending_verifications.set(len(self.executor.pending_verifications()))
         return outcomes
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
@@ -613,7 +623,6 @@ class MAPEKOrchestrator:
             log.error("freeze_save_failed", error=str(exc))
         if self._metrics is not None:
             self._metrics.panic_reverts.inc()
-            self._metrics.frozen.set(1)
         ids = [e.id for e in reverted]
         log.error(
             "panic_revert",
@@ -733,8 +742,6 @@ class MAPEKOrchestrator:
         self.state.last_result = result
         self.records.append(record)
         self._count_result(result)
-        if self._metrics is not None:
-            self._metrics.pending_approvals.set(len(self.planner.pending_approvals()))
         try:
             self._store.record_iteration(
                 record["id"], started_at=record["started_at"], result=result, record=record

@@ -107,7 +107,6 @@ class SafetyState:
             charter_circuit=self.charter.state,
             needs_human=sorted(self.needs_human),
         )
-        self._publish(now=None)
 
     def save(self, *, now: float) -> None:
         if self._store is None or not self._dirty:
@@ -164,20 +163,6 @@ class SafetyState:
         )
         if after != before:
             self._dirty = True
-        self._publish(now=now)
-
-    def _publish(self, *, now: float | None) -> None:
-        if self._metrics is None:
-            return
-        if now is None:
-            oscillating = len(self.backoffs)
-        else:
-            oscillating = sum(1 for b in self.backoffs.values() if now < b.until)
-        self._metrics.oscillating_targets.set(oscillating)
-        self._metrics.needs_human.set(len(self.needs_human))
-        self._metrics.circuit_open.labels(circuit="charter").set(
-            0 if self.charter.state == "closed" else 1
-        )
 
     # --- recording -----------------------------------------------------------------------
 
@@ -223,7 +208,6 @@ class SafetyState:
             level=level,
             blocked_until=backoff.until,
         )
-        self._publish(now=now)
         return backoff
 
     def recommend(self, target: str, size: int, *, now: float) -> None:
@@ -262,7 +246,6 @@ class SafetyState:
         self.needs_human[target] = hold
         self.failures.pop(target, None)
         log.error("needs_human", target=target, reason=hold.reason, until=hold.until)
-        self._publish(now=now)
         return hold
 
     def clear_needs_human(self, target: str | None = None) -> list[str]:
@@ -270,7 +253,6 @@ class SafetyState:
         cleared = [t for t in targets if self.needs_human.pop(t, None) is not None]
         if cleared:
             self._dirty = True
-            self._publish(now=None)
         return cleared
 
     # --- the Charter circuit breaker -----------------------------------------------------
@@ -291,7 +273,6 @@ class SafetyState:
                     log.warning("charter_circuit_closed", after_failures=circuit.failures)
                 self.charter = Circuit()
                 self._dirty = True
-                self._publish(now=now)
             return
         failures = circuit.failures + 1
         half_open = circuit.phase(now) == "half_open"
@@ -313,7 +294,6 @@ class SafetyState:
         else:
             self.charter = replace(circuit, failures=failures, last_error=error)
         self._dirty = True
-        self._publish(now=now)
 
     # --- /stats --------------------------------------------------------------------------
 
