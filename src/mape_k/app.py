@@ -46,7 +46,6 @@ from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
-from mape_k.loop.safety import FREEZE_KEY
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
@@ -384,17 +383,7 @@ class Daemon:
         return {"frozen": False, "persisted": persisted}
 
     def _set_freeze(self, freeze: Freeze | None) -> bool:
-        """Apply at once in memory (the guard reads it); persisting is best effort."""
-        self._orch.freeze = freeze
-        try:
-            if freeze is None or freeze.source == "config":
-                self._parts.store.delete_state(FREEZE_KEY)
-            else:
-                self._parts.store.set_state(FREEZE_KEY, _freeze_dict(freeze))
-        except StoreError as exc:
-            log.error("freeze_save_failed", error=str(exc))
-            return False
-        return True
+        return self._orch.set_freeze(freeze, now=self._clock())
 
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         self._orch.set_dry_run(enabled)
@@ -411,40 +400,9 @@ class Daemon:
             log.error("control_record_failed", route=route, caller=caller, error=str(exc))
 
 
-def _freeze_dict(freeze: Freeze) -> dict[str, Any]:
-    return {
-        "reason": freeze.reason,
-        "since": freeze.since,
-        "until": freeze.until,
-        "source": freeze.source,
-    }
-
-
 def restore_freeze(parts: Components, now: float) -> None:
-    """An operator freeze (the kill switch above all) survives a restart."""
-    saved = parts.store.get_state(FREEZE_KEY)
-    if saved is None or parts.orchestrator.freeze is not None:
-        return
-    try:
-        until = saved["until"]
-        freeze = Freeze(
-            reason=str(saved["reason"]),
-            since=float(saved["since"]),
-            until=None if until is None else float(until),
-            source=str(saved["source"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        # Fail closed: a freeze we cannot read is kept, until an operator lifts it.
-        log.error("freeze_unreadable", saved=repr(saved)[:200])
-        freeze = Freeze(
-            reason="a saved freeze could not be read; lift it with DELETE /api/v1/freeze",
-            since=now,
-            until=None,
-            source="store",
-        )
-    if freeze.active(now):
-        parts.orchestrator.freeze = freeze
-        log.warning("freeze_restored", reason=freeze.reason, until=freeze.until)
+    """An operator's or a panic's freeze (the kill switch above all) survives a restart."""
+    parts.orchestrator.restore_freeze(now)
 
 
 async def run(

@@ -188,6 +188,50 @@ class MAPEKOrchestrator:
             return f"frozen ({freeze.source}): {freeze.reason}"
         return None
 
+    def set_freeze(self, freeze: guard_rules.Freeze | None, *, now: float) -> bool:
+        """The one writer of the freeze: it applies at once in memory (the guards and a
+        running policy read it), then is persisted, best effort (False if that failed).
+        The configuration's own kill switch is not persisted: the config says it."""
+        self.freeze = freeze
+        try:
+            if freeze is None or freeze.source == "config":
+                self._store.delete_state(FREEZE_KEY)
+            else:
+                self._store.set_state(FREEZE_KEY, _freeze(freeze), at=now)
+        except MapekError as exc:
+            log.error("freeze_save_failed", error=str(exc))
+            return False
+        return True
+
+    def restore_freeze(self, now: float) -> None:
+        """A freeze persisted by an operator or a panic survives a restart; one that
+        cannot be read fails closed (kept until an operator lifts it)."""
+        try:
+            saved = self._store.get_state(FREEZE_KEY)
+        except MapekError as exc:
+            saved = {"unreadable": str(exc)}
+        if saved is None or self.freeze is not None:
+            return
+        try:
+            until = saved["until"]
+            freeze = guard_rules.Freeze(
+                reason=str(saved["reason"]),
+                since=float(saved["since"]),
+                until=None if until is None else float(until),
+                source=str(saved["source"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.error("freeze_unreadable", saved=repr(saved)[:200])
+            freeze = guard_rules.Freeze(
+                reason="a saved freeze could not be read; lift it with DELETE /api/v1/freeze",
+                since=now,
+                until=None,
+                source="store",
+            )
+        if freeze.active(now):
+            self.freeze = freeze
+            log.warning("freeze_restored", reason=freeze.reason, until=freeze.until)
+
     def active_freeze(self, now: float) -> guard_rules.Freeze | None:
         """The freeze that holds now: an operator's, a panic's or the kill switch, else a
         configured freeze window; None when nothing holds."""
@@ -614,13 +658,12 @@ class MAPEKOrchestrator:
             else await self.executor.revert_recent(since=now - cfg.lookback_s, reason=reason)
         )
         until = None if cfg.freeze_s is None else now + cfg.freeze_s
-        self.freeze = guard_rules.Freeze(
-            reason=f"panic revert: {reason}", since=now, until=until, source="panic"
+        self.set_freeze(
+            guard_rules.Freeze(
+                reason=f"panic revert: {reason}", since=now, until=until, source="panic"
+            ),
+            now=now,
         )
-        try:
-            self._store.set_state(FREEZE_KEY, _freeze(self.freeze), at=now)
-        except MapekError as exc:
-            log.error("freeze_save_failed", error=str(exc))
         if self._metrics is not None:
             self._metrics.panic_reverts.inc()
         ids = [e.id for e in reverted]
