@@ -15,7 +15,7 @@ import resource
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,22 +458,22 @@ async def run(
             runner = guard.runner(app)
             await runner.setup()
         try:
+            roots: dict[str, Coroutine[Any, Any, None]] = {}
             if runner is not None and guard is not None:
-                await _listen(runner, settings, guard)
+                site = await _listen(runner, settings, guard)
                 parts.port = int(runner.addresses[0][1])
                 log.info("serving", addresses=[str(a) for a in runner.addresses])
+                roots["http-server"] = site.serve()
             loop_task = parts.orchestrator.start()
+            roots |= {
+                "watchdog": _watchdog(parts),
+                "pruner": _pruner(parts),
+                "reloader": _reloader(parts, reload, reloader, configure_logging),
+            }
             sd_notify("READY=1")
             if on_ready is not None:
                 on_ready(parts)
-            healthy = await _supervise(
-                parts,
-                stop=stop,
-                loop_task=loop_task,
-                reload=reload,
-                reloader=reloader,
-                configure_logging=configure_logging,
-            )
+            healthy = await _supervise(stop=stop, loop_task=loop_task, roots=roots)
         finally:
             sd_notify("STOPPING=1")
             await _shutdown(parts, runner)
@@ -518,15 +518,17 @@ def fit_file_limit(settings: Settings) -> int:
     return plan.max_connections
 
 
-async def _listen(runner: web.AppRunner, settings: Settings, guard: ConnectionGuard) -> None:
+async def _listen(runner: web.AppRunner, settings: Settings, guard: ConnectionGuard) -> GuardedSite:
     host, port = settings.server.host, settings.server.port
+    site = GuardedSite(runner, host, port, guard=guard)
     try:
-        await GuardedSite(runner, host, port, guard=guard).start()
+        await site.start()
     except OSError as exc:
         raise ConfigError(
             f"server.host/server.port: cannot listen on {host}:{port}:"
             f" {os.strerror(exc.errno) if exc.errno else exc}"
         ) from exc
+    return site
 
 
 PRUNE_EVERY_S = 3600.0
@@ -551,50 +553,69 @@ def prune(parts: Components, now: float | None = None) -> None:
 
 
 async def _supervise(
-    parts: Components,
     *,
     stop: asyncio.Event,
     loop_task: asyncio.Task[None],
-    reload: asyncio.Event | None,
-    reloader: Callable[[], Settings] | None,
-    configure_logging: bool,
+    roots: dict[str, Coroutine[Any, Any, None]],
 ) -> bool:
-    """Wait for stop; ping the systemd watchdog while iterations keep starting; reload on HUP.
-
-    Returns False when the loop task ended by itself (a failure), True on a requested stop.
-    """
-    watchdog_s = _watchdog_interval()
-    last_seen = parts.orchestrator.state.iteration
-    loop = asyncio.get_running_loop()
-    pruned_at = loop.time()
-    while not stop.is_set():
-        if loop_task.done():
-            exc = loop_task.exception() if not loop_task.cancelled() else None
-            log.error("loop_task_ended", error=repr(exc))
-            return False
-        waiters = [asyncio.ensure_future(stop.wait())]
-        if reload is not None:
-            waiters.append(asyncio.ensure_future(reload.wait()))
-        done, _ = await asyncio.wait(
-            [*waiters, loop_task], timeout=watchdog_s, return_when=asyncio.FIRST_COMPLETED
+    """Run the root tasks (the HTTP server, the watchdog, the pruner, the reloader) beside
+    the loop until `stop`. A root task or the loop that ends by itself is a failure: it is
+    logged, the others are cancelled and False is returned (the daemon exits 1 for
+    systemd's Restart=on-failure). True on a requested stop; the loop itself is then
+    stopped by the caller, gracefully and bounded."""
+    tasks = {asyncio.create_task(coro, name=f"mapek-{name}"): name for name, coro in roots.items()}
+    tasks[loop_task] = "loop"
+    stopping = asyncio.create_task(stop.wait(), name="mapek-stop")
+    try:
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [stopping, *tasks]:
+            if task is not loop_task and not task.done():
+                task.cancel()
+        await asyncio.gather(
+            stopping, *(t for t in tasks if t is not loop_task), return_exceptions=True
         )
-        for waiter in waiters:
-            if waiter not in done:
-                waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-        if reload is not None and reload.is_set():
-            reload.clear()
-            reload_config(parts, reloader, configure_logging=configure_logging)
-        if loop.time() - pruned_at >= PRUNE_EVERY_S:
-            pruned_at = loop.time()
-            prune(parts)
+    failed = [(name, task) for task, name in tasks.items() if task in done]
+    for name, task in failed:
+        error = None if task.cancelled() else task.exception()
+        log.error("root_task_ended", task=name, error=repr(error))
+    return not failed
+
+
+async def _watchdog(parts: Components) -> None:
+    """Feed systemd's watchdog while iterations keep starting (a stuck loop is restarted)."""
+    interval = _watchdog_interval()
+    last_seen = parts.orchestrator.state.iteration
+    while True:
+        await asyncio.sleep(interval)
         current = parts.orchestrator.state.iteration
-        # The watchdog is fed only while the loop makes progress, so a stuck loop is restarted.
-        limit = parts.settings.orchestrator.iteration_timeout_s + watchdog_s
+        limit = parts.settings.orchestrator.iteration_timeout_s + interval
         if current != last_seen or parts.orchestrator.busy_for() < limit:
             sd_notify("WATCHDOG=1")
         last_seen = current
-    return True
+
+
+async def _pruner(parts: Components) -> None:
+    """Old journal rows rotate out every PRUNE_EVERY_S (at start too, before this runs)."""
+    while True:
+        await asyncio.sleep(PRUNE_EVERY_S)
+        prune(parts)
+
+
+async def _reloader(
+    parts: Components,
+    reload: asyncio.Event | None,
+    reloader: Callable[[], Settings] | None,
+    configure_logging: bool,
+) -> None:
+    """SIGHUP: apply the reloaded configuration (each signal once)."""
+    if reload is None:
+        await asyncio.Event().wait()  # nothing to reload: idle until cancelled
+        return
+    while True:
+        await reload.wait()
+        reload.clear()
+        reload_config(parts, reloader, configure_logging=configure_logging)
 
 
 def _watchdog_interval() -> float:

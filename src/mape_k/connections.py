@@ -362,6 +362,13 @@ class GuardedSite(web.BaseSite):
             self._guard.factory(server), self._host, self._port, backlog=self._backlog
         )
 
+    async def serve(self) -> None:
+        """Until cancelled (which closes the listener) or the listener is closed: the
+        server as a task the daemon supervises, so a server that stops takes it down."""
+        if self._server is None:
+            raise RuntimeError("the site is not started")
+        await self._server.serve_forever()
+
 
 __all__ = [
     "BACKLOG",

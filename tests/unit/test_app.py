@@ -3,6 +3,7 @@ a SIGHUP applies what can change at run time."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sqlite3
@@ -14,10 +15,12 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from mape_k import app as app_module
 from mape_k import logs
 from mape_k.app import Daemon, build, reload_config, restore_freeze
 from mape_k.cli import main
 from mape_k.config import Settings, load_settings
+from mape_k.connections import GuardedSite
 from mape_k.errors import ConfigError, StoreError
 from mape_k.integrations.alertmanager import Alert, IngestResult
 from mape_k.integrations.charter.mock import MockCharterWorld
@@ -367,3 +370,33 @@ async def test_state_gauges_are_read_from_their_owners_at_scrape_time(tmp_path, 
         text = await (await client.get("/metrics")).text()
         assert gauge(text, "mapek_dry_run") == 1
         assert 'mapek_circuit_open{circuit="charter"} 1.0' in text
+
+
+@pytest.mark.parametrize("root", ["pruner", "http-server"])
+async def test_a_root_task_that_dies_takes_the_daemon_down_with_exit_1(tmp_path, monkeypatch, root):
+    """The HTTP server, the pruner (and the watchdog, the reloader) are supervised like the
+    loop: one that ends by itself is logged and the daemon exits 1 for systemd."""
+    if root == "pruner":
+        calls = []
+
+        def prune_then_break(parts, now=None):
+            calls.append(now)
+            if len(calls) > 1:  # the first prune runs at start, the next in the pruner task
+                raise RuntimeError("pruner bug")
+
+        monkeypatch.setattr(app_module, "PRUNE_EVERY_S", 0.0)
+        monkeypatch.setattr(app_module, "prune", prune_then_break)
+    else:
+
+        async def stopped_serving(self):
+            self._server.close()  # the listener went away
+
+        monkeypatch.setattr(GuardedSite, "serve", stopped_serving)
+    settings = settings_for(tmp_path, **{"charter.mode": "mock", "server.port": 0})
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        code = await app_module.run(settings, stop=stop, configure_logging=False)
+    assert code == 1
+    [ended] = [e for e in logs if e["event"] == "root_task_ended"]
+    assert ended["task"] == root
+    assert not stop.is_set()
