@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 LIBRARY_MIN_LEVEL = logging.WARNING  # libraries' info chatter (httpx per request) stays out
@@ -123,9 +124,16 @@ class _Bridge(logging.Handler):
                 "logger": record.name,
                 "message": _short(record.getMessage()),
             }
-            if record.exc_info and record.exc_info[1] is not None:
-                fields["exc_info"] = record.exc_info
+            error = record.exc_info[1] if record.exc_info else None
             kind = f"{record.name}:{_short(record.msg)}"
+            if isinstance(error, HttpProcessingError):
+                # A malformed request (aiohttp answered it 400): the client's fault, not a
+                # failure of ours; no traceback.
+                fields["error"] = _short(str(error))
+                _emit(kind, "warning", "http_bad_request", **fields)
+                return
+            if error is not None:
+                fields["exc_info"] = record.exc_info
             _emit(kind, _level_name(record.levelno), "library_log", **fields)
         except Exception:
             self.handleError(record)

@@ -10,6 +10,8 @@ import json
 import logging
 from typing import Any
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 from fakes import FakeClock
 from mape_k import logs
 
@@ -38,6 +40,21 @@ def test_a_library_error_with_a_traceback_is_one_json_line(clock: FakeClock) -> 
     assert event["logger"] == "aiohttp.server"
     assert event["message"] == "Error handling request from 1.2.3.4"
     assert "OSError: [Errno 24] Too many open files" in event["exception"]
+
+
+def test_a_malformed_request_aiohttp_answered_400_is_a_warning_without_traceback(
+    clock: FakeClock,
+) -> None:
+    stream = configured(clock)
+    logging.getLogger("aiohttp.server").error(
+        "Error handling request from %s",
+        "127.0.0.1",
+        exc_info=BadHttpMessage("Invalid header value char"),
+    )
+    [event] = lines(stream)
+    assert (event["event"], event["level"]) == ("http_bad_request", "warning")
+    assert "Invalid header value char" in event["error"]
+    assert "exception" not in event
 
 
 def test_library_info_chatter_stays_out_and_warnings_come_through(clock: FakeClock) -> None:
