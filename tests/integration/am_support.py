@@ -133,3 +133,44 @@ def am_alert(**labels: str) -> dict[str, Any]:
         "startsAt": now_rfc3339(),
         "generatorURL": "http://127.0.0.1:9090/graph",
     }
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(knowledge: Path, *, deadline_s: float = 20.0) -> AsyncIterator[Any]:
+    """The real daemon (app.run) in-process: mock Charter, a free port, the webhook token
+    TOKEN, an hour's interval (only an alert wakes it) and an alert-only cause
+    (`charter_down`, which no rule reads, so no fresh reading supersedes it). Yields its
+    Components once it serves; stops it on exit."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only these tests
+
+    from mape_k.app import Components, run  # noqa: PLC0415
+    from mape_k.config import load_settings  # noqa: PLC0415
+
+    settings, _ = load_settings(
+        None,
+        {},
+        {
+            "charter.mode": "mock",
+            "server.port": 0,
+            "server.webhook_token": TOKEN,
+            "orchestrator.interval_s": 3600,
+            "knowledge.path": str(knowledge),
+            "planner.remediations": {"charter_down": [[{"type": "restart_service"}]]},
+        },
+    )
+    stop = asyncio.Event()
+    ready: asyncio.Queue[Components] = asyncio.Queue()
+    task = asyncio.create_task(
+        run(
+            settings,
+            stop=stop,
+            on_ready=ready.put_nowait,
+            configure_logging=False,
+            registry=CollectorRegistry(),
+        )
+    )
+    try:
+        yield await asyncio.wait_for(ready.get(), deadline_s)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, deadline_s)

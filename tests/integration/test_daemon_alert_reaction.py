@@ -13,11 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from am_support import TOKEN, alertmanager, am_alert
-from prometheus_client import CollectorRegistry
-
-from mape_k.app import Components, run
-from mape_k.config import load_settings
+from am_support import alertmanager, am_alert, in_process_daemon
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 20.0
@@ -26,32 +22,7 @@ DEADLINE_S = 20.0
 async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_seconds(
     tmp_path: Path,
 ) -> None:
-    settings, _ = load_settings(
-        None,
-        {},
-        {
-            "charter.mode": "mock",
-            "server.port": 0,
-            "server.webhook_token": TOKEN,
-            "orchestrator.interval_s": 3600,
-            "knowledge.path": str(tmp_path / "k.sqlite3"),
-            # An alert-only cause (no rule reads it, so no fresh reading can supersede it).
-            "planner.remediations": {"charter_down": [[{"type": "restart_service"}]]},
-        },
-    )
-    stop = asyncio.Event()
-    ready: asyncio.Queue[Components] = asyncio.Queue()
-    task = asyncio.create_task(
-        run(
-            settings,
-            stop=stop,
-            on_ready=ready.put_nowait,
-            configure_logging=False,
-            registry=CollectorRegistry(),
-        )
-    )
-    try:
-        parts = await asyncio.wait_for(ready.get(), DEADLINE_S)
+    async with in_process_daemon(tmp_path / "k.sqlite3", deadline_s=DEADLINE_S) as parts:
         delivered: list[float] = []
         route = parts.router.route_alerts
 
@@ -71,9 +42,6 @@ async def test_an_alert_from_a_real_alertmanager_starts_an_iteration_within_two_
                 posted = await client.post(f"{am_url}/api/v2/alerts", json=[alert])
                 assert posted.status_code == 200, posted.text
             record = await asyncio.wait_for(iterations.get(), DEADLINE_S)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE_S)
 
     assert delivered, "Alertmanager never delivered to the daemon"
     reaction = record["started_at"] - delivered[0]

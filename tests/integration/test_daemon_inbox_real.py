@@ -17,11 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from am_support import TOKEN, alertmanager, am_alert, shipped_max_alerts
-from prometheus_client import CollectorRegistry
+from am_support import alertmanager, am_alert, in_process_daemon, shipped_max_alerts
 
-from mape_k.app import Components, run
-from mape_k.config import load_settings
+from mape_k.app import Components
 from mape_k.integrations.alertmanager import Alert, AlertStatus, IngestResult
 
 pytestmark = pytest.mark.integration
@@ -34,33 +32,8 @@ def rfc3339(timestamp: float) -> str:
 
 @contextlib.asynccontextmanager
 async def daemon(knowledge: Path) -> AsyncIterator[tuple[Components, asyncio.Queue[list[Alert]]]]:
-    """The daemon with the mock Charter, an hour's interval; yields it and its deliveries."""
-    settings, _ = load_settings(
-        None,
-        {},
-        {
-            "charter.mode": "mock",
-            "server.port": 0,
-            "server.webhook_token": TOKEN,
-            "orchestrator.interval_s": 3600,
-            "knowledge.path": str(knowledge),
-            # An alert-only cause (no rule reads it, so no fresh reading can supersede it).
-            "planner.remediations": {"charter_down": [[{"type": "restart_service"}]]},
-        },
-    )
-    stop = asyncio.Event()
-    ready: asyncio.Queue[Components] = asyncio.Queue()
-    task = asyncio.create_task(
-        run(
-            settings,
-            stop=stop,
-            on_ready=ready.put_nowait,
-            configure_logging=False,
-            registry=CollectorRegistry(),
-        )
-    )
-    try:
-        parts = await asyncio.wait_for(ready.get(), DEADLINE_S)
+    """The daemon (am_support.in_process_daemon); yields it and its deliveries."""
+    async with in_process_daemon(knowledge, deadline_s=DEADLINE_S) as parts:
         deliveries: asyncio.Queue[list[Alert]] = asyncio.Queue()
         route = parts.router.route_alerts
 
@@ -71,9 +44,6 @@ async def daemon(knowledge: Path) -> AsyncIterator[tuple[Components, asyncio.Que
 
         parts.router.route_alerts = recording_route  # type: ignore[method-assign]
         yield parts, deliveries
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE_S)
 
 
 async def delivered(deliveries: asyncio.Queue[list[Alert]], status: AlertStatus) -> Alert:
