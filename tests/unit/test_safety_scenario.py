@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builders import settings as settings_for
 from mape_k.app import build
-from mape_k.config import Settings, load_settings
+from mape_k.config import Settings
 from mape_k.integrations.charter.mock import MockCharterWorld
 
 STEP_S = 15.0
@@ -28,13 +29,7 @@ def two_way_autoscaler(tmp_path: Path) -> Settings:
         **defaults["planner"]["remediations"],
         "underload": [[{"type": "scale_down", "parameters": {"delta": 1}}]],
     }
-    overrides = {
-        "knowledge.path": str(tmp_path / "k.sqlite3"),
-        "charter.mode": "mock",
-        "monitor.rules": rules,
-        "planner.remediations": remediations,
-    }
-    return load_settings(None, {}, overrides)[0]
+    return settings_for(tmp_path, **{"monitor.rules": rules, "planner.remediations": remediations})
 
 
 def size_changes(actions: list) -> list[tuple[float, int]]:
