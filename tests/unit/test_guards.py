@@ -350,7 +350,7 @@ def test_k_remediations_that_did_not_fix_a_target_need_a_human():
 def test_an_approval_expires_and_then_is_a_rejection():
     risky = policy(ActionType.BYPASS_VALIDATION, requires_approval=True)
     approvals = {risky.id: NOW}
-    assert verdict(g.approval_guard, risky) is not GuardVerdict.ALLOW  # not approved: deny
+    assert verdict(g.approval_guard, risky) is GuardVerdict.BLOCK  # not approved: deny
     ok = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3599))
     assert ok.verdict is GuardVerdict.ALLOW
     expired = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3600))
