@@ -102,10 +102,21 @@ def executions(db: Path) -> dict[str, dict[str, Any]]:
     return {row[0]: {**json.loads(row[2]), "status": row[1]} for row in rows}  # the column wins
 
 
-def outcome_count(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        (count,) = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()
-    return int(count)
+def recorded_outcomes(db: Path) -> tuple[dict[str, tuple[str, float]], int]:
+    """The knowledge file's outcomes (execution id -> (verdict, recorded_at)) and the samples
+    its statistics count, read in one transaction (record_outcome writes both in one)."""
+    uri = f"file:{db}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as conn:
+        conn.execute("BEGIN")  # one snapshot for both reads
+        rows = conn.execute("SELECT execution_id, outcome, recorded_at FROM outcomes").fetchall()
+        (samples,) = conn.execute("SELECT COALESCE(SUM(samples), 0) FROM stats").fetchone()
+        conn.execute("ROLLBACK")
+    return {row[0]: (row[1], row[2]) for row in rows}, int(samples)
+
+
+def known(outcomes: dict[str, tuple[str, float]]) -> int:
+    """How many of `outcomes` are samples: every verdict but UNKNOWN."""
+    return sum(1 for verdict, _ in outcomes.values() if verdict != "unknown")
 
 
 def outcomes_for(db: Path, execution_ids: set[str]) -> set[str]:
@@ -350,7 +361,7 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
             await asyncio.sleep(rng.uniform(0.0, 0.3))  # the random kill point (seeded)
             stack.kill("mape-k")
             at_kill = executions(db)
-            outcomes_at_kill = outcome_count(db)
+            outcomes_at_kill, _ = recorded_outcomes(db)
             unfinished = {i: e for i, e in at_kill.items() if e["status"] in UNFINISHED}
             if mode == "inside":
                 assert first["idempotency_key"].split(":")[0] in unfinished, (
@@ -369,10 +380,18 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
             assert not [i for i, e in after.items() if e["status"] in UNFINISHED], (
                 f"round {round_no}: executions left unfinished after the restart"
             )
-            assert outcome_count(db) >= outcomes_at_kill, f"round {round_no}: outcomes lost"
             stats = await stack.daemon_stats()
-            assert stats["knowledge"]["totals"]["samples"] >= outcomes_at_kill, (
-                f"round {round_no}: knowledge forgot outcomes"
+            outcomes_now, samples_now = recorded_outcomes(db)
+            # Every outcome recorded before the kill is still there, as it was (never
+            # measured again with another verdict)...
+            kept = {i: outcomes_now.get(i) for i in outcomes_at_kill}
+            assert kept == outcomes_at_kill, f"round {round_no}: outcomes lost or rewritten"
+            # ...and each is learned from once: the samples are the known outcomes, no more.
+            assert samples_now == known(outcomes_now), (
+                f"round {round_no}: {samples_now} samples for {known(outcomes_now)} outcomes"
+            )
+            assert stats["knowledge"]["totals"]["samples"] >= known(outcomes_at_kill), (
+                f"round {round_no}: the restarted daemon forgot what it had learned"
             )
             state = await stack.sim_state()
             assert_each_key_applied_at_most_once(state)
@@ -427,7 +446,13 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
                 what="the outcome of every execution completed by reconcile",
                 poll_s=FAST_POLL_S,
             )
-        assert outcome_count(db) >= 1, "no outcome recorded: the 'none lost' checks were empty"
+        outcomes, _ = recorded_outcomes(db)
+        assert outcomes, "no outcome recorded: the 'none lost' checks were empty"
+        # No execution was measured twice across the ten restarts (a second verdict would be
+        # refused by the store, and logged).
+        log_text = stack.logs("mape-k", tail=2_000_000)
+        twice = [line for line in log_text.splitlines() if '"outcome_duplicate"' in line]
+        assert not twice, f"executions verified twice: {twice[:3]}"
 
 
 # --- 4. The same notification delivered 100 times --------------------------------------------

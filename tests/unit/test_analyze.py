@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import builders
 from mape_k.config import AnalyzerConfig
 from mape_k.loop.analyze import PatternAnalyzer, combine
 from mape_k.models import (
@@ -22,27 +24,7 @@ from mape_k.models import (
 NOW = 10_000.0
 
 
-def v(
-    kind: str = "high_failure_rate",
-    component: str = "charter",
-    *,
-    t: float = NOW,
-    severity: Severity = Severity.CRITICAL,
-    source: ViolationSource = ViolationSource.RULE,
-    value: float | None = None,
-    threshold: float | None = None,
-    query: str | None = None,
-) -> Violation:
-    return Violation(
-        kind=kind,
-        component=component,
-        severity=severity,
-        source=source,
-        timestamp=t,
-        value=value,
-        threshold=threshold,
-        query=query,
-    )
+v = functools.partial(builders.violation, timestamp=NOW)  # a violation observed now
 
 
 def of_kind(result: AnalysisResult, kind: PatternKind) -> list[ViolationPattern]:
@@ -67,7 +49,7 @@ def analyze_once(violations: list[Violation], *, now: float = NOW, **config: obj
     ],
 )
 def test_temporal_burst_needs_three_occurrences_within_sixty_seconds(ages, expected_count):
-    result = analyze_once([v(t=NOW - age) for age in ages])
+    result = analyze_once([v(timestamp=NOW - age) for age in ages])
     bursts = of_kind(result, PatternKind.TEMPORAL_BURST)
     if expected_count is None:
         assert bursts == []
@@ -85,20 +67,24 @@ def test_temporal_burst_needs_three_occurrences_within_sixty_seconds(ages, expec
 
 def test_temporal_burst_counts_per_component_not_per_kind():
     result = analyze_once(
-        [v(component="a", t=NOW), v(component="b", t=NOW - 1), v(component="c", t=NOW - 2)]
+        [
+            v(component="a", timestamp=NOW),
+            v(component="b", timestamp=NOW - 1),
+            v(component="c", timestamp=NOW - 2),
+        ]
     )
     assert of_kind(result, PatternKind.TEMPORAL_BURST) == []
 
 
 def test_rule_reobserved_at_new_timestamps_accumulates_over_iterations():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    results = [analyzer.analyze([v(t=now)], now=now) for now in (NOW, NOW + 20, NOW + 40)]
+    results = [analyzer.analyze([v(timestamp=now)], now=now) for now in (NOW, NOW + 20, NOW + 40)]
     assert [len(of_kind(r, PatternKind.TEMPORAL_BURST)) for r in results] == [0, 0, 1]
 
 
 def test_alert_resent_with_the_same_start_counts_once():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    alert = v(t=NOW, source=ViolationSource.ALERT)
+    alert = v(timestamp=NOW, source=ViolationSource.ALERT)
     for now in (NOW, NOW + 10, NOW + 20, NOW + 30):
         result = analyzer.analyze([alert, alert], now=now)
     assert analyzer.history_size == 1
@@ -107,7 +93,7 @@ def test_alert_resent_with_the_same_start_counts_once():
 
 def test_future_timestamps_are_clamped_to_now():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    analyzer.analyze([v(t=NOW + 500)], now=NOW)
+    analyzer.analyze([v(timestamp=NOW + 500)], now=NOW)
     assert analyzer.history == ((NOW, "high_failure_rate", "charter"),)
 
 
@@ -140,7 +126,9 @@ def test_spatial_needs_one_kind_on_three_distinct_components(components, expecte
 
 def test_spatial_only_looks_at_current_violations():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    analyzer.analyze([v(component="a", t=NOW - 10), v(component="b", t=NOW - 10)], now=NOW - 10)
+    analyzer.analyze(
+        [v(component="a", timestamp=NOW - 10), v(component="b", timestamp=NOW - 10)], now=NOW - 10
+    )
     result = analyzer.analyze([v(component="c")], now=NOW)
     assert of_kind(result, PatternKind.SPATIAL) == []
 
@@ -158,7 +146,7 @@ def episodes(pairs: int, *, lag: float, gap: float = 300.0) -> list[Violation]:
     out: list[Violation] = []
     for index in range(pairs):
         start = NOW - 800 + index * gap
-        out += [v("a", t=start), v("b", t=start + lag)]
+        out += [v("a", timestamp=start), v("b", timestamp=start + lag)]
     return out
 
 
@@ -185,15 +173,15 @@ def test_causal_counts_onsets_of_b_following_a(pairs, lag, expected_count):
 
 def test_causal_is_directional_for_flapping_b_under_persistent_a():
     # a persists (every 30 s for 14 min), b flaps: 3 episodes 4 minutes apart.
-    violations = [v("a", t=NOW - 840 + 30 * i) for i in range(29)]
-    violations += [v("b", t=NOW - 700 + 240 * i) for i in range(3)]
+    violations = [v("a", timestamp=NOW - 840 + 30 * i) for i in range(29)]
+    violations += [v("b", timestamp=NOW - 700 + 240 * i) for i in range(3)]
     result = analyze_once(violations)
     assert [(p.cause, p.related) for p in of_kind(result, PatternKind.CAUSAL)] == [("a", ("b",))]
 
 
 def test_causal_ignores_two_persistent_conditions_reobserved_every_iteration():
-    violations = [v(kind, t=NOW - 600 + 30 * i) for i in range(21) for kind in ("a", "b")]
-    violations += [v("b", t=NOW - 585 + 30 * i) for i in range(20)]  # b also in between
+    violations = [v(kind, timestamp=NOW - 600 + 30 * i) for i in range(21) for kind in ("a", "b")]
+    violations += [v("b", timestamp=NOW - 585 + 30 * i) for i in range(20)]  # b also in between
     result = analyze_once(violations)
     assert of_kind(result, PatternKind.CAUSAL) == []
 
@@ -213,7 +201,9 @@ def test_causal_ignores_two_persistent_conditions_reobserved_every_iteration():
 )
 def test_frequency_anomaly_needs_eight_of_a_kind_in_five_minutes(count, spacing, expected):
     # spread over components so that no temporal burst is involved
-    result = analyze_once([v(component=f"c{i % 3}", t=NOW - i * spacing) for i in range(count)])
+    result = analyze_once(
+        [v(component=f"c{i % 3}", timestamp=NOW - i * spacing) for i in range(count)]
+    )
     frequency = of_kind(result, PatternKind.FREQUENCY_ANOMALY)
     if expected is None:
         assert frequency == []
@@ -258,7 +248,7 @@ def test_lone_violation_confidence_is_base_times_severity_weight(severity, expec
 
 
 def test_temporal_burst_raises_only_its_own_target():
-    violations = [v(component="a", t=NOW - age) for age in (0, 10, 20)] + [v(component="b")]
+    violations = [v(component="a", timestamp=NOW - age) for age in (0, 10, 20)] + [v(component="b")]
     causes = {c.target: c for c in analyze_once(violations).causes}
     assert causes["a"].confidence == pytest.approx(1 - 0.4 * 0.15)
     assert causes["a"].patterns == (PatternKind.TEMPORAL_BURST,)
@@ -272,7 +262,7 @@ def test_spatial_raises_every_affected_cause():
 
 
 def test_causal_raises_the_leading_kind_only():
-    violations = [*episodes(3, lag=10), v("a", t=NOW), v("b", t=NOW)]
+    violations = [*episodes(3, lag=10), v("a", timestamp=NOW), v("b", timestamp=NOW)]
     causes = {c.name: c for c in analyze_once(violations).causes}
     assert causes["a"].patterns == (PatternKind.CAUSAL,)
     assert causes["a"].confidence == pytest.approx(1 - 0.4 * 0.25)
@@ -281,7 +271,7 @@ def test_causal_raises_the_leading_kind_only():
 
 def test_pattern_of_a_kind_not_currently_violating_creates_no_cause():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    analyzer.analyze([v(t=NOW - age) for age in (20, 10, 5)], now=NOW - 5)
+    analyzer.analyze([v(timestamp=NOW - age) for age in (20, 10, 5)], now=NOW - 5)
     result = analyzer.analyze([v("other")], now=NOW)
     assert of_kind(result, PatternKind.TEMPORAL_BURST) != []
     assert [c.name for c in result.causes] == ["other"]
@@ -293,9 +283,9 @@ def test_causes_rank_by_severity_then_confidence_then_count_then_name():
         v("c_low"),
         v("c_many"),
         v("c_many", source=ViolationSource.ALERT),
-        v("c_burst", t=NOW - 1),
-        v("c_burst", t=NOW - 2),
-        v("c_burst", t=NOW - 3),
+        v("c_burst", timestamp=NOW - 1),
+        v("c_burst", timestamp=NOW - 2),
+        v("c_burst", timestamp=NOW - 3),
         v("b_same"),
     ]
     names = [c.name for c in analyze_once(violations).causes]
@@ -314,7 +304,9 @@ def test_combine_is_noisy_or():
 
 def test_history_forgets_occurrences_older_than_history_s():
     analyzer = PatternAnalyzer(AnalyzerConfig(history_s=100))
-    analyzer.analyze([v(t=NOW - 150), v(t=NOW - 100), v(t=NOW - 50)], now=NOW)
+    analyzer.analyze(
+        [v(timestamp=NOW - 150), v(timestamp=NOW - 100), v(timestamp=NOW - 50)], now=NOW
+    )
     assert [t for t, _, _ in analyzer.history] == [NOW - 100, NOW - 50]
     analyzer.analyze([], now=NOW + 60)
     assert analyzer.history_size == 0
@@ -322,14 +314,14 @@ def test_history_forgets_occurrences_older_than_history_s():
 
 def test_history_keeps_only_the_newest_max_history():
     analyzer = PatternAnalyzer(AnalyzerConfig(max_history=1000))
-    analyzer.analyze([v(t=NOW - i * 0.1) for i in range(1500)], now=NOW)
+    analyzer.analyze([v(timestamp=NOW - i * 0.1) for i in range(1500)], now=NOW)
     assert analyzer.history_size == 1000
     assert analyzer.history[0][0] == pytest.approx(NOW - 99.9)
 
 
 def test_reset_forgets_everything():
     analyzer = PatternAnalyzer(AnalyzerConfig())
-    analyzer.analyze([v(t=NOW - 1), v(t=NOW - 2), v(t=NOW - 3)], now=NOW)
+    analyzer.analyze([v(timestamp=NOW - 1), v(timestamp=NOW - 2), v(timestamp=NOW - 3)], now=NOW)
     analyzer.reset()
     assert of_kind(analyzer.analyze([v()], now=NOW), PatternKind.TEMPORAL_BURST) == []
 
@@ -343,7 +335,7 @@ violation_st = st.builds(
     v,
     kind=st.sampled_from(KINDS),
     component=st.sampled_from(COMPONENTS),
-    t=st.integers(min_value=-700, max_value=0).map(lambda age: NOW + age),
+    timestamp=st.integers(min_value=-700, max_value=0).map(lambda age: NOW + age),
     severity=st.sampled_from(list(Severity)),
     source=st.sampled_from(list(ViolationSource)),
     value=st.one_of(st.none(), st.floats(0, 1)),
@@ -440,7 +432,7 @@ def test_history_stays_bounded_by_age_and_size(steps):
     for advance, batch in steps:
         now += advance
         # shift timestamps so batches land around the current time, some in the future
-        shifted = [v(x.kind, x.component, t=x.timestamp - NOW + now + 100) for x in batch]
+        shifted = [v(x.kind, x.component, timestamp=x.timestamp - NOW + now + 100) for x in batch]
         analyzer.analyze(shifted, now=now)
         assert analyzer.history_size <= cfg.max_history
         assert all(now - cfg.history_s <= t <= now for t, _, _ in analyzer.history)
@@ -449,13 +441,7 @@ def test_history_stays_bounded_by_age_and_size(steps):
 
 def test_a_root_cause_inhibits_its_symptoms_on_the_same_component():
     def v(kind: str, component: str = "charter") -> Violation:
-        return Violation(
-            kind=kind,
-            component=component,
-            severity=Severity.CRITICAL,
-            source=ViolationSource.RULE,
-            timestamp=100.0,
-        )
+        return builders.violation(kind, component, timestamp=100.0)
 
     analyzer = PatternAnalyzer(AnalyzerConfig())
     result = analyzer.analyze(

@@ -15,11 +15,12 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from builders import settings as settings_for
 from mape_k import app as app_module
 from mape_k import logs
 from mape_k.app import Daemon, build, reload_config, restore_freeze
 from mape_k.cli import main
-from mape_k.config import Settings, load_settings
+from mape_k.config import Settings
 from mape_k.connections import GuardedSite
 from mape_k.errors import ConfigError, StoreError
 from mape_k.integrations.alertmanager import Alert, IngestResult
@@ -27,10 +28,6 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.safety import FREEZE_KEY
 from mape_k.models import ActionType
 from mape_k.server import build_app
-
-
-def settings_for(tmp_path, **cli):
-    return load_settings(None, {}, {"knowledge.path": str(tmp_path / "k.sqlite3"), **cli})[0]
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -9,24 +9,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+import builders
+from builders import NOW
 from mape_k.config import KnowledgeConfig
 from mape_k.loop.knowledge import Knowledge
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
-    CandidateScore,
-    Cause,
     ExecutionStatus,
     OutcomeType,
-    PolicyExecution,
     PolicyOutcome,
-    RemediationAction,
-    RemediationPolicy,
-    Severity,
 )
 from mape_k.store import Store
 
-NOW = 1_700_000_000.0
 SCALE = ActionType.SCALE_UP
 THROTTLE = ActionType.THROTTLE_REQUESTS
 RESTART = ActionType.RESTART_SERVICE
@@ -48,14 +43,11 @@ class Outcomes:
         execution_id: str | None = None,
     ) -> PolicyOutcome:
         self.n += 1
-        eid = execution_id or f"exec-{self.n}"
-        return PolicyOutcome(
-            execution_id=eid,
-            policy_id=f"pol-{eid}",
+        return builders.outcome(
+            execution_id or f"exec-{self.n}",
+            outcome=outcome,
             cause=cause,
             action_type=action,
-            target="charter",
-            outcome=outcome,
             recorded_at=NOW + self.n,
             time_to_stabilize_s=tts,
         )
@@ -264,21 +256,8 @@ def test_record_outcome_logs_outcome_recorded(knowledge: Knowledge, make: Outcom
 
 
 def test_record_execution_is_journaled_in_the_store(knowledge: Knowledge, store: Store) -> None:
-    cause = Cause(
-        name="overload", target="charter", severity=Severity.CRITICAL, confidence=0.6, violations=1
-    )
-    action = RemediationAction(action_type=SCALE, target="charter")
-    policy = RemediationPolicy(
-        id="p",
-        cause=cause,
-        actions=(action,),
-        score=CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.6, score=1),
-        requires_approval=False,
-        created_at=NOW,
-    )
-    execution = PolicyExecution(
-        id="e", policy=policy, status=ExecutionStatus.PENDING, actions=(), started_at=NOW
-    )
+    scale_up = builders.policy(SCALE, cause=builders.cause("overload"))
+    execution = builders.execution(policy=scale_up, status=ExecutionStatus.PENDING)
     knowledge.record_execution(execution)
     assert store.unfinished_executions() == [execution]
 

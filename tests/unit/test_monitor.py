@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from builders import violation
 from mape_k.config import Comparator, MonitorConfig, ViolationRule
 from mape_k.errors import PrometheusQueryError, PrometheusTimeout, PrometheusUnavailable
 from mape_k.loop.monitor import Monitor, group_problems
@@ -128,17 +129,7 @@ async def test_rule_over_threshold_produces_a_violation():
     observation = await monitor.observe(NOW)
 
     assert observation.violations == (
-        Violation(
-            kind="high_failure_rate",
-            component="charter",
-            severity=Severity.CRITICAL,
-            source=ViolationSource.RULE,
-            timestamp=NOW,
-            value=0.3,
-            threshold=0.05,
-            query="failure_rate",
-            labels={},
-        ),
+        violation(timestamp=NOW, value=0.3, threshold=0.05, query="failure_rate", labels={}),
     )
     assert monitor.get_violations() == list(observation.violations)
 
@@ -197,13 +188,7 @@ async def test_component_comes_from_the_rules_label_or_its_default():
 
 
 async def test_firing_alerts_are_added_to_the_violations():
-    alert = Violation(
-        kind="members_unhealthy",
-        component="charter",
-        severity=Severity.CRITICAL,
-        source=ViolationSource.ALERT,
-        timestamp=NOW - 30,
-    )
+    alert = violation("members_unhealthy", source=ViolationSource.ALERT, timestamp=NOW - 30)
     monitor = Monitor(config(), source=healthy_source(0.3), alerts=FakeAlerts([alert]))
 
     observation = await monitor.observe(NOW)
@@ -301,13 +286,7 @@ async def test_all_queries_failing_is_degraded_even_without_rules():
 
 
 async def test_firing_alerts_are_kept_when_degraded():
-    alert = Violation(
-        kind="overload",
-        component="charter",
-        severity=Severity.CRITICAL,
-        source=ViolationSource.ALERT,
-        timestamp=NOW,
-    )
+    alert = violation("overload", source=ViolationSource.ALERT, timestamp=NOW)
     source = FakeSource(
         {
             "failure_rate": PrometheusUnavailable("refused"),
@@ -464,10 +443,7 @@ def test_group_problems_keeps_distinct_problems_apart_in_first_seen_order():
 
 
 async def test_a_superseded_alert_is_named_in_the_observation():
-    alert = Violation(
-        kind="high_failure_rate",
-        component="charter",
-        severity=Severity.CRITICAL,
+    alert = violation(
         source=ViolationSource.ALERT,
         timestamp=NOW - 30,
         labels={"alertname": "CharterHighFailureRate"},

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from builders import observation
+from builders import settings as settings_for
 from mape_k.app import Daemon, build, reconcile
-from mape_k.config import load_settings
 from mape_k.errors import PrometheusUnavailable
 from mape_k.integrations.alertmanager import Alert
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.orchestrator import advance_grid, schedule, why_nothing
-from mape_k.models import ActionType, Observation, OutcomeType
+from mape_k.models import ActionType, OutcomeType
 from mape_k.store import Store
-
-
-def settings_for(tmp_path: Path, **cli):
-    overrides = {"knowledge.path": str(tmp_path / "k.sqlite3"), "charter.mode": "mock", **cli}
-    return load_settings(None, {}, overrides)[0]
 
 
 @pytest.mark.parametrize(
@@ -250,19 +245,13 @@ def test_outcome_types_cover_the_spec():
 
 
 def test_nothing_done_because_a_fresh_reading_superseded_an_alert_names_the_alert():
-    observation = Observation(
-        at=0.0,
-        metrics=(),
-        violations=(),
-        queries=(),
+    superseded = observation(
         alerts_firing=1,
         alerts_superseded=("CharterHighFailureRate (high_failure_rate/charter)",),
     )
-    why = why_nothing(observation, 0.0)
+    why = why_nothing(superseded, 0.0)
     assert why.startswith("no violations: firing alert(s) CharterHighFailureRate")
-    assert why_nothing(Observation(at=0.0, metrics=(), violations=(), queries=()), 0.0) == (
-        "no violations"
-    )
+    assert why_nothing(observation(), 0.0) == "no violations"
 
 
 async def test_a_half_open_circuit_probes_with_a_read_and_risks_no_policy_when_it_fails(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import builders
 from mape_k.config import ActionSpec, CandidateAction, PlannerConfig
 from mape_k.loop.plan import Planner, knowledge_weight
 from mape_k.models import (
@@ -16,7 +18,6 @@ from mape_k.models import (
     Cause,
     PolicyPattern,
     RemediationPolicy,
-    Severity,
 )
 
 NOW = 5_000.0
@@ -27,12 +28,7 @@ def act(kind: ActionType, benefit: float | None = None, **parameters) -> Candida
     return CandidateAction(type=kind, parameters=parameters, benefit=benefit)
 
 
-def cause(
-    name: str = "high_failure_rate", target: str = "charter", confidence: float = 0.85
-) -> Cause:
-    return Cause(
-        name=name, target=target, severity=Severity.CRITICAL, confidence=confidence, violations=1
-    )
+cause = functools.partial(builders.cause, confidence=0.85)
 
 
 def analysis(*causes: Cause) -> AnalysisResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import tempfile
 from dataclasses import replace
@@ -13,29 +14,39 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+import builders
+from builders import NOW
 from mape_k import store as store_module
 from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
 from mape_k.metrics import Metrics
 from mape_k.models import (
-    ActionExecution,
     ActionType,
-    CandidateScore,
-    Cause,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
     OutcomeType,
     PatternKind,
     PolicyExecution,
-    PolicyOutcome,
-    RemediationAction,
-    RemediationPolicy,
-    Severity,
 )
 from mape_k.store import SCHEMA_VERSION, InboxRow, Store
 
 DAY = 86_400.0
-NOW = 1_700_000_000.0
+
+
+# A scale-up for overload, with the evidence and results a record carries.
+SCALE_UP_BY_2 = builders.policy(
+    builders.action(ActionType.SCALE_UP, delta=2),
+    id="pol-1",
+    cause=builders.cause(
+        "overload",
+        value=0.97,
+        confidence=0.85,
+        violations=4,
+        patterns=(PatternKind.TEMPORAL_BURST,),
+    ),
+    created_at=NOW - 1,
+    rationale="saturation above 0.9",
+)
 
 
 def make_execution(
@@ -44,72 +55,35 @@ def make_execution(
     status: ExecutionStatus = ExecutionStatus.IN_PROGRESS,
     started_at: float = NOW,
     finished_at: float | None = None,
-    action: ActionType = ActionType.SCALE_UP,
 ) -> PolicyExecution:
-    cause = Cause(
-        name="overload",
-        target="charter",
-        severity=Severity.CRITICAL,
-        confidence=0.85,
-        violations=4,
-        patterns=(PatternKind.TEMPORAL_BURST,),
-        query="saturation",
-        value=0.97,
-        threshold=0.9,
-    )
-    remediation = RemediationAction(action_type=action, target="charter", parameters={"delta": 2})
-    policy = RemediationPolicy(
-        id=f"pol-{execution_id}",
-        cause=cause,
-        actions=(remediation,),
-        score=CandidateScore(
-            cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.85, score=0.5
-        ),
-        requires_approval=False,
-        created_at=started_at - 1,
-        rationale="saturation above 0.9",
-    )
-    return PolicyExecution(
-        id=execution_id,
-        policy=policy,
+    scaled = builders.step(
+        SCALE_UP_BY_2.actions[0],
         status=status,
-        actions=(
-            ActionExecution(
-                action=remediation,
-                status=status,
-                idempotency_key=f"{execution_id}/0",
-                started_at=started_at,
-                result={"from_size": 3, "to_size": 5},
-            ),
-        ),
+        idempotency_key=f"{execution_id}:0:scale_up",
+        started_at=started_at,
+        result={"from_size": 3, "to_size": 5},
+    )
+    return builders.execution(
+        execution_id,
+        policy=SCALE_UP_BY_2,
+        status=status,
+        actions=(scaled,),
         started_at=started_at,
         finished_at=finished_at,
         baseline=0.97,
     )
 
 
-def make_outcome(
-    execution_id: str = "exec-1",
-    *,
-    outcome: OutcomeType = OutcomeType.SUCCESS,
-    cause: str = "overload",
-    action: ActionType = ActionType.SCALE_UP,
-    recorded_at: float = NOW,
-    tts: float | None = 30.0,
-) -> PolicyOutcome:
-    return PolicyOutcome(
-        execution_id=execution_id,
-        policy_id=f"pol-{execution_id}",
-        cause=cause,
-        action_type=action,
-        target="charter",
-        outcome=outcome,
-        recorded_at=recorded_at,
-        value_before=0.97,
-        value_after=0.5,
-        threshold=0.9,
-        time_to_stabilize_s=tts,
-    )
+# An outcome of that scale-up: saturation from 0.97 to 0.5 (threshold 0.9) in 30 s.
+make_outcome = functools.partial(
+    builders.outcome,
+    cause="overload",
+    action_type=ActionType.SCALE_UP,
+    value_before=0.97,
+    value_after=0.5,
+    threshold=0.9,
+    time_to_stabilize_s=30.0,
+)
 
 
 @pytest.fixture
@@ -150,7 +124,9 @@ def test_open_creates_schema_wal_file_and_missing_parent_directory(tmp_path: Pat
 def test_reopen_keeps_stats_outcomes_and_state(db_path: Path) -> None:
     with Store.open(db_path) as store:
         store.record_outcome(make_outcome("a"))
-        store.record_outcome(make_outcome("b", outcome=OutcomeType.INEFFECTIVE, tts=None))
+        store.record_outcome(
+            make_outcome("b", outcome=OutcomeType.INEFFECTIVE, time_to_stabilize_s=None)
+        )
         store.set_state("freeze", {"until": NOW + 60})
     with Store.open(db_path) as store:
         [row] = store.stats()
@@ -321,7 +297,9 @@ def test_same_outcome_recorded_twice_counts_once(db_path: Path) -> None:
 
 def test_unknown_outcome_is_journaled_but_not_a_sample(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        store.record_outcome(make_outcome("u", outcome=OutcomeType.UNKNOWN, tts=12.0))
+        store.record_outcome(
+            make_outcome("u", outcome=OutcomeType.UNKNOWN, time_to_stabilize_s=12.0)
+        )
         [row] = store.stats()
         assert (row.samples, row.unknowns, row.tts_count) == (0, 1, 0)
         assert store.recent_outcomes(1)[0].outcome is OutcomeType.UNKNOWN
@@ -353,7 +331,7 @@ def test_samples_equal_distinct_execution_ids_whose_outcome_is_known(
     with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "k.sqlite3") as store:
         for execution_id, cause, action, outcome in events:
             store.record_outcome(
-                make_outcome(execution_id, cause=cause, action=action, outcome=outcome)
+                make_outcome(execution_id, cause=cause, action_type=action, outcome=outcome)
             )
         got = {(r.cause, r.action_type): r.samples for r in store.stats() if r.samples}
 
