@@ -317,6 +317,24 @@ async def new_throttle(stack: Stack, *, seen: frozenset[str]) -> dict[str, Any] 
     return fresh[0] if fresh else None
 
 
+async def quiet_state(stack: Stack, db: Path) -> dict[str, Any]:
+    """The simulator's state read while no execution runs: none unfinished before the read
+    and none journaled during it (an execution is journaled before its first call). A
+    remediation in flight would otherwise land after the read: its throttle counted as
+    seen, its restart clearing the fault the round then waits in vain to see remedied."""
+
+    async def probe() -> dict[str, Any] | None:
+        before = executions(db)
+        if any(e["status"] in UNFINISHED for e in before.values()):
+            return None
+        state = await stack.sim_state()
+        return state if executions(db).keys() == before.keys() else None
+
+    return await until(
+        probe, timeout_s=20, what="a moment with no execution running", poll_s=FAST_POLL_S
+    )
+
+
 @pytest.mark.timeout(180)  # ten daemon restarts; ~50 s here
 async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reconciles(
     tmp_path: Path,
@@ -346,7 +364,7 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
         completed_at_reconcile: set[str] = set()
         for round_no, mode in enumerate(modes):
             await stack.set_chaos(503 if mode == "inside" else None, ["restart_committee"])
-            state = await stack.sim_state()  # after the switch: what follows saw it
+            state = await quiet_state(stack, db)  # after the switch: what follows saw it
             seen_keys |= {a["idempotency_key"] for a in state["actions"]}
             if not any(f["kind"] == "error_burst" for f in state["active_faults"]):
                 await stack.inject("error_burst", 0.7, 0.0)
@@ -377,7 +395,9 @@ async def test_sigkill_ten_times_loses_no_outcome_applies_nothing_twice_and_reco
             await stack.restart("mape-k")  # same config, same knowledge file; waits for /readyz
 
             after = executions(db)
-            assert not [i for i, e in after.items() if e["status"] in UNFINISHED], (
+            # Reconcile settled every execution the kill interrupted (the restarted loop may
+            # already be running a new one: that one is not left unfinished).
+            assert not [i for i in unfinished if after[i]["status"] in UNFINISHED], (
                 f"round {round_no}: executions left unfinished after the restart"
             )
             stats = await stack.daemon_stats()
