@@ -22,6 +22,7 @@ import pytest
 from prom_support import free_port
 
 from mape_k.demo import HEARTBEAT_S
+from mape_k.stack import BASE_PORTS, port_in_use
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,16 @@ print(*sorted(p.name for p in (root / "prometheus" / "rules").iterdir()))
 print((root / "alertmanager" / "alertmanager.yml").is_file())
 print(*sorted(p.name for p in (root.parent / "openapi").iterdir() if p.name[-5:] == ".yaml"))
 """
+
+
+def free_offset() -> int:
+    """A --port-offset whose five ports (staging 3000-9093 shifted) are all free now, kept
+    below Linux's ephemeral range (32768-) so outgoing connections do not take them."""
+    start = free_port() % 97  # a different block each run
+    for offset in range(10_000 + start, 23_000, 97):
+        if not any(port_in_use(base + offset) for base in BASE_PORTS.values()):
+            return offset
+    pytest.fail("no free block of five ports below 32768")
 
 
 def _run(args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
@@ -101,8 +112,7 @@ def test_the_wheel_carries_the_staging_files_and_the_openapi_documents(installed
 def test_the_installed_demo_recovers_and_is_never_silent_for_long(
     installed: Path, tmp_path: Path
 ) -> None:
-    # A free block of ports above the staging ones (9090, 9093, 8000, 8001, 3000).
-    offset = free_port() % 20000 + 20000
+    offset = free_offset()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAPEK_", "PYTHON"))}
     env["PATH"] = f"{installed}{os.pathsep}{env.get('PATH', '')}"
     command = [str(installed / "mape-k"), "demo", "--once", "--fault", "member_crash"]
