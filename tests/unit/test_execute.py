@@ -10,6 +10,7 @@ import pytest
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
 from mape_k.errors import CharterRequestError, ExecutionError, StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop.actions import resolve
 from mape_k.loop.execute import Executor, PendingVerification, classify
 from mape_k.models import (
     ActionType,
@@ -51,6 +52,11 @@ def act(kind: ActionType, **params: object) -> RemediationAction:
     return RemediationAction(action_type=kind, target="charter", parameters=dict(params))
 
 
+def resolved(world, p: RemediationPolicy) -> RemediationPolicy:
+    """`p` resolved against the committee's state now, as the loop does before the guards."""
+    return resolve(p, world.committee.state())
+
+
 @pytest.fixture
 def world(clock):
     return MockCharterWorld.create(clock=clock, seed=1, regime="calm")
@@ -74,7 +80,7 @@ def make_executor(world, journal, clock, **config) -> Executor:
 async def test_actions_run_in_order_and_complete(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
     result = await executor.execute_policy(
-        policy(act(ActionType.SCALE_UP, delta=2), act(ActionType.REBALANCE_LOAD))
+        resolved(world, policy(act(ActionType.SCALE_UP, delta=2), act(ActionType.REBALANCE_LOAD)))
     )
     assert result.status is ExecutionStatus.COMPLETED
     assert [a.status for a in result.actions] == [ExecutionStatus.COMPLETED] * 2
@@ -85,7 +91,7 @@ async def test_actions_run_in_order_and_complete(world, journal, clock):
 
 async def test_every_action_is_journaled_before_and_after_it_runs(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
-    await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
     statuses = [(e.status, e.actions[0].status) for e in journal]
     assert statuses[0] == (ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING)
     assert (ExecutionStatus.IN_PROGRESS, ExecutionStatus.IN_PROGRESS) in statuses
@@ -98,10 +104,13 @@ async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, 
         "set_validation_bypass", CharterRequestError("refused", operation="bypass", status=409)
     )
     result = await executor.execute_policy(
-        policy(
-            act(ActionType.SCALE_UP, delta=1),
-            act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
-            act(ActionType.BYPASS_VALIDATION),
+        resolved(
+            world,
+            policy(
+                act(ActionType.SCALE_UP, delta=1),
+                act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
+                act(ActionType.BYPASS_VALIDATION),
+            ),
         )
     )
     assert result.status is ExecutionStatus.ROLLED_BACK
@@ -132,7 +141,7 @@ async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clo
 
     world.client.rebalance_load = hang  # type: ignore[method-assign]
     result = await executor.execute_policy(
-        policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD))
+        resolved(world, policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD)))
     )
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert result.actions[1].error == "timed out after 0.01 s"
@@ -141,7 +150,7 @@ async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clo
 
 async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
-    p = policy(act(ActionType.SCALE_UP, delta=1))
+    p = resolved(world, policy(act(ActionType.SCALE_UP, delta=1)))
     first = await executor.execute_policy(p)
     for _ in range(99):
         again = await executor.execute_policy(p)
@@ -152,7 +161,7 @@ async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
 async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charter(
     world, journal, clock
 ):
-    p = policy(act(ActionType.SCALE_UP, delta=1))
+    p = resolved(world, policy(act(ActionType.SCALE_UP, delta=1)))
     await make_executor(world, journal.append, clock).execute_policy(p)
     await make_executor(world, journal.append, clock).execute_policy(p)
     assert world.committee.state().target_size == 4
@@ -161,7 +170,7 @@ async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charte
 async def test_dry_run_refuses_to_execute(world, journal, clock):
     executor = make_executor(world, journal.append, clock, dry_run=True)
     with pytest.raises(ExecutionError):
-        await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+        await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
     assert world.committee.actions == []
 
 
@@ -169,7 +178,9 @@ async def test_an_interrupted_execution_whose_actions_all_took_effect_is_complet
     world, journal, clock
 ):
     executor = make_executor(world, journal.append, clock)
-    done = await executor.execute_policy(policy(act(ActionType.SCALE_UP, delta=2), pid="crash"))
+    done = await executor.execute_policy(
+        resolved(world, policy(act(ActionType.SCALE_UP, delta=2), pid="crash"))
+    )
     interrupted = PolicyExecution(
         id="crash-2",
         policy=done.policy,
@@ -189,7 +200,9 @@ async def test_an_in_progress_action_that_reached_the_charter_is_completed_not_r
 ):
     executor = make_executor(world, journal.append, clock)
     first = await executor.execute_policy(
-        policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), pid="cut")
+        resolved(
+            world, policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), pid="cut")
+        )
     )
     assert world.committee.throttle_limit == 500.0
     # The crash came after the Charter applied the call, before its result was journaled.
@@ -211,10 +224,13 @@ async def test_an_in_progress_action_that_reached_the_charter_is_completed_not_r
 async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest_is_undone(
     world, journal, clock
 ):
-    two = policy(
-        act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0),
-        act(ActionType.SCALE_UP, delta=2),
-        pid="half",
+    two = resolved(
+        world,
+        policy(
+            act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0),
+            act(ActionType.SCALE_UP, delta=2),
+            pid="half",
+        ),
     )
     first = await make_executor(world, journal.append, clock).execute_policy(two)
     undone_scale = await world.client.scale_committee(3, idempotency_key="manual")  # as before
@@ -247,7 +263,7 @@ async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest
 
 async def test_a_failed_lookup_leaves_the_action_failed_as_possibly_applied(world, journal, clock):
     done = await make_executor(world, journal.append, clock).execute_policy(
-        policy(act(ActionType.RESTART_SERVICE), pid="r")
+        resolved(world, policy(act(ActionType.RESTART_SERVICE), pid="r"))
     )
     interrupted = PolicyExecution(
         id="r3",
@@ -266,7 +282,7 @@ async def test_reconcile_does_not_resend_an_in_progress_action_without_an_invers
     world, journal, clock
 ):
     done = await make_executor(world, journal.append, clock).execute_policy(
-        policy(act(ActionType.RESTART_SERVICE), pid="r")
+        resolved(world, policy(act(ActionType.RESTART_SERVICE), pid="r"))
     )
     interrupted = PolicyExecution(
         id="r2",
@@ -370,11 +386,14 @@ async def test_rollback_restores_bypass_override_and_policy(world, journal, cloc
     executor = make_executor(world, journal.append, clock)
     world.client.fail_next("rebalance_load")
     result = await executor.execute_policy(
-        policy(
-            act(ActionType.BYPASS_VALIDATION),
-            act(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),
-            act(ActionType.APPLY_POLICY, policy_id="strict-v2"),
-            act(ActionType.REBALANCE_LOAD),
+        resolved(
+            world,
+            policy(
+                act(ActionType.BYPASS_VALIDATION),
+                act(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),
+                act(ActionType.APPLY_POLICY, policy_id="strict-v2"),
+                act(ActionType.REBALANCE_LOAD),
+            ),
         )
     )
     assert result.status is ExecutionStatus.ROLLED_BACK
@@ -407,7 +426,9 @@ async def test_the_in_memory_history_is_bounded(world, journal, clock, monkeypat
     monkeypatch.setattr("mape_k.loop.execute.HISTORY_KEPT", 3)
     executor = make_executor(world, journal.append, clock)
     for n in range(5):
-        await executor.execute_policy(policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
+        await executor.execute_policy(
+            resolved(world, policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
+        )
     assert [e.id for e in executor.get_execution_history()] == ["p2", "p3", "p4"]
 
 
@@ -417,7 +438,7 @@ async def test_no_action_runs_when_the_journal_cannot_record_it(world, clock):
         raise StoreError("disk full")
 
     executor = make_executor(world, broken, clock)
-    result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    result = await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
     assert result.status is ExecutionStatus.FAILED
     assert "journal" in (result.error or "")
     assert world.committee.actions == []
@@ -435,7 +456,7 @@ async def test_a_journal_failure_after_an_action_keeps_the_execution_and_its_ver
             raise StoreError("disk full")
 
     executor = make_executor(world, flaky, clock)
-    result = await executor.execute_policy(policy(act(ActionType.RESTART_SERVICE)))
+    result = await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
     assert result.status is ExecutionStatus.COMPLETED
     assert [p.execution.id for p in executor.pending_verifications()] == [result.id]
     assert len(world.committee.actions) == 1
@@ -454,7 +475,7 @@ async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_c
     world.client.scale_committee = no_previous  # type: ignore[method-assign]
     world.client.fail_next("rebalance_load")
     result = await executor.execute_policy(
-        policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD))
+        resolved(world, policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD)))
     )
     assert result.status is ExecutionStatus.FAILED
     assert "rollback incomplete" in (result.error or "")
@@ -476,7 +497,12 @@ async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back
     executor = make_executor(world, journal.append, clock)
     executor.hold = lambda: "frozen (operator): incident" if world.committee.actions else None
     result = await executor.execute_policy(
-        policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0), act(ActionType.SCALE_UP))
+        resolved(
+            world,
+            policy(
+                act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0), act(ActionType.SCALE_UP)
+            ),
+        )
     )
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert "frozen (operator): incident" in (result.actions[1].error or "")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from mape_k.integrations.charter.base import CommitteeState
 from mape_k.integrations.charter.http import HttpCharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop import guards as g
+from mape_k.loop.actions import resolve
 from mape_k.loop.execute import Executor
 from mape_k.loop.safety import BreakerCharter, SafetyState, charter_problems
 from mape_k.models import (
@@ -29,6 +29,7 @@ from mape_k.models import (
     Cause,
     ExecutionStatus,
     GuardVerdict,
+    KnobSetting,
     OutcomeType,
     PolicyExecution,
     PolicyOutcome,
@@ -73,9 +74,35 @@ def policy(
     )
 
 
-UP = policy((ActionType.SCALE_UP, {"delta": 1}))
-DOWN = policy((ActionType.SCALE_DOWN, {"delta": 1}))
-RESTART = policy((ActionType.RESTART_SERVICE, {}))
+def reading(size: int = 3, **fields: object) -> CommitteeState:
+    """A Charter state to resolve policies against: `size` members, heading for `size`."""
+    values: dict[str, object] = {
+        "size": size,
+        "healthy_members": size,
+        "target_size": size,
+        "offered_load": 100.0,
+        "throughput_ops_per_sec": 100.0,
+        "failure_rate": 0.0,
+        "p99_latency_s": 0.1,
+        "queue_depth": 0.0,
+        "throttle_limit": None,
+        "emergency_override": False,
+        "validation_bypass": False,
+        "active_policy": "baseline-v1",
+        "config": {},
+        **fields,
+    }
+    return CommitteeState(**values)  # type: ignore[arg-type]
+
+
+def at(size: int, p: RemediationPolicy) -> RemediationPolicy:
+    """`p` resolved against a committee of `size` members (what the guards judge)."""
+    return resolve(p, reading(size))
+
+
+UP = at(3, policy((ActionType.SCALE_UP, {"delta": 1})))
+DOWN = at(3, policy((ActionType.SCALE_DOWN, {"delta": 1})))
+RESTART = at(3, policy((ActionType.RESTART_SERVICE, {})))
 
 
 def change(
@@ -121,6 +148,13 @@ def verdict(guard: g.Guard, p: RemediationPolicy, **kw: object) -> GuardVerdict:
 def test_data_guard_blocks_on_a_degraded_observation():
     assert verdict(g.data_guard, UP, degraded_reason="prometheus down") is GuardVerdict.BLOCK
     assert verdict(g.data_guard, UP) is GuardVerdict.ALLOW
+
+
+def test_data_guard_blocks_a_policy_not_resolved_against_a_reading_and_says_why():
+    planned = policy((ActionType.SCALE_UP, {"delta": 1}))  # as planned: no absolute size yet
+    held = g.data_guard(planned, ctx(unresolved="the Charter's state could not be read: 503"))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "could not be read: 503" in held.reason
 
 
 def test_startup_guard_blocks_while_start_up_validation_failed():
@@ -205,14 +239,14 @@ def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
 def test_velocity_bounds_the_size_change_per_hour():
     cfg = GuardsConfig.model_validate({"velocity": {"max_size_change": 4}})
     history = (scaled(NOW, 2), scaled(NOW + 600, 1))
-    two = policy((ActionType.SCALE_UP, {"delta": 2}))
-    held = g.velocity_guard(two, ctx(config=cfg, history=history, committee_size=6, now=NOW + 900))
+    two = at(6, policy((ActionType.SCALE_UP, {"delta": 2})))
+    held = g.velocity_guard(two, ctx(config=cfg, history=history, now=NOW + 900))
     assert held.verdict is GuardVerdict.DELAY
     assert "passes" not in held.reason
     assert "limit 4" in held.reason
     assert held.until == NOW + 3600  # when the oldest change leaves the window
-    one = policy((ActionType.SCALE_UP, {"delta": 1}))
-    kw = {"config": cfg, "history": history, "committee_size": 6}
+    one = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    kw = {"config": cfg, "history": history}
     assert verdict(g.velocity_guard, one, now=NOW + 900, **kw) is GuardVerdict.ALLOW
     assert verdict(g.velocity_guard, two, now=NOW + 3600, **kw) is GuardVerdict.ALLOW
     assert verdict(g.velocity_guard, RESTART, now=NOW + 900, **kw) is GuardVerdict.ALLOW
@@ -236,13 +270,15 @@ def test_scale_down_only_to_the_highest_recommendation_of_the_window():
         g.Recommendation(at=NOW + 120, target="charter", size=4),
     )
     # at 6 members, a scale-down to 5 is held while a 6 was recommended in the last 300 s
-    held = g.stabilization_guard(DOWN, ctx(recommendations=recs, committee_size=6, now=NOW + 200))
+    down = at(6, policy((ActionType.SCALE_DOWN, {"delta": 1})))
+    held = g.stabilization_guard(down, ctx(recommendations=recs, now=NOW + 200))
     assert held.verdict is GuardVerdict.DELAY
     assert "highest size recommended in the last 300 s is 6" in held.reason
     # once the 6 is older than the window, the highest is 5: the scale-down may run
-    kw = {"recommendations": recs, "committee_size": 6}
-    assert verdict(g.stabilization_guard, DOWN, now=NOW + 301, **kw) is GuardVerdict.ALLOW
-    assert verdict(g.stabilization_guard, UP, now=NOW + 200, **kw) is GuardVerdict.ALLOW
+    kw = {"recommendations": recs}
+    assert verdict(g.stabilization_guard, down, now=NOW + 301, **kw) is GuardVerdict.ALLOW
+    up = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    assert verdict(g.stabilization_guard, up, now=NOW + 200, **kw) is GuardVerdict.ALLOW
 
 
 def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held():
@@ -250,17 +286,19 @@ def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held()
         g.Recommendation(at=NOW, target="charter", size=5),
         g.Recommendation(at=NOW + 60, target="charter", size=3),
     )
-    deep = policy((ActionType.SCALE_DOWN, {"delta": 3}))  # 6 -> 3
-    context = ctx(recommendations=recs, committee_size=6, now=NOW + 100)
+    planned = policy((ActionType.SCALE_DOWN, {"delta": 3}))
+    deep = at(6, planned)  # 6 -> 3
+    context = ctx(recommendations=recs, now=NOW + 100)
     clamped = g.stabilized(deep, context)
-    assert clamped.actions[0].parameters["to_size"] == 5
+    assert clamped.actions[0].sets == (KnobSetting("size", 6, 5),)  # what is sent: 5
+    assert clamped.actions[0].parameters == planned.actions[0].parameters  # as configured
     assert clamped.id != deep.id  # other size, other idempotency keys
     assert "stabilized: down to 5, not 3" in clamped.rationale
     assert g.stabilization_guard(clamped, context).verdict is GuardVerdict.ALLOW
     # nothing to clamp when the floor is not below the current size: the guard holds it
-    at_floor = ctx(recommendations=recs, committee_size=5, now=NOW + 100)
-    assert g.stabilized(deep, at_floor) is deep
-    assert g.stabilization_guard(deep, at_floor).verdict is GuardVerdict.DELAY
+    from_five = at(5, planned)  # 5 -> 2
+    assert g.stabilized(from_five, context) is from_five
+    assert g.stabilization_guard(from_five, context).verdict is GuardVerdict.DELAY
 
 
 # --- oscillation -------------------------------------------------------------------------
@@ -307,11 +345,12 @@ def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_w
             NOW + 60, config, {"settings": {"batch_size": 32}}, {"settings": {"batch_size": 16}}
         ),
     ]
-    again = policy((config, {"settings": {"batch_size": 32}}))
+    now_16 = reading(config={"batch_size": 16})
+    again = resolve(policy((config, {"settings": {"batch_size": 32}})), now_16)
     held = g.oscillation_guard(again, ctx(history=tuple(history), now=NOW + 120))
     assert held.verdict is GuardVerdict.BLOCK
     assert "config:batch_size" in held.reason
-    other = policy((config, {"settings": {"batch_size": 64}}))
+    other = resolve(policy((config, {"settings": {"batch_size": 64}})), now_16)
     assert verdict(g.oscillation_guard, other, history=tuple(history), now=NOW + 120) is (
         GuardVerdict.ALLOW
     )
@@ -648,7 +687,7 @@ async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
     client = HttpCharterClient(url=str(server.make_url("")), sleep=_no_sleep)
     await client.connect()
     try:
-        p = replace(UP, actions=(replace(UP.actions[0], parameters={"delta": 2}),))
+        p = resolve(policy((ActionType.SCALE_UP, {"delta": 2})), committee.state())
         for _ in range(100):  # a fresh executor each time: only the Charter can deduplicate
             executor = Executor(
                 charter=client,
