@@ -30,6 +30,7 @@ from pydantic import (
 
 from mape_k.causes import CAUSES
 from mape_k.errors import ConfigError
+from mape_k.loop.actions import LAST_KNOWN_GOOD, parameter_problem
 from mape_k.models import ActionType, Severity
 
 ENV_PREFIX = "MAPEK_"
@@ -257,10 +258,24 @@ DEFAULT_ACTIONS: dict[ActionType, ActionSpec] = {
 
 class CandidateAction(_Model):
     type: ActionType
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Checked against the action-effect model (loop/actions.py): scale_up /"
+        " scale_down take delta (default 1) or to_size; throttle_requests fraction (of the"
+        " offered load, default 0.8) or limit_ops_per_sec; bypass_validation /"
+        " activate_emergency_override active (default true); apply_policy policy_id"
+        " (default last_known_good); update_configuration settings (required).",
+    )
     benefit: float | None = Field(
         None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."
     )
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> CandidateAction:
+        problem = parameter_problem(self.type, self.parameters)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]]:
@@ -274,7 +289,7 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
             one(ActionType.RESTART_SERVICE),
             one(ActionType.THROTTLE_REQUESTS, fraction=0.7),
         ),
-        "policy_regression": (one(ActionType.APPLY_POLICY, 0.9, policy_id="last_known_good"),),
+        "policy_regression": (one(ActionType.APPLY_POLICY, 0.9, policy_id=LAST_KNOWN_GOOD),),
         "members_unhealthy": (
             one(ActionType.RESTART_SERVICE, 0.9),
             one(ActionType.SCALE_UP, 0.5, delta=1),

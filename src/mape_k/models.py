@@ -167,10 +167,23 @@ class ActionType(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class KnobSetting:
+    """One knob of the target set to an absolute value (the knobs: loop/actions.py)."""
+
+    knob: str  # "size", "throttle", "bypass", "override", "policy", "config:<key>"
+    before: Any  # its value in the one reading of the target the action was resolved against
+    after: Any  # the value the executor sends, literally
+
+
+@dataclass(frozen=True, slots=True)
 class RemediationAction:
     action_type: ActionType
     target: str
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)  # as configured (may be relative)
+    # The absolute desired state, resolved once against one reading of the target
+    # (loop/actions.resolve): what the guards judge, the executor sends and the journal
+    # records. None: not resolved (a proposal); (): the action moves no knob (a restart).
+    sets: tuple[KnobSetting, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

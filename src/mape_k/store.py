@@ -34,6 +34,7 @@ from mape_k.models import (
     Cause,
     ExecutionStatus,
     GuardDecision,
+    KnobSetting,
     OutcomeType,
     PatternKind,
     PolicyExecution,
@@ -251,10 +252,12 @@ def _cause_from(data: Mapping[str, Any]) -> Cause:
 
 
 def _action_from(data: Mapping[str, Any]) -> RemediationAction:
+    sets = data.get("sets")  # absent in journals written before actions were resolved
     return RemediationAction(
         action_type=ActionType(data["action_type"]),
         target=data["target"],
         parameters=dict(data.get("parameters", {})),
+        sets=None if sets is None else tuple(KnobSetting(**s) for s in sets),
     )
 
 

@@ -6,38 +6,103 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from builders import NOW, action, execution, outcome, outcome_of, policy, step
-from builders import settings as settings_for
 from mape_k.app import Daemon, build
-from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig
+from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig, load_settings
 from mape_k.errors import CharterRequestError, CharterTimeout, CharterUnavailable
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.integrations.charter.http import HttpCharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop import guards as g
+from mape_k.loop.actions import resolve
 from mape_k.loop.execute import Executor
 from mape_k.loop.safety import BreakerCharter, SafetyState, charter_problems
 from mape_k.models import (
+    ActionExecution,
     ActionType,
+    CandidateScore,
+    Cause,
     ExecutionStatus,
     GuardVerdict,
+    KnobSetting,
     OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationAction,
     RemediationPolicy,
+    Severity,
 )
 from mape_k.sim.committee import Committee
 from mape_k.sim.service import build_app as build_sim_app
 from mape_k.store import Store
 
-UP = policy(action(ActionType.SCALE_UP, delta=1))
-DOWN = policy(action(ActionType.SCALE_DOWN, delta=1))
-RESTART = policy(ActionType.RESTART_SERVICE)
+NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a Tuesday
+
+
+def policy(
+    *actions: tuple[ActionType, dict[str, object]],
+    pid: str = "p1",
+    target: str = "charter",
+    approval: bool = False,
+) -> RemediationPolicy:
+    cause = Cause(
+        name="overload",
+        target=target,
+        severity=Severity.CRITICAL,
+        confidence=0.8,
+        violations=1,
+        query="saturation",
+        value=1.2,
+        threshold=0.9,
+    )
+    score = CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.8, score=0.4)
+    return RemediationPolicy(
+        id=pid,
+        cause=cause,
+        actions=tuple(
+            RemediationAction(action_type=kind, target=target, parameters=dict(params))
+            for kind, params in actions
+        ),
+        score=score,
+        requires_approval=approval,
+        created_at=NOW,
+    )
+
+
+def reading(size: int = 3, **fields: object) -> CommitteeState:
+    """A Charter state to resolve policies against: `size` members, heading for `size`."""
+    values: dict[str, object] = {
+        "size": size,
+        "healthy_members": size,
+        "target_size": size,
+        "offered_load": 100.0,
+        "throughput_ops_per_sec": 100.0,
+        "failure_rate": 0.0,
+        "p99_latency_s": 0.1,
+        "queue_depth": 0.0,
+        "throttle_limit": None,
+        "emergency_override": False,
+        "validation_bypass": False,
+        "active_policy": "baseline-v1",
+        "config": {},
+        **fields,
+    }
+    return CommitteeState(**values)  # type: ignore[arg-type]
+
+
+def at(size: int, p: RemediationPolicy) -> RemediationPolicy:
+    """`p` resolved against a committee of `size` members (what the guards judge)."""
+    return resolve(p, reading(size))
+
+
+UP = at(3, policy((ActionType.SCALE_UP, {"delta": 1})))
+DOWN = at(3, policy((ActionType.SCALE_DOWN, {"delta": 1})))
+RESTART = at(3, policy((ActionType.RESTART_SERVICE, {})))
 
 
 def change(
@@ -83,6 +148,13 @@ def verdict(guard: g.Guard, p: RemediationPolicy, **kw: object) -> GuardVerdict:
 def test_data_guard_blocks_on_a_degraded_observation():
     assert verdict(g.data_guard, UP, degraded_reason="prometheus down") is GuardVerdict.BLOCK
     assert verdict(g.data_guard, UP) is GuardVerdict.ALLOW
+
+
+def test_data_guard_blocks_a_policy_not_resolved_against_a_reading_and_says_why():
+    planned = policy((ActionType.SCALE_UP, {"delta": 1}))  # as planned: no absolute size yet
+    held = g.data_guard(planned, ctx(unresolved="the Charter's state could not be read: 503"))
+    assert held.verdict is GuardVerdict.BLOCK
+    assert "could not be read: 503" in held.reason
 
 
 def test_startup_guard_blocks_while_start_up_validation_failed():
@@ -155,7 +227,7 @@ def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
     assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 119) is GuardVerdict.DELAY
     assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 120) is GuardVerdict.ALLOW
     assert verdict(g.cooldown_guard, RESTART, history=small, now=NOW + 1) is GuardVerdict.ALLOW
-    other = policy(action(ActionType.SCALE_UP, delta=1), target="other")
+    other = policy((ActionType.SCALE_UP, {"delta": 1}), target="other")
     assert verdict(g.cooldown_guard, other, history=small, now=NOW + 1) is GuardVerdict.ALLOW
     large = (scaled(NOW, 3),)
     held = g.cooldown_guard(UP, ctx(history=large, now=NOW + 300, config=cfg))
@@ -167,14 +239,14 @@ def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
 def test_velocity_bounds_the_size_change_per_hour():
     cfg = GuardsConfig.model_validate({"velocity": {"max_size_change": 4}})
     history = (scaled(NOW, 2), scaled(NOW + 600, 1))
-    two = policy(action(ActionType.SCALE_UP, delta=2))
-    held = g.velocity_guard(two, ctx(config=cfg, history=history, committee_size=6, now=NOW + 900))
+    two = at(6, policy((ActionType.SCALE_UP, {"delta": 2})))
+    held = g.velocity_guard(two, ctx(config=cfg, history=history, now=NOW + 900))
     assert held.verdict is GuardVerdict.DELAY
     assert "passes" not in held.reason
     assert "limit 4" in held.reason
     assert held.until == NOW + 3600  # when the oldest change leaves the window
-    one = policy(action(ActionType.SCALE_UP, delta=1))
-    kw = {"config": cfg, "history": history, "committee_size": 6}
+    one = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    kw = {"config": cfg, "history": history}
     assert verdict(g.velocity_guard, one, now=NOW + 900, **kw) is GuardVerdict.ALLOW
     assert verdict(g.velocity_guard, two, now=NOW + 3600, **kw) is GuardVerdict.ALLOW
     assert verdict(g.velocity_guard, RESTART, now=NOW + 900, **kw) is GuardVerdict.ALLOW
@@ -198,13 +270,15 @@ def test_scale_down_only_to_the_highest_recommendation_of_the_window():
         g.Recommendation(at=NOW + 120, target="charter", size=4),
     )
     # at 6 members, a scale-down to 5 is held while a 6 was recommended in the last 300 s
-    held = g.stabilization_guard(DOWN, ctx(recommendations=recs, committee_size=6, now=NOW + 200))
+    down = at(6, policy((ActionType.SCALE_DOWN, {"delta": 1})))
+    held = g.stabilization_guard(down, ctx(recommendations=recs, now=NOW + 200))
     assert held.verdict is GuardVerdict.DELAY
     assert "highest size recommended in the last 300 s is 6" in held.reason
     # once the 6 is older than the window, the highest is 5: the scale-down may run
-    kw = {"recommendations": recs, "committee_size": 6}
-    assert verdict(g.stabilization_guard, DOWN, now=NOW + 301, **kw) is GuardVerdict.ALLOW
-    assert verdict(g.stabilization_guard, UP, now=NOW + 200, **kw) is GuardVerdict.ALLOW
+    kw = {"recommendations": recs}
+    assert verdict(g.stabilization_guard, down, now=NOW + 301, **kw) is GuardVerdict.ALLOW
+    up = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    assert verdict(g.stabilization_guard, up, now=NOW + 200, **kw) is GuardVerdict.ALLOW
 
 
 def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held():
@@ -212,17 +286,19 @@ def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held()
         g.Recommendation(at=NOW, target="charter", size=5),
         g.Recommendation(at=NOW + 60, target="charter", size=3),
     )
-    deep = policy(action(ActionType.SCALE_DOWN, delta=3))  # 6 -> 3
-    context = ctx(recommendations=recs, committee_size=6, now=NOW + 100)
+    planned = policy((ActionType.SCALE_DOWN, {"delta": 3}))
+    deep = at(6, planned)  # 6 -> 3
+    context = ctx(recommendations=recs, now=NOW + 100)
     clamped = g.stabilized(deep, context)
-    assert clamped.actions[0].parameters["to_size"] == 5
+    assert clamped.actions[0].sets == (KnobSetting("size", 6, 5),)  # what is sent: 5
+    assert clamped.actions[0].parameters == planned.actions[0].parameters  # as configured
     assert clamped.id != deep.id  # other size, other idempotency keys
     assert "stabilized: down to 5, not 3" in clamped.rationale
     assert g.stabilization_guard(clamped, context).verdict is GuardVerdict.ALLOW
     # nothing to clamp when the floor is not below the current size: the guard holds it
-    at_floor = ctx(recommendations=recs, committee_size=5, now=NOW + 100)
-    assert g.stabilized(deep, at_floor) is deep
-    assert g.stabilization_guard(deep, at_floor).verdict is GuardVerdict.DELAY
+    from_five = at(5, planned)  # 5 -> 2
+    assert g.stabilized(from_five, context) is from_five
+    assert g.stabilization_guard(from_five, context).verdict is GuardVerdict.DELAY
 
 
 # --- oscillation -------------------------------------------------------------------------
@@ -241,12 +317,16 @@ def test_oscillation_up_down_then_up_again_is_blocked():
 
 def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_was_executed():
     def executed(at: float, kind: ActionType, previous: dict, current: dict) -> list[g.Change]:
-        done = step(
-            kind, idempotency_key=f"k{at}", result={"previous": previous, "current": current}
+        step = ActionExecution(
+            action=RemediationAction(action_type=kind, target="charter"),
+            status=ExecutionStatus.COMPLETED,
+            idempotency_key=f"k{at}",
+            result={"previous": previous, "current": current},
         )
-        return g.executed_changes(
-            execution(f"e{at}", policy=UP, actions=(done,), started_at=at), at=at
+        execution = PolicyExecution(
+            id=f"e{at}", policy=UP, status=ExecutionStatus.COMPLETED, actions=(step,), started_at=at
         )
+        return g.executed_changes(execution, at=at)
 
     throttle = ActionType.THROTTLE_REQUESTS
     history = [
@@ -265,11 +345,12 @@ def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_w
             NOW + 60, config, {"settings": {"batch_size": 32}}, {"settings": {"batch_size": 16}}
         ),
     ]
-    again = policy(action(config, settings={"batch_size": 32}))
+    now_16 = reading(config={"batch_size": 16})
+    again = resolve(policy((config, {"settings": {"batch_size": 32}})), now_16)
     held = g.oscillation_guard(again, ctx(history=tuple(history), now=NOW + 120))
     assert held.verdict is GuardVerdict.BLOCK
     assert "config:batch_size" in held.reason
-    other = policy(action(config, settings={"batch_size": 64}))
+    other = resolve(policy((config, {"settings": {"batch_size": 64}})), now_16)
     assert verdict(g.oscillation_guard, other, history=tuple(history), now=NOW + 120) is (
         GuardVerdict.ALLOW
     )
@@ -330,11 +411,22 @@ async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock)
 def test_k_remediations_that_did_not_fix_a_target_need_a_human():
     safety = SafetyState(GuardsConfig())  # 3 within 3600 s, hold 3600 s
 
-    safety.note_outcome(outcome(outcome=OutcomeType.INEFFECTIVE), now=NOW)
-    safety.note_outcome(outcome(outcome=OutcomeType.SUCCESS), now=NOW + 10)  # resets the count
+    def outcome(kind: OutcomeType) -> PolicyOutcome:
+        return PolicyOutcome(
+            execution_id="e",
+            policy_id="p",
+            cause="overload",
+            action_type=ActionType.SCALE_UP,
+            target="charter",
+            outcome=kind,
+            recorded_at=NOW,
+        )
+
+    safety.note_outcome(outcome(OutcomeType.INEFFECTIVE), now=NOW)
+    safety.note_outcome(outcome(OutcomeType.SUCCESS), now=NOW + 10)  # a fix resets the count
     for i in range(2):
-        assert safety.note_outcome(outcome(outcome=OutcomeType.PARTIAL), now=NOW + 20 + i) is None
-    hold = safety.note_outcome(outcome(outcome=OutcomeType.DEGRADATION), now=NOW + 30)
+        assert safety.note_outcome(outcome(OutcomeType.PARTIAL), now=NOW + 20 + i) is None
+    hold = safety.note_outcome(outcome(OutcomeType.DEGRADATION), now=NOW + 30)
     assert hold is not None
     assert "3 remediations" in hold.reason
     held = g.target_breaker_guard(UP, ctx(needs_human=safety.needs_human, now=NOW + 40))
@@ -348,7 +440,7 @@ def test_k_remediations_that_did_not_fix_a_target_need_a_human():
 
 
 def test_an_approval_expires_and_then_is_a_rejection():
-    risky = policy(ActionType.BYPASS_VALIDATION, requires_approval=True)
+    risky = policy((ActionType.BYPASS_VALIDATION, {}), approval=True)
     approvals = {risky.id: NOW}
     assert verdict(g.approval_guard, risky) is GuardVerdict.BLOCK  # not approved: deny
     ok = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3599))
@@ -400,6 +492,11 @@ def test_the_guards_memory_survives_a_restart(tmp_path: Path):
 
 
 # --- through the loop: start-up, panic, breaker, kill switch, approvals -----------------------
+
+
+def settings_for(tmp_path: Path, **cli: object):
+    overrides = {"knowledge.path": str(tmp_path / "k.sqlite3"), "charter.mode": "mock", **cli}
+    return load_settings(None, {}, overrides)[0]
 
 
 def held_by(record: dict) -> set[str]:
@@ -477,14 +574,18 @@ async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
         clock.advance(10)
         record = await orch.run_once()
         assert record["result"] == "acted"
-        acted = orch.executor.get_execution_history()[0]
+        execution = orch.executor.get_execution_history()[0]
         real_verify = orch.executor.verify_due
 
         def degraded(observation, *, now):
             real_verify(observation, now=now)
             return [
-                outcome_of(
-                    acted,
+                PolicyOutcome(
+                    execution_id=execution.id,
+                    policy_id=execution.policy.id,
+                    cause=execution.policy.cause.name,
+                    action_type=execution.policy.primary_action,
+                    target=execution.policy.target,
                     outcome=OutcomeType.DEGRADATION,
                     recorded_at=now,
                     value_before=1.0,
@@ -495,7 +596,7 @@ async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
         orch.executor.verify_due = degraded
         clock.advance(10)
         panic = await orch.run_once()
-    assert panic["panic"]["reverted"] == [acted.id]
+    assert panic["panic"]["reverted"] == [execution.id]
     assert world.committee.state().target_size == 3
     assert orch.freeze is not None
     assert orch.freeze.source == "panic"
@@ -586,7 +687,7 @@ async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
     client = HttpCharterClient(url=str(server.make_url("")), sleep=_no_sleep)
     await client.connect()
     try:
-        p = replace(UP, actions=(replace(UP.actions[0], parameters={"delta": 2}),))
+        p = resolve(policy((ActionType.SCALE_UP, {"delta": 2})), committee.state())
         for _ in range(100):  # a fresh executor each time: only the Charter can deduplicate
             executor = Executor(
                 charter=client,
@@ -654,13 +755,24 @@ def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_pa
 
 
 def test_a_rolled_back_action_counts_as_an_action_but_moves_no_knob():
-    moved = {"previous": {"size": 3}, "current": {"size": 4}}
-    steps = (
-        step(ActionType.SCALE_UP, status=ExecutionStatus.ROLLED_BACK, result=moved),
-        step(ActionType.REBALANCE_LOAD, status=ExecutionStatus.FAILED, result=moved),
+    steps = tuple(
+        ActionExecution(
+            action=RemediationAction(action_type=kind, target="charter"),
+            status=status,
+            idempotency_key=f"k{n}",
+            result={"previous": {"size": 3}, "current": {"size": 4}},
+        )
+        for n, (kind, status) in enumerate(
+            [
+                (ActionType.SCALE_UP, ExecutionStatus.ROLLED_BACK),
+                (ActionType.REBALANCE_LOAD, ExecutionStatus.FAILED),
+            ]
+        )
     )
-    undone = execution(policy=UP, status=ExecutionStatus.ROLLED_BACK, actions=steps)
-    changes = g.executed_changes(undone, at=NOW)
+    execution = PolicyExecution(
+        id="e1", policy=UP, status=ExecutionStatus.ROLLED_BACK, actions=steps, started_at=NOW
+    )
+    changes = g.executed_changes(execution, at=NOW)
     assert [(c.action_type, c.knob, c.size_delta) for c in changes] == [
         (ActionType.SCALE_UP, None, 0),
         (ActionType.REBALANCE_LOAD, None, 0),

@@ -400,7 +400,7 @@ def test_a_reload_drops_proposals_it_no_longer_offers_or_gates():
     p.approve_policy(regression.id, now=NOW)
     other_parameters = {
         **RISKY,
-        "overload": ((act(A.ACTIVATE_EMERGENCY_OVERRIDE, 1.0, minutes=5),),),
+        "overload": ((act(A.ACTIVATE_EMERGENCY_OVERRIDE, 1.0, active=False),),),
     }
     assert p.reconfigure(PlannerConfig(remediations=other_parameters)) == [waiting.id]
     assert p.pending_approvals() == []

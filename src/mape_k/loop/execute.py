@@ -1,5 +1,8 @@
 """Execute: run a policy's actions through a CharterClient, transactionally, then verify.
 
+The policy arrives resolved (loop/actions.py): each action carries the absolute state it
+sets, which the guards judged; the executor sends exactly that, reads nothing first and
+recomputes nothing, and the journal records it with the Charter's answer.
 Actions run in order, each under a timeout, each journaled before and after it runs.
 When one fails, the completed ones are undone in reverse order (ROLLED_BACK). Every
 mutating call carries an idempotency key derived from the policy id, so re-running the
@@ -20,6 +23,8 @@ import structlog
 from mape_k.config import ActionSpec, ExecutorConfig
 from mape_k.errors import CharterError, ExecutionError, MapekError
 from mape_k.integrations.charter.base import ActionResult, CharterClient
+from mape_k.loop import actions as effects
+from mape_k.loop.actions import INVERSE
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
@@ -35,24 +40,15 @@ from mape_k.models import (
 
 log = structlog.get_logger(__name__)
 
-# Each action type's inverse (None: the action cannot be undone, e.g. a restart).
-# Rollback does not call the inverse type blindly: it restores what the Charter reported
-# as the previous value (ActionResult.previous), which is the exact inverse.
-INVERSE: dict[ActionType, ActionType | None] = {
-    ActionType.SCALE_UP: ActionType.SCALE_DOWN,
-    ActionType.SCALE_DOWN: ActionType.SCALE_UP,
-    ActionType.RESTART_SERVICE: None,
-    ActionType.APPLY_POLICY: ActionType.APPLY_POLICY,  # roll back the applied policy
-    ActionType.BYPASS_VALIDATION: ActionType.BYPASS_VALIDATION,  # bypass off
-    ActionType.THROTTLE_REQUESTS: ActionType.THROTTLE_REQUESTS,  # previous limit
-    ActionType.ACTIVATE_EMERGENCY_OVERRIDE: ActionType.ACTIVATE_EMERGENCY_OVERRIDE,
-    ActionType.REBALANCE_LOAD: None,
-    ActionType.UPDATE_CONFIGURATION: ActionType.UPDATE_CONFIGURATION,  # previous settings
-}
+# Each action type's inverse is in the action-effect model (actions.INVERSE; None: the
+# action cannot be undone, e.g. a restart). Rollback does not call the inverse type
+# blindly: it restores what the Charter reported as the previous value
+# (ActionResult.previous), which is the exact inverse.
 
 Journal = Callable[[PolicyExecution], None]
-# What an action or its undo may raise: ours, the per-action timeout, and a Charter answer
-# whose shape does not hold what an inverse needs (e.g. `previous` without `size`).
+# What an action or its undo may raise: ours, the per-action timeout, a Charter answer
+# whose shape does not hold what an inverse needs (e.g. `previous` without `size`), and an
+# action that was not resolved (actions.Unresolvable, a ValueError).
 ACTION_ERRORS = (MapekError, TimeoutError, KeyError, TypeError, ValueError)
 HISTORY_KEPT = 1000  # executions remembered in memory (replay of a policy id, revert)
 
@@ -111,7 +107,7 @@ class Executor:
         self._charter = wrap(self._charter)
 
     def settle_s(self, policy: RemediationPolicy) -> float:
-        return max(self._actions[a.action_type].settle_s for a in policy.actions)
+        return effects.settle_s(policy.actions, self._actions)
 
     def verification_horizon_s(self) -> float:
         """How long after it finished an execution may still be waiting for its outcome."""
@@ -122,9 +118,17 @@ class Executor:
     async def execute_policy(
         self, policy: RemediationPolicy, *, baseline: float | None = None
     ) -> PolicyExecution:
-        """Run `policy` once. A policy id already executed returns its first result."""
+        """Run `policy` once. A policy id already executed returns its first result.
+
+        `policy` must be resolved (actions.resolve): what is sent is what was judged.
+        """
         if self.dry_run:
             raise ExecutionError("dry-run mode: execute_policy must not be called")
+        if not effects.is_resolved(policy):
+            raise ExecutionError(
+                f"policy {policy.id} was not resolved to absolute state: nothing is sent"
+                " that the guards did not judge"
+            )
         previous = self._history.get(policy.id)
         if previous is not None:
             log.info("execution_replayed", policy_id=policy.id, status=previous.status.value)
@@ -366,74 +370,64 @@ class Executor:
                 action_type=step.action.action_type.value, status=step.status.value
             ).inc()
 
-    async def _apply(  # noqa: C901, PLR0911 - one case per action type
+    async def _apply(  # noqa: PLR0911 - one case per action type
         self, action: RemediationAction, key: str
     ) -> ActionResult:
+        """Send the absolute state `action` was resolved to, literally: no read, no default."""
         charter = self._charter
-        params = action.parameters
         match action.action_type:
             case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
-                state = await charter.get_committee_state()
-                if "to_size" in params:
-                    size = int(params["to_size"])
-                else:
-                    delta = int(params.get("delta", 1))
-                    sign = 1 if action.action_type is ActionType.SCALE_UP else -1
-                    size = max(1, state.target_size + sign * delta)
-                return await charter.scale_committee(size, idempotency_key=key)
+                size = effects.desired(action, "size")
+                return await charter.scale_committee(int(size), idempotency_key=key)
             case ActionType.RESTART_SERVICE:
                 return await charter.restart_committee(idempotency_key=key)
             case ActionType.APPLY_POLICY:
-                policy_id = str(params.get("policy_id", "last_known_good"))
-                return await charter.apply_policy(policy_id, idempotency_key=key)
+                policy_id = effects.desired(action, "policy")
+                return await charter.apply_policy(str(policy_id), idempotency_key=key)
             case ActionType.BYPASS_VALIDATION:
-                return await charter.set_validation_bypass(
-                    bool(params.get("active", True)), idempotency_key=key
-                )
+                active = effects.desired(action, "bypass")
+                return await charter.set_validation_bypass(bool(active), idempotency_key=key)
             case ActionType.THROTTLE_REQUESTS:
-                limit = params.get("limit_ops_per_sec")
-                if limit is None:
-                    state = await charter.get_committee_state()
-                    limit = state.offered_load * float(params.get("fraction", 0.8))
-                return await charter.set_throttle(float(limit), idempotency_key=key)
-            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
-                return await charter.set_emergency_override(
-                    bool(params.get("active", True)), idempotency_key=key
+                limit = effects.desired(action, "throttle")
+                return await charter.set_throttle(
+                    None if limit is None else float(limit), idempotency_key=key
                 )
+            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
+                active = effects.desired(action, "override")
+                return await charter.set_emergency_override(bool(active), idempotency_key=key)
             case ActionType.REBALANCE_LOAD:
                 return await charter.rebalance_load(idempotency_key=key)
             case ActionType.UPDATE_CONFIGURATION:
-                settings = params.get("settings")
-                if not isinstance(settings, dict) or not settings:
-                    raise ExecutionError("update_configuration needs parameters.settings")
+                settings = effects.config_settings(action)
                 return await charter.update_configuration(settings, idempotency_key=key)
 
     async def _undo(self, step: ActionExecution) -> bool:
-        """Restore what `step` changed; False when the action cannot be undone."""
+        """Restore what `step` changed, to what the Charter reported before it; False when
+        the action cannot be undone. An answer that does not say what was there raises."""
         charter = self._charter
         key = f"{step.idempotency_key}:rollback"
         previous: dict[str, Any] = step.result.get("previous", {})
         current: dict[str, Any] = step.result.get("current", {})
         match step.action.action_type:
             case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
-                await charter.scale_committee(int(previous["size"]), idempotency_key=key)
+                size = effects.restore_value("size", previous)
+                await charter.scale_committee(int(size), idempotency_key=key)
             case ActionType.APPLY_POLICY:
-                applied = current.get("active_policy") or step.action.parameters.get("policy_id")
+                applied = current.get("active_policy") or effects.desired(step.action, "policy")
                 await charter.rollback_policy(str(applied), idempotency_key=key)
             case ActionType.BYPASS_VALIDATION:
-                await charter.set_validation_bypass(
-                    bool(previous.get("validation_bypass", False)), idempotency_key=key
-                )
+                active = effects.restore_value("bypass", previous)
+                await charter.set_validation_bypass(bool(active), idempotency_key=key)
             case ActionType.THROTTLE_REQUESTS:
-                await charter.set_throttle(previous.get("throttle_limit"), idempotency_key=key)
+                limit = effects.restore_value("throttle", previous)
+                await charter.set_throttle(
+                    None if limit is None else float(limit), idempotency_key=key
+                )
             case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
-                await charter.set_emergency_override(
-                    bool(previous.get("emergency_override", False)), idempotency_key=key
-                )
+                active = effects.restore_value("override", previous)
+                await charter.set_emergency_override(bool(active), idempotency_key=key)
             case ActionType.UPDATE_CONFIGURATION:
-                await charter.update_configuration(
-                    dict(previous.get("settings", {})), idempotency_key=key
-                )
+                await charter.update_configuration(dict(previous["settings"]), idempotency_key=key)
             case ActionType.RESTART_SERVICE | ActionType.REBALANCE_LOAD:
                 return False
         return True

@@ -4,6 +4,10 @@ Each guard looks at the policy and a `GuardContext` (a snapshot built by the orc
 time, modes, freezes, recent changes, breakers, back-offs) and answers allow / delay /
 block with a reason. A policy runs only when every guard allows it. No I/O and no clock
 here: the bookkeeping that feeds the context lives in safety.py. See docs/guards.md.
+
+The guards judge a *resolved* policy (loop/actions.py): every action carries the absolute
+state it sets and the value it starts from, in the one reading the orchestrator took. They
+predict nothing themselves: what they judge is what the executor sends.
 """
 
 from __future__ import annotations
@@ -14,22 +18,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mape_k.config import FreezeWindow, GuardsConfig
+from mape_k.loop import actions
 from mape_k.models import (
-    ActionExecution,
     ActionType,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
+    KnobSetting,
     PolicyExecution,
-    RemediationAction,
     RemediationPolicy,
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-# Action types that change nothing an inverse could flip back (execute.INVERSE maps them
-# to None): they count for cooldown and velocity, never for oscillation.
-_NO_KNOB = frozenset({ActionType.RESTART_SERVICE, ActionType.REBALANCE_LOAD})
-_SCALE = frozenset({ActionType.SCALE_UP, ActionType.SCALE_DOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,8 @@ class Freeze:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One action's effect on one knob of a target (or None: no knob, e.g. a restart)."""
+    """One action's effect on one knob of a target (or None: no knob, e.g. a restart; such
+    changes count for cooldown and velocity, never for oscillation)."""
 
     at: float
     target: str
@@ -115,7 +116,9 @@ class GuardContext:
     config: GuardsConfig = field(default_factory=GuardsConfig)
     history: tuple[Change, ...] = ()  # oldest first
     recommendations: tuple[Recommendation, ...] = ()
-    committee_size: int | None = None  # the target's size now, when known
+    # Why the policy being judged could not be resolved to absolute state (no reading of
+    # the target, or none it could be resolved against); None when it was.
+    unresolved: str | None = None
     backoffs: Mapping[str, Backoff] = field(default_factory=dict)
     charter: Circuit = field(default_factory=Circuit)
     needs_human: Mapping[str, Hold] = field(default_factory=dict)
@@ -145,73 +148,38 @@ def _at(ts: float) -> str:
 # --- what an action changes ------------------------------------------------------------
 
 
-def _sign(value: float) -> int:
-    return (value > 0) - (value < 0)
+def _knob_changes(base: Change, sets: tuple[KnobSetting, ...] | None) -> list[Change]:
+    """One Change per knob the settings move (the action-effect model says how); the bare
+    action (no knob) when they move none, or when it was not resolved."""
+    changes = []
+    for setting in sets or ():
+        moved = actions.movement(setting)
+        if moved is None:
+            continue
+        before, after, direction, size_delta = moved
+        changes.append(
+            replace(
+                base,
+                knob=setting.knob,
+                direction=direction,
+                before=before,
+                after=after,
+                size_delta=size_delta,
+            )
+        )
+    return changes or [base]
 
 
-def _scale_target(action: RemediationAction, size: int | None) -> int | None:
-    params = action.parameters
-    if "to_size" in params:
-        return int(params["to_size"])
-    if size is None:
-        return None
-    sign = 1 if action.action_type is ActionType.SCALE_UP else -1
-    return max(1, size + sign * int(params.get("delta", 1)))
-
-
-def planned_changes(
-    policy: RemediationPolicy, *, now: float, committee_size: int | None
-) -> list[Change]:
-    """What `policy` would change if it ran now (a prediction from its parameters)."""
+def planned_changes(policy: RemediationPolicy, *, now: float) -> list[Change]:
+    """What `policy` would change if it ran now: exactly its resolved settings (the same
+    absolute values the executor will send), judged against the reading they came from."""
     changes: list[Change] = []
-    size = committee_size
     for action in policy.actions:
         base = Change(
             at=now, target=policy.target, action_type=action.action_type, execution_id=policy.id
         )
-        kind = action.action_type
-        params = action.parameters
-        if kind in _SCALE:
-            to = _scale_target(action, size)
-            delta = abs(to - size) if to is not None and size is not None else None
-            if delta is None:
-                delta = int(params.get("delta", 1))
-            sign = 1 if kind is ActionType.SCALE_UP else -1
-            changes.append(
-                _with(base, knob="size", direction=sign, before=size, after=to, size_delta=delta)
-            )
-            size = to
-        elif kind is ActionType.THROTTLE_REQUESTS:
-            direction = (
-                1 if "limit_ops_per_sec" not in params or params["limit_ops_per_sec"] else -1
-            )
-            changes.append(_with(base, knob="throttle", direction=direction))
-        elif kind is ActionType.BYPASS_VALIDATION:
-            on = bool(params.get("active", True))
-            changes.append(_with(base, knob="bypass", direction=1 if on else -1, after=on))
-        elif kind is ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
-            on = bool(params.get("active", True))
-            changes.append(_with(base, knob="override", direction=1 if on else -1, after=on))
-        elif kind is ActionType.APPLY_POLICY:
-            target_policy = str(params.get("policy_id", "last_known_good"))
-            changes.append(_with(base, knob="policy", after=target_policy))
-        elif kind is ActionType.UPDATE_CONFIGURATION:
-            settings = params.get("settings")
-            for key, value in (settings if isinstance(settings, dict) else {}).items():
-                changes.append(_with(base, knob=f"config:{key}", after=value))
-        else:
-            changes.append(base)
+        changes.extend(_knob_changes(base, action.sets))
     return changes
-
-
-def _with(base: Change, **values: Any) -> Change:
-    return Change(
-        at=base.at,
-        target=base.target,
-        action_type=base.action_type,
-        execution_id=base.execution_id,
-        **values,
-    )
 
 
 def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
@@ -232,61 +200,11 @@ def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
             # the target was acted on (cooldown and blast radius count it).
             changes.append(base)
             continue
-        changes.extend(_step_changes(base, step))
+        previous: dict[str, Any] = step.result.get("previous", {}) or {}
+        current: dict[str, Any] = step.result.get("current", {}) or {}
+        reported = actions.reported(step.action.action_type, previous, current)
+        changes.extend(_knob_changes(base, reported))
     return changes
-
-
-def _step_changes(base: Change, step: ActionExecution) -> list[Change]:  # noqa: C901, PLR0911
-    previous: dict[str, Any] = step.result.get("previous", {}) or {}
-    current: dict[str, Any] = step.result.get("current", {}) or {}
-    kind = step.action.action_type
-    if kind in _SCALE:
-        before, after = previous.get("size"), current.get("size")
-        if not isinstance(before, int | float) or not isinstance(after, int | float):
-            return [base]
-        delta = int(after) - int(before)
-        if delta == 0:
-            return [base]
-        return [
-            _with(
-                base,
-                knob="size",
-                direction=_sign(delta),
-                before=int(before),
-                after=int(after),
-                size_delta=abs(delta),
-            )
-        ]
-    if kind is ActionType.THROTTLE_REQUESTS:
-        before, after = previous.get("throttle_limit"), current.get("throttle_limit")
-        if before == after:
-            return [base]
-        tighter = after is not None and (before is None or float(after) < float(before))
-        return [
-            _with(base, knob="throttle", direction=1 if tighter else -1, before=before, after=after)
-        ]
-    if kind in {ActionType.BYPASS_VALIDATION, ActionType.ACTIVATE_EMERGENCY_OVERRIDE}:
-        key = "validation_bypass" if kind is ActionType.BYPASS_VALIDATION else "emergency_override"
-        knob = "bypass" if kind is ActionType.BYPASS_VALIDATION else "override"
-        before, after = bool(previous.get(key, False)), bool(current.get(key, False))
-        if before == after:
-            return [base]
-        return [_with(base, knob=knob, direction=1 if after else -1, before=before, after=after)]
-    if kind is ActionType.APPLY_POLICY:
-        before, after = previous.get("active_policy"), current.get("active_policy")
-        if before == after:
-            return [base]
-        return [_with(base, knob="policy", before=before, after=after)]
-    if kind is ActionType.UPDATE_CONFIGURATION:
-        old: dict[str, Any] = previous.get("settings", {}) or {}
-        new: dict[str, Any] = current.get("settings", {}) or {}
-        out = [
-            _with(base, knob=f"config:{key}", before=old.get(key), after=value)
-            for key, value in new.items()
-            if old.get(key) != value
-        ]
-        return out or [base]
-    return [base]
 
 
 def reverses(first: Change, second: Change) -> bool:
@@ -354,7 +272,11 @@ def data_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if ctx.degraded_reason is not None:
         reason = f"no action on missing or stale data: {ctx.degraded_reason}"
         return _decision("data", GuardVerdict.BLOCK, reason, policy, None)
-    return _allow("data", "observation complete", policy)
+    if not actions.is_resolved(policy):
+        why = ctx.unresolved or "it was not resolved against a reading of the target"
+        reason = f"no action without the target's state to resolve it against: {why}"
+        return _decision("data", GuardVerdict.BLOCK, reason, policy, None)
+    return _allow("data", "observation complete, policy resolved", policy)
 
 
 def startup_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
@@ -411,7 +333,7 @@ def oscillation_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDeci
             f" until {_at(backoff.until)}"
         )
         return _decision("oscillation", GuardVerdict.BLOCK, reason, policy, backoff.until)
-    for change in planned_changes(policy, now=ctx.now, committee_size=ctx.committee_size):
+    for change in planned_changes(policy, now=ctx.now):
         flip = oscillation(ctx.history, change, window_s=cfg.window_s, now=ctx.now)
         if flip is not None:
             steps = " -> ".join(c.action_type.value for c in flip)
@@ -455,7 +377,7 @@ def velocity_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
     recent = [c for c in ctx.history if c.at > ctx.now - cfg.window_s]
     actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
     size_change = sum(c.size_delta for c in recent)
-    planned = planned_changes(policy, now=ctx.now, committee_size=ctx.committee_size)
+    planned = planned_changes(policy, now=ctx.now)
     more_size = sum(c.size_delta for c in planned)
     until = (min(c.at for c in recent) + cfg.window_s) if recent else None
     if actions + len(policy.actions) > cfg.max_actions:
@@ -480,44 +402,61 @@ def stabilization_floor(
     return max(sizes) if sizes else None
 
 
+def _last_scale_down(policy: RemediationPolicy) -> tuple[int, KnobSetting | None] | None:
+    """The last scale-down of `policy` (its index and resolved size setting), if any."""
+    downs = [i for i, a in enumerate(policy.actions) if a.action_type is ActionType.SCALE_DOWN]
+    if not downs:
+        return None
+    action = policy.actions[downs[-1]]
+    sets = [s for s in action.sets or () if s.knob == "size"]
+    return downs[-1], (sets[0] if sets else None)
+
+
 def stabilized(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
     """HPA's stabilization: a scale-down goes only to the highest size recommended in the
-    window. A scale-down past that floor (but still below the current size) is rewritten to
-    stop at the floor, under a new id (its idempotency keys must not name the other size);
-    anything else is returned as is and judged by `stabilization_guard`."""
+    window. A resolved scale-down past that floor (but still below the size it starts from)
+    is rewritten to stop at the floor, under a new id (its idempotency keys must not name
+    the other size) — when no later action of the policy sets the size, which would start
+    from the old value; anything else is returned as is and judged by
+    `stabilization_guard`."""
     cfg = ctx.config.stabilization
-    downs = [i for i, a in enumerate(policy.actions) if a.action_type is ActionType.SCALE_DOWN]
-    size = ctx.committee_size
-    if not cfg.enabled or not downs or size is None:
+    found = _last_scale_down(policy)
+    if not cfg.enabled or found is None:
+        return policy
+    index, setting = found
+    if setting is None:
+        return policy
+    later = policy.actions[index + 1 :]
+    if any(s.knob == "size" for a in later for s in a.sets or ()):
         return policy
     floor = stabilization_floor(
         ctx.recommendations, target=policy.target, now=ctx.now, window_s=cfg.window_s
     )
-    index = downs[-1]
-    to = _scale_target(policy.actions[index], size)
-    if floor is None or to is None or not to < floor < size:
+    before, to = int(setting.before), int(setting.after)
+    if floor is None or not to < floor < before:
         return policy
     action = policy.actions[index]
-    clamped = replace(action, parameters={**action.parameters, "to_size": floor})
-    actions = (*policy.actions[:index], clamped, *policy.actions[index + 1 :])
+    clamped = replace(action, sets=(KnobSetting("size", before, floor),))
+    steps = (*policy.actions[:index], clamped, *later)
     note = f"; stabilized: down to {floor}, not {to} (highest recommendation in the window)"
     return replace(
-        policy, id=f"{policy.id}-s{floor}", actions=actions, rationale=policy.rationale + note
+        policy, id=f"{policy.id}-s{floor}", actions=steps, rationale=policy.rationale + note
     )
 
 
 def stabilization_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     cfg = ctx.config.stabilization
-    downs = [a for a in policy.actions if a.action_type is ActionType.SCALE_DOWN]
-    if not cfg.enabled or not downs:
+    found = _last_scale_down(policy)
+    if not cfg.enabled or found is None:
         return _allow("stabilization", "not a scale-down", policy)
+    setting = found[1]
+    if setting is None:
+        reason = "scale-down held: the committee size is unknown (not resolved)"
+        return _decision("stabilization", GuardVerdict.DELAY, reason, policy, None)
     floor = stabilization_floor(
         ctx.recommendations, target=policy.target, now=ctx.now, window_s=cfg.window_s
     )
-    to = _scale_target(downs[-1], ctx.committee_size)
-    if to is None:
-        reason = "scale-down held: the committee size is unknown"
-        return _decision("stabilization", GuardVerdict.DELAY, reason, policy, None)
+    to = int(setting.after)
     if floor is not None and to < floor:
         reason = (
             f"scale-down to {to} held: the highest size recommended in the last"
@@ -550,8 +489,8 @@ def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
 
 def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if ctx.dry_run:
-        actions = ", ".join(a.action_type.value for a in policy.actions)
-        reason = f"dry-run: would execute {actions} on {policy.target}"
+        steps = ", ".join(actions.describe(a) for a in policy.actions)
+        reason = f"dry-run: would execute {steps} on {policy.target}"
         return _decision("dry_run", GuardVerdict.BLOCK, reason, policy, None)
     return _allow("dry_run", "live mode", policy)
 

@@ -23,7 +23,8 @@ import structlog
 
 from mape_k.config import Settings
 from mape_k.errors import CharterError, MapekError
-from mape_k.integrations.charter.base import CharterClient
+from mape_k.integrations.charter.base import CharterClient, CommitteeState
+from mape_k.loop import actions as action_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.execute import Executor
@@ -46,6 +47,7 @@ from mape_k.models import (
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
+    KnobSetting,
     Observation,
     OutcomeType,
     PolicyExecution,
@@ -58,6 +60,11 @@ from mape_k.models import (
 from mape_k.store import Store
 
 log = structlog.get_logger(__name__)
+
+# One reading of the target's state (or why there is none), and a policy resolved against
+# it (or as planned, with why it could not be).
+Reading = tuple[CommitteeState | None, str | None]
+Plan = tuple[RemediationPolicy, str | None]
 
 
 @dataclass
@@ -456,12 +463,16 @@ class MAPEKOrchestrator:
         record["inhibited"] = summary.inhibited(analysis.inhibited)
         record["omitted"] = summary.omitted
         record["candidates"] = [_candidate(p) for p in policies]
-        self._recommend(policies, observation, now)
 
         t = time.perf_counter()
+        # One reading of the target's state; every action is resolved against it once, and
+        # that resolved plan is what the guards judge and the executor sends.
+        reading = await self._read_target(observation, now)
+        plans = {p.id: self._resolve(p, reading) for p in policies}
+        self._recommend(plans, reading, observation, now)
         if policies and self.safety.charter.phase(now) == "half_open":
             await self._probe_charter()
-        chosen, decisions, why = self._choose(policies, observation, now)
+        chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
         phases.done("guard", t)
         record["guard_decisions"] = [_guard(d) for d in decisions]
         self._record_guards(decisions, now)
@@ -517,7 +528,6 @@ class MAPEKOrchestrator:
             config=self._settings.guards,
             history=tuple(safety.history),
             recommendations=tuple(safety.recommendations),
-            committee_size=_size(observation, "charter"),
             backoffs=dict(safety.backoffs),
             charter=safety.charter,
             needs_human=dict(safety.needs_human),
@@ -525,10 +535,55 @@ class MAPEKOrchestrator:
             approvals=dict(safety.approvals),
         )
 
+    async def _read_target(self, observation: Observation, now: float) -> Reading:
+        """The one reading of the target's state this iteration resolves its actions against:
+        the Charter's committee state (its `target_size` is the size: where the last scale
+        is heading). No reading, with the reason, on degraded data, an open Charter circuit
+        (nothing is called through it), a failed read or a state no controller should act on.
+        """
+        if observation.degraded:
+            return None, f"no reading on degraded data: {observation.degraded_reason}"
+        if self._charter is None:
+            return None, "no Charter client"
+        if self.safety.charter.phase(now) == "open":
+            return None, "the Charter circuit is open: its state was not read"
+        try:
+            async with asyncio.timeout(self._settings.executor.action_timeout_s):
+                state = await self._charter.get_committee_state()
+        except (MapekError, TimeoutError) as exc:
+            problem = f"the Charter's state could not be read: {exc or 'timeout'}"
+            log.warning("target_state_unreadable", problem=problem)
+            return None, problem
+        problems = charter_problems(state)
+        if problems:
+            problem = f"the Charter's state is not one to act on: {'; '.join(problems)}"
+            log.warning("target_state_unreadable", problem=problem)
+            return None, problem
+        return state, None
+
+    @staticmethod
+    def _resolve(policy: RemediationPolicy, reading: Reading) -> Plan:
+        """`policy` resolved to absolute desired state against `reading`, or as it came with
+        the reason it could not be (the data guard then blocks it, saying why)."""
+        state, problem = reading
+        if state is None:
+            return policy, problem
+        try:
+            return action_model.resolve(policy, state), None
+        except action_model.Unresolvable as exc:
+            return policy, str(exc)
+
     def _choose(
-        self, policies: list[RemediationPolicy], observation: Observation, now: float
+        self,
+        policies: list[RemediationPolicy],
+        observation: Observation,
+        now: float,
+        reading: Reading,
+        plans: dict[str, Plan],
     ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
-        """The best policy every guard allows; one policy per iteration, on purpose."""
+        """The best policy every guard allows; one policy per iteration, on purpose. Each is
+        judged resolved (`plans`, an approved one resolved against the same `reading`), and
+        the one chosen is returned resolved: the executor sends exactly that."""
         if not policies:
             return (
                 None,
@@ -547,8 +602,9 @@ class MAPEKOrchestrator:
         if best is not None and best not in runnable:
             runnable.insert(0, best)  # an approved risky policy
         for candidate in runnable:
-            target_ctx = replace(ctx, committee_size=_size(observation, candidate.target))
-            policy = guard_rules.stabilized(candidate, target_ctx)
+            plan, unresolved = plans.get(candidate.id) or self._resolve(candidate, reading)
+            target_ctx = replace(ctx, unresolved=unresolved)
+            policy = guard_rules.stabilized(plan, target_ctx)
             verdicts = guard_rules.evaluate(policy, target_ctx)
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)
@@ -685,26 +741,31 @@ class MAPEKOrchestrator:
         return {"reason": reason, "reverted": ids, "frozen_until": until}
 
     def _recommend(
-        self, policies: list[RemediationPolicy], observation: Observation, now: float
+        self, plans: dict[str, Plan], reading: Reading, observation: Observation, now: float
     ) -> None:
-        """Record each target's recommended size this iteration (scale-down stabilization)."""
-        if observation.degraded:
+        """Record each target's recommended size this iteration (scale-down stabilization):
+        where its best-ranked resolved scale policy leaves it, else the size the reading
+        says it is heading for — the same reading and resolution the guards judge."""
+        state, _ = reading
+        if observation.degraded or state is None:
             return
-        for metric in observation.metrics:
-            if metric.name != "committee_size":
-                continue
-            size = round(metric.value)
-            recommended = size
-            for policy in policies:
-                if policy.target == metric.component and policy.primary_action in {
-                    ActionType.SCALE_UP,
-                    ActionType.SCALE_DOWN,
-                }:
-                    changes = guard_rules.planned_changes(policy, now=now, committee_size=size)
-                    after = changes[0].after
-                    recommended = int(after) if isinstance(after, int) else size
+        scaling = [
+            policy
+            for policy, _ in plans.values()  # in the planner's ranking
+            if policy.primary_action in {ActionType.SCALE_UP, ActionType.SCALE_DOWN}
+        ]
+        targets = dict.fromkeys(
+            [m.component for m in observation.metrics if m.name == "committee_size"]
+            + [policy.target for policy in scaling]
+        )
+        for target in targets:
+            recommended = state.target_size
+            for policy in scaling:
+                if policy.target == target:
+                    size = action_model.final_value(policy, "size")
+                    recommended = state.target_size if size is None else int(size)
                     break
-            self.safety.recommend(metric.component, recommended, now=now)
+            self.safety.recommend(target, recommended, now=now)
 
     def _after_guards(
         self, policy: RemediationPolicy, verdicts: tuple[GuardDecision, ...], now: float
@@ -1171,6 +1232,7 @@ def _execution(e: PolicyExecution) -> dict[str, Any]:
         "actions": [
             {
                 "type": a.action.action_type.value,
+                "sets": _sets(a.action.sets),
                 "status": a.status.value,
                 "idempotency_key": a.idempotency_key,
                 "error": a.error,
@@ -1178,6 +1240,13 @@ def _execution(e: PolicyExecution) -> dict[str, Any]:
             for a in e.actions
         ],
     }
+
+
+def _sets(sets: tuple[KnobSetting, ...] | None) -> list[dict[str, Any]] | None:
+    """What a resolved action set (None: it was not resolved)."""
+    if sets is None:
+        return None
+    return [{"knob": s.knob, "before": s.before, "after": s.after} for s in sets]
 
 
 def _outcome(o: PolicyOutcome) -> dict[str, Any]:
