@@ -7,54 +7,14 @@ from dataclasses import replace
 
 import pytest
 
+import builders
+from builders import action, execution, metric, policy, violation
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
 from mape_k.errors import CharterRequestError, ExecutionError, StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.actions import resolve
 from mape_k.loop.execute import Executor, PendingVerification, classify
-from mape_k.models import (
-    ActionType,
-    CandidateScore,
-    Cause,
-    ExecutionStatus,
-    Metric,
-    Observation,
-    OutcomeType,
-    PolicyExecution,
-    RemediationAction,
-    RemediationPolicy,
-    Severity,
-    Violation,
-    ViolationSource,
-)
-
-
-def policy(
-    *actions: RemediationAction, pid: str = "p1", query: str = "failure_rate"
-) -> RemediationPolicy:
-    cause = Cause(
-        name="high_failure_rate",
-        target="charter",
-        severity=Severity.CRITICAL,
-        confidence=0.6,
-        violations=1,
-        query=query,
-        value=0.4,
-        threshold=0.05,
-    )
-    score = CandidateScore(cost=0.3, benefit=0.75, knowledge_weight=1.0, confidence=0.6, score=0.15)
-    return RemediationPolicy(
-        id=pid, cause=cause, actions=actions, score=score, requires_approval=False, created_at=0
-    )
-
-
-def act(kind: ActionType, **params: object) -> RemediationAction:
-    return RemediationAction(action_type=kind, target="charter", parameters=dict(params))
-
-
-def resolved(world, p: RemediationPolicy) -> RemediationPolicy:
-    """`p` resolved against the committee's state now, as the loop does before the guards."""
-    return resolve(p, world.committee.state())
+from mape_k.models import ActionType, ExecutionStatus, Observation, OutcomeType, RemediationPolicy
 
 
 @pytest.fixture
@@ -65,6 +25,11 @@ def world(clock):
 @pytest.fixture
 def journal():
     return []
+
+
+def resolved(world, p: RemediationPolicy) -> RemediationPolicy:
+    """`p` resolved against the committee's state now, as the loop does before the guards."""
+    return resolve(p, world.committee.state())
 
 
 def make_executor(world, journal, clock, **config) -> Executor:
@@ -80,7 +45,9 @@ def make_executor(world, journal, clock, **config) -> Executor:
 async def test_actions_run_in_order_and_complete(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
     result = await executor.execute_policy(
-        resolved(world, policy(act(ActionType.SCALE_UP, delta=2), act(ActionType.REBALANCE_LOAD)))
+        resolved(
+            world, policy(action(ActionType.SCALE_UP, delta=2), action(ActionType.REBALANCE_LOAD))
+        )
     )
     assert result.status is ExecutionStatus.COMPLETED
     assert [a.status for a in result.actions] == [ExecutionStatus.COMPLETED] * 2
@@ -91,7 +58,7 @@ async def test_actions_run_in_order_and_complete(world, journal, clock):
 
 async def test_every_action_is_journaled_before_and_after_it_runs(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
-    await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
+    await executor.execute_policy(resolved(world, policy(action(ActionType.RESTART_SERVICE))))
     statuses = [(e.status, e.actions[0].status) for e in journal]
     assert statuses[0] == (ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING)
     assert (ExecutionStatus.IN_PROGRESS, ExecutionStatus.IN_PROGRESS) in statuses
@@ -107,9 +74,9 @@ async def test_a_failing_action_rolls_back_the_completed_ones_in_reverse(world, 
         resolved(
             world,
             policy(
-                act(ActionType.SCALE_UP, delta=1),
-                act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
-                act(ActionType.BYPASS_VALIDATION),
+                action(ActionType.SCALE_UP, delta=1),
+                action(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
+                action(ActionType.BYPASS_VALIDATION),
             ),
         )
     )
@@ -141,7 +108,9 @@ async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clo
 
     world.client.rebalance_load = hang  # type: ignore[method-assign]
     result = await executor.execute_policy(
-        resolved(world, policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD)))
+        resolved(
+            world, policy(action(ActionType.SCALE_UP, delta=1), action(ActionType.REBALANCE_LOAD))
+        )
     )
     assert result.status is ExecutionStatus.ROLLED_BACK
     assert result.actions[1].error == "timed out after 0.01 s"
@@ -150,7 +119,7 @@ async def test_an_action_that_hangs_times_out_and_rolls_back(world, journal, clo
 
 async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
     executor = make_executor(world, journal.append, clock)
-    p = resolved(world, policy(act(ActionType.SCALE_UP, delta=1)))
+    p = resolved(world, policy(action(ActionType.SCALE_UP, delta=1)))
     first = await executor.execute_policy(p)
     for _ in range(99):
         again = await executor.execute_policy(p)
@@ -161,7 +130,7 @@ async def test_the_same_policy_twice_has_one_effect(world, journal, clock):
 async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charter(
     world, journal, clock
 ):
-    p = resolved(world, policy(act(ActionType.SCALE_UP, delta=1)))
+    p = resolved(world, policy(action(ActionType.SCALE_UP, delta=1)))
     await make_executor(world, journal.append, clock).execute_policy(p)
     await make_executor(world, journal.append, clock).execute_policy(p)
     assert world.committee.state().target_size == 4
@@ -170,7 +139,7 @@ async def test_a_fresh_executor_replaying_a_policy_is_deduplicated_by_the_charte
 async def test_dry_run_refuses_to_execute(world, journal, clock):
     executor = make_executor(world, journal.append, clock, dry_run=True)
     with pytest.raises(ExecutionError):
-        await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
+        await executor.execute_policy(resolved(world, policy(action(ActionType.RESTART_SERVICE))))
     assert world.committee.actions == []
 
 
@@ -179,15 +148,9 @@ async def test_an_interrupted_execution_whose_actions_all_took_effect_is_complet
 ):
     executor = make_executor(world, journal.append, clock)
     done = await executor.execute_policy(
-        resolved(world, policy(act(ActionType.SCALE_UP, delta=2), pid="crash"))
+        resolved(world, policy(action(ActionType.SCALE_UP, delta=2), id="crash"))
     )
-    interrupted = PolicyExecution(
-        id="crash-2",
-        policy=done.policy,
-        status=ExecutionStatus.IN_PROGRESS,
-        actions=done.actions,
-        started_at=done.started_at,
-    )
+    interrupted = builders.interrupted(done, id="crash-2")
     fresh = make_executor(world, journal.append, clock)
     result = await fresh.reconcile(interrupted)
     assert result.status is ExecutionStatus.COMPLETED
@@ -201,17 +164,15 @@ async def test_an_in_progress_action_that_reached_the_charter_is_completed_not_r
     executor = make_executor(world, journal.append, clock)
     first = await executor.execute_policy(
         resolved(
-            world, policy(act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), pid="cut")
+            world, policy(action(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0), id="cut")
         )
     )
     assert world.committee.throttle_limit == 500.0
     # The crash came after the Charter applied the call, before its result was journaled.
-    interrupted = PolicyExecution(
+    interrupted = builders.interrupted(
+        first,
         id="cut",
-        policy=first.policy,
-        status=ExecutionStatus.IN_PROGRESS,
         actions=(replace(first.actions[0], status=ExecutionStatus.IN_PROGRESS, result={}),),
-        started_at=first.started_at,
     )
     result = await make_executor(world, journal.append, clock).reconcile(interrupted)
     assert result.status is ExecutionStatus.COMPLETED
@@ -227,18 +188,17 @@ async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest
     two = resolved(
         world,
         policy(
-            act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0),
-            act(ActionType.SCALE_UP, delta=2),
-            pid="half",
+            action(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=500.0),
+            action(ActionType.SCALE_UP, delta=2),
+            id="half",
         ),
     )
     first = await make_executor(world, journal.append, clock).execute_policy(two)
     undone_scale = await world.client.scale_committee(3, idempotency_key="manual")  # as before
     assert undone_scale.current["size"] == 3
-    interrupted = PolicyExecution(
+    interrupted = builders.interrupted(
+        first,
         id="half-2",
-        policy=two,
-        status=ExecutionStatus.IN_PROGRESS,
         actions=(
             first.actions[0],
             replace(
@@ -248,7 +208,6 @@ async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest
                 result={},
             ),
         ),
-        started_at=first.started_at,
     )
     result = await make_executor(world, journal.append, clock).reconcile(interrupted)
     assert result.status is ExecutionStatus.ROLLED_BACK
@@ -263,14 +222,10 @@ async def test_an_in_progress_action_that_never_arrived_is_not_sent_and_the_rest
 
 async def test_a_failed_lookup_leaves_the_action_failed_as_possibly_applied(world, journal, clock):
     done = await make_executor(world, journal.append, clock).execute_policy(
-        resolved(world, policy(act(ActionType.RESTART_SERVICE), pid="r"))
+        resolved(world, policy(action(ActionType.RESTART_SERVICE), id="r"))
     )
-    interrupted = PolicyExecution(
-        id="r3",
-        policy=done.policy,
-        status=ExecutionStatus.IN_PROGRESS,
-        actions=(replace(done.actions[0], status=ExecutionStatus.IN_PROGRESS),),
-        started_at=done.started_at,
+    interrupted = builders.interrupted(
+        done, id="r3", actions=(replace(done.actions[0], status=ExecutionStatus.IN_PROGRESS),)
     )
     world.client.fail_next("find_action")
     result = await make_executor(world, journal.append, clock).reconcile(interrupted)
@@ -282,16 +237,14 @@ async def test_reconcile_does_not_resend_an_in_progress_action_without_an_invers
     world, journal, clock
 ):
     done = await make_executor(world, journal.append, clock).execute_policy(
-        resolved(world, policy(act(ActionType.RESTART_SERVICE), pid="r"))
+        resolved(world, policy(action(ActionType.RESTART_SERVICE), id="r"))
     )
-    interrupted = PolicyExecution(
+    interrupted = builders.interrupted(
+        done,
         id="r2",
-        policy=done.policy,
-        status=ExecutionStatus.IN_PROGRESS,
         actions=(
             replace(done.actions[0], status=ExecutionStatus.IN_PROGRESS, idempotency_key="r2:0:x"),
         ),
-        started_at=done.started_at,
     )
     result = await make_executor(world, journal.append, clock).reconcile(interrupted)
     assert result.status is ExecutionStatus.FAILED
@@ -301,39 +254,22 @@ async def test_reconcile_does_not_resend_an_in_progress_action_without_an_invers
 def observation(
     value: float | None, *, violating: bool, degraded: str | None = None
 ) -> Observation:
-    metrics = () if value is None else (Metric("failure_rate", "charter", value, 0.0),)
-    violations = (
-        (
-            Violation(
-                kind="high_failure_rate",
-                component="charter",
-                severity=Severity.CRITICAL,
-                source=ViolationSource.RULE,
-                timestamp=0,
-                value=value,
-                threshold=0.05,
-                query="failure_rate",
-            ),
-        )
-        if violating
-        else ()
-    )
-    return Observation(
-        at=0, metrics=metrics, violations=violations, queries=(), degraded_reason=degraded
+    """What the Monitor reads of failure_rate (nothing if `value` is None), violating or not."""
+    return builders.observation(
+        at=0,
+        metrics=() if value is None else (metric("failure_rate", value, timestamp=0.0),),
+        violations=(
+            (violation(timestamp=0, value=value, threshold=0.05, query="failure_rate"),)
+            if violating
+            else ()
+        ),
+        degraded_reason=degraded,
     )
 
 
 def pending(deadline: float = 100.0) -> PendingVerification:
-    execution = PolicyExecution(
-        id="e1",
-        policy=policy(act(ActionType.RESTART_SERVICE)),
-        status=ExecutionStatus.COMPLETED,
-        actions=(),
-        started_at=0.0,
-        finished_at=1.0,
-        baseline=0.4,
-    )
-    return PendingVerification(execution=execution, due_at=10.0, deadline=deadline)
+    restarted = execution(policy=policy(), started_at=0.0, finished_at=1.0, baseline=0.4)
+    return PendingVerification(execution=restarted, due_at=10.0, deadline=deadline)
 
 
 @pytest.mark.parametrize(
@@ -389,10 +325,10 @@ async def test_rollback_restores_bypass_override_and_policy(world, journal, cloc
         resolved(
             world,
             policy(
-                act(ActionType.BYPASS_VALIDATION),
-                act(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),
-                act(ActionType.APPLY_POLICY, policy_id="strict-v2"),
-                act(ActionType.REBALANCE_LOAD),
+                action(ActionType.BYPASS_VALIDATION),
+                action(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),
+                action(ActionType.APPLY_POLICY, policy_id="strict-v2"),
+                action(ActionType.REBALANCE_LOAD),
             ),
         )
     )
@@ -427,7 +363,7 @@ async def test_the_in_memory_history_is_bounded(world, journal, clock, monkeypat
     executor = make_executor(world, journal.append, clock)
     for n in range(5):
         await executor.execute_policy(
-            resolved(world, policy(act(ActionType.REBALANCE_LOAD), pid=f"p{n}"))
+            resolved(world, policy(action(ActionType.REBALANCE_LOAD), id=f"p{n}"))
         )
     assert [e.id for e in executor.get_execution_history()] == ["p2", "p3", "p4"]
 
@@ -438,7 +374,9 @@ async def test_no_action_runs_when_the_journal_cannot_record_it(world, clock):
         raise StoreError("disk full")
 
     executor = make_executor(world, broken, clock)
-    result = await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
+    result = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.RESTART_SERVICE)))
+    )
     assert result.status is ExecutionStatus.FAILED
     assert "journal" in (result.error or "")
     assert world.committee.actions == []
@@ -456,7 +394,9 @@ async def test_a_journal_failure_after_an_action_keeps_the_execution_and_its_ver
             raise StoreError("disk full")
 
     executor = make_executor(world, flaky, clock)
-    result = await executor.execute_policy(resolved(world, policy(act(ActionType.RESTART_SERVICE))))
+    result = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.RESTART_SERVICE)))
+    )
     assert result.status is ExecutionStatus.COMPLETED
     assert [p.execution.id for p in executor.pending_verifications()] == [result.id]
     assert len(world.committee.actions) == 1
@@ -475,7 +415,9 @@ async def test_a_charter_answer_without_what_the_undo_needs_fails_the_rollback_c
     world.client.scale_committee = no_previous  # type: ignore[method-assign]
     world.client.fail_next("rebalance_load")
     result = await executor.execute_policy(
-        resolved(world, policy(act(ActionType.SCALE_UP, delta=1), act(ActionType.REBALANCE_LOAD)))
+        resolved(
+            world, policy(action(ActionType.SCALE_UP, delta=1), action(ActionType.REBALANCE_LOAD))
+        )
     )
     assert result.status is ExecutionStatus.FAILED
     assert "rollback incomplete" in (result.error or "")
@@ -500,7 +442,8 @@ async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back
         resolved(
             world,
             policy(
-                act(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0), act(ActionType.SCALE_UP)
+                action(ActionType.THROTTLE_REQUESTS, limit_ops_per_sec=50.0),
+                action(ActionType.SCALE_UP),
             ),
         )
     )
