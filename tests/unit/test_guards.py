@@ -12,8 +12,10 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
+from builders import NOW, action, execution, outcome, outcome_of, policy, step
+from builders import settings as settings_for
 from mape_k.app import Daemon, build
-from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig, load_settings
+from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, GuardsConfig
 from mape_k.errors import CharterRequestError, CharterTimeout, CharterUnavailable
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.integrations.charter.http import HttpCharterClient
@@ -23,55 +25,16 @@ from mape_k.loop.actions import resolve
 from mape_k.loop.execute import Executor
 from mape_k.loop.safety import BreakerCharter, SafetyState, charter_problems
 from mape_k.models import (
-    ActionExecution,
     ActionType,
-    CandidateScore,
-    Cause,
     ExecutionStatus,
     GuardVerdict,
     KnobSetting,
     OutcomeType,
-    PolicyExecution,
-    PolicyOutcome,
-    RemediationAction,
     RemediationPolicy,
-    Severity,
 )
 from mape_k.sim.committee import Committee
 from mape_k.sim.service import build_app as build_sim_app
 from mape_k.store import Store
-
-NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a Tuesday
-
-
-def policy(
-    *actions: tuple[ActionType, dict[str, object]],
-    pid: str = "p1",
-    target: str = "charter",
-    approval: bool = False,
-) -> RemediationPolicy:
-    cause = Cause(
-        name="overload",
-        target=target,
-        severity=Severity.CRITICAL,
-        confidence=0.8,
-        violations=1,
-        query="saturation",
-        value=1.2,
-        threshold=0.9,
-    )
-    score = CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.8, score=0.4)
-    return RemediationPolicy(
-        id=pid,
-        cause=cause,
-        actions=tuple(
-            RemediationAction(action_type=kind, target=target, parameters=dict(params))
-            for kind, params in actions
-        ),
-        score=score,
-        requires_approval=approval,
-        created_at=NOW,
-    )
 
 
 def reading(size: int = 3, **fields: object) -> CommitteeState:
@@ -100,9 +63,9 @@ def at(size: int, p: RemediationPolicy) -> RemediationPolicy:
     return resolve(p, reading(size))
 
 
-UP = at(3, policy((ActionType.SCALE_UP, {"delta": 1})))
-DOWN = at(3, policy((ActionType.SCALE_DOWN, {"delta": 1})))
-RESTART = at(3, policy((ActionType.RESTART_SERVICE, {})))
+UP = at(3, policy(action(ActionType.SCALE_UP, delta=1)))
+DOWN = at(3, policy(action(ActionType.SCALE_DOWN, delta=1)))
+RESTART = at(3, policy(ActionType.RESTART_SERVICE))
 
 
 def change(
@@ -151,7 +114,7 @@ def test_data_guard_blocks_on_a_degraded_observation():
 
 
 def test_data_guard_blocks_a_policy_not_resolved_against_a_reading_and_says_why():
-    planned = policy((ActionType.SCALE_UP, {"delta": 1}))  # as planned: no absolute size yet
+    planned = policy(action(ActionType.SCALE_UP, delta=1))  # as planned: no absolute size yet
     held = g.data_guard(planned, ctx(unresolved="the Charter's state could not be read: 503"))
     assert held.verdict is GuardVerdict.BLOCK
     assert "could not be read: 503" in held.reason
@@ -227,7 +190,7 @@ def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
     assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 119) is GuardVerdict.DELAY
     assert verdict(g.cooldown_guard, UP, history=small, now=NOW + 120) is GuardVerdict.ALLOW
     assert verdict(g.cooldown_guard, RESTART, history=small, now=NOW + 1) is GuardVerdict.ALLOW
-    other = policy((ActionType.SCALE_UP, {"delta": 1}), target="other")
+    other = policy(action(ActionType.SCALE_UP, delta=1), target="other")
     assert verdict(g.cooldown_guard, other, history=small, now=NOW + 1) is GuardVerdict.ALLOW
     large = (scaled(NOW, 3),)
     held = g.cooldown_guard(UP, ctx(history=large, now=NOW + 300, config=cfg))
@@ -239,13 +202,13 @@ def test_cooldown_per_target_and_action_type_is_longer_after_a_large_delta():
 def test_velocity_bounds_the_size_change_per_hour():
     cfg = GuardsConfig.model_validate({"velocity": {"max_size_change": 4}})
     history = (scaled(NOW, 2), scaled(NOW + 600, 1))
-    two = at(6, policy((ActionType.SCALE_UP, {"delta": 2})))
+    two = at(6, policy(action(ActionType.SCALE_UP, delta=2)))
     held = g.velocity_guard(two, ctx(config=cfg, history=history, now=NOW + 900))
     assert held.verdict is GuardVerdict.DELAY
     assert "passes" not in held.reason
     assert "limit 4" in held.reason
     assert held.until == NOW + 3600  # when the oldest change leaves the window
-    one = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    one = at(6, policy(action(ActionType.SCALE_UP, delta=1)))
     kw = {"config": cfg, "history": history}
     assert verdict(g.velocity_guard, one, now=NOW + 900, **kw) is GuardVerdict.ALLOW
     assert verdict(g.velocity_guard, two, now=NOW + 3600, **kw) is GuardVerdict.ALLOW
@@ -270,14 +233,14 @@ def test_scale_down_only_to_the_highest_recommendation_of_the_window():
         g.Recommendation(at=NOW + 120, target="charter", size=4),
     )
     # at 6 members, a scale-down to 5 is held while a 6 was recommended in the last 300 s
-    down = at(6, policy((ActionType.SCALE_DOWN, {"delta": 1})))
+    down = at(6, policy(action(ActionType.SCALE_DOWN, delta=1)))
     held = g.stabilization_guard(down, ctx(recommendations=recs, now=NOW + 200))
     assert held.verdict is GuardVerdict.DELAY
     assert "highest size recommended in the last 300 s is 6" in held.reason
     # once the 6 is older than the window, the highest is 5: the scale-down may run
     kw = {"recommendations": recs}
     assert verdict(g.stabilization_guard, down, now=NOW + 301, **kw) is GuardVerdict.ALLOW
-    up = at(6, policy((ActionType.SCALE_UP, {"delta": 1})))
+    up = at(6, policy(action(ActionType.SCALE_UP, delta=1)))
     assert verdict(g.stabilization_guard, up, now=NOW + 200, **kw) is GuardVerdict.ALLOW
 
 
@@ -286,7 +249,7 @@ def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held()
         g.Recommendation(at=NOW, target="charter", size=5),
         g.Recommendation(at=NOW + 60, target="charter", size=3),
     )
-    planned = policy((ActionType.SCALE_DOWN, {"delta": 3}))
+    planned = policy(action(ActionType.SCALE_DOWN, delta=3))
     deep = at(6, planned)  # 6 -> 3
     context = ctx(recommendations=recs, now=NOW + 100)
     clamped = g.stabilized(deep, context)
@@ -317,16 +280,12 @@ def test_oscillation_up_down_then_up_again_is_blocked():
 
 def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_was_executed():
     def executed(at: float, kind: ActionType, previous: dict, current: dict) -> list[g.Change]:
-        step = ActionExecution(
-            action=RemediationAction(action_type=kind, target="charter"),
-            status=ExecutionStatus.COMPLETED,
-            idempotency_key=f"k{at}",
-            result={"previous": previous, "current": current},
+        done = step(
+            kind, idempotency_key=f"k{at}", result={"previous": previous, "current": current}
         )
-        execution = PolicyExecution(
-            id=f"e{at}", policy=UP, status=ExecutionStatus.COMPLETED, actions=(step,), started_at=at
+        return g.executed_changes(
+            execution(f"e{at}", policy=UP, actions=(done,), started_at=at), at=at
         )
-        return g.executed_changes(execution, at=at)
 
     throttle = ActionType.THROTTLE_REQUESTS
     history = [
@@ -346,11 +305,11 @@ def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_w
         ),
     ]
     now_16 = reading(config={"batch_size": 16})
-    again = resolve(policy((config, {"settings": {"batch_size": 32}})), now_16)
+    again = resolve(policy(action(config, settings={"batch_size": 32})), now_16)
     held = g.oscillation_guard(again, ctx(history=tuple(history), now=NOW + 120))
     assert held.verdict is GuardVerdict.BLOCK
     assert "config:batch_size" in held.reason
-    other = resolve(policy((config, {"settings": {"batch_size": 64}})), now_16)
+    other = resolve(policy(action(config, settings={"batch_size": 64})), now_16)
     assert verdict(g.oscillation_guard, other, history=tuple(history), now=NOW + 120) is (
         GuardVerdict.ALLOW
     )
@@ -411,22 +370,11 @@ async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock)
 def test_k_remediations_that_did_not_fix_a_target_need_a_human():
     safety = SafetyState(GuardsConfig())  # 3 within 3600 s, hold 3600 s
 
-    def outcome(kind: OutcomeType) -> PolicyOutcome:
-        return PolicyOutcome(
-            execution_id="e",
-            policy_id="p",
-            cause="overload",
-            action_type=ActionType.SCALE_UP,
-            target="charter",
-            outcome=kind,
-            recorded_at=NOW,
-        )
-
-    safety.note_outcome(outcome(OutcomeType.INEFFECTIVE), now=NOW)
-    safety.note_outcome(outcome(OutcomeType.SUCCESS), now=NOW + 10)  # a fix resets the count
+    safety.note_outcome(outcome(outcome=OutcomeType.INEFFECTIVE), now=NOW)
+    safety.note_outcome(outcome(outcome=OutcomeType.SUCCESS), now=NOW + 10)  # resets the count
     for i in range(2):
-        assert safety.note_outcome(outcome(OutcomeType.PARTIAL), now=NOW + 20 + i) is None
-    hold = safety.note_outcome(outcome(OutcomeType.DEGRADATION), now=NOW + 30)
+        assert safety.note_outcome(outcome(outcome=OutcomeType.PARTIAL), now=NOW + 20 + i) is None
+    hold = safety.note_outcome(outcome(outcome=OutcomeType.DEGRADATION), now=NOW + 30)
     assert hold is not None
     assert "3 remediations" in hold.reason
     held = g.target_breaker_guard(UP, ctx(needs_human=safety.needs_human, now=NOW + 40))
@@ -440,7 +388,7 @@ def test_k_remediations_that_did_not_fix_a_target_need_a_human():
 
 
 def test_an_approval_expires_and_then_is_a_rejection():
-    risky = policy((ActionType.BYPASS_VALIDATION, {}), approval=True)
+    risky = policy(ActionType.BYPASS_VALIDATION, requires_approval=True)
     approvals = {risky.id: NOW}
     assert verdict(g.approval_guard, risky) is GuardVerdict.BLOCK  # not approved: deny
     ok = g.approval_guard(risky, ctx(approvals=approvals, now=NOW + 3599))
@@ -492,11 +440,6 @@ def test_the_guards_memory_survives_a_restart(tmp_path: Path):
 
 
 # --- through the loop: start-up, panic, breaker, kill switch, approvals -----------------------
-
-
-def settings_for(tmp_path: Path, **cli: object):
-    overrides = {"knowledge.path": str(tmp_path / "k.sqlite3"), "charter.mode": "mock", **cli}
-    return load_settings(None, {}, overrides)[0]
 
 
 def held_by(record: dict) -> set[str]:
@@ -574,18 +517,14 @@ async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
         clock.advance(10)
         record = await orch.run_once()
         assert record["result"] == "acted"
-        execution = orch.executor.get_execution_history()[0]
+        acted = orch.executor.get_execution_history()[0]
         real_verify = orch.executor.verify_due
 
         def degraded(observation, *, now):
             real_verify(observation, now=now)
             return [
-                PolicyOutcome(
-                    execution_id=execution.id,
-                    policy_id=execution.policy.id,
-                    cause=execution.policy.cause.name,
-                    action_type=execution.policy.primary_action,
-                    target=execution.policy.target,
+                outcome_of(
+                    acted,
                     outcome=OutcomeType.DEGRADATION,
                     recorded_at=now,
                     value_before=1.0,
@@ -596,7 +535,7 @@ async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
         orch.executor.verify_due = degraded
         clock.advance(10)
         panic = await orch.run_once()
-    assert panic["panic"]["reverted"] == [execution.id]
+    assert panic["panic"]["reverted"] == [acted.id]
     assert world.committee.state().target_size == 3
     assert orch.freeze is not None
     assert orch.freeze.source == "panic"
@@ -687,7 +626,7 @@ async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
     client = HttpCharterClient(url=str(server.make_url("")), sleep=_no_sleep)
     await client.connect()
     try:
-        p = resolve(policy((ActionType.SCALE_UP, {"delta": 2})), committee.state())
+        p = resolve(policy(action(ActionType.SCALE_UP, delta=2)), committee.state())
         for _ in range(100):  # a fresh executor each time: only the Charter can deduplicate
             executor = Executor(
                 charter=client,
@@ -755,24 +694,13 @@ def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_pa
 
 
 def test_a_rolled_back_action_counts_as_an_action_but_moves_no_knob():
-    steps = tuple(
-        ActionExecution(
-            action=RemediationAction(action_type=kind, target="charter"),
-            status=status,
-            idempotency_key=f"k{n}",
-            result={"previous": {"size": 3}, "current": {"size": 4}},
-        )
-        for n, (kind, status) in enumerate(
-            [
-                (ActionType.SCALE_UP, ExecutionStatus.ROLLED_BACK),
-                (ActionType.REBALANCE_LOAD, ExecutionStatus.FAILED),
-            ]
-        )
+    moved = {"previous": {"size": 3}, "current": {"size": 4}}
+    steps = (
+        step(ActionType.SCALE_UP, status=ExecutionStatus.ROLLED_BACK, result=moved),
+        step(ActionType.REBALANCE_LOAD, status=ExecutionStatus.FAILED, result=moved),
     )
-    execution = PolicyExecution(
-        id="e1", policy=UP, status=ExecutionStatus.ROLLED_BACK, actions=steps, started_at=NOW
-    )
-    changes = g.executed_changes(execution, at=NOW)
+    undone = execution(policy=UP, status=ExecutionStatus.ROLLED_BACK, actions=steps)
+    changes = g.executed_changes(undone, at=NOW)
     assert [(c.action_type, c.knob, c.size_delta) for c in changes] == [
         (ActionType.SCALE_UP, None, 0),
         (ActionType.REBALANCE_LOAD, None, 0),
