@@ -41,7 +41,7 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.execute import Executor
-from mape_k.loop.guards import Freeze, active_window
+from mape_k.loop.guards import Freeze
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
@@ -276,9 +276,7 @@ class Daemon:
         checks: dict[str, str] = {}
         if self.startup_problem is not None:
             checks["startup"] = self.startup_problem
-        freeze = self._orch.freeze
-        if freeze is None or not freeze.active(now):
-            freeze = active_window(self._parts.settings.guards.freeze_windows, now)
+        freeze = self._orch.active_freeze(now)
         if freeze is not None:
             until = "until lifted" if freeze.until is None else f"until {freeze.until:.0f}"
             checks["frozen"] = (
