@@ -40,6 +40,7 @@ from mape_k.integrations.charter.base import CharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze
 from mape_k.loop.knowledge import Knowledge
@@ -146,19 +147,33 @@ async def build(
         router = AlertMessageRouter()
         router.register_default_handler(inbox.offer)
         monitor = Monitor(settings.monitor, source=source, alerts=inbox, metrics=metrics)
+        # The safety envelope first: the executor acts through its circuit breaker and
+        # stops on its hold, the planner asks it what is approved.
+        envelope = SafetyEnvelope(
+            settings.guards,
+            store=store,
+            metrics=metrics,
+            clock=clock,
+            dry_run=settings.executor.dry_run,
+        )
+        envelope.load()
+        guarded = envelope.guard(charter)
         executor = Executor(
-            charter=charter,
+            charter=guarded,
             config=settings.executor,
             actions=settings.planner.actions,
             journal=knowledge.record_execution,
             metrics=metrics,
             clock=clock,
+            hold=envelope.hold,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings,
+            envelope=envelope,
+            charter=guarded,
             monitor=monitor,
             analyzer=PatternAnalyzer(settings.analyzer),
-            planner=Planner(settings.planner),
+            planner=Planner(settings.planner, approved=envelope.approved_for),
             executor=executor,
             knowledge=knowledge,
             store=store,
@@ -276,20 +291,20 @@ class Daemon:
         checks: dict[str, str] = {}
         if self.startup_problem is not None:
             checks["startup"] = self.startup_problem
-        freeze = self._orch.active_freeze(now)
+        freeze = self._orch.envelope.active_freeze(now)
         if freeze is not None:
             until = "until lifted" if freeze.until is None else f"until {freeze.until:.0f}"
             checks["frozen"] = (
                 f"{freeze.reason} (since {freeze.since:.0f}, {until}, {freeze.source})"
             )
-        safety = self._orch.safety
-        circuit = safety.charter
+        envelope = self._orch.envelope
+        circuit = envelope.charter
         if circuit.phase(now) == "open":
             checks["charter_circuit"] = (
                 f"open until {circuit.until:.0f} after {circuit.failures} failed calls"
                 f" (last: {circuit.last_error})"
             )
-        for target, hold in sorted(safety.needs_human.items()):
+        for target, hold in sorted(envelope.needs_human.items()):
             if now < hold.until:
                 checks[f"needs_human:{target}"] = hold.reason
         return checks
@@ -345,7 +360,7 @@ class Daemon:
         return {"policy_id": policy_id, "status": "approved"}
 
     async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
-        policy = self._orch.planner.reject_policy(policy_id)
+        policy = self._orch.reject(policy_id, now=self._clock())
         if policy is None:
             return None
         log.info("policy_rejected", policy_id=policy_id, caller=caller)
@@ -368,7 +383,7 @@ class Daemon:
     async def unfreeze(self, *, caller: str) -> dict[str, Any]:
         if self._parts.settings.guards.frozen:
             # The configuration's kill switch is lifted where it was set, not over HTTP.
-            config = self._orch.config_freeze(self._parts.settings)
+            config = self._orch.envelope.config_freeze(self._parts.settings.guards)
             persisted = self._set_freeze(config)
             log.warning("unfreeze_refused", caller=caller, reason="guards.frozen is set")
             return {
@@ -400,7 +415,7 @@ class Daemon:
 
 def restore_freeze(parts: Components, now: float) -> None:
     """An operator's or a panic's freeze (the kill switch above all) survives a restart."""
-    parts.orchestrator.restore_freeze(now)
+    parts.orchestrator.envelope.restore_freeze(now)
 
 
 async def run(

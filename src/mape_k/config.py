@@ -331,8 +331,8 @@ class PlannerConfig(_Model):
     approval_ttl_s: float = Field(
         3600.0,
         gt=0,
-        description="A pending, approved or rejected proposal expires after this"
-        " (keep it >= guards.approval_ttl_s, which bounds how long an approval is honoured).",
+        description="How long a proposal waits for an operator's answer, and how long a"
+        " rejected one is not proposed again. An approval's own life is guards.approval_ttl_s.",
     )
 
     @field_validator("actions")

@@ -261,7 +261,7 @@ def _action_from(data: Mapping[str, Any]) -> RemediationAction:
     )
 
 
-def _policy_from(data: Mapping[str, Any]) -> RemediationPolicy:
+def policy_from_record(data: Mapping[str, Any]) -> RemediationPolicy:
     return RemediationPolicy(
         id=data["id"],
         cause=_cause_from(data["cause"]),
@@ -289,7 +289,7 @@ def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
     """Rebuild a PolicyExecution from the JSON record `upsert_execution` wrote."""
     return PolicyExecution(
         id=data["id"],
-        policy=_policy_from(data["policy"]),
+        policy=policy_from_record(data["policy"]),
         status=ExecutionStatus(data["status"]),
         actions=tuple(_action_execution_from(a) for a in data["actions"]),
         started_at=float(data["started_at"]),

@@ -25,7 +25,7 @@ from mape_k.connections import GuardedSite
 from mape_k.errors import ConfigError, StoreError
 from mape_k.integrations.alertmanager import Alert, IngestResult
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.loop.safety import FREEZE_KEY
+from mape_k.loop.envelope import FREEZE_KEY
 from mape_k.models import ActionType
 from mape_k.server import build_app
 
@@ -51,7 +51,7 @@ async def test_an_unreadable_saved_freeze_keeps_the_daemon_frozen(tmp_path, cloc
     async with build(settings, clock=clock) as parts:
         parts.store.set_state(FREEZE_KEY, {"reason": "x", "since": None})
         restore_freeze(parts, clock())
-        freeze = parts.orchestrator.freeze
+        freeze = parts.orchestrator.envelope.freeze
     assert freeze is not None
     assert freeze.until is None
     assert freeze.source == "store"
@@ -63,7 +63,7 @@ async def test_an_operator_freeze_survives_a_restart(tmp_path, clock):
         await Daemon(parts, clock=clock).freeze("incident 42", None, caller="127.0.0.1")
     async with build(settings, clock=clock) as parts:
         restore_freeze(parts, clock())
-        freeze = parts.orchestrator.freeze
+        freeze = parts.orchestrator.envelope.freeze
     assert freeze is not None
     assert (freeze.reason, freeze.until) == ("incident 42", None)
 
@@ -74,7 +74,7 @@ async def test_unfreeze_does_not_lift_the_config_kill_switch(tmp_path, clock):
         daemon = Daemon(parts, clock=clock)
         await daemon.freeze("extra", 60, caller="127.0.0.1")
         answer = await daemon.unfreeze(caller="127.0.0.1")
-        freeze = parts.orchestrator.freeze
+        freeze = parts.orchestrator.envelope.freeze
     assert answer["frozen"] is True
     assert freeze is not None
     assert freeze.source == "config"
@@ -95,7 +95,7 @@ async def test_a_freeze_takes_effect_even_when_the_store_cannot_write(
         daemon = Daemon(parts, clock=clock)
         await daemon.record_control(route="POST /api/v1/freeze", body={}, caller="127.0.0.1")
         answer = await daemon.freeze("disk trouble", None, caller="127.0.0.1")
-        frozen = parts.orchestrator.freeze
+        frozen = parts.orchestrator.envelope.freeze
     assert frozen is not None
     assert answer["persisted"] is (broken != "set_state")
 
@@ -361,7 +361,7 @@ async def test_state_gauges_are_read_from_their_owners_at_scrape_time(tmp_path, 
         assert gauge(text, "mapek_pending_verifications") == 1
         assert gauge(text, "mapek_dry_run") == 0
         parts.orchestrator.set_dry_run(True)
-        safety = parts.orchestrator.safety
+        safety = parts.orchestrator.envelope
         for _ in range(3):
             safety.charter_result(False, now=clock(), error="503")
         text = await (await client.get("/metrics")).text()

@@ -22,8 +22,8 @@ from mape_k.integrations.charter.http import HttpCharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop import guards as g
 from mape_k.loop.actions import resolve
+from mape_k.loop.envelope import BreakerCharter, SafetyEnvelope, charter_problems
 from mape_k.loop.execute import Executor
-from mape_k.loop.safety import BreakerCharter, SafetyState, charter_problems
 from mape_k.models import (
     ActionType,
     ExecutionStatus,
@@ -316,7 +316,7 @@ def test_oscillation_of_a_throttle_and_of_a_config_flip_flop_is_seen_from_what_w
 
 
 def test_an_oscillating_target_is_blocked_with_exponential_back_off():
-    safety = SafetyState(GuardsConfig())  # back-off 600 s, doubling
+    safety = SafetyEnvelope(GuardsConfig())  # back-off 600 s, doubling
     first = safety.start_backoff("charter", "size flip-flop", now=NOW)
     assert (first.level, first.until) == (1, NOW + 600)
     held = g.oscillation_guard(RESTART, ctx(backoffs=safety.backoffs, now=NOW + 599))
@@ -332,7 +332,7 @@ def test_an_oscillating_target_is_blocked_with_exponential_back_off():
 
 
 def test_the_charter_circuit_opens_after_n_failures_then_lets_one_probe_through():
-    safety = SafetyState(GuardsConfig())  # 3 failures, open 60 s
+    safety = SafetyEnvelope(GuardsConfig())  # 3 failures, open 60 s
     for i in range(2):
         safety.charter_result(False, now=NOW + i, error="503")
     assert verdict(g.charter_breaker_guard, UP, charter=safety.charter) is GuardVerdict.ALLOW
@@ -352,7 +352,7 @@ def test_the_charter_circuit_opens_after_n_failures_then_lets_one_probe_through(
 
 async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock):
     world = MockCharterWorld.create(clock=clock, seed=1)
-    safety = SafetyState(GuardsConfig())
+    safety = SafetyEnvelope(GuardsConfig())
     wrapped = BreakerCharter(
         world.client,
         on_result=lambda ok, err, mutation: safety.charter_result(
@@ -368,7 +368,7 @@ async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock)
 
 
 def test_k_remediations_that_did_not_fix_a_target_need_a_human():
-    safety = SafetyState(GuardsConfig())  # 3 within 3600 s, hold 3600 s
+    safety = SafetyEnvelope(GuardsConfig())  # 3 within 3600 s, hold 3600 s
 
     safety.note_outcome(outcome(outcome=OutcomeType.INEFFECTIVE), now=NOW)
     safety.note_outcome(outcome(outcome=OutcomeType.SUCCESS), now=NOW + 10)  # resets the count
@@ -425,18 +425,19 @@ def test_an_insane_charter_state_is_named():
 
 def test_the_guards_memory_survives_a_restart(tmp_path: Path):
     with Store.open(tmp_path / "k.sqlite3") as store:
-        safety = SafetyState(GuardsConfig(), store=store)
+        safety = SafetyEnvelope(GuardsConfig(), store=store)
         safety.record_changes([scaled(NOW, 2)], now=NOW)
         safety.start_backoff("charter", "flip", now=NOW)
         safety.charter_result(False, now=NOW, error="503")
-        safety.note_approval("pol-1", now=NOW)
+        safety.approve(policy(id="pol-1", requires_approval=True), now=NOW, keep=5)
         safety.save(now=NOW)
-        again = SafetyState(GuardsConfig(), store=store)
+        again = SafetyEnvelope(GuardsConfig(), store=store)
         again.load()
     assert again.history == safety.history
     assert again.backoffs == safety.backoffs
     assert again.charter == safety.charter
-    assert again.approvals == {"pol-1": NOW}
+    assert again.approvals == safety.approvals  # with the approved policy, ready to run
+    assert again.approval_times() == {"pol-1": NOW}
 
 
 # --- through the loop: start-up, panic, breaker, kill switch, approvals -----------------------
@@ -497,7 +498,7 @@ async def test_panic_condition_reverts_recent_policies_and_freezes(tmp_path, clo
             clock.advance(10)
             after = await parts.orchestrator.run_once()
             reverts = parts.metrics.registry.get_sample_value("mapek_panic_reverts_total")
-            freeze = parts.orchestrator.freeze
+            freeze = parts.orchestrator.envelope.freeze
     assert panic["panic"] is not None
     assert panic["panic"]["reverted"]
     assert world.committee.state().target_size == 3  # back to the last known-good size
@@ -537,8 +538,8 @@ async def test_a_degradation_verdict_triggers_the_panic_revert(tmp_path, clock):
         panic = await orch.run_once()
     assert panic["panic"]["reverted"] == [acted.id]
     assert world.committee.state().target_size == 3
-    assert orch.freeze is not None
-    assert orch.freeze.source == "panic"
+    assert orch.envelope.freeze is not None
+    assert orch.envelope.freeze.source == "panic"
 
 
 async def test_while_the_charter_circuit_is_open_nothing_is_attempted(tmp_path, clock):
@@ -565,7 +566,7 @@ async def test_while_the_charter_circuit_is_open_nothing_is_attempted(tmp_path, 
     assert checks["charter_circuit"].startswith("open until")
     assert probe["result"] == "acted"
     assert probe["execution"]["status"] == "completed"
-    assert parts.orchestrator.safety.charter.state == "closed"
+    assert parts.orchestrator.envelope.charter.state == "closed"
 
 
 async def test_the_kill_switch_is_shown_in_readiness_and_stats(tmp_path, clock):
@@ -659,25 +660,25 @@ async def test_a_panic_during_an_operator_freeze_reverts_nothing_and_keeps_the_f
             await parts.orchestrator.run_once()
         grown = world.committee.state().target_size
         operator = g.Freeze(reason="maintenance", since=clock(), until=None, source="operator")
-        parts.orchestrator.freeze = operator
+        parts.orchestrator.envelope.freeze = operator
         world.committee.inject("member_crash", 0.5, 0, clock())
         clock.advance(10)
         record = await parts.orchestrator.run_once()
     assert record["panic"]["skipped"].startswith("frozen (operator)")
     assert world.committee.state().target_size == grown  # nothing mutated during the freeze
-    assert parts.orchestrator.freeze is operator
+    assert parts.orchestrator.envelope.freeze is operator
 
 
 async def test_lifting_the_config_kill_switch_keeps_an_operator_freeze(tmp_path, clock):
     settings = settings_for(tmp_path, **{"guards.frozen": True})
     async with build(settings, clock=clock) as parts:
         operator = g.Freeze(reason="incident", since=clock(), until=None, source="operator")
-        parts.orchestrator.freeze = operator
+        parts.orchestrator.envelope.freeze = operator
         lifted = settings.model_copy(
             update={"guards": settings.guards.model_copy(update={"frozen": False})}
         )
         parts.orchestrator.reconfigure(lifted)
-        assert parts.orchestrator.freeze is operator
+        assert parts.orchestrator.envelope.freeze is operator
 
 
 @pytest.mark.parametrize(
@@ -687,7 +688,7 @@ async def test_lifting_the_config_kill_switch_keeps_an_operator_freeze(tmp_path,
 def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_path, saved):
     with Store.open(tmp_path / "k.sqlite3") as store:
         store.set_state("safety", saved)
-        state = SafetyState(GuardsConfig(), store=store)
+        state = SafetyEnvelope(GuardsConfig(), store=store)
         state.load()
     assert state.history == []
     assert state.backoffs == {}
@@ -719,7 +720,7 @@ def breaker_over(world, safety, clock) -> BreakerCharter:
 async def test_failed_writes_open_the_circuit_though_reads_between_them_succeed(clock):
     """A Charter whose reads answer and whose writes fail: each policy reads state first."""
     world = MockCharterWorld.create(clock=clock, seed=1)
-    safety = SafetyState(GuardsConfig())  # opens after 3 failures
+    safety = SafetyEnvelope(GuardsConfig())  # opens after 3 failures
     charter = breaker_over(world, safety, clock)
     world.client.fail_next("set_throttle", times=3)
     for _ in range(3):
@@ -732,7 +733,7 @@ async def test_failed_writes_open_the_circuit_though_reads_between_them_succeed(
 
 async def test_a_refused_request_is_neither_a_failure_nor_a_success(clock):
     world = MockCharterWorld.create(clock=clock, seed=1)
-    safety = SafetyState(GuardsConfig())
+    safety = SafetyEnvelope(GuardsConfig())
     charter = breaker_over(world, safety, clock)
     world.client.fail_next("scale_committee")  # one real failure first
     with pytest.raises(CharterUnavailable):
@@ -746,7 +747,7 @@ async def test_a_refused_request_is_neither_a_failure_nor_a_success(clock):
 
 async def test_timeouts_count_by_type_not_by_text(clock):
     world = MockCharterWorld.create(clock=clock, seed=1)
-    safety = SafetyState(GuardsConfig())
+    safety = SafetyEnvelope(GuardsConfig())
     charter = breaker_over(world, safety, clock)
     world.client.fail_next("restart_committee", CharterTimeout("no answer", operation="r"))
     with pytest.raises(CharterTimeout):

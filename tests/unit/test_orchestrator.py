@@ -15,7 +15,8 @@ from mape_k.app import Daemon, build, reconcile
 from mape_k.errors import PrometheusUnavailable
 from mape_k.integrations.alertmanager import Alert
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.loop.orchestrator import advance_grid, schedule, why_nothing
+from mape_k.loop.record import why_nothing
+from mape_k.loop.scheduler import advance_grid, schedule
 from mape_k.models import ActionType, OutcomeType
 from mape_k.store import Store
 
@@ -145,8 +146,8 @@ async def test_a_reloaded_kill_switch_applies_at_once_even_during_an_iteration(t
         iteration = asyncio.create_task(orchestrator.run_once())
         await source.reading.wait()
         orchestrator.reconfigure(settings_for(tmp_path, **{"guards.frozen": True}))
-        assert orchestrator.freeze is not None
-        assert orchestrator.freeze.source == "config"
+        assert orchestrator.envelope.freeze is not None
+        assert orchestrator.envelope.freeze.source == "config"
         source.gate.set()
         record = await iteration
     assert record["execution"] is None
@@ -197,7 +198,7 @@ async def test_a_crashing_iteration_does_not_stop_the_loop(tmp_path):
     settings = settings_for(tmp_path, **{"orchestrator.interval_s": 3600})
     async with build(settings) as parts:
         crashed = asyncio.Event()
-        original = parts.orchestrator.monitor.observe
+        original = parts.monitor.observe
 
         async def flaky(now):
             if not crashed.is_set():
@@ -205,7 +206,7 @@ async def test_a_crashing_iteration_does_not_stop_the_loop(tmp_path):
                 raise RuntimeError("bug")
             return await original(now)
 
-        parts.orchestrator.monitor.observe = flaky
+        parts.monitor.observe = flaky
         done = asyncio.Queue()
         parts.orchestrator.listeners.append(done.put_nowait)
         parts.orchestrator.start()
@@ -260,7 +261,7 @@ async def test_a_half_open_circuit_probes_with_a_read_and_risks_no_policy_when_i
     settings = settings_for(tmp_path)
     world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
     async with build(settings, world=world, clock=clock) as parts:
-        safety = parts.orchestrator.safety
+        safety = parts.orchestrator.envelope
         for _ in range(3):
             safety.charter_result(False, now=clock(), error="503", mutation=True)
         assert safety.charter.phase(clock()) == "open"
@@ -287,15 +288,15 @@ async def test_a_restart_forgets_no_verification_and_no_guard_history(tmp_path, 
         acted = await parts.orchestrator.run_once()
         assert acted["result"] == "acted"
         execution_id = acted["execution"]["id"]
-        parts.orchestrator.safety.history.clear()  # as if the crash came before the save
-        parts.orchestrator.safety._dirty = False
+        parts.orchestrator.envelope.history.clear()  # as if the crash came before the save
+        parts.orchestrator.envelope._dirty = False
     async with build(settings, world=world, clock=clock) as parts:
         await reconcile(parts, clock())
         orchestrator = parts.orchestrator
         assert [p.execution.id for p in orchestrator.executor.pending_verifications()] == [
             execution_id
         ]
-        assert execution_id in {c.execution_id for c in orchestrator.safety.history}
+        assert execution_id in {c.execution_id for c in orchestrator.envelope.history}
         records = []
         for _ in range(8):
             clock.advance(5)

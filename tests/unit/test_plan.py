@@ -271,6 +271,10 @@ RISKY = {
 }
 
 
+def runnable(policies: list[RemediationPolicy]) -> list[RemediationPolicy]:
+    return [x for x in policies if not x.requires_approval]
+
+
 def test_risky_actions_wait_for_approval_and_the_next_best_runs_meanwhile():
     p = planner(RISKY)
     policies = plan(p, cause("policy_regression", confidence=1.0))
@@ -279,35 +283,40 @@ def test_risky_actions_wait_for_approval_and_the_next_best_runs_meanwhile():
         (A.APPLY_POLICY, False),
     ]
     assert policies[0].rationale.endswith("(needs approval)")
-    best = p.get_best_policy(policies)
-    assert best is not None
-    assert best.primary_action is A.APPLY_POLICY
+    assert [x.primary_action for x in runnable(policies)] == [A.APPLY_POLICY]
     assert [x.id for x in p.pending_approvals()] == [policies[0].id]
 
 
 @pytest.mark.parametrize("kind", ["policy_regression", "overload"])
-def test_emergency_override_and_bypass_are_pending_until_approved(kind):
+def test_emergency_override_and_bypass_are_pending_until_taken_for_approval(kind):
     p = planner({kind: RISKY[kind][:1]})
     [risky] = plan(p, cause(kind, confidence=1.0))
     assert risky.requires_approval
-    assert p.get_best_policy([risky]) is None
-    assert p.approve_policy(risky.id, now=NOW + 5) == risky
+    assert p.take_pending(risky.id, now=NOW + 5) == risky
     assert p.pending_approvals() == []
-    # next iteration proposes the same thing under a new id: the approval applies once
-    [again] = plan(p, cause(kind, confidence=1.0), now=NOW + 30)
+    assert p.take_pending(risky.id, now=NOW + 6) is None  # taken once
+
+
+def test_an_approved_proposal_is_not_queued_again_while_approved():
+    approved: dict[str, RemediationPolicy] = {}
+    p = Planner(
+        PlannerConfig(remediations=RISKY),
+        approved=lambda x: approved.get(x.cause.key),
+    )
+    [risky] = plan(p, cause("overload", confidence=1.0))
+    approved[risky.cause.key] = p.take_pending(risky.id, now=NOW)
+    [again] = plan(p, cause("overload", confidence=1.0), now=NOW + 30)
     assert again.id != risky.id
-    assert p.get_best_policy([again]) == risky
-    assert p.get_best_policy([again]) == risky  # held back by a guard: still approved
-    p.use_approval(risky)  # it ran: the approval is spent
-    assert p.get_best_policy([again]) is None
-    assert p.approvals() == {risky.id: NOW + 5}  # what the approval guard checks
+    assert p.pending_approvals() == []  # the envelope holds its approval
+    approved.clear()  # spent
+    [third] = plan(p, cause("overload", confidence=1.0), now=NOW + 60)
+    assert p.pending_approvals() == [third]
 
 
 def test_require_approval_false_waives_approval():
     p = planner(RISKY, require_approval=False)
     [policy] = plan(p, cause("overload", confidence=1.0))
     assert not policy.requires_approval
-    assert p.get_best_policy([policy]) == policy
     assert p.pending_approvals() == []
 
 
@@ -318,7 +327,7 @@ def test_action_spec_can_require_approval_for_an_ordinary_action():
     )
     [policy] = plan(p, cause("x"))
     assert policy.requires_approval
-    assert p.get_best_policy([policy]) is None
+    assert [x.id for x in p.pending_approvals()] == [policy.id]
 
 
 def test_the_same_proposal_is_pending_once_across_iterations():
@@ -328,24 +337,12 @@ def test_the_same_proposal_is_pending_once_across_iterations():
     assert [x.id for x in p.pending_approvals()] == [first[0].id]
 
 
-def test_unknown_or_expired_approvals_return_none():
+def test_unknown_or_expired_proposals_cannot_be_taken():
     p = planner(RISKY, approval_ttl_s=60)
     [risky] = plan(p, cause("overload", confidence=1.0))
-    assert p.approve_policy("pol-unknown", now=NOW) is None
-    assert p.approve_policy(risky.id, now=NOW + 61) is None
+    assert p.take_pending("pol-unknown", now=NOW) is None
+    assert p.take_pending(risky.id, now=NOW + 61) is None
     assert p.pending_approvals() == []
-
-
-def test_an_approval_expires_if_not_used():
-    p = planner(RISKY, approval_ttl_s=60)
-    [risky] = plan(p, cause("overload", confidence=1.0))
-    p.approve_policy(risky.id, now=NOW + 10)
-    plan(p, cause("overload", confidence=1.0), now=NOW + 70)
-    assert p.approved_policies() == [risky]
-    [late] = plan(p, cause("overload", confidence=1.0), now=NOW + 71)
-    assert p.approved_policies() == []
-    assert p.approvals() == {}
-    assert p.get_best_policy([late]) is None
 
 
 def test_rejected_proposal_is_not_queued_again_until_it_expires():
@@ -359,13 +356,13 @@ def test_rejected_proposal_is_not_queued_again_until_it_expires():
     assert p.pending_approvals() == [fresh]
 
 
-def test_an_approved_policy_can_still_be_rejected():
-    p = planner(RISKY)
+def test_a_revoked_approval_is_remembered_as_a_rejection():
+    p = planner(RISKY, approval_ttl_s=60)
     [risky] = plan(p, cause("overload", confidence=1.0))
-    p.approve_policy(risky.id, now=NOW)
-    assert p.reject_policy(risky.id) == risky
-    assert p.approvals() == {}
-    assert p.get_best_policy(plan(p, cause("overload", confidence=1.0), now=NOW + 1)) is None
+    p.take_pending(risky.id, now=NOW)
+    p.remember_rejection(risky)
+    plan(p, cause("overload", confidence=1.0), now=NOW + 30)
+    assert p.pending_approvals() == []
 
 
 def test_pending_set_is_bounded_dropping_the_oldest():
@@ -378,38 +375,34 @@ def test_pending_set_is_bounded_dropping_the_oldest():
 # --- reconfigure (SIGHUP) ------------------------------------------------------------------
 
 
-def test_a_reload_keeps_pending_and_approved_proposals_it_still_offers():
+def test_a_reload_keeps_pending_proposals_it_still_offers():
     p = planner(RISKY)
     [waiting] = plan(p, cause("overload", confidence=1.0))
     [regression, _] = plan(p, cause("policy_regression", confidence=1.0))
-    p.approve_policy(regression.id, now=NOW)
     # new costs and a new cause, the same risky candidates: nothing is lost
     more = {**RISKY, "queue_backlog": ((act(A.SCALE_UP),),)}
     costs = {A.SCALE_UP: ActionSpec(cost=0.5, benefit=0.8, settle_s=1)}
     assert p.reconfigure(PlannerConfig(remediations=more, actions=costs, min_score=-1)) == []
     assert p.config.actions[A.SCALE_UP].cost == 0.5
-    assert p.pending_approvals() == [waiting]
-    assert p.approved_policies() == [regression]
-    assert p.approvals() == {regression.id: NOW}
+    assert p.pending_approvals() == [waiting, regression]
+    assert p.still_gated(regression)
 
 
 def test_a_reload_drops_proposals_it_no_longer_offers_or_gates():
     p = planner(RISKY)
     [waiting] = plan(p, cause("overload", confidence=1.0))
     [regression, _] = plan(p, cause("policy_regression", confidence=1.0))
-    p.approve_policy(regression.id, now=NOW)
     other_parameters = {
         **RISKY,
         "overload": ((act(A.ACTIVATE_EMERGENCY_OVERRIDE, 1.0, active=False),),),
     }
     assert p.reconfigure(PlannerConfig(remediations=other_parameters)) == [waiting.id]
-    assert p.pending_approvals() == []
-    assert p.approved_policies() == [regression]
+    assert p.pending_approvals() == [regression]
     assert p.reconfigure(PlannerConfig(remediations=RISKY, require_approval=False)) == [
         regression.id
     ]
-    assert p.approved_policies() == []
-    assert p.approvals() == {}
+    assert p.pending_approvals() == []
+    assert not p.still_gated(regression)
 
 
 def test_a_reload_applies_a_smaller_bound_to_the_pending_set():

@@ -67,8 +67,8 @@ async def test_a_scale_up_while_a_scale_is_pending_is_judged_sent_and_recorded_a
         orch = parts.orchestrator
         clock.advance(10)
         record = await orch.run_once()
-        recommended = orch.safety.recommendations[-1]
-        history = [c for c in orch.safety.history if c.knob == "size"]
+        recommended = orch.envelope.recommendations[-1]
+        history = [c for c in orch.envelope.history if c.knob == "size"]
         [journaled] = parts.store.executions_finished_since(0)
     assert record["result"] == "acted", record["choice"]
     # From the one reading: heading for 5, one more is 6 (the observed 3 members are not it).
@@ -108,7 +108,7 @@ async def test_without_a_reading_of_the_target_nothing_is_resolved_or_sent_and_i
         world.client.fail_next("get_committee_state")
         clock.advance(10)
         record = await parts.orchestrator.run_once()
-        recommendations = list(parts.orchestrator.safety.recommendations)
+        recommendations = list(parts.orchestrator.envelope.recommendations)
     data = [d for d in record["guard_decisions"] if d["guard"] == "data"]
     assert record["result"] == "held"
     assert data

@@ -79,6 +79,7 @@ class Executor:
         journal: Journal,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        hold: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._charter = charter
         self._config = config
@@ -86,25 +87,21 @@ class Executor:
         self._journal = journal
         self._metrics = metrics
         self._clock = clock
-        self.dry_run = config.dry_run  # the orchestrator may toggle it at run time
-        # Asked before every action after the first: a reason to stop (a freeze that came
-        # while the policy runs, a shutdown) ends the policy like a failed action.
-        self.hold: Callable[[], str | None] = lambda: None
+        # Asked before every action after the first (the safety envelope's `hold`): a
+        # reason to stop (a freeze or dry-run that came while the policy runs, a shutdown)
+        # ends the policy like a failed action.
+        self._hold = hold
         self._history: dict[str, PolicyExecution] = {}
         self._pending: dict[str, PendingVerification] = {}
 
     def reconfigure(
         self, config: ExecutorConfig, *, actions: Mapping[ActionType, ActionSpec]
     ) -> None:
-        """A reloaded configuration. `dry_run` is the orchestrator's to set (`self.dry_run`)."""
+        """A reloaded configuration (`dry_run` is the safety envelope's switch)."""
         self._config = config
         self._actions = actions
 
     # --- execution --------------------------------------------------------------------
-
-    def wrap_charter(self, wrap: Callable[[CharterClient], CharterClient]) -> None:
-        """Put a wrapper (the guards' circuit breaker) around the Charter client."""
-        self._charter = wrap(self._charter)
 
     def settle_s(self, policy: RemediationPolicy) -> float:
         return effects.settle_s(policy.actions, self._actions)
@@ -122,8 +119,6 @@ class Executor:
 
         `policy` must be resolved (actions.resolve): what is sent is what was judged.
         """
-        if self.dry_run:
-            raise ExecutionError("dry-run mode: execute_policy must not be called")
         if not effects.is_resolved(policy):
             raise ExecutionError(
                 f"policy {policy.id} was not resolved to absolute state: nothing is sent"
@@ -167,7 +162,7 @@ class Executor:
             running = replace(step, status=ExecutionStatus.IN_PROGRESS, started_at=self._clock())
             execution = _with_action(execution, len(done), running)
             try:
-                reason = self.hold() if done else None
+                reason = self._hold() if done else None
                 if reason is not None:
                     raise ExecutionError(f"stopped before this action: {reason}")
                 # Recorded before it runs, or it does not run: a crash must find it journaled.

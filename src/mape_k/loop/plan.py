@@ -1,7 +1,8 @@
 """Plan: causes + what Knowledge learned -> ranked remediation policies, and approval gating.
 
 PURE: no I/O, no clock, no logging; `now` is passed in. The only state is the small,
-bounded set of proposals waiting for (or holding) an operator's approval. Scoring and
+bounded set of proposals waiting for an operator's answer (the approvals themselves are the
+safety envelope's). Scoring and
 identity rules are in the docstring of `Planner`.
 """
 
@@ -53,12 +54,6 @@ class _Candidate:
             confidence=confidence,
             score=confidence * self.benefit * self.weight - self.cost,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Approved:
-    policy: RemediationPolicy
-    approved_at: float
 
 
 def knowledge_weight(pattern: PolicyPattern | None) -> float:
@@ -116,23 +111,27 @@ class Planner:
     Ids (when `id_factory` is None): `policy_id(signature, now=now)`, a short sha256 of
     (cause key, action types + parameters, now): the same inputs give the same id.
 
-    Approval: a returned policy `requires_approval` when `config.require_approval` and any
+    Proposals: a returned policy `requires_approval` when `config.require_approval` and any
     of its actions' ActionSpec requires it. Such a policy is registered as pending (keyed by
-    id; a proposal with the same signature already pending, approved, or recently rejected
-    is not registered again) instead of being eligible. `approve_policy` moves it to
-    approved; `get_best_policy` then returns it once, the next time a policy with the same
-    signature is proposed at its rank. Pending, approved and rejected entries expire
-    `approval_ttl_s` after the policy was created (approved: after approval); at most
+    id; a proposal with the same signature already pending, approved (`approved`, the
+    safety envelope's answer) or recently rejected is not registered again) instead of
+    being eligible. `take_pending` hands it to the envelope when an operator approves it:
+    the approval itself, and its TTL (`guards.approval_ttl_s`), are the envelope's. Pending
+    and rejected proposals expire `approval_ttl_s` after the policy was created; at most
     `max_pending_approvals` of each are kept, the oldest dropped first.
     """
 
-    def __init__(self, config: PlannerConfig) -> None:
+    def __init__(
+        self,
+        config: PlannerConfig,
+        *,
+        approved: Callable[[RemediationPolicy], RemediationPolicy | None] = lambda _: None,
+    ) -> None:
         self._config = config
+        self._approved = approved
         self._pending: dict[str, RemediationPolicy] = {}  # id -> policy, oldest first
         self._pending_ids: dict[Signature, str] = {}
-        self._approved: dict[Signature, _Approved] = {}  # oldest first
         self._rejected: dict[Signature, float] = {}  # signature -> suppressed until
-        self._approval_times: dict[str, float] = {}  # policy id -> approved at (audit, guards)
 
     @property
     def config(self) -> PlannerConfig:
@@ -141,28 +140,22 @@ class Planner:
     def reconfigure(self, config: PlannerConfig) -> list[str]:
         """Plan with a reloaded configuration from now on; returns the ids of dropped proposals.
 
-        A pending or approved proposal survives while the new configuration still offers
-        its actions (with their parameters) for its cause and still gates them behind an
-        approval; the others are dropped, and the new bounds apply. Rejections are kept.
+        A pending proposal survives while the new configuration still offers its actions
+        (with their parameters) for its cause and still gates them behind an approval; the
+        others are dropped, and the new bounds apply. Rejections are kept.
         """
         self._config = config
         dropped: list[str] = []
         for pid, policy in list(self._pending.items()):
-            if not self._still_gated(policy):
+            if not self.still_gated(policy):
                 del self._pending[pid]
                 self._pending_ids.pop(signature(policy), None)
                 dropped.append(pid)
-        for sig, approved in list(self._approved.items()):
-            if not self._still_gated(approved.policy):
-                del self._approved[sig]
-                self._approval_times.pop(approved.policy.id, None)
-                dropped.append(approved.policy.id)
         dropped += self._trim_pending()
-        self._trim(self._approved)
         self._trim(self._rejected)
         return dropped
 
-    def _still_gated(self, policy: RemediationPolicy) -> bool:
+    def still_gated(self, policy: RemediationPolicy) -> bool:
         """The configuration proposes this policy's actions for its cause, behind an approval."""
         cfg = self._config
         actions = signature(policy)[1]
@@ -286,78 +279,42 @@ class Planner:
             rationale=rationale,
         )
 
-    # --- approval ------------------------------------------------------------------------
+    # --- proposals waiting for an operator --------------------------------------------------
 
-    def get_best_policy(self, policies: Sequence[RemediationPolicy]) -> RemediationPolicy | None:
-        """The first policy (in the given ranked order) that may run now.
-
-        A policy that needs no approval is returned as is; one that needs approval is
-        returned only if an approval is held for its signature, and then that approved
-        policy (the id the operator saw) is returned. The approval stays until
-        `use_approval`: a policy the guards hold back keeps its approval.
-        """
-        for policy in policies:
-            if not policy.requires_approval:
-                return policy
-            approved = self._approved.get(signature(policy))
-            if approved is not None:
-                return approved.policy
-        return None
-
-    def use_approval(self, policy: RemediationPolicy) -> None:
-        """The approved policy ran: its approval is spent (one approval, one execution)."""
-        self._approved.pop(signature(policy), None)
-
-    def approve_policy(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
-        """Move a pending policy to approved; None when unknown or expired."""
+    def take_pending(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
+        """An operator approved a pending policy: it leaves the queue (the safety envelope
+        holds the approval); None when unknown or expired."""
         self._expire(now)
         policy = self._pending.pop(policy_id, None)
-        if policy is None:
-            return None
-        sig = signature(policy)
-        self._pending_ids.pop(sig, None)
-        self._approved[sig] = _Approved(policy=policy, approved_at=now)
-        self._trim(self._approved)
-        self._approval_times[policy_id] = now
-        while len(self._approval_times) > self._config.max_pending_approvals:
-            del self._approval_times[next(iter(self._approval_times))]
+        if policy is not None:
+            self._pending_ids.pop(signature(policy), None)
         return policy
 
     def reject_policy(self, policy_id: str) -> RemediationPolicy | None:
-        """Drop a pending (or approved) policy; the same proposal is not queued again
-        until `approval_ttl_s` after the rejected policy was created."""
+        """Drop a pending policy; the same proposal is not queued again until
+        `approval_ttl_s` after the rejected policy was created."""
         policy = self._pending.pop(policy_id, None)
         if policy is None:
-            for sig, approved in self._approved.items():
-                if approved.policy.id == policy_id:
-                    policy = self._approved.pop(sig).policy
-                    break
-        if policy is None:
             return None
-        self._approval_times.pop(policy_id, None)
+        self.remember_rejection(policy)
+        return policy
+
+    def remember_rejection(self, policy: RemediationPolicy) -> None:
+        """`policy` was rejected (an operator's no, an approval revoked or expired): the
+        same proposal is not queued again until `approval_ttl_s` after it was created."""
         sig = signature(policy)
-        if self._pending_ids.get(sig) == policy_id:
+        if self._pending_ids.get(sig) == policy.id:
             del self._pending_ids[sig]
         self._rejected[sig] = policy.created_at + self._config.approval_ttl_s
         self._trim(self._rejected)
-        return policy
 
     def pending_approvals(self) -> list[RemediationPolicy]:
         """Policies waiting for an operator, oldest first."""
         return list(self._pending.values())
 
-    def approvals(self) -> dict[str, float]:
-        """Policy id -> when it was approved, for approvals not expired (used or not):
-        what the approval guard's `GuardContext.approvals` expects."""
-        return dict(self._approval_times)
-
-    def approved_policies(self) -> list[RemediationPolicy]:
-        """Approved policies not yet handed out by `get_best_policy`, oldest first."""
-        return [approved.policy for approved in self._approved.values()]
-
     def _register_pending(self, policy: RemediationPolicy, *, now: float) -> None:
         sig = signature(policy)
-        if sig in self._pending_ids or sig in self._approved:
+        if sig in self._pending_ids or self._approved(policy) is not None:
             return
         if self._rejected.get(sig, float("-inf")) > now:
             return
@@ -379,13 +336,9 @@ class Planner:
         ttl = self._config.approval_ttl_s
         for pid in [p for p, pol in self._pending.items() if pol.created_at + ttl < now]:
             self._pending_ids.pop(signature(self._pending.pop(pid)), None)
-        for sig in [s for s, a in self._approved.items() if a.approved_at + ttl < now]:
-            del self._approved[sig]
         for sig in [s for s, until in self._rejected.items() if until <= now]:
             del self._rejected[sig]
-        for pid in [p for p, at in self._approval_times.items() if at + ttl < now]:
-            del self._approval_times[pid]
 
-    def _trim(self, entries: dict[Signature, _Approved] | dict[Signature, float]) -> None:
+    def _trim(self, entries: dict[Signature, float]) -> None:
         while len(entries) > self._config.max_pending_approvals:
             del entries[next(iter(entries))]

@@ -1,17 +1,25 @@
-"""Safety bookkeeping for the guards: what happened recently, breakers, back-offs, holds.
+"""The safety envelope: everything that may stop, hold or gate an action, in one object.
 
-`SafetyState` keeps the action history window, size recommendations, oscillation
-back-offs, the Charter circuit breaker, per-target "needs a human" holds and approval
-times, and persists them in the store's state table (key "safety") so a restart keeps
-them. The decisions themselves are pure functions in guards.py; this module only records.
-`BreakerCharter` wraps a CharterClient to feed the circuit breaker from real call results.
+`SafetyEnvelope` owns the freeze (an operator's, a panic's, the configuration's kill
+switch), dry-run, operator approvals (one copy, one TTL: `guards.approval_ttl_s`), the
+guards' memory (the action history window, size recommendations, oscillation back-offs,
+per-target "needs a human" holds), the Charter circuit breaker, and the reason a running
+policy must stop (`hold()`). It persists in the store's state table, in one place: the
+freeze under "freeze" at once when it changes, the rest under "safety" at the end of each
+iteration; `load()` and `restore_freeze()` bring both back at start. The decisions
+themselves are pure functions in guards.py; this module only records. `BreakerCharter`
+wraps a CharterClient to feed the circuit breaker from real call results.
+
+Pending verifications are not here: the journal is their one record (executions with no
+outcome yet), and the executor restores them from it at start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -30,24 +38,36 @@ from mape_k.loop.guards import (
     Backoff,
     Change,
     Circuit,
+    Freeze,
     Hold,
     Recommendation,
+    active_window,
     cooldown_s,
     oscillation,
 )
+from mape_k.loop.plan import signature
 from mape_k.metrics import Metrics
-from mape_k.models import ActionType, OutcomeType, PolicyOutcome
-from mape_k.store import SCHEMA_VERSION, Store
+from mape_k.models import ActionType, OutcomeType, PolicyOutcome, RemediationPolicy
+from mape_k.store import SCHEMA_VERSION, Store, policy_from_record, to_jsonable
 
 log = structlog.get_logger(__name__)
 
 STATE_KEY = "safety"
-FREEZE_KEY = "freeze"  # the same key app.Daemon persists operator freezes under
+FREEZE_KEY = "freeze"
 T = TypeVar("T")
 
 
-class SafetyState:
-    """The guards' memory. Every mutator takes `now`; `save()` persists it."""
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """An operator's approval of one proposed policy: it may run once, until `at + ttl`."""
+
+    policy: RemediationPolicy
+    at: float
+
+
+class SafetyEnvelope:
+    """The envelope's state. Every mutator takes `now` (or reads the clock); `save()`
+    persists what changed."""
 
     def __init__(
         self,
@@ -55,19 +75,160 @@ class SafetyState:
         *,
         store: Store | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        dry_run: bool = False,
     ) -> None:
         self.config = config
         self._store = store
         self._metrics = metrics
+        self._clock = clock
         self.history: list[Change] = []
         self.recommendations: list[Recommendation] = []
         self.backoffs: dict[str, Backoff] = {}
         self.charter = Circuit()
         self.needs_human: dict[str, Hold] = {}
         self.failures: dict[str, list[float]] = {}  # target -> times of outcomes that failed
-        self.approvals: dict[str, float] = {}
+        self.approvals: dict[str, Approval] = {}  # policy id -> approval, oldest first
         self.oscillations = 0
+        self.dry_run = dry_run
+        self._configured_dry_run = dry_run
+        self.freeze: Freeze | None = self.config_freeze(config)
+        self.stopping = False
         self._dirty = False
+
+    # --- the switches: freeze, kill switch, dry-run, stopping ----------------------------
+
+    def hold(self) -> str | None:
+        """Why a running policy must not take its next action, if it must not."""
+        if self.stopping:
+            return "the daemon is stopping"
+        if self.dry_run:
+            return "dry-run mode was switched on"
+        freeze = self.freeze
+        if freeze is not None and freeze.active(self._clock()):
+            return f"frozen ({freeze.source}): {freeze.reason}"
+        return None
+
+    def config_freeze(self, config: GuardsConfig) -> Freeze | None:
+        """The configuration's kill switch as a freeze (None when `guards.frozen` is off)."""
+        if not config.frozen:
+            return None
+        return Freeze(
+            reason="guards.frozen is set in the configuration",
+            since=self._clock(),
+            until=None,
+            source="config",
+        )
+
+    def reconfigure(self, config: GuardsConfig, *, dry_run: bool) -> None:
+        """A reloaded configuration. Its switches apply at once, even to a policy running
+        now: the config owns only its own kill switch (an active operator or panic freeze
+        stays), and dry-run set over the control API stays until the configured value
+        changes."""
+        self.config = config
+        if config.frozen:
+            if self.freeze is None or not self.freeze.active(self._clock()):
+                self.freeze = self.config_freeze(config)
+        elif self.freeze is not None and self.freeze.source == "config":
+            self.freeze = None
+        if dry_run != self._configured_dry_run:
+            self._configured_dry_run = dry_run
+            self.dry_run = dry_run
+
+    def set_freeze(self, freeze: Freeze | None, *, now: float) -> bool:
+        """The one writer of the freeze: it applies at once in memory (the guards and a
+        running policy read it), then is persisted, best effort (False if that failed).
+        The configuration's own kill switch is not persisted: the config says it."""
+        self.freeze = freeze
+        if self._store is None:
+            return True
+        try:
+            if freeze is None or freeze.source == "config":
+                self._store.delete_state(FREEZE_KEY)
+            else:
+                self._store.set_state(FREEZE_KEY, freeze_dict(freeze), at=now)
+        except MapekError as exc:
+            log.error("freeze_save_failed", error=str(exc))
+            return False
+        return True
+
+    def restore_freeze(self, now: float) -> None:
+        """A freeze persisted by an operator or a panic survives a restart; one that
+        cannot be read fails closed (kept until an operator lifts it)."""
+        if self._store is None:
+            return
+        try:
+            saved = self._store.get_state(FREEZE_KEY)
+        except MapekError as exc:
+            saved = {"unreadable": str(exc)}
+        if saved is None or self.freeze is not None:
+            return
+        try:
+            until = saved["until"]
+            freeze = Freeze(
+                reason=str(saved["reason"]),
+                since=float(saved["since"]),
+                until=None if until is None else float(until),
+                source=str(saved["source"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            log.error("freeze_unreadable", saved=repr(saved)[:200])
+            freeze = Freeze(
+                reason="a saved freeze could not be read; lift it with DELETE /api/v1/freeze",
+                since=now,
+                until=None,
+                source="store",
+            )
+        if freeze.active(now):
+            self.freeze = freeze
+            log.warning("freeze_restored", reason=freeze.reason, until=freeze.until)
+
+    def active_freeze(self, now: float) -> Freeze | None:
+        """The freeze that holds now: an operator's, a panic's or the kill switch, else a
+        configured freeze window; None when nothing holds."""
+        freeze = self.freeze
+        if freeze is not None and freeze.active(now):
+            return freeze
+        return active_window(self.config.freeze_windows, now)
+
+    # --- approvals -------------------------------------------------------------------------
+
+    def approve(self, policy: RemediationPolicy, *, now: float, keep: int) -> None:
+        """An operator approved `policy`: it may run once within `guards.approval_ttl_s`.
+        At most `keep` approvals are held, the oldest dropped first."""
+        self.approvals[policy.id] = Approval(policy=policy, at=now)
+        while len(self.approvals) > keep:
+            del self.approvals[next(iter(self.approvals))]
+        self._dirty = True
+
+    def approved_for(self, policy: RemediationPolicy) -> RemediationPolicy | None:
+        """The approved policy (the id the operator saw) for a proposal like `policy`."""
+        wanted = signature(policy)
+        for approval in self.approvals.values():
+            if signature(approval.policy) == wanted:
+                return approval.policy
+        return None
+
+    def approval_times(self) -> dict[str, float]:
+        """Policy id -> when it was approved: what the approval guard checks."""
+        return {pid: a.at for pid, a in self.approvals.items()}
+
+    def revoke(self, policy_id: str) -> RemediationPolicy | None:
+        """Drop an approval (spent, rejected, expired, or no longer offered)."""
+        approval = self.approvals.pop(policy_id, None)
+        if approval is None:
+            return None
+        self._dirty = True
+        return approval.policy
+
+    def expire_approvals(self, now: float) -> list[RemediationPolicy]:
+        """Approvals older than `guards.approval_ttl_s` are dropped: default deny."""
+        ttl = self.config.approval_ttl_s
+        expired = [a.policy for a in self.approvals.values() if now >= a.at + ttl]
+        for policy in expired:
+            self.revoke(policy.id)
+            log.warning("approval_expired", policy_id=policy.id, ttl_s=ttl)
+        return expired
 
     # --- persistence -------------------------------------------------------------------
 
@@ -92,7 +253,11 @@ class SafetyState:
             charter = Circuit(**saved.get("charter", {}))
             needs_human = {t: Hold(**h) for t, h in saved.get("needs_human", {}).items()}
             failures = {t: list(v) for t, v in saved.get("failures", {}).items()}
-            approvals = dict(saved.get("approvals", {}))
+            approvals = {
+                pid: Approval(policy=policy_from_record(a["policy"]), at=float(a["at"]))
+                for pid, a in saved.get("approvals", {}).items()
+                if isinstance(a, dict)  # an approval saved without its policy cannot run
+            }
             oscillations = int(saved.get("oscillations", 0))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             log.error("safety_state_unreadable", error=f"bad saved state: {exc}")
@@ -106,6 +271,7 @@ class SafetyState:
             backoffs=len(self.backoffs),
             charter_circuit=self.charter.state,
             needs_human=sorted(self.needs_human),
+            approvals=sorted(self.approvals),
         )
 
     def save(self, *, now: float) -> None:
@@ -118,7 +284,10 @@ class SafetyState:
             "charter": asdict(self.charter),
             "needs_human": {t: asdict(h) for t, h in self.needs_human.items()},
             "failures": self.failures,
-            "approvals": self.approvals,
+            "approvals": {
+                pid: {"at": a.at, "policy": to_jsonable(a.policy)}
+                for pid, a in self.approvals.items()
+            },
             "oscillations": self.oscillations,
         }
         try:
@@ -140,7 +309,6 @@ class SafetyState:
             len(self.recommendations),
             len(self.backoffs),
             len(self.needs_human),
-            len(self.approvals),
         )
         self.history = [c for c in self.history if c.at >= now - keep]
         window = cfg.stabilization.window_s
@@ -151,15 +319,11 @@ class SafetyState:
         tw = cfg.target_breaker.window_s
         self.failures = {t: [x for x in v if x >= now - tw] for t, v in self.failures.items()}
         self.failures = {t: v for t, v in self.failures.items() if v}
-        self.approvals = {
-            p: at for p, at in self.approvals.items() if now < at + 2 * cfg.approval_ttl_s
-        }
         after = (
             len(self.history),
             len(self.recommendations),
             len(self.backoffs),
             len(self.needs_human),
-            len(self.approvals),
         )
         if after != before:
             self._dirty = True
@@ -214,10 +378,6 @@ class SafetyState:
         self.recommendations.append(Recommendation(at=now, target=target, size=size))
         self._dirty = True
 
-    def note_approval(self, policy_id: str, *, now: float) -> None:
-        self.approvals[policy_id] = now
-        self._dirty = True
-
     def note_outcome(self, outcome: PolicyOutcome, *, now: float) -> Hold | None:
         """Count remediations that did not fix their target; K of them open its breaker."""
         cfg = self.config.target_breaker
@@ -256,6 +416,14 @@ class SafetyState:
         return cleared
 
     # --- the Charter circuit breaker -----------------------------------------------------
+
+    def guard(self, charter: CharterClient) -> BreakerCharter:
+        """`charter` with every call's result fed to the circuit breaker: what the executor
+        acts through and the loop reads the target's state through."""
+        return BreakerCharter(charter, on_result=self._charter_called)
+
+    def _charter_called(self, ok: bool, error: str | None, mutation: bool) -> None:
+        self.charter_result(ok, now=self._clock(), error=error, mutation=mutation)
 
     def charter_result(
         self, ok: bool, *, now: float, error: str | None = None, mutation: bool = True
@@ -297,8 +465,12 @@ class SafetyState:
 
     # --- /stats --------------------------------------------------------------------------
 
-    def snapshot(self, *, now: float, committee_size: int | None = None) -> dict[str, Any]:
+    def snapshot(
+        self, *, now: float, committee_size: int | None = None, startup_problem: str | None = None
+    ) -> dict[str, Any]:
+        """Each guard's state, for /stats."""
         cfg = self.config
+        freeze = self.freeze if self.freeze is not None and self.freeze.active(now) else None
         recent = [c for c in self.history if c.at > now - cfg.velocity.window_s]
         cooldowns: list[dict[str, Any]] = []
         last: dict[tuple[str, ActionType], Change] = {}
@@ -309,6 +481,16 @@ class SafetyState:
             if cfg.cooldown.enabled and now < until:
                 cooldowns.append({"target": target, "action_type": kind.value, "until": until})
         return {
+            "dry_run": self.dry_run,
+            "freeze": freeze_dict(freeze),
+            "freeze_window": freeze_dict(active_window(cfg.freeze_windows, now)),
+            "freeze_windows": [w.model_dump() for w in cfg.freeze_windows],
+            "startup": {"ok": startup_problem is None, "problem": startup_problem},
+            "approvals": [
+                {"policy_id": pid, "approved_at": a.at, "expires_at": a.at + cfg.approval_ttl_s}
+                for pid, a in self.approvals.items()
+            ],
+            "approval_ttl_s": cfg.approval_ttl_s,
             "cooldowns": cooldowns,
             "velocity": {
                 "window_s": cfg.velocity.window_s,
@@ -330,6 +512,18 @@ class SafetyState:
             "needs_human": [asdict(h) for h in self.needs_human.values()],
             "failed_remediations": {t: len(v) for t, v in self.failures.items()},
         }
+
+
+def freeze_dict(freeze: Freeze | None) -> dict[str, Any] | None:
+    """A freeze as JSON (the store, /stats), or None."""
+    if freeze is None:
+        return None
+    return {
+        "reason": freeze.reason,
+        "since": freeze.since,
+        "until": freeze.until,
+        "source": freeze.source,
+    }
 
 
 # --- the Charter API circuit breaker, fed by real calls -------------------------------------
@@ -455,13 +649,6 @@ def config_problems(settings: Settings) -> list[str]:
         problems.append(f"guards.panic.query {panic.query!r} is not in monitor.queries")
     if guards.oscillation.max_backoff_s < guards.oscillation.backoff_s:
         problems.append("guards.oscillation.max_backoff_s is below guards.oscillation.backoff_s")
-    if settings.planner.approval_ttl_s < guards.approval_ttl_s:
-        log.info(
-            "approval_ttl_capped",
-            detail="planner.approval_ttl_s drops approvals before guards.approval_ttl_s",
-            planner_s=settings.planner.approval_ttl_s,
-            guards_s=guards.approval_ttl_s,
-        )
     return problems
 
 

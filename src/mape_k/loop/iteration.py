@@ -1,0 +1,565 @@
+"""One iteration of the loop: Monitor → Verify → Analyze → Plan → Guards → Execute.
+
+`IterationPipeline.run(iteration_id, now)` does one iteration and returns its typed
+`DecisionRecord`. It reads the target's state once; every candidate is resolved against
+that reading once (loop/actions.py), the guards judge exactly that resolved plan against
+the safety envelope, and the executor sends exactly what was judged. A phase failure is
+logged and counted, the iteration ends with what it has, and nothing mutating runs on
+missing data. Scheduling is the scheduler's (loop/scheduler.py), the record's
+serialisation the record's (loop/record.py), the state that may stop an action the
+envelope's (loop/envelope.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from mape_k.config import Settings
+from mape_k.errors import CharterError, MapekError
+from mape_k.integrations.charter.base import CharterClient, CommitteeState
+from mape_k.loop import actions as action_model
+from mape_k.loop import guards as guard_rules
+from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.envelope import (
+    SafetyEnvelope,
+    charter_problems,
+    config_problems,
+    store_problems,
+)
+from mape_k.loop.execute import Executor
+from mape_k.loop.knowledge import Knowledge
+from mape_k.loop.monitor import Monitor
+from mape_k.loop.plan import Planner
+from mape_k.loop.record import DecisionRecord, classify, why_nothing
+from mape_k.metrics import Metrics
+from mape_k.models import (
+    ActionType,
+    AnalysisResult,
+    ExecutionStatus,
+    GuardDecision,
+    GuardVerdict,
+    Observation,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationPolicy,
+)
+from mape_k.store import Store
+
+log = structlog.get_logger(__name__)
+
+# One reading of the target's state (or why there is none), and a policy resolved against
+# it (or as planned, with why it could not be).
+Reading = tuple[CommitteeState | None, str | None]
+Plan = tuple[RemediationPolicy, str | None]
+
+
+@dataclass
+class MAPEKState:
+    iteration: int = 0
+    violations_seen: int = 0
+    policies_applied: int = 0
+    successful_executions: int = 0
+    failed_executions: int = 0
+    degraded_iterations: int = 0
+    last_cycle_s: float = 0.0
+    total_cycle_s: float = 0.0
+    phase_total_s: dict[str, float] = field(default_factory=dict)
+    last_started_at: float | None = None
+    last_result: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        n = max(self.iteration, 1)
+        return {
+            "iteration": self.iteration,
+            "violations_seen": self.violations_seen,
+            "policies_applied": self.policies_applied,
+            "successful_executions": self.successful_executions,
+            "failed_executions": self.failed_executions,
+            "degraded_iterations": self.degraded_iterations,
+            "last_cycle_s": round(self.last_cycle_s, 6),
+            "mean_cycle_s": round(self.total_cycle_s / n, 6),
+            "mean_phase_s": {k: round(v / n, 6) for k, v in self.phase_total_s.items()},
+            "last_started_at": self.last_started_at,
+            "last_result": self.last_result,
+        }
+
+
+class _Phases:
+    """Times the phases of one iteration into the record and the histogram."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.durations: dict[str, float] = {}
+        self._metrics = metrics
+
+    def done(self, phase: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.durations[phase] = round(elapsed, 6)
+        if self._metrics is not None:
+            self._metrics.iteration_duration.labels(phase=phase).observe(elapsed)
+
+
+class IterationPipeline:
+    """The phases of one iteration, over the loop's parts (passed in, never assigned)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        envelope: SafetyEnvelope,
+        charter: CharterClient | None,
+        monitor: Monitor,
+        analyzer: PatternAnalyzer,
+        planner: Planner,
+        executor: Executor,
+        knowledge: Knowledge,
+        store: Store,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.envelope = envelope
+        self._charter = charter
+        self.monitor = monitor
+        self.analyzer = analyzer
+        self.planner = planner
+        self.executor = executor
+        self.knowledge = knowledge
+        self._store = store
+        self._metrics = metrics
+        self.state = MAPEKState()
+        self.startup_problem: str | None = None
+        self._startup_checked = False
+        self.committee_size: int | None = None
+        self.prometheus_ok: bool | None = None  # usable data in the last reading
+
+    def reconfigure(self, settings: Settings) -> None:
+        if settings != self.settings:
+            self._startup_checked = False  # re-validate the new configuration
+        self.settings = settings
+
+    def failed(self, error: str) -> DecisionRecord:
+        """A failed iteration is a decision too: counted, and shown in /stats."""
+        self.state.last_result = "error"
+        self._count_result("error")
+        return DecisionRecord.failed(self.state.iteration, self.state.last_started_at, error)
+
+    async def run(self, iteration_id: str, now: float) -> DecisionRecord:
+        started = time.perf_counter()
+        phases = _Phases(self._metrics)
+        self.state.iteration += 1
+        self.state.last_started_at = now
+        if self._metrics is not None:
+            self._metrics.last_iteration.set(now)
+        record = DecisionRecord(id=iteration_id, started_at=now)
+
+        t = time.perf_counter()
+        # The iteration timeout bounds reading, never acting: a Charter call is bounded by
+        # executor.action_timeout_s and must not be cancelled half-way by the loop itself.
+        async with asyncio.timeout(self.settings.orchestrator.iteration_timeout_s):
+            observation = await self.monitor.observe(now)
+            phases.done("monitor", t)
+            record.observation = observation
+            self.prometheus_ok = not observation.degraded
+            self.state.violations_seen += len(observation.violations)
+            self.committee_size = _size(observation, "charter")
+            await self._check_startup()
+
+        t = time.perf_counter()
+        record.verifications = self._verify(observation, now)
+        record.panic = await self._panic_check(record.verifications, observation, now)
+        phases.done("verify", t)
+
+        t = time.perf_counter()
+        analysis = record.analysis = self.analyzer.analyze(observation.violations, now=now)
+        phases.done("analyze", t)
+        self._count_analysis(observation, analysis)
+
+        t = time.perf_counter()
+        policies = self.planner.generate_policies(
+            analysis, knowledge=self.knowledge.view(), now=now
+        )
+        record.candidates = policies
+        phases.done("plan", t)
+
+        t = time.perf_counter()
+        chosen, decisions, why = await self._judge(policies, observation, now)
+        record.chosen, record.guard_decisions, record.why = chosen, decisions, why
+        phases.done("guard", t)
+
+        if chosen is not None:
+            t = time.perf_counter()
+            record.execution = await self.executor.execute_policy(
+                chosen, baseline=_baseline(chosen, observation)
+            )
+            phases.done("execute", t)
+            if chosen.requires_approval:
+                self.envelope.revoke(chosen.id)  # one approval, one execution
+            self._count_execution(record.execution)
+            self._note_execution(record.execution, now)
+        record.result = classify(observation, chosen, record.execution, policies, decisions)
+        record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
+        self.envelope.prune(now=now)
+        self.envelope.save(now=now)
+        phases.done("total", started)
+        record.phases_s = phases.durations
+        self._finish(phases, record.result)
+        log.info(
+            "iteration_completed",
+            result=record.result,
+            violations=len(observation.violations),
+            patterns=len(analysis.patterns),
+            decision=why,
+            duration_s=phases.durations["total"],
+        )
+        return record
+
+    async def _judge(
+        self, policies: list[RemediationPolicy], observation: Observation, now: float
+    ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
+        """One reading of the target's state; every action is resolved against it once, and
+        that resolved plan is what the guards judge and the executor sends."""
+        reading = await self._read_target(observation, now)
+        plans = {p.id: self._resolve(p, reading) for p in policies}
+        self._recommend(plans, reading, observation, now)
+        if policies and self.envelope.charter.phase(now) == "half_open":
+            await self._probe_charter()
+        for expired in self.envelope.expire_approvals(now):
+            self.planner.remember_rejection(expired)  # an expired approval is a rejection
+        chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
+        self._record_guards(decisions, now)
+        return chosen, decisions, why
+
+    def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
+        outcomes = self.executor.verify_due(observation, now=now)
+        for outcome in outcomes:
+            self.knowledge.record_outcome(outcome)
+            self.envelope.note_outcome(outcome, now=now)
+        return outcomes
+
+    def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
+        safety = self.envelope
+        return guard_rules.GuardContext(
+            now=now,
+            dry_run=safety.dry_run,
+            freeze=safety.freeze,
+            degraded_reason=observation.degraded_reason,
+            settling=self.executor.pending_targets(),
+            config=self.settings.guards,
+            history=tuple(safety.history),
+            recommendations=tuple(safety.recommendations),
+            backoffs=dict(safety.backoffs),
+            charter=safety.charter,
+            needs_human=dict(safety.needs_human),
+            startup_problem=self.startup_problem,
+            approvals=safety.approval_times(),
+        )
+
+    async def _read_target(self, observation: Observation, now: float) -> Reading:
+        """The one reading of the target's state this iteration resolves its actions against:
+        the Charter's committee state (its `target_size` is the size: where the last scale
+        is heading). No reading, with the reason, on degraded data, an open Charter circuit
+        (nothing is called through it), a failed read or a state no controller should act on.
+        """
+        if observation.degraded:
+            return None, f"no reading on degraded data: {observation.degraded_reason}"
+        if self._charter is None:
+            return None, "no Charter client"
+        if self.envelope.charter.phase(now) == "open":
+            return None, "the Charter circuit is open: its state was not read"
+        try:
+            async with asyncio.timeout(self.settings.executor.action_timeout_s):
+                state = await self._charter.get_committee_state()
+        except (MapekError, TimeoutError) as exc:
+            problem = f"the Charter's state could not be read: {exc or 'timeout'}"
+            log.warning("target_state_unreadable", problem=problem)
+            return None, problem
+        problems = charter_problems(state)
+        if problems:
+            problem = f"the Charter's state is not one to act on: {'; '.join(problems)}"
+            log.warning("target_state_unreadable", problem=problem)
+            return None, problem
+        return state, None
+
+    @staticmethod
+    def _resolve(policy: RemediationPolicy, reading: Reading) -> Plan:
+        """`policy` resolved to absolute desired state against `reading`, or as it came with
+        the reason it could not be (the data guard then blocks it, saying why)."""
+        state, problem = reading
+        if state is None:
+            return policy, problem
+        try:
+            return action_model.resolve(policy, state), None
+        except action_model.Unresolvable as exc:
+            return policy, str(exc)
+
+    def _choose(
+        self,
+        policies: list[RemediationPolicy],
+        observation: Observation,
+        now: float,
+        reading: Reading,
+        plans: dict[str, Plan],
+    ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
+        """The best policy every guard allows; one policy per iteration, on purpose. Each is
+        judged resolved (`plans`, an approved one resolved against the same `reading`), and
+        the one chosen is returned resolved: the executor sends exactly that."""
+        if not policies:
+            return (
+                None,
+                [],
+                why_nothing(
+                    observation,
+                    self.settings.planner.min_score,
+                    top_n=self.settings.knowledge.record_top_n,
+                ),
+            )
+        ctx = self.guard_context(observation, now)
+        decisions: list[GuardDecision] = []
+        held: list[str] = []
+        runnable = [p for p in policies if not p.requires_approval]
+        best = self._approved_first(policies)
+        if best is not None:
+            runnable.insert(0, best)
+        for candidate in runnable:
+            plan, unresolved = plans.get(candidate.id) or self._resolve(candidate, reading)
+            target_ctx = replace(ctx, unresolved=unresolved)
+            policy = guard_rules.stabilized(plan, target_ctx)
+            verdicts = guard_rules.evaluate(policy, target_ctx)
+            decisions.extend(verdicts)
+            self._after_guards(policy, verdicts, now)
+            if guard_rules.allowed(verdicts):
+                why = f"{policy.primary_action.value} on {policy.target}: {policy.rationale}"
+                return policy, decisions, why
+            held.extend(f"{d.guard}: {d.reason}" for d in guard_rules.holding(verdicts))
+        if not runnable:
+            waiting = ", ".join(p.id for p in self.planner.pending_approvals())
+            return None, decisions, f"waiting for operator approval of {waiting}"
+        return None, decisions, "held back by guards: " + "; ".join(dict.fromkeys(held))
+
+    def _approved_first(self, policies: list[RemediationPolicy]) -> RemediationPolicy | None:
+        """The approved risky policy (the id the operator saw) when it ranks above every
+        policy that needs no approval; None otherwise."""
+        for policy in policies:
+            if not policy.requires_approval:
+                return None
+            approved = self.envelope.approved_for(policy)
+            if approved is not None:
+                return approved
+        return None
+
+    async def _probe_charter(self) -> None:
+        """Half-open: a mutation-free call first. If it fails the circuit opens again and
+        no policy is risked; if it works, the next policy is the trial whose mutation
+        closes (or reopens) the circuit."""
+        if self._charter is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.executor.action_timeout_s):
+                await self._charter.ping()
+        except (CharterError, TimeoutError) as exc:
+            log.warning("charter_probe_failed", error=str(exc) or "timeout")
+
+    async def _check_startup(self) -> None:
+        """State validation before acting: config, store, Charter. Re-checked while failing."""
+        if not self.settings.guards.validate_startup:
+            self.startup_problem = None
+            return
+        if self._startup_checked and self.startup_problem is None:
+            return
+        problems = config_problems(self.settings) + store_problems(self._store)
+        if self._charter is not None:
+            try:
+                async with asyncio.timeout(self.settings.executor.action_timeout_s):
+                    state = await self._charter.get_committee_state()
+            except (MapekError, TimeoutError) as exc:
+                problems.append(f"Charter state unknown: {exc or 'timeout'}")
+            else:
+                problems.extend(f"Charter state insane: {p}" for p in charter_problems(state))
+        problem = "; ".join(problems) or None
+        if problem != self.startup_problem:
+            if problem is None:
+                log.warning("startup_validation_passed", previous_problem=self.startup_problem)
+            else:
+                log.error("startup_validation_failed", problem=problem, acting=False)
+        elif problem is None and not self._startup_checked:
+            log.info("startup_validation_passed")
+        self.startup_problem = problem
+        self._startup_checked = True
+
+    def _panic_reason(self, outcomes: list[PolicyOutcome], observation: Observation) -> str | None:
+        cfg = self.settings.guards.panic
+        if not cfg.enabled:
+            return None
+        if cfg.on_degradation:
+            for outcome in outcomes:
+                if outcome.outcome is OutcomeType.DEGRADATION:
+                    return (
+                        f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
+                        f" made it worse ({outcome.value_before} -> {outcome.value_after})"
+                    )
+        if cfg.query is not None and not observation.degraded:
+            value = observation.value(cfg.query, cfg.component)
+            if value is not None and cfg.comparator.holds(value, cfg.threshold):
+                return (
+                    f"panic condition {cfg.query} {cfg.comparator.value} {cfg.threshold}: {value}"
+                )
+        return None
+
+    async def _panic_check(
+        self, outcomes: list[PolicyOutcome], observation: Observation, now: float
+    ) -> dict[str, Any] | None:
+        """Panic revert: undo recent policies, newest first, then freeze, and say so loudly."""
+        reason = self._panic_reason(outcomes, observation)
+        if reason is None:
+            return None
+        current = self.envelope.freeze
+        if current is not None and current.active(now):
+            # Frozen already: a human (or an earlier panic) holds the controls. Reverting
+            # now would be a mutating action during a freeze; say so instead.
+            log.warning(
+                "panic_revert_skipped", reason=reason, frozen_by=current.source, why=current.reason
+            )
+            return {"reason": reason, "skipped": f"frozen ({current.source}): {current.reason}"}
+        cfg = self.settings.guards.panic
+        reverted = (
+            []
+            if self.envelope.dry_run
+            else await self.executor.revert_recent(since=now - cfg.lookback_s, reason=reason)
+        )
+        until = None if cfg.freeze_s is None else now + cfg.freeze_s
+        self.envelope.set_freeze(
+            guard_rules.Freeze(
+                reason=f"panic revert: {reason}", since=now, until=until, source="panic"
+            ),
+            now=now,
+        )
+        if self._metrics is not None:
+            self._metrics.panic_reverts.inc()
+        ids = [e.id for e in reverted]
+        log.error(
+            "panic_revert",
+            reason=reason,
+            reverted=ids,
+            statuses=[e.status.value for e in reverted],
+            frozen_until=until,
+        )
+        decision = GuardDecision(
+            guard="panic",
+            verdict=GuardVerdict.BLOCK,
+            reason=f"panic revert of {len(ids)} execution(s), frozen: {reason}",
+            policy_id=None,
+            until=until,
+        )
+        self._record_guards([decision], now)
+        return {"reason": reason, "reverted": ids, "frozen_until": until}
+
+    def _recommend(
+        self, plans: dict[str, Plan], reading: Reading, observation: Observation, now: float
+    ) -> None:
+        """Record each target's recommended size this iteration (scale-down stabilization):
+        where its best-ranked resolved scale policy leaves it, else the size the reading
+        says it is heading for — the same reading and resolution the guards judge."""
+        state, _ = reading
+        if observation.degraded or state is None:
+            return
+        scaling = [
+            policy
+            for policy, _ in plans.values()  # in the planner's ranking
+            if policy.primary_action in {ActionType.SCALE_UP, ActionType.SCALE_DOWN}
+        ]
+        targets = dict.fromkeys(
+            [m.component for m in observation.metrics if m.name == "committee_size"]
+            + [policy.target for policy in scaling]
+        )
+        for target in targets:
+            recommended = state.target_size
+            for policy in scaling:
+                if policy.target == target:
+                    size = action_model.final_value(policy, "size")
+                    recommended = state.target_size if size is None else int(size)
+                    break
+            self.envelope.recommend(target, recommended, now=now)
+
+    def _after_guards(
+        self, policy: RemediationPolicy, verdicts: tuple[GuardDecision, ...], now: float
+    ) -> None:
+        for decision in verdicts:
+            if decision.verdict is GuardVerdict.ALLOW:
+                continue
+            if decision.guard == "oscillation":
+                # A predicted flip-flop starts the back-off (an active one is kept as is).
+                self.envelope.start_backoff(policy.target, decision.reason, now=now)
+
+    def _note_execution(self, execution: PolicyExecution, now: float) -> None:
+        changes = guard_rules.executed_changes(execution, at=now)
+        self.envelope.record_changes(changes, now=now)
+
+    def _count_result(self, result: str) -> None:
+        if result == "degraded":
+            self.state.degraded_iterations += 1
+        if self._metrics is not None:
+            self._metrics.iterations.labels(result=result).inc()
+
+    def _count_analysis(self, observation: Observation, analysis: AnalysisResult) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.active_violations.set(len(observation.violations))
+        # Counted per label pair, not per item: 10,000 firing alerts are 6 increments.
+        by_labels = Counter((v.source, v.severity) for v in observation.violations)
+        for (source, severity), count in by_labels.items():
+            self._metrics.violations.labels(source=source.value, severity=severity.value).inc(count)
+        for kind, count in Counter(p.kind for p in analysis.patterns).items():
+            self._metrics.patterns.labels(kind=kind.value).inc(count)
+
+    def _count_execution(self, execution: PolicyExecution) -> None:
+        self.state.policies_applied += 1
+        if execution.status is ExecutionStatus.COMPLETED:
+            self.state.successful_executions += 1
+        else:
+            self.state.failed_executions += 1
+
+    def _record_guards(self, decisions: list[GuardDecision], now: float) -> None:
+        for decision in decisions:
+            if self._metrics is not None:
+                self._metrics.guard_decisions.labels(
+                    guard=decision.guard, verdict=decision.verdict.value
+                ).inc()
+            if decision.verdict is not GuardVerdict.ALLOW:
+                log.info(
+                    "action_held",
+                    guard=decision.guard,
+                    verdict=decision.verdict.value,
+                    reason=decision.reason,
+                    policy_id=decision.policy_id,
+                )
+                try:
+                    self._store.record_guard_decision(decision, at=now)
+                except MapekError as exc:
+                    log.error("guard_record_failed", error=str(exc))
+
+    def _finish(self, phases: _Phases, result: str) -> None:
+        self.state.last_cycle_s = phases.durations["total"]
+        self.state.total_cycle_s += phases.durations["total"]
+        for phase, seconds in phases.durations.items():
+            self.state.phase_total_s[phase] = self.state.phase_total_s.get(phase, 0.0) + seconds
+        self.state.last_result = result
+        self._count_result(result)
+
+
+def _size(observation: Observation, target: str) -> int | None:
+    value = observation.value("committee_size", target)
+    return None if value is None else round(value)
+
+
+def _baseline(policy: RemediationPolicy, observation: Observation) -> float | None:
+    cause = policy.cause
+    if cause.query is None:
+        return cause.value
+    value = observation.value(cause.query, cause.target)
+    return cause.value if value is None else value

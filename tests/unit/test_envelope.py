@@ -1,0 +1,146 @@
+"""The safety envelope owns the switches (freeze, kill switch, dry-run, stopping) and the
+approvals: one copy, one TTL (guards.approval_ttl_s), persisted with the policy they let run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from builders import NOW, action, policy
+from builders import settings as settings_for
+from fakes import FakeClock
+from mape_k.app import build
+from mape_k.config import GuardsConfig
+from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope
+from mape_k.loop.guards import Freeze
+from mape_k.models import ActionType
+from mape_k.store import Store
+
+
+def risky(id: str = "pol-1", *, created_at: float = NOW):  # noqa: A002
+    return policy(
+        action(ActionType.BYPASS_VALIDATION), id=id, requires_approval=True, created_at=created_at
+    )
+
+
+def test_hold_names_what_stops_a_running_policy():
+    clock = FakeClock(NOW)
+    envelope = SafetyEnvelope(GuardsConfig(), clock=clock)
+    assert envelope.hold() is None
+    envelope.dry_run = True
+    assert envelope.hold() == "dry-run mode was switched on"
+    envelope.dry_run = False
+    envelope.set_freeze(Freeze(reason="incident", since=NOW, until=NOW + 60, source="op"), now=NOW)
+    assert envelope.hold() == "frozen (op): incident"
+    clock.advance(61)
+    assert envelope.hold() is None  # a timed freeze that expired holds nothing
+    envelope.stopping = True
+    assert envelope.hold() == "the daemon is stopping"
+
+
+def test_a_reload_owns_only_its_own_switches():
+    envelope = SafetyEnvelope(GuardsConfig(), clock=FakeClock(NOW), dry_run=False)
+    operator = Freeze(reason="incident", since=NOW, until=None, source="operator alice")
+    envelope.set_freeze(operator, now=NOW)
+    envelope.reconfigure(GuardsConfig(frozen=True), dry_run=False)
+    assert envelope.freeze is operator  # the operator's freeze stays
+    envelope.set_freeze(None, now=NOW)
+    envelope.reconfigure(GuardsConfig(frozen=True), dry_run=False)
+    assert envelope.freeze is not None
+    assert envelope.freeze.source == "config"
+    envelope.reconfigure(GuardsConfig(), dry_run=False)
+    assert envelope.freeze is None
+    # dry-run set over the API stays until the configured value changes
+    envelope.dry_run = True
+    envelope.reconfigure(GuardsConfig(), dry_run=False)
+    assert envelope.dry_run
+    envelope.reconfigure(GuardsConfig(), dry_run=True)
+    envelope.reconfigure(GuardsConfig(), dry_run=False)
+    assert not envelope.dry_run
+
+
+def test_an_approval_is_found_by_what_it_does_not_by_its_id():
+    envelope = SafetyEnvelope(GuardsConfig())
+    approved = risky("pol-1")
+    envelope.approve(approved, now=NOW, keep=10)
+    again = replace(approved, id="pol-2", created_at=NOW + 30)  # the next iteration's proposal
+    assert envelope.approved_for(again) is approved  # the id the operator saw
+    other = replace(again, actions=(action(ActionType.ACTIVATE_EMERGENCY_OVERRIDE),))
+    assert envelope.approved_for(other) is None
+    assert envelope.revoke("pol-1") is approved
+    assert envelope.approved_for(again) is None
+
+
+def test_an_approval_expires_at_the_one_ttl_and_the_bound_drops_the_oldest():
+    envelope = SafetyEnvelope(GuardsConfig(approval_ttl_s=60))
+    envelope.approve(risky("a"), now=NOW, keep=2)
+    envelope.approve(risky("b"), now=NOW + 30, keep=2)
+    envelope.approve(risky("c"), now=NOW + 31, keep=2)
+    assert list(envelope.approvals) == ["b", "c"]
+    assert envelope.expire_approvals(NOW + 89) == []
+    assert [p.id for p in envelope.expire_approvals(NOW + 90)] == ["b"]
+    assert list(envelope.approvals) == ["c"]
+
+
+def test_an_approval_survives_a_restart_with_its_policy(tmp_path: Path):
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        envelope = SafetyEnvelope(GuardsConfig(), store=store)
+        envelope.approve(risky(), now=NOW, keep=10)
+        envelope.save(now=NOW)
+        again = SafetyEnvelope(GuardsConfig(), store=store)
+        again.load()
+        assert again.approved_for(risky("pol-9")) == risky()
+        # A state saved by an older version (approval times without policies) loads,
+        # without approvals: there is nothing they could run.
+        saved = store.get_state(STATE_KEY)
+        store.set_state(STATE_KEY, {**saved, "approvals": {"pol-1": NOW}}, at=NOW)
+        old = SafetyEnvelope(GuardsConfig(), store=store)
+        old.load()
+    assert old.approvals == {}
+    assert old.history == again.history
+
+
+RISKY = {  # the only candidate for the fault's cause needs an operator's approval
+    "planner.remediations.high_failure_rate": [[{"type": "bypass_validation"}]],
+    "planner.min_score": -1.0,
+}
+
+
+async def test_an_approval_given_before_a_restart_runs_after_it_once(tmp_path: Path):
+    clock = FakeClock(NOW)
+    settings = settings_for(tmp_path, **RISKY)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        clock.advance(5)
+        first = await parts.orchestrator.run_once()
+        assert first["result"] == "pending_approval"
+        [pending] = parts.orchestrator.planner.pending_approvals()
+        assert parts.orchestrator.approve(pending.id, now=clock()) == pending
+    async with build(settings, world=world, clock=clock) as parts:
+        clock.advance(5)
+        ran = await parts.orchestrator.run_once()
+        assert ran["result"] == "acted"
+        assert ran["choice"]["policy_id"] == pending.id
+        assert parts.orchestrator.envelope.approvals == {}  # spent: one approval, one run
+        clock.advance(60)
+        after = await parts.orchestrator.run_once()
+    assert after["choice"]["policy_id"] != pending.id
+
+
+async def test_an_operator_can_reject_an_approval_not_yet_used(tmp_path: Path):
+    clock = FakeClock(NOW)
+    settings = settings_for(tmp_path, **{**RISKY, "orchestrator.interval_s": 3600})
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        orchestrator = parts.orchestrator
+        clock.advance(5)
+        await orchestrator.run_once()
+        [pending] = orchestrator.planner.pending_approvals()
+        orchestrator.approve(pending.id, now=clock())
+        assert orchestrator.reject(pending.id, now=clock()) == pending
+        assert orchestrator.envelope.approvals == {}
+        clock.advance(5)
+        record = await orchestrator.run_once()
+    assert record["result"] == "pending_approval"  # not run, and not queued again
+    assert record["pending_approvals"] == []
