@@ -43,6 +43,7 @@ from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze
+from mape_k.loop.iteration import IterationPipeline
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
@@ -167,7 +168,7 @@ async def build(
             clock=clock,
             hold=envelope.hold,
         )
-        orchestrator = MAPEKOrchestrator(
+        pipeline = IterationPipeline(
             settings=settings,
             envelope=envelope,
             charter=guarded,
@@ -178,7 +179,9 @@ async def build(
             knowledge=knowledge,
             store=store,
             metrics=metrics,
-            clock=clock,
+        )
+        orchestrator = MAPEKOrchestrator(
+            settings=settings, pipeline=pipeline, store=store, clock=clock
         )
         metrics.watch_state(lambda: orchestrator.state_gauges(clock()))
         yield Components(

@@ -22,18 +22,12 @@ import structlog
 
 from mape_k.config import Settings
 from mape_k.errors import MapekError
-from mape_k.integrations.charter.base import CharterClient
 from mape_k.loop import guards as guard_rules
-from mape_k.loop.analyze import PatternAnalyzer
-from mape_k.loop.envelope import SafetyEnvelope, freeze_dict
-from mape_k.loop.execute import Executor
+from mape_k.loop.envelope import freeze_dict
 from mape_k.loop.iteration import IterationPipeline, MAPEKState
-from mape_k.loop.knowledge import Knowledge
-from mape_k.loop.monitor import Monitor
-from mape_k.loop.plan import Planner
 from mape_k.loop.record import DecisionRecord
 from mape_k.loop.scheduler import Scheduler
-from mape_k.metrics import Metrics, StateGauges
+from mape_k.metrics import StateGauges
 from mape_k.models import RemediationPolicy
 from mape_k.store import Store
 
@@ -45,35 +39,17 @@ class MAPEKOrchestrator:
         self,
         *,
         settings: Settings,
-        envelope: SafetyEnvelope,
-        charter: CharterClient | None,
-        monitor: Monitor,
-        analyzer: PatternAnalyzer,
-        planner: Planner,
-        executor: Executor,
-        knowledge: Knowledge,
+        pipeline: IterationPipeline,
         store: Store,
-        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self.envelope = envelope
-        self.planner = planner
-        self.executor = executor
+        self.pipeline = pipeline
+        self.envelope = pipeline.envelope
+        self.planner = pipeline.planner
+        self.executor = pipeline.executor
         self._store = store
         self._clock = clock
-        self.pipeline = IterationPipeline(
-            settings=settings,
-            envelope=envelope,
-            charter=charter,
-            monitor=monitor,
-            analyzer=analyzer,
-            planner=planner,
-            executor=executor,
-            knowledge=knowledge,
-            store=store,
-            metrics=metrics,
-        )
         self.scheduler = Scheduler(self._guarded_iteration, settings.orchestrator)
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
