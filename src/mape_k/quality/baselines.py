@@ -25,10 +25,10 @@ from mape_k.errors import CharterError
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.loop.actions import EFFECTS
 from mape_k.models import ActionType
+from mape_k.quality import POLICIES
 from mape_k.quality.world import CountingClient
 
-POLICIES: tuple[str, ...] = ("mape-k", "nothing", "static", "static-refire", "hpa")
-
+__all__ = ["HPA", "POLICIES", "StaticExecutor", "fixed_actions", "rising_edges", "run_action"]
 
 def fixed_actions(settings: Settings) -> dict[str, tuple[CandidateAction, ...]]:
     """Cause -> the one fixed action list a static executor runs (the first candidate)."""

@@ -29,7 +29,8 @@ from mape_k.config import Settings, load_settings
 from mape_k.loop.orchestrator import advance_grid, schedule
 from mape_k.quality import figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
-from mape_k.quality.baselines import HPA, POLICIES, StaticExecutor, fixed_actions
+from mape_k.quality import POLICIES
+from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions
 from mape_k.quality.figures import Sample
 from mape_k.quality.scenario import Scenario
 from mape_k.quality.world import CallRecord, Ledger, lost, make_world, verdict
