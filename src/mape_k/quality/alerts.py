@@ -49,7 +49,9 @@ class AlertConfig:
     scrape_s: float
     eval_s: float
     group_by: tuple[str, ...]
-    routes: tuple[tuple[tuple[tuple[str, str, str], ...], float, float], ...]  # (matchers, wait, interval)
+    routes: tuple[
+        tuple[tuple[tuple[str, str, str], ...], float, float], ...
+    ]  # (matchers, wait, interval)
     group_wait_s: float
     group_interval_s: float
 

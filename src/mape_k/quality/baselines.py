@@ -30,14 +30,17 @@ from mape_k.quality.world import CountingClient
 
 __all__ = ["HPA", "POLICIES", "StaticExecutor", "fixed_actions", "rising_edges", "run_action"]
 
+
 def fixed_actions(settings: Settings) -> dict[str, tuple[CandidateAction, ...]]:
     """Cause -> the one fixed action list a static executor runs (the first candidate)."""
     return {
-        cause: candidates[0] for cause, candidates in settings.planner.remediations.items() if candidates
+        cause: candidates[0]
+        for cause, candidates in settings.planner.remediations.items()
+        if candidates
     }
 
 
-async def run_action(
+async def run_action(  # noqa: C901 - one branch per action type
     client: CountingClient, action: CandidateAction, state: CommitteeState, key: str
 ) -> bool:
     """Send one candidate action, resolved against `state` like the daemon resolves it

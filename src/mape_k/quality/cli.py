@@ -11,14 +11,12 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from mape_k.errors import ConfigError
-from mape_k.quality import report
+from mape_k.quality import POLICIES, report
 from mape_k.quality import scenario as scenarios
 from mape_k.quality.alerts import load_config
-from mape_k.quality import POLICIES
 from mape_k.quality.runner import Episode
 from mape_k.quality.suite import Job, run_chain, run_jobs
 
@@ -40,7 +38,7 @@ def _seeds(args: argparse.Namespace, found: scenarios.Scenario) -> list[int]:
     return list(range(1, count + 1))
 
 
-def simulate(args: argparse.Namespace) -> int:
+def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - the modes, in order
     if args.list:
         for found in scenarios.load_all():
             print(f"{found.name}: {found.description}")
@@ -56,7 +54,9 @@ def simulate(args: argparse.Namespace) -> int:
         for policy in policies:
             for seed in seeds:
                 job = Job(
-                    scenario=found.source if found.source.endswith((".yaml", ".yml")) else found.name,
+                    scenario=found.source
+                    if found.source.endswith((".yaml", ".yml"))
+                    else found.name,
                     policy=policy,
                     seed=seed,
                     keep_samples=seed == seeds[0] or args.json_dir is not None,
@@ -99,7 +99,8 @@ def simulate(args: argparse.Namespace) -> int:
             if mapek:
                 print()
                 print("\n".join(report.confusion_markdown(report.confusion(mapek))))
-                print(f"\nworst mape-k episode: `{report.records_command(found, report.worst(mapek))}`")
+                command = report.records_command(found, report.worst(mapek))
+                print(f"\nworst mape-k episode: `{command}`")
             print()
         print(runtime, file=sys.stderr)
         return 0
@@ -117,7 +118,9 @@ def simulate(args: argparse.Namespace) -> int:
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text, encoding="utf-8")
-    print(f"wrote {args.report} ({len(figures)} figures in {figure_dir}); {runtime}", file=sys.stderr)
+    print(
+        f"wrote {args.report} ({len(figures)} figures in {figure_dir}); {runtime}", file=sys.stderr
+    )
     return 0
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ def direction_reversals(values: Sequence[float]) -> int:
     """How often consecutive changes of `values` change sign."""
     reversals = 0
     last = 0
-    for before, after in zip(values, values[1:], strict=False):
+    for before, after in itertools.pairwise(values):
         if after == before:
             continue
         sign = 1 if after > before else -1
@@ -94,8 +95,6 @@ def left_over_s(samples: Sequence[Sample], over_at: float | None, start_size: in
         return None
     return float(
         sum(
-            1
-            for s in samples
-            if s.t >= over_at and (s.throttle is not None or s.size > start_size)
+            1 for s in samples if s.t >= over_at and (s.throttle is not None or s.size > start_size)
         )
     )

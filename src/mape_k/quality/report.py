@@ -55,7 +55,8 @@ def cell(episodes: Sequence[Episode], key: str) -> str:
         values.append(float(value))
     if not values:
         return "—"
-    return f"{_fmt(statistics.median_low(values) if math.inf in values else statistics.median(values))} / {_fmt(quantile(values, 0.9))}"
+    middle = statistics.median_low(values) if math.inf in values else statistics.median(values)
+    return f"{_fmt(middle)} / {_fmt(quantile(values, 0.9))}"
 
 
 def worst(episodes: Sequence[Episode]) -> Episode:
@@ -102,7 +103,7 @@ def scenario_table(by_policy: dict[str, list[Episode]]) -> list[str]:
 
 def _seeds(seeds: list[int]) -> str:
     if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
-        return f"{seeds[0]}–{seeds[-1]}"
+        return f"{seeds[0]}..{seeds[-1]}"
     return ", ".join(str(s) for s in seeds)
 
 
@@ -140,8 +141,8 @@ def learning_rows(episodes: Sequence[Episode], size: int = 10) -> list[str]:
         block = [e for e in episodes if low <= e.index < low + size]
         recovered = sum(1 for e in block if e.figures["recovered"])
         rows.append(
-            f"| {low + 1}–{min(last, low + size)} | {recovered}/{len(block)} | {cell(block, 'ttr_s')}"
-            f" | {cell(block, 'lost_pct')} | {cell(block, 'harmful')} |"
+            f"| {low + 1}..{min(last, low + size)} | {recovered}/{len(block)}"
+            f" | {cell(block, 'ttr_s')} | {cell(block, 'lost_pct')} | {cell(block, 'harmful')} |"
         )
     return rows
 
@@ -229,7 +230,7 @@ client. Every policy sees the same committee, the same seed, the same load.
   (what prometheus-am-executor does);
 - **static-refire**: the same action at every rule evaluation while the rule fires;
 - **hpa**: Kubernetes HPA semantics on utilisation (saturation): every 15 s
-  desired = ceil(size × utilisation / 0.7), 10 % tolerance, scale-down stabilised over
+  desired = ceil(size x utilisation / 0.7), 10 % tolerance, scale-down stabilised over
   300 s, scale-up at most max(+100 %, +4) per period, min = the starting size.
 
 **Figures** per episode: *recovered* / *time to recover* — from each disturbance (a fault
@@ -260,15 +261,19 @@ def markdown(
 ) -> str:
     lines = ["# Quality: does the controller help?", "", METHOD]
     lines += [
-        f"Run: {runtime}. Alert rules not simulated (expressions beyond `signal > threshold`):"
-        f" {', '.join(skipped_rules) or 'none'}.",
+        (
+            f"Run: {runtime}. Alert rules not simulated (expressions beyond `signal >"
+            f" threshold`): {', '.join(skipped_rules) or 'none'}."
+        ),
         "",
         "## Summary: requests lost % (median over seeds) per scenario and policy",
         "",
-        "Bold: the lowest of the row. `mape-k − best` is mape-k's median minus the best"
-        " baseline's (positive: mape-k loses more than some baseline).",
+        (
+            "Bold: the lowest of the row. `mape-k - best` is mape-k's median minus the best"
+            " baseline's (positive: mape-k loses more than some baseline)."
+        ),
         "",
-        "| scenario | " + " | ".join(POLICIES) + " | mape-k − best | mape-k harmful |",
+        "| scenario | " + " | ".join(POLICIES) + " | mape-k - best | mape-k harmful |",
         "|---|" + "---:|" * (len(POLICIES) + 2),
     ]
     for scenario in scenarios:
@@ -292,7 +297,8 @@ def markdown(
         gap = medians["mape-k"] - min(others) if "mape-k" in medians and others else math.nan
         harmful = sum(e.figures["harmful"] for e in by_policy.get("mape-k", []))
         lines.append(
-            f"| [{scenario.name}](#{scenario.name}) | " + " | ".join(cells)
+            f"| [{scenario.name}](#{scenario.name}) | "
+            + " | ".join(cells)
             + f" | {gap:+.2f} | {harmful} |"
         )
     everything = [e for by in results.values() for e in by.get("mape-k", [])]
@@ -302,8 +308,10 @@ def markdown(
         "",
         *confusion_markdown(confusion(everything)),
         "",
-        "`no call`: the execution's calls were not found (refused, or made before the"
-        " episode). A SUCCESS that `harmed` or did nothing is a lesson learnt wrong.",
+        (
+            "`no call`: the execution's calls were not found (refused, or made before the"
+            " episode). A SUCCESS that `harmed` or did nothing is a lesson learnt wrong."
+        ),
         "",
     ]
     for scenario in scenarios:

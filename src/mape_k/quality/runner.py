@@ -27,9 +27,8 @@ from prometheus_client import CollectorRegistry
 from mape_k.app import build, reconcile
 from mape_k.config import Settings, load_settings
 from mape_k.loop.orchestrator import advance_grid, schedule
-from mape_k.quality import figures
+from mape_k.quality import POLICIES, figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
-from mape_k.quality import POLICIES
 from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions
 from mape_k.quality.figures import Sample
 from mape_k.quality.scenario import Scenario
@@ -125,7 +124,9 @@ def _sample(committee: Committee, offset: float, shape_active: bool) -> Sample:
 
 def _shape_active(scenario: Scenario, offset: float) -> bool:
     load = scenario.load
-    return load is not None and offset >= load.start_s and (load.end_s is None or offset < load.end_s)
+    return (
+        load is not None and offset >= load.start_s and (load.end_s is None or offset < load.end_s)
+    )
 
 
 async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episode, in order
@@ -169,9 +170,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         static = StaticExecutor(client, fixed_actions(settings))  # type: ignore[arg-type]
         hpa = HPA(min_replicas=start_size, max_replicas=committee.max_size)
         delivered_firing: set[str] = set()
-        async with build(
-            settings, registry=CollectorRegistry(), world=world, clock=clock
-        ) as parts:
+        async with build(settings, registry=CollectorRegistry(), world=world, clock=clock) as parts:
             if policy == "mape-k":
                 await reconcile(parts, start)
             interval = settings.orchestrator.interval_s
@@ -237,7 +236,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     )
 
 
-def _episode(
+def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     scenario: Scenario,
     policy: str,
     seed: int,

@@ -196,7 +196,9 @@ def _load(where: str, data: Any) -> LoadShape:
     end = data.get("end_s")
     shape = LoadShape(
         ramp_per_min=_number(f"{where}.ramp_per_min", data.get("ramp_per_min", 0.0), low=-1.0),
-        pulse_every_s=None if every is None else _number(f"{where}.pulse_every_s", every, strict=True),
+        pulse_every_s=None
+        if every is None
+        else _number(f"{where}.pulse_every_s", every, strict=True),
         pulse_width_s=_number(f"{where}.pulse_width_s", data.get("pulse_width_s", 0.0)),
         pulse_factor=_number(f"{where}.pulse_factor", data.get("pulse_factor", 1.0)),
         start_s=_number(f"{where}.start_s", data.get("start_s", 0.0)),

@@ -9,7 +9,6 @@ episode objects (the trajectory only for the representative seed, to draw).
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -56,11 +55,21 @@ async def run_chain(job: Job, scenario: Scenario | None = None) -> list[Episode]
     return episodes
 
 
+class _Discard:
+    """A stream that keeps nothing."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def quiet() -> None:
     """The daemon's logs go nowhere (errors included: the episode's records tell)."""
     from mape_k import logs  # noqa: PLC0415
 
-    logs.configure(level="error", fmt="json", stream=open(os.devnull, "w"))  # noqa: SIM115, PTH123
+    logs.configure(level="error", fmt="json", stream=_Discard())
 
 
 def _run_job(job: Job) -> list[Episode]:
@@ -68,7 +77,10 @@ def _run_job(job: Job) -> list[Episode]:
 
 
 def run_jobs(
-    jobs: Iterable[Job], *, workers: int = 1, progress: Callable[[Job, int, int], None] | None = None
+    jobs: Iterable[Job],
+    *,
+    workers: int = 1,
+    progress: Callable[[Job, int, int], None] | None = None,
 ) -> dict[Job, list[Episode]]:
     """Every job's episodes; in `workers` processes (1: in this process)."""
     todo = list(jobs)
