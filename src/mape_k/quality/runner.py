@@ -230,6 +230,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         ledger,
         records,
         lost_pct=100 * lost(committee) / max(1e-9, committee.counters.offered),
+        deliveries=alerts.deliveries,
         start_size=start_size,
         keep_records=keep_records,
         keep_samples=keep_samples,
@@ -247,6 +248,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     records: list[dict[str, Any]],
     *,
     lost_pct: float,
+    deliveries: int,
     start_size: int,
     keep_records: bool,
     keep_samples: bool,
@@ -288,6 +290,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "left_over_s": figures.left_over_s(samples, over_at, start_size),
         "harmful": sum(1 for c in calls if c.verdict == "harmed"),
         "helpful": sum(1 for c in calls if c.verdict == "helped"),
+        "alert_deliveries": deliveries,
     }
     return Episode(
         scenario=scenario.name,
