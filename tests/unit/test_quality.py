@@ -26,7 +26,7 @@ BASE = {"name": "t", "regime": "calm", "duration_s": 600}
 def test_every_shipped_scenario_loads_and_the_suite_covers_the_issue():
     found = load_all()
     names = {s.name for s in found}
-    assert len(found) == len(shipped_names()) == 37
+    assert len(found) == len(shipped_names()) == 38
     for kind in FAULT:
         for regime in ("calm", "volatile", "spike"):
             assert {f"{kind}-{regime}-persistent", f"{kind}-{regime}-finite"} <= names
@@ -36,6 +36,7 @@ def test_every_shipped_scenario_loads_and_the_suite_covers_the_issue():
         "two_faults",
         "slow_ramp",
         "wrong_prior",
+        "wrong_prior_priced_out",
         "no_good_action",
         "no_fault",
     } <= names

@@ -17,6 +17,7 @@ from mape_k.quality import POLICIES
 from mape_k.quality.runner import OUTCOMES, TRUTHS, Episode
 from mape_k.quality.scenario import Scenario
 
+LOSS_MARGIN_PCT = 0.1
 NUMBERS = (
     ("ttr_s", "time to recover s"),
     ("lost_pct", "requests lost %"),
@@ -130,6 +131,23 @@ def _short(value: Any) -> str:
     return f"{value:.0f}" if isinstance(value, float) else str(value)
 
 
+def why_line(episodes: Sequence[Episode]) -> str:
+    """mape-k's iterations by result, the guards that held candidates, its calls' truth."""
+    results: Counter[str] = Counter()
+    held: Counter[str] = Counter()
+    calls: Counter[tuple[str, str]] = Counter()
+    for e in episodes:
+        results.update(e.figures.get("iterations", {}).get("results", {}))
+        held.update(e.figures.get("iterations", {}).get("held_by", {}))
+        calls.update((c.operation, c.verdict) for c in e.calls)
+    parts = [
+        "iterations " + ", ".join(f"{k} {v}" for k, v in results.most_common()),
+        "held by " + (", ".join(f"{k} {v}" for k, v in held.most_common()) or "nothing"),
+        "calls " + (", ".join(f"{op} {v} {n}" for (op, v), n in sorted(calls.items())) or "none"),
+    ]
+    return "; ".join(parts)
+
+
 def learning_rows(episodes: Sequence[Episode], size: int = 10) -> list[str]:
     """For a learning scenario: mape-k's figures by block of consecutive episodes."""
     last = max(e.index for e in episodes) + 1
@@ -195,7 +213,7 @@ def draw(path: Path, scenario: Scenario, representatives: dict[str, Episode]) ->
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return True
 
@@ -251,6 +269,44 @@ from) beside the counterfactual truth of the same execution's calls.
 """
 
 
+def losses(
+    scenarios: Sequence[Scenario], results: dict[str, dict[str, list[Episode]]]
+) -> list[str]:
+    """Where mape-k loses more requests than the best baseline, worst first, and why."""
+    rows: list[tuple[float, str, str]] = []
+    for scenario in scenarios:
+        by_policy = results.get(scenario.name, {})
+        mapek = by_policy.get("mape-k")
+        others = {p: eps for p, eps in by_policy.items() if p != "mape-k" and eps}
+        if not mapek or not others:
+            continue
+        own = statistics.median(e.figures["lost_pct"] for e in mapek)
+        best, policy = min(
+            (statistics.median(e.figures["lost_pct"] for e in eps), p) for p, eps in others.items()
+        )
+        if own - best > LOSS_MARGIN_PCT:
+            line = (
+                f"- **{scenario.name}**: mape-k {own:.2f} % lost, {policy} {best:.2f} %."
+                f" {why_line(mapek)}. Worst: `{records_command(scenario, worst(mapek))}`"
+            )
+            rows.append((own - best, scenario.name, line))
+    if not rows:
+        return ["## Where mape-k loses", "", "Nowhere by more than the margin.", ""]
+    return [
+        "## Where mape-k loses",
+        "",
+        (
+            f"Scenarios where mape-k's median loses more than {LOSS_MARGIN_PCT} percentage"
+            " points more requests than the best baseline, the largest gap first: its"
+            " iterations by result, the guards that held its candidates, its calls by"
+            " counterfactual verdict."
+        ),
+        "",
+        *(line for _, _, line in sorted(rows, reverse=True)),
+        "",
+    ]
+
+
 def markdown(
     scenarios: Sequence[Scenario],
     results: dict[str, dict[str, list[Episode]]],
@@ -301,6 +357,7 @@ def markdown(
             + " | ".join(cells)
             + f" | {gap:+.2f} | {harmful} |"
         )
+    lines += ["", *losses(scenarios, results)]
     everything = [e for by in results.values() for e in by.get("mape-k", [])]
     lines += [
         "",
@@ -329,6 +386,8 @@ def markdown(
             table = confusion(mapek)
             verdicts = ", ".join(f"{o}→{t} {n}" for (o, t), n in sorted(table.items())) or "none"
             lines += [
+                "",
+                f"Why (mape-k, every seed): {why_line(mapek)}.",
                 "",
                 f"Daemon's verdicts → counterfactual: {verdicts}.",
                 "",

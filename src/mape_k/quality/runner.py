@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,8 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     )
     samples: list[Sample] = []
     records: list[dict[str, Any]] = []
+    results: Counter[str] = Counter()  # iteration results (acted, held, idle, ...)
+    held_by: Counter[str] = Counter()  # guard -> candidates it did not allow
     start_size = committee.state().size
 
     with tempfile.TemporaryDirectory(prefix="mape-k-sim-") as scratch:
@@ -217,6 +220,10 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                         triggered, last_start = False, now
                         record = await parts.orchestrator.run_once(now)
                         next_at = advance_grid(next_at, now, interval)
+                        results[str(record.get("result"))] += 1
+                        for decision in record.get("guard_decisions") or []:
+                            if decision.get("verdict") != "allow":
+                                held_by[str(decision.get("guard"))] += 1
                         if keep_records or record.get("execution") or record.get("verifications"):
                             records.append(record)
 
@@ -231,6 +238,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         records,
         lost_pct=100 * lost(committee) / max(1e-9, committee.counters.offered),
         deliveries=alerts.deliveries,
+        iterations={"results": dict(results), "held_by": dict(held_by)},
         start_size=start_size,
         keep_records=keep_records,
         keep_samples=keep_samples,
@@ -249,6 +257,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     *,
     lost_pct: float,
     deliveries: int,
+    iterations: dict[str, dict[str, int]],
     start_size: int,
     keep_records: bool,
     keep_samples: bool,
@@ -291,6 +300,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "harmful": sum(1 for c in calls if c.verdict == "harmed"),
         "helpful": sum(1 for c in calls if c.verdict == "helped"),
         "alert_deliveries": deliveries,
+        "iterations": iterations,
     }
     return Episode(
         scenario=scenario.name,
