@@ -4,6 +4,9 @@ rising edges, the alert path's timing, the figures, the counterfactual."""
 from __future__ import annotations
 
 import copy
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +273,12 @@ def test_verdict_has_a_margin():
     assert verdict(5, 1000) == "harmed"
     assert verdict(-5, 1000) == "helped"
     assert verdict(5, 10_000) == "no effect"  # within 0.1 % of the offered
+
+
+def test_the_scenarios_are_package_data():
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"][
+        "package-data"
+    ]["mape_k"]
+    for name in shipped_names():
+        assert any(fnmatch(f"scenarios/{name}.yaml", glob) for glob in globs), name
