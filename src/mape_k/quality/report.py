@@ -29,7 +29,7 @@ NUMBERS = (
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile (p90 of 5 seeds is the worst but one... of 10, the 9th)."""
+    """Nearest-rank quantile: the p90 of 5 seeds is the worst of them, of 10 the 9th."""
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
