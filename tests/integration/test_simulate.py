@@ -83,6 +83,17 @@ async def test_an_alert_delivery_wakes_the_daemon_between_grid_slots():
     assert ("high_failure_rate", "alert") in kinds
 
 
+async def test_the_static_executor_acts_once_per_rising_edge_and_refire_every_evaluation():
+    # A bad policy that no candidate fixes: its two rules (failure rate, policy regression)
+    # fire once and stay firing for the rest of the episode.
+    scenario = load("no_good_action")
+    static = await run_episode(scenario, "static", seed=1, counterfactual=False)
+    refire = await run_episode(scenario, "static-refire", seed=1, counterfactual=False)
+    assert 1 <= len(static.calls) <= 2  # one per rule's rising edge, never again
+    assert len({round(c.at) for c in static.calls}) == 1
+    assert len(refire.calls) > 10 * len(static.calls)  # every 30 s evaluation while firing
+
+
 async def test_a_learning_scenario_shares_one_store_across_its_episodes():
     job = Job(scenario="wrong_prior", policy="mape-k", seed=1, last_episode=2)
     episodes = await run_chain(job)

@@ -30,7 +30,7 @@ from mape_k.config import Settings, load_settings
 from mape_k.loop.orchestrator import advance_grid, schedule
 from mape_k.quality import POLICIES, figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
-from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions
+from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions, rising_edges
 from mape_k.quality.figures import Sample
 from mape_k.quality.scenario import Scenario
 from mape_k.quality.world import CallRecord, Ledger, lost, make_world, verdict
@@ -196,8 +196,9 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                     elif policy == "static":
                         firing = {a.fingerprint for a in delivery if a.status.value == "firing"}
                         resolved = {a.fingerprint for a in delivery} - firing
+                        new = rising_edges(delivered_firing, firing)
                         for alert in delivery:
-                            if alert.fingerprint in firing - delivered_firing:
+                            if alert.fingerprint in new:
                                 await static.on_alert(alert.labels.get("cause", ""))
                         delivered_firing = (delivered_firing | firing) - resolved
                 if policy == "static-refire":
