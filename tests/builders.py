@@ -217,6 +217,8 @@ def execution(
     error: str | None = None,
     dry_run: bool = False,
     baseline: float | None = None,
+    baseline_trend: float | None = None,
+    baseline_load: float | None = None,
 ) -> PolicyExecution:
     """A run of `policy` (default: `policy()`). Unless given, `actions` are the policy's
     actions in `status`, keyed as the executor keys them (`<id>:<index>:<type>`)."""
@@ -241,6 +243,8 @@ def execution(
         error=error,
         dry_run=dry_run,
         baseline=baseline,
+        baseline_trend=baseline_trend,
+        baseline_load=baseline_load,
     )
 
 

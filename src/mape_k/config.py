@@ -153,6 +153,7 @@ DEFAULT_QUERIES: dict[str, str] = {
     ),
     "committee_size": "max(westworld_charter_committee_size)",
     "throughput_ops_per_sec": "max(westworld_charter_throughput_ops_per_sec)",
+    "offered_load": "max(westworld_charter_offered_load_ops_per_sec)",
 }
 
 
@@ -367,6 +368,34 @@ class ExecutorConfig(_Model):
         description="Relative worsening that counts as DEGRADATION (it triggers a panic"
         " revert, so noise must not reach it).",
     )
+    significance: float = Field(
+        0.1,
+        ge=0,
+        description="A change smaller than this fraction of the threshold (or of the excess"
+        " over it, if larger) is noise: neither PARTIAL nor DEGRADATION.",
+    )
+    trend_window_s: float = Field(
+        120.0,
+        ge=0,
+        description="Readings this recent give the signal's trend before an action: the"
+        " outcome is judged against where that trend led, not against the value then.",
+    )
+    load_query: str | None = Field(
+        "offered_load",
+        description="A monitor.queries name reading the offered load of a target; signals"
+        " in load_normalised are compared at equal load (null: never normalised).",
+    )
+    load_normalised: tuple[str, ...] = Field(
+        ("saturation",),
+        description="Signals proportional to the offered load: judged per unit of load, so"
+        " a load spike after a scale-up is not read as the scale-up's harm.",
+    )
+    ineffective_margin_s: float = Field(
+        15.0,
+        ge=0,
+        description="INEFFECTIVE as soon as the signal has not improved this long after"
+        " the settle time (not at verify_deadline_s).",
+    )
 
 
 class KnowledgeConfig(_Model):
@@ -540,8 +569,16 @@ class PanicConfig(_Model):
     comparator: Comparator = Comparator.GT
     threshold: float = 0.0
     lookback_s: float = Field(900.0, gt=0, description="Executions this recent are reverted.")
+    initial_freeze_s: float = Field(
+        300.0,
+        gt=0,
+        description="The first panic freezes this long; each panic within freeze_s of the"
+        " last doubles it, up to freeze_s.",
+    )
     freeze_s: float | None = Field(
-        3600.0, gt=0, description="Then freeze this long (null: until an operator lifts it)."
+        3600.0,
+        gt=0,
+        description="The longest panic freeze (null: until an operator lifts it).",
     )
 
 

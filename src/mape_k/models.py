@@ -246,6 +246,11 @@ class PolicyExecution:
     error: str | None = None
     dry_run: bool = False
     baseline: float | None = None  # the triggering metric's value before acting
+    # What the signal was doing before acting (change per second, from the recent readings)
+    # and the offered load then: what it would have been without the action is judged
+    # from them (attribution), not from the baseline alone.
+    baseline_trend: float | None = None
+    baseline_load: float | None = None
 
 
 class OutcomeType(StrEnum):

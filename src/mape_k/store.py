@@ -297,6 +297,8 @@ def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
         error=data.get("error"),
         dry_run=bool(data.get("dry_run", False)),
         baseline=data.get("baseline"),
+        baseline_trend=data.get("baseline_trend"),
+        baseline_load=data.get("baseline_load"),
     )
 
 

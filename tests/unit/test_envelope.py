@@ -144,3 +144,17 @@ async def test_an_operator_can_reject_an_approval_not_yet_used(tmp_path: Path):
         record = await orchestrator.run_once()
     assert record["result"] == "pending_approval"  # not run, and not queued again
     assert record["pending_approvals"] == []
+
+
+def test_a_panic_freeze_starts_short_and_doubles_while_panics_repeat():
+    envelope = SafetyEnvelope(GuardsConfig())  # 300 s, at most 3600 s
+    panic = GuardsConfig().panic
+    at = NOW
+    lengths = []
+    for _ in range(6):
+        lengths.append(envelope.panic_freeze_s(panic, now=at))
+        at += 1000
+    assert lengths == [300, 600, 1200, 2400, 3600, 3600]
+    assert envelope.panic_freeze_s(panic, now=at + 3601) == 300  # quiet for long: noise
+    until_lifted = panic.model_copy(update={"freeze_s": None})
+    assert envelope.panic_freeze_s(until_lifted, now=at + 4000) is None

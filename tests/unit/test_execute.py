@@ -272,6 +272,9 @@ def pending(deadline: float = 100.0) -> PendingVerification:
         (observation(0.01, violating=False), 20.0, OutcomeType.SUCCESS),
         (observation(0.9, violating=True), 20.0, OutcomeType.DEGRADATION),
         (observation(0.39, violating=True), 20.0, None),  # not yet: still time to work
+        # not improved by the settle time (10) plus the margin (15): failed now, not at 100
+        (observation(0.39, violating=True), 25.0, OutcomeType.INEFFECTIVE),
+        (observation(0.15, violating=True), 25.0, None),  # improving: given until the deadline
         (observation(0.39, violating=True), 100.0, OutcomeType.INEFFECTIVE),
         (observation(0.15, violating=True), 100.0, OutcomeType.PARTIAL),
         (observation(None, violating=False, degraded="prometheus down"), 20.0, None),
@@ -310,6 +313,102 @@ def test_classify_measures_distance_to_threshold():
         classify(before=None, after=0.5, threshold=0.05, partial=0.3, degradation=0.2)
         is OutcomeType.INEFFECTIVE
     )
+
+
+def test_classify_judges_against_where_the_trend_was_going():
+    # 0.4 -> 0.7 over a threshold of 0.05 is a degradation on its face...
+    assert (
+        classify(before=0.4, after=0.7, threshold=0.05, partial=0.3, degradation=0.5)
+        is OutcomeType.DEGRADATION
+    )
+    # ...not when the signal was climbing that fast already: the action did not cause it.
+    assert (
+        classify(
+            before=0.4,
+            after=0.7,
+            threshold=0.05,
+            partial=0.3,
+            degradation=0.5,
+            expected_change=0.3,
+        )
+        is OutcomeType.INEFFECTIVE
+    )
+    # A trend cannot excuse more than the excess doubling.
+    assert (
+        classify(
+            before=0.4,
+            after=1.5,
+            threshold=0.05,
+            partial=0.3,
+            degradation=0.5,
+            expected_change=5.0,
+        )
+        is OutcomeType.DEGRADATION
+    )
+
+
+def test_classify_compares_a_load_proportional_signal_at_equal_load():
+    # A scale-up for saturation 0.913 (threshold 0.9) read 1.011 while the load rose 30 %:
+    # per unit of load it went down. Without the load, a tiny excess growing is DEGRADATION.
+    raw = {"before": 0.913, "after": 1.011, "threshold": 0.9, "partial": 0.3, "degradation": 0.5}
+    assert classify(**raw) is OutcomeType.DEGRADATION
+    assert classify(**raw, load_ratio=1 / 1.3) is not OutcomeType.DEGRADATION
+
+
+def test_classify_has_a_significance_floor_in_absolute_units():
+    # An excess of 0.002 tripling is 0.004 of failure rate: noise, not harm.
+    tiny = {"before": 0.052, "after": 0.056, "threshold": 0.05, "partial": 0.3, "degradation": 0.5}
+    assert classify(**tiny) is OutcomeType.DEGRADATION  # the old, relative-only verdict
+    assert classify(**tiny, significance=0.1) is OutcomeType.INEFFECTIVE
+
+
+def test_verification_normalises_saturation_by_the_offered_load(world, journal, clock):
+    executor = make_executor(world, journal.append, clock)
+    cause = builders.cause("overload", value=0.913)
+    scaled = execution(
+        policy=policy(action(ActionType.SCALE_UP), cause=cause),
+        started_at=0.0,
+        finished_at=1.0,
+        baseline=0.913,
+        baseline_load=100.0,
+    )
+    waiting = PendingVerification(execution=scaled, due_at=10.0, deadline=100.0)
+    busier = builders.observation(
+        at=0,
+        metrics=(
+            metric("saturation", 1.011, timestamp=0.0),
+            metric("offered_load", 130.0, timestamp=0.0),
+        ),
+        violations=(violation("overload", timestamp=0, value=1.011, query="saturation"),),
+    )
+    outcome, _ = executor.verify_execution(waiting, busier, now=20.0)
+    assert outcome is None or outcome.outcome is not OutcomeType.DEGRADATION
+    alone = replace(scaled, baseline_load=None)  # no load then: judged on the signal alone
+    outcome, _ = executor.verify_execution(replace(waiting, execution=alone), busier, now=20.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.DEGRADATION
+
+
+async def test_a_panic_revert_never_undoes_what_verification_said_helped(world, journal, clock):
+    executor = make_executor(world, journal.append, clock, verify_delay_s=0)
+    helped = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.SCALE_UP, delta=2), id="helped"))
+    )
+    cleared = observation(0.01, violating=False)
+    [outcome] = executor.verify_due(cleared, now=clock() + 1)
+    assert outcome.outcome is OutcomeType.SUCCESS
+    other = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.THROTTLE_REQUESTS), id="other"))
+    )
+    unrelated = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.SCALE_DOWN), id="unrelated"))
+    )
+    reverted = await executor.revert_recent(
+        since=0.0, reason="test", only=frozenset({other.id, helped.id})
+    )
+    assert [e.id for e in reverted] == [other.id]  # not the success, not the one not named
+    assert world.committee.state().throttle_limit is None
+    assert unrelated.status is ExecutionStatus.COMPLETED
 
 
 async def test_rollback_restores_bypass_override_and_policy(world, journal, clock):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from mape_k.config import GuardsConfig, Settings
+from mape_k.config import GuardsConfig, PanicConfig, Settings
 from mape_k.errors import CharterError, CharterRequestError, CharterTimeout, MapekError
 from mape_k.integrations.charter.base import (
     ActionResult,
@@ -90,6 +90,7 @@ class SafetyEnvelope:
         self.failures: dict[str, list[float]] = {}  # target -> times of outcomes that failed
         self.approvals: dict[str, Approval] = {}  # policy id -> approval, oldest first
         self.oscillations = 0
+        self.panic: tuple[int, float] | None = None  # (level, when) of the last panic
         self.dry_run = dry_run
         self._configured_dry_run = dry_run
         self.freeze: Freeze | None = self.config_freeze(config)
@@ -191,6 +192,22 @@ class SafetyEnvelope:
             return freeze
         return active_window(self.config.freeze_windows, now)
 
+    def panic_freeze_s(self, cfg: PanicConfig, *, now: float) -> float | None:
+        """How long the panic now freezes: `initial_freeze_s` the first time, doubled for
+        each panic within `freeze_s` of the previous one, at most `freeze_s` (None: until
+        an operator lifts it). A panic that repeats is a controller that keeps being wrong;
+        one that does not was likely noise."""
+        level = 1
+        if self.panic is not None and cfg.freeze_s is not None:
+            last_level, last_at = self.panic
+            if now - last_at <= cfg.freeze_s:
+                level = last_level + 1
+        self.panic = (level, now)
+        self._dirty = True
+        if cfg.freeze_s is None:
+            return None
+        return float(min(cfg.initial_freeze_s * 2.0 ** (level - 1), cfg.freeze_s))
+
     # --- approvals -------------------------------------------------------------------------
 
     def approve(self, policy: RemediationPolicy, *, now: float, keep: int) -> None:
@@ -259,12 +276,14 @@ class SafetyEnvelope:
                 if isinstance(a, dict)  # an approval saved without its policy cannot run
             }
             oscillations = int(saved.get("oscillations", 0))
+            panic = saved.get("panic")
+            panic = None if panic is None else (int(panic[0]), float(panic[1]))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             log.error("safety_state_unreadable", error=f"bad saved state: {exc}")
             return
         self.history, self.recommendations, self.backoffs = history, recommendations, backoffs
         self.charter, self.needs_human, self.failures = charter, needs_human, failures
-        self.approvals, self.oscillations = approvals, oscillations
+        self.approvals, self.oscillations, self.panic = approvals, oscillations, panic
         log.info(
             "safety_state_restored",
             changes=len(self.history),
@@ -289,6 +308,7 @@ class SafetyEnvelope:
                 for pid, a in self.approvals.items()
             },
             "oscillations": self.oscillations,
+            "panic": None if self.panic is None else list(self.panic),
         }
         try:
             self._store.set_state(STATE_KEY, data, at=now)

@@ -93,6 +93,7 @@ class Executor:
         self._hold = hold
         self._history: dict[str, PolicyExecution] = {}
         self._pending: dict[str, PendingVerification] = {}
+        self._verdicts: dict[str, OutcomeType] = {}  # execution id -> its outcome (bounded)
 
     def reconfigure(
         self, config: ExecutorConfig, *, actions: Mapping[ActionType, ActionSpec]
@@ -113,7 +114,12 @@ class Executor:
         return longest + self._config.verify_deadline_s
 
     async def execute_policy(
-        self, policy: RemediationPolicy, *, baseline: float | None = None
+        self,
+        policy: RemediationPolicy,
+        *,
+        baseline: float | None = None,
+        baseline_trend: float | None = None,
+        baseline_load: float | None = None,
     ) -> PolicyExecution:
         """Run `policy` once. A policy id already executed returns its first result.
 
@@ -143,6 +149,8 @@ class Executor:
             ),
             started_at=started,
             baseline=baseline,
+            baseline_trend=baseline_trend,
+            baseline_load=baseline_load,
         )
         try:
             self._journal(execution)
@@ -322,14 +330,22 @@ class Executor:
             execution=execution, due_at=due, deadline=due + self._config.verify_deadline_s
         )
 
-    async def revert_recent(self, *, since: float, reason: str) -> list[PolicyExecution]:
+    async def revert_recent(
+        self, *, since: float, reason: str, only: frozenset[str] | None = None
+    ) -> list[PolicyExecution]:
         """Panic revert: undo the reversible completed actions of executions finished at or
-        after `since`, newest first, each journaled; returns the executions reverted."""
+        after `since` (of `only` those, when given), newest first, each journaled; returns
+        the executions reverted. An execution verified to have helped (SUCCESS, PARTIAL) is
+        never undone: what worked stays."""
+        helped = {OutcomeType.SUCCESS, OutcomeType.PARTIAL}
         recent = sorted(
             (
                 e
                 for e in self._history.values()
-                if e.status is ExecutionStatus.COMPLETED and (e.finished_at or 0.0) >= since
+                if e.status is ExecutionStatus.COMPLETED
+                and (e.finished_at or 0.0) >= since
+                and (only is None or e.id in only)
+                and self._verdicts.get(e.id) not in helped
             ),
             key=lambda e: e.finished_at or e.started_at,
             reverse=True,
@@ -448,6 +464,9 @@ class Executor:
                 continue
             del self._pending[exec_id]
             outcomes.append(outcome)
+            self._verdicts[exec_id] = outcome.outcome
+            while len(self._verdicts) > HISTORY_KEPT:
+                del self._verdicts[next(iter(self._verdicts))]
         return outcomes
 
     def verify_execution(
@@ -480,10 +499,37 @@ class Executor:
             threshold=cause.threshold,
             partial=self._config.partial_improvement,
             degradation=self._config.degradation,
+            significance=self._config.significance,
+            expected_change=self._drift(execution, now),
+            load_ratio=self._load_ratio(execution, observation),
         )
         if kind is OutcomeType.DEGRADATION or final:
             return self._outcome(pending, kind, value, now, "still violating"), value
+        margin = pending.due_at + self._config.ineffective_margin_s
+        if kind is OutcomeType.INEFFECTIVE and now >= margin:
+            # Not improved by the settle time plus a margin: failed, now, not at the deadline.
+            detail = "still violating, not improved after settling"
+            return self._outcome(pending, kind, value, now, detail), value
         return None, value
+
+    def _drift(self, execution: PolicyExecution, now: float) -> float:
+        """Where the signal's trend before the action would have taken it by `now`."""
+        trend = execution.baseline_trend
+        if trend is None:
+            return 0.0
+        return trend * max(0.0, now - (execution.finished_at or execution.started_at))
+
+    def _load_ratio(self, execution: PolicyExecution, observation: Observation) -> float | None:
+        """Load then / load now, for a load-proportional signal (None: not normalised)."""
+        cause = execution.policy.cause
+        query = self._config.load_query
+        if query is None or cause.query not in self._config.load_normalised:
+            return None
+        now_load = observation.value(query, cause.target)
+        then = execution.baseline_load
+        if now_load is None or then is None or now_load <= 0 or then <= 0:
+            return None
+        return then / now_load
 
     def _outcome(
         self,
@@ -528,23 +574,39 @@ def classify(
     threshold: float | None,
     partial: float,
     degradation: float,
+    significance: float = 0.0,
+    expected_change: float = 0.0,
+    load_ratio: float | None = None,
 ) -> OutcomeType:
-    """A still-violating value's outcome, by its signed distance past the threshold.
+    """A still-violating value's outcome, attributed: compared with what the signal would
+    have been without the action, not with its value before. Pure.
 
-    The bad side is the side `before` was on. A value now on the good side is at least
-    PARTIAL (something else keeps the violation alive), never DEGRADATION.
+    Without the action the signal would have gone on as it was going: `before` plus
+    `expected_change` (its trend before the action over the time since, given by the
+    caller). A load-proportional signal is compared at equal load: `after` times
+    `load_ratio` (load then / load now). The bad side is the side `before` was on; the
+    change is measured against the excess over the threshold then, and must also pass a
+    significance floor in absolute units (`significance` times the threshold, or the
+    excess if larger): a tiny excess doubling is noise, not a verdict. A value now on the
+    good side is at least PARTIAL (something else keeps the violation alive), never
+    DEGRADATION.
     """
     if before is None or after is None or threshold is None or before == threshold:
         return OutcomeType.INEFFECTIVE
     bad = 1.0 if before > threshold else -1.0
     gap_before = (before - threshold) * bad
-    gap_after = (after - threshold) * bad
-    if gap_after <= 0:
+    if (after - threshold) * bad <= 0:
         return OutcomeType.PARTIAL
-    change = (gap_before - gap_after) / gap_before
-    if change >= partial:
+    # The excess can be extrapolated at most to double: a steep trend does not excuse all.
+    drift = max(-gap_before, min(gap_before, expected_change * bad))
+    without = gap_before + drift
+    adjusted = after if load_ratio is None or load_ratio <= 0 else after * load_ratio
+    gap_after = (adjusted - threshold) * bad
+    improvement = without - gap_after
+    floor = significance * max(abs(threshold), gap_before)
+    if improvement >= max(partial * gap_before, floor):
         return OutcomeType.PARTIAL
-    if -change >= degradation:
+    if -improvement >= max(degradation * gap_before, floor):
         return OutcomeType.DEGRADATION
     return OutcomeType.INEFFECTIVE
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -137,6 +137,7 @@ class IterationPipeline:
         self._startup_checked = False
         self.committee_size: int | None = None
         self.prometheus_ok: bool | None = None  # usable data in the last reading
+        self.readings = Readings()
 
     def reconfigure(self, settings: Settings) -> None:
         if settings != self.settings:
@@ -166,6 +167,8 @@ class IterationPipeline:
             phases.done("monitor", t)
             record.observation = observation
             self.prometheus_ok = not observation.degraded
+            if not observation.degraded:
+                self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
             self.state.violations_seen += len(observation.violations)
             self.committee_size = _size(observation, "charter")
             await self._check_startup()
@@ -194,9 +197,7 @@ class IterationPipeline:
 
         if chosen is not None:
             t = time.perf_counter()
-            record.execution = await self.executor.execute_policy(
-                chosen, baseline=_baseline(chosen, observation)
-            )
+            record.execution = await self._execute(chosen, observation)
             phases.done("execute", t)
             if chosen.requires_approval:
                 self.envelope.revoke(chosen.id)  # one approval, one execution
@@ -234,6 +235,22 @@ class IterationPipeline:
         chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
         self._record_guards(decisions, now)
         return chosen, decisions, why
+
+    async def _execute(
+        self, chosen: RemediationPolicy, observation: Observation
+    ) -> PolicyExecution:
+        """Run the chosen policy with what its verification is judged against: the signal
+        then, its trend before, and the offered load then."""
+        cause = chosen.cause
+        load_query = self.settings.executor.load_query
+        trend = None if cause.query is None else self.readings.trend(cause.query, cause.target)
+        load = None if load_query is None else observation.value(load_query, cause.target)
+        return await self.executor.execute_policy(
+            chosen,
+            baseline=_baseline(chosen, observation),
+            baseline_trend=trend,
+            baseline_load=load,
+        )
 
     def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
         outcomes = self.executor.verify_due(observation, now=now)
@@ -392,32 +409,40 @@ class IterationPipeline:
         self.startup_problem = problem
         self._startup_checked = True
 
-    def _panic_reason(self, outcomes: list[PolicyOutcome], observation: Observation) -> str | None:
+    def _panic_reason(
+        self, outcomes: list[PolicyOutcome], observation: Observation
+    ) -> tuple[str, frozenset[str] | None] | None:
+        """Why to panic, and which executions to revert (None: every recent one)."""
         cfg = self.settings.guards.panic
         if not cfg.enabled:
             return None
         if cfg.on_degradation:
-            for outcome in outcomes:
-                if outcome.outcome is OutcomeType.DEGRADATION:
-                    return (
-                        f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
-                        f" made it worse ({outcome.value_before} -> {outcome.value_after})"
-                    )
+            # Only the executions verification attributed the harm to: not the others.
+            harmful = [o for o in outcomes if o.outcome is OutcomeType.DEGRADATION]
+            if harmful:
+                outcome = harmful[0]
+                reason = (
+                    f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
+                    f" made it worse ({outcome.value_before} -> {outcome.value_after})"
+                )
+                return reason, frozenset(o.execution_id for o in harmful)
         if cfg.query is not None and not observation.degraded:
             value = observation.value(cfg.query, cfg.component)
             if value is not None and cfg.comparator.holds(value, cfg.threshold):
-                return (
+                reason = (
                     f"panic condition {cfg.query} {cfg.comparator.value} {cfg.threshold}: {value}"
                 )
+                return reason, None
         return None
 
     async def _panic_check(
         self, outcomes: list[PolicyOutcome], observation: Observation, now: float
     ) -> dict[str, Any] | None:
         """Panic revert: undo recent policies, newest first, then freeze, and say so loudly."""
-        reason = self._panic_reason(outcomes, observation)
-        if reason is None:
+        panic = self._panic_reason(outcomes, observation)
+        if panic is None:
             return None
+        reason, only = panic
         current = self.envelope.freeze
         if current is not None and current.active(now):
             # Frozen already: a human (or an earlier panic) holds the controls. Reverting
@@ -430,9 +455,12 @@ class IterationPipeline:
         reverted = (
             []
             if self.envelope.dry_run
-            else await self.executor.revert_recent(since=now - cfg.lookback_s, reason=reason)
+            else await self.executor.revert_recent(
+                since=now - cfg.lookback_s, reason=reason, only=only
+            )
         )
-        until = None if cfg.freeze_s is None else now + cfg.freeze_s
+        freeze_s = self.envelope.panic_freeze_s(cfg, now=now)
+        until = None if freeze_s is None else now + freeze_s
         self.envelope.set_freeze(
             guard_rules.Freeze(
                 reason=f"panic revert: {reason}", since=now, until=until, source="panic"
@@ -550,6 +578,42 @@ class IterationPipeline:
             self.state.phase_total_s[phase] = self.state.phase_total_s.get(phase, 0.0) + seconds
         self.state.last_result = result
         self._count_result(result)
+
+
+class Readings:
+    """The recent readings of each (query, target), for the trend before an action."""
+
+    MAX_POINTS = 64
+
+    def __init__(self) -> None:
+        self._points: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+
+    def add(self, observation: Observation, *, window_s: float) -> None:
+        seen: set[tuple[str, str]] = set()
+        for metric in observation.metrics:
+            key = (metric.name, metric.component)
+            seen.add(key)
+            points = self._points.setdefault(key, deque(maxlen=self.MAX_POINTS))
+            if points and metric.timestamp <= points[-1][0]:
+                continue
+            points.append((metric.timestamp, metric.value))
+            while points and points[0][0] < metric.timestamp - window_s:
+                points.popleft()
+        for key in [k for k in self._points if k not in seen]:
+            del self._points[key]  # a series that vanished: its old trend says nothing now
+
+    def trend(self, query: str, target: str) -> float | None:
+        """Least-squares change per second over the window; None with fewer than 3 points."""
+        points = self._points.get((query, target))
+        if points is None or len(points) < 3:
+            return None
+        n = len(points)
+        mean_t = sum(t for t, _ in points) / n
+        mean_v = sum(v for _, v in points) / n
+        spread = sum((t - mean_t) ** 2 for t, _ in points)
+        if spread <= 0:
+            return None
+        return sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
 
 
 def _size(observation: Observation, target: str) -> int | None:
