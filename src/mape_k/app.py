@@ -308,7 +308,7 @@ class Daemon:
                 f" (last: {circuit.last_error})"
             )
         for target, hold in sorted(envelope.needs_human.items()):
-            if now < hold.until:
+            if hold.active(now):
                 checks[f"needs_human:{target}"] = hold.reason
         return checks
 
@@ -400,6 +400,13 @@ class Daemon:
 
     def _set_freeze(self, freeze: Freeze | None) -> bool:
         return self._orch.set_freeze(freeze, now=self._clock())
+
+    async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
+        if not self._orch.clear_hold(target, now=self._clock()):
+            return None
+        log.warning("needs_human_cleared", target=target, caller=caller)
+        self._orch.trigger("hold cleared")
+        return {"target": target, "cleared": True}
 
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         self._orch.set_dry_run(enabled)

@@ -558,7 +558,18 @@ class TargetBreakerConfig(_Model):
     enabled: bool = True
     failures: int = Field(3, ge=1, description="Remediations that did not fix the target...")
     window_s: float = Field(3600.0, gt=0, description="...within this window.")
-    hold_s: float = Field(3600.0, gt=0, description="Then no action on it for this long.")
+    hold_s: float | None = Field(
+        None,
+        gt=0,
+        description="Then no action on it for at most this long (null: until an operator"
+        " clears it, DELETE /api/v1/holds/{target}, or it stays quiet for clear_after_s).",
+    )
+    clear_after_s: float = Field(
+        900.0,
+        gt=0,
+        description="A held target with no violation for this long is released: the cause"
+        " went away.",
+    )
 
 
 class PanicConfig(_Model):

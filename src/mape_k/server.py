@@ -90,6 +90,9 @@ class DaemonControl(Protocol):
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         """Turn dry-run mode on or off."""
 
+    async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
+        """Clear a target's "needs a human" hold; None when none holds."""
+
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         """Journal an authenticated control call (time, route, body, caller) before it acts."""
 
@@ -454,6 +457,14 @@ class _Server:
         caller = await self._admit(request, {})
         return _json(await self.control.unfreeze(caller=caller))
 
+    async def clear_hold(self, request: web.Request) -> web.Response:
+        target = request.match_info["target"]
+        caller = await self._admit(request, {"target": target})
+        result = await self.control.clear_hold(target, caller=caller)
+        if result is None:
+            return _json({"error": "no hold on this target", "target": target}, 404)
+        return _json(result)
+
     async def dry_run(self, request: web.Request) -> web.Response:
         body = DryRunRequest.model_validate(await self._json_body(request))
         caller = await self._admit(request, body.model_dump())
@@ -497,7 +508,7 @@ class _Server:
         return response
 
 
-_CONTROL_PREFIXES = ("/api/v1/policies", "/api/v1/freeze", "/api/v1/dry-run")
+_CONTROL_PREFIXES = ("/api/v1/policies", "/api/v1/freeze", "/api/v1/dry-run", "/api/v1/holds")
 
 
 def build_app(
@@ -550,6 +561,7 @@ def build_app(
         app.router.add_post("/api/v1/freeze", server.freeze)
         app.router.add_delete("/api/v1/freeze", server.unfreeze)
         app.router.add_post("/api/v1/dry-run", server.dry_run)
+        app.router.add_delete("/api/v1/holds/{target}", server.clear_hold)
     else:
         log.info("control_api_disabled", reason="no server.admin_token")
     return app

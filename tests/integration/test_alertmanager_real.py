@@ -83,6 +83,9 @@ class EventControl:
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         return {}
 
+    async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
+        return None
+
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         return None
 

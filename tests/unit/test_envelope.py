@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from builders import NOW, action, policy
+from builders import NOW, action, outcome, policy
 from builders import settings as settings_for
 from fakes import FakeClock
 from mape_k.app import build
@@ -14,7 +14,7 @@ from mape_k.config import GuardsConfig
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope
 from mape_k.loop.guards import Freeze
-from mape_k.models import ActionType
+from mape_k.models import ActionType, OutcomeType
 from mape_k.store import Store
 
 
@@ -158,3 +158,22 @@ def test_a_panic_freeze_starts_short_and_doubles_while_panics_repeat():
     assert envelope.panic_freeze_s(panic, now=at + 3601) == 300  # quiet for long: noise
     until_lifted = panic.model_copy(update={"freeze_s": None})
     assert envelope.panic_freeze_s(until_lifted, now=at + 4000) is None
+
+
+def test_a_needs_human_hold_sticks_until_the_target_stays_quiet():
+    envelope = SafetyEnvelope(GuardsConfig())  # 3 failures; released after 900 s quiet
+    for n in range(3):
+        envelope.note_outcome(
+            outcome(outcome=OutcomeType.INEFFECTIVE, target="charter"), now=NOW + n
+        )
+    hold = envelope.needs_human["charter"]
+    assert hold.until is None  # no time limit: it does not expire to try again
+    envelope.prune(now=NOW + 10 * 86_400)
+    assert "charter" in envelope.needs_human
+    assert envelope.note_quiet({"charter"}, now=NOW + 100) == []  # still violating
+    assert envelope.note_quiet(set(), now=NOW + 200) == []  # quiet from now
+    assert envelope.note_quiet({"charter"}, now=NOW + 300) == []  # not for long: again
+    assert envelope.note_quiet(set(), now=NOW + 400) == []
+    assert envelope.note_quiet(set(), now=NOW + 1299) == []
+    assert envelope.note_quiet(set(), now=NOW + 1300) == ["charter"]
+    assert envelope.needs_human == {}

@@ -368,7 +368,7 @@ async def test_charter_call_failures_feed_the_circuit_through_the_wrapper(clock)
 
 
 def test_k_remediations_that_did_not_fix_a_target_need_a_human():
-    safety = SafetyEnvelope(GuardsConfig())  # 3 within 3600 s, hold 3600 s
+    safety = SafetyEnvelope(GuardsConfig())  # 3 within 3600 s, held until cleared
 
     safety.note_outcome(outcome(outcome=OutcomeType.INEFFECTIVE), now=NOW)
     safety.note_outcome(outcome(outcome=OutcomeType.SUCCESS), now=NOW + 10)  # resets the count
@@ -381,7 +381,13 @@ def test_k_remediations_that_did_not_fix_a_target_need_a_human():
     assert held.verdict is GuardVerdict.BLOCK
     assert "needs a human" in held.reason
     kw = {"needs_human": safety.needs_human}
-    assert verdict(g.target_breaker_guard, UP, now=NOW + 30 + 3600, **kw) is GuardVerdict.ALLOW
+    assert verdict(g.target_breaker_guard, UP, now=NOW + 86_400, **kw) is GuardVerdict.BLOCK
+    # A configured hold_s is an upper bound: then it expires.
+    timed = SafetyEnvelope(GuardsConfig(target_breaker={"hold_s": 3600}))
+    for i in range(3):
+        timed.note_outcome(outcome(outcome=OutcomeType.INEFFECTIVE), now=NOW + i)
+    kw = {"needs_human": timed.needs_human}
+    assert verdict(g.target_breaker_guard, UP, now=NOW + 2 + 3600, **kw) is GuardVerdict.ALLOW
 
 
 # --- approvals ---------------------------------------------------------------------------

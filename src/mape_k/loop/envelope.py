@@ -335,7 +335,7 @@ class SafetyEnvelope:
         self.recommendations = [r for r in self.recommendations if r.at >= now - window]
         reset = cfg.oscillation.max_backoff_s
         self.backoffs = {t: b for t, b in self.backoffs.items() if now < b.until + reset}
-        self.needs_human = {t: h for t, h in self.needs_human.items() if now < h.until}
+        self.needs_human = {t: h for t, h in self.needs_human.items() if h.active(now)}
         tw = cfg.target_breaker.window_s
         self.failures = {t: [x for x in v if x >= now - tw] for t, v in self.failures.items()}
         self.failures = {t: v for t, v in self.failures.items() if v}
@@ -417,7 +417,7 @@ class SafetyEnvelope:
         hold = Hold(
             target=target,
             since=now,
-            until=now + cfg.hold_s,
+            until=None if cfg.hold_s is None else now + cfg.hold_s,
             reason=(
                 f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it"
                 f" (last: {outcome.action_type.value} for {outcome.cause}: {outcome.outcome.value})"
@@ -427,6 +427,30 @@ class SafetyEnvelope:
         self.failures.pop(target, None)
         log.error("needs_human", target=target, reason=hold.reason, until=hold.until)
         return hold
+
+    def note_quiet(self, violating: set[str], *, now: float) -> list[str]:
+        """A usable reading: each held target without a violation is quiet since now (or
+        still); one quiet for `target_breaker.clear_after_s` is released. Returns those."""
+        released: list[str] = []
+        clear_after = self.config.target_breaker.clear_after_s
+        for target, hold in list(self.needs_human.items()):
+            if target in violating:
+                if hold.quiet_since is not None:
+                    self.needs_human[target] = replace(hold, quiet_since=None)
+                    self._dirty = True
+            elif hold.quiet_since is None:
+                self.needs_human[target] = replace(hold, quiet_since=now)
+                self._dirty = True
+            elif now - hold.quiet_since >= clear_after:
+                del self.needs_human[target]
+                self._dirty = True
+                released.append(target)
+                log.warning(
+                    "needs_human_released",
+                    target=target,
+                    reason=f"no violation for {now - hold.quiet_since:.0f} s",
+                )
+        return released
 
     def clear_needs_human(self, target: str | None = None) -> list[str]:
         targets = list(self.needs_human) if target is None else [target]

@@ -89,12 +89,17 @@ class Circuit:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A target where repeated remediation did not help: a human must look."""
+    """A target where repeated remediation did not help: a human must look. It holds until
+    an operator clears it or the target stays quiet (`until` None: no time limit)."""
 
     target: str
     since: float
-    until: float
+    until: float | None
     reason: str
+    quiet_since: float | None = None  # since when the target has had no violation
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +321,7 @@ def charter_breaker_guard(policy: RemediationPolicy, ctx: GuardContext) -> Guard
 
 def target_breaker_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     hold = ctx.needs_human.get(policy.target)
-    if ctx.config.target_breaker.enabled and hold is not None and ctx.now < hold.until:
+    if ctx.config.target_breaker.enabled and hold is not None and hold.active(ctx.now):
         reason = f"deeper problem on {policy.target}, needs a human: {hold.reason}"
         return _decision("target_breaker", GuardVerdict.BLOCK, reason, policy, hold.until)
     return _allow("target_breaker", "no repeated failures", policy)

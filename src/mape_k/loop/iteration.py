@@ -167,8 +167,7 @@ class IterationPipeline:
             phases.done("monitor", t)
             record.observation = observation
             self.prometheus_ok = not observation.degraded
-            if not observation.degraded:
-                self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
+            self._remember(observation, now)
             self.state.violations_seen += len(observation.violations)
             self.committee_size = _size(observation, "charter")
             await self._check_startup()
@@ -251,6 +250,13 @@ class IterationPipeline:
             baseline_trend=trend,
             baseline_load=load,
         )
+
+    def _remember(self, observation: Observation, now: float) -> None:
+        """A usable reading feeds the trends and releases the holds of quiet targets."""
+        if observation.degraded:
+            return
+        self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
+        self.envelope.note_quiet({v.component for v in observation.violations}, now=now)
 
     def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
         outcomes = self.executor.verify_due(observation, now=now)

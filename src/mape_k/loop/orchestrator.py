@@ -209,6 +209,13 @@ class MAPEKOrchestrator:
     def set_freeze(self, freeze: guard_rules.Freeze | None, *, now: float) -> bool:
         return self.envelope.set_freeze(freeze, now=now)
 
+    def clear_hold(self, target: str, *, now: float) -> bool:
+        """An operator clears a target's "needs a human" hold; False when none holds."""
+        cleared = self.envelope.clear_needs_human(target)
+        if cleared:
+            self.envelope.save(now=now)
+        return bool(cleared)
+
     def set_dry_run(self, enabled: bool) -> None:
         self.envelope.dry_run = enabled
 
@@ -248,7 +255,7 @@ class MAPEKOrchestrator:
             pending_approvals=len(self.planner.pending_approvals()),
             pending_verifications=len(self.executor.pending_verifications()),
             oscillating_targets=sum(1 for b in envelope.backoffs.values() if now < b.until),
-            needs_human=sum(1 for h in envelope.needs_human.values() if now < h.until),
+            needs_human=sum(1 for h in envelope.needs_human.values() if h.active(now)),
             charter_circuit_open=envelope.charter.phase(now) != "closed",
         )
 

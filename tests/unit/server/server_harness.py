@@ -41,6 +41,7 @@ class FakeControl:
         )
         self.stats: dict[str, Any] = {"statistics": {"iterations": 3}, "last_iterations": []}
         self.pending: list[dict[str, Any]] = [{"policy_id": "pol-1", "action": "restart_service"}]
+        self.holds: set[str] = {"charter"}
         self.statistics_error: Exception | None = None
         self.stats_pages: list[tuple[int, float | None]] = []  # (limit, before) asked for
 
@@ -90,6 +91,10 @@ class FakeControl:
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         self.calls.append(("dry_run", enabled, caller))
         return {"dry_run": enabled}
+
+    async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
+        self.calls.append(("clear_hold", target, caller))
+        return None if target not in self.holds else {"target": target, "cleared": True}
 
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         self.records.append({"route": route, "body": body, "caller": caller})

@@ -508,6 +508,7 @@ CONTROL_CALLS: list[tuple[str, str, Any]] = [
     ("POST", "/api/v1/freeze", {"reason": "incident 42", "duration_s": None}),
     ("DELETE", "/api/v1/freeze", None),
     ("POST", "/api/v1/dry-run", {"enabled": True}),
+    ("DELETE", "/api/v1/holds/charter", None),
 ]
 
 
@@ -544,6 +545,20 @@ async def test_every_control_call_is_recorded_with_route_body_and_caller(
     assert record["caller"] == "127.0.0.1"
     if body is not None:
         assert record["body"] == body
+
+
+async def test_clearing_a_hold_names_the_target_and_an_unknown_one_is_404(
+    harness: Harness,
+) -> None:
+    response = await harness.client.delete("/api/v1/holds/charter", headers=admin_headers())
+    assert (response.status, await response.json()) == (200, {"target": "charter", "cleared": True})
+    response = await harness.client.delete("/api/v1/holds/elsewhere", headers=admin_headers())
+    assert response.status == 404
+    assert (await response.json())["target"] == "elsewhere"
+    assert harness.control.calls == [
+        ("clear_hold", "charter", "127.0.0.1"),
+        ("clear_hold", "elsewhere", "127.0.0.1"),
+    ]
 
 
 async def test_pending_lists_the_controls_pending_approvals(harness: Harness) -> None:
