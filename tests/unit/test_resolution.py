@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import builders
 from mape_k.app import build
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig, load_settings
 from mape_k.errors import ConfigError, ExecutionError
@@ -223,6 +224,21 @@ def test_a_scale_that_would_go_the_other_way_is_not_resolved(clock):
         actions.resolve(planned(ActionType.SCALE_DOWN, to_size=4), world.committee.state())
 
 
+def test_a_scale_to_a_target_value_is_proportional_like_the_hpa(clock):
+    world = MockCharterWorld.create(clock=clock, seed=1)
+    state = replace(world.committee.state(), target_size=3)
+    hot = builders.cause("overload", value=1.2)  # saturation 1.2 on 3 members
+    scale = builders.policy(builders.action(ActionType.SCALE_UP, target_value=0.75), cause=hot)
+    [setting] = actions.resolve(scale, state).actions[0].sets
+    assert (setting.before, setting.after) == (3, 5)  # ceil(3 * 1.2 / 0.75) = ceil(4.8)
+    barely = replace(scale, cause=builders.cause("overload", value=0.76))
+    [setting] = actions.resolve(barely, state).actions[0].sets
+    assert setting.after == 4  # a scale-up adds at least one member
+    unread = replace(scale, cause=builders.cause("overload", value=None))
+    with pytest.raises(actions.Unresolvable, match="signal was not read"):
+        actions.resolve(unread, state)
+
+
 def test_a_throttle_by_a_fraction_of_no_load_is_not_resolved(clock):
     world = MockCharterWorld.create(clock=clock, seed=1)
     idle = replace(world.committee.state(), offered_load=0.0)
@@ -235,7 +251,11 @@ def test_a_throttle_by_a_fraction_of_no_load_is_not_resolved(clock):
     [
         ({"type": "scale_up", "parameters": {"detla": 2}}, "scale_up does not take detla"),
         ({"type": "scale_up", "parameters": {"delta": 0}}, "scale_up.delta must be"),
-        ({"type": "scale_down", "parameters": {"delta": 1, "to_size": 2}}, "not both"),
+        (
+            {"type": "scale_down", "parameters": {"delta": 1, "to_size": 2}},
+            "takes one of delta, to_size, target_value, not delta and to_size",
+        ),
+        ({"type": "scale_up", "parameters": {"target_value": 0}}, "target_value must be"),
         (
             {"type": "throttle_requests", "parameters": {"limit_ops_per_sec": None}},
             "limit_ops_per_sec must be a number > 0",

@@ -24,6 +24,7 @@ asked for, so a second scale-up never re-decides (or undoes) the first one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,9 @@ class Effect:
     defaults: Mapping[str, Any]  # the value of an omitted parameter (the only copy)
 
 
-_SCALE = ("delta", "to_size")
+# `target_value`: HPA-style, scale so the cause's signal (load per member: saturation) would
+# read this value: ceil(size * signal / target_value), at least one member.
+_SCALE = ("delta", "to_size", "target_value")
 EFFECTS: dict[ActionType, Effect] = {
     ActionType.SCALE_UP: Effect("size", ActionType.SCALE_DOWN, _SCALE, {"delta": 1}),
     ActionType.SCALE_DOWN: Effect("size", ActionType.SCALE_UP, _SCALE, {"delta": 1}),
@@ -121,12 +124,15 @@ def parameter_problem(kind: ActionType, parameters: Mapping[str, Any]) -> str | 
     if unknown:
         takes = ", ".join(effect.parameters) or "no parameters"
         return f"{kind.value} does not take {', '.join(unknown)} (it takes {takes})"
-    for one, other in (("delta", "to_size"), ("limit_ops_per_sec", "fraction")):
-        if one in parameters and other in parameters:
-            return f"{kind.value} takes {one} or {other}, not both"
+    for group in (("delta", "to_size", "target_value"), ("limit_ops_per_sec", "fraction")):
+        given = [name for name in group if name in parameters]
+        if len(given) > 1:
+            return f"{kind.value} takes one of {', '.join(group)}, not {' and '.join(given)}"
     for name, value in parameters.items():
         if name in {"delta", "to_size"} and not (_is_int(value) and value >= 1):
             return f"{kind.value}.{name} must be a whole number >= 1, got {value!r}"
+        if name == "target_value" and not (_is_number(value) and value > 0):
+            return f"{kind.value}.target_value must be a number > 0, got {value!r}"
         if name == "limit_ops_per_sec" and not (_is_number(value) and value > 0):
             return f"{kind.value}.limit_ops_per_sec must be a number > 0 (ops/s), got {value!r}"
         if name == "fraction" and not (_is_number(value) and 0 < value <= 1):
@@ -173,14 +179,17 @@ def resolve(policy: RemediationPolicy, state: CommitteeState) -> RemediationPoli
 
     resolved = []
     for action in policy.actions:
-        sets = _settings(action, current, state)
+        sets = _settings(action, current, state, policy.cause.value)
         values.update((s.knob, s.after) for s in sets)
         resolved.append(replace(action, sets=sets))
     return replace(policy, actions=tuple(resolved))
 
 
 def _settings(
-    action: RemediationAction, current: Callable[[str], Any], state: CommitteeState
+    action: RemediationAction,
+    current: Callable[[str], Any],
+    state: CommitteeState,
+    signal: float | None,
 ) -> tuple[KnobSetting, ...]:
     kind = action.action_type
     problem = parameter_problem(kind, action.parameters)
@@ -190,7 +199,7 @@ def _settings(
     if knob is None:
         return ()
     if knob == "size":
-        return (_size(action, int(current("size"))),)
+        return (_size(action, int(current("size")), signal),)
     if knob == "throttle":
         return (KnobSetting("throttle", current("throttle"), _limit(action, state)),)
     if knob in {"bypass", "override"}:
@@ -204,10 +213,19 @@ def _settings(
     )
 
 
-def _size(action: RemediationAction, before: int) -> KnobSetting:
+def _size(action: RemediationAction, before: int, signal: float | None) -> KnobSetting:
     up = action.action_type is ActionType.SCALE_UP
     if "to_size" in action.parameters:
         after = int(action.parameters["to_size"])
+    elif "target_value" in action.parameters:
+        target = float(action.parameters["target_value"])
+        if signal is None:
+            raise Unresolvable(
+                f"{action.action_type.value} to target_value {target:g}: the cause's signal"
+                " was not read"
+            )
+        after = max(1, math.ceil(before * signal / target - 1e-9))
+        after = max(after, before + 1) if up else min(after, before - 1)
     else:
         after = max(1, before + (1 if up else -1) * int(parameter(action, "delta")))
     if (after - before) * (1 if up else -1) < 0:
