@@ -177,3 +177,30 @@ def test_a_needs_human_hold_sticks_until_the_target_stays_quiet():
     assert envelope.note_quiet(set(), now=NOW + 1299) == []
     assert envelope.note_quiet(set(), now=NOW + 1300) == ["charter"]
     assert envelope.needs_human == {}
+
+
+USELESS = {  # the only candidate for the fault's cause does not fix it
+    "planner.remediations.high_failure_rate": [[{"type": "rebalance_load"}]],
+    "planner.min_score": -1.0,
+}
+
+
+async def test_a_target_with_no_good_fix_is_held_until_it_stays_quiet(tmp_path: Path):
+    clock = FakeClock(NOW)
+    settings = settings_for(tmp_path, **USELESS)
+    world = MockCharterWorld.create(clock=clock, seed=3, fault="error_burst")
+    async with build(settings, world=world, clock=clock) as parts:
+        records = []
+        for _ in range(240):  # two hours on the 30 s grid: past any timed hold
+            clock.advance(30)
+            records.append(await parts.orchestrator.run_once())
+        tried = sum(1 for r in records if r["result"] == "acted")
+        held = parts.orchestrator.envelope.needs_human
+        assert tried == 3  # three failures, then it stops: no retry when a timer runs out
+        assert list(held) == ["charter"]
+        assert records[-1]["result"] == "held"
+        world.committee.clear_faults()  # someone fixed it
+        for _ in range(40):  # 20 min: quiet for longer than clear_after_s (15 min)
+            clock.advance(30)
+            await parts.orchestrator.run_once()
+        assert parts.orchestrator.envelope.needs_human == {}
