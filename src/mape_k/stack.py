@@ -294,7 +294,10 @@ def stack_daemon_config(
 ) -> dict[str, Any]:
     """The daemon's YAML for the stack: http Charter, short loop and settle times."""
     actions = {
-        action.value: {**spec.model_dump(mode="json"), "settle_s": STACK_SETTLE_S[action]}
+        str(action): {
+            **spec.model_dump(mode="json", exclude_defaults=True),
+            "settle_s": STACK_SETTLE_S[ActionType(action)],
+        }
         for action, spec in DEFAULT_ACTIONS.items()
     }
     return {

@@ -47,7 +47,7 @@ from mape_k.loop.guards import (
 )
 from mape_k.loop.plan import signature
 from mape_k.metrics import Metrics
-from mape_k.models import ActionType, OutcomeType, PolicyOutcome, RemediationPolicy
+from mape_k.models import ActionName, OutcomeType, PolicyOutcome, RemediationPolicy, action_name
 from mape_k.store import SCHEMA_VERSION, Store, policy_from_record, to_jsonable
 
 log = structlog.get_logger(__name__)
@@ -245,7 +245,7 @@ class SafetyEnvelope:
         try:
             # Built whole before assigned: a bad file leaves the fresh (empty) state intact.
             history = [
-                replace(Change(**c), action_type=ActionType(c["action_type"]))
+                replace(Change(**c), action_type=action_name(c["action_type"]))
                 for c in saved.get("history", [])
             ]
             recommendations = [Recommendation(**r) for r in saved.get("recommendations", [])]
@@ -344,7 +344,7 @@ class SafetyEnvelope:
         flip = oscillation(self.history, None, window_s=cfg.window_s, now=now)
         if flip is None or not any(c in flip for c in added):
             return None
-        steps = " -> ".join(c.action_type.value for c in flip)
+        steps = " -> ".join(c.action_type for c in flip)
         return self.start_backoff(flip[-1].target, f"{flip[-1].knob}: {steps}", now=now)
 
     def start_backoff(self, target: str, reason: str, *, now: float) -> Backoff:
@@ -400,7 +400,7 @@ class SafetyEnvelope:
             until=now + cfg.hold_s,
             reason=(
                 f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it"
-                f" (last: {outcome.action_type.value} for {outcome.cause}: {outcome.outcome.value})"
+                f" (last: {outcome.action_type} for {outcome.cause}: {outcome.outcome.value})"
             ),
         )
         self.needs_human[target] = hold
@@ -473,13 +473,13 @@ class SafetyEnvelope:
         freeze = self.freeze if self.freeze is not None and self.freeze.active(now) else None
         recent = [c for c in self.history if c.at > now - cfg.velocity.window_s]
         cooldowns: list[dict[str, Any]] = []
-        last: dict[tuple[str, ActionType], Change] = {}
+        last: dict[tuple[str, ActionName], Change] = {}
         for change in self.history:
             last[(change.target, change.action_type)] = change
         for (target, kind), change in sorted(last.items(), key=lambda kv: kv[1].at):
             until = change.at + cooldown_s(change, cfg)
             if cfg.cooldown.enabled and now < until:
-                cooldowns.append({"target": target, "action_type": kind.value, "until": until})
+                cooldowns.append({"target": target, "action_type": kind, "until": until})
         return {
             "dry_run": self.dry_run,
             "freeze": freeze_dict(freeze),

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from mape_k.actuators.user import prepare as prepare_user_actions
 from mape_k.config import Settings
 from mape_k.errors import CharterError, MapekError
 from mape_k.integrations.charter.base import CharterClient, CommitteeState
@@ -172,6 +173,7 @@ class IterationPipeline:
 
         t = time.perf_counter()
         record.verifications = self._verify(observation, now)
+        await self.executor.release(record.verifications)
         record.panic = await self._panic_check(record.verifications, observation, now)
         phases.done("verify", t)
 
@@ -286,15 +288,20 @@ class IterationPipeline:
             return None, problem
         return state, None
 
-    @staticmethod
-    def _resolve(policy: RemediationPolicy, reading: Reading) -> Plan:
+    def _resolve(self, policy: RemediationPolicy, reading: Reading) -> Plan:
         """`policy` resolved to absolute desired state against `reading`, or as it came with
-        the reason it could not be (the data guard then blocks it, saying why)."""
+        the reason it could not be (the data guard then blocks it, saying why). Its
+        user-defined actions are prepared first (templates rendered and checked: a hostile
+        label refuses the action here, with the reason); they need no reading."""
         state, problem = reading
-        if state is None:
+        try:
+            prepared = prepare_user_actions(policy, self.settings.planner.actions)
+        except action_model.Unresolvable as exc:
+            return policy, str(exc)
+        if state is None and action_model.needs_reading(prepared):
             return policy, problem
         try:
-            return action_model.resolve(policy, state), None
+            return action_model.resolve(prepared, state), None
         except action_model.Unresolvable as exc:
             return policy, str(exc)
 
@@ -334,7 +341,7 @@ class IterationPipeline:
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)
             if guard_rules.allowed(verdicts):
-                why = f"{policy.primary_action.value} on {policy.target}: {policy.rationale}"
+                why = f"{policy.primary_action} on {policy.target}: {policy.rationale}"
                 return policy, decisions, why
             held.extend(f"{d.guard}: {d.reason}" for d in guard_rules.holding(verdicts))
         if not runnable:
@@ -400,7 +407,7 @@ class IterationPipeline:
             for outcome in outcomes:
                 if outcome.outcome is OutcomeType.DEGRADATION:
                     return (
-                        f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
+                        f"{outcome.action_type} for {outcome.cause} on {outcome.target}"
                         f" made it worse ({outcome.value_before} -> {outcome.value_after})"
                     )
         if cfg.query is not None and not observation.degraded:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mape_k.config import CandidateAction, PlannerConfig
 from mape_k.models import (
-    ActionType,
+    ActionName,
     AnalysisResult,
     CandidateScore,
     Cause,
@@ -25,7 +25,7 @@ from mape_k.models import (
     RemediationPolicy,
 )
 
-KnowledgeView = Mapping[tuple[str, ActionType], PolicyPattern]
+KnowledgeView = Mapping[tuple[str, ActionName], PolicyPattern]
 
 # A proposal's identity across iterations: cause key + actions with their parameters.
 # Policy ids change with `now`; an operator's approval is matched by signature.
@@ -70,13 +70,13 @@ def _params_json(parameters: Mapping[str, object]) -> str:
 
 def _candidate_actions(candidate: Sequence[CandidateAction]) -> tuple[tuple[str, str], ...]:
     """A configured candidate's half of a Signature: action types with their parameters."""
-    return tuple((action.type.value, _params_json(action.parameters)) for action in candidate)
+    return tuple((action.type, _params_json(action.parameters)) for action in candidate)
 
 
 def signature(policy: RemediationPolicy) -> Signature:
     return (
         policy.cause.key,
-        tuple((a.action_type.value, _params_json(a.parameters)) for a in policy.actions),
+        tuple((a.action_type, _params_json(a.parameters)) for a in policy.actions),
     )
 
 
@@ -193,7 +193,7 @@ class Planner:
         return _Candidate(
             position=position,
             actions=candidate,
-            types=tuple(action.type.value for action in candidate),
+            types=tuple(action.type for action in candidate),
             cost=sum(specs[action.type].cost for action in candidate),
             benefit=primary.benefit if primary.benefit is not None else specs[primary.type].benefit,
             weight=knowledge_weight(knowledge.get((cause_name, primary.type))),
@@ -260,9 +260,9 @@ class Planner:
         )
         sig: Signature = (
             cause.key,
-            tuple((a.action_type.value, _params_json(a.parameters)) for a in actions),
+            tuple((a.action_type, _params_json(a.parameters)) for a in actions),
         )
-        names = "+".join(action.type.value for action in candidate)
+        names = "+".join(action.type for action in candidate)
         rationale = (
             f"{names} for {cause.key}: benefit {scored.benefit:.2f} x weight "
             f"{scored.knowledge_weight:.2f} x confidence {scored.confidence:.2f} - cost "
