@@ -1060,12 +1060,20 @@ def reload_plan(running: Settings, new: Settings) -> tuple[Settings, list[str]]:
     return effective, waiting
 
 
+_SECRET_HEADER = re.compile(r"\.headers\.[^.]*(auth|token|key|secret|cookie)", re.IGNORECASE)
+
+
+def _secret_path(path: str) -> bool:
+    """A token, or an http action's header that carries a credential (inline)."""
+    return path.endswith("token") or _SECRET_HEADER.search(path) is not None
+
+
 def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str, Any]]:
     """Every leaf of the effective config with its value (secrets masked) and source."""
     dumped = settings.model_dump(mode="json")
     out: dict[str, dict[str, Any]] = {}
     for path, value in _leaves(dumped).items():
-        masked = "**********" if value is not None and path.endswith("token") else value
+        masked = "**********" if value is not None and _secret_path(path) else value
         out[path] = {"value": masked, "source": _origin(path, sources)}
     return out
 

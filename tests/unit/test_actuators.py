@@ -520,3 +520,127 @@ async def _run_with_alert(tmp_path: Path, clock: Any, unit: str, *, acted: bool)
     ]
     assert "restart_web refused: {labels.unit}" in data["reason"]
     assert len(data["reason"]) < 400  # a 10 kB value is not copied into the record
+
+
+# --- per-target breaker, reconcile, verification, secrets -----------------------------
+
+
+async def test_repeated_failures_of_a_user_action_hold_its_target_for_a_human(
+    tmp_path: Path, clock: Any
+) -> None:
+    overrides = {
+        "planner.actions": {
+            "fix_web": {
+                "cost": 0.1,
+                "benefit": 0.9,
+                "settle_s": 1,
+                "actuator": {"type": "exec", "argv": ["/bin/false", "{target}"]},
+            }
+        },
+        "planner.remediations": {"service_down": [[{"type": "fix_web"}]]},
+        "guards.cooldown.base_s": 0,
+    }
+    settings = settings_for(tmp_path, **overrides)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts:
+        parts.inbox.offer([_alert("web.service", "f1")])
+        results = []
+        for _ in range(4):
+            clock.advance(5)
+            record = await parts.orchestrator.run_once()
+            results.append(record["result"])
+        hold = parts.orchestrator.envelope.needs_human.get("web")
+    assert results[:3] == ["acted"] * 3  # each failed: exit code 1
+    assert hold is not None
+    assert "fix_web for service_down failed" in hold.reason
+    assert results[3] != "acted"  # the target breaker holds it now
+
+
+async def test_an_interrupted_user_action_is_never_resent_and_its_done_steps_are_undone(
+    tmp_path: Path,
+) -> None:
+    specs = _specs(tmp_path)
+    executor = Executor(
+        charter=None,
+        config=load_settings(None, {}, {})[0].executor,
+        actions=specs,
+        journal=lambda _: None,
+    )
+    planned = prepare(
+        _user_policy("restart_web", "stop_web", labels={"unit": "web.service"}), specs
+    )
+    started = await executor.execute_policy(planned)
+    done, second = started.actions
+    interrupted = started.__class__(
+        **{
+            **_fields(started),
+            "id": "interrupted",
+            "status": ExecutionStatus.IN_PROGRESS,
+            "actions": (
+                done,
+                second.__class__(**{**_fields(second), "status": ExecutionStatus.IN_PROGRESS}),
+            ),
+        }
+    )
+    before = len(_calls(tmp_path))
+    reconciled = await executor.reconcile(interrupted)
+    assert reconciled.status is ExecutionStatus.ROLLED_BACK
+    assert reconciled.actions[1].status is ExecutionStatus.FAILED
+    assert "whether it took effect is unknown" in (reconciled.actions[1].error or "")
+    assert reconciled.actions[0].status is ExecutionStatus.ROLLED_BACK
+    assert [c["argv"] for c in _calls(tmp_path)[before:]] == [["stop", "web"]]  # the undo only
+
+
+def test_a_user_action_whose_effect_cannot_be_read_is_unknown_never_success(
+    tmp_path: Path,
+) -> None:
+    from builders import execution, observation  # noqa: PLC0415
+    from mape_k.loop.execute import PendingVerification  # noqa: PLC0415
+    from mape_k.models import OutcomeType  # noqa: PLC0415
+
+    specs = _specs(tmp_path)
+    executor = Executor(
+        charter=None,
+        config=load_settings(None, {}, {})[0].executor,
+        actions=specs,
+        journal=lambda _: None,
+    )
+    done = execution(policy=_ruled_policy())
+    pending = PendingVerification(execution=done, due_at=0.0, deadline=10.0)
+    # The rule's series vanished (the service is gone from Prometheus): not "cleared".
+    outcome, _ = executor.verify_execution(pending, observation(), now=5.0)
+    assert outcome is None
+    outcome, _ = executor.verify_execution(pending, observation(), now=11.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.UNKNOWN
+    assert outcome.action_type == "restart_web"
+
+
+def _ruled_policy() -> Any:
+    base = _user_policy("restart_web", labels={"unit": "web.service"})
+    ruled = base.cause.__class__(
+        **{**_fields(base.cause), "query": "error_ratio", "threshold": 0.5, "value": 0.9}
+    )
+    return base.__class__(**{**_fields(base), "cause": ruled})
+
+
+@pytest.mark.parametrize("value", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_a_hostile_value_never_reaches_a_url_or_a_body(value: str) -> None:
+    with pytest.raises(template.TemplateError):
+        template.render_url("http://h/x/{labels.unit}", {"labels.unit": value}, {})
+    with pytest.raises(template.TemplateError):
+        template.render_json({"unit": "{labels.unit}"}, {"labels.unit": value}, {})
+
+
+def test_an_inline_credential_header_is_masked_in_the_effective_config(tmp_path: Path) -> None:
+    from mape_k.config import effective_config  # noqa: PLC0415
+
+    http = {
+        "type": "http",
+        "url": "http://h/x",
+        "headers": {"Authorization": "Bearer hunter2", "X-Team": "web"},
+    }
+    planner = {"actions": {"page": {"cost": 0, "benefit": 1, "settle_s": 1, "actuator": http}}}
+    shown = effective_config(_load(tmp_path, planner), {})
+    assert shown["planner.actions.page.actuator.headers.Authorization"]["value"] == "**********"
+    assert shown["planner.actions.page.actuator.headers.X-Team"]["value"] == "web"

@@ -47,7 +47,16 @@ from mape_k.loop.guards import (
 )
 from mape_k.loop.plan import signature
 from mape_k.metrics import Metrics
-from mape_k.models import ActionName, OutcomeType, PolicyOutcome, RemediationPolicy, action_name
+from mape_k.models import (
+    ActionName,
+    ExecutionStatus,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationPolicy,
+    action_name,
+    is_builtin,
+)
 from mape_k.store import SCHEMA_VERSION, Store, policy_from_record, to_jsonable
 
 log = structlog.get_logger(__name__)
@@ -380,7 +389,6 @@ class SafetyEnvelope:
 
     def note_outcome(self, outcome: PolicyOutcome, *, now: float) -> Hold | None:
         """Count remediations that did not fix their target; K of them open its breaker."""
-        cfg = self.config.target_breaker
         target = outcome.target
         if outcome.outcome is OutcomeType.SUCCESS:
             if self.failures.pop(target, None) is not None:
@@ -388,6 +396,31 @@ class SafetyEnvelope:
             return None
         if outcome.outcome is OutcomeType.UNKNOWN:
             return None
+        return self._count_failure(
+            target,
+            f"last: {outcome.action_type} for {outcome.cause}: {outcome.outcome.value}",
+            now=now,
+        )
+
+    def note_failed_execution(self, execution: PolicyExecution, *, now: float) -> Hold | None:
+        """A policy with a user-defined action that failed (its actuator: a non-zero exit, a
+        refused webhook) counts like a remediation that did not fix its target: the target
+        breaker is per target for every actuator (Charter call failures have the Charter
+        circuit breaker as well, so a failed Charter-only policy is not counted here)."""
+        if execution.status not in {ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK}:
+            return None
+        if all(is_builtin(step.action.action_type) for step in execution.actions):
+            return None
+        error = (execution.error or "failed")[:200]
+        return self._count_failure(
+            execution.policy.target,
+            f"last: {execution.policy.primary_action} for {execution.policy.cause.name}"
+            f" failed: {error}",
+            now=now,
+        )
+
+    def _count_failure(self, target: str, last: str, *, now: float) -> Hold | None:
+        cfg = self.config.target_breaker
         times = [t for t in self.failures.get(target, []) if t >= now - cfg.window_s]
         times.append(now)
         self.failures[target] = times
@@ -398,10 +431,7 @@ class SafetyEnvelope:
             target=target,
             since=now,
             until=now + cfg.hold_s,
-            reason=(
-                f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it"
-                f" (last: {outcome.action_type} for {outcome.cause}: {outcome.outcome.value})"
-            ),
+            reason=f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it ({last})",
         )
         self.needs_human[target] = hold
         self.failures.pop(target, None)

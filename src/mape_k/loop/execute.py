@@ -177,7 +177,7 @@ class Executor:
                 async with asyncio.timeout(budget):
                     result = await self._apply(running.action, running.idempotency_key, policy)
             except ACTION_ERRORS as exc:
-                error = _describe(exc, self._budget_or_default(running.action))
+                error = _describe(exc, self._budget(running.action))
                 failed = replace(
                     running, status=ExecutionStatus.FAILED, finished_at=self._clock(), error=error
                 )
@@ -225,7 +225,7 @@ class Executor:
         for step in reversed(done):
             index = execution.actions.index(step)
             try:
-                async with asyncio.timeout(self._budget_or_default(step.action)):
+                async with asyncio.timeout(self._budget(step.action)):
                     undone = await self._undo(step, execution.policy)
             except ACTION_ERRORS as exc:
                 complete = False
@@ -233,7 +233,7 @@ class Executor:
                     "rollback_failed",
                     policy_id=execution.id,
                     action_type=step.action.action_type,
-                    error=_describe(exc, self._budget_or_default(step.action)),
+                    error=_describe(exc, self._budget(step.action)),
                 )
                 continue
             if undone:
@@ -394,9 +394,6 @@ class Executor:
         except MapekError:
             budget = None
         return self._config.action_timeout_s if budget is None else budget
-
-    def _budget_or_default(self, action: RemediationAction) -> float:
-        return self._budget(action)
 
     async def _apply(
         self, action: RemediationAction, key: str, policy: RemediationPolicy

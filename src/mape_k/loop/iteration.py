@@ -506,6 +506,7 @@ class IterationPipeline:
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:
         changes = guard_rules.executed_changes(execution, at=now)
         self.envelope.record_changes(changes, now=now)
+        self.envelope.note_failed_execution(execution, now=now)
 
     def _count_result(self, result: str) -> None:
         if result == "degraded":
