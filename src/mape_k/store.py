@@ -854,6 +854,43 @@ class Store:
         except ValueError as exc:
             raise StoreCorruptError(f"{self._path}: unknown action type in stats") from exc
 
+    def target_stats(self) -> list[tuple[str, PairStats]]:
+        """(target, its counters) per (cause, target, action type), from the outcomes kept
+        (retention bounds them: a target's posterior is its recent record)."""
+        rows = self._read(
+            "SELECT cause, target, action_type,"
+            " SUM(outcome != 'unknown') AS samples,"
+            " SUM(outcome = 'success') AS successes,"
+            " SUM(outcome = 'partial') AS partials,"
+            " SUM(outcome = 'ineffective') AS ineffective,"
+            " SUM(outcome = 'degradation') AS degradations,"
+            " SUM(outcome = 'unknown') AS unknowns,"
+            " SUM(CASE WHEN outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL"
+            " THEN time_to_stabilize_s ELSE 0 END) AS tts_sum,"
+            " SUM(outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL) AS tts_count"
+            " FROM outcomes GROUP BY cause, target, action_type"
+            " ORDER BY cause, target, action_type",
+            (),
+        )
+        return [
+            (
+                row["target"],
+                PairStats(
+                    cause=row["cause"],
+                    action_type=action_name(row["action_type"]),
+                    samples=row["samples"],
+                    successes=row["successes"],
+                    partials=row["partials"],
+                    ineffective=row["ineffective"],
+                    degradations=row["degradations"],
+                    unknowns=row["unknowns"],
+                    tts_sum=row["tts_sum"],
+                    tts_count=row["tts_count"],
+                ),
+            )
+            for row in rows
+        ]
+
     # --- guard decisions, control log, state -----------------------------------------
 
     def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:

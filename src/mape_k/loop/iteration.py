@@ -184,7 +184,10 @@ class IterationPipeline:
 
         t = time.perf_counter()
         policies = self.planner.generate_policies(
-            analysis, knowledge=self.knowledge.view(), now=now
+            analysis,
+            knowledge=self.knowledge.view(),
+            now=now,
+            target_knowledge=self.knowledge.target_view(),
         )
         record.candidates = policies
         phases.done("plan", t)

@@ -32,6 +32,7 @@ PARTIAL_WEIGHT = 0.5
 INEFFECTIVE_MIN_SAMPLES = 5  # "never worked" needs this many samples before it is said
 
 PairKey = tuple[str, ActionName]
+TargetKey = tuple[str, str, ActionName]  # (cause, target, action)
 
 
 def weighted_successes(stats: PairStats) -> float:
@@ -51,6 +52,8 @@ class Knowledge:
         self._metrics = metrics
         self._stats: dict[PairKey, PairStats] = {}
         self._view: dict[PairKey, PolicyPattern] = {}
+        # Per target (cause, target, action): what the Planner blends over the pooled view.
+        self._target_view: dict[TargetKey, PolicyPattern] = {}
         self.update_patterns()
 
     def reconfigure(self, config: KnowledgeConfig) -> None:
@@ -112,11 +115,20 @@ class Knowledge:
         view = {key: self._pattern(row) for key, row in stats.items() if row.samples > 0}
         self._stats = stats
         self._view = view
+        self._target_view = {
+            (row.cause, target, row.action_type): self._pattern(row)
+            for target, row in self._store.target_stats()
+            if row.samples > 0
+        }
         if self._metrics is not None:
             for (cause, action), pattern in view.items():
                 labels = {"cause": cause, "action_type": action}
                 self._metrics.success_rate.labels(**labels).set(pattern.success_rate)
                 self._metrics.knowledge_samples.labels(**labels).set(pattern.samples)
+
+    def target_view(self) -> Mapping[TargetKey, PolicyPattern]:
+        """Per (cause, target, action): each target's own record (the outcomes kept)."""
+        return MappingProxyType(dict(self._target_view))
 
     def view(self) -> Mapping[PairKey, PolicyPattern]:
         """What the Planner weighs candidates with: pairs with at least one sample."""

@@ -12,7 +12,7 @@ import hashlib
 import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mape_k.config import CandidateAction, PlannerConfig
 from mape_k.models import (
@@ -26,6 +26,7 @@ from mape_k.models import (
 )
 
 KnowledgeView = Mapping[tuple[str, ActionName], PolicyPattern]
+TargetKnowledgeView = Mapping[tuple[str, str, ActionName], PolicyPattern]
 
 # A proposal's identity across iterations: cause key + actions with their parameters.
 # Policy ids change with `now`; an operator's approval is matched by signature.
@@ -62,6 +63,15 @@ def knowledge_weight(pattern: PolicyPattern | None) -> float:
         return 1.0
     confidence = min(max(pattern.confidence, 0.0), 1.0)
     return (1.0 - confidence) + confidence * pattern.success_rate
+
+
+def target_weight(own: PolicyPattern, pooled: float) -> float:
+    """A target's weight: its own success rate blended, by its own confidence, over the
+    pooled weight of every target (a new target starts from what worked elsewhere)."""
+    if own.samples <= 0:
+        return pooled
+    confidence = min(max(own.confidence, 0.0), 1.0)
+    return (1.0 - confidence) * pooled + confidence * own.success_rate
 
 
 def _params_json(parameters: Mapping[str, object]) -> str:
@@ -206,6 +216,7 @@ class Planner:
         knowledge: KnowledgeView,
         now: float,
         id_factory: Callable[[], str] | None = None,
+        target_knowledge: TargetKnowledgeView | None = None,
     ) -> list[RemediationPolicy]:
         self._expire(now)
         cfg = self._config
@@ -224,7 +235,12 @@ class Planner:
                     if candidate
                 ]
             confidence = cause.confidence
-            for static in statics:
+            for pooled in statics:
+                static = pooled
+                if target_knowledge:
+                    own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
+                    if own is not None:
+                        static = replace(pooled, weight=target_weight(own, pooled.weight))
                 score = confidence * static.benefit * static.weight - static.cost
                 if score >= min_score:
                     key = (-score, len(static.types), static.types, rank, static.position)
