@@ -544,7 +544,23 @@ class PlannerConfig(_Model):
                         f"{where}: {action.type!r} is neither a built-in action nor defined"
                         " in planner.actions"
                     )
+                missing = sorted(set(self._params_used(action.type)) - set(action.parameters))
+                if missing:
+                    raise ValueError(
+                        f"{where}: {action.type} needs parameters {', '.join(missing)}"
+                        " (its templates use them)"
+                    )
         return self
+
+    def _params_used(self, name: str) -> list[str]:
+        """The `{params.X}` names the templates of action `name` (and its inverse) use."""
+        spec = self.actions[name]
+        templates = [] if spec.actuator is None else spec.actuator.templates()
+        inverse = self.actions.get(spec.inverse) if spec.inverse is not None else None
+        if inverse is not None and inverse.actuator is not None:
+            templates += inverse.actuator.templates()
+        used = template.variables(templates)
+        return [v.removeprefix("params.") for v in used if v.startswith("params.")]
 
 
 class ExecutorConfig(_Model):

@@ -181,6 +181,20 @@ def test_a_user_defined_action_loads_and_is_named_by_remediations(tmp_path: Path
                         "cost": 0,
                         "benefit": 1,
                         "settle_s": 1,
+                        "actuator": {"type": "exec", "argv": ["/bin/x", "{params.n}"]},
+                    }
+                },
+                "remediations": {"x": [[{"type": "web"}]]},
+            },
+            "needs parameters n",
+        ),
+        (
+            {
+                "actions": {
+                    "web": {
+                        "cost": 0,
+                        "benefit": 1,
+                        "settle_s": 1,
                         "actuator": EXEC,
                         "inverse": "scale_down",
                     }
