@@ -744,6 +744,11 @@ class TargetBreakerConfig(_Model):
     failures: int = Field(3, ge=1, description="Remediations that did not fix the target...")
     window_s: float = Field(3600.0, gt=0, description="...within this window.")
     hold_s: float = Field(3600.0, gt=0, description="Then no action on it for this long.")
+    escalate: str | None = Field(
+        None,
+        description="A user-defined action run once when a target is held for a human"
+        " (an alertmanager `alert` action pages someone); not judged by the guards.",
+    )
 
 
 class PanicConfig(_Model):
@@ -783,6 +788,16 @@ class LoggingConfig(_Model):
 
 
 class Settings(_Model):
+    @model_validator(mode="after")
+    def _escalation_is_defined(self) -> Settings:
+        name = self.guards.target_breaker.escalate
+        if name is not None and (name not in self.planner.actions or is_builtin(name)):
+            raise ValueError(
+                f"guards.target_breaker.escalate: {name!r} is not a user-defined action"
+                " in planner.actions"
+            )
+        return self
+
     prometheus: PrometheusConfig = PrometheusConfig()
     charter: CharterConfig = CharterConfig()
     monitor: MonitorConfig = MonitorConfig()

@@ -570,6 +570,46 @@ async def test_repeated_failures_of_a_user_action_hold_its_target_for_a_human(
     assert results[3] != "acted"  # the target breaker holds it now
 
 
+async def test_a_target_held_for_a_human_is_escalated_once_through_the_named_action(
+    tmp_path: Path, clock: Any
+) -> None:
+    page = _exec(tmp_path, "page", "{target}", "{cause}", "{labels.unit}")
+    overrides = {
+        "planner.actions": {
+            "fix_web": {
+                "cost": 0.1,
+                "benefit": 0.9,
+                "settle_s": 1,
+                "actuator": {"type": "exec", "argv": ["/bin/false", "{target}"]},
+            },
+            "page_oncall": {
+                "cost": 0.0,
+                "benefit": 0.0,
+                "settle_s": 0,
+                "actuator": page.model_dump(mode="json"),
+            },
+        },
+        "planner.remediations": {"service_down": [[{"type": "fix_web"}]]},
+        "guards.cooldown.base_s": 0,
+        "guards.target_breaker.escalate": "page_oncall",
+    }
+    settings = settings_for(tmp_path, **overrides)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+    async with build(settings, world=world, clock=clock) as parts:
+        parts.inbox.offer([_alert("web.service", "f1")])
+        for _ in range(5):
+            clock.advance(5)
+            await parts.orchestrator.run_once()
+    assert [c["argv"] for c in _calls(tmp_path)] == [
+        ["page", "web", "service_down", "web.service"]  # once, when the hold opened
+    ]
+
+
+def test_escalation_must_name_a_user_defined_action(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="escalate"):
+        settings_for(tmp_path, **{"guards.target_breaker.escalate": "restart_service"})
+
+
 async def test_an_interrupted_user_action_is_never_resent_and_its_done_steps_are_undone(
     tmp_path: Path,
 ) -> None:

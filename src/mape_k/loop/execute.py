@@ -405,6 +405,30 @@ class Executor:
         """Restore what `step` changed; False when the action cannot be undone."""
         return await self._actuator(step.action).undo(step, policy)
 
+    def execution(self, execution_id: str) -> PolicyExecution | None:
+        """A recent execution by id (memory keeps the last HISTORY_KEPT)."""
+        return self._history.get(execution_id)
+
+    async def escalate(self, policy: RemediationPolicy) -> ActionResult | None:
+        """Run a notification (the escalation action of a held target) once: not a
+        remediation, so no journal entry, no verification and no rollback; None when it
+        failed (logged). `policy` must be prepared (its templates checked)."""
+        [action] = policy.actions
+        key = idempotency_key(policy.id, 0, action)
+        try:
+            async with asyncio.timeout(self._budget(action)):
+                result = await self._user.apply(action, policy, key)
+        except ACTION_ERRORS as exc:
+            log.error(
+                "escalation_failed",
+                target=policy.target,
+                action_type=action.action_type,
+                error=_describe(exc, self._budget(action)),
+            )
+            return None
+        log.warning("escalated", target=policy.target, action_type=action.action_type)
+        return result
+
     async def release(self, outcomes: Iterable[PolicyOutcome]) -> None:
         """After verification: release what an execution held while it settled (the
         silences its alertmanager actions created are expired). Failures are logged."""

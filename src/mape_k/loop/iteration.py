@@ -42,6 +42,8 @@ from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
     AnalysisResult,
+    CandidateScore,
+    Cause,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
@@ -49,7 +51,9 @@ from mape_k.models import (
     OutcomeType,
     PolicyExecution,
     PolicyOutcome,
+    RemediationAction,
     RemediationPolicy,
+    Severity,
 )
 from mape_k.store import Store
 
@@ -137,6 +141,8 @@ class IterationPipeline:
         self.startup_problem: str | None = None
         self._startup_checked = False
         self.committee_size: int | None = None
+        # Targets the target breaker held since the escalation last ran, with their cause.
+        self._held: list[tuple[guard_rules.Hold, Cause | None]] = []
         self.prometheus_ok: bool | None = None  # usable data in the last reading
 
     def reconfigure(self, settings: Settings) -> None:
@@ -174,6 +180,7 @@ class IterationPipeline:
         t = time.perf_counter()
         record.verifications = self._verify(observation, now)
         await self.executor.release(record.verifications)
+        await self._escalate(now)
         record.panic = await self._panic_check(record.verifications, observation, now)
         phases.done("verify", t)
 
@@ -244,8 +251,47 @@ class IterationPipeline:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
             self.knowledge.record_outcome(outcome)
-            self.envelope.note_outcome(outcome, now=now)
+            hold = self.envelope.note_outcome(outcome, now=now)
+            if hold is not None:
+                execution = self.executor.execution(outcome.execution_id)
+                self._held.append((hold, execution.policy.cause if execution else None))
         return outcomes
+
+    async def _escalate(self, now: float) -> None:
+        """Run `guards.target_breaker.escalate` once for each target held for a human since
+        the last iteration (a notification: the guards do not judge it, it is not learned)."""
+        held, self._held = self._held, []
+        name = self.settings.guards.target_breaker.escalate
+        if name is None:
+            return
+        for hold, cause in held:
+            if self.envelope.dry_run:  # dry-run: decided and logged, nothing called
+                log.warning("escalation_skipped", target=hold.target, why="dry-run")
+                continue
+            base = cause or Cause(
+                name="needs_human",
+                target=hold.target,
+                severity=Severity.CRITICAL,
+                confidence=1.0,
+                violations=0,
+            )
+            policy = RemediationPolicy(
+                id=f"escalation-{hold.target}-{int(now)}",
+                cause=base,
+                actions=(RemediationAction(action_type=name, target=hold.target),),
+                score=CandidateScore(
+                    cost=0.0, benefit=0.0, knowledge_weight=1.0, confidence=1.0, score=0.0
+                ),
+                requires_approval=False,
+                created_at=now,
+                rationale=f"escalation: {hold.reason}",
+            )
+            try:
+                prepared = prepare_user_actions(policy, self.settings.planner.actions)
+            except action_model.Unresolvable as exc:
+                log.error("escalation_refused", target=hold.target, reason=str(exc))
+                continue
+            await self.executor.escalate(prepared)
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
         safety = self.envelope
@@ -509,7 +555,9 @@ class IterationPipeline:
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:
         changes = guard_rules.executed_changes(execution, at=now)
         self.envelope.record_changes(changes, now=now)
-        self.envelope.note_failed_execution(execution, now=now)
+        hold = self.envelope.note_failed_execution(execution, now=now)
+        if hold is not None:
+            self._held.append((hold, execution.policy.cause))
 
     def _count_result(self, result: str) -> None:
         if result == "degraded":
