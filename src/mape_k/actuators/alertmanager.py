@@ -45,8 +45,10 @@ def render(
             }
             for name in config.matchers
         ]
-        comment = f"mape-k: {values.get('action')} for {values.get('cause')} on"
-        comment += f" {values.get('target')} ({values.get('idempotency_key')})"
+        # The comment is rendered like any template: the target is an alert's label too.
+        comment = template.render(
+            "mape-k: {action} for {cause} on {target} ({idempotency_key})", values, patterns
+        )
         return {"matchers": matchers, "createdBy": config.created_by, "comment": comment}
     return {
         "labels": {k: template.render(v, values, patterns) for k, v in config.labels.items()},
