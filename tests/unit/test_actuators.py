@@ -482,7 +482,7 @@ def _alert(unit: str, fingerprint: str) -> Alert:
                 "severity": "critical",
                 "unit": unit,
             },
-            "annotations": {"summary": "web is down"},
+            "annotations": {"summary": "web is down", "runbook": "rb-42"},
             "startsAt": "2026-11-22T04:17:10.023Z",
             "endsAt": "0001-01-01T00:00:00Z",
             "fingerprint": fingerprint,
@@ -504,7 +504,7 @@ async def test_a_clean_label_runs_the_user_defined_action_through_the_loop(
 
 
 async def _run_with_alert(tmp_path: Path, clock: Any, unit: str, *, acted: bool) -> None:
-    recorder = _exec(tmp_path, "restart", "{target}", "{labels.unit}")
+    recorder = _exec(tmp_path, "restart", "{target}", "{labels.unit}", "{annotations.runbook}")
     overrides = {
         "planner.actions": {
             "restart_web": {
@@ -525,7 +525,7 @@ async def _run_with_alert(tmp_path: Path, clock: Any, unit: str, *, acted: bool)
     calls = _calls(tmp_path)
     if acted:
         assert record["result"] == "acted", record.get("why")
-        assert [c["argv"] for c in calls] == [["restart", "web", unit]]
+        assert [c["argv"] for c in calls] == [["restart", "web", unit, "rb-42"]]
         return
     assert calls == []  # nothing ran
     assert record["result"] != "acted"
