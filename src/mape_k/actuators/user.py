@@ -128,7 +128,17 @@ class UserActuator:
         return spec
 
     def budget_s(self, action: RemediationAction) -> float | None:
-        actuator = self._spec(action.action_type).actuator
+        """The longest the action, or its inverse (an undo), may take."""
+        spec = self._spec(action.action_type)
+        budgets = [self._budget(spec)]
+        if spec.inverse is not None:
+            budgets.append(self._budget(self._spec(spec.inverse)))
+        known = [b for b in budgets if b is not None]
+        return max(known) if known else None
+
+    @staticmethod
+    def _budget(spec: ActionSpec) -> float | None:
+        actuator = spec.actuator
         if isinstance(actuator, ExecActuator):
             return actuator.timeout_s + 2.0  # the kill and the reap after the timeout
         if isinstance(actuator, HttpActuator):
