@@ -123,7 +123,7 @@ def cause(
 _cause = cause  # for the builders whose `cause` keyword hides this function
 
 
-def action(kind: ActionType, *, target: str = TARGET, **parameters: Any) -> RemediationAction:
+def action(kind: str, *, target: str = TARGET, **parameters: Any) -> RemediationAction:
     return RemediationAction(action_type=kind, target=target, parameters=dict(parameters))
 
 
@@ -228,7 +228,7 @@ def execution(
             step(
                 remediation,
                 status=status,
-                idempotency_key=f"{id}:{index}:{remediation.action_type.value}",
+                idempotency_key=f"{id}:{index}:{remediation.action_type}",
                 started_at=started_at,
             )
             for index, remediation in enumerate(the_policy.actions)

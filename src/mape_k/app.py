@@ -82,7 +82,7 @@ class Components:
     metrics: Metrics
     store: Store
     knowledge: Knowledge
-    charter: CharterClient
+    charter: CharterClient | None  # None: charter.mode none (user-defined actions only)
     inbox: AlertInbox
     router: AlertMessageRouter
     monitor: Monitor
@@ -119,12 +119,16 @@ async def build(
                     regime=settings.charter.mock_regime,
                     fault=fault,
                 )
-            charter: CharterClient = world.client
+            charter: CharterClient | None = world.client
             source = world.metrics
         else:
             if fault is not None:
                 raise ConfigError("--fault needs the mock Charter (--mock or charter.mode=mock)")
-            charter = get_charter_client(settings.charter, metrics=metrics)
+            charter = (
+                None
+                if settings.charter.mode is CharterMode.NONE
+                else get_charter_client(settings.charter, metrics=metrics)
+            )
             prometheus = PrometheusClient(
                 settings.prometheus,
                 transport=aiohttp_transport(settings.prometheus.max_connections),
@@ -132,8 +136,9 @@ async def build(
             await prometheus.connect()
             stack.push_async_callback(prometheus.disconnect)
             source = prometheus
-        await charter.connect()
-        stack.push_async_callback(charter.disconnect)
+        if charter is not None:
+            await charter.connect()
+            stack.push_async_callback(charter.disconnect)
         inbox = AlertInbox(
             max_alerts=settings.server.inbox_max_alerts,
             component_label=settings.monitor.alert_component_label,
@@ -158,7 +163,7 @@ async def build(
             dry_run=settings.executor.dry_run,
         )
         envelope.load()
-        guarded = envelope.guard(charter)
+        guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
             config=settings.executor,
@@ -277,10 +282,12 @@ class Daemon:
             checks["prometheus"] = "ok"
         # A failed write (a full disk) shows at once; the integrity check once a minute.
         checks["knowledge"] = self._parts.store.write_problem() or self._knowledge_check()
+        charter = self._parts.charter
         try:
-            async with asyncio.timeout(2.0):
-                await self._parts.charter.ping()
-            checks["charter"] = "ok"
+            if charter is not None:  # charter.mode none: no Charter to be ready for
+                async with asyncio.timeout(2.0):
+                    await charter.ping()
+                checks["charter"] = "ok"
         except (CharterError, TimeoutError) as exc:
             checks["charter"] = f"unreachable: {exc}" if str(exc) else "unreachable: timeout"
         checks.update(self._guard_readiness(self._clock()))
@@ -346,7 +353,7 @@ class Daemon:
             {
                 "policy_id": p.id,
                 "cause": p.cause.key,
-                "actions": [a.action_type.value for a in p.actions],
+                "actions": [a.action_type for a in p.actions],
                 "score": round(p.score.score, 3),
                 "created_at": p.created_at,
                 "rationale": p.rationale,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -28,10 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from mape_k.actuators import template
 from mape_k.causes import CAUSES
 from mape_k.errors import ConfigError
 from mape_k.loop.actions import LAST_KNOWN_GOOD, parameter_problem
-from mape_k.models import ActionType, Severity
+from mape_k.models import ActionName, ActionType, Severity, action_name, is_builtin
 
 ENV_PREFIX = "MAPEK_"
 
@@ -97,6 +98,7 @@ class PrometheusConfig(_Model):
 class CharterMode(StrEnum):
     MOCK = "mock"
     HTTP = "http"
+    NONE = "none"  # no Charter: only user-defined actions act (on any service)
 
 
 class CharterConfig(_Model):
@@ -233,14 +235,167 @@ class AnalyzerConfig(_Model):
     )
 
 
+class ExecActuator(_Model):
+    """Run a program: an argv list, never a shell; each template value is one element."""
+
+    type: Literal["exec"]
+    argv: tuple[str, ...] = Field(
+        min_length=1,
+        description="Program and arguments, each a template; argv[0] an absolute path.",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Killed (and failed) after this long.")
+    cwd: Path | None = Field(None, description="Working directory (default: the daemon's).")
+    env: tuple[str, ...] = Field(
+        (), description="Names of the daemon's environment variables passed on (allow-list)."
+    )
+    set_env: dict[str, str] = Field(
+        default_factory=dict, description="Fixed environment variables (not templated)."
+    )
+    max_output_bytes: int = Field(
+        4096, ge=0, le=1 << 20, description="Output kept in the journal (head of stdout+stderr)."
+    )
+    success_exit_codes: tuple[int, ...] = Field((0,), min_length=1)
+
+    @field_validator("argv")
+    @classmethod
+    def _absolute_program(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value[0].startswith("/") or "{" in value[0]:
+            raise ValueError(
+                f"argv[0] must be an absolute path without variables, got {value[0]!r}"
+            )
+        return value
+
+    def templates(self) -> list[str]:
+        return list(self.argv)
+
+
+class HttpActuator(_Model):
+    """Call a webhook: a URL template (values percent-encoded), headers, a JSON body."""
+
+    type: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str = Field(description="URL template; every value in it is percent-encoded.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Header templates.")
+    header_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Header -> file holding its value (a secret: `Authorization: Bearer ...`).",
+    )
+    body: Any = Field(None, description="JSON body template (every string in it rendered).")
+    expect: tuple[int, ...] = Field(
+        (200, 201, 202, 204), min_length=1, description="Statuses that mean it worked."
+    )
+    connect_timeout_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="Read timeout of one attempt.")
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries on connect/read errors and 502/503/504, only when safe: GET,"
+        " PUT, DELETE, or an action marked idempotent (it sends an Idempotency-Key).",
+    )
+    backoff_s: float = Field(0.2, ge=0)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        head = value.split("://", 1)[1].split("/", 1)[0]
+        if "{" in head:
+            raise ValueError("the host and port may not be templated (a label cannot pick a host)")
+        return value
+
+    def templates(self) -> list[str]:
+        return [self.url, *self.headers.values(), *template.json_strings(self.body)]
+
+
+class AlertmanagerActuator(_Model):
+    """Silence the alert being remediated while the action settles, or post an alert."""
+
+    type: Literal["alertmanager"]
+    url: str = Field("http://127.0.0.1:9093", description="Alertmanager's base URL.")
+    operation: Literal["silence", "alert"] = "silence"
+    duration_s: float = Field(
+        600.0, gt=0, description="Silence: its life, if verification never expires it."
+    )
+    matchers: tuple[str, ...] = Field(
+        ("alertname",),
+        min_length=1,
+        description="Silence: the alert's labels it matches on (each must be present).",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Alert: label templates of the alert posted."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Alert: templates.")
+    created_by: str = "mape-k"
+    timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def templates(self) -> list[str]:
+        return [*self.labels.values(), *self.annotations.values()]
+
+
+Actuator = Annotated[
+    ExecActuator | HttpActuator | AlertmanagerActuator, Field(discriminator="type")
+]
+
+
 class ActionSpec(_Model):
     cost: float = Field(ge=0, le=1)
     benefit: float = Field(ge=0, le=1)
     settle_s: float = Field(ge=0, description="Time for the effect to show before measuring.")
     requires_approval: bool = False
+    # User-defined actions only (a name that is not one of the nine built-ins):
+    actuator: Actuator | None = Field(
+        None, description="What runs it (exec, http, alertmanager); built-ins: the Charter."
+    )
+    inverse: str | None = Field(
+        None, description="The user-defined action that undoes it (rollback, panic revert)."
+    )
+    knob: str | None = Field(
+        None, description="The setting it moves (guards: cooldown per knob, oscillation)."
+    )
+    moves: Literal["up", "down", "set"] = Field(
+        "set", description="Which way it moves its knob (up then down is a flip-flop)."
+    )
+    idempotent: bool = Field(
+        False, description="Running it twice has one effect (http: retried, keyed)."
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="Template variable -> the regular expression its value must match"
+        f" (default {template.DEFAULT_PATTERN}).",
+    )
+
+    @model_validator(mode="after")
+    def _templates(self) -> ActionSpec:
+        for name, pattern in self.variables.items():
+            problem = template.variable_problem(name)
+            if problem is not None:
+                raise ValueError(f"variables: {problem}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"variables.{name}: not a regular expression: {exc}") from None
+        if self.actuator is not None:
+            try:
+                template.variables(self.actuator.templates())
+            except template.TemplateError as exc:
+                raise ValueError(f"actuator: {exc}") from None
+        return self
 
 
-DEFAULT_ACTIONS: dict[ActionType, ActionSpec] = {
+DEFAULT_ACTIONS: dict[ActionName, ActionSpec] = {
     ActionType.SCALE_UP: ActionSpec(cost=0.20, benefit=0.80, settle_s=30),
     ActionType.SCALE_DOWN: ActionSpec(cost=0.15, benefit=0.40, settle_s=30),
     ActionType.RESTART_SERVICE: ActionSpec(cost=0.30, benefit=0.75, settle_s=20),
@@ -258,7 +413,9 @@ DEFAULT_ACTIONS: dict[ActionType, ActionSpec] = {
 
 
 class CandidateAction(_Model):
-    type: ActionType
+    type: ActionName = Field(
+        description="A built-in action or the name of a user-defined one (planner.actions)."
+    )
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Checked against the action-effect model (loop/actions.py): scale_up /"
@@ -270,6 +427,13 @@ class CandidateAction(_Model):
     benefit: float | None = Field(
         None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."
     )
+
+    @field_validator("type")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", value):
+            raise ValueError(f"{value!r} is not an action name (lower case, digits, _)")
+        return action_name(value)
 
     @model_validator(mode="after")
     def _known_parameters(self) -> CandidateAction:
@@ -311,7 +475,11 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
 
 
 class PlannerConfig(_Model):
-    actions: dict[ActionType, ActionSpec] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    actions: dict[ActionName, ActionSpec] = Field(
+        default_factory=lambda: dict(DEFAULT_ACTIONS),
+        description="Action name -> its properties: the nine built-ins (Charter calls), and"
+        " user-defined actions, each with an actuator (docs/remediate-your-service.md).",
+    )
     remediations: dict[str, tuple[tuple[CandidateAction, ...], ...]] = Field(
         default_factory=_default_remediations,
         description="Cause (violation kind) -> candidate policies, each a list of actions."
@@ -338,8 +506,18 @@ class PlannerConfig(_Model):
 
     @field_validator("actions")
     @classmethod
-    def _complete_actions(cls, value: dict[ActionType, ActionSpec]) -> dict[ActionType, ActionSpec]:
-        return {**DEFAULT_ACTIONS, **value}
+    def _complete_actions(cls, value: dict[str, ActionSpec]) -> dict[ActionName, ActionSpec]:
+        for name, spec in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(f"{name!r} is not an action name (lower case, digits, _)")
+            if is_builtin(name) and (spec.actuator is not None or spec.inverse is not None):
+                raise ValueError(
+                    f"{name} is a built-in Charter action: it takes no actuator or inverse"
+                    " (name your own action differently)"
+                )
+            if not is_builtin(name) and spec.actuator is None:
+                raise ValueError(f"{name}: a user-defined action needs an actuator")
+        return {**DEFAULT_ACTIONS, **{action_name(k): v for k, v in value.items()}}
 
     @field_validator("remediations")
     @classmethod
@@ -348,6 +526,42 @@ class PlannerConfig(_Model):
     ) -> dict[str, tuple[tuple[CandidateAction, ...], ...]]:
         # An empty tuple stays: the cause then has no candidates (not default_remediations).
         return {**_default_remediations(), **value}
+
+    @model_validator(mode="after")
+    def _known_actions(self) -> PlannerConfig:
+        for name, spec in self.actions.items():
+            inverse = spec.inverse
+            if inverse is not None and (inverse not in self.actions or is_builtin(inverse)):
+                raise ValueError(
+                    f"actions.{name}.inverse: {inverse!r} is not a user-defined action here"
+                )
+        named = [("default_remediations", c) for c in self.default_remediations] + [
+            (f"remediations.{cause}", c) for cause, cs in self.remediations.items() for c in cs
+        ]
+        for where, candidate in named:
+            for action in candidate:
+                if action.type not in self.actions:
+                    raise ValueError(
+                        f"{where}: {action.type!r} is neither a built-in action nor defined"
+                        " in planner.actions"
+                    )
+                missing = sorted(set(self._params_used(action.type)) - set(action.parameters))
+                if missing:
+                    raise ValueError(
+                        f"{where}: {action.type} needs parameters {', '.join(missing)}"
+                        " (its templates use them)"
+                    )
+        return self
+
+    def _params_used(self, name: str) -> list[str]:
+        """The `{params.X}` names the templates of action `name` (and its inverse) use."""
+        spec = self.actions[name]
+        templates = [] if spec.actuator is None else spec.actuator.templates()
+        inverse = self.actions.get(spec.inverse) if spec.inverse is not None else None
+        if inverse is not None and inverse.actuator is not None:
+            templates += inverse.actuator.templates()
+        used = template.variables(templates)
+        return [v.removeprefix("params.") for v in used if v.startswith("params.")]
 
 
 class ExecutorConfig(_Model):
@@ -570,6 +784,11 @@ class TargetBreakerConfig(_Model):
         description="A held target with no violation for this long is released: the cause"
         " went away.",
     )
+    escalate: str | None = Field(
+        None,
+        description="A user-defined action run once when a target is held for a human"
+        " (an alertmanager `alert` action pages someone); not judged by the guards.",
+    )
 
 
 class PanicConfig(_Model):
@@ -617,6 +836,16 @@ class LoggingConfig(_Model):
 
 
 class Settings(_Model):
+    @model_validator(mode="after")
+    def _escalation_is_defined(self) -> Settings:
+        name = self.guards.target_breaker.escalate
+        if name is not None and (name not in self.planner.actions or is_builtin(name)):
+            raise ValueError(
+                f"guards.target_breaker.escalate: {name!r} is not a user-defined action"
+                " in planner.actions"
+            )
+        return self
+
     prometheus: PrometheusConfig = PrometheusConfig()
     charter: CharterConfig = CharterConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -910,12 +1139,20 @@ def reload_plan(running: Settings, new: Settings) -> tuple[Settings, list[str]]:
     return effective, waiting
 
 
+_SECRET_HEADER = re.compile(r"\.headers\.[^.]*(auth|token|key|secret|cookie)", re.IGNORECASE)
+
+
+def _secret_path(path: str) -> bool:
+    """A token, or an http action's header that carries a credential (inline)."""
+    return path.endswith("token") or _SECRET_HEADER.search(path) is not None
+
+
 def effective_config(settings: Settings, sources: Sources) -> dict[str, dict[str, Any]]:
     """Every leaf of the effective config with its value (secrets masked) and source."""
     dumped = settings.model_dump(mode="json")
     out: dict[str, dict[str, Any]] = {}
     for path, value in _leaves(dumped).items():
-        masked = "**********" if value is not None and path.endswith("token") else value
+        masked = "**********" if value is not None and _secret_path(path) else value
         out[path] = {"value": masked, "source": _origin(path, sources)}
     return out
 
@@ -926,7 +1163,7 @@ def candidate_text(candidate: tuple[CandidateAction, ...]) -> str:
     for action in candidate:
         params = json.dumps(action.parameters) if action.parameters else ""
         benefit = f" [{action.benefit:g}]" if action.benefit is not None else ""
-        parts.append(f"{action.type.value}{params}{benefit}")
+        parts.append(f"{action.type}{params}{benefit}")
     return " + ".join(parts)
 
 
@@ -986,7 +1223,10 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(_reference_rows(annotation, f"{path}."))
             continue
-        default = field.get_default(call_default_factory=True)
+        if field.is_required():
+            default = "(required)"
+        else:
+            default = field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
         elif isinstance(default, (dict, tuple, list)):
@@ -996,8 +1236,10 @@ def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
             shown = "(see below)" if name in {"queries", "rules", "remediations"} else "(built in)"
         env = ENV_PREFIX + path.upper().replace(".", "__")
         description = (field.description or "").replace("|", "\\|")
+        kind = "exec \\| http \\| alertmanager \\| None" if name == "actuator" else None
         rows.append(
-            f"| `{path}` | `{_type_name(annotation)}` | `{shown}` | `{env}` | {description} |"
+            f"| `{path}` | `{kind or _type_name(annotation)}` | `{shown}` | `{env}` |"
+            f" {description} |"
         )
     return rows
 
@@ -1054,12 +1296,33 @@ def reference_markdown() -> str:
         lines.append(f"| `{cause}` | {shown} |")
     lines += [
         "",
+        "## Action properties (`planner.actions.<name>`)",
+        "",
+        "A name that is not one of the nine built-ins is a user-defined action and needs an",
+        "`actuator` (docs/remediate-your-service.md). Its templates are checked at load.",
+        "",
+        "| key | type | default | environment | meaning |",
+        "|---|---|---|---|---|",
+        *_reference_rows(ActionSpec, "planner.actions.NAME."),
+        "",
+    ]
+    for model in (ExecActuator, HttpActuator, AlertmanagerActuator):
+        kind = model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+        lines += [
+            f"### `actuator.type: {kind}`",
+            "",
+            "| key | type | default | environment | meaning |",
+            "|---|---|---|---|---|",
+            *_reference_rows(model, "planner.actions.NAME.actuator."),
+            "",
+        ]
+    lines += [
         "## Actions (`planner.actions`)",
         "",
         "| action | cost | benefit | settle_s | requires approval |",
         "|---|---|---|---|---|",
         *[
-            f"| `{a.value}` | {s.cost:g} | {s.benefit:g} | {s.settle_s:g} | {s.requires_approval} |"
+            f"| `{a}` | {s.cost:g} | {s.benefit:g} | {s.settle_s:g} | {s.requires_approval} |"
             for a, s in defaults.planner.actions.items()
         ],
         "",

@@ -15,6 +15,10 @@
     │   ├── StoreCorruptError       not a SQLite file / integrity check failed
     │   └── StoreSchemaError        written by a newer mape-k
     └── ExecutionError              an action failed or timed out inside the Executor
+        └── ActuatorError           a user-defined action's actuator failed: .operation, .status
+            ├── ActuatorUnavailable connect error, timeout, 5xx after retries
+            │   └── ActuatorTimeout no answer in time (it may or may not have taken effect)
+            └── ActuatorRejected    an unexpected status, a non-zero exit code
 
 httpx / aiohttp / sqlite3 exceptions never leave the module that caught them: they are
 re-raised as one of these with `raise ... from exc`.
@@ -96,3 +100,27 @@ class StoreSchemaError(StoreError):
 
 class ExecutionError(MapekError):
     """An action failed or timed out."""
+
+
+class ActuatorError(ExecutionError):
+    """A user-defined action's actuator (exec, http, alertmanager) failed."""
+
+    def __init__(self, message: str, *, operation: str = "", status: int | None = None) -> None:
+        self.operation = operation
+        self.status = status
+        self.message = message
+        where = f"{operation}: " if operation else ""
+        code = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{where}{message}{code}")
+
+
+class ActuatorUnavailable(ActuatorError):
+    """The actuator's endpoint cannot be reached right now."""
+
+
+class ActuatorTimeout(ActuatorUnavailable):
+    """No answer in time: the action may or may not have taken effect."""
+
+
+class ActuatorRejected(ActuatorError):
+    """The endpoint or the program said no (an unexpected status, a failing exit code)."""

@@ -62,6 +62,7 @@ class Violation:
     threshold: float | None = None
     query: str | None = None  # the configured query name whose value this is (rules)
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # an alert's (untrusted)
 
     @property
     def key(self) -> str:
@@ -139,6 +140,11 @@ class Cause:
     value: float | None = None
     threshold: float | None = None
     source: ViolationSource = ViolationSource.RULE
+    # The labels and annotations of the latest violation behind it (an alert's, or a rule's
+    # sample): untrusted, they reach user-defined actions only through the strict templates
+    # of mape_k.actuators.template.
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -166,6 +172,24 @@ class ActionType(StrEnum):
     UPDATE_CONFIGURATION = "update_configuration"
 
 
+# An action's name: one of the nine built-in Charter actions (an `ActionType`, which is a
+# str) or the name of a user-defined action (`planner.actions.<name>` with an actuator).
+# Built-in names are always held as their `ActionType` member (`action_name`), so
+# `kind is ActionType.SCALE_UP` keeps working wherever a name is compared.
+ActionName = str
+BUILTIN_ACTIONS: frozenset[str] = frozenset(t.value for t in ActionType)
+
+
+def action_name(value: str) -> ActionName:
+    """`value` as the loop holds an action name: the `ActionType` member for a built-in."""
+    return ActionType(value) if value in BUILTIN_ACTIONS else str(value)
+
+
+def is_builtin(name: str) -> bool:
+    """One of the nine Charter actions (else a user-defined action with its own actuator)."""
+    return name in BUILTIN_ACTIONS
+
+
 @dataclass(frozen=True, slots=True)
 class KnobSetting:
     """One knob of the target set to an absolute value (the knobs: loop/actions.py)."""
@@ -177,7 +201,7 @@ class KnobSetting:
 
 @dataclass(frozen=True, slots=True)
 class RemediationAction:
-    action_type: ActionType
+    action_type: ActionName
     target: str
     parameters: dict[str, Any] = field(default_factory=dict)  # as configured (may be relative)
     # The absolute desired state, resolved once against one reading of the target
@@ -208,7 +232,7 @@ class RemediationPolicy:
     rationale: str = ""
 
     @property
-    def primary_action(self) -> ActionType:
+    def primary_action(self) -> ActionName:
         return self.actions[0].action_type
 
     @property
@@ -266,7 +290,7 @@ class PolicyOutcome:
     execution_id: str
     policy_id: str
     cause: str
-    action_type: ActionType
+    action_type: ActionName
     target: str
     outcome: OutcomeType
     recorded_at: float
@@ -282,7 +306,7 @@ class PolicyPattern:
     """What Knowledge has learned about one (cause, action) pair."""
 
     cause: str
-    action_type: ActionType
+    action_type: ActionName
     samples: int
     successes: float  # SUCCESS counts 1, PARTIAL 0.5 (see loop/knowledge.py)
     mean_time_to_stabilize_s: float | None
@@ -296,7 +320,7 @@ class PolicyPattern:
 @dataclass(frozen=True, slots=True)
 class LearningInsight:
     cause: str
-    action_type: ActionType | None
+    action_type: ActionName | None
     kind: str  # e.g. "preferred_action", "ineffective_action", "degrading_action"
     message: str
     confidence: float

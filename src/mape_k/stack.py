@@ -80,6 +80,11 @@ DEFAULT_MAGNITUDE: dict[str, float] = {f.kind: f.magnitude for f in FAULTS}
 TIME_SCALE = 60.0  # range windows in the stack: staging's / 60 (5m -> 5s), at least 5 s
 
 
+# What a caller merges over the daemon's generated config: a mapping, or a function of the
+# allocated ports returning one (to name the simulator's port in user-defined actions).
+DaemonConfig = Mapping[str, Any] | Callable[[Mapping[str, int]], Mapping[str, Any]]
+
+
 class StackError(MapekError):
     """The local stack could not be set up or a component did not become ready."""
 
@@ -294,7 +299,10 @@ def stack_daemon_config(
 ) -> dict[str, Any]:
     """The daemon's YAML for the stack: http Charter, short loop and settle times."""
     actions = {
-        action.value: {**spec.model_dump(mode="json"), "settle_s": STACK_SETTLE_S[action]}
+        str(action): {
+            **spec.model_dump(mode="json", exclude_defaults=True),
+            "settle_s": STACK_SETTLE_S[ActionType(action)],
+        }
         for action, spec in DEFAULT_ACTIONS.items()
     }
     return {
@@ -338,6 +346,17 @@ def _load_yaml(path: Traversable) -> dict[str, Any]:
 def _dump(path: Path, data: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
     return path
+
+
+def _merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        old = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            merged[key] = _merged(old, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _make_workdir(path: Path) -> Path:
@@ -384,6 +403,7 @@ class Stack:
         ports: Literal["fixed", "free"] = "fixed",
         fault: tuple[str, float, float] | None = None,
         daemon_env: Mapping[str, str] | None = None,
+        daemon_config: DaemonConfig | None = None,
         interval_s: float = 1.0,
         orchestrator_interval_s: float = 2.0,
         seed: int = 7,
@@ -392,6 +412,8 @@ class Stack:
         """Generate configs in `workdir`, start every process, wait until each is ready.
 
         `fault` = (kind, magnitude, duration_s) is injected once everything is ready.
+        `daemon_config` is merged over the daemon's generated config (mappings key by key);
+        a callable gets the allocated ports and returns what is merged.
         Every process started is stopped on exit, whatever the exit. `progress` is told
         what the start-up waits for at each step (the demo shows it while it waits).
         """
@@ -409,6 +431,7 @@ class Stack:
             interval_s=interval_s,
             orchestrator_interval_s=orchestrator_interval_s,
             daemon_env=daemon_env or {},
+            daemon_config=daemon_config or {},
             seed=seed,
         )
         stack = cls(workdir=workdir, ports=allocated, procs=procs)
@@ -670,10 +693,16 @@ def _prepare(
     orchestrator_interval_s: float,
     daemon_env: Mapping[str, str],
     seed: int,
+    daemon_config: DaemonConfig | None = None,
 ) -> dict[str, _Proc]:
     """Write tokens and configs into `workdir`; the command line of every component."""
     for name in ("webhook_token", "admin_token", "charter_token"):
         _secret(workdir / name)
+    # The Charter token as a whole header value, for http actions' `header_files`.
+    authorization = workdir / "charter_authorization"
+    token = (workdir / "charter_token").read_text(encoding="utf-8").strip()
+    authorization.write_text(f"Bearer {token}\n", encoding="utf-8")
+    authorization.chmod(0o600)
     rules_dir = workdir / "rules"
     rules_dir.mkdir(exist_ok=True)
     rule_files = staging_rule_files(staging)
@@ -700,8 +729,11 @@ def _prepare(
     )
     daemon_yml = _dump(
         workdir / "mape-k.yaml",
-        stack_daemon_config(
-            ports=ports, workdir=workdir, orchestrator_interval_s=orchestrator_interval_s
+        _merged(
+            stack_daemon_config(
+                ports=ports, workdir=workdir, orchestrator_interval_s=orchestrator_interval_s
+            ),
+            (daemon_config(ports) if callable(daemon_config) else daemon_config) or {},
         ),
     )
     # Inherited MAPEK_* variables would silently change the stack: only daemon_env counts.

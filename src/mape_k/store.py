@@ -29,7 +29,7 @@ from mape_k.errors import StoreCorruptError, StoreError, StoreSchemaError
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
-    ActionType,
+    ActionName,
     CandidateScore,
     Cause,
     ExecutionStatus,
@@ -43,6 +43,7 @@ from mape_k.models import (
     RemediationPolicy,
     Severity,
     ViolationSource,
+    action_name,
 )
 
 log = structlog.get_logger(__name__)
@@ -168,7 +169,7 @@ class PairStats:
     """The aggregated counters of one (cause, action type) pair, as stored."""
 
     cause: str
-    action_type: ActionType
+    action_type: ActionName
     samples: int  # outcomes other than UNKNOWN
     successes: int
     partials: int
@@ -248,13 +249,15 @@ def _cause_from(data: Mapping[str, Any]) -> Cause:
         value=data.get("value"),
         threshold=data.get("threshold"),
         source=ViolationSource(data.get("source", ViolationSource.RULE.value)),
+        labels=dict(data.get("labels", {})),
+        annotations=dict(data.get("annotations", {})),
     )
 
 
 def _action_from(data: Mapping[str, Any]) -> RemediationAction:
     sets = data.get("sets")  # absent in journals written before actions were resolved
     return RemediationAction(
-        action_type=ActionType(data["action_type"]),
+        action_type=action_name(data["action_type"]),
         target=data["target"],
         parameters=dict(data.get("parameters", {})),
         sets=None if sets is None else tuple(KnobSetting(**s) for s in sets),
@@ -307,7 +310,7 @@ def _outcome_from(row: sqlite3.Row) -> PolicyOutcome:
         execution_id=row["execution_id"],
         policy_id=row["policy_id"],
         cause=row["cause"],
-        action_type=ActionType(row["action_type"]),
+        action_type=action_name(row["action_type"]),
         target=row["target"],
         outcome=OutcomeType(row["outcome"]),
         recorded_at=row["recorded_at"],
@@ -716,7 +719,7 @@ class Store:
                     policy.id,
                     policy.cause.name,
                     policy.target,
-                    policy.primary_action.value,
+                    policy.primary_action,
                     execution.status.value,
                     execution.started_at,
                     execution.finished_at,
@@ -780,7 +783,7 @@ class Store:
                     outcome.execution_id,
                     outcome.policy_id,
                     outcome.cause,
-                    outcome.action_type.value,
+                    outcome.action_type,
                     outcome.target,
                     kind.value,
                     outcome.value_before,
@@ -808,7 +811,7 @@ class Store:
                     " tts_count = tts_count + excluded.tts_count",
                     (
                         outcome.cause,
-                        outcome.action_type.value,
+                        outcome.action_type,
                         int(counted),
                         int(kind is OutcomeType.SUCCESS),
                         int(kind is OutcomeType.PARTIAL),
@@ -838,7 +841,7 @@ class Store:
             return [
                 PairStats(
                     cause=row["cause"],
-                    action_type=ActionType(row["action_type"]),
+                    action_type=action_name(row["action_type"]),
                     samples=row["samples"],
                     successes=row["successes"],
                     partials=row["partials"],
@@ -852,6 +855,43 @@ class Store:
             ]
         except ValueError as exc:
             raise StoreCorruptError(f"{self._path}: unknown action type in stats") from exc
+
+    def target_stats(self) -> list[tuple[str, PairStats]]:
+        """(target, its counters) per (cause, target, action type), from the outcomes kept
+        (retention bounds them: a target's posterior is its recent record)."""
+        rows = self._read(
+            "SELECT cause, target, action_type,"
+            " SUM(outcome != 'unknown') AS samples,"
+            " SUM(outcome = 'success') AS successes,"
+            " SUM(outcome = 'partial') AS partials,"
+            " SUM(outcome = 'ineffective') AS ineffective,"
+            " SUM(outcome = 'degradation') AS degradations,"
+            " SUM(outcome = 'unknown') AS unknowns,"
+            " SUM(CASE WHEN outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL"
+            " THEN time_to_stabilize_s ELSE 0 END) AS tts_sum,"
+            " SUM(outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL) AS tts_count"
+            " FROM outcomes GROUP BY cause, target, action_type"
+            " ORDER BY cause, target, action_type",
+            (),
+        )
+        return [
+            (
+                row["target"],
+                PairStats(
+                    cause=row["cause"],
+                    action_type=action_name(row["action_type"]),
+                    samples=row["samples"],
+                    successes=row["successes"],
+                    partials=row["partials"],
+                    ineffective=row["ineffective"],
+                    degradations=row["degradations"],
+                    unknowns=row["unknowns"],
+                    tts_sum=row["tts_sum"],
+                    tts_count=row["tts_count"],
+                ),
+            )
+            for row in rows
+        ]
 
     # --- guard decisions, control log, state -----------------------------------------
 

@@ -102,6 +102,8 @@ def test_the_wheel_carries_the_staging_files_and_the_openapi_documents(installed
         ],
         cwd=installed,
         timeout=30,
+        # The runner's PYTHONPATH (a source tree) must not be what the probe imports.
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
     ).splitlines()
     assert not Path(listing[0]).resolve().is_relative_to(ROOT), listing[0]
     assert listing[1].split() == ["charter.rules.yml", "mapek.rules.yml"]

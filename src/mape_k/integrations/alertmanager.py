@@ -386,7 +386,9 @@ class AlertInbox:
             return "full"  # not remembered: Alertmanager's retry must be able to land
         if entry is not None:
             self._drop(fingerprint)  # an older occurrence: the new one goes to the end
-        entry = _Entry(started, self._violation(alert.labels, started), now, ends, now)
+        entry = _Entry(
+            started, self._violation(alert.labels, started, alert.annotations), now, ends, now
+        )
         self._firing[fingerprint] = entry
         if ends is not None:
             self._with_ends.add(fingerprint)
@@ -451,7 +453,12 @@ class AlertInbox:
             log.info("alert_inbox_saved")
             self._save_failing = False
 
-    def _violation(self, labels: Mapping[str, str], started: float) -> Violation:
+    def _violation(
+        self,
+        labels: Mapping[str, str],
+        started: float,
+        annotations: Mapping[str, str] | None = None,
+    ) -> Violation:
         kind = labels.get("cause") or labels.get("alertname") or "alert"
         component = labels.get(self._component_label) or self._default_component
         try:
@@ -465,6 +472,7 @@ class AlertInbox:
             source=ViolationSource.ALERT,
             timestamp=started,
             labels=dict(labels),
+            annotations=dict(annotations or {}),
         )
 
 

@@ -29,7 +29,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mape_k.models import ActionType, KnobSetting, RemediationAction, RemediationPolicy
+from mape_k.models import (
+    ActionName,
+    ActionType,
+    KnobSetting,
+    RemediationAction,
+    RemediationPolicy,
+    is_builtin,
+)
 
 if TYPE_CHECKING:
     from mape_k.config import ActionSpec
@@ -67,7 +74,7 @@ class Effect:
     """What one action type does to its target."""
 
     knob: str | None  # a KNOBS name; "config": one knob per setting; None: moves no knob
-    inverse: ActionType | None  # what undoes it (restoring `previous`); None: nothing can
+    inverse: ActionName | None  # what undoes it (restoring `previous`); None: nothing can
     parameters: tuple[str, ...]  # the parameters it takes
     defaults: Mapping[str, Any]  # the value of an omitted parameter (the only copy)
 
@@ -75,7 +82,7 @@ class Effect:
 # `target_value`: HPA-style, scale so the cause's signal (load per member: saturation) would
 # read this value: ceil(size * signal / target_value), at least one member.
 _SCALE = ("delta", "to_size", "target_value")
-EFFECTS: dict[ActionType, Effect] = {
+EFFECTS: dict[ActionName, Effect] = {
     ActionType.SCALE_UP: Effect("size", ActionType.SCALE_DOWN, _SCALE, {"delta": 1}),
     ActionType.SCALE_DOWN: Effect("size", ActionType.SCALE_UP, _SCALE, {"delta": 1}),
     ActionType.RESTART_SERVICE: Effect(None, None, (), {}),
@@ -99,7 +106,7 @@ EFFECTS: dict[ActionType, Effect] = {
         "config", ActionType.UPDATE_CONFIGURATION, ("settings",), {}
     ),
 }
-INVERSE: dict[ActionType, ActionType | None] = {kind: e.inverse for kind, e in EFFECTS.items()}
+INVERSE: dict[ActionName, ActionName | None] = {kind: e.inverse for kind, e in EFFECTS.items()}
 
 
 class Unresolvable(ValueError):
@@ -117,30 +124,39 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parameter_problem(kind: ActionType, parameters: Mapping[str, Any]) -> str | None:  # noqa: C901, PLR0911
-    """What is wrong with `parameters` for an action of type `kind`, in one line; else None."""
+def parameter_problem(kind: ActionName, parameters: Mapping[str, Any]) -> str | None:  # noqa: C901, PLR0911, PLR0912
+    """What is wrong with `parameters` for an action of type `kind`, in one line; else None.
+
+    A user-defined action takes any parameters whose values are scalars: they are the
+    `{params.NAME}` values of its templates (checked there like every other value).
+    """
+    if not is_builtin(kind):
+        for name, value in parameters.items():
+            if not isinstance(value, str | int | float | bool):
+                return f"{kind}.{name} must be a string, number or boolean, got {value!r}"
+        return None
     effect = EFFECTS[kind]
     unknown = sorted(set(parameters) - set(effect.parameters))
     if unknown:
         takes = ", ".join(effect.parameters) or "no parameters"
-        return f"{kind.value} does not take {', '.join(unknown)} (it takes {takes})"
+        return f"{kind} does not take {', '.join(unknown)} (it takes {takes})"
     for group in (("delta", "to_size", "target_value"), ("limit_ops_per_sec", "fraction")):
         given = [name for name in group if name in parameters]
         if len(given) > 1:
-            return f"{kind.value} takes one of {', '.join(group)}, not {' and '.join(given)}"
+            return f"{kind} takes one of {', '.join(group)}, not {' and '.join(given)}"
     for name, value in parameters.items():
         if name in {"delta", "to_size"} and not (_is_int(value) and value >= 1):
-            return f"{kind.value}.{name} must be a whole number >= 1, got {value!r}"
+            return f"{kind}.{name} must be a whole number >= 1, got {value!r}"
         if name == "target_value" and not (_is_number(value) and value > 0):
-            return f"{kind.value}.target_value must be a number > 0, got {value!r}"
+            return f"{kind}.target_value must be a number > 0, got {value!r}"
         if name == "limit_ops_per_sec" and not (_is_number(value) and value > 0):
-            return f"{kind.value}.limit_ops_per_sec must be a number > 0 (ops/s), got {value!r}"
+            return f"{kind}.limit_ops_per_sec must be a number > 0 (ops/s), got {value!r}"
         if name == "fraction" and not (_is_number(value) and 0 < value <= 1):
-            return f"{kind.value}.fraction must be a number in (0, 1], got {value!r}"
+            return f"{kind}.fraction must be a number in (0, 1], got {value!r}"
         if name == "active" and not isinstance(value, bool):
-            return f"{kind.value}.active must be true or false, got {value!r}"
+            return f"{kind}.active must be true or false, got {value!r}"
         if name == "policy_id" and not (isinstance(value, str) and value):
-            return f"{kind.value}.policy_id must be a policy name, got {value!r}"
+            return f"{kind}.policy_id must be a policy name, got {value!r}"
     if kind is ActionType.UPDATE_CONFIGURATION:
         settings = parameters.get("settings")
         if not isinstance(settings, Mapping) or not settings:
@@ -165,20 +181,38 @@ def read(state: CommitteeState, knob: str) -> Any:
     return getattr(state, KNOBS[knob].state_field)
 
 
-def resolve(policy: RemediationPolicy, state: CommitteeState) -> RemediationPolicy:
+def needs_reading(policy: RemediationPolicy) -> bool:
+    """True when `policy` has a built-in (Charter) action, resolved against the reading."""
+    return any(is_builtin(action.action_type) for action in policy.actions)
+
+
+def resolve(policy: RemediationPolicy, state: CommitteeState | None) -> RemediationPolicy:
     """`policy` with every action resolved to absolute desired state against `state`.
 
     Actions resolve in order: a later action starts where the earlier ones leave a knob.
     Raises `Unresolvable` when an action's desired state cannot be decided from this reading
     (or would move its knob the wrong way); nothing else is touched (id, parameters).
+    A user-defined action arrives prepared (its `sets` from mape_k.actuators.prepare); it
+    needs no reading, so `state` may be None for a policy of user-defined actions only.
     """
     values: dict[str, Any] = {}
 
     def current(knob: str) -> Any:
-        return values[knob] if knob in values else read(state, knob)
+        if knob in values:
+            return values[knob]
+        if state is None:
+            raise Unresolvable("no reading of the Charter to resolve a built-in action against")
+        return read(state, knob)
 
     resolved = []
     for action in policy.actions:
+        if not is_builtin(action.action_type):
+            if action.sets is None:
+                raise Unresolvable(f"{action.action_type} was not prepared: nothing to send")
+            resolved.append(action)
+            continue
+        if state is None:
+            raise Unresolvable("no reading of the Charter to resolve a built-in action against")
         sets = _settings(action, current, state, policy.cause.value)
         values.update((s.knob, s.after) for s in sets)
         resolved.append(replace(action, sets=sets))
@@ -221,7 +255,7 @@ def _size(action: RemediationAction, before: int, signal: float | None) -> KnobS
         target = float(action.parameters["target_value"])
         if signal is None:
             raise Unresolvable(
-                f"{action.action_type.value} to target_value {target:g}: the cause's signal"
+                f"{action.action_type} to target_value {target:g}: the cause's signal"
                 " was not read"
             )
         after = max(1, math.ceil(before * signal / target - 1e-9))
@@ -230,7 +264,7 @@ def _size(action: RemediationAction, before: int, signal: float | None) -> KnobS
         after = max(1, before + (1 if up else -1) * int(parameter(action, "delta")))
     if (after - before) * (1 if up else -1) < 0:
         raise Unresolvable(
-            f"{action.action_type.value} to {after} would go the other way: the committee is"
+            f"{action.action_type} to {after} would go the other way: the committee is"
             f" already heading for {before}"
         )
     return KnobSetting("size", before, after)
@@ -255,17 +289,17 @@ def is_resolved(policy: RemediationPolicy) -> bool:
 def desired(action: RemediationAction, knob: str) -> Any:
     """The absolute value a resolved `action` sets `knob` to (what the executor sends)."""
     if action.sets is None:
-        raise Unresolvable(f"{action.action_type.value} was not resolved: nothing to send")
+        raise Unresolvable(f"{action.action_type} was not resolved: nothing to send")
     for setting in action.sets:
         if setting.knob == knob:
             return setting.after
-    raise Unresolvable(f"{action.action_type.value} sets no {knob}")
+    raise Unresolvable(f"{action.action_type} sets no {knob}")
 
 
 def config_settings(action: RemediationAction) -> dict[str, Any]:
     """The settings a resolved update_configuration sends."""
     if action.sets is None:
-        raise Unresolvable(f"{action.action_type.value} was not resolved: nothing to send")
+        raise Unresolvable(f"{action.action_type} was not resolved: nothing to send")
     return {s.knob.removeprefix(CONFIG_PREFIX): s.after for s in action.sets}
 
 
@@ -282,16 +316,33 @@ def final_value(policy: RemediationPolicy, knob: str) -> Any | None:
 def describe(action: RemediationAction) -> str:
     """`scale_up (size 5 -> 7)`: an action with what it sets, for reasons and logs."""
     if not action.sets:
-        return action.action_type.value
+        return action.action_type
     sets = ", ".join(f"{s.knob} {s.before!r} -> {s.after!r}" for s in action.sets)
-    return f"{action.action_type.value} ({sets})"
+    return f"{action.action_type} ({sets})"
 
 
 # --- judging and recording ------------------------------------------------------------------
 
 
+def _kind(knob: str) -> str:
+    """How a knob's values compare: a built-in knob's kind; a config key's by value; a
+    user-defined action's knob by the direction it moves it ("direction": +1, -1, 0)."""
+    if knob.startswith(CONFIG_PREFIX):
+        return "value"
+    known = KNOBS.get(knob)
+    return known.kind if known is not None else "direction"
+
+
+def user_setting(knob: str, moves: str) -> KnobSetting:
+    """What a user-defined action sets, for the guards: its knob and which way it moves it
+    (its value cannot be read: the service's state is not the Charter's)."""
+    return KnobSetting(knob, None, {"up": 1, "down": -1}.get(moves, 0))
+
+
 def _coerce(knob: str, value: Any) -> Any:
-    kind = "value" if knob.startswith(CONFIG_PREFIX) else KNOBS[knob].kind
+    kind = _kind(knob)
+    if kind == "direction":
+        return value
     if kind == "count":
         return int(value) if _is_number(value) else None
     if kind == "limit":
@@ -301,7 +352,7 @@ def _coerce(knob: str, value: Any) -> Any:
     return value
 
 
-def movement(setting: KnobSetting) -> tuple[Any, Any, int, int] | None:
+def movement(setting: KnobSetting) -> tuple[Any, Any, int, int] | None:  # noqa: PLR0911
     """(before, after, direction, size change) of a setting that moves its knob, else None.
 
     Direction for ordered knobs: size up +1 / down -1; throttle tighter (a lower limit, or
@@ -309,9 +360,12 @@ def movement(setting: KnobSetting) -> tuple[Any, Any, int, int] | None:
     and configuration values compare by value only (0).
     """
     before, after = _coerce(setting.knob, setting.before), _coerce(setting.knob, setting.after)
+    kind = _kind(setting.knob)
+    if kind == "direction":
+        direction = int(after) if _is_int(after) else 0
+        return None, direction, direction, 0
     if before == after:
         return None
-    kind = "value" if setting.knob.startswith(CONFIG_PREFIX) else KNOBS[setting.knob].kind
     if kind == "count":
         if before is None or after is None:
             return None
@@ -325,9 +379,12 @@ def movement(setting: KnobSetting) -> tuple[Any, Any, int, int] | None:
 
 
 def reported(
-    kind: ActionType, previous: Mapping[str, Any], current: Mapping[str, Any]
+    kind: ActionName, previous: Mapping[str, Any], current: Mapping[str, Any]
 ) -> tuple[KnobSetting, ...]:
-    """What a completed action set, from the Charter's answer (its previous/current values)."""
+    """What a completed action set, from the Charter's answer (its previous/current values).
+    A user-defined action's answer says nothing of the kind: () (its `sets` say it)."""
+    if not is_builtin(kind):
+        return ()
     knob = EFFECTS[kind].knob
     if knob is None:
         return ()
@@ -347,6 +404,6 @@ def restore_value(knob: str, previous: Mapping[str, Any]) -> Any:
     return previous[KNOBS[knob].result_key]
 
 
-def settle_s(actions: Iterable[RemediationAction], specs: Mapping[ActionType, ActionSpec]) -> float:
+def settle_s(actions: Iterable[RemediationAction], specs: Mapping[ActionName, ActionSpec]) -> float:
     """How long the effect of these actions takes to show: the longest `settle_s`."""
     return max((specs[a.action_type].settle_s for a in actions), default=0.0)

@@ -365,13 +365,18 @@ class PatternAnalyzer:
         base_confidence = self._config.base_confidence
         # Rows are ranked before the Causes are built, so the Causes sit in memory in the
         # order the Planner walks them (random access over 10^5 objects is slow).
-        rows: list[tuple[tuple[float, float, int, str, str], Severity, Violation | None]] = []
+        rows: list[
+            tuple[tuple[float, float, int, str, str], Severity, Violation | None, Violation]
+        ] = []
         for key, group in groups.items():
             kind, component = key
             if len(group) == 1:
                 severity = group[0].severity
                 evidence = group[0] if group[0].source is ViolationSource.RULE else None
+                latest = group[0]
             else:
+                # The labels a user-defined action's templates see: the latest violation's.
+                latest = max(group, key=lambda v: v.timestamp)
                 severity = max((v.severity for v in group), key=SEVERITY_WEIGHT.__getitem__)
                 rules = [v for v in group if v.source is ViolationSource.RULE]
                 # The latest rule reading carries value/threshold/query; ties by value.
@@ -380,12 +385,20 @@ class PatternAnalyzer:
             miss = (1.0 - base_confidence * weight) * kind_miss.get(kind, 1.0)
             miss *= key_miss.get(key, 1.0)
             confidence = min(max(1.0 - miss, 0.0), 1.0)
-            rows.append(((-weight, -confidence, -len(group), kind, component), severity, evidence))
+            rows.append(
+                ((-weight, -confidence, -len(group), kind, component), severity, evidence, latest)
+            )
         rows.sort(key=itemgetter(0))
 
         labels: dict[tuple[str, bool], tuple[PatternKind, ...]] = {}
         causes: list[Cause] = []
-        for (_, negative_confidence, negative_count, kind, component), severity, evidence in rows:
+        for (
+            _,
+            negative_confidence,
+            negative_count,
+            kind,
+            component,
+        ), severity, evidence, latest in rows:
             burst = (kind, component) in key_miss
             label = labels.get((kind, burst))
             if label is None:
@@ -407,6 +420,8 @@ class PatternAnalyzer:
                     value=evidence.value if evidence else None,
                     threshold=evidence.threshold if evidence else None,
                     source=ViolationSource.RULE if evidence else ViolationSource.ALERT,
+                    labels=latest.labels,
+                    annotations=latest.annotations,
                 )
             )
         return tuple(causes)

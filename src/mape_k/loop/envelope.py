@@ -47,7 +47,16 @@ from mape_k.loop.guards import (
 )
 from mape_k.loop.plan import signature
 from mape_k.metrics import Metrics
-from mape_k.models import ActionType, OutcomeType, PolicyOutcome, RemediationPolicy
+from mape_k.models import (
+    ActionName,
+    ExecutionStatus,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+    RemediationPolicy,
+    action_name,
+    is_builtin,
+)
 from mape_k.store import SCHEMA_VERSION, Store, policy_from_record, to_jsonable
 
 log = structlog.get_logger(__name__)
@@ -262,7 +271,7 @@ class SafetyEnvelope:
         try:
             # Built whole before assigned: a bad file leaves the fresh (empty) state intact.
             history = [
-                replace(Change(**c), action_type=ActionType(c["action_type"]))
+                replace(Change(**c), action_type=action_name(c["action_type"]))
                 for c in saved.get("history", [])
             ]
             recommendations = [Recommendation(**r) for r in saved.get("recommendations", [])]
@@ -364,7 +373,7 @@ class SafetyEnvelope:
         flip = oscillation(self.history, None, window_s=cfg.window_s, now=now)
         if flip is None or not any(c in flip for c in added):
             return None
-        steps = " -> ".join(c.action_type.value for c in flip)
+        steps = " -> ".join(c.action_type for c in flip)
         return self.start_backoff(flip[-1].target, f"{flip[-1].knob}: {steps}", now=now)
 
     def start_backoff(self, target: str, reason: str, *, now: float) -> Backoff:
@@ -400,7 +409,6 @@ class SafetyEnvelope:
 
     def note_outcome(self, outcome: PolicyOutcome, *, now: float) -> Hold | None:
         """Count remediations that did not fix their target; K of them open its breaker."""
-        cfg = self.config.target_breaker
         target = outcome.target
         if outcome.outcome is OutcomeType.SUCCESS:
             if self.failures.pop(target, None) is not None:
@@ -408,6 +416,31 @@ class SafetyEnvelope:
             return None
         if outcome.outcome is OutcomeType.UNKNOWN:
             return None
+        return self._count_failure(
+            target,
+            f"last: {outcome.action_type} for {outcome.cause}: {outcome.outcome.value}",
+            now=now,
+        )
+
+    def note_failed_execution(self, execution: PolicyExecution, *, now: float) -> Hold | None:
+        """A policy with a user-defined action that failed (its actuator: a non-zero exit, a
+        refused webhook) counts like a remediation that did not fix its target: the target
+        breaker is per target for every actuator (Charter call failures have the Charter
+        circuit breaker as well, so a failed Charter-only policy is not counted here)."""
+        if execution.status not in {ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK}:
+            return None
+        if all(is_builtin(step.action.action_type) for step in execution.actions):
+            return None
+        error = (execution.error or "failed")[:200]
+        return self._count_failure(
+            execution.policy.target,
+            f"last: {execution.policy.primary_action} for {execution.policy.cause.name}"
+            f" failed: {error}",
+            now=now,
+        )
+
+    def _count_failure(self, target: str, last: str, *, now: float) -> Hold | None:
+        cfg = self.config.target_breaker
         times = [t for t in self.failures.get(target, []) if t >= now - cfg.window_s]
         times.append(now)
         self.failures[target] = times
@@ -418,10 +451,7 @@ class SafetyEnvelope:
             target=target,
             since=now,
             until=None if cfg.hold_s is None else now + cfg.hold_s,
-            reason=(
-                f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it"
-                f" (last: {outcome.action_type.value} for {outcome.cause}: {outcome.outcome.value})"
-            ),
+            reason=f"{len(times)} remediations within {cfg.window_s:.0f} s did not fix it ({last})",
         )
         self.needs_human[target] = hold
         self.failures.pop(target, None)
@@ -517,13 +547,13 @@ class SafetyEnvelope:
         freeze = self.freeze if self.freeze is not None and self.freeze.active(now) else None
         recent = [c for c in self.history if c.at > now - cfg.velocity.window_s]
         cooldowns: list[dict[str, Any]] = []
-        last: dict[tuple[str, ActionType], Change] = {}
+        last: dict[tuple[str, ActionName], Change] = {}
         for change in self.history:
             last[(change.target, change.action_type)] = change
         for (target, kind), change in sorted(last.items(), key=lambda kv: kv[1].at):
             until = change.at + cooldown_s(change, cfg)
             if cfg.cooldown.enabled and now < until:
-                cooldowns.append({"target": target, "action_type": kind.value, "until": until})
+                cooldowns.append({"target": target, "action_type": kind, "until": until})
         return {
             "dry_run": self.dry_run,
             "freeze": freeze_dict(freeze),

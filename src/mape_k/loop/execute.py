@@ -1,8 +1,10 @@
-"""Execute: run a policy's actions through a CharterClient, transactionally, then verify.
+"""Execute: run a policy's actions through their actuators, transactionally, then verify.
 
 The policy arrives resolved (loop/actions.py): each action carries the absolute state it
 sets, which the guards judged; the executor sends exactly that, reads nothing first and
-recomputes nothing, and the journal records it with the Charter's answer.
+recomputes nothing, and the journal records it with the actuator's answer. A built-in
+action goes to the Charter (actuators/charter.py), a user-defined one to its own actuator
+(actuators/user.py: exec, http, alertmanager); both are the one `Actuator` interface.
 Actions run in order, each under a timeout, each journaled before and after it runs.
 When one fails, the completed ones are undone in reverse order (ROLLED_BACK). Every
 mutating call carries an idempotency key derived from the policy id, so re-running the
@@ -16,19 +18,21 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import structlog
 
+from mape_k.actuators.base import Actuator, idempotency_key
+from mape_k.actuators.charter import CharterActuator
+from mape_k.actuators.user import UserActuator
 from mape_k.config import ActionSpec, ExecutorConfig
-from mape_k.errors import CharterError, ExecutionError, MapekError
+from mape_k.errors import ActuatorError, CharterError, ExecutionError, MapekError
 from mape_k.integrations.charter.base import ActionResult, CharterClient
 from mape_k.loop import actions as effects
 from mape_k.loop.actions import INVERSE
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
-    ActionType,
+    ActionName,
     ExecutionStatus,
     Observation,
     OutcomeType,
@@ -36,7 +40,10 @@ from mape_k.models import (
     PolicyOutcome,
     RemediationAction,
     RemediationPolicy,
+    is_builtin,
 )
+
+__all__ = ["Executor", "PendingVerification", "classify", "idempotency_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,10 +58,6 @@ Journal = Callable[[PolicyExecution], None]
 # action that was not resolved (actions.Unresolvable, a ValueError).
 ACTION_ERRORS = (MapekError, TimeoutError, KeyError, TypeError, ValueError)
 HISTORY_KEPT = 1000  # executions remembered in memory (replay of a policy id, revert)
-
-
-def idempotency_key(policy_id: str, index: int, action: RemediationAction) -> str:
-    return f"{policy_id}:{index}:{action.action_type.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +76,18 @@ class Executor:
     def __init__(
         self,
         *,
-        charter: CharterClient,
+        charter: CharterClient | None,
         config: ExecutorConfig,
-        actions: Mapping[ActionType, ActionSpec],
+        actions: Mapping[ActionName, ActionSpec],
         journal: Journal,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         hold: Callable[[], str | None] = lambda: None,
+        user: UserActuator | None = None,
     ) -> None:
-        self._charter = charter
+        self._charter = None if charter is None else CharterActuator(charter)
+        # User-defined actions, run from the current specs (a reload applies at once).
+        self._user = user if user is not None else UserActuator(lambda: self._actions)
         self._config = config
         self._actions = actions
         self._journal = journal
@@ -96,7 +102,7 @@ class Executor:
         self._verdicts: dict[str, OutcomeType] = {}  # execution id -> its outcome (bounded)
 
     def reconfigure(
-        self, config: ExecutorConfig, *, actions: Mapping[ActionType, ActionSpec]
+        self, config: ExecutorConfig, *, actions: Mapping[ActionName, ActionSpec]
     ) -> None:
         """A reloaded configuration (`dry_run` is the safety envelope's switch)."""
         self._config = config
@@ -175,10 +181,11 @@ class Executor:
                     raise ExecutionError(f"stopped before this action: {reason}")
                 # Recorded before it runs, or it does not run: a crash must find it journaled.
                 self._journal(execution)
-                async with asyncio.timeout(self._config.action_timeout_s):
-                    result = await self._apply(running.action, running.idempotency_key)
+                budget = self._budget(running.action)
+                async with asyncio.timeout(budget):
+                    result = await self._apply(running.action, running.idempotency_key, policy)
             except ACTION_ERRORS as exc:
-                error = _describe(exc, self._config.action_timeout_s)
+                error = _describe(exc, self._budget(running.action))
                 failed = replace(
                     running, status=ExecutionStatus.FAILED, finished_at=self._clock(), error=error
                 )
@@ -187,7 +194,7 @@ class Executor:
                 log.warning(
                     "action_failed",
                     policy_id=policy.id,
-                    action_type=failed.action.action_type.value,
+                    action_type=failed.action.action_type,
                     error=error,
                 )
                 execution = await self._roll_back(execution, done, error)
@@ -213,7 +220,7 @@ class Executor:
             "policy_executed",
             policy_id=policy.id,
             status=execution.status.value,
-            actions=[a.action.action_type.value for a in execution.actions],
+            actions=[a.action.action_type for a in execution.actions],
             error=execution.error,
         )
         return execution
@@ -226,15 +233,15 @@ class Executor:
         for step in reversed(done):
             index = execution.actions.index(step)
             try:
-                async with asyncio.timeout(self._config.action_timeout_s):
-                    undone = await self._undo(step)
+                async with asyncio.timeout(self._budget(step.action)):
+                    undone = await self._undo(step, execution.policy)
             except ACTION_ERRORS as exc:
                 complete = False
                 log.error(
                     "rollback_failed",
                     policy_id=execution.id,
-                    action_type=step.action.action_type.value,
-                    error=_describe(exc, self._config.action_timeout_s),
+                    action_type=step.action.action_type,
+                    error=_describe(exc, self._budget(step.action)),
                 )
                 continue
             if undone:
@@ -263,7 +270,7 @@ class Executor:
             if step.status is ExecutionStatus.IN_PROGRESS:
                 steps[index] = await self._settle_interrupted(execution.id, step)
                 if steps[index].status is ExecutionStatus.COMPLETED:
-                    arrived.append(step.action.action_type.value)
+                    arrived.append(step.action.action_type)
         execution = replace(execution, actions=tuple(steps))
         if all(step.status is ExecutionStatus.COMPLETED for step in steps):
             reconciled = replace(
@@ -288,14 +295,14 @@ class Executor:
     ) -> ActionExecution:
         try:
             async with asyncio.timeout(self._config.action_timeout_s):
-                found = await self._charter.find_action(step.idempotency_key)
+                found = await self._actuator(step.action).find(step.idempotency_key)
         except ACTION_ERRORS as exc:
             error = _describe(exc, self._config.action_timeout_s)
             log.error("reconcile_lookup_failed", execution_id=execution_id, error=error)
             return replace(
                 step,
                 status=ExecutionStatus.FAILED,
-                error=f"interrupted; whether it reached the Charter is unknown ({error})",
+                error=f"interrupted; whether it took effect is unknown ({error})",
             )
         if found is None:
             return replace(
@@ -355,7 +362,7 @@ class Executor:
             done = [
                 a
                 for a in execution.actions
-                if a.status is ExecutionStatus.COMPLETED and INVERSE[a.action.action_type]
+                if a.status is ExecutionStatus.COMPLETED and self._reversible(a.action.action_type)
             ]
             if not done:
                 continue
@@ -378,70 +385,96 @@ class Executor:
     def _count(self, step: ActionExecution) -> None:
         if self._metrics is not None:
             self._metrics.actions.labels(
-                action_type=step.action.action_type.value, status=step.status.value
+                action_type=step.action.action_type, status=step.status.value
             ).inc()
 
-    async def _apply(  # noqa: PLR0911 - one case per action type
-        self, action: RemediationAction, key: str
+    def _actuator(self, action: RemediationAction) -> Actuator:
+        if is_builtin(action.action_type):
+            if self._charter is None:
+                raise ExecutionError(
+                    f"{action.action_type} is a Charter action and there is no Charter"
+                    " (charter.mode: none)"
+                )
+            return self._charter
+        return self._user
+
+    def _reversible(self, name: str) -> bool:
+        if is_builtin(name):
+            return INVERSE.get(name) is not None
+        return self._user.reversible(name)
+
+    def _budget(self, action: RemediationAction) -> float:
+        """How long one action may take: its actuator's own bound, else action_timeout_s."""
+        try:
+            budget = self._actuator(action).budget_s(action)
+        except MapekError:
+            budget = None
+        return self._config.action_timeout_s if budget is None else budget
+
+    async def _apply(
+        self, action: RemediationAction, key: str, policy: RemediationPolicy
     ) -> ActionResult:
         """Send the absolute state `action` was resolved to, literally: no read, no default."""
-        charter = self._charter
-        match action.action_type:
-            case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
-                size = effects.desired(action, "size")
-                return await charter.scale_committee(int(size), idempotency_key=key)
-            case ActionType.RESTART_SERVICE:
-                return await charter.restart_committee(idempotency_key=key)
-            case ActionType.APPLY_POLICY:
-                policy_id = effects.desired(action, "policy")
-                return await charter.apply_policy(str(policy_id), idempotency_key=key)
-            case ActionType.BYPASS_VALIDATION:
-                active = effects.desired(action, "bypass")
-                return await charter.set_validation_bypass(bool(active), idempotency_key=key)
-            case ActionType.THROTTLE_REQUESTS:
-                limit = effects.desired(action, "throttle")
-                return await charter.set_throttle(
-                    None if limit is None else float(limit), idempotency_key=key
-                )
-            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
-                active = effects.desired(action, "override")
-                return await charter.set_emergency_override(bool(active), idempotency_key=key)
-            case ActionType.REBALANCE_LOAD:
-                return await charter.rebalance_load(idempotency_key=key)
-            case ActionType.UPDATE_CONFIGURATION:
-                settings = effects.config_settings(action)
-                return await charter.update_configuration(settings, idempotency_key=key)
+        return await self._actuator(action).apply(action, policy, key)
 
-    async def _undo(self, step: ActionExecution) -> bool:
-        """Restore what `step` changed, to what the Charter reported before it; False when
-        the action cannot be undone. An answer that does not say what was there raises."""
-        charter = self._charter
-        key = f"{step.idempotency_key}:rollback"
-        previous: dict[str, Any] = step.result.get("previous", {})
-        current: dict[str, Any] = step.result.get("current", {})
-        match step.action.action_type:
-            case ActionType.SCALE_UP | ActionType.SCALE_DOWN:
-                size = effects.restore_value("size", previous)
-                await charter.scale_committee(int(size), idempotency_key=key)
-            case ActionType.APPLY_POLICY:
-                applied = current.get("active_policy") or effects.desired(step.action, "policy")
-                await charter.rollback_policy(str(applied), idempotency_key=key)
-            case ActionType.BYPASS_VALIDATION:
-                active = effects.restore_value("bypass", previous)
-                await charter.set_validation_bypass(bool(active), idempotency_key=key)
-            case ActionType.THROTTLE_REQUESTS:
-                limit = effects.restore_value("throttle", previous)
-                await charter.set_throttle(
-                    None if limit is None else float(limit), idempotency_key=key
-                )
-            case ActionType.ACTIVATE_EMERGENCY_OVERRIDE:
-                active = effects.restore_value("override", previous)
-                await charter.set_emergency_override(bool(active), idempotency_key=key)
-            case ActionType.UPDATE_CONFIGURATION:
-                await charter.update_configuration(dict(previous["settings"]), idempotency_key=key)
-            case ActionType.RESTART_SERVICE | ActionType.REBALANCE_LOAD:
-                return False
-        return True
+    async def _undo(self, step: ActionExecution, policy: RemediationPolicy) -> bool:
+        """Restore what `step` changed; False when the action cannot be undone."""
+        return await self._actuator(step.action).undo(step, policy)
+
+    def execution(self, execution_id: str) -> PolicyExecution | None:
+        """A recent execution by id (memory keeps the last HISTORY_KEPT)."""
+        return self._history.get(execution_id)
+
+    async def escalate(self, policy: RemediationPolicy) -> ActionResult | None:
+        """Run a notification (the escalation action of a held target) once: not a
+        remediation, so no journal entry, no verification and no rollback; None when it
+        failed (logged). `policy` must be prepared (its templates checked)."""
+        [action] = policy.actions
+        key = idempotency_key(policy.id, 0, action)
+        try:
+            async with asyncio.timeout(self._budget(action)):
+                result = await self._user.apply(action, policy, key)
+        except ACTION_ERRORS as exc:
+            log.error(
+                "escalation_failed",
+                target=policy.target,
+                action_type=action.action_type,
+                error=_describe(exc, self._budget(action)),
+            )
+            return None
+        log.warning("escalated", target=policy.target, action_type=action.action_type)
+        return result
+
+    async def release(self, outcomes: Iterable[PolicyOutcome]) -> None:
+        """After verification: release what an execution held while it settled (the
+        silences its alertmanager actions created are expired). Failures are logged."""
+        for outcome in outcomes:
+            execution = self._history.get(outcome.execution_id)
+            if execution is None:
+                continue
+            for step in execution.actions:
+                if step.status is not ExecutionStatus.COMPLETED:
+                    continue
+                if is_builtin(step.action.action_type):
+                    continue
+                try:
+                    async with asyncio.timeout(self._budget(step.action)):
+                        released = await self._user.release(step)
+                except ACTION_ERRORS as exc:
+                    log.error(
+                        "release_failed",
+                        execution_id=execution.id,
+                        action_type=step.action.action_type,
+                        error=_describe(exc, self._budget(step.action)),
+                    )
+                    continue
+                if released:
+                    log.info(
+                        "released_after_verification",
+                        execution_id=execution.id,
+                        action_type=step.action.action_type,
+                        outcome=outcome.outcome.value,
+                    )
 
     # --- verification -----------------------------------------------------------------
 
@@ -620,6 +653,6 @@ def _with_action(execution: PolicyExecution, index: int, step: ActionExecution) 
 def _describe(exc: BaseException, timeout_s: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out after {timeout_s:g} s"
-    if isinstance(exc, CharterError):
+    if isinstance(exc, CharterError | ActuatorError):
         return str(exc)
     return str(exc) or type(exc).__name__

@@ -20,6 +20,7 @@ from typing import Any
 from mape_k.config import FreezeWindow, GuardsConfig
 from mape_k.loop import actions
 from mape_k.models import (
+    ActionName,
     ActionType,
     ExecutionStatus,
     GuardDecision,
@@ -27,6 +28,7 @@ from mape_k.models import (
     KnobSetting,
     PolicyExecution,
     RemediationPolicy,
+    is_builtin,
 )
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -50,7 +52,7 @@ class Change:
 
     at: float
     target: str
-    action_type: ActionType
+    action_type: ActionName
     execution_id: str
     knob: str | None = None  # "size", "throttle", "bypass", "override", "policy", "config:KEY"
     direction: int = 0  # +1 / -1 for ordered knobs, 0 when only values compare
@@ -207,7 +209,10 @@ def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
             continue
         previous: dict[str, Any] = step.result.get("previous", {}) or {}
         current: dict[str, Any] = step.result.get("current", {}) or {}
-        reported = actions.reported(step.action.action_type, previous, current)
+        if is_builtin(step.action.action_type):
+            reported = actions.reported(step.action.action_type, previous, current)
+        else:  # a user-defined action: what it was prepared to set (its knob, its direction)
+            reported = step.action.sets or ()
         changes.extend(_knob_changes(base, reported))
     return changes
 
@@ -279,7 +284,7 @@ def data_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
         return _decision("data", GuardVerdict.BLOCK, reason, policy, None)
     if not actions.is_resolved(policy):
         why = ctx.unresolved or "it was not resolved against a reading of the target"
-        reason = f"no action without the target's state to resolve it against: {why}"
+        reason = f"not resolved, not sent: {why}"
         return _decision("data", GuardVerdict.BLOCK, reason, policy, None)
     return _allow("data", "observation complete, policy resolved", policy)
 
@@ -305,6 +310,8 @@ def freeze_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
 def charter_breaker_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if not ctx.config.charter_breaker.enabled:
         return _allow("charter_breaker", "disabled", policy)
+    if not actions.needs_reading(policy):
+        return _allow("charter_breaker", "no Charter action", policy)
     phase = ctx.charter.phase(ctx.now)
     if phase == "open":
         until = ctx.charter.until
@@ -341,7 +348,7 @@ def oscillation_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDeci
     for change in planned_changes(policy, now=ctx.now):
         flip = oscillation(ctx.history, change, window_s=cfg.window_s, now=ctx.now)
         if flip is not None:
-            steps = " -> ".join(c.action_type.value for c in flip)
+            steps = " -> ".join(c.action_type for c in flip)
             reason = f"would oscillate {policy.target} {change.knob}: {steps}"
             return _decision("oscillation", GuardVerdict.BLOCK, reason, policy, None)
     return _allow("oscillation", "no flip-flop", policy)
@@ -360,7 +367,7 @@ def cooldown_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
         previous = [
             c
             for c in ctx.history
-            if c.target == policy.target and c.action_type is action.action_type
+            if c.target == policy.target and c.action_type == action.action_type
         ]
         if not previous:
             continue
@@ -368,7 +375,7 @@ def cooldown_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
         until = last.at + cooldown_s(last, ctx.config)
         if ctx.now < until:
             reason = (
-                f"{action.action_type.value} on {policy.target} cooling down until {_at(until)}"
+                f"{action.action_type} on {policy.target} cooling down until {_at(until)}"
                 f" (last at {_at(last.at)}, size change {last.size_delta})"
             )
             return _decision("cooldown", GuardVerdict.DELAY, reason, policy, until)

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from mape_k.actuators.user import prepare as prepare_user_actions
 from mape_k.config import Settings
 from mape_k.errors import CharterError, MapekError
 from mape_k.integrations.charter.base import CharterClient, CommitteeState
@@ -41,6 +42,8 @@ from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
     AnalysisResult,
+    CandidateScore,
+    Cause,
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
@@ -48,7 +51,9 @@ from mape_k.models import (
     OutcomeType,
     PolicyExecution,
     PolicyOutcome,
+    RemediationAction,
     RemediationPolicy,
+    Severity,
 )
 from mape_k.store import Store
 
@@ -136,6 +141,8 @@ class IterationPipeline:
         self.startup_problem: str | None = None
         self._startup_checked = False
         self.committee_size: int | None = None
+        # Targets the target breaker held since the escalation last ran, with their cause.
+        self._held: list[tuple[guard_rules.Hold, Cause | None]] = []
         self.prometheus_ok: bool | None = None  # usable data in the last reading
         self.readings = Readings()
 
@@ -166,7 +173,6 @@ class IterationPipeline:
             observation = await self.monitor.observe(now)
             phases.done("monitor", t)
             record.observation = observation
-            self.prometheus_ok = not observation.degraded
             self._remember(observation, now)
             self.state.violations_seen += len(observation.violations)
             self.committee_size = _size(observation, "charter")
@@ -174,6 +180,8 @@ class IterationPipeline:
 
         t = time.perf_counter()
         record.verifications = self._verify(observation, now)
+        await self.executor.release(record.verifications)
+        await self._escalate(now)
         record.panic = await self._panic_check(record.verifications, observation, now)
         phases.done("verify", t)
 
@@ -184,7 +192,10 @@ class IterationPipeline:
 
         t = time.perf_counter()
         policies = self.planner.generate_policies(
-            analysis, knowledge=self.knowledge.view(), now=now
+            analysis,
+            knowledge=self.knowledge.view(),
+            now=now,
+            target_knowledge=self.knowledge.target_view(),
         )
         record.candidates = policies
         phases.done("plan", t)
@@ -253,6 +264,7 @@ class IterationPipeline:
 
     def _remember(self, observation: Observation, now: float) -> None:
         """A usable reading feeds the trends and releases the holds of quiet targets."""
+        self.prometheus_ok = not observation.degraded
         if observation.degraded:
             return
         self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
@@ -262,8 +274,47 @@ class IterationPipeline:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
             self.knowledge.record_outcome(outcome)
-            self.envelope.note_outcome(outcome, now=now)
+            hold = self.envelope.note_outcome(outcome, now=now)
+            if hold is not None:
+                execution = self.executor.execution(outcome.execution_id)
+                self._held.append((hold, execution.policy.cause if execution else None))
         return outcomes
+
+    async def _escalate(self, now: float) -> None:
+        """Run `guards.target_breaker.escalate` once for each target held for a human since
+        the last iteration (a notification: the guards do not judge it, it is not learned)."""
+        held, self._held = self._held, []
+        name = self.settings.guards.target_breaker.escalate
+        if name is None:
+            return
+        for hold, cause in held:
+            if self.envelope.dry_run:  # dry-run: decided and logged, nothing called
+                log.warning("escalation_skipped", target=hold.target, why="dry-run")
+                continue
+            base = cause or Cause(
+                name="needs_human",
+                target=hold.target,
+                severity=Severity.CRITICAL,
+                confidence=1.0,
+                violations=0,
+            )
+            policy = RemediationPolicy(
+                id=f"escalation-{hold.target}-{int(now)}",
+                cause=base,
+                actions=(RemediationAction(action_type=name, target=hold.target),),
+                score=CandidateScore(
+                    cost=0.0, benefit=0.0, knowledge_weight=1.0, confidence=1.0, score=0.0
+                ),
+                requires_approval=False,
+                created_at=now,
+                rationale=f"escalation: {hold.reason}",
+            )
+            try:
+                prepared = prepare_user_actions(policy, self.settings.planner.actions)
+            except action_model.Unresolvable as exc:
+                log.error("escalation_refused", target=hold.target, reason=str(exc))
+                continue
+            await self.executor.escalate(prepared)
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
         safety = self.envelope
@@ -309,15 +360,20 @@ class IterationPipeline:
             return None, problem
         return state, None
 
-    @staticmethod
-    def _resolve(policy: RemediationPolicy, reading: Reading) -> Plan:
+    def _resolve(self, policy: RemediationPolicy, reading: Reading) -> Plan:
         """`policy` resolved to absolute desired state against `reading`, or as it came with
-        the reason it could not be (the data guard then blocks it, saying why)."""
+        the reason it could not be (the data guard then blocks it, saying why). Its
+        user-defined actions are prepared first (templates rendered and checked: a hostile
+        label refuses the action here, with the reason); they need no reading."""
         state, problem = reading
-        if state is None:
+        try:
+            prepared = prepare_user_actions(policy, self.settings.planner.actions)
+        except action_model.Unresolvable as exc:
+            return policy, str(exc)
+        if state is None and action_model.needs_reading(prepared):
             return policy, problem
         try:
-            return action_model.resolve(policy, state), None
+            return action_model.resolve(prepared, state), None
         except action_model.Unresolvable as exc:
             return policy, str(exc)
 
@@ -357,7 +413,7 @@ class IterationPipeline:
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)
             if guard_rules.allowed(verdicts):
-                why = f"{policy.primary_action.value} on {policy.target}: {policy.rationale}"
+                why = f"{policy.primary_action} on {policy.target}: {policy.rationale}"
                 return policy, decisions, why
             held.extend(f"{d.guard}: {d.reason}" for d in guard_rules.holding(verdicts))
         if not runnable:
@@ -428,7 +484,7 @@ class IterationPipeline:
             if harmful:
                 outcome = harmful[0]
                 reason = (
-                    f"{outcome.action_type.value} for {outcome.cause} on {outcome.target}"
+                    f"{outcome.action_type} for {outcome.cause} on {outcome.target}"
                     f" made it worse ({outcome.value_before} -> {outcome.value_after})"
                 )
                 return reason, frozenset(o.execution_id for o in harmful)
@@ -533,6 +589,9 @@ class IterationPipeline:
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:
         changes = guard_rules.executed_changes(execution, at=now)
         self.envelope.record_changes(changes, now=now)
+        hold = self.envelope.note_failed_execution(execution, now=now)
+        if hold is not None:
+            self._held.append((hold, execution.policy.cause))
 
     def _count_result(self, result: str) -> None:
         if result == "degraded":

@@ -17,7 +17,7 @@ import structlog
 from mape_k.config import KnowledgeConfig
 from mape_k.metrics import Metrics
 from mape_k.models import (
-    ActionType,
+    ActionName,
     LearningInsight,
     OutcomeType,
     PolicyExecution,
@@ -31,7 +31,8 @@ log = structlog.get_logger(__name__)
 PARTIAL_WEIGHT = 0.5
 INEFFECTIVE_MIN_SAMPLES = 5  # "never worked" needs this many samples before it is said
 
-PairKey = tuple[str, ActionType]
+PairKey = tuple[str, ActionName]
+TargetKey = tuple[str, str, ActionName]  # (cause, target, action)
 
 
 def weighted_successes(stats: PairStats) -> float:
@@ -51,6 +52,8 @@ class Knowledge:
         self._metrics = metrics
         self._stats: dict[PairKey, PairStats] = {}
         self._view: dict[PairKey, PolicyPattern] = {}
+        # Per target (cause, target, action): what the Planner blends over the pooled view.
+        self._target_view: dict[TargetKey, PolicyPattern] = {}
         self.update_patterns()
 
     def reconfigure(self, config: KnowledgeConfig) -> None:
@@ -85,7 +88,7 @@ class Knowledge:
             execution_id=outcome.execution_id,
             policy_id=outcome.policy_id,
             cause=outcome.cause,
-            action_type=outcome.action_type.value,
+            action_type=outcome.action_type,
             target=outcome.target,
             outcome=outcome.outcome.value,
             time_to_stabilize_s=outcome.time_to_stabilize_s,
@@ -112,17 +115,26 @@ class Knowledge:
         view = {key: self._pattern(row) for key, row in stats.items() if row.samples > 0}
         self._stats = stats
         self._view = view
+        self._target_view = {
+            (row.cause, target, row.action_type): self._pattern(row)
+            for target, row in self._store.target_stats()
+            if row.samples > 0
+        }
         if self._metrics is not None:
             for (cause, action), pattern in view.items():
-                labels = {"cause": cause, "action_type": action.value}
+                labels = {"cause": cause, "action_type": action}
                 self._metrics.success_rate.labels(**labels).set(pattern.success_rate)
                 self._metrics.knowledge_samples.labels(**labels).set(pattern.samples)
+
+    def target_view(self) -> Mapping[TargetKey, PolicyPattern]:
+        """Per (cause, target, action): each target's own record (the outcomes kept)."""
+        return MappingProxyType(dict(self._target_view))
 
     def view(self) -> Mapping[PairKey, PolicyPattern]:
         """What the Planner weighs candidates with: pairs with at least one sample."""
         return MappingProxyType(dict(self._view))
 
-    def get_best_action_for_cause(self, cause: str) -> ActionType | None:
+    def get_best_action_for_cause(self, cause: str) -> ActionName | None:
         """The action with the highest success rate * confidence for `cause`.
 
         None without data, or when no action has ever (even partly) worked for it.
@@ -133,7 +145,7 @@ class Knowledge:
             return None
         best = max(
             candidates,
-            key=lambda p: (p.success_rate * p.confidence, p.samples, p.action_type.value),
+            key=lambda p: (p.success_rate * p.confidence, p.samples, p.action_type),
         )
         return best.action_type if best.success_rate > 0 else None
 
@@ -154,7 +166,7 @@ class Knowledge:
                         action_type=best,
                         kind="preferred_action",
                         message=(
-                            f"{best.value} works best for {cause}: "
+                            f"{best} works best for {cause}: "
                             f"{pattern.success_rate:.0%} success over {pattern.samples} "
                             f"samples{after}"
                         ),
@@ -178,7 +190,7 @@ class Knowledge:
                     action_type=action,
                     kind="ineffective_action",
                     message=(
-                        f"{action.value} never fixed {cause} in {stats.samples} attempts;"
+                        f"{action} never fixed {cause} in {stats.samples} attempts;"
                         " consider removing it from the remediations of this cause"
                     ),
                     confidence=pattern.confidence,
@@ -191,7 +203,7 @@ class Knowledge:
                     action_type=action,
                     kind="degrading_action",
                     message=(
-                        f"{action.value} made {cause} worse {stats.degradations} time(s)"
+                        f"{action} made {cause} worse {stats.degradations} time(s)"
                         f" out of {stats.samples}"
                     ),
                     confidence=pattern.confidence,
@@ -205,7 +217,7 @@ class Knowledge:
                     action_type=action,
                     kind="time_to_stabilize",
                     message=(
-                        f"{action.value} stabilizes {cause} in {tts:.1f} s on average"
+                        f"{action} stabilizes {cause} in {tts:.1f} s on average"
                         f" ({stats.tts_count} measured)"
                     ),
                     confidence=min(stats.tts_count / self._config.saturation_samples, 1.0),
@@ -235,7 +247,7 @@ class Knowledge:
             pairs.append(
                 {
                     "cause": cause,
-                    "action_type": action.value,
+                    "action_type": action,
                     "samples": stats.samples,
                     "successes": pattern.successes,
                     "success_rate": pattern.success_rate,

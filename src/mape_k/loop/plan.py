@@ -12,11 +12,11 @@ import hashlib
 import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mape_k.config import CandidateAction, PlannerConfig
 from mape_k.models import (
-    ActionType,
+    ActionName,
     AnalysisResult,
     CandidateScore,
     Cause,
@@ -25,7 +25,8 @@ from mape_k.models import (
     RemediationPolicy,
 )
 
-KnowledgeView = Mapping[tuple[str, ActionType], PolicyPattern]
+KnowledgeView = Mapping[tuple[str, ActionName], PolicyPattern]
+TargetKnowledgeView = Mapping[tuple[str, str, ActionName], PolicyPattern]
 
 # A proposal's identity across iterations: cause key + actions with their parameters.
 # Policy ids change with `now`; an operator's approval is matched by signature.
@@ -64,19 +65,28 @@ def knowledge_weight(pattern: PolicyPattern | None) -> float:
     return (1.0 - confidence) + confidence * pattern.success_rate
 
 
+def target_weight(own: PolicyPattern, pooled: float) -> float:
+    """A target's weight: its own success rate blended, by its own confidence, over the
+    pooled weight of every target (a new target starts from what worked elsewhere)."""
+    if own.samples <= 0:
+        return pooled
+    confidence = min(max(own.confidence, 0.0), 1.0)
+    return (1.0 - confidence) * pooled + confidence * own.success_rate
+
+
 def _params_json(parameters: Mapping[str, object]) -> str:
     return json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _candidate_actions(candidate: Sequence[CandidateAction]) -> tuple[tuple[str, str], ...]:
     """A configured candidate's half of a Signature: action types with their parameters."""
-    return tuple((action.type.value, _params_json(action.parameters)) for action in candidate)
+    return tuple((action.type, _params_json(action.parameters)) for action in candidate)
 
 
 def signature(policy: RemediationPolicy) -> Signature:
     return (
         policy.cause.key,
-        tuple((a.action_type.value, _params_json(a.parameters)) for a in policy.actions),
+        tuple((a.action_type, _params_json(a.parameters)) for a in policy.actions),
     )
 
 
@@ -193,7 +203,7 @@ class Planner:
         return _Candidate(
             position=position,
             actions=candidate,
-            types=tuple(action.type.value for action in candidate),
+            types=tuple(action.type for action in candidate),
             cost=sum(specs[action.type].cost for action in candidate),
             benefit=primary.benefit if primary.benefit is not None else specs[primary.type].benefit,
             weight=knowledge_weight(knowledge.get((cause_name, primary.type))),
@@ -206,6 +216,7 @@ class Planner:
         knowledge: KnowledgeView,
         now: float,
         id_factory: Callable[[], str] | None = None,
+        target_knowledge: TargetKnowledgeView | None = None,
     ) -> list[RemediationPolicy]:
         self._expire(now)
         cfg = self._config
@@ -224,7 +235,12 @@ class Planner:
                     if candidate
                 ]
             confidence = cause.confidence
-            for static in statics:
+            for pooled in statics:
+                static = pooled
+                if target_knowledge:
+                    own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
+                    if own is not None:
+                        static = replace(pooled, weight=target_weight(own, pooled.weight))
                 score = confidence * static.benefit * static.weight - static.cost
                 if score >= min_score:
                     key = (-score, len(static.types), static.types, rank, static.position)
@@ -260,9 +276,9 @@ class Planner:
         )
         sig: Signature = (
             cause.key,
-            tuple((a.action_type.value, _params_json(a.parameters)) for a in actions),
+            tuple((a.action_type, _params_json(a.parameters)) for a in actions),
         )
-        names = "+".join(action.type.value for action in candidate)
+        names = "+".join(action.type for action in candidate)
         rationale = (
             f"{names} for {cause.key}: benefit {scored.benefit:.2f} x weight "
             f"{scored.knowledge_weight:.2f} x confidence {scored.confidence:.2f} - cost "

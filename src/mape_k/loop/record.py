@@ -312,7 +312,7 @@ def _candidate(p: RemediationPolicy) -> dict[str, Any]:
     return {
         "policy_id": p.id,
         "cause": p.cause.key,
-        "actions": [{"type": a.action_type.value, "parameters": a.parameters} for a in p.actions],
+        "actions": [{"type": a.action_type, "parameters": a.parameters} for a in p.actions],
         "cost": round(p.score.cost, 3),
         "benefit": round(p.score.benefit, 3),
         "knowledge_weight": round(p.score.knowledge_weight, 3),
@@ -339,7 +339,7 @@ def _execution(e: PolicyExecution) -> dict[str, Any]:
         "error": e.error,
         "actions": [
             {
-                "type": a.action.action_type.value,
+                "type": a.action.action_type,
                 "sets": _sets(a.action.sets),
                 "status": a.status.value,
                 "idempotency_key": a.idempotency_key,
@@ -361,7 +361,7 @@ def _outcome(o: PolicyOutcome) -> dict[str, Any]:
     return {
         "execution_id": o.execution_id,
         "cause": o.cause,
-        "action_type": o.action_type.value,
+        "action_type": o.action_type,
         "outcome": o.outcome.value,
         "value_before": o.value_before,
         "value_after": o.value_after,

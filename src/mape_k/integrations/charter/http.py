@@ -26,6 +26,7 @@ from mape_k.errors import (
     CharterTimeout,
     CharterUnavailable,
 )
+from mape_k.integrations import retry
 from mape_k.integrations.charter.base import (
     ActionResult,
     CharterPolicy,
@@ -38,8 +39,8 @@ from mape_k.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 API = "/api/v1"
-RETRY_STATUSES = frozenset({502, 503, 504})
-MAX_BACKOFF_S = 5.0
+RETRY_STATUSES = retry.RETRY_STATUSES
+MAX_BACKOFF_S = retry.MAX_BACKOFF_S
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 T = TypeVar("T")
@@ -115,8 +116,7 @@ class HttpCharterClient:
 
     def backoff(self, attempt: int) -> float:
         """Equal-jitter exponential backoff before retry number `attempt` (0-based)."""
-        ceiling = min(MAX_BACKOFF_S, self.backoff_s * 2.0**attempt)
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return retry.backoff(attempt, self.backoff_s, self._rng)
 
     async def _call(
         self,
@@ -164,38 +164,22 @@ class HttpCharterClient:
         safe = method in {"GET", "PUT"} or bool(idempotency_key) or operation == "validate_policy"
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
         attempts = 1 + (self.retries if safe else 0)
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            try:
-                response = await self._client.request(
-                    method, f"{API}{path}", json=json, headers=headers
-                )
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise CharterTimeout(f"timed out: {exc}", operation=operation) from exc
-                reason = "timeout"
-            except httpx.TransportError as exc:
-                if last:
-                    raise CharterUnavailable(
-                        f"cannot reach {self.url}: {type(exc).__name__}: {exc}",
-                        operation=operation,
-                    ) from exc
-                reason = type(exc).__name__
-            else:
-                if response.status_code in RETRY_STATUSES and not last:
-                    reason = f"http_{response.status_code}"
-                else:
-                    return self._decode(operation, response)
-            delay = self.backoff(attempt)
-            log.info(
-                "charter_call_retry",
-                operation=operation,
-                attempt=attempt + 1,
-                reason=reason,
-                delay_s=round(delay, 3),
-            )
-            await self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        response = await retry.request(
+            self._client,
+            method,
+            f"{API}{path}",
+            operation=operation,
+            where=self.url,
+            attempts=attempts,
+            delay=self.backoff,
+            sleep=self._sleep,
+            timeout_error=CharterTimeout,
+            unavailable_error=CharterUnavailable,
+            json=json,
+            headers=headers,
+            event="charter_call_retry",
+        )
+        return self._decode(operation, response)
 
     @staticmethod
     def _decode(operation: str, response: httpx.Response) -> Any:
