@@ -16,6 +16,8 @@ from mape_k.quality import figures
 from mape_k.quality.alerts import AlertPath, load_config
 from mape_k.quality.baselines import HPA, rising_edges
 from mape_k.quality.figures import Sample
+from mape_k.quality.report import records_command
+from mape_k.quality.runner import Episode
 from mape_k.quality.scenario import load, load_all, parse, shipped_names
 from mape_k.quality.world import Schedule, counterfactual, lost, verdict
 from mape_k.sim.committee import Committee
@@ -282,3 +284,15 @@ def test_the_scenarios_are_package_data():
     ]["mape_k"]
     for name in shipped_names():
         assert any(fnmatch(f"scenarios/{name}.yaml", glob) for glob in globs), name
+
+
+def test_the_records_command_names_a_file_scenario_by_its_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nduration_s: 60\nepisodes: 3\n")
+    episode = Episode("mine", "mape-k", 4, 2, 0.0, {}, [], [])
+    assert records_command(load(str(path)), episode) == (
+        f"mape-k simulate --scenario {path} --seed 4 --episode 2 --policy mape-k --records"
+    )
+    assert records_command(load("no_fault"), episode).startswith(
+        "mape-k simulate --scenario no_fault --seed 4 --policy"
+    )

@@ -110,8 +110,10 @@ def _seeds(seeds: list[int]) -> str:
 
 def records_command(scenario: Scenario, episode: Episode) -> str:
     chain = f" --episode {episode.index}" if scenario.episodes > 1 else ""
+    shipped = not scenario.source.endswith((".yaml", ".yml"))
+    target = scenario.name if shipped else scenario.source
     return (
-        f"mape-k simulate --scenario {scenario.name} --seed {episode.seed}{chain}"
+        f"mape-k simulate --scenario {target} --seed {episode.seed}{chain}"
         " --policy mape-k --records"
     )
 
@@ -357,7 +359,7 @@ def markdown(
             + " | ".join(cells)
             + f" | {gap:+.2f} | {harmful} |"
         )
-    lines += ["", *losses(scenarios, results)]
+    lines += ["", *losses(scenarios, results)[:-1]]
     everything = [e for by in results.values() for e in by.get("mape-k", [])]
     lines += [
         "",
