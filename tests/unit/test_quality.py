@@ -218,12 +218,25 @@ def test_oscillations_count_direction_reversals():
     assert figures.direction_reversals([]) == 0
 
 
-def test_time_to_recover_needs_60_s_of_all_normal():
-    # bad from 10 to 19, normal from 20 on: recovered at 20 once 80 is reached
+def test_time_to_recover_runs_from_the_onset_to_the_final_60_s_of_all_normal():
+    # bad from 10 to 19, normal from 20 on: recovered at 20 (once 80 is reached), 10 s
+    # after the onset at 10, however long the disturbance took to show
     samples = _samples([True] * 10 + [False] * 10 + [True] * 70)
-    assert figures.time_to_recover(samples, 5.0) == 15.0
+    assert figures.time_to_recover(samples, 5.0) == 10.0
+    assert figures.time_to_recover(samples, 0.0) == 10.0
     assert figures.time_to_recover(_samples([True] * 10 + [False] * 10 + [True] * 50), 5) is None
     assert figures.time_to_recover(_samples([True] * 90), 5.0) == 0.0  # never went bad
+    # a slow disturbance (a ramp): normal for minutes, then bad to the end: not recovered,
+    # even after a blip of noise followed by a minute of normal
+    assert figures.time_to_recover(_samples([True] * 200 + [False] * 10), 0.0) is None
+    blip = [True] * 10 + [False] * 2 + [True] * 100 + [False] * 10
+    assert figures.time_to_recover(_samples(blip), 0.0) is None
+    # trouble that comes back and goes: recovered after the last stretch, timed from onset
+    twice = [True] * 10 + [False] * 5 + [True] * 20 + [False] * 5 + [True] * 61
+    assert figures.time_to_recover(_samples(twice), 0.0) == 30.0
+    # an onset after the next disturbance started is that one's, not this one's
+    assert figures.time_to_recover(samples, 0.0, until=5.0) == 0.0
+    assert figures.time_to_recover(samples, 0.0, until=11.0) == 10.0
 
 
 # --- the counterfactual ---------------------------------------------------------------------

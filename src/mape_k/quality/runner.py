@@ -264,7 +264,11 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     keep_samples: bool,
 ) -> Episode:
     calls = [c for c in ledger.calls if c.error is None]
-    ttrs = [figures.time_to_recover(samples, d) for d in scenario.disturbances()]
+    starts = scenario.disturbances()
+    ttrs = [
+        figures.time_to_recover(samples, d, starts[i + 1] if i + 1 < len(starts) else None)
+        for i, d in enumerate(starts)
+    ]
     recovered = all(t is not None for t in ttrs)
     ttr = max((t for t in ttrs if t is not None), default=0.0) if recovered else None
     over_at = figures.faults_over_at(samples) if samples else None
