@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from mape_k.app import build, reconcile
+from mape_k.app import build, reconcile, restore_freeze
 from mape_k.config import Settings, load_settings
 from mape_k.loop.orchestrator import advance_grid, schedule
 from mape_k.quality import POLICIES, figures
@@ -175,6 +175,9 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         delivered_firing: set[str] = set()
         async with build(settings, registry=CollectorRegistry(), world=world, clock=clock) as parts:
             if policy == "mape-k":
+                # as `run()` starts: a freeze and interrupted executions of the previous
+                # episode on this store (a learning chain) carry over, like a restart
+                restore_freeze(parts, start)
                 await reconcile(parts, start)
             interval = settings.orchestrator.interval_s
             debounce = settings.orchestrator.trigger_debounce_s
