@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FAULT  ?= error_burst
 DEB_PKGS := prometheus prometheus-alertmanager docker-compose
 
-.PHONY: venv deps run demo test unit lint type bench docs all clean
+.PHONY: venv deps run demo test unit lint type bench docs quality all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: venv deps
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
 	  || echo "wrk missing (apt-get install wrk): the webhook ingest benchmark will say so" >&2
 	$(BIN)/python -m bench --append docs/benchmarks.md
+
+# The scenario suite (docs/quality.md + docs/quality/*.png; one JSON per episode in
+# build/quality). SEEDS=N overrides every scenario's seed count; JOBS worker processes.
+SEEDS ?=
+JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
+quality: venv
+	$(BIN)/pip install --quiet -e '.[quality]'
+	$(BIN)/mape-k simulate --all --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS)) \
+	  --report docs/quality.md --json-dir build/quality
 
 docs: venv
 	$(BIN)/python -c "from mape_k.config import reference_markdown; print(reference_markdown(), end='')" > docs/configuration.md

@@ -1,4 +1,4 @@
-"""The `mape-k` command line: run, once, check-config, status, charter-sim, demo.
+"""The `mape-k` command line: run, once, check-config, status, charter-sim, demo, simulate.
 
 This module turns arguments into settings (CLI layer of the precedence) and signals into
 events (SIGTERM/SIGINT → stop, SIGHUP → reload); everything else lives in app.py.
@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--fault", choices=(*FAULT_KINDS, "none"), default="error_burst")
     demo.add_argument("--once", action="store_true", help="exit after recovery")
     demo.add_argument("--port-offset", type=int, default=0)
+
+    from mape_k.quality.options import add_arguments  # noqa: PLC0415 - its own options
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="scenarios against mape-k and the baselines on a simulated clock (docs/quality.md)",
+    )
+    add_arguments(simulate)
     return parser
 
 
@@ -230,6 +238,14 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo_main(fault=args.fault, once=args.once, port_offset=args.port_offset))
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from mape_k.quality.cli import simulate  # noqa: PLC0415
+    from mape_k.quality.suite import quiet  # noqa: PLC0415
+
+    quiet()  # the daemon's logs of thousands of simulated iterations would drown the answer
+    return simulate(args)
+
+
 COMMANDS = {
     "run": _run,
     "once": _once,
@@ -237,6 +253,7 @@ COMMANDS = {
     "status": _status,
     "charter-sim": _charter_sim,
     "demo": _demo,
+    "simulate": _simulate,
 }
 
 

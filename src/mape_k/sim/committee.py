@@ -127,6 +127,8 @@ class _Counters:
     latency_buckets: list[float] = field(default_factory=lambda: [0.0] * len(LATENCY_BUCKETS))
     latency_count: float = 0.0
     latency_sum: float = 0.0
+    offered: float = 0.0  # validations offered (before any throttle), the scenario suite's base
+    shed: float = 0.0  # validations a throttle refused (never admitted, so in no other counter)
 
 
 def _clamp(value: float, low: float = 0.0, high: float = 1.0) -> float:
@@ -191,6 +193,9 @@ class Committee:
         self._results: OrderedDict[str, ActionResult] = OrderedDict()
         self._max_keys = max_idempotency_keys
         self.counters = _Counters()
+        # An external shape of the offered load, a factor at model time t (None = 1): how the
+        # scenario suite (mape_k.quality) draws ramps and pulses on top of the regime.
+        self.load_shape: Callable[[float], float] | None = None
         # dynamic state
         self._noise = 0.0
         self._level = 1.0
@@ -230,6 +235,11 @@ class Committee:
     def _fault_magnitude(self, kind: str) -> float:
         return max((f.magnitude for f in self._faults.values() if f.kind == kind), default=0.0)
 
+    @property
+    def capacity(self) -> float:
+        """Validations per second the healthy members can serve now."""
+        return self._capacity()
+
     def _capacity(self) -> float:
         per_member = self.per_member_ops
         per_member *= 1 + 0.1 * math.log2(max(1, int(self._config["batch_size"])) / 16)
@@ -264,10 +274,14 @@ class Committee:
         self._apply_pending_scale()
         level = max(0.0, self._regime_level(dt))
         offered = self._base_load * level * (1 + 1.5 * self._fault_magnitude("load_spike"))
+        if self.load_shape is not None:
+            offered *= max(0.0, self.load_shape(self._t))
         admitted = offered if self._throttle is None else min(offered, self._throttle)
         capacity = self._capacity()
         incoming = admitted * dt
         counters = self.counters
+        counters.offered += offered * dt
+        counters.shed += (offered - admitted) * dt
         if capacity <= 0:
             # nobody to serve: everything is rejected, nothing waits
             served = dropped = 0.0
