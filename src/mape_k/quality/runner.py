@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from mape_k.app import build, reconcile, restore_freeze
 from mape_k.config import Settings, load_settings
-from mape_k.loop.orchestrator import advance_grid, schedule
+from mape_k.loop.scheduler import advance_grid, schedule
 from mape_k.quality import POLICIES, figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
 from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions, rising_edges
