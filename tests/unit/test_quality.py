@@ -16,6 +16,8 @@ from mape_k.quality import figures
 from mape_k.quality.alerts import AlertPath, load_config
 from mape_k.quality.baselines import HPA, rising_edges
 from mape_k.quality.figures import Sample
+from mape_k.quality.report import records_command
+from mape_k.quality.runner import Episode
 from mape_k.quality.scenario import load, load_all, parse, shipped_names
 from mape_k.quality.world import Schedule, counterfactual, lost, verdict
 from mape_k.sim.committee import Committee
@@ -216,12 +218,25 @@ def test_oscillations_count_direction_reversals():
     assert figures.direction_reversals([]) == 0
 
 
-def test_time_to_recover_needs_60_s_of_all_normal():
-    # bad from 10 to 19, normal from 20 on: recovered at 20 once 80 is reached
+def test_time_to_recover_runs_from_the_onset_to_the_final_60_s_of_all_normal():
+    # bad from 10 to 19, normal from 20 on: recovered at 20 (once 80 is reached), 10 s
+    # after the onset at 10, however long the disturbance took to show
     samples = _samples([True] * 10 + [False] * 10 + [True] * 70)
-    assert figures.time_to_recover(samples, 5.0) == 15.0
+    assert figures.time_to_recover(samples, 5.0) == 10.0
+    assert figures.time_to_recover(samples, 0.0) == 10.0
     assert figures.time_to_recover(_samples([True] * 10 + [False] * 10 + [True] * 50), 5) is None
     assert figures.time_to_recover(_samples([True] * 90), 5.0) == 0.0  # never went bad
+    # a slow disturbance (a ramp): normal for minutes, then bad to the end: not recovered,
+    # even after a blip of noise followed by a minute of normal
+    assert figures.time_to_recover(_samples([True] * 200 + [False] * 10), 0.0) is None
+    blip = [True] * 10 + [False] * 2 + [True] * 100 + [False] * 10
+    assert figures.time_to_recover(_samples(blip), 0.0) is None
+    # trouble that comes back and goes: recovered after the last stretch, timed from onset
+    twice = [True] * 10 + [False] * 5 + [True] * 20 + [False] * 5 + [True] * 61
+    assert figures.time_to_recover(_samples(twice), 0.0) == 30.0
+    # an onset after the next disturbance started is that one's, not this one's
+    assert figures.time_to_recover(samples, 0.0, until=5.0) == 0.0
+    assert figures.time_to_recover(samples, 0.0, until=11.0) == 10.0
 
 
 # --- the counterfactual ---------------------------------------------------------------------
@@ -282,3 +297,15 @@ def test_the_scenarios_are_package_data():
     ]["mape_k"]
     for name in shipped_names():
         assert any(fnmatch(f"scenarios/{name}.yaml", glob) for glob in globs), name
+
+
+def test_the_records_command_names_a_file_scenario_by_its_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nduration_s: 60\nepisodes: 3\n")
+    episode = Episode("mine", "mape-k", 4, 2, 0.0, {}, [], [])
+    assert records_command(load(str(path)), episode) == (
+        f"mape-k simulate --scenario {path} --seed 4 --episode 2 --policy mape-k --records"
+    )
+    assert records_command(load("no_fault"), episode).startswith(
+        "mape-k simulate --scenario no_fault --seed 4 --policy"
+    )

@@ -1,10 +1,11 @@
 """The figures of one episode, from its trajectory (one sample a second) and its calls.
 
-- recovered / time to recover: from each disturbance (a fault injected, a load shape
-  starting), the first moment after which every rule signal (causes.CAUSES) stays at or
-  under its threshold for RECOVERED_S; the episode's time is the worst disturbance's, and
-  it recovered when every disturbance did before the end. A disturbance that never moved a
-  signal over its threshold recovers in 0 s.
+- recovered / time to recover: for each disturbance (a fault injected, a load shape
+  starting), from its onset (the first sample with a rule signal of causes.CAUSES over its
+  threshold, before the next disturbance starts) to its final recovery: the start of the
+  all-normal stretch after its last abnormal one, when that stretch lasts RECOVERED_S
+  (time_to_recover); the episode's time is the worst disturbance's, and it recovered when
+  every disturbance did. A disturbance that never moved a signal recovers in 0 s.
 - requests lost %: (failed + shed) / offered over the episode.
 - oscillations: direction reversals of the size or of the throttle (tighter/looser).
 - left over: seconds throttled or above the starting size after the last fault is over
@@ -51,23 +52,31 @@ def all_normal(signals: dict[str, float]) -> bool:
     return all(signals[c.signal] <= c.threshold for c in CAUSES)
 
 
-def time_to_recover(samples: Sequence[Sample], start: float) -> float | None:
-    """Seconds from `start` to the first RECOVERED_S-long all-normal stretch that follows
-    the disturbance's first abnormal sample (or starts at `start` if there was none)."""
-    run_from: float | None = None
-    seen_bad = False
-    for sample in samples:
-        if sample.t < start:
-            continue
-        if not sample.normal:
-            seen_bad = True
-            run_from = None
-            continue
-        if run_from is None:
-            run_from = sample.t
-        if sample.t - run_from >= RECOVERED_S:
-            return (run_from - start) if seen_bad else 0.0
-    return None if seen_bad else 0.0
+def time_to_recover(
+    samples: Sequence[Sample], start: float, until: float | None = None
+) -> float | None:
+    """Seconds from the disturbance's onset to its final recovery; 0 when it never went
+    abnormal, None when it did not recover.
+
+    The disturbance's window is [start, until) (until: the next disturbance). Onset: its
+    first abnormal sample. Recovery: the start of the all-normal stretch that follows the
+    window's last abnormal stretch (followed past `until` while it stays abnormal), if that
+    stretch lasts RECOVERED_S — so a blip of noise before the real trouble does not count
+    as a recovery, and a disturbance still abnormal at the end is not recovered.
+    """
+    window = [i for i, s in enumerate(samples) if s.t >= start and (until is None or s.t < until)]
+    bad = [i for i in window if not samples[i].normal]
+    if not bad:
+        return 0.0
+    onset = samples[bad[0]].t
+    last = bad[-1]
+    while last + 1 < len(samples) and not samples[last + 1].normal:
+        last += 1
+    if last + 1 >= len(samples):
+        return None
+    run_start = samples[last + 1].t
+    run_end = next((s.t for s in samples[last + 1 :] if not s.normal), samples[-1].t)
+    return run_start - onset if run_end - run_start >= RECOVERED_S else None
 
 
 def direction_reversals(values: Sequence[float]) -> int:

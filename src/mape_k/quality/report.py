@@ -110,8 +110,10 @@ def _seeds(seeds: list[int]) -> str:
 
 def records_command(scenario: Scenario, episode: Episode) -> str:
     chain = f" --episode {episode.index}" if scenario.episodes > 1 else ""
+    shipped = not scenario.source.endswith((".yaml", ".yml"))
+    target = scenario.name if shipped else scenario.source
     return (
-        f"mape-k simulate --scenario {scenario.name} --seed {episode.seed}{chain}"
+        f"mape-k simulate --scenario {target} --seed {episode.seed}{chain}"
         " --policy mape-k --records"
     )
 
@@ -251,9 +253,11 @@ client. Every policy sees the same committee, the same seed, the same load.
   desired = ceil(size x utilisation / 0.7), 10 % tolerance, scale-down stabilised over
   300 s, scale-up at most max(+100 %, +4) per period, min = the starting size.
 
-**Figures** per episode: *recovered* / *time to recover* — from each disturbance (a fault
-injected, a load shape starting) until every rule signal of causes.py has been at or under
-its threshold for 60 s (∞ when that never happens; the worst disturbance counts);
+**Figures** per episode: *recovered* / *time to recover* — for each disturbance (a fault
+injected, a load shape starting), from its onset (the first second a rule signal of
+causes.py is over its threshold) to the start of the stretch after its last abnormal one
+in which every rule signal stays at or under its threshold for at least 60 s (∞ when it
+ends abnormal; 0 when it never went over; the worst disturbance counts);
 *requests lost* — (failed + shed by a throttle) / offered over the episode; *mutating
 actions* — calls that reached the committee; *oscillations* — direction reversals of the
 size or of the throttle; *left throttled / over-provisioned* — seconds with a throttle set
@@ -357,7 +361,7 @@ def markdown(
             + " | ".join(cells)
             + f" | {gap:+.2f} | {harmful} |"
         )
-    lines += ["", *losses(scenarios, results)]
+    lines += ["", *losses(scenarios, results)[:-1]]
     everything = [e for by in results.values() for e in by.get("mape-k", [])]
     lines += [
         "",

@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from mape_k.app import build, reconcile
+from mape_k.app import build, reconcile, restore_freeze
 from mape_k.config import Settings, load_settings
 from mape_k.loop.scheduler import advance_grid, schedule
 from mape_k.quality import POLICIES, figures
@@ -175,6 +175,9 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         delivered_firing: set[str] = set()
         async with build(settings, registry=CollectorRegistry(), world=world, clock=clock) as parts:
             if policy == "mape-k":
+                # as `run()` starts: a freeze and interrupted executions of the previous
+                # episode on this store (a learning chain) carry over, like a restart
+                restore_freeze(parts, start)
                 await reconcile(parts, start)
             interval = settings.orchestrator.interval_s
             debounce = settings.orchestrator.trigger_debounce_s
@@ -264,7 +267,11 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     keep_samples: bool,
 ) -> Episode:
     calls = [c for c in ledger.calls if c.error is None]
-    ttrs = [figures.time_to_recover(samples, d) for d in scenario.disturbances()]
+    starts = scenario.disturbances()
+    ttrs = [
+        figures.time_to_recover(samples, d, starts[i + 1] if i + 1 < len(starts) else None)
+        for i, d in enumerate(starts)
+    ]
     recovered = all(t is not None for t in ttrs)
     ttr = max((t for t in ttrs if t is not None), default=0.0) if recovered else None
     over_at = figures.faults_over_at(samples) if samples else None

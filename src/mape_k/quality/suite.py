@@ -76,6 +76,11 @@ def _run_job(job: Job) -> list[Episode]:
     return asyncio.run(run_chain(job))
 
 
+def _cost(name: str) -> float:
+    found = scenarios.load(name)
+    return found.duration_s * found.episodes
+
+
 def run_jobs(
     jobs: Iterable[Job],
     *,
@@ -84,6 +89,10 @@ def run_jobs(
 ) -> dict[Job, list[Episode]]:
     """Every job's episodes; in `workers` processes (1: in this process)."""
     todo = list(jobs)
+    if workers > 1:
+        # the longest first (learning chains, long episodes): the pool's tail is short
+        costs = {job.scenario: _cost(job.scenario) for job in todo}
+        todo.sort(key=lambda job: -costs[job.scenario])
     out: dict[Job, list[Episode]] = {}
     if workers <= 1:
         for n, job in enumerate(todo, 1):
