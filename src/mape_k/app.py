@@ -145,6 +145,7 @@ async def build(
             metrics=metrics,
             ttl_s=settings.server.alert_ttl_s,
             journal=store,  # firing alerts and remembered resolves survive a restart
+            clock=clock,  # the daemon's one clock: TTLs and endsAt on simulated time too
         )
         try:
             inbox.restore(store.inbox_rows())
