@@ -60,7 +60,9 @@ class PrometheusResponseError(PrometheusError):
     """Prometheus answered with something that is not its API envelope."""
 
 
-class CharterError(MapekError):
+class _CallError(MapekError):
+    """An error of one call to something outside: which operation, and the HTTP status."""
+
     def __init__(self, message: str, *, operation: str = "", status: int | None = None) -> None:
         self.operation = operation
         self.status = status
@@ -68,6 +70,10 @@ class CharterError(MapekError):
         where = f"{operation}: " if operation else ""
         code = f" (HTTP {status})" if status is not None else ""
         super().__init__(f"{where}{message}{code}")
+
+
+class CharterError(_CallError):
+    """The Charter API did not do what was asked."""
 
 
 class CharterUnavailable(CharterError):
@@ -102,16 +108,8 @@ class ExecutionError(MapekError):
     """An action failed or timed out."""
 
 
-class ActuatorError(ExecutionError):
+class ActuatorError(_CallError, ExecutionError):
     """A user-defined action's actuator (exec, http, alertmanager) failed."""
-
-    def __init__(self, message: str, *, operation: str = "", status: int | None = None) -> None:
-        self.operation = operation
-        self.status = status
-        self.message = message
-        where = f"{operation}: " if operation else ""
-        code = f" (HTTP {status})" if status is not None else ""
-        super().__init__(f"{where}{message}{code}")
 
 
 class ActuatorUnavailable(ActuatorError):

@@ -305,6 +305,22 @@ def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
     )
 
 
+def _pair_stats(row: sqlite3.Row) -> PairStats:
+    """A (cause, action) counters row of the stats table or of a per-target aggregate."""
+    return PairStats(
+        cause=row["cause"],
+        action_type=action_name(row["action_type"]),
+        samples=row["samples"],
+        successes=row["successes"],
+        partials=row["partials"],
+        ineffective=row["ineffective"],
+        degradations=row["degradations"],
+        unknowns=row["unknowns"],
+        tts_sum=row["tts_sum"],
+        tts_count=row["tts_count"],
+    )
+
+
 def _outcome_from(row: sqlite3.Row) -> PolicyOutcome:
     return PolicyOutcome(
         execution_id=row["execution_id"],
@@ -838,21 +854,7 @@ class Store:
         """Every (cause, action type) pair with at least one recorded outcome."""
         rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
         try:
-            return [
-                PairStats(
-                    cause=row["cause"],
-                    action_type=action_name(row["action_type"]),
-                    samples=row["samples"],
-                    successes=row["successes"],
-                    partials=row["partials"],
-                    ineffective=row["ineffective"],
-                    degradations=row["degradations"],
-                    unknowns=row["unknowns"],
-                    tts_sum=row["tts_sum"],
-                    tts_count=row["tts_count"],
-                )
-                for row in rows
-            ]
+            return [_pair_stats(row) for row in rows]
         except ValueError as exc:
             raise StoreCorruptError(f"{self._path}: unknown action type in stats") from exc
 
@@ -874,24 +876,7 @@ class Store:
             " ORDER BY cause, target, action_type",
             (),
         )
-        return [
-            (
-                row["target"],
-                PairStats(
-                    cause=row["cause"],
-                    action_type=action_name(row["action_type"]),
-                    samples=row["samples"],
-                    successes=row["successes"],
-                    partials=row["partials"],
-                    ineffective=row["ineffective"],
-                    degradations=row["degradations"],
-                    unknowns=row["unknowns"],
-                    tts_sum=row["tts_sum"],
-                    tts_count=row["tts_count"],
-                ),
-            )
-            for row in rows
-        ]
+        return [(row["target"], _pair_stats(row)) for row in rows]
 
     # --- guard decisions, control log, state -----------------------------------------
 

@@ -255,8 +255,7 @@ def _size(action: RemediationAction, before: int, signal: float | None) -> KnobS
         target = float(action.parameters["target_value"])
         if signal is None:
             raise Unresolvable(
-                f"{action.action_type} to target_value {target:g}: the cause's signal"
-                " was not read"
+                f"{action.action_type} to target_value {target:g}: the cause's signal was not read"
             )
         after = max(1, math.ceil(before * signal / target - 1e-9))
         after = max(after, before + 1) if up else min(after, before - 1)
