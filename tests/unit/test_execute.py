@@ -333,6 +333,18 @@ def test_classify_judges_against_where_the_trend_was_going():
         )
         is OutcomeType.INEFFECTIVE
     )
+    # A signal that was improving is not blamed on its slope: judged against its value then.
+    assert (
+        classify(
+            before=0.4,
+            after=0.4,
+            threshold=0.05,
+            partial=0.3,
+            degradation=0.5,
+            expected_change=-0.3,
+        )
+        is OutcomeType.INEFFECTIVE
+    )
     # A trend cannot excuse more than the excess doubling.
     assert (
         classify(

@@ -630,8 +630,11 @@ def classify(
     gap_before = (before - threshold) * bad
     if (after - threshold) * bad <= 0:
         return OutcomeType.PARTIAL
-    # The excess can be extrapolated at most to double: a steep trend does not excuse all.
-    drift = max(-gap_before, min(gap_before, expected_change * bad))
+    # The trend only excuses: a signal worsening before the action is judged against where
+    # it was heading (at most the excess doubling: a steep trend does not excuse all); one
+    # that was improving is judged against its value then, never blamed on a noisy slope
+    # (a DEGRADATION reverts and freezes: it must be right).
+    drift = max(0.0, min(gap_before, expected_change * bad))
     without = gap_before + drift
     adjusted = after if load_ratio is None or load_ratio <= 0 else after * load_ratio
     gap_after = (adjusted - threshold) * bad
