@@ -460,7 +460,7 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
             one(ActionType.SCALE_UP, 0.5, delta=1),
         ),
         "overload": (
-            one(ActionType.SCALE_UP, 0.85, target_value=0.75),
+            one(ActionType.SCALE_UP, 0.85, target_value=0.6),
             one(ActionType.THROTTLE_REQUESTS, fraction=0.8),
         ),
         "high_latency": (
