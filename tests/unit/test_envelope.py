@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from builders import NOW, action, outcome, policy
 from builders import settings as settings_for
 from fakes import FakeClock
 from mape_k.app import build
 from mape_k.config import GuardsConfig
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope
+from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope, config_problems
 from mape_k.loop.guards import Freeze
 from mape_k.models import ActionType, OutcomeType
 from mape_k.store import Store
@@ -204,3 +206,15 @@ async def test_a_target_with_no_good_fix_is_held_until_it_stays_quiet(tmp_path: 
             clock.advance(30)
             await parts.orchestrator.run_once()
         assert parts.orchestrator.envelope.needs_human == {}
+
+
+def test_a_load_query_missing_from_the_monitor_is_said_but_does_not_stop_acting(tmp_path):
+    queries = {"failure_rate": "max(westworld_charter_failure_rate)"}
+    rules = [{"name": "high_failure_rate", "query": "failure_rate", "threshold": 0.05}]
+    settings = settings_for(tmp_path, **{"monitor.queries": queries, "monitor.rules": rules})
+    with capture_logs() as logs:
+        assert config_problems(settings) == []
+    assert [e["load_query"] for e in logs if e["event"] == "load_query_missing"] == ["offered_load"]
+    with capture_logs() as logs:
+        config_problems(settings_for(tmp_path))
+    assert not [e for e in logs if e["event"] == "load_query_missing"]

@@ -723,6 +723,15 @@ def config_problems(settings: Settings) -> list[str]:
         problems.append(f"guards.panic.query {panic.query!r} is not in monitor.queries")
     if guards.oscillation.max_backoff_s < guards.oscillation.backoff_s:
         problems.append("guards.oscillation.max_backoff_s is below guards.oscillation.backoff_s")
+    load_query = settings.executor.load_query
+    if load_query is not None and load_query not in settings.monitor.queries:
+        # Not a reason to stop acting: outcomes are then judged without the load.
+        log.warning(
+            "load_query_missing",
+            detail="executor.load_query is not in monitor.queries: outcomes of"
+            " load-proportional signals are judged without normalising by the load",
+            load_query=load_query,
+        )
     return problems
 
 
