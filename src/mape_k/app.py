@@ -407,7 +407,7 @@ class Daemon:
         return {"frozen": False, "persisted": persisted}
 
     def _set_freeze(self, freeze: Freeze | None) -> bool:
-        return self._orch.set_freeze(freeze, now=self._clock())
+        return self._orch.envelope.set_freeze(freeze, now=self._clock())
 
     async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
         if not self._orch.clear_hold(target, now=self._clock()):
@@ -417,7 +417,7 @@ class Daemon:
         return {"target": target, "cleared": True}
 
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
-        self._orch.set_dry_run(enabled)
+        self._orch.envelope.dry_run = enabled
         log.warning("dry_run_changed", enabled=enabled, caller=caller)
         return {"dry_run": enabled}
 

@@ -360,7 +360,7 @@ async def test_state_gauges_are_read_from_their_owners_at_scrape_time(tmp_path, 
         text = await (await client.get("/metrics")).text()
         assert gauge(text, "mapek_pending_verifications") == 1
         assert gauge(text, "mapek_dry_run") == 0
-        parts.orchestrator.set_dry_run(True)
+        parts.orchestrator.envelope.dry_run = True
         safety = parts.orchestrator.envelope
         for _ in range(3):
             safety.charter_result(False, now=clock(), error="503")

@@ -206,18 +206,12 @@ class MAPEKOrchestrator:
                 self.envelope.save(now=now)
         return policy
 
-    def set_freeze(self, freeze: guard_rules.Freeze | None, *, now: float) -> bool:
-        return self.envelope.set_freeze(freeze, now=now)
-
     def clear_hold(self, target: str, *, now: float) -> bool:
         """An operator clears a target's "needs a human" hold; False when none holds."""
         cleared = self.envelope.clear_needs_human(target)
         if cleared:
             self.envelope.save(now=now)
         return bool(cleared)
-
-    def set_dry_run(self, enabled: bool) -> None:
-        self.envelope.dry_run = enabled
 
     # --- after a restart -------------------------------------------------------------------
 

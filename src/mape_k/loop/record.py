@@ -29,9 +29,6 @@ from mape_k.models import (
     ViolationSource,
 )
 
-# The results an iteration can end with (mapek_iterations_total{result}).
-RESULTS = ("acted", "degraded", "held", "pending_approval", "idle", "error")
-
 
 @dataclass
 class DecisionRecord:
@@ -93,7 +90,7 @@ def classify(
     policies: Sequence[RemediationPolicy],
     decisions: Sequence[GuardDecision],
 ) -> str:
-    """The iteration's result, one of RESULTS. Pure."""
+    """The iteration's result (one of metrics.ITERATION_RESULTS). Pure."""
     if execution is not None:
         return "acted"
     if observation.degraded:
