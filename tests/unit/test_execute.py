@@ -560,3 +560,67 @@ async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back
     assert "frozen (operator): incident" in (result.actions[1].error or "")
     assert [e.operation for e in world.committee.actions] == ["set_throttle", "set_throttle"]
     assert world.committee.state().throttle_limit is None
+
+
+async def test_each_execution_waiting_for_its_outcome_says_which_knobs_it_moved(
+    world, journal, clock
+):
+    executor = make_executor(world, journal.append, clock)
+    await executor.execute_policy(resolved(world, policy(action(ActionType.SCALE_UP), id="up")))
+    await executor.execute_policy(
+        resolved(world, policy(action(ActionType.THROTTLE_REQUESTS), id="shed"))
+    )
+    await executor.execute_policy(resolved(world, policy(ActionType.RESTART_SERVICE, id="rs")))
+    settling = executor.pending_targets()["charter"]
+    assert [(s.execution_id, s.knobs) for s in settling] == [
+        ("up", frozenset({"size"})),
+        ("shed", frozenset({"throttle"})),
+        ("rs", None),  # a restart moves no knob: the whole target
+    ]
+
+
+async def test_an_outcome_confounded_by_another_action_is_noted_and_never_a_degradation(
+    world, journal, clock
+):
+    executor = make_executor(world, journal.append, clock, verify_delay_s=0, ineffective_margin_s=0)
+    first = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.SCALE_UP), id="up")), baseline=0.4
+    )
+    worse = observation(0.9, violating=True)  # 0.4 -> 0.9 over 0.05: worse on its face
+    [alone] = [
+        executor.verify_execution(p, worse, now=clock() + 1)[0]
+        for p in executor.pending_verifications()
+    ]
+    assert alone is not None
+    assert alone.outcome is OutcomeType.DEGRADATION  # nothing else ran: attributed
+    second = await executor.execute_policy(
+        resolved(world, policy(action(ActionType.THROTTLE_REQUESTS), id="shed")), baseline=0.4
+    )
+    outcomes = {o.execution_id: o for o in executor.verify_due(worse, now=clock() + 1)}
+    assert set(outcomes) == {first.id, second.id}
+    for run, other in ((first, "shed (throttle_requests)"), (second, "up (scale_up)")):
+        verdict = outcomes[run.id]
+        assert verdict.outcome is OutcomeType.INEFFECTIVE, run.id
+        assert "worse, not attributed to it" in verdict.detail
+        assert f"confounded by {other}" in verdict.detail
+
+
+async def test_a_policy_on_another_target_does_not_confound_and_a_cleared_one_says_so(
+    world, journal, clock
+):
+    executor = make_executor(world, journal.append, clock, verify_delay_s=0)
+    await executor.execute_policy(
+        resolved(world, policy(action(ActionType.SCALE_UP), id="up")), baseline=0.4
+    )
+    [waiting] = executor.pending_verifications()
+    assert waiting.confounded_by == ()
+    await executor.execute_policy(
+        resolved(world, policy(action(ActionType.THROTTLE_REQUESTS), id="shed")), baseline=0.4
+    )
+    [cleared] = [
+        o
+        for o in executor.verify_due(observation(0.01, violating=False), now=clock() + 1)
+        if o.execution_id == "up"
+    ]
+    assert cleared.outcome is OutcomeType.SUCCESS
+    assert cleared.detail == "violation cleared; confounded by shed (throttle_requests)"

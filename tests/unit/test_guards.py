@@ -133,9 +133,50 @@ def test_dry_run_is_a_guard_mode():
     assert "would execute scale_up" in decision.reason
 
 
+SIZE_SETTLING = g.Settling("e1", frozenset({"size"}), (ActionType.SCALE_UP,))
+RESTART_SETTLING = g.Settling("e2", None, (ActionType.RESTART_SERVICE,))
+THROTTLE = at(3, policy(action(ActionType.THROTTLE_REQUESTS, fraction=0.8)))
+
+
 def test_settle_guard_delays_a_target_whose_last_action_is_unmeasured():
-    assert verdict(g.settle_guard, UP, settling={"charter": "e1"}) is GuardVerdict.DELAY
-    assert verdict(g.settle_guard, UP, settling={"other": "e1"}) is GuardVerdict.ALLOW
+    settling = {"charter": (SIZE_SETTLING,)}
+    assert verdict(g.settle_guard, UP, settling=settling) is GuardVerdict.DELAY
+    assert verdict(g.settle_guard, UP, settling={"other": (SIZE_SETTLING,)}) is GuardVerdict.ALLOW
+
+
+def test_only_the_knob_that_moved_is_settling_and_the_reason_names_knob_and_execution():
+    settling = {"charter": (SIZE_SETTLING,)}
+    held = g.settle_guard(DOWN, ctx(settling=settling))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "e1 (scale_up: size)" in held.reason
+    assert "it moved size, which this policy moves too" in held.reason
+    # A throttle moves another knob: it runs while the scale-up settles, and says so.
+    allowed = g.settle_guard(THROTTLE, ctx(settling=settling))
+    assert allowed.verdict is GuardVerdict.ALLOW
+    assert "other knobs only: e1 (scale_up: size)" in allowed.reason
+
+
+def test_an_action_without_a_knob_conflicts_with_everything_on_its_target():
+    # A restart (or rebalance) settling: the whole target is settling, every knob waits.
+    restarting = {"charter": (RESTART_SETTLING,)}
+    for p in (UP, THROTTLE, RESTART):
+        held = g.settle_guard(p, ctx(settling=restarting))
+        assert held.verdict is GuardVerdict.DELAY
+        assert "e2 (restart_service: the whole target): it acts on the whole target" in held.reason
+    # ...and a restart waits for whatever knob is settling.
+    held = g.settle_guard(RESTART, ctx(settling={"charter": (SIZE_SETTLING,)}))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "it moved size, and this policy acts on the whole target" in held.reason
+
+
+def test_the_settle_guard_checks_every_execution_settling_on_the_target():
+    throttling = g.Settling("e3", frozenset({"throttle"}), (ActionType.THROTTLE_REQUESTS,))
+    settling = {"charter": (SIZE_SETTLING, throttling)}
+    held = g.settle_guard(THROTTLE, ctx(settling=settling))
+    assert held.verdict is GuardVerdict.DELAY
+    assert "e3 (throttle_requests: throttle)" in held.reason
+    bypass = at(3, policy(action(ActionType.BYPASS_VALIDATION)))
+    assert verdict(g.settle_guard, bypass, settling=settling) is GuardVerdict.ALLOW
 
 
 # --- freeze ------------------------------------------------------------------------------

@@ -312,6 +312,18 @@ def final_value(policy: RemediationPolicy, knob: str) -> Any | None:
     return value
 
 
+def knobs(actions: Iterable[RemediationAction]) -> frozenset[str] | None:
+    """The knobs these resolved actions set; None when one of them sets none (a restart, a
+    rebalance, a user-defined action without a knob: it acts on the whole target) or was
+    not resolved (what it sets is not known)."""
+    found: set[str] = set()
+    for action in actions:
+        if not action.sets:
+            return None
+        found.update(s.knob for s in action.sets)
+    return frozenset(found)
+
+
 def describe(action: RemediationAction) -> str:
     """`scale_up (size 5 -> 7)`: an action with what it sets, for reasons and logs."""
     if not action.sets:

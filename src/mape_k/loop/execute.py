@@ -29,6 +29,7 @@ from mape_k.errors import ActuatorError, CharterError, ExecutionError, MapekErro
 from mape_k.integrations.charter.base import ActionResult, CharterClient
 from mape_k.loop import actions as effects
 from mape_k.loop.actions import INVERSE
+from mape_k.loop.guards import Settling
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionExecution,
@@ -66,6 +67,9 @@ class PendingVerification:
     due_at: float  # first moment the effect may be measured (settle time passed)
     deadline: float  # after this, classify with what we have (or UNKNOWN)
     last_value: float | None = None
+    # Other executions on the same target that acted while this one waited for its outcome
+    # (or were waiting themselves when it ran): its outcome is confounded by them.
+    confounded_by: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
@@ -198,6 +202,8 @@ class Executor:
                     error=error,
                 )
                 execution = await self._roll_back(execution, done, error)
+                if done:  # something was applied (and perhaps undone) on the target
+                    self._confound(execution.id, execution.policy.target)
                 break
             completed = replace(
                 running,
@@ -333,9 +339,27 @@ class Executor:
         settle = self._config.verify_delay_s
         due = execution.finished_at or execution.started_at
         due += self.settle_s(execution.policy) if settle is None else settle
+        target = execution.policy.target
+        # Executions on this target still waiting for their outcome: their effect may land
+        # in this one's window, and this one lands in theirs.
+        waiting = tuple(i for i, p in self._pending.items() if p.target == target)
+        self._confound(execution.id, target)
         self._pending[execution.id] = PendingVerification(
-            execution=execution, due_at=due, deadline=due + self._config.verify_deadline_s
+            execution=execution,
+            due_at=due,
+            deadline=due + self._config.verify_deadline_s,
+            confounded_by=waiting,
         )
+
+    def _confound(self, execution_id: str, target: str) -> None:
+        """`execution_id` acted on `target`: every other verification pending there is
+        confounded by it (its outcome may be that action's, not its own)."""
+        for other, pending in list(self._pending.items()):
+            if other == execution_id or pending.target != target:
+                continue
+            if execution_id not in pending.confounded_by:
+                confounded = (*pending.confounded_by, execution_id)
+                self._pending[other] = replace(pending, confounded_by=confounded)
 
     async def revert_recent(
         self, *, since: float, reason: str, only: frozenset[str] | None = None
@@ -481,9 +505,19 @@ class Executor:
     def pending_verifications(self) -> list[PendingVerification]:
         return list(self._pending.values())
 
-    def pending_targets(self) -> dict[str, str]:
-        """Target -> execution id, for targets whose last action is not yet measured."""
-        return {p.target: p.execution.id for p in self._pending.values()}
+    def pending_targets(self) -> dict[str, tuple[Settling, ...]]:
+        """Target -> its executions whose effect is not yet measured, oldest first, with
+        the knobs each moved (the settle guard holds only those knobs)."""
+        settling: dict[str, tuple[Settling, ...]] = {}
+        for pending in self._pending.values():
+            policy = pending.execution.policy
+            entry = Settling(
+                execution_id=pending.execution.id,
+                knobs=effects.knobs(policy.actions),
+                actions=tuple(a.action_type for a in policy.actions),
+            )
+            settling[pending.target] = (*settling.get(pending.target, ()), entry)
+        return settling
 
     def verify_due(self, observation: Observation, *, now: float) -> list[PolicyOutcome]:
         """Classify every pending execution whose settle time has passed, where possible."""
@@ -536,12 +570,18 @@ class Executor:
             expected_change=self._drift(execution, now),
             load_ratio=self._load_ratio(execution, observation),
         )
+        note = ""
+        if kind is OutcomeType.DEGRADATION and pending.confounded_by:
+            # Worse, but another action on the target ran in its window: the harm is not
+            # attributable to this one (a DEGRADATION reverts and freezes: it must be
+            # right). It did not help either, as far as can be told: INEFFECTIVE.
+            kind, note = OutcomeType.INEFFECTIVE, " (worse, not attributed to it)"
         if kind is OutcomeType.DEGRADATION or final:
-            return self._outcome(pending, kind, value, now, "still violating"), value
+            return self._outcome(pending, kind, value, now, "still violating" + note), value
         margin = pending.due_at + self._config.ineffective_margin_s
         if kind is OutcomeType.INEFFECTIVE and now >= margin:
             # Not improved by the settle time plus a margin: failed, now, not at the deadline.
-            detail = "still violating, not improved after settling"
+            detail = "still violating, not improved after settling" + note
             return self._outcome(pending, kind, value, now, detail), value
         return None, value
 
@@ -574,6 +614,8 @@ class Executor:
     ) -> PolicyOutcome:
         execution = pending.execution
         finished = execution.finished_at or execution.started_at
+        if pending.confounded_by:
+            detail += f"; confounded by {self._describe_others(pending.confounded_by)}"
         return PolicyOutcome(
             execution_id=execution.id,
             policy_id=execution.policy.id,
@@ -588,6 +630,15 @@ class Executor:
             time_to_stabilize_s=(now - finished) if kind is OutcomeType.SUCCESS else None,
             detail=detail,
         )
+
+    def _describe_others(self, ids: Iterable[str]) -> str:
+        """`pol-b (throttle_requests), ...`: the other executions, with what they did."""
+        described = []
+        for other in ids:
+            known = self._history.get(other)
+            steps = "+".join(a.action.action_type for a in known.actions) if known else "?"
+            described.append(f"{other} ({steps})")
+        return ", ".join(described)
 
     def _remember(self, execution: PolicyExecution) -> None:
         """Bounded: the store keeps the journal; memory keeps the recent ones (replays)."""

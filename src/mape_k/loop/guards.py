@@ -114,12 +114,28 @@ class Recommendation:
 
 
 @dataclass(frozen=True, slots=True)
+class Settling:
+    """An execution on a target whose effect is not measured yet, and what it moved: the
+    knobs its actions set, or None when one of them sets none (a restart, a rebalance: the
+    whole target is settling)."""
+
+    execution_id: str
+    knobs: frozenset[str] | None
+    actions: tuple[ActionName, ...] = ()
+
+    def describe(self) -> str:
+        moved = "the whole target" if self.knobs is None else ", ".join(sorted(self.knobs))
+        return f"{self.execution_id} ({'+'.join(self.actions) or 'no action'}: {moved})"
+
+
+@dataclass(frozen=True, slots=True)
 class GuardContext:
     now: float
     dry_run: bool = False
     freeze: Freeze | None = None
     degraded_reason: str | None = None  # the observation cannot be trusted
-    settling: Mapping[str, str] = field(default_factory=dict)  # target -> execution id
+    # Target -> the executions on it whose effect is not measured yet (oldest first).
+    settling: Mapping[str, tuple[Settling, ...]] = field(default_factory=dict)
     config: GuardsConfig = field(default_factory=GuardsConfig)
     history: tuple[Change, ...] = ()  # oldest first
     recommendations: tuple[Recommendation, ...] = ()
@@ -491,12 +507,40 @@ def approval_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
     return _allow("approval", f"approved, valid until {_at(expires)}", policy)
 
 
+def settle_conflict(knobs: frozenset[str] | None, settling: Settling) -> str | None:
+    """Why a policy moving `knobs` (None: the whole target) must wait for `settling`, or
+    None when they touch different knobs. An action without a knob conflicts with every
+    other action on its target, either way round: what it changes is not known."""
+    if settling.knobs is None:
+        return "it acts on the whole target"
+    if knobs is None:
+        moved = ", ".join(sorted(settling.knobs))
+        return f"it moved {moved}, and this policy acts on the whole target"
+    shared = sorted(knobs & settling.knobs)
+    if shared:
+        return f"it moved {', '.join(shared)}, which this policy moves too"
+    return None
+
+
 def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
-    execution = ctx.settling.get(policy.target)
-    if execution is not None:
-        reason = f"{policy.target} is settling after {execution}; its effect is not measured yet"
-        return _decision("settle", GuardVerdict.DELAY, reason, policy, None)
-    return _allow("settle", "target settled", policy)
+    """Only the knob that moved is settling: a policy waits for an unmeasured execution on
+    its target when it moves a knob that execution moved (or either acts on the whole
+    target); a policy on other knobs runs, and the verification of the first notes it."""
+    settling = ctx.settling.get(policy.target, ())
+    if not settling:
+        return _allow("settle", "target settled", policy)
+    knobs = actions.knobs(policy.actions)
+    for pending in settling:
+        why = settle_conflict(knobs, pending)
+        if why is not None:
+            reason = (
+                f"{policy.target} is settling after {pending.describe()}: {why};"
+                " its effect is not measured yet"
+            )
+            return _decision("settle", GuardVerdict.DELAY, reason, policy, None)
+    others = "; ".join(p.describe() for p in settling)
+    reason = f"settling on other knobs only: {others}"
+    return _allow("settle", reason, policy)
 
 
 def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
