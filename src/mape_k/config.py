@@ -221,6 +221,25 @@ DEFAULT_INHIBIT: dict[str, tuple[str, ...]] = {
 }
 
 
+class LoadReadingConfig(_Model):
+    """Right reading first: a symptom of load (latency) is named as the load cause when the
+    load signal is near its threshold or rising to cross it, not as a cause of its own."""
+
+    enabled: bool = Field(True, description="Off: every symptom is a cause of its own.")
+    symptoms: tuple[str, ...] = Field(
+        ("high_latency",), description="Causes read as `cause` while the load signal is high."
+    )
+    cause: str = Field("overload", description="The load cause they are named as then.")
+    signal: str = Field("saturation", description="The monitor.queries name of the load signal.")
+    near: float = Field(0.8, description="At or above this, the signal is near its threshold.")
+    threshold: float = Field(
+        next(c.threshold for c in CAUSES if c.name == "overload"),
+        description="The signal's threshold (the `cause` rule's): rising to cross it within"
+        " horizon_s, at its trend over executor.trend_window_s, is rising fast.",
+    )
+    horizon_s: float = Field(30.0, ge=0, description="How far ahead the trend is projected.")
+
+
 class AnalyzerConfig(_Model):
     history_s: float = Field(900.0, gt=0, description="How long past violations are kept.")
     max_history: int = Field(200_000, ge=1000, description="Bound on remembered violations.")
@@ -233,6 +252,7 @@ class AnalyzerConfig(_Model):
         default_factory=lambda: dict(DEFAULT_INHIBIT),
         description="Cause -> causes it hides on the same target while present.",
     )
+    load_reading: LoadReadingConfig = LoadReadingConfig()
 
 
 class ExecActuator(_Model):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import builders
 from mape_k.config import AnalyzerConfig
-from mape_k.loop.analyze import PatternAnalyzer, combine
+from mape_k.loop.analyze import PatternAnalyzer, Signal, combine, loaded, signals
 from mape_k.models import (
     AnalysisResult,
     PatternKind,
@@ -453,3 +453,92 @@ def test_a_root_cause_inhibits_its_symptoms_on_the_same_component():
         ("overload", "other"),  # no root cause on that component: kept
     }
     assert "overload/charter (by members_unhealthy)" in result.inhibited
+
+
+# --- right reading first: a symptom of load is named as load -------------------------------
+
+
+def latency(component: str = "charter", severity: Severity = Severity.WARNING) -> Violation:
+    return builders.violation(
+        "high_latency",
+        component,
+        severity=severity,
+        timestamp=NOW,
+        value=0.8,
+        threshold=0.5,
+        query="p99_latency_s",
+    )
+
+
+def read(saturation: float, trend: float | None, *more: Violation) -> AnalysisResult:
+    signals = {("saturation", "charter"): Signal(saturation, trend)}
+    return PatternAnalyzer(AnalyzerConfig()).analyze([latency(), *more], now=NOW, signals=signals)
+
+
+def test_latency_with_saturation_near_its_threshold_and_rising_is_overload_not_latency():
+    result = read(0.85, 0.002)
+    [cause] = result.causes
+    assert (cause.name, cause.target) == ("overload", "charter")
+    # Its evidence is the load signal: what a scale to a target saturation is sized from.
+    assert (cause.query, cause.value, cause.threshold) == ("saturation", 0.85, 0.8)
+    assert cause.severity is Severity.WARNING  # a reading of a warning, not a critical rule
+    [hidden] = result.inhibited
+    assert hidden.startswith("high_latency/charter (by overload: saturation 0.85 near")
+
+
+def test_latency_with_low_flat_saturation_stays_latency():
+    for trend in (0.0, None, -0.002):
+        [cause] = read(0.4, trend).causes
+        assert (cause.name, cause.query) == ("high_latency", "p99_latency_s")
+    assert read(0.4, 0.0).inhibited == ()
+
+
+def test_latency_with_saturation_rising_fast_is_overload_before_saturation_violates():
+    # 0.7 is not near 0.9, but at +0.01/s it is over it within 30 s.
+    [cause] = read(0.7, 0.01).causes
+    assert cause.name == "overload"
+    assert cause.threshold == 0.7  # never on the good side of its own threshold
+    [hidden] = read(0.7, 0.01).inhibited
+    assert "rising" in hidden
+    [slow] = read(0.7, 0.001).causes  # 0.73 in 30 s: not fast
+    assert slow.name == "high_latency"
+
+
+def test_the_load_reading_hides_what_overload_hides_and_needs_the_signal():
+    failing = builders.violation(
+        "high_failure_rate", timestamp=NOW, value=0.1, query="failure_rate"
+    )
+    assert [c.name for c in read(0.88, None, failing).causes] == ["overload"]
+    # A real overload violation: the usual inhibition, no second reading.
+    overload = builders.violation("overload", timestamp=NOW, value=0.95, query="saturation")
+    result = read(0.95, None, overload)
+    assert [(c.name, c.value) for c in result.causes] == [("overload", 0.95)]
+    assert result.inhibited == ("high_latency/charter (by overload)",)
+    # No reading of the signal, another component's, or the rule off: latency stays latency.
+    analyzer = PatternAnalyzer(AnalyzerConfig())
+    assert [c.name for c in analyzer.analyze([latency()], now=NOW).causes] == ["high_latency"]
+    elsewhere = {("saturation", "other"): Signal(0.95, 0.0)}
+    result = analyzer.analyze([latency()], now=NOW, signals=elsewhere)
+    assert [c.name for c in result.causes] == ["high_latency"]
+    off = PatternAnalyzer(AnalyzerConfig.model_validate({"load_reading": {"enabled": False}}))
+    assert off.signal_names == frozenset()
+    result = off.analyze([latency()], now=NOW, signals={("saturation", "charter"): Signal(0.95)})
+    assert [c.name for c in result.causes] == ["high_latency"]
+
+
+def test_loaded_says_why_and_signals_carry_each_trend():
+    cfg = AnalyzerConfig().load_reading
+    assert loaded(None, cfg) is None
+    assert loaded(Signal(0.8), cfg) == "saturation 0.8 near its threshold 0.9"
+    assert loaded(Signal(0.79, 0.0), cfg) is None
+    metrics = [
+        builders.metric("saturation", 0.5),
+        builders.metric("p99_latency_s", 0.9),
+        builders.metric("saturation", 0.7, component="other"),
+    ]
+    trends = {("saturation", "charter"): 0.001}
+    found = signals(metrics, {"saturation"}, lambda q, c: trends.get((q, c)))
+    assert found == {
+        ("saturation", "charter"): Signal(0.5, 0.001),
+        ("saturation", "other"): Signal(0.7, None),
+    }

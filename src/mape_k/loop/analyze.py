@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from mape_k.config import AnalyzerConfig
+from mape_k.config import AnalyzerConfig, LoadReadingConfig
 from mape_k.models import (
     SEVERITY_WEIGHT,
     AnalysisResult,
     Cause,
+    Metric,
     PatternKind,
     Severity,
     Violation,
@@ -49,6 +50,50 @@ class _Span:
         self.count += 1
         self.last = at
         self.components.update(components)
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal's value on a component now, and its trend (change per second over the
+    recent readings; None with too few of them): what the analysis relates symptoms to."""
+
+    value: float
+    trend: float | None = None
+
+
+# (query name, component) -> its Signal: the analysis's view of values that need not violate.
+Signals = Mapping[tuple[str, str], Signal]
+
+
+def signals(
+    metrics: Iterable[Metric], names: Collection[str], trend: Callable[[str, str], float | None]
+) -> dict[tuple[str, str], Signal]:
+    """The Signals of the metrics named `names`, each with its `trend(name, component)`."""
+    return {
+        (m.name, m.component): Signal(m.value, trend(m.name, m.component))
+        for m in metrics
+        if m.name in names
+    }
+
+
+def loaded(signal: Signal | None, config: LoadReadingConfig) -> str | None:
+    """Why the load `signal` says its component is loaded, or None: at or above `near`, or
+    rising to cross `threshold` within `horizon_s` at its trend. Low and flat (or falling,
+    or unread): None, the symptom stays a cause of its own."""
+    if signal is None:
+        return None
+    name, value = config.signal, signal.value
+    if value >= config.near:
+        return f"{name} {value:.3g} near its threshold {config.threshold:g}"
+    trend = signal.trend
+    if trend is not None and trend > 0:
+        ahead = value + trend * config.horizon_s
+        if ahead >= config.threshold:
+            return (
+                f"{name} {value:.3g} rising {trend:.2g}/s, over {config.threshold:g}"
+                f" within {config.horizon_s:g} s"
+            )
+    return None
 
 
 def combine(confidences: Iterable[float]) -> float:
@@ -133,7 +178,17 @@ class PatternAnalyzer:
         self._history.clear()
         self._seen.clear()
 
-    def analyze(self, violations: Sequence[Violation], *, now: float) -> AnalysisResult:
+    @property
+    def signal_names(self) -> frozenset[str]:
+        """The queries whose values (violating or not) `analyze` relates symptoms to."""
+        cfg = self._config.load_reading
+        return frozenset({cfg.signal}) if cfg.enabled else frozenset()
+
+    def analyze(
+        self, violations: Sequence[Violation], *, now: float, signals: Signals | None = None
+    ) -> AnalysisResult:
+        """Patterns and ranked causes of `violations`; `signals` (values that need not
+        violate, with their trends) let a symptom of load be named as the load cause."""
         current = tuple(violations)
         self._remember(current, now=now)
         groups: dict[tuple[str, str], list[Violation]] = {}
@@ -153,7 +208,15 @@ class PatternAnalyzer:
             ],
             key=_pattern_sort_key,
         )
+        # After the patterns: those are about what was observed, a reading is not.
+        read_as = self._read_as_load(groups, signals or {})
+        for key, (reading, _) in read_as.items():
+            groups[key] = [reading]
         inhibited = self._inhibited(groups)
+        for key, (_, why) in read_as.items():
+            for hidden, by in inhibited.items():
+                if (by, hidden[1]) == key:
+                    inhibited[hidden] = f"{by}: {why}"
         causes = self._causes(
             {key: group for key, group in groups.items() if key not in inhibited}, patterns
         )
@@ -167,6 +230,45 @@ class PatternAnalyzer:
                 for (kind, component), by in sorted(inhibited.items())
             ),
         )
+
+    def _read_as_load(
+        self, groups: Mapping[tuple[str, str], list[Violation]], signals: Signals
+    ) -> dict[tuple[str, str], tuple[Violation, str]]:
+        """Right reading first (`analyzer.load_reading`): a symptom of load on a component
+        whose load signal is near its threshold or rising fast is read as the load cause.
+        Returns, per (cause, component) not violating itself, the reading that stands for
+        it and why; the load cause then hides its symptoms there like a violating one
+        (`analyzer.inhibit`). Its evidence is the signal (value, query); its threshold
+        `near`, or the value when below it (rising fast), so the value is never on the
+        good side of it; its severity the symptoms' worst: a reading of a warning is no
+        more urgent than the warning."""
+        cfg = self._config.load_reading
+        if not cfg.enabled or not signals:
+            return {}
+        symptoms: dict[str, list[Violation]] = {}
+        for (kind, component), group in groups.items():
+            if kind in cfg.symptoms and (cfg.cause, component) not in groups:
+                symptoms.setdefault(component, []).extend(group)
+        found: dict[tuple[str, str], tuple[Violation, str]] = {}
+        for component, seen in symptoms.items():
+            signal = signals.get((cfg.signal, component))
+            why = loaded(signal, cfg)
+            if signal is None or why is None:
+                continue
+            latest = max(seen, key=lambda v: v.timestamp)
+            reading = Violation(
+                kind=cfg.cause,
+                component=component,
+                severity=max((v.severity for v in seen), key=SEVERITY_WEIGHT.__getitem__),
+                source=ViolationSource.RULE,
+                timestamp=latest.timestamp,
+                value=signal.value,
+                threshold=min(cfg.near, signal.value),
+                query=cfg.signal,
+                labels=latest.labels,
+            )
+            found[(cfg.cause, component)] = (reading, why)
+        return found
 
     def _inhibited(
         self, groups: Mapping[tuple[str, str], list[Violation]]

@@ -27,6 +27,7 @@ from mape_k.integrations.charter.base import CharterClient, CommitteeState
 from mape_k.loop import actions as action_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.analyze import signals as analysis_signals
 from mape_k.loop.envelope import (
     SafetyEnvelope,
     charter_problems,
@@ -186,7 +187,15 @@ class IterationPipeline:
         phases.done("verify", t)
 
         t = time.perf_counter()
-        analysis = record.analysis = self.analyzer.analyze(observation.violations, now=now)
+        # With the load signal and its trend, violating or not: a symptom of load is named
+        # as load (analyzer.load_reading).
+        analysis = record.analysis = self.analyzer.analyze(
+            observation.violations,
+            now=now,
+            signals=analysis_signals(
+                observation.metrics, self.analyzer.signal_names, self.readings.trend
+            ),
+        )
         phases.done("analyze", t)
         self._count_analysis(observation, analysis)
 
