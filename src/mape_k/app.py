@@ -340,6 +340,9 @@ class Daemon:
             },
             "pending_approvals": await self.pending_approvals(),
             "knowledge": self._parts.knowledge.summary(),
+            "posteriors": [
+                row.as_dict() for row in self._orch.planner.posteriors(self._parts.knowledge.view())
+            ],
             "insights": [
                 {"cause": i.cause, "kind": i.kind, "message": i.message, "confidence": i.confidence}
                 for i in self._parts.knowledge.generate_insights()

@@ -493,6 +493,26 @@ class PlannerConfig(_Model):
         True, description="False waives approval for risky actions (not recommended)."
     )
     min_score: float = Field(0.0, description="Policies scoring below this are not proposed.")
+    prior_strength: float = Field(
+        2.0,
+        gt=0,
+        description="How many outcomes the configured benefit is worth: the prior of each"
+        " candidate's posterior is Beta(benefit x this, (1 - benefit) x this), so a wrong"
+        " benefit is overturned within a few outcomes.",
+    )
+    exploration: float = Field(
+        0.5,
+        ge=0,
+        description="Optimism: a candidate scores confidence x (posterior mean + this x the"
+        " posterior's sd) - cost (UCB), so one little tried is tried; 0 = its mean only.",
+    )
+    pool_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="What an outcome on another target (and one older than the outcomes"
+        " kept) counts for a target's posterior, against 1 for its own.",
+    )
     max_policies: int = Field(5, ge=1, description="How many ranked candidates to keep.")
     max_pending_approvals: int = Field(
         50, ge=1, description="Bound on policies waiting for an operator (oldest dropped)."
@@ -614,7 +634,21 @@ class ExecutorConfig(_Model):
 
 class KnowledgeConfig(_Model):
     path: Path = Path("mape_k_knowledge.sqlite3")
-    saturation_samples: int = Field(30, ge=1, description="Samples at which confidence is 1.")
+    saturation_samples: int = Field(
+        30, ge=1, description="Samples at which an insight's confidence is 1."
+    )
+    recovery_scale_s: float = Field(
+        300.0,
+        gt=0,
+        description="A success's reward as evidence is 1 less half its time to stabilise over"
+        " this (capped at half): a quick fix is preferred over a slow one.",
+    )
+    degradation_weight: float = Field(
+        2.0,
+        ge=1,
+        description="A DEGRADATION counts this many failures in the posterior (its side"
+        " effect is worse than doing nothing).",
+    )
     retention_days: float = Field(30.0, gt=0)
     max_rows: int = Field(100_000, ge=100, description="Per journal table.")
     max_bytes: int = Field(

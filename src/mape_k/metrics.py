@@ -134,6 +134,19 @@ class Metrics:
             ["cause", "action_type"],
             registry=registry,
         )
+        self.posterior_mean = Gauge(
+            "mapek_posterior_mean",
+            "Posterior mean of 'this action fixes this cause' per (cause, primary action):"
+            " the configured benefit as prior plus the outcomes learned.",
+            ["cause", "action_type"],
+            registry=registry,
+        )
+        self.posterior_upper = Gauge(
+            "mapek_posterior_upper_bound",
+            "Posterior mean plus the exploration bonus: what the planner ranks by.",
+            ["cause", "action_type"],
+            registry=registry,
+        )
         self.guard_decisions = Counter(
             "mapek_guard_decisions_total",
             "Guard decisions by guard and verdict.",

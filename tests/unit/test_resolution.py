@@ -152,7 +152,7 @@ def cause() -> Cause:
 
 
 def planned(kind: ActionType, **parameters: object) -> RemediationPolicy:
-    score = CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.8, score=0.4)
+    score = CandidateScore(cost=0.2, benefit=0.8, confidence=0.8, score=0.4)
     return RemediationPolicy(
         id="p1",
         cause=cause(),

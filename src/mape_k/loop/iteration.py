@@ -262,6 +262,19 @@ class IterationPipeline:
             baseline_load=load,
         )
 
+    def _export_posteriors(self) -> None:
+        if self._metrics is None:
+            return
+        seen: set[tuple[str, str]] = set()
+        for row in self.planner.posteriors(self.knowledge.view()):
+            labels = (row.cause, row.actions[0])
+            if labels in seen:  # the first candidate of an action for a cause is its row
+                continue
+            seen.add(labels)
+            mean = row.posterior.mean
+            self._metrics.posterior_mean.labels(*labels).set(mean)
+            self._metrics.posterior_upper.labels(*labels).set(mean + row.exploration)
+
     def _remember(self, observation: Observation, now: float) -> None:
         """A usable reading feeds the trends and releases the holds of quiet targets."""
         self.prometheus_ok = not observation.degraded
@@ -278,6 +291,7 @@ class IterationPipeline:
             if hold is not None:
                 execution = self.executor.execution(outcome.execution_id)
                 self._held.append((hold, execution.policy.cause if execution else None))
+        self._export_posteriors()
         return outcomes
 
     async def _escalate(self, now: float) -> None:
@@ -302,9 +316,7 @@ class IterationPipeline:
                 id=f"escalation-{hold.target}-{int(now)}",
                 cause=base,
                 actions=(RemediationAction(action_type=name, target=hold.target),),
-                score=CandidateScore(
-                    cost=0.0, benefit=0.0, knowledge_weight=1.0, confidence=1.0, score=0.0
-                ),
+                score=CandidateScore(cost=0.0, benefit=0.0, confidence=1.0, score=0.0),
                 requires_approval=False,
                 created_at=now,
                 rationale=f"escalation: {hold.reason}",
