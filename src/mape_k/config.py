@@ -422,7 +422,9 @@ class CandidateAction(_Model):
         " scale_down take delta (default 1) or to_size; throttle_requests fraction (of the"
         " offered load, default 0.8) or limit_ops_per_sec; bypass_validation /"
         " activate_emergency_override active (default true); apply_policy policy_id"
-        " (default last_known_good); update_configuration settings (required).",
+        " (default last_known_good); update_configuration settings (required);"
+        " restart_service scope: all (default, every member: a short full outage) or"
+        " unhealthy (only the members not up; the healthy ones keep serving).",
     )
     benefit: float | None = Field(
         None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."
@@ -456,7 +458,7 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
         ),
         "policy_regression": (one(ActionType.APPLY_POLICY, 0.9, policy_id=LAST_KNOWN_GOOD),),
         "members_unhealthy": (
-            one(ActionType.RESTART_SERVICE, 0.9),
+            one(ActionType.RESTART_SERVICE, 0.9, scope="unhealthy"),
             one(ActionType.SCALE_UP, 0.5, delta=1),
         ),
         "overload": (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class Severity(StrEnum):
@@ -172,6 +172,12 @@ class ActionType(StrEnum):
     REBALANCE_LOAD = "rebalance_load"
     UPDATE_CONFIGURATION = "update_configuration"
 
+
+# What restart_service (the Charter's POST /committee/restart) restarts: "all" the members
+# (a short full outage), or only the "unhealthy" ones (crashed or not up yet) while the
+# healthy ones keep serving.
+RestartScope = Literal["all", "unhealthy"]
+RESTART_SCOPES: tuple[RestartScope, ...] = ("all", "unhealthy")
 
 # An action's name: one of the nine built-in Charter actions (an `ActionType`, which is a
 # str) or the name of a user-defined action (`planner.actions.<name>` with an actuator).
