@@ -40,7 +40,7 @@ from mape_k.integrations import retry
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.guards import Hold
 from mape_k.metrics import Metrics
-from mape_k.models import ExecutionStatus, OutcomeType
+from mape_k.models import ExecutionStatus, OutcomeType, Severity
 from mape_k.store import Store
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,18 @@ ENDS_AFTER_PERIODS = 4  # endsAt this many re-send periods ahead (as Prometheus 
 MAX_TRIED = 10  # attempts named in the annotation, the latest
 MAX_ANNOTATION = 1000  # characters of one annotation value
 _FAILED = frozenset({ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK})
+
+
+def alert_labels(target: str, cause: str, severity: Severity) -> dict[str, str]:
+    """The alert's identity (Alertmanager dedups on its labels): component "mape-k" routes
+    it to the operators like mape-k's other alerts, never back to mape-k's webhook."""
+    return {
+        "alertname": ALERTNAME,
+        "target": target,
+        "cause": cause,
+        "severity": severity.value,
+        "component": "mape-k",
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,13 +301,7 @@ class NeedsHumanAlerts:
     def _new(self, target: str, hold: Hold, settings: Settings) -> Sent:
         cfg = settings.guards.target_breaker
         cause, tried = self._tried(target, since=hold.since - cfg.window_s)
-        labels = {
-            "alertname": ALERTNAME,
-            "target": target,
-            "cause": cause,
-            "severity": cfg.alert.severity.value,
-            "component": "mape-k",  # routed to the operators, never back to mape-k
-        }
+        labels = alert_labels(target, cause, cfg.alert.severity)
         route = f"DELETE /api/v1/holds/{quote(target, safe='')}"
         annotations = {
             "summary": f"mape-k stopped acting on {target}: {cause} needs a human",
