@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from fakes import alert_size, shipped_alert_group, shipped_alerts
 from mape_k.app import file_reserve
-from mape_k.config import load_settings
+from mape_k.config import load_settings, needs_human_alert_url
 from mape_k.connections import plan_file_limit
 from mape_k.loop.escalation import alert_labels
 from mape_k.metrics import Metrics, StateGauges
@@ -410,6 +410,9 @@ def test_mapek_environment_is_valid_config_pointing_at_the_compose_services(
     assert settings.charter.mode == "http"
     assert host_port(settings.charter.url) == ("charter", PORTS["charter"])
     assert host_port(settings.prometheus.url) == ("prometheus", PORTS["prometheus"])
+    alert_url = needs_human_alert_url(settings)
+    assert alert_url is not None
+    assert host_port(alert_url) == ("alertmanager", PORTS["alertmanager"])
     assert settings.server.host == "0.0.0.0"
     assert settings.server.port == PORTS["mape-k"]
     assert str(settings.knowledge.path).startswith("/var/lib/mape-k/")
