@@ -434,3 +434,43 @@ async def test_an_alert_past_its_ends_at_is_not_resolved_again(
     assert len(am.posts) == 1
     assert [e["event"] for e in logs] == ["needs_human_alert_ended"]
     assert rig.alerts.sent == {}
+
+
+async def test_dry_run_switched_on_while_firing_stops_the_re_sends(
+    rig: Rig, am: FakeAlertmanager, clock: FakeClock
+) -> None:
+    rig.hold()
+    await rig.sync()
+    rig.envelope.dry_run = True
+    clock.advance(60)
+    await rig.sync()
+    assert len(am.posts) == 1
+    rig.envelope.dry_run = False
+    clock.advance(30)
+    await rig.sync()
+    assert len(am.posts) == 2
+    assert am.last()["labels"]["target"] == TARGET
+
+
+async def test_a_new_hold_with_another_cause_resolves_the_old_alert(
+    rig: Rig, am: FakeAlertmanager, clock: FakeClock
+) -> None:
+    rig.hold()
+    await rig.sync()
+    old = am.last()
+    rig.envelope.clear_needs_human(TARGET)
+    clock.advance(10)
+    for n in range(2):  # held again, for another cause, before the next iteration
+        verdict = outcome(
+            f"o{n}", outcome=OutcomeType.INEFFECTIVE, cause="overload", recorded_at=clock()
+        )
+        rig.store.record_outcome(verdict)
+        rig.envelope.note_outcome(verdict, now=clock())
+    await rig.sync()
+    by_cause = {a["labels"]["cause"]: a for a in am.posts[-1]}
+    assert by_cause["high_failure_rate"]["labels"] == old["labels"]
+    assert by_cause["high_failure_rate"]["endsAt"] == _iso(clock())  # resolved
+    assert by_cause["overload"]["startsAt"] == _iso(clock())  # the new hold fires
+    assert by_cause["overload"]["annotations"]["tried"] == (
+        "restart_service for overload: ineffective; restart_service for overload: ineffective"
+    )

@@ -49,7 +49,7 @@ ALERTNAME = "MapekNeedsHuman"
 STATE_KEY = "needs_human_alerts"
 RUNBOOK_URL = "docs/runbook.md#mapekneedshuman"
 ENDS_AFTER_PERIODS = 4  # endsAt this many re-send periods ahead (as Prometheus does)
-MAX_TRIED = 10  # attempts named in the annotation, the latest
+MAX_TRIED = 10  # attempts named in the annotation at most, the latest
 MAX_ANNOTATION = 1000  # characters of one annotation value
 _FAILED = frozenset({ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK})
 
@@ -300,7 +300,9 @@ class NeedsHumanAlerts:
 
     def _new(self, target: str, hold: Hold, settings: Settings) -> Sent:
         cfg = settings.guards.target_breaker
-        cause, tried = self._tried(target, since=hold.since - cfg.window_s)
+        cause, tried = self._tried(
+            target, since=hold.since - cfg.window_s, count=min(cfg.failures, MAX_TRIED)
+        )
         labels = alert_labels(target, cause, cfg.alert.severity)
         route = f"DELETE /api/v1/holds/{quote(target, safe='')}"
         annotations = {
@@ -317,9 +319,11 @@ class NeedsHumanAlerts:
             since=hold.since,
         )
 
-    def _tried(self, target: str, *, since: float) -> tuple[str, list[str]]:
-        """The cause and the attempts that failed on `target` since `since` (after its last
-        success), from the journal: outcomes that did not fix it and failed executions."""
+    def _tried(self, target: str, *, since: float, count: int) -> tuple[str, list[str]]:
+        """The cause and the attempts the target breaker counted, from the journal: the
+        latest `count` (its `failures`) outcomes that did not fix `target` and failed
+        executions since `since` and after its last success. Older ones led to an
+        earlier hold (the breaker starts counting afresh at each)."""
         try:
             outcomes = self._store.target_outcomes_since(target, since)
             executions = self._store.executions_finished_since(since)
@@ -348,7 +352,7 @@ class NeedsHumanAlerts:
             attempts.append((finished, policy.cause.name, what))
         attempts.sort(key=lambda a: a[0])
         cause = attempts[-1][1] if attempts else "unknown"
-        return cause, [what for _, _, what in attempts[-MAX_TRIED:]]
+        return cause, [what for _, _, what in attempts[-count:]]
 
     # --- /stats ----------------------------------------------------------------------------
 
