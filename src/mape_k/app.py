@@ -41,6 +41,7 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.envelope import SafetyEnvelope
+from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze
 from mape_k.loop.iteration import IterationPipeline
@@ -164,6 +165,8 @@ async def build(
             dry_run=settings.executor.dry_run,
         )
         envelope.load()
+        alerts = NeedsHumanAlerts(store=store, metrics=metrics)
+        alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -185,6 +188,7 @@ async def build(
             knowledge=knowledge,
             store=store,
             metrics=metrics,
+            alerts=alerts,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock

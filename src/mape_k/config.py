@@ -804,6 +804,42 @@ class CharterBreakerConfig(_Model):
     open_s: float = Field(60.0, gt=0, description="Open this long, then one half-open probe.")
 
 
+class NeedsHumanAlertConfig(_Model):
+    """The built-in `MapekNeedsHuman` alert (Alertmanager API v2) while a target is held."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Post `MapekNeedsHuman` to Alertmanager while a target is held for a"
+        " human, resolved when the hold clears. null: on when an Alertmanager URL is known"
+        " (url, else the first alertmanager actuator's in planner.actions); false: off.",
+    )
+    url: str | None = Field(
+        None, description="Alertmanager's base URL (null: an alertmanager actuator's)."
+    )
+    resend_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Re-sent this often while the hold lasts (at most once an iteration),"
+        " with endsAt 4 periods ahead: Alertmanager forgets an alert at its endsAt.",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Bound of one delivery, retry included; a failed one is logged and"
+        " retried at the next iteration.",
+    )
+    severity: Severity = Severity.CRITICAL
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return None if value is None else value.rstrip("/")
+
+
 class TargetBreakerConfig(_Model):
     enabled: bool = True
     failures: int = Field(3, ge=1, description="Remediations that did not fix the target...")
@@ -825,6 +861,7 @@ class TargetBreakerConfig(_Model):
         description="A user-defined action run once when a target is held for a human"
         " (an alertmanager `alert` action pages someone); not judged by the guards.",
     )
+    alert: NeedsHumanAlertConfig = NeedsHumanAlertConfig()
 
 
 class PanicConfig(_Model):
@@ -882,6 +919,15 @@ class Settings(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _needs_human_alert_has_a_url(self) -> Settings:
+        if self.guards.target_breaker.alert.enabled and needs_human_alert_url(self) is None:
+            raise ValueError(
+                "guards.target_breaker.alert.enabled: no Alertmanager URL (set"
+                " guards.target_breaker.alert.url, or define an alertmanager actuator)"
+            )
+        return self
+
     prometheus: PrometheusConfig = PrometheusConfig()
     charter: CharterConfig = CharterConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -893,6 +939,20 @@ class Settings(_Model):
     server: ServerConfig = ServerConfig()
     guards: GuardsConfig = GuardsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+def needs_human_alert_url(settings: Settings) -> str | None:
+    """Where `MapekNeedsHuman` goes: `guards.target_breaker.alert.url`, else the URL of the
+    first alertmanager actuator in planner.actions; None when off or no URL is known."""
+    alert = settings.guards.target_breaker.alert
+    if alert.enabled is False:
+        return None
+    if alert.url is not None:
+        return alert.url
+    for spec in settings.planner.actions.values():
+        if isinstance(spec.actuator, AlertmanagerActuator):
+            return spec.actuator.url
+    return None
 
 
 # --- loading ----------------------------------------------------------------------------

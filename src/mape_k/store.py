@@ -871,6 +871,18 @@ class Store:
         except ValueError as exc:
             raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
 
+    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
+        """The outcomes of `target` recorded at or after `since`, oldest first."""
+        rows = self._read(
+            "SELECT * FROM outcomes WHERE target = ? AND recorded_at >= ?"
+            " ORDER BY recorded_at, rowid",
+            (target, since),
+        )
+        try:
+            return [_outcome_from(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
+
     def stats(self) -> list[PairStats]:
         """Every (cause, action type) pair with at least one recorded outcome."""
         rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())

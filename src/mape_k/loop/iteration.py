@@ -33,6 +33,7 @@ from mape_k.loop.envelope import (
     config_problems,
     store_problems,
 )
+from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
@@ -126,9 +127,11 @@ class IterationPipeline:
         knowledge: Knowledge,
         store: Store,
         metrics: Metrics | None = None,
+        alerts: NeedsHumanAlerts | None = None,
     ) -> None:
         self.settings = settings
         self.envelope = envelope
+        self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
         self.monitor = monitor
         self.analyzer = analyzer
@@ -215,7 +218,7 @@ class IterationPipeline:
             self._note_execution(record.execution, now)
         record.result = classify(observation, chosen, record.execution, policies, decisions)
         record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
-        self.envelope.prune(now=now)
+        await self._settle_holds(now)
         self.envelope.save(now=now)
         phases.done("total", started)
         record.phases_s = phases.durations
@@ -327,6 +330,14 @@ class IterationPipeline:
                 log.error("escalation_refused", target=hold.target, reason=str(exc))
                 continue
             await self.executor.escalate(prepared)
+
+    async def _settle_holds(self, now: float) -> None:
+        """The envelope forgets expired holds; Alertmanager is told which hold now
+        (MapekNeedsHuman fires, is re-sent, or resolves): after every hold change of the
+        iteration, before the envelope is saved."""
+        self.envelope.prune(now=now)
+        if self.alerts is not None:
+            await self.alerts.sync(self.envelope, self.settings, now=now)
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
         safety = self.envelope
