@@ -131,20 +131,14 @@ def candidate_score(
     *,
     cost: float = 0.3,
     benefit: float = 0.75,
-    knowledge_weight: float = 1.0,
     confidence: float = 0.6,
     score: float | None = None,
 ) -> CandidateScore:
-    """The planner's arithmetic unless `score` is given: confidence x benefit x weight - cost."""
+    """A score as the planner makes it without knowledge or exploration, unless `score` is
+    given: confidence x benefit - cost."""
     if score is None:
-        score = confidence * benefit * knowledge_weight - cost
-    return CandidateScore(
-        cost=cost,
-        benefit=benefit,
-        knowledge_weight=knowledge_weight,
-        confidence=confidence,
-        score=score,
-    )
+        score = confidence * benefit - cost
+    return CandidateScore(cost=cost, benefit=benefit, confidence=confidence, score=score)
 
 
 def policy(

@@ -41,6 +41,7 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.envelope import SafetyEnvelope
+from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze
 from mape_k.loop.iteration import IterationPipeline
@@ -164,6 +165,8 @@ async def build(
             dry_run=settings.executor.dry_run,
         )
         envelope.load()
+        alerts = NeedsHumanAlerts(store=store, metrics=metrics)
+        alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -185,6 +188,7 @@ async def build(
             knowledge=knowledge,
             store=store,
             metrics=metrics,
+            alerts=alerts,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock
@@ -340,6 +344,9 @@ class Daemon:
             },
             "pending_approvals": await self.pending_approvals(),
             "knowledge": self._parts.knowledge.summary(),
+            "posteriors": [
+                row.as_dict() for row in self._orch.planner.posteriors(self._parts.knowledge.view())
+            ],
             "insights": [
                 {"cause": i.cause, "kind": i.kind, "message": i.message, "confidence": i.confidence}
                 for i in self._parts.knowledge.generate_insights()

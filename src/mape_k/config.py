@@ -442,7 +442,9 @@ class CandidateAction(_Model):
         " scale_down take delta (default 1) or to_size; throttle_requests fraction (of the"
         " offered load, default 0.8) or limit_ops_per_sec; bypass_validation /"
         " activate_emergency_override active (default true); apply_policy policy_id"
-        " (default last_known_good); update_configuration settings (required).",
+        " (default last_known_good); update_configuration settings (required);"
+        " restart_service scope: all (default, every member: a short full outage) or"
+        " unhealthy (only the members not up; the healthy ones keep serving).",
     )
     benefit: float | None = Field(
         None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."
@@ -476,7 +478,7 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
         ),
         "policy_regression": (one(ActionType.APPLY_POLICY, 0.9, policy_id=LAST_KNOWN_GOOD),),
         "members_unhealthy": (
-            one(ActionType.RESTART_SERVICE, 0.9),
+            one(ActionType.RESTART_SERVICE, 0.9, scope="unhealthy"),
             one(ActionType.SCALE_UP, 0.5, delta=1),
         ),
         "overload": (
@@ -513,6 +515,26 @@ class PlannerConfig(_Model):
         True, description="False waives approval for risky actions (not recommended)."
     )
     min_score: float = Field(0.0, description="Policies scoring below this are not proposed.")
+    prior_strength: float = Field(
+        2.0,
+        gt=0,
+        description="How many outcomes the configured benefit is worth: the prior of each"
+        " candidate's posterior is Beta(benefit x this, (1 - benefit) x this), so a wrong"
+        " benefit is overturned within a few outcomes.",
+    )
+    exploration: float = Field(
+        0.5,
+        ge=0,
+        description="Optimism: a candidate scores confidence x (posterior mean + this x the"
+        " posterior's sd) - cost (UCB), so one little tried is tried; 0 = its mean only.",
+    )
+    pool_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="What an outcome on another target (and one older than the outcomes"
+        " kept) counts for a target's posterior, against 1 for its own.",
+    )
     max_policies: int = Field(5, ge=1, description="How many ranked candidates to keep.")
     max_pending_approvals: int = Field(
         50, ge=1, description="Bound on policies waiting for an operator (oldest dropped)."
@@ -634,7 +656,21 @@ class ExecutorConfig(_Model):
 
 class KnowledgeConfig(_Model):
     path: Path = Path("mape_k_knowledge.sqlite3")
-    saturation_samples: int = Field(30, ge=1, description="Samples at which confidence is 1.")
+    saturation_samples: int = Field(
+        30, ge=1, description="Samples at which an insight's confidence is 1."
+    )
+    recovery_scale_s: float = Field(
+        300.0,
+        gt=0,
+        description="A success's reward as evidence is 1 less half its time to stabilise over"
+        " this (capped at half): a quick fix is preferred over a slow one.",
+    )
+    degradation_weight: float = Field(
+        2.0,
+        ge=1,
+        description="A DEGRADATION counts this many failures in the posterior (its side"
+        " effect is worse than doing nothing).",
+    )
     retention_days: float = Field(30.0, gt=0)
     max_rows: int = Field(100_000, ge=100, description="Per journal table.")
     max_bytes: int = Field(
@@ -788,6 +824,42 @@ class CharterBreakerConfig(_Model):
     open_s: float = Field(60.0, gt=0, description="Open this long, then one half-open probe.")
 
 
+class NeedsHumanAlertConfig(_Model):
+    """The built-in `MapekNeedsHuman` alert (Alertmanager API v2) while a target is held."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Post `MapekNeedsHuman` to Alertmanager while a target is held for a"
+        " human, resolved when the hold clears. null: on when an Alertmanager URL is known"
+        " (url, else the first alertmanager actuator's in planner.actions); false: off.",
+    )
+    url: str | None = Field(
+        None, description="Alertmanager's base URL (null: an alertmanager actuator's)."
+    )
+    resend_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Re-sent this often while the hold lasts (at most once an iteration),"
+        " with endsAt 4 periods ahead: Alertmanager forgets an alert at its endsAt.",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Bound of one delivery, retry included; a failed one is logged and"
+        " retried at the next iteration.",
+    )
+    severity: Severity = Severity.CRITICAL
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return None if value is None else value.rstrip("/")
+
+
 class TargetBreakerConfig(_Model):
     enabled: bool = True
     failures: int = Field(3, ge=1, description="Remediations that did not fix the target...")
@@ -809,6 +881,7 @@ class TargetBreakerConfig(_Model):
         description="A user-defined action run once when a target is held for a human"
         " (an alertmanager `alert` action pages someone); not judged by the guards.",
     )
+    alert: NeedsHumanAlertConfig = NeedsHumanAlertConfig()
 
 
 class PanicConfig(_Model):
@@ -866,6 +939,15 @@ class Settings(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _needs_human_alert_has_a_url(self) -> Settings:
+        if self.guards.target_breaker.alert.enabled and needs_human_alert_url(self) is None:
+            raise ValueError(
+                "guards.target_breaker.alert.enabled: no Alertmanager URL (set"
+                " guards.target_breaker.alert.url, or define an alertmanager actuator)"
+            )
+        return self
+
     prometheus: PrometheusConfig = PrometheusConfig()
     charter: CharterConfig = CharterConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -877,6 +959,20 @@ class Settings(_Model):
     server: ServerConfig = ServerConfig()
     guards: GuardsConfig = GuardsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+def needs_human_alert_url(settings: Settings) -> str | None:
+    """Where `MapekNeedsHuman` goes: `guards.target_breaker.alert.url`, else the URL of the
+    first alertmanager actuator in planner.actions; None when off or no URL is known."""
+    alert = settings.guards.target_breaker.alert
+    if alert.enabled is False:
+        return None
+    if alert.url is not None:
+        return alert.url
+    for spec in settings.planner.actions.values():
+        if isinstance(spec.actuator, AlertmanagerActuator):
+            return spec.actuator.url
+    return None
 
 
 # --- loading ----------------------------------------------------------------------------

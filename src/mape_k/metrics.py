@@ -134,6 +134,19 @@ class Metrics:
             ["cause", "action_type"],
             registry=registry,
         )
+        self.posterior_mean = Gauge(
+            "mapek_posterior_mean",
+            "Posterior mean of 'this action fixes this cause' per (cause, primary action):"
+            " the configured benefit as prior plus the outcomes learned.",
+            ["cause", "action_type"],
+            registry=registry,
+        )
+        self.posterior_upper = Gauge(
+            "mapek_posterior_upper_bound",
+            "Posterior mean plus the exploration bonus: what the planner ranks by.",
+            ["cause", "action_type"],
+            registry=registry,
+        )
         self.guard_decisions = Counter(
             "mapek_guard_decisions_total",
             "Guard decisions by guard and verdict.",
@@ -212,6 +225,18 @@ class Metrics:
         self.panic_reverts = Counter(
             "mapek_panic_reverts_total", "Panic reverts performed.", registry=registry
         )
+        self.escalations = Counter(
+            "mapek_escalations_total",
+            "MapekNeedsHuman alerts Alertmanager took, by state: firing (a hold began),"
+            " resolved (it cleared); re-sends are not counted.",
+            ["state"],
+            registry=registry,
+        )
+        self.escalation_failures = Counter(
+            "mapek_escalation_failures_total",
+            "MapekNeedsHuman deliveries to Alertmanager that failed (retried next iteration).",
+            registry=registry,
+        )
         self.ready = Gauge("mapek_ready", "1 when /readyz would answer 200.", registry=registry)
         self.knowledge_bytes = Gauge(
             "mapek_knowledge_bytes",
@@ -251,3 +276,5 @@ class Metrics:
                 self.actions.labels(action_type=action.value, status=status.value)
         for verdict in GuardVerdict:
             self.guard_decisions.labels(guard="all", verdict=verdict.value)
+        for state in ("firing", "resolved"):
+            self.escalations.labels(state=state)

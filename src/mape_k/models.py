@@ -6,9 +6,10 @@ hands back new ones. Times are Unix seconds (float) taken from the caller's cloc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class Severity(StrEnum):
@@ -172,6 +173,12 @@ class ActionType(StrEnum):
     UPDATE_CONFIGURATION = "update_configuration"
 
 
+# What restart_service (the Charter's POST /committee/restart) restarts: "all" the members
+# (a short full outage), or only the "unhealthy" ones (crashed or not up yet) while the
+# healthy ones keep serving.
+RestartScope = Literal["all", "unhealthy"]
+RESTART_SCOPES: tuple[RestartScope, ...] = ("all", "unhealthy")
+
 # An action's name: one of the nine built-in Charter actions (an `ActionType`, which is a
 # str) or the name of a user-defined action (`planner.actions.<name>` with an actuator).
 # Built-in names are always held as their `ActionType` member (`action_name`), so
@@ -211,14 +218,49 @@ class RemediationAction:
 
 
 @dataclass(frozen=True, slots=True)
+class Posterior:
+    """Beta(alpha, beta) belief that an action fixes a cause on a target: the configured
+    benefit as prior pseudo-counts plus the outcomes learned, each one's reward in [0, 1]
+    split between the two (loop/plan.py `posterior`, loop/knowledge.py `evidence`)."""
+
+    alpha: float
+    beta: float
+    samples: float = 0.0  # the outcomes behind it (other targets' discounted)
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def sd(self) -> float:
+        n = self.alpha + self.beta
+        return math.sqrt(self.alpha * self.beta / (n * n * (n + 1.0)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "alpha": round(self.alpha, 3),
+            "beta": round(self.beta, 3),
+            "mean": round(self.mean, 3),
+            "sd": round(self.sd, 3),
+            "samples": round(self.samples, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateScore:
-    """Why a policy got its score: shown in the decision record."""
+    """Why a policy got its score: shown in the decision record.
+
+    score = confidence * (posterior mean + exploration) - cost; `exploration` is the
+    optimism bonus (planner.exploration x the posterior's sd) that makes an untried or
+    little-tried candidate worth a try. `posterior` is None only in records written before
+    posteriors existed (their score was benefit x a knowledge weight)."""
 
     cost: float
-    benefit: float
-    knowledge_weight: float  # observed success rate blended by confidence; 1.0 = no data
+    benefit: float  # as configured: the prior's mean
     confidence: float  # the cause's confidence
     score: float
+    posterior: Posterior | None = None
+    exploration: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +353,10 @@ class PolicyPattern:
     successes: float  # SUCCESS counts 1, PARTIAL 0.5 (see loop/knowledge.py)
     mean_time_to_stabilize_s: float | None
     confidence: float  # min(samples / saturation, 1)
+    # The outcomes as Beta evidence (loop/knowledge.py `evidence`): a quick success adds
+    # ~1 to wins, a slow one splits, a failure adds 1 to losses, a degradation more.
+    wins: float = 0.0
+    losses: float = 0.0
 
     @property
     def success_rate(self) -> float:

@@ -329,6 +329,10 @@ def stack_daemon_config(
             "webhook_token_file": str(workdir / "webhook_token"),
             "admin_token_file": str(workdir / "admin_token"),
         },
+        # MapekNeedsHuman goes to the stack's Alertmanager (routed to the operators).
+        "guards": {
+            "target_breaker": {"alert": {"url": f"http://127.0.0.1:{ports['alertmanager']}"}}
+        },
         "logging": {"format": "json", "level": "info"},
     }
 

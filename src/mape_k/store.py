@@ -39,6 +39,7 @@ from mape_k.models import (
     PatternKind,
     PolicyExecution,
     PolicyOutcome,
+    Posterior,
     RemediationAction,
     RemediationPolicy,
     Severity,
@@ -264,12 +265,32 @@ def _action_from(data: Mapping[str, Any]) -> RemediationAction:
     )
 
 
+def _score_from(data: Mapping[str, Any]) -> CandidateScore:
+    """A stored score; one written before posteriors (with a knowledge_weight) loads
+    without a posterior."""
+    belief = data.get("posterior")
+    return CandidateScore(
+        cost=float(data["cost"]),
+        benefit=float(data["benefit"]),
+        confidence=float(data["confidence"]),
+        score=float(data["score"]),
+        posterior=None
+        if belief is None
+        else Posterior(
+            alpha=float(belief["alpha"]),
+            beta=float(belief["beta"]),
+            samples=float(belief.get("samples", 0.0)),
+        ),
+        exploration=float(data.get("exploration", 0.0)),
+    )
+
+
 def policy_from_record(data: Mapping[str, Any]) -> RemediationPolicy:
     return RemediationPolicy(
         id=data["id"],
         cause=_cause_from(data["cause"]),
         actions=tuple(_action_from(a) for a in data["actions"]),
-        score=CandidateScore(**data["score"]),
+        score=_score_from(data["score"]),
         requires_approval=bool(data["requires_approval"]),
         created_at=float(data["created_at"]),
         rationale=data.get("rationale", ""),
@@ -844,6 +865,18 @@ class Store:
         """Newest first."""
         rows = self._read(
             "SELECT * FROM outcomes ORDER BY recorded_at DESC, rowid DESC LIMIT ?", (limit,)
+        )
+        try:
+            return [_outcome_from(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
+
+    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
+        """The outcomes of `target` recorded at or after `since`, oldest first."""
+        rows = self._read(
+            "SELECT * FROM outcomes WHERE target = ? AND recorded_at >= ?"
+            " ORDER BY recorded_at, rowid",
+            (target, since),
         )
         try:
             return [_outcome_from(row) for row in rows]

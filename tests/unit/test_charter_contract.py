@@ -180,6 +180,38 @@ async def test_restart_takes_members_down_for_a_while(harness: Harness) -> None:
     assert (await harness.client.get_committee_state()).healthy_members == 3
 
 
+async def test_an_unhealthy_only_restart_keeps_the_healthy_members_up(harness: Harness) -> None:
+    harness.committee.inject("member_crash", 0.5, 0, harness.clock())
+    harness.twin.inject("member_crash", 0.5, 0, harness.clock())
+    harness.clock.advance(2)
+    result = await harness.client.restart_committee(idempotency_key="u1", scope="unhealthy")
+    same(result, harness.twin.restart(key="u1", now=harness.clock(), scope="unhealthy"))
+    assert result.current["restarted_members"] == 1
+    harness.clock.advance(1)
+    assert (await harness.client.get_committee_state()).healthy_members == 2
+    harness.clock.advance(5)
+    assert (await harness.client.get_committee_state()).healthy_members == 3
+    assert harness.committee.active_faults == []
+
+
+async def test_an_unhealthy_only_restart_of_a_healthy_committee_changes_nothing(
+    harness: Harness,
+) -> None:
+    result = await harness.client.restart_committee(idempotency_key="u0", scope="unhealthy")
+    assert (result.current["scope"], result.current["restarted_members"]) == ("unhealthy", 0)
+    assert harness.committee.counters.restarts == 0
+    harness.clock.advance(0.5)
+    assert (await harness.client.get_committee_state()).healthy_members == 3
+
+
+async def test_an_unknown_restart_scope_is_a_request_error(harness: Harness) -> None:
+    with pytest.raises(CharterRequestError) as info:
+        await harness.client.restart_committee(idempotency_key="x", scope="crashed")  # type: ignore[arg-type]
+    assert info.value.status == 400
+    assert "scope" in info.value.message
+    assert harness.committee.counters.restarts == 0
+
+
 async def test_throttle_sets_and_clears_the_limit(harness: Harness) -> None:
     result = await harness.client.set_throttle(120.5, idempotency_key="t1")
     assert (result.previous, result.current) == (

@@ -6,6 +6,7 @@ only where safe, backoff, token and idempotency headers, metrics.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -249,6 +250,18 @@ async def test_a_keyed_post_is_retried_with_the_same_key(
     assert result.current == {"available_at": 3.0}
     assert route.call_count == 3
     assert {call.request.headers["Idempotency-Key"] for call in route.calls} == {"k"}
+
+
+async def test_a_full_restart_sends_no_body_and_an_unhealthy_only_one_says_its_scope(
+    client: HttpCharterClient, router: respx.MockRouter
+) -> None:
+    route = router.post("/committee/restart").mock(return_value=httpx.Response(200, json=RESULT))
+    await client.restart_committee(idempotency_key="all")
+    await client.restart_committee(idempotency_key="some", scope="unhealthy")
+    full, narrow = (call.request for call in route.calls)
+    assert full.content == b""  # what a Charter without scopes has always been sent
+    assert json.loads(narrow.content) == {"scope": "unhealthy"}
+    assert narrow.headers["Idempotency-Key"] == "some"
 
 
 async def test_a_post_without_a_key_is_not_retried(

@@ -210,8 +210,8 @@ def test_check_config_prints_the_effective_remediation_table(capsys, tmp_path):
     table = lines[lines.index(next(x for x in lines if x.startswith("# Effective remediations"))) :]
     assert f'overload = scale_up{{"delta": 3}}   (file:{file})' in table
     assert (
-        'members_unhealthy = restart_service [0.9]; scale_up{"delta": 1} [0.5]   (built-in)'
-        in table
+        'members_unhealthy = restart_service{"scope": "unhealthy"} [0.9];'
+        ' scale_up{"delta": 1} [0.5]   (built-in)' in table
     )
 
 

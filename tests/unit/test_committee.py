@@ -107,6 +107,7 @@ Fix = Callable[[Committee, float], object]
 FAULTS: list[tuple[str, str, Fix]] = [
     ("error_burst", "high_failure_rate", lambda c, now: c.restart(now=now)),
     ("member_crash", "members_unhealthy", lambda c, now: c.restart(now=now)),
+    ("member_crash", "members_unhealthy", lambda c, now: c.restart(now=now, scope="unhealthy")),
     ("load_spike", "overload", lambda c, now: c.scale(8, now=now)),
     ("load_spike", "overload", lambda c, now: c.set_throttle(200.0, now=now)),
     ("latency_degradation", "high_latency", lambda c, now: c.rebalance(now=now)),
@@ -229,6 +230,84 @@ def test_restart_makes_members_unavailable_then_all_come_back_healthy() -> None:
     committee.advance(START + 8.1)
     assert committee.state().healthy_members == 3
     assert committee.counters.restarts == 1
+
+
+def test_an_unhealthy_only_restart_brings_the_crashed_member_back_without_an_outage() -> None:
+    committee = Committee(7, "calm", start=START, restart_s=3)
+    committee.inject("member_crash", 0.5, 0, START)
+    committee.advance(START + 5)
+    assert committee.state().healthy_members == 2
+    result = committee.restart(key="u1", now=START + 5, scope="unhealthy")
+    assert result.current == {
+        "scope": "unhealthy",
+        "restarted_members": 1,
+        "available_at": pytest.approx(START + 8),
+    }
+    assert committee.active_faults == []
+    during = []
+    for step in range(1, 30):
+        committee.advance(START + 5 + step * 0.1)
+        during.append(committee.state())
+    assert min(s.healthy_members for s in during) == 2  # the healthy two never went down
+    assert min(s.throughput_ops_per_sec for s in during) > 100
+    assert max(s.failure_rate for s in during) < 0.01
+    committee.advance(START + 8.1)
+    assert committee.state().healthy_members == 3
+    assert committee.counters.restarts == 1
+    assert committee.actions[-1].arguments == {"scope": "unhealthy"}
+
+
+def test_an_unhealthy_only_restart_leaves_an_error_burst_and_the_queue() -> None:
+    committee = Committee(7, "calm", start=START)
+    committee.inject("error_burst", 0.7, 0, START)
+    committee.inject("member_crash", 1.0, 0, START)  # two of three crash: a queue builds
+    committee.advance(START + 20)
+    queue = committee.state().queue_depth
+    assert queue > 0
+    committee.restart(now=START + 20, scope="unhealthy")
+    assert [f.kind for f in committee.active_faults] == ["error_burst"]
+    assert committee.state().queue_depth == queue
+
+
+def test_an_unhealthy_only_restart_with_every_member_healthy_changes_nothing() -> None:
+    committee = Committee(7, "calm", start=START)
+    twin = Committee(7, "calm", start=START)
+    committee.advance(START + 10)
+    result = committee.restart(key="u0", now=START + 10, scope="unhealthy")
+    assert result.current == {
+        "scope": "unhealthy",
+        "restarted_members": 0,
+        "available_at": pytest.approx(START + 10),
+    }
+    assert committee.counters.restarts == 0
+    committee.advance(START + 20)
+    twin.advance(START + 20)
+    assert committee.state() == twin.state()
+    assert committee.signals() == twin.signals()
+
+
+def test_a_replayed_unhealthy_only_restart_does_not_restart_again() -> None:
+    committee = Committee(7, "calm", start=START, restart_s=3)
+    committee.inject("member_crash", 0.5, 0, START)
+    first = committee.restart(key="u", now=START + 5, scope="unhealthy")
+    committee.inject("member_crash", 0.5, 0, START + 10)
+    again = committee.restart(key="u", now=START + 10, scope="unhealthy")
+    assert again.replayed
+    assert again.current == first.current
+    assert committee.counters.restarts == 1
+    assert committee.state().healthy_members == 2  # the second crash was not restarted
+
+
+def test_an_unknown_restart_scope_is_refused_naming_the_field() -> None:
+    committee = Committee(7, "calm", start=START)
+    committee.inject("member_crash", 0.5, 0, START)
+    with pytest.raises(InvalidArgument) as info:
+        committee.restart(key="bad", now=START + 1, scope="crashed")
+    assert info.value.field == "scope"
+    assert info.value.status == 400
+    assert committee.counters.restarts == 0
+    assert committee.actions[-1].error is not None
+    assert committee.state().healthy_members == 2
 
 
 def test_throttle_cuts_admitted_load_and_throughput_and_can_be_lifted() -> None:

@@ -43,6 +43,29 @@ def test_defaults_match_the_spec():
     assert settings.planner.actions["scale_up"].cost == 0.20
 
 
+def test_crashed_members_are_restarted_alone_and_an_error_burst_by_a_full_restart():
+    settings, _ = load_settings(None, {})
+    remediations = settings.planner.remediations
+    first = remediations["members_unhealthy"][0][0]
+    assert (first.type, first.parameters) == ("restart_service", {"scope": "unhealthy"})
+    burst = remediations["high_failure_rate"][0][0]
+    assert (burst.type, burst.parameters) == ("restart_service", {})  # scope all, the default
+
+
+def test_an_unknown_restart_scope_is_a_one_line_error_naming_the_field(tmp_path):
+    file = write(
+        tmp_path,
+        "planner:\n  remediations:\n"
+        "    members_unhealthy: [[{type: restart_service, parameters: {scope: crashed}}]]\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file, {})
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "planner.remediations.members_unhealthy" in text
+    assert "restart_service.scope must be one of all, unhealthy, got 'crashed'" in text
+
+
 def test_cli_beats_env_beats_file_beats_defaults(tmp_path):
     file = write(
         tmp_path,

@@ -23,9 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from fakes import alert_size, shipped_alert_group, shipped_alerts
 from mape_k.app import file_reserve
-from mape_k.config import load_settings
+from mape_k.config import load_settings, needs_human_alert_url
 from mape_k.connections import plan_file_limit
+from mape_k.loop.escalation import alert_labels
 from mape_k.metrics import Metrics, StateGauges
+from mape_k.models import Severity
 from mape_k.sim.service import REGISTRY as SIM_REGISTRY
 from mape_k.sim.service import build_app as build_sim_app
 
@@ -388,6 +390,18 @@ def test_alertmanager_routes_only_alerts_with_a_cause_to_mapek_by_severity(
     assert result.stdout.strip() == receiver
 
 
+@pytest.mark.parametrize("severity", list(Severity))
+def test_alertmanager_routes_mapek_needs_human_to_the_operators_not_back_to_mapek(
+    severity: Severity,
+) -> None:
+    # The labels mape-k posts while it holds a target for a human: they carry a cause.
+    labels = alert_labels("charter", "overload", severity)
+    pairs = [f"{name}={value}" for name, value in labels.items()]
+    result = run(tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}", *pairs)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "operators"
+
+
 def test_mapek_environment_is_valid_config_pointing_at_the_compose_services(
     services: dict[str, Any],
 ) -> None:
@@ -396,6 +410,9 @@ def test_mapek_environment_is_valid_config_pointing_at_the_compose_services(
     assert settings.charter.mode == "http"
     assert host_port(settings.charter.url) == ("charter", PORTS["charter"])
     assert host_port(settings.prometheus.url) == ("prometheus", PORTS["prometheus"])
+    alert_url = needs_human_alert_url(settings)
+    assert alert_url is not None
+    assert host_port(alert_url) == ("alertmanager", PORTS["alertmanager"])
     assert settings.server.host == "0.0.0.0"
     assert settings.server.port == PORTS["mape-k"]
     assert str(settings.knowledge.path).startswith("/var/lib/mape-k/")

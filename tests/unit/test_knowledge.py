@@ -113,6 +113,21 @@ def test_partial_counts_as_half_a_success(knowledge: Knowledge, make: Outcomes) 
     assert pattern.success_rate == pytest.approx(0.375)
 
 
+def test_evidence_counts_time_to_recover_and_degradation_as_side_effect(
+    knowledge: Knowledge, make: Outcomes
+) -> None:
+    record(knowledge, [make(OutcomeType.SUCCESS, tts=0.0) for _ in range(2)])
+    quick = knowledge.view()[("overload", SCALE)]
+    assert (quick.wins, quick.losses) == (2.0, 0.0)
+    record(knowledge, [make(OutcomeType.SUCCESS, action=RESTART, tts=300.0)])
+    slow = knowledge.view()[("overload", RESTART)]  # recovery_scale_s: half a win
+    assert (slow.wins, slow.losses) == (0.5, 0.5)
+    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=THROTTLE)])
+    record(knowledge, [make(OutcomeType.DEGRADATION, action=THROTTLE)])
+    harmful = knowledge.view()[("overload", THROTTLE)]
+    assert (harmful.wins, harmful.losses) == (0.0, 1.0 + 2.0)  # a degradation counts twice
+
+
 def test_unknown_outcomes_are_recorded_but_are_not_samples(
     knowledge: Knowledge, store: Store, make: Outcomes
 ) -> None:

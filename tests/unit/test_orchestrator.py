@@ -4,6 +4,7 @@ closed loop against the mock committee (detect → plan → execute → verify �
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -169,15 +170,50 @@ async def test_the_decision_record_says_why_nothing_was_done(tmp_path, clock):
     assert set(record["phases_s"]) >= {"monitor", "analyze", "plan", "guard", "total"}
 
 
-async def test_candidates_carry_cost_benefit_weight_and_score(tmp_path, clock):
+async def test_candidates_carry_cost_benefit_posterior_and_score(tmp_path, clock):
     settings = settings_for(tmp_path)
     world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
     async with build(settings, world=world, clock=clock) as parts:
         clock.advance(5)
         record = await parts.orchestrator.run_once()
     candidate = record["candidates"][0]
-    assert set(candidate) >= {"cost", "benefit", "knowledge_weight", "score", "actions"}
+    assert set(candidate) >= {"cost", "benefit", "posterior", "exploration", "score", "actions"}
+    assert set(candidate["posterior"]) == {"alpha", "beta", "mean", "sd", "samples"}
     assert record["choice"]["policy_id"] == candidate["policy_id"]
+
+
+async def test_the_posterior_a_success_promotes_shows_in_records_stats_and_metrics(tmp_path, clock):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm", fault="error_burst")
+    key = {"cause": "high_failure_rate", "action_type": "restart_service"}
+
+    def in_stats(stats):
+        [row] = [
+            r
+            for r in stats["posteriors"]
+            if r["cause"] == key["cause"] and r["actions"] == [key["action_type"]]
+        ]
+        return row["posterior"]["mean"]
+
+    async with build(settings, world=world, clock=clock, registry=CollectorRegistry()) as parts:
+        daemon = Daemon(parts, clock=clock)
+        gauge = functools.partial(
+            parts.metrics.registry.get_sample_value, "mapek_posterior_mean", key
+        )
+        clock.advance(5)
+        first = await parts.orchestrator.run_once()
+        assert first["result"] == "acted"
+        assert first["candidates"][0]["posterior"]["mean"] == 0.75  # the prior: its benefit
+        assert in_stats(await daemon.statistics()) == 0.75 == gauge()
+        outcomes: list = []
+        while not outcomes:
+            clock.advance(30)
+            record = await parts.orchestrator.run_once()
+            outcomes = record["verifications"]
+        assert outcomes[0]["outcome"] == "success"
+        promoted = in_stats(await daemon.statistics())
+    assert promoted > 0.75
+    assert gauge() == pytest.approx(promoted, abs=1e-3)
 
 
 async def test_trigger_wakes_the_loop_before_its_interval(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 from builders import NOW, cause, outcome
 from mape_k.config import CandidateAction, KnowledgeConfig, PlannerConfig
 from mape_k.loop.knowledge import Knowledge
-from mape_k.loop.plan import Planner, knowledge_weight, target_weight
+from mape_k.loop.plan import Planner, posterior
 from mape_k.models import ActionType, AnalysisResult, OutcomeType
 from mape_k.store import Store
 
@@ -69,12 +69,19 @@ def test_the_planner_prefers_what_works_on_this_target(tmp_path: Path) -> None:
     assert first["a"] == first["b"]
 
 
-def test_a_target_weight_starts_from_the_pool_and_moves_with_its_own_confidence(
+def test_a_targets_posterior_is_its_own_record_over_the_discounted_rest(
     tmp_path: Path,
 ) -> None:
     knowledge = _knowledge(tmp_path)
-    pooled = knowledge_weight(knowledge.view()[(CAUSE, RESTART)])
+    pooled = knowledge.view()[(CAUSE, RESTART)]
     own = knowledge.target_view()[(CAUSE, "a", RESTART)]
-    weight = target_weight(own, pooled)
-    assert 0.0 < weight < pooled  # pulled toward its own 0 % by its confidence (10 / 30)
-    assert abs(weight - ((1 - own.confidence) * pooled)) < 1e-9
+    alone = posterior(0.75, prior_strength=2.0, pooled=pooled)
+    on_a = posterior(0.75, prior_strength=2.0, pooled=pooled, own=own, pool_weight=0.5)
+    # a's 10 failures in full, b's 10 successes at half
+    assert on_a.alpha == 1.5 + 0.5 * 10
+    assert on_a.beta == 0.5 + 10
+    assert on_a.samples == 10 + 0.5 * 10
+    assert on_a.mean < alone.mean
+    # a target with no record of its own starts from the others' at half weight
+    fresh = posterior(0.75, prior_strength=2.0, pooled=pooled, pool_weight=0.5)
+    assert (fresh.alpha, fresh.beta) == (1.5 + 0.5 * 10, 0.5 + 0.5 * 10)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import builders
 from mape_k.config import ActionSpec, CandidateAction, PlannerConfig
-from mape_k.loop.plan import Planner, knowledge_weight
+from mape_k.loop.plan import Planner, posterior
 from mape_k.models import (
     ActionType,
     AnalysisResult,
@@ -36,6 +36,8 @@ def analysis(*causes: Cause) -> AnalysisResult:
 
 
 def planner(remediations=None, **config) -> Planner:
+    """Scores here are the posterior mean's unless a test asks for exploration."""
+    config.setdefault("exploration", 0.0)
     return Planner(PlannerConfig(remediations=remediations or {}, **config))
 
 
@@ -47,6 +49,8 @@ def pattern(cause_name: str, kind: ActionType, *, samples: int, successes: int) 
         successes=successes,
         mean_time_to_stabilize_s=None,
         confidence=min(samples / 30, 1.0),
+        wins=successes,
+        losses=samples - successes,
     )
 
 
@@ -61,35 +65,76 @@ def test_score_without_knowledge_is_confidence_times_benefit_minus_cost():
     [policy] = plan(planner({"high_failure_rate": ((act(A.RESTART_SERVICE),),)}), cause())
     assert policy.score.benefit == 0.75
     assert policy.score.cost == 0.30
-    assert policy.score.knowledge_weight == 1.0
+    assert policy.score.posterior == posterior(0.75, prior_strength=2.0)
+    assert policy.score.posterior.mean == pytest.approx(0.75)
     assert policy.score.confidence == 0.85
     assert policy.score.score == pytest.approx(0.85 * 0.75 - 0.30)
     assert policy.rationale == (
-        "restart_service for high_failure_rate/charter: benefit 0.75 x weight 1.00 x "
-        "confidence 0.85 - cost 0.30 = 0.34"
+        "restart_service for high_failure_rate/charter: (posterior 0.75 + exploration 0.00)"
+        " x confidence 0.85 - cost 0.30 = 0.34; posterior Beta(1.50, 0.50) from benefit 0.75"
+        " and 0 outcome(s)"
     )
 
 
-@pytest.mark.parametrize(
-    ("samples", "successes", "expected"),
-    [
-        (None, None, 1.0),
-        (0, 0, 1.0),
-        (30, 0, 0.0),
-        (30, 30, 1.0),
-        (15, 0, 0.5),  # confidence 0.5: half prior, half observed
-        (15, 15, 1.0),
-        (60, 45, 0.75),  # saturated
-    ],
-)
-def test_knowledge_weight_blends_success_rate_by_confidence(samples, successes, expected):
-    learned = (
-        None if samples is None else pattern("x", A.SCALE_UP, samples=samples, successes=successes)
+def test_the_prior_is_the_benefit_as_pseudo_counts_and_outcomes_add_to_it():
+    prior = posterior(0.75, prior_strength=4.0)
+    assert (prior.alpha, prior.beta, prior.samples) == (3.0, 1.0, 0.0)
+    learned = pattern("x", A.SCALE_UP, samples=10, successes=2)
+    after = posterior(0.75, prior_strength=4.0, pooled=learned)
+    assert (after.alpha, after.beta, after.samples) == (5.0, 9.0, 10.0)
+    assert after.sd < prior.sd  # more evidence, less doubt
+
+
+def test_exploration_adds_the_posteriors_sd_to_an_untried_candidate():
+    p = planner({"high_failure_rate": ((act(A.RESTART_SERVICE),),)}, exploration=0.5)
+    [policy] = plan(p, cause())
+    sd = posterior(0.75, prior_strength=2.0).sd
+    assert policy.score.exploration == pytest.approx(0.5 * sd)
+    assert policy.score.score == pytest.approx(0.85 * (0.75 + 0.5 * sd) - 0.30)
+
+
+def test_exploration_proposes_a_candidate_its_mean_prices_out():
+    remediations = {"high_failure_rate": ((act(A.RESTART_SERVICE, 0.3),),)}
+    # 1.0 x 0.3 - 0.3 = 0: below a min_score of 0.01 on its mean ...
+    assert plan(planner(remediations, min_score=0.01), cause(confidence=1.0)) == []
+    # ... but the upper bound of so uncertain a belief is worth a try
+    [policy] = plan(planner(remediations, min_score=0.01, exploration=0.5), cause(confidence=1.0))
+    assert policy.score.score > 0.01
+
+
+def test_success_promotes_above_the_configured_benefit_and_failure_demotes():
+    p = planner({"high_failure_rate": ((act(A.RESTART_SERVICE),),)}, min_score=-1)
+    key = ("high_failure_rate", A.RESTART_SERVICE)
+    [prior] = plan(p, cause())
+    [won] = plan(p, cause(), knowledge={key: pattern(*key, samples=15, successes=15)})
+    [lost] = plan(p, cause(), knowledge={key: pattern(*key, samples=3, successes=0)})
+    assert won.score.posterior.mean > 0.75 > lost.score.posterior.mean
+    assert won.score.score > prior.score.score > lost.score.score
+    assert won.score.posterior.mean == pytest.approx((1.5 + 15) / 17)
+
+
+def test_a_wrong_prior_is_overturned_within_three_failures():
+    # wrong_prior's candidates: throttling configured far above restarting.
+    remediations = {
+        "high_failure_rate": (
+            (act(A.THROTTLE_REQUESTS, 0.95, fraction=0.7),),
+            (act(A.RESTART_SERVICE, 0.6),),
+        )
+    }
+    key = ("high_failure_rate", A.THROTTLE_REQUESTS)
+    p = Planner(PlannerConfig(remediations=remediations))  # the shipped exploration
+    firsts = []
+    for failures in range(4):
+        knowledge = {key: pattern(*key, samples=failures, successes=0)} if failures else {}
+        firsts.append(plan(p, cause(confidence=0.9), knowledge=knowledge)[0].primary_action)
+    assert firsts[0] is A.THROTTLE_REQUESTS
+    assert A.RESTART_SERVICE in firsts[1:]
+    assert firsts[firsts.index(A.RESTART_SERVICE) :] == [A.RESTART_SERVICE] * (
+        4 - firsts.index(A.RESTART_SERVICE)
     )
-    assert knowledge_weight(learned) == pytest.approx(expected)
 
 
-def test_knowledge_weight_enters_the_score_of_the_primary_action():
+def test_knowledge_enters_the_score_of_the_primary_action():
     p = planner({"high_failure_rate": ((act(A.RESTART_SERVICE),),)}, min_score=-1)
     learned = {
         ("high_failure_rate", A.RESTART_SERVICE): pattern(
@@ -97,8 +142,8 @@ def test_knowledge_weight_enters_the_score_of_the_primary_action():
         )
     }
     [policy] = plan(p, cause(), knowledge=learned)
-    assert policy.score.knowledge_weight == pytest.approx(0.5 + 0.5 * 0.8)
-    assert policy.score.score == pytest.approx(0.85 * 0.75 * 0.9 - 0.30)
+    assert policy.score.posterior.mean == pytest.approx(13.5 / 17)
+    assert policy.score.score == pytest.approx(0.85 * 13.5 / 17 - 0.30)
 
 
 def test_knowledge_of_another_cause_does_not_apply():
@@ -109,7 +154,7 @@ def test_knowledge_of_another_cause_does_not_apply():
         )
     }
     [policy] = plan(p, cause(), knowledge=learned)
-    assert policy.score.knowledge_weight == 1.0
+    assert policy.score.posterior == posterior(0.75, prior_strength=2.0)
 
 
 def test_an_action_that_always_failed_loses_to_an_untried_one():
@@ -131,7 +176,7 @@ def test_an_action_that_always_failed_loses_to_an_untried_one():
     assert [x.primary_action for x in plan(p, cause())] == [A.RESTART_SERVICE, A.APPLY_POLICY]
     ranked = plan(p, cause(), knowledge=failed)
     assert [x.primary_action for x in ranked] == [A.APPLY_POLICY, A.RESTART_SERVICE]
-    assert ranked[1].score.score == pytest.approx(-0.30)
+    assert ranked[1].score.score == pytest.approx(0.85 * 1.9 / 32 - 0.30)
     # with the default min_score (0) the failed action is not proposed at all
     p0 = planner(remediations)
     assert [x.primary_action for x in plan(p0, cause(), knowledge=failed)] == [A.APPLY_POLICY]

@@ -152,7 +152,7 @@ def cause() -> Cause:
 
 
 def planned(kind: ActionType, **parameters: object) -> RemediationPolicy:
-    score = CandidateScore(cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=0.8, score=0.4)
+    score = CandidateScore(cost=0.2, benefit=0.8, confidence=0.8, score=0.4)
     return RemediationPolicy(
         id="p1",
         cause=cause(),
@@ -263,7 +263,13 @@ def test_a_throttle_by_a_fraction_of_no_load_is_not_resolved(clock):
         ({"type": "throttle_requests", "parameters": {"fraction": 1.5}}, "fraction must be"),
         ({"type": "bypass_validation", "parameters": {"active": "yes"}}, "active must be"),
         ({"type": "update_configuration", "parameters": {}}, "settings must be"),
-        ({"type": "restart_service", "parameters": {"force": True}}, "takes no parameters"),
+        ({"type": "restart_service", "parameters": {"force": True}}, "takes scope)"),
+        (
+            {"type": "restart_service", "parameters": {"scope": "crashed"}},
+            "restart_service.scope must be one of all, unhealthy, got 'crashed'",
+        ),
+        ({"type": "restart_service", "parameters": {"scope": True}}, "restart_service.scope"),
+        ({"type": "rebalance_load", "parameters": {"scope": "all"}}, "takes no parameters"),
     ],
 )
 def test_a_parameter_the_model_does_not_know_is_a_config_error_naming_it(tmp_path, action, message):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_schema_validator import OAS30Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakes import FakeClock
@@ -102,6 +103,47 @@ async def test_error_burst_raises_the_failure_rate_metric_and_a_restart_brings_i
     clock.advance(10)
     assert await metric(client, "westworld_charter_failure_rate") < 0.05
     assert await metric(client, "westworld_charter_restarts_total") == 1
+
+
+async def test_restarting_the_unhealthy_members_over_http_keeps_the_healthy_ones_serving(
+    client: TestClient[Any, Any], clock: FakeClock
+) -> None:
+    crash = await client.post(
+        "/sim/faults", json={"kind": "member_crash", "magnitude": 0.5, "duration_s": 0}
+    )
+    assert crash.status == 201
+    clock.advance(5)
+    headers = {"Idempotency-Key": "u1"}
+    body = {"scope": "unhealthy"}
+    response = await client.post("/api/v1/committee/restart", json=body, headers=headers)
+    assert response.status == 200
+    result = await response.json()
+    assert (result["operation"], result["replayed"]) == ("restart_committee", False)
+    assert result["current"]["restarted_members"] == 1
+    for _ in range(5):  # the 3 s the crashed member takes to come back
+        clock.advance(0.5)
+        assert await metric(client, "westworld_charter_healthy_members") == 2
+        assert await metric(client, "westworld_charter_throughput_ops_per_sec") > 100
+    clock.advance(1)
+    assert await metric(client, "westworld_charter_healthy_members") == 3
+    replay = await client.post("/api/v1/committee/restart", json=body, headers=headers)
+    assert (await replay.json())["replayed"] is True
+    assert await metric(client, "westworld_charter_restarts_total") == 1
+    state = await (await client.get("/sim/state")).json()
+    assert state["active_faults"] == []
+    assert [a["arguments"] for a in state["actions"]] == [body, body]
+
+
+async def test_restarting_the_unhealthy_members_of_a_healthy_committee_changes_nothing(
+    client: TestClient[Any, Any], clock: FakeClock
+) -> None:
+    clock.advance(5)
+    response = await client.post("/api/v1/committee/restart", json={"scope": "unhealthy"})
+    assert response.status == 200
+    assert (await response.json())["current"]["restarted_members"] == 0
+    clock.advance(0.5)
+    assert await metric(client, "westworld_charter_healthy_members") == 3
+    assert await metric(client, "westworld_charter_restarts_total") == 0
 
 
 @pytest.mark.parametrize(
@@ -209,6 +251,9 @@ async def test_calls_without_an_idempotency_key_still_work_and_are_not_deduplica
         ("PUT", "/api/v1/validation-bypass", {"active": "yes"}, 400, "active"),
         ("PATCH", "/api/v1/config", {"settings": {"warp": 1}}, 400, "settings.warp"),
         ("PATCH", "/api/v1/config", {"settings": {}}, 400, "settings"),
+        ("POST", "/api/v1/committee/restart", {"scope": "crashed"}, 400, "scope"),
+        ("POST", "/api/v1/committee/restart", {"scope": 1}, 400, "scope"),
+        ("POST", "/api/v1/committee/restart", {"force": True}, 400, "force"),
     ],
 )
 async def test_bad_requests_get_a_4xx_json_error_naming_the_problem(
@@ -347,6 +392,34 @@ def test_the_openapi_document_describes_every_route_and_nothing_else() -> None:
         if route.method != "HEAD" and route.resource is not None
     }
     assert documented == served
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (None, 200),
+        ({}, 200),
+        ({"scope": "all"}, 200),
+        ({"scope": "unhealthy"}, 200),
+        ({"scope": "crashed"}, 400),
+        ({"scope": 1}, 400),
+        ({"force": True}, 400),
+    ],
+)
+async def test_the_documented_restart_body_is_the_one_the_simulator_takes(
+    client: TestClient[Any, Any], body: dict[str, Any] | None, status: int
+) -> None:
+    spec = openapi.document(openapi.CHARTER_API)
+    operation = spec["paths"]["/api/v1/committee/restart"]["post"]
+    assert operation["requestBody"]["required"] is False  # no body: a full restart
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    documented = body is None or not list(OAS30Validator(schema).iter_errors(body))
+    response = await client.post("/api/v1/committee/restart", json=body)
+    assert (response.status, documented) == (status, status == 200)
+    assert str(status) in operation["responses"]
+    if status == 200:
+        result = spec["components"]["schemas"]["ActionResult"]
+        assert list(OAS30Validator(result).iter_errors(await response.json())) == []
 
 
 async def test_the_simulator_serves_its_document_without_a_token(clock: FakeClock) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mape_k.config import load_settings
+from mape_k.config import load_settings, needs_human_alert_url
 from mape_k.models import ActionType
 from mape_k.stack import (
     BASE_PORTS,
@@ -104,6 +104,7 @@ def test_daemon_config_is_valid_and_uses_the_short_settle_times(tmp_path: Path) 
         == (STACK_SETTLE_S[ActionType.RESTART_SERVICE])
     )
     assert settings.knowledge.path == tmp_path / "knowledge.sqlite3"
+    assert needs_human_alert_url(settings) == "http://127.0.0.1:19093"
 
 
 def test_fixed_ports_are_shifted_by_the_offset_and_a_busy_one_is_named() -> None:

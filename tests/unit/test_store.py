@@ -28,7 +28,7 @@ from mape_k.models import (
     PatternKind,
     PolicyExecution,
 )
-from mape_k.store import SCHEMA_VERSION, InboxRow, Store
+from mape_k.store import SCHEMA_VERSION, InboxRow, Store, policy_from_record, to_jsonable
 
 DAY = 86_400.0
 
@@ -643,3 +643,20 @@ def test_iterations_page_backwards_by_start_time(db_path: Path) -> None:
     assert [i["id"] for i in first] == ["it-6", "it-5", "it-4"]
     assert [i["id"] for i in second] == ["it-3", "it-2", "it-1"]
     assert [i["id"] for i in last] == ["it-0"]
+
+
+def test_a_policy_journaled_before_posteriors_loads_without_one() -> None:
+    stored = to_jsonable(builders.policy(ActionType.RESTART_SERVICE))
+    stored["score"] = {  # as written before: a knowledge weight, no posterior
+        "cost": 0.3,
+        "benefit": 0.75,
+        "knowledge_weight": 0.9,
+        "confidence": 0.6,
+        "score": 0.105,
+    }
+    policy = policy_from_record(stored)
+    assert policy.score.posterior is None
+    assert policy.score.score == 0.105
+    now = to_jsonable(builders.policy(ActionType.RESTART_SERVICE))
+    now["score"]["posterior"] = {"alpha": 1.5, "beta": 0.5, "samples": 0.0}
+    assert policy_from_record(now).score.posterior.mean == 0.75

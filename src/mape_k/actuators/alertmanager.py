@@ -5,7 +5,8 @@ from `{labels.NAME}` and checked like every template value) for `duration_s`, cr
 before the policy's other actions run when it comes first, so on-call is not paged for
 what is being fixed; it is expired once the outcome is verified (`expire`), and by an undo.
 `alert`: an alert posted to `/api/v2/alerts` with rendered labels and annotations (for
-escalation). Alertmanager API v2; the Charter client's retry behaviour (retry.py).
+escalation). Alertmanager API v2; the Charter client's retry behaviour (retry.py). `send`
+and `post_alerts` are shared with the built-in needs-a-human alert (loop/escalation.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from mape_k.integrations.charter.base import ActionResult
 _RNG = random.Random()
 
 
-def _iso(ts: dt.datetime) -> str:
+def iso(ts: dt.datetime) -> str:
+    """A time as Alertmanager's API takes it: RFC 3339, UTC, "Z"."""
     return ts.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -58,28 +60,33 @@ def render(
     }
 
 
-async def _send(
-    config: AlertmanagerActuator,
+async def send(
+    url: str,
     method: str,
     path: str,
     *,
     operation: str,
+    timeout_s: float,
     body: Any = None,
+    attempts: int = 3,
     transport: httpx.AsyncBaseTransport | None = None,
+    sleep: retry.Sleep = asyncio.sleep,
 ) -> httpx.Response:
-    timeout = httpx.Timeout(config.timeout_s)
+    """One call to Alertmanager's API v2 at `url`, retried like the Charter client's; an
+    answer >= 300 raises ActuatorUnavailable (5xx) or ActuatorRejected (4xx). Shared by this
+    actuator and the needs-a-human alert (loop/escalation.py)."""
     async with httpx.AsyncClient(
-        base_url=config.url, timeout=timeout, transport=transport
+        base_url=url, timeout=httpx.Timeout(timeout_s), transport=transport
     ) as client:
         response = await retry.request(
             client,
             method,
             path,
             operation=operation,
-            where=config.url,
-            attempts=3,  # a silence or an alert posted twice is one (Alertmanager dedups)
+            where=url,
+            attempts=attempts,  # a silence or an alert posted twice is one (Alertmanager dedups)
             delay=lambda attempt: retry.backoff(attempt, 0.2, _RNG),
-            sleep=asyncio.sleep,
+            sleep=sleep,
             timeout_error=ActuatorTimeout,
             unavailable_error=ActuatorUnavailable,
             json=body,
@@ -90,6 +97,50 @@ async def _send(
         error = ActuatorUnavailable if response.status_code >= 500 else ActuatorRejected
         raise error(message, operation=operation, status=response.status_code)
     return response
+
+
+async def post_alerts(
+    url: str,
+    alerts: list[dict[str, Any]],
+    *,
+    operation: str,
+    timeout_s: float,
+    attempts: int = 3,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: retry.Sleep = asyncio.sleep,
+) -> None:
+    """POST `alerts` (API v2 bodies: labels, annotations, startsAt, endsAt) in one request."""
+    await send(
+        url,
+        "POST",
+        "/api/v2/alerts",
+        operation=operation,
+        timeout_s=timeout_s,
+        body=alerts,
+        attempts=attempts,
+        transport=transport,
+        sleep=sleep,
+    )
+
+
+async def _send(
+    config: AlertmanagerActuator,
+    method: str,
+    path: str,
+    *,
+    operation: str,
+    body: Any = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.Response:
+    return await send(
+        config.url,
+        method,
+        path,
+        operation=operation,
+        timeout_s=config.timeout_s,
+        body=body,
+        transport=transport,
+    )
 
 
 async def apply(
@@ -104,8 +155,8 @@ async def apply(
     if config.operation == "silence":
         body = {
             **rendered,
-            "startsAt": _iso(now),
-            "endsAt": _iso(now + dt.timedelta(seconds=config.duration_s)),
+            "startsAt": iso(now),
+            "endsAt": iso(now + dt.timedelta(seconds=config.duration_s)),
         }
         response = await _send(
             config, "POST", "/api/v2/silences", operation=operation, body=body, transport=transport
@@ -122,9 +173,9 @@ async def apply(
             idempotency_key=key,
             current={"silence_id": silence_id, "url": config.url},
         )
-    alert = {**rendered, "startsAt": _iso(now)}
-    await _send(
-        config, "POST", "/api/v2/alerts", operation=operation, body=[alert], transport=transport
+    alert = {**rendered, "startsAt": iso(now)}
+    await post_alerts(
+        config.url, [alert], operation=operation, timeout_s=config.timeout_s, transport=transport
     )
     return ActionResult(operation=operation, idempotency_key=key, current={"alert": alert})
 

@@ -37,7 +37,8 @@ class CharterActuator:
                 size = effects.desired(action, "size")
                 return await charter.scale_committee(int(size), idempotency_key=key)
             case ActionType.RESTART_SERVICE:
-                return await charter.restart_committee(idempotency_key=key)
+                scope = effects.restart_scope(action)
+                return await charter.restart_committee(idempotency_key=key, scope=scope)
             case ActionType.APPLY_POLICY:
                 policy_id = effects.desired(action, "policy")
                 return await charter.apply_policy(str(policy_id), idempotency_key=key)

@@ -30,11 +30,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mape_k.models import (
+    RESTART_SCOPES,
     ActionName,
     ActionType,
     KnobSetting,
     RemediationAction,
     RemediationPolicy,
+    RestartScope,
     is_builtin,
 )
 
@@ -85,7 +87,8 @@ _SCALE = ("delta", "to_size", "target_value")
 EFFECTS: dict[ActionName, Effect] = {
     ActionType.SCALE_UP: Effect("size", ActionType.SCALE_DOWN, _SCALE, {"delta": 1}),
     ActionType.SCALE_DOWN: Effect("size", ActionType.SCALE_UP, _SCALE, {"delta": 1}),
-    ActionType.RESTART_SERVICE: Effect(None, None, (), {}),
+    # scope "unhealthy": only the members not up restart, the healthy ones keep serving
+    ActionType.RESTART_SERVICE: Effect(None, None, ("scope",), {"scope": "all"}),
     ActionType.APPLY_POLICY: Effect(
         "policy", ActionType.APPLY_POLICY, ("policy_id",), {"policy_id": LAST_KNOWN_GOOD}
     ),
@@ -157,6 +160,8 @@ def parameter_problem(kind: ActionName, parameters: Mapping[str, Any]) -> str | 
             return f"{kind}.active must be true or false, got {value!r}"
         if name == "policy_id" and not (isinstance(value, str) and value):
             return f"{kind}.policy_id must be a policy name, got {value!r}"
+        if name == "scope" and value not in RESTART_SCOPES:
+            return f"{kind}.scope must be one of {', '.join(RESTART_SCOPES)}, got {value!r}"
     if kind is ActionType.UPDATE_CONFIGURATION:
         settings = parameters.get("settings")
         if not isinstance(settings, Mapping) or not settings:
@@ -169,6 +174,15 @@ def parameter(action: RemediationAction, name: str) -> Any:
     if name in action.parameters:
         return action.parameters[name]
     return EFFECTS[action.action_type].defaults[name]
+
+
+def restart_scope(action: RemediationAction) -> RestartScope:
+    """What a restart_service restarts: "all" members, or only the "unhealthy" ones."""
+    scope = parameter(action, "scope")
+    for known in RESTART_SCOPES:  # narrowed to the Literal the Charter client takes
+        if scope == known:
+            return known
+    raise Unresolvable(f"restart_service.scope must be one of {', '.join(RESTART_SCOPES)}")
 
 
 # --- resolution ----------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from mape_k.models import (
     PolicyExecution,
     PolicyOutcome,
     RemediationPolicy,
+    RestartScope,
     action_name,
     is_builtin,
 )
@@ -680,8 +681,12 @@ class BreakerCharter:
     async def scale_committee(self, size: int, *, idempotency_key: str) -> ActionResult:
         return await self._mutate(self.inner.scale_committee(size, idempotency_key=idempotency_key))
 
-    async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
-        return await self._mutate(self.inner.restart_committee(idempotency_key=idempotency_key))
+    async def restart_committee(
+        self, *, idempotency_key: str, scope: RestartScope = "all"
+    ) -> ActionResult:
+        return await self._mutate(
+            self.inner.restart_committee(idempotency_key=idempotency_key, scope=scope)
+        )
 
     async def set_throttle(
         self, limit_ops_per_sec: float | None, *, idempotency_key: str

@@ -34,6 +34,7 @@ from mape_k.loop.envelope import (
     config_problems,
     store_problems,
 )
+from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
@@ -127,9 +128,11 @@ class IterationPipeline:
         knowledge: Knowledge,
         store: Store,
         metrics: Metrics | None = None,
+        alerts: NeedsHumanAlerts | None = None,
     ) -> None:
         self.settings = settings
         self.envelope = envelope
+        self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
         self.monitor = monitor
         self.analyzer = analyzer
@@ -224,7 +227,7 @@ class IterationPipeline:
             self._note_execution(record.execution, now)
         record.result = classify(observation, chosen, record.execution, policies, decisions)
         record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
-        self.envelope.prune(now=now)
+        await self._settle_holds(now)
         self.envelope.save(now=now)
         phases.done("total", started)
         record.phases_s = phases.durations
@@ -271,6 +274,19 @@ class IterationPipeline:
             baseline_load=load,
         )
 
+    def _export_posteriors(self) -> None:
+        if self._metrics is None:
+            return
+        seen: set[tuple[str, str]] = set()
+        for row in self.planner.posteriors(self.knowledge.view()):
+            labels = (row.cause, row.actions[0])
+            if labels in seen:  # the first candidate of an action for a cause is its row
+                continue
+            seen.add(labels)
+            mean = row.posterior.mean
+            self._metrics.posterior_mean.labels(*labels).set(mean)
+            self._metrics.posterior_upper.labels(*labels).set(mean + row.exploration)
+
     def _remember(self, observation: Observation, now: float) -> None:
         """A usable reading feeds the trends and releases the holds of quiet targets."""
         self.prometheus_ok = not observation.degraded
@@ -287,6 +303,7 @@ class IterationPipeline:
             if hold is not None:
                 execution = self.executor.execution(outcome.execution_id)
                 self._held.append((hold, execution.policy.cause if execution else None))
+        self._export_posteriors()
         return outcomes
 
     async def _escalate(self, now: float) -> None:
@@ -311,9 +328,7 @@ class IterationPipeline:
                 id=f"escalation-{hold.target}-{int(now)}",
                 cause=base,
                 actions=(RemediationAction(action_type=name, target=hold.target),),
-                score=CandidateScore(
-                    cost=0.0, benefit=0.0, knowledge_weight=1.0, confidence=1.0, score=0.0
-                ),
+                score=CandidateScore(cost=0.0, benefit=0.0, confidence=1.0, score=0.0),
                 requires_approval=False,
                 created_at=now,
                 rationale=f"escalation: {hold.reason}",
@@ -324,6 +339,14 @@ class IterationPipeline:
                 log.error("escalation_refused", target=hold.target, reason=str(exc))
                 continue
             await self.executor.escalate(prepared)
+
+    async def _settle_holds(self, now: float) -> None:
+        """The envelope forgets expired holds; Alertmanager is told which hold now
+        (MapekNeedsHuman fires, is re-sent, or resolves): after every hold change of the
+        iteration, before the envelope is saved."""
+        self.envelope.prune(now=now)
+        if self.alerts is not None:
+            await self.alerts.sync(self.envelope, self.settings, now=now)
 
     def guard_context(self, observation: Observation, now: float) -> guard_rules.GuardContext:
         safety = self.envelope

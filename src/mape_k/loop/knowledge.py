@@ -43,6 +43,24 @@ def mean_tts(stats: PairStats) -> float | None:
     return stats.tts_sum / stats.tts_count if stats.tts_count else None
 
 
+def evidence(stats: PairStats, config: KnowledgeConfig) -> tuple[float, float]:
+    """(wins, losses): the outcomes as Beta pseudo-counts, each outcome's reward in [0, 1]
+    added to wins and the rest to losses. A success is worth 1 less half its time to
+    stabilise over `recovery_scale_s` (capped at half: slow still beats failed); a PARTIAL
+    half; INEFFECTIVE nothing; a DEGRADATION nothing, and it counts `degradation_weight`
+    times as a loss (its side effect is the worst thing an action can do)."""
+    tts = mean_tts(stats)
+    slow = 0.0 if tts is None else 0.5 * min(1.0, tts / config.recovery_scale_s)
+    wins = stats.successes * (1.0 - slow) + PARTIAL_WEIGHT * stats.partials
+    losses = (
+        stats.successes * slow
+        + (1.0 - PARTIAL_WEIGHT) * stats.partials
+        + stats.ineffective
+        + config.degradation_weight * stats.degradations
+    )
+    return wins, losses
+
+
 class Knowledge:
     def __init__(
         self, store: Store, config: KnowledgeConfig, *, metrics: Metrics | None = None
@@ -59,9 +77,7 @@ class Knowledge:
     def reconfigure(self, config: KnowledgeConfig) -> None:
         """A reloaded configuration (the store stays: `path` needs a restart)."""
         self._config = config
-        self._view = {
-            key: self._pattern(row) for key, row in self._stats.items() if row.samples > 0
-        }
+        self.update_patterns()
 
     # --- recording -------------------------------------------------------------------
 
@@ -100,6 +116,7 @@ class Knowledge:
     # --- learned view ----------------------------------------------------------------
 
     def _pattern(self, stats: PairStats) -> PolicyPattern:
+        wins, losses = evidence(stats, self._config)
         return PolicyPattern(
             cause=stats.cause,
             action_type=stats.action_type,
@@ -107,6 +124,8 @@ class Knowledge:
             successes=weighted_successes(stats),
             mean_time_to_stabilize_s=mean_tts(stats),
             confidence=min(stats.samples / self._config.saturation_samples, 1.0),
+            wins=wins,
+            losses=losses,
         )
 
     def update_patterns(self) -> None:
@@ -253,6 +272,10 @@ class Knowledge:
                     "success_rate": pattern.success_rate,
                     "confidence": pattern.confidence,
                     "mean_time_to_stabilize_s": pattern.mean_time_to_stabilize_s,
+                    "evidence": {
+                        "wins": round(pattern.wins, 3),
+                        "losses": round(pattern.losses, 3),
+                    },
                     "outcomes": counts,
                 }
             )

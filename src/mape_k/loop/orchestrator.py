@@ -254,12 +254,16 @@ class MAPEKOrchestrator:
         )
 
     def guard_statistics(self, now: float) -> dict[str, Any]:
-        """Each guard's state, for /stats."""
-        return self.envelope.snapshot(
+        """Each guard's state, for /stats (with the holds, their MapekNeedsHuman alerts)."""
+        snapshot = self.envelope.snapshot(
             now=now,
             committee_size=self.pipeline.committee_size,
             startup_problem=self.startup_problem,
         )
+        alerts = self.pipeline.alerts
+        if alerts is not None:
+            snapshot["needs_human_alerts"] = alerts.snapshot(self._settings)
+        return snapshot
 
     def recent_records(
         self, *, limit: int, before: float | None = None

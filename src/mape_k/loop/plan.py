@@ -21,6 +21,7 @@ from mape_k.models import (
     CandidateScore,
     Cause,
     PolicyPattern,
+    Posterior,
     RemediationAction,
     RemediationPolicy,
 )
@@ -45,33 +46,68 @@ class _Candidate:
     types: tuple[str, ...]
     cost: float
     benefit: float
-    weight: float
+    posterior: Posterior
+    exploration: float  # the optimism bonus: planner.exploration x the posterior's sd
 
     def score(self, confidence: float) -> CandidateScore:
         return CandidateScore(
             cost=self.cost,
             benefit=self.benefit,
-            knowledge_weight=self.weight,
             confidence=confidence,
-            score=confidence * self.benefit * self.weight - self.cost,
+            score=confidence * (self.posterior.mean + self.exploration) - self.cost,
+            posterior=self.posterior,
+            exploration=self.exploration,
         )
 
 
-def knowledge_weight(pattern: PolicyPattern | None) -> float:
-    """(1 - c) + c * success_rate, with c the pattern's confidence; 1.0 without samples."""
-    if pattern is None or pattern.samples <= 0:
-        return 1.0
-    confidence = min(max(pattern.confidence, 0.0), 1.0)
-    return (1.0 - confidence) + confidence * pattern.success_rate
+@dataclass(frozen=True, slots=True)
+class CandidatePosterior:
+    """One configured candidate's belief, for /stats and the metrics."""
+
+    cause: str
+    actions: tuple[str, ...]
+    cost: float
+    benefit: float
+    posterior: Posterior
+    exploration: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "cause": self.cause,
+            "actions": list(self.actions),
+            "cost": round(self.cost, 3),
+            "benefit": round(self.benefit, 3),
+            "posterior": self.posterior.as_dict(),
+            "exploration": round(self.exploration, 3),
+            "upper_bound": round(self.posterior.mean + self.exploration, 3),
+        }
 
 
-def target_weight(own: PolicyPattern, pooled: float) -> float:
-    """A target's weight: its own success rate blended, by its own confidence, over the
-    pooled weight of every target (a new target starts from what worked elsewhere)."""
-    if own.samples <= 0:
-        return pooled
-    confidence = min(max(own.confidence, 0.0), 1.0)
-    return (1.0 - confidence) * pooled + confidence * own.success_rate
+def posterior(
+    benefit: float,
+    *,
+    prior_strength: float,
+    pooled: PolicyPattern | None = None,
+    own: PolicyPattern | None = None,
+    pool_weight: float = 1.0,
+) -> Posterior:
+    """Beta(benefit x s + wins, (1 - benefit) x s + losses), s the prior strength.
+
+    The evidence is the target's own outcomes (`own`) plus `pool_weight` x the rest of the
+    pooled record of every target (`pooled` less `own`): a new target starts from what
+    worked elsewhere, and its own record soon outweighs it. With the default weight of 1
+    (no per-target view) the pooled record counts in full."""
+    alpha = benefit * prior_strength
+    beta = (1.0 - benefit) * prior_strength
+    samples = 0.0
+    if own is not None:
+        alpha, beta, samples = alpha + own.wins, beta + own.losses, float(own.samples)
+    if pooled is not None:
+        alpha += pool_weight * max(pooled.wins - (own.wins if own else 0.0), 0.0)
+        beta += pool_weight * max(pooled.losses - (own.losses if own else 0.0), 0.0)
+        samples += pool_weight * max(pooled.samples - (own.samples if own else 0), 0)
+    # A benefit of exactly 0 or 1 with no evidence would be a degenerate Beta.
+    return Posterior(alpha=max(alpha, 1e-6), beta=max(beta, 1e-6), samples=samples)
 
 
 def _params_json(parameters: Mapping[str, object]) -> str:
@@ -109,9 +145,17 @@ class Planner:
                 benefit measures the same thing (the cause's metric back under its
                 threshold), so they do not add up; a companion is there because the
                 config says the primary needs it;
-      knowledge_weight = (1 - c) + c * success_rate of the PolicyPattern for
-                (cause.name, primary action), c its confidence; 1.0 with no samples;
-      score   = cause.confidence * benefit * knowledge_weight - cost.
+      posterior = Beta(benefit x prior_strength, (1 - benefit) x prior_strength) updated
+                with what Knowledge learned of (cause.name, primary action): on this
+                target in full, on others (and outcomes no longer kept) at pool_weight
+                (`posterior`); success promotes it above the configured benefit as
+                failure demotes it below;
+      exploration = config.exploration x the posterior's sd (an upper confidence bound:
+                the less tried, the more optimistic);
+      score   = cause.confidence * (posterior mean + exploration) - cost.
+    Ranking by this bound is the choice: the guards then take the first candidate they
+    allow, so among the allowed candidates the highest upper bound is tried (UCB). It is
+    deterministic: the same knowledge and inputs give the same choice.
     Policies below `min_score` are dropped; the rest ranked by score desc, then fewer
     actions, then action type names, then the cause's rank in the analysis (causes come
     most urgent first) and the candidate's position in config; the top `max_policies`
@@ -198,16 +242,64 @@ class Planner:
         cause_name: str,
         knowledge: KnowledgeView,
     ) -> _Candidate:
-        specs = self._config.actions
+        cfg = self._config
+        specs = cfg.actions
         primary = candidate[0]
+        benefit = primary.benefit if primary.benefit is not None else specs[primary.type].benefit
+        belief = posterior(
+            benefit,
+            prior_strength=cfg.prior_strength,
+            pooled=knowledge.get((cause_name, primary.type)),
+        )
         return _Candidate(
             position=position,
             actions=candidate,
             types=tuple(action.type for action in candidate),
             cost=sum(specs[action.type].cost for action in candidate),
-            benefit=primary.benefit if primary.benefit is not None else specs[primary.type].benefit,
-            weight=knowledge_weight(knowledge.get((cause_name, primary.type))),
+            benefit=benefit,
+            posterior=belief,
+            exploration=cfg.exploration * belief.sd,
         )
+
+    def _on_target(
+        self,
+        pooled: _Candidate,
+        own: PolicyPattern | None,
+        knowledge: KnowledgeView,
+        cause_name: str,
+    ) -> _Candidate:
+        """`pooled` with its posterior moved to one target's own record."""
+        cfg = self._config
+        belief = posterior(
+            pooled.benefit,
+            prior_strength=cfg.prior_strength,
+            pooled=knowledge.get((cause_name, pooled.actions[0].type)),
+            own=own,
+            pool_weight=cfg.pool_weight,
+        )
+        return replace(pooled, posterior=belief, exploration=cfg.exploration * belief.sd)
+
+    def posteriors(self, knowledge: KnowledgeView) -> list[CandidatePosterior]:
+        """Every configured candidate's pooled posterior, cause by cause (what /stats and
+        the metrics show; a decision record has each proposed candidate's, on its target)."""
+        rows: list[CandidatePosterior] = []
+        for cause_name, candidates in sorted(self._config.remediations.items()):
+            for position, candidate in enumerate(candidates):
+                if candidate:
+                    static = self._static(
+                        position, tuple(candidate), cause_name=cause_name, knowledge=knowledge
+                    )
+                    rows.append(
+                        CandidatePosterior(
+                            cause=cause_name,
+                            actions=static.types,
+                            cost=static.cost,
+                            benefit=static.benefit,
+                            posterior=static.posterior,
+                            exploration=static.exploration,
+                        )
+                    )
+        return rows
 
     def generate_policies(
         self,
@@ -237,11 +329,10 @@ class Planner:
             confidence = cause.confidence
             for pooled in statics:
                 static = pooled
-                if target_knowledge:
+                if target_knowledge is not None:
                     own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
-                    if own is not None:
-                        static = replace(pooled, weight=target_weight(own, pooled.weight))
-                score = confidence * static.benefit * static.weight - static.cost
+                    static = self._on_target(pooled, own, knowledge, cause.name)
+                score = confidence * (static.posterior.mean + static.exploration) - static.cost
                 if score >= min_score:
                     key = (-score, len(static.types), static.types, rank, static.position)
                     ranked.append((key, cause, static))
@@ -279,11 +370,13 @@ class Planner:
             tuple((a.action_type, _params_json(a.parameters)) for a in actions),
         )
         names = "+".join(action.type for action in candidate)
+        belief = static.posterior
         rationale = (
-            f"{names} for {cause.key}: benefit {scored.benefit:.2f} x weight "
-            f"{scored.knowledge_weight:.2f} x confidence {scored.confidence:.2f} - cost "
-            f"{scored.cost:.2f} = {scored.score:.2f}"
-            + (" (needs approval)" if requires_approval else "")
+            f"{names} for {cause.key}: (posterior {belief.mean:.2f} + exploration "
+            f"{scored.exploration:.2f}) x confidence {scored.confidence:.2f} - cost "
+            f"{scored.cost:.2f} = {scored.score:.2f}; posterior Beta({belief.alpha:.2f},"
+            f" {belief.beta:.2f}) from benefit {scored.benefit:.2f} and"
+            f" {belief.samples:g} outcome(s)" + (" (needs approval)" if requires_approval else "")
         )
         return RemediationPolicy(
             id=id_factory() if id_factory is not None else policy_id(sig, now=now),

@@ -18,6 +18,7 @@ from typing import Any
 from mape_k.errors import CharterError
 from mape_k.integrations.charter.base import ActionResult
 from mape_k.integrations.charter.mock import MockCharterClient, MockCharterWorld, MockMetricSource
+from mape_k.models import RestartScope
 from mape_k.quality.scenario import Scenario, ShapeAt
 from mape_k.sim.committee import Committee
 
@@ -192,13 +193,17 @@ class CountingClient(MockCharterClient):
             ),
         )
 
-    async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
+    async def restart_committee(
+        self, *, idempotency_key: str, scope: RestartScope = "all"
+    ) -> ActionResult:
         return await self._mutate(
             "restart_committee",
-            {},
+            {"scope": scope},
             idempotency_key,
-            lambda c, now: c.restart(now=now),
-            lambda: super(CountingClient, self).restart_committee(idempotency_key=idempotency_key),
+            lambda c, now: c.restart(now=now, scope=scope),
+            lambda: super(CountingClient, self).restart_committee(
+                idempotency_key=idempotency_key, scope=scope
+            ),
         )
 
     async def set_throttle(

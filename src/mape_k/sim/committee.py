@@ -24,6 +24,7 @@ from mape_k.integrations.charter.base import (
     CommitteeState,
     PolicyValidation,
 )
+from mape_k.models import RESTART_SCOPES
 
 Regime = Literal["calm", "volatile", "spike"]
 REGIMES: tuple[str, ...] = ("calm", "volatile", "spike")
@@ -591,10 +592,24 @@ class Committee:
 
         return self._once("scale_committee", {"size": size}, key=key, now=now, effect=effect)
 
-    def restart(self, *, key: str = "", now: float) -> ActionResult:
+    def restart(self, *, key: str = "", now: float, scope: str = "all") -> ActionResult:
+        """Restart the committee. scope "all": every member is unavailable for `restart_s`,
+        then healthy; clears error_burst and member_crash; drops the queue. scope
+        "unhealthy": only the members not up (crashed, or still restarting) restart, the
+        healthy ones keep serving (and the queue); clears member_crash only. Nothing
+        unhealthy: nothing changes, and the result says `restarted_members: 0`."""
+
         def effect() -> tuple[dict[str, Any], dict[str, Any]]:
-            self.counters.restarts += 1
+            if scope not in RESTART_SCOPES:
+                raise InvalidArgument(
+                    f"scope must be one of {', '.join(RESTART_SCOPES)}, got {scope!r}",
+                    operation="restart_committee",
+                    field="scope",
+                )
             back = self._t + self.restart_s
+            if scope == "unhealthy":
+                return {}, self._restart_unhealthy(back)
+            self.counters.restarts += 1
             for member in self._members:
                 member.crashed_by = None
                 member.up_at = back
@@ -604,7 +619,21 @@ class Committee:
             self._queue = 0.0  # in-memory queues do not survive a restart
             return {}, {"available_at": back}
 
-        return self._once("restart_committee", {}, key=key, now=now, effect=effect)
+        arguments = {"scope": scope}
+        return self._once("restart_committee", arguments, key=key, now=now, effect=effect)
+
+    def _restart_unhealthy(self, back: float) -> dict[str, Any]:
+        unhealthy = [m for m in self._members if m.crashed_by is not None or m.up_at > self._t]
+        if not unhealthy:
+            return {"scope": "unhealthy", "restarted_members": 0, "available_at": self._t}
+        self.counters.restarts += 1
+        for member in unhealthy:
+            member.crashed_by = None
+            member.up_at = back
+        for fault in list(self._faults.values()):
+            if fault.kind == "member_crash":
+                del self._faults[fault.id]  # its crashed members are restarting
+        return {"scope": "unhealthy", "restarted_members": len(unhealthy), "available_at": back}
 
     def rebalance(self, *, key: str = "", now: float) -> ActionResult:
         def effect() -> tuple[dict[str, Any], dict[str, Any]]:

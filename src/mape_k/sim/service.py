@@ -85,6 +85,10 @@ class ScaleBody(_Body):
     size: int
 
 
+class RestartBody(_Body):
+    scope: str = "all"  # or "unhealthy"; the committee checks the value
+
+
 class ThrottleBody(_Body):
     limit_ops_per_sec: float | None
 
@@ -279,8 +283,9 @@ async def scale(request: web.Request) -> web.Response:
 
 
 async def restart(request: web.Request) -> web.Response:
+    body = await _body(request, RestartBody)  # no body: a full restart, as before scopes
     state = _state(request)
-    return _result(state.committee.restart(key=_key(request), now=state.now()))
+    return _result(state.committee.restart(key=_key(request), now=state.now(), scope=body.scope))
 
 
 async def rebalance(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from mape_k.models import RestartScope
+
 # Names of the signals the committee model exports. The shipped config's
 # `monitor.queries` use these names, so in mock mode the Monitor reads them straight
 # from the simulated committee, and in http mode the same names map to PromQL over the
@@ -100,7 +102,9 @@ class CharterClient(Protocol):
     async def get_committee_state(self) -> CommitteeState: ...
     async def get_violations(self) -> list[CharterViolation]: ...
     async def scale_committee(self, size: int, *, idempotency_key: str) -> ActionResult: ...
-    async def restart_committee(self, *, idempotency_key: str) -> ActionResult: ...
+    async def restart_committee(
+        self, *, idempotency_key: str, scope: RestartScope = "all"
+    ) -> ActionResult: ...
     async def set_throttle(
         self, limit_ops_per_sec: float | None, *, idempotency_key: str
     ) -> ActionResult: ...

@@ -35,6 +35,7 @@ from mape_k.integrations.charter.base import (
     PolicyValidation,
 )
 from mape_k.metrics import Metrics
+from mape_k.models import RestartScope
 
 log = structlog.get_logger(__name__)
 
@@ -273,9 +274,14 @@ class HttpCharterClient:
             "scale_committee", "POST", "/committee/scale", key=idempotency_key, json={"size": size}
         )
 
-    async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
+    async def restart_committee(
+        self, *, idempotency_key: str, scope: RestartScope = "all"
+    ) -> ActionResult:
+        # A full restart sends no body, as before scopes existed (a Charter without them
+        # still takes it); only a narrower scope says so.
+        body = None if scope == "all" else {"scope": scope}
         return await self._action(
-            "restart_committee", "POST", "/committee/restart", key=idempotency_key
+            "restart_committee", "POST", "/committee/restart", key=idempotency_key, json=body
         )
 
     async def set_throttle(

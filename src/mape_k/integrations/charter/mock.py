@@ -18,7 +18,7 @@ from mape_k.integrations.charter.base import (
     CommitteeState,
     PolicyValidation,
 )
-from mape_k.models import Sample
+from mape_k.models import RestartScope, Sample
 from mape_k.sim.committee import Committee
 
 DEFAULT_FAULT_MAGNITUDE = 0.8
@@ -104,9 +104,11 @@ class MockCharterClient:
         now = self._now("scale_committee")
         return self.committee.scale(size, key=idempotency_key, now=now)
 
-    async def restart_committee(self, *, idempotency_key: str) -> ActionResult:
+    async def restart_committee(
+        self, *, idempotency_key: str, scope: RestartScope = "all"
+    ) -> ActionResult:
         now = self._now("restart_committee")
-        return self.committee.restart(key=idempotency_key, now=now)
+        return self.committee.restart(key=idempotency_key, now=now, scope=scope)
 
     async def set_throttle(
         self, limit_ops_per_sec: float | None, *, idempotency_key: str
