@@ -10,6 +10,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+import builders
 from builders import observation
 from builders import settings as settings_for
 from mape_k.app import Daemon, build, reconcile
@@ -18,7 +19,7 @@ from mape_k.integrations.alertmanager import Alert
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.record import why_nothing
 from mape_k.loop.scheduler import advance_grid, schedule
-from mape_k.models import ActionType, OutcomeType
+from mape_k.models import ActionType, OutcomeType, Severity
 from mape_k.store import Store
 
 
@@ -429,3 +430,43 @@ async def test_a_decision_about_many_unhandled_violations_names_a_bounded_few(tm
     assert why.startswith("no remediation for nobody_handles_this/member-")
     assert " and 995 more: none configured" in why
     assert len(why) < 400
+
+
+@pytest.mark.parametrize(
+    ("saturation", "cause", "action"),
+    [
+        (0.85, "overload", "scale_up"),  # latency on a loaded committee: load, scaled for
+        (0.4, "high_latency", "rebalance_load"),  # latency with headroom: its own fix
+    ],
+)
+async def test_the_iteration_reads_latency_against_saturation_before_naming_a_cause(
+    tmp_path, clock, saturation, cause, action
+):
+    settings = settings_for(tmp_path)
+    world = MockCharterWorld.create(clock=clock, seed=3, regime="calm")
+
+    async def observe(now: float):
+        return observation(
+            at=now,
+            metrics=(
+                builders.metric("saturation", saturation, timestamp=now),
+                builders.metric("p99_latency_s", 0.9, timestamp=now),
+            ),
+            violations=(
+                builders.violation(
+                    "high_latency",
+                    severity=Severity.WARNING,
+                    timestamp=now,
+                    value=0.9,
+                    threshold=0.5,
+                    query="p99_latency_s",
+                ),
+            ),
+        )
+
+    async with build(settings, world=world, clock=clock) as parts:
+        parts.orchestrator.pipeline.monitor.observe = observe  # type: ignore[method-assign]
+        clock.advance(5)
+        record = await parts.orchestrator.run_once()
+    assert [c["name"] for c in record["causes"]] == [cause]
+    assert record["execution"]["actions"][0]["type"] == action
