@@ -169,6 +169,17 @@ def test_an_action_without_a_knob_conflicts_with_everything_on_its_target():
     assert "it moved size, and this policy acts on the whole target" in held.reason
 
 
+def test_a_second_remedy_for_the_same_cause_waits_for_the_first_whatever_it_moves():
+    # A scale-up for this cause is settling: a throttle for the same cause (another knob)
+    # waits for its verdict; for another cause it runs.
+    same = g.Settling("e1", frozenset({"size"}), (ActionType.SCALE_UP,), cause=THROTTLE.cause.name)
+    held = g.settle_guard(THROTTLE, ctx(settling={"charter": (same,)}))
+    assert held.verdict is GuardVerdict.DELAY
+    assert f"it remedies {THROTTLE.cause.name} too, and its verdict comes first" in held.reason
+    other = g.Settling("e1", frozenset({"size"}), (ActionType.SCALE_UP,), cause="queue_backlog")
+    assert verdict(g.settle_guard, THROTTLE, settling={"charter": (other,)}) is GuardVerdict.ALLOW
+
+
 def test_the_settle_guard_checks_every_execution_settling_on_the_target():
     throttling = g.Settling("e3", frozenset({"throttle"}), (ActionType.THROTTLE_REQUESTS,))
     settling = {"charter": (SIZE_SETTLING, throttling)}

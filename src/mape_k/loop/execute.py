@@ -515,6 +515,7 @@ class Executor:
                 execution_id=pending.execution.id,
                 knobs=effects.knobs(policy.actions),
                 actions=tuple(a.action_type for a in policy.actions),
+                cause=policy.cause.name,
             )
             settling[pending.target] = (*settling.get(pending.target, ()), entry)
         return settling

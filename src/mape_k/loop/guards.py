@@ -122,6 +122,7 @@ class Settling:
     execution_id: str
     knobs: frozenset[str] | None
     actions: tuple[ActionName, ...] = ()
+    cause: str | None = None  # the cause it remedies
 
     def describe(self) -> str:
         moved = "the whole target" if self.knobs is None else ", ".join(sorted(self.knobs))
@@ -507,10 +508,17 @@ def approval_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
     return _allow("approval", f"approved, valid until {_at(expires)}", policy)
 
 
-def settle_conflict(knobs: frozenset[str] | None, settling: Settling) -> str | None:
-    """Why a policy moving `knobs` (None: the whole target) must wait for `settling`, or
-    None when they touch different knobs. An action without a knob conflicts with every
-    other action on its target, either way round: what it changes is not known."""
+def settle_conflict(
+    knobs: frozenset[str] | None, settling: Settling, *, cause: str | None = None
+) -> str | None:
+    """Why a policy moving `knobs` (None: the whole target) for `cause` must wait for
+    `settling`, or None when they touch different knobs for different causes. An action
+    without a knob conflicts with every other action on its target, either way round:
+    what it changes is not known. A second remedy for the same cause waits for the first's
+    verdict whatever it moves: stacking remedies for one cause is how a scale-up that was
+    working gets a throttle on top, and neither verdict can then be trusted."""
+    if cause is not None and settling.cause == cause:
+        return f"it remedies {cause} too, and its verdict comes first"
     if settling.knobs is None:
         return "it acts on the whole target"
     if knobs is None:
@@ -525,13 +533,14 @@ def settle_conflict(knobs: frozenset[str] | None, settling: Settling) -> str | N
 def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     """Only the knob that moved is settling: a policy waits for an unmeasured execution on
     its target when it moves a knob that execution moved (or either acts on the whole
-    target); a policy on other knobs runs, and the verification of the first notes it."""
+    target), or remedies the same cause; a policy for another cause on other knobs runs,
+    and the verification of the first notes it."""
     settling = ctx.settling.get(policy.target, ())
     if not settling:
         return _allow("settle", "target settled", policy)
     knobs = actions.knobs(policy.actions)
     for pending in settling:
-        why = settle_conflict(knobs, pending)
+        why = settle_conflict(knobs, pending, cause=policy.cause.name)
         if why is not None:
             reason = (
                 f"{policy.target} is settling after {pending.describe()}: {why};"
