@@ -26,6 +26,7 @@ verified and learned — this module only says which returns are due and where t
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -97,7 +98,11 @@ def excursions(history: Iterable[Change]) -> dict[tuple[str, str], Excursion]:
         key = (change.target, change.knob)
         excursion = open_.get(key)
         if excursion is None or change.before != excursion.current:
-            # The first change, or the knob was moved by someone else in between.
+            # The first change, or the knob was moved by someone else in between. A return
+            # opens nothing (the change that opened its excursion was forgotten).
+            if change.returning:
+                open_.pop(key, None)
+                continue
             excursion = Excursion(change.target, change.knob, change.before, change.at, None)
         excursion = replace(excursion, current=change.after)
         if excursion.current == excursion.baseline:
@@ -125,11 +130,16 @@ def openings(history: Iterable[Change]) -> set[Change]:
 
 
 def premature(history: Sequence[Change], target: str, *, within_s: float) -> int:
-    """Returns on `target` that another (not returning) change followed within `within_s`."""
-    returns = [c for c in history if c.target == target and c.returning]
-    others = [c.at for c in history if c.target == target and not c.returning]
-    ids = {r.execution_id for r in returns if any(r.at < t <= r.at + within_s for t in others)}
-    return len(ids)
+    """Returns on `target` whose next change there was a fix (not a return) within
+    `within_s`: the cause came back. A return in steps counts once, at its last step."""
+    ordered = sorted((c for c in history if c.target == target), key=lambda c: c.at)
+    count = 0
+    for change, after in itertools.pairwise(ordered):
+        if change.execution_id == after.execution_id:
+            continue
+        if change.returning and not after.returning and after.at - change.at <= within_s:
+            count += 1
+    return count
 
 
 def window_s(history: Sequence[Change], target: str, config: ReturnToBaselineConfig) -> float:

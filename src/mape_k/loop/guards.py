@@ -395,10 +395,11 @@ def velocity_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
         return _allow("velocity", "disabled", policy)
     recent = [c for c in ctx.history if c.at > ctx.now - cfg.window_s]
     actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
-    # A return to baseline (causes.RETURNS) counts as an action, not as size change: it
-    # goes back toward the size before the fault, never past it (loop/baseline.py), so it
-    # cannot run away, and it must not use up the budget of the fix the next fault needs.
-    size_change = sum(c.size_delta for c in recent if not c.returning)
+    # A return to baseline (causes.RETURNS) counts as an action, and gives back the size
+    # budget of the scale it undoes: it goes back toward the size before the fault, never
+    # past it (loop/baseline.py), so the fix the next fault needs still fits.
+    grown = sum(c.size_delta for c in recent if not c.returning)
+    size_change = max(0, grown - sum(c.size_delta for c in recent if c.returning))
     planned = planned_changes(policy, now=ctx.now)
     more_size = 0 if policy.cause.name in RETURNS else sum(c.size_delta for c in planned)
     until = (min(c.at for c in recent) + cfg.window_s) if recent else None
