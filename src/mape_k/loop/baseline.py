@@ -220,15 +220,15 @@ def propose(  # noqa: C901, PLR0912
         if target in settling:
             held.append(f"{what} waits: {settling[target]} is settling")
             continue
+        if not _spare(history, velocity, now):
+            held.append(f"{what} waits: the velocity guard's actions left are kept for a fix")
+            continue
         if knob == "size":
             proposal = _size_return(
                 excursion,
                 size=int(reading),
                 saturation=saturation,
-                history=history,
                 config=config,
-                velocity=velocity,
-                now=now,
             )
             if isinstance(proposal, str):
                 held.append(f"{what} {proposal}")
@@ -263,10 +263,7 @@ def _size_return(
     *,
     size: int,
     saturation: float,
-    history: Sequence[Change],
     config: ReturnToBaselineConfig,
-    velocity: VelocityConfig,
-    now: float,
 ) -> Proposal | str:
     baseline = int(excursion.baseline)
     need = _fit(size, saturation, config.target_value)
@@ -276,8 +273,6 @@ def _size_return(
             f"stays: the load needs {need} members for saturation {config.target_value:g}"
             f" ({saturation:.2f} at {size})"
         )
-    if not _spare(history, velocity, now):
-        return "waits: the velocity guard's actions left are kept for a fix"
     cause = _cause("excess_capacity", excursion.target, saturation)
     return Proposal(cause, "size", to, baseline)
 
