@@ -503,6 +503,14 @@ class ReturnToBaselineConfig(_Model):
         description="Hysteresis: a return only when the saturation it projects after the"
         " change is at most this (overload fires over 0.9; its candidate scales up to 0.6).",
     )
+    load_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A knob moved to fix overload returns only once the offered load is"
+        " below this fraction of the load when it was moved (the cause cleared, not a ramp"
+        " still rising).",
+    )
     reversal_s: float = Field(
         1800.0,
         gt=0,

@@ -389,3 +389,25 @@ def test_the_envelope_keeps_the_change_that_left_the_baseline_while_the_knob_is_
     envelope.history = [opening, change(T0 + 20, "size", 5, 3, returning=True)]
     envelope.prune(now=T0 + 10 * 3600)
     assert envelope.history == []  # back: nothing to keep
+
+
+def test_capacity_added_for_load_returns_only_once_the_load_has_fallen():
+    history = [change(T0 + 100, "size", 3, 5, eid="up")]
+    args = {
+        "state": state(size=5, load=330.0),
+        "observation": observed(0.4, at=T0 + 900),
+        "history": tuple(history),
+        "last_violation": {},
+        "watching_since": T0,
+        "settling": {},
+        "config": CFG,
+        "velocity": VelocityConfig(),
+        "now": T0 + 900,
+    }
+    # a ramp: the load is still where it was when the size was raised
+    ramp = baseline.propose(**args, fix_loads={"up": 320.0})
+    assert ramp.proposals == ()
+    assert "has not fallen below 0.9 of its level at the fix (320)" in ramp.held[0]
+    # a spike that ended: the load is back under 0.9 of it
+    assert baseline.propose(**args, fix_loads={"up": 500.0}).proposals
+    assert baseline.propose(**args).proposals  # no load known for the fix: not held for it

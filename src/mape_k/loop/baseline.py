@@ -61,6 +61,7 @@ class Excursion:
     baseline: Any  # the value before the daemon's first change of this excursion
     since: float
     current: Any  # where the daemon's last change left it
+    opened_by: str = ""  # the execution that took it away
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,9 @@ def excursions(history: Iterable[Change]) -> dict[tuple[str, str], Excursion]:
             if change.returning:
                 open_.pop(key, None)
                 continue
-            excursion = Excursion(change.target, change.knob, change.before, change.at, None)
+            excursion = Excursion(
+                change.target, change.knob, change.before, change.at, None, change.execution_id
+            )
         excursion = replace(excursion, current=change.after)
         if excursion.current == excursion.baseline:
             open_.pop(key, None)
@@ -174,12 +177,17 @@ def propose(  # noqa: C901, PLR0912
     config: ReturnToBaselineConfig,
     velocity: VelocityConfig,
     now: float,
+    fix_loads: Mapping[str, float] | None = None,
 ) -> Returns:
     """The returns due now against this reading, and why the others wait.
 
     `last_violation`: target -> the last usable observation with a violation on it;
     `watching_since`: the first usable observation (a target never seen violating has been
-    quiet since then, not forever: after a restart the window starts again).
+    quiet since then, not forever: after a restart the window starts again);
+    `fix_loads`: execution id -> the offered load when it ran, for the executions that
+    fixed a load-proportional cause (overload): the knob it moved goes back only once the
+    load has fallen below `load_fraction` of that (a ramp that is still there is not a
+    cause that cleared).
     """
     if not config.enabled or state is None or observation.degraded:
         return Returns()
@@ -217,11 +225,15 @@ def propose(  # noqa: C901, PLR0912
                 + (" (window doubled after a premature return)" if doubled else "")
             )
             continue
-        if target in settling:
-            held.append(f"{what} waits: {settling[target]} is settling")
-            continue
-        if not _spare(history, velocity, now):
-            held.append(f"{what} waits: the velocity guard's actions left are kept for a fix")
+        waits = _waits(
+            settling.get(target),
+            spare=_spare(history, velocity, now),
+            load=state.offered_load,
+            then=(fix_loads or {}).get(excursion.opened_by),
+            config=config,
+        )
+        if waits is not None:
+            held.append(f"{what} {waits}")
             continue
         if knob == "size":
             proposal = _size_return(
@@ -243,6 +255,27 @@ def propose(  # noqa: C901, PLR0912
                 continue
         proposals.append(proposal)
     return Returns(proposals=tuple(proposals), held=tuple(held), fits=fits)
+
+
+def _waits(
+    settling: str | None,
+    *,
+    spare: bool,
+    load: float,
+    then: float | None,
+    config: ReturnToBaselineConfig,
+) -> str | None:
+    """Why a return whose window has passed still waits, or None."""
+    if settling is not None:
+        return f"waits: {settling} is settling"
+    if not spare:
+        return "waits: the velocity guard's actions left are kept for a fix"
+    if then is not None and load > config.load_fraction * then:
+        return (
+            f"stays: the offered load ({load:.0f} ops/s) has not fallen below"
+            f" {config.load_fraction:g} of its level at the fix ({then:.0f})"
+        )
+    return None
 
 
 def _cause(name: str, target: str, saturation: float) -> Cause:

@@ -279,7 +279,18 @@ class IterationPipeline:
             config=self.settings.planner.return_to_baseline,
             velocity=self.settings.guards.velocity,
             now=now,
+            fix_loads=self._fix_loads(),
         )
+
+    def _fix_loads(self) -> dict[str, float]:
+        """Execution id -> the offered load when it ran, for the executions that fixed a
+        load-proportional signal (the executor's recent history, from the journal)."""
+        proportional = self.settings.executor.load_normalised
+        return {
+            e.id: e.baseline_load
+            for e in self.executor.get_execution_history()
+            if e.baseline_load is not None and e.policy.cause.query in proportional
+        }
 
     def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
         """The due returns planned like any cause (planner.remediations), after the faults'
