@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+import builders
 from mape_k.config import GuardsConfig, PlannerConfig, ReturnToBaselineConfig, VelocityConfig
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.loop import actions, baseline
@@ -14,7 +15,6 @@ from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.guards import Change, GuardContext, oscillation, velocity_guard
 from mape_k.models import (
     ActionType,
-    CandidateScore,
     GuardVerdict,
     KnobSetting,
     Metric,
@@ -294,17 +294,7 @@ def test_disabled_or_degraded_proposes_nothing():
 
 
 def _policy(proposal: baseline.Proposal, action: RemediationAction) -> RemediationPolicy:
-    return RemediationPolicy(
-        id="pol-r",
-        cause=proposal.cause,
-        actions=(action,),
-        score=CandidateScore(
-            cost=0.1, benefit=0.4, knowledge_weight=1.0, confidence=1.0, score=0.3
-        ),
-        requires_approval=False,
-        created_at=T0,
-        rationale="r",
-    )
+    return builders.policy(action, id="pol-r", cause=proposal.cause, rationale="r")
 
 
 def test_a_resolved_return_is_set_to_its_proposal_never_below_the_baseline():
@@ -352,18 +342,10 @@ def test_a_return_is_no_flip_flop_and_gives_back_the_size_budget():
     assert oscillation([up, ret], again, window_s=1800, now=T0 + 700) is None
     plain = replace(ret, returning=False)
     assert oscillation([up, plain], again, window_s=1800, now=T0 + 700) is not None
-    policy = RemediationPolicy(
+    policy = builders.policy(
+        RemediationAction(ActionType.SCALE_UP, "charter", sets=(KnobSetting("size", 3, 7),)),
         id="pol-up",
         cause=baseline._cause("overload", "charter", 0.95),
-        actions=(
-            RemediationAction(ActionType.SCALE_UP, "charter", sets=(KnobSetting("size", 3, 7),)),
-        ),
-        score=CandidateScore(
-            cost=0.2, benefit=0.8, knowledge_weight=1.0, confidence=1.0, score=0.6
-        ),
-        requires_approval=False,
-        created_at=T0,
-        rationale="r",
     )
     allowed = velocity_guard(policy, GuardContext(now=T0 + 700, history=(up, ret)))
     assert allowed.verdict is GuardVerdict.ALLOW
