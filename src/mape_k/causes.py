@@ -86,6 +86,12 @@ CAUSES: tuple[Cause, ...] = (
 )
 CAUSE: dict[str, Cause] = {cause.name: cause for cause in CAUSES}
 
+# The return-to-baseline causes (loop/baseline.py): raised by the daemon itself, never by a
+# rule or an alert, when a knob it moved may go back to where it was before; the knob each
+# one returns. Their changes are not flip-flops for the oscillation guard (loop/guards.py):
+# a return has its own stabilisation window and back-off.
+RETURNS: dict[str, str] = {"excess_capacity": "size", "throttle_unneeded": "throttle"}
+
 FAULTS: tuple[Fault, ...] = (
     Fault("load_spike", "overload", 0.7, frozenset({"scale_committee", "set_throttle"})),
     Fault("error_burst", "high_failure_rate", 0.7, frozenset({"restart_committee"})),

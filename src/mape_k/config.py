@@ -439,8 +439,9 @@ class CandidateAction(_Model):
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Checked against the action-effect model (loop/actions.py): scale_up /"
-        " scale_down take delta (default 1) or to_size; throttle_requests fraction (of the"
-        " offered load, default 0.8) or limit_ops_per_sec; bypass_validation /"
+        " scale_down take delta (default 1), to_size or target_value; throttle_requests"
+        " fraction (of the offered load, default 0.8), limit_ops_per_sec or lift (true: no"
+        " limit); bypass_validation /"
         " activate_emergency_override active (default true); apply_policy policy_id"
         " (default last_known_good); update_configuration settings (required);"
         " restart_service scope: all (default, every member: a short full outage) or"
@@ -493,7 +494,57 @@ def _default_remediations() -> dict[str, tuple[tuple[CandidateAction, ...], ...]
             one(ActionType.SCALE_UP, delta=1),
             one(ActionType.THROTTLE_REQUESTS, fraction=0.8),
         ),
+        # Return to baseline (loop/baseline.py, planner.return_to_baseline): raised by the
+        # daemon when a knob it moved may go back. The size down to what the load needs at
+        # saturation 0.75 (never below the size before the fault), the throttle lifted
+        # (back to the value before the fault).
+        "excess_capacity": (one(ActionType.SCALE_DOWN, target_value=0.75),),
+        "throttle_unneeded": (one(ActionType.THROTTLE_REQUESTS, lift=True),),
     }
+
+
+class ReturnToBaselineConfig(_Model):
+    enabled: bool = Field(
+        True,
+        description="Scale back down and lift a throttle the daemon set, once the cause has"
+        " cleared and stayed clear (the excess_capacity and throttle_unneeded causes).",
+    )
+    window_s: float = Field(
+        300.0,
+        gt=0,
+        description="A target with no violation for this long may return (HPA's scale-down"
+        " stabilisation); each return reversed by a later action on the target doubles it.",
+    )
+    max_window_s: float = Field(
+        3600.0, gt=0, description="The longest the doubled window grows (its back-off cap)."
+    )
+    target_value: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Hysteresis: a return only when the saturation it projects after the"
+        " change is at most this (overload fires over 0.9; its candidate scales up to 0.6).",
+    )
+    load_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A knob moved to fix overload returns only once the offered load is"
+        " below this fraction of the load when it was moved (the cause cleared, not a ramp"
+        " still rising).",
+    )
+    reversal_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A return followed by another action on its target within this long was"
+        " premature: it counts toward the doubled window.",
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> ReturnToBaselineConfig:
+        if self.max_window_s < self.window_s:
+            raise ValueError("max_window_s is below window_s")
+        return self
 
 
 class PlannerConfig(_Model):
@@ -545,6 +596,7 @@ class PlannerConfig(_Model):
         description="How long a proposal waits for an operator's answer, and how long a"
         " rejected one is not proposed again. An approval's own life is guards.approval_ttl_s.",
     )
+    return_to_baseline: ReturnToBaselineConfig = ReturnToBaselineConfig()
 
     @field_validator("actions")
     @classmethod

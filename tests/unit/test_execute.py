@@ -581,6 +581,31 @@ async def test_a_freeze_arriving_mid_policy_stops_the_next_action_and_rolls_back
     assert world.committee.state().throttle_limit is None
 
 
+def test_a_return_to_baseline_holds_unless_a_violation_comes_back(world, journal, clock):
+    executor = make_executor(world, journal.append, clock)
+    cause = replace(builders.cause("overload", value=0.3), name="excess_capacity")
+    returned = execution(
+        policy=policy(action(ActionType.SCALE_DOWN), cause=cause),
+        started_at=0.0,
+        finished_at=1.0,
+        baseline=0.3,
+    )
+    waiting = PendingVerification(execution=returned, due_at=10.0, deadline=100.0)
+    calm = builders.observation(at=0, metrics=(metric("saturation", 0.55, timestamp=0.0),))
+    outcome, _ = executor.verify_execution(waiting, calm, now=20.0)
+    assert outcome is not None
+    assert (outcome.outcome, outcome.detail) == (OutcomeType.SUCCESS, "no violation after it")
+    back = builders.observation(
+        at=0,
+        metrics=(metric("saturation", 0.95, timestamp=0.0),),
+        violations=(violation("overload", timestamp=0, value=0.95, query="saturation"),),
+    )
+    outcome, _ = executor.verify_execution(waiting, back, now=20.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.INEFFECTIVE
+    assert outcome.detail == "overload back after the return"
+
+
 async def test_each_execution_waiting_for_its_outcome_says_which_knobs_it_moved(
     world, journal, clock
 ):

@@ -98,8 +98,8 @@ EFFECTS: dict[ActionName, Effect] = {
     ActionType.THROTTLE_REQUESTS: Effect(
         "throttle",
         ActionType.THROTTLE_REQUESTS,
-        ("limit_ops_per_sec", "fraction"),
-        {"fraction": 0.8},  # of the offered load, when no limit is given
+        ("limit_ops_per_sec", "fraction", "lift"),
+        {"fraction": 0.8},  # of the offered load, when no limit is given; lift: no limit
     ),
     ActionType.ACTIVATE_EMERGENCY_OVERRIDE: Effect(
         "override", ActionType.ACTIVATE_EMERGENCY_OVERRIDE, ("active",), {"active": True}
@@ -143,7 +143,7 @@ def parameter_problem(kind: ActionName, parameters: Mapping[str, Any]) -> str | 
     if unknown:
         takes = ", ".join(effect.parameters) or "no parameters"
         return f"{kind} does not take {', '.join(unknown)} (it takes {takes})"
-    for group in (("delta", "to_size", "target_value"), ("limit_ops_per_sec", "fraction")):
+    for group in (("delta", "to_size", "target_value"), ("limit_ops_per_sec", "fraction", "lift")):
         given = [name for name in group if name in parameters]
         if len(given) > 1:
             return f"{kind} takes one of {', '.join(group)}, not {' and '.join(given)}"
@@ -156,6 +156,8 @@ def parameter_problem(kind: ActionName, parameters: Mapping[str, Any]) -> str | 
             return f"{kind}.limit_ops_per_sec must be a number > 0 (ops/s), got {value!r}"
         if name == "fraction" and not (_is_number(value) and 0 < value <= 1):
             return f"{kind}.fraction must be a number in (0, 1], got {value!r}"
+        if name == "lift" and value is not True:
+            return f"{kind}.lift must be true (lift the throttle), got {value!r}"
         if name == "active" and not isinstance(value, bool):
             return f"{kind}.active must be true or false, got {value!r}"
         if name == "policy_id" and not (isinstance(value, str) and value):
@@ -283,7 +285,9 @@ def _size(action: RemediationAction, before: int, signal: float | None) -> KnobS
     return KnobSetting("size", before, after)
 
 
-def _limit(action: RemediationAction, state: CommitteeState) -> float:
+def _limit(action: RemediationAction, state: CommitteeState) -> float | None:
+    if action.parameters.get("lift") is True:
+        return None  # no limit: the throttle is lifted
     if "limit_ops_per_sec" in action.parameters:
         return float(action.parameters["limit_ops_per_sec"])
     fraction = float(parameter(action, "fraction"))

@@ -34,6 +34,7 @@ from mape_k.integrations.charter.base import (
     CommitteeState,
     PolicyValidation,
 )
+from mape_k.loop.baseline import openings
 from mape_k.loop.guards import (
     Backoff,
     Change,
@@ -340,7 +341,10 @@ class SafetyEnvelope:
             len(self.backoffs),
             len(self.needs_human),
         )
-        self.history = [c for c in self.history if c.at >= now - keep]
+        # The change that took a knob away from its baseline stays while the knob is away:
+        # the return to baseline (loop/baseline.py) reads the baseline from it.
+        kept = openings(self.history)
+        self.history = [c for c in self.history if c.at >= now - keep or c in kept]
         window = cfg.stabilization.window_s
         self.recommendations = [r for r in self.recommendations if r.at >= now - window]
         reset = cfg.oscillation.max_backoff_s

@@ -29,6 +29,7 @@ from mape_k.errors import ActuatorError, CharterError, ExecutionError, MapekErro
 from mape_k.integrations.charter.base import ActionResult, CharterClient
 from mape_k.loop import actions as effects
 from mape_k.loop.actions import INVERSE
+from mape_k.loop.baseline import is_return
 from mape_k.loop.guards import Settling
 from mape_k.metrics import Metrics
 from mape_k.models import (
@@ -557,10 +558,14 @@ class Executor:
             if not final:
                 return None, value
             return self._outcome(pending, OutcomeType.UNKNOWN, value, now, "no data"), value
-        if not still:
-            return self._outcome(
-                pending, OutcomeType.SUCCESS, value, now, "violation cleared"
-            ), value
+        if is_return(cause.name) or not still:
+            # A return to baseline is judged by what came back, not by its own violation.
+            outcome = (
+                self._returned(pending, observation, value, now)
+                if is_return(cause.name)
+                else self._outcome(pending, OutcomeType.SUCCESS, value, now, "violation cleared")
+            )
+            return outcome, value
         kind = classify(
             before=execution.baseline,
             after=value,
@@ -585,6 +590,22 @@ class Executor:
             detail = "still violating, not improved after settling" + note
             return self._outcome(pending, kind, value, now, detail), value
         return None, value
+
+    def _returned(
+        self,
+        pending: PendingVerification,
+        observation: Observation,
+        value: float | None,
+        now: float,
+    ) -> PolicyOutcome:
+        """A return to baseline fixes nothing: it held if no violation is back on its target
+        once it settled (SUCCESS); one that brought a violation back failed (INEFFECTIVE)."""
+        target = pending.target
+        back = sorted({v.kind for v in observation.violations if v.component == target})
+        if back:
+            detail = f"{', '.join(back)} back after the return"
+            return self._outcome(pending, OutcomeType.INEFFECTIVE, value, now, detail)
+        return self._outcome(pending, OutcomeType.SUCCESS, value, now, "no violation after it")
 
     def _drift(self, execution: PolicyExecution, now: float) -> float:
         """Where the signal's trend before the action would have taken it by `now`."""

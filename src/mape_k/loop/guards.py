@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mape_k.causes import RETURNS
 from mape_k.config import FreezeWindow, GuardsConfig
 from mape_k.loop import actions
 from mape_k.models import (
@@ -59,6 +60,7 @@ class Change:
     before: Any = None
     after: Any = None
     size_delta: int = 0  # |members changed| (scale actions)
+    returning: bool = False  # a return to baseline (causes.RETURNS): never part of a flip-flop
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,7 @@ def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
             target=execution.policy.target,
             action_type=step.action.action_type,
             execution_id=execution.id,
+            returning=execution.policy.cause.name in RETURNS,
         )
         if step.status is not ExecutionStatus.COMPLETED:
             # A failed attempt, or a change applied and undone: no knob moved for good, but
@@ -248,9 +251,13 @@ def oscillation(
 ) -> tuple[Change, ...] | None:
     """Three changes of one knob inside the window, each undoing the one before, or None.
 
-    With a `candidate`, asks whether running it would complete such a flip-flop.
+    With a `candidate`, asks whether running it would complete such a flip-flop. A return
+    to baseline is not one of the three: its own window and back-off (loop/baseline.py)
+    keep it from flapping, and a fix after it is not undoing a mistake.
     """
-    recent = [c for c in history if c.knob is not None and c.at >= now - window_s]
+    recent = [
+        c for c in history if c.knob is not None and not c.returning and c.at >= now - window_s
+    ]
     if candidate is not None:
         if candidate.knob is None:
             return None
@@ -405,9 +412,13 @@ def velocity_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
         return _allow("velocity", "disabled", policy)
     recent = [c for c in ctx.history if c.at > ctx.now - cfg.window_s]
     actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
-    size_change = sum(c.size_delta for c in recent)
+    # A return to baseline (causes.RETURNS) counts as an action, and gives back the size
+    # budget of the scale it undoes: it goes back toward the size before the fault, never
+    # past it (loop/baseline.py), so the fix the next fault needs still fits.
+    grown = sum(c.size_delta for c in recent if not c.returning)
+    size_change = max(0, grown - sum(c.size_delta for c in recent if c.returning))
     planned = planned_changes(policy, now=ctx.now)
-    more_size = sum(c.size_delta for c in planned)
+    more_size = 0 if policy.cause.name in RETURNS else sum(c.size_delta for c in planned)
     until = (min(c.at for c in recent) + cfg.window_s) if recent else None
     if actions + len(policy.actions) > cfg.max_actions:
         reason = (

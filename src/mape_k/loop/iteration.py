@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ from mape_k.config import Settings
 from mape_k.errors import CharterError, MapekError
 from mape_k.integrations.charter.base import CharterClient, CommitteeState
 from mape_k.loop import actions as action_model
+from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.analyze import signals as analysis_signals
@@ -149,6 +151,11 @@ class IterationPipeline:
         self._held: list[tuple[guard_rules.Hold, Cause | None]] = []
         self.prometheus_ok: bool | None = None  # usable data in the last reading
         self.readings = Readings()
+        # Return to baseline: since when usable readings were taken, and each target's last
+        # usable reading with a violation on it (in memory: after a restart the window of
+        # planner.return_to_baseline starts again).
+        self._watching_since: float | None = None
+        self._last_violation: dict[str, float] = {}
 
     def reconfigure(self, settings: Settings) -> None:
         if settings != self.settings:
@@ -209,11 +216,11 @@ class IterationPipeline:
             now=now,
             target_knowledge=self.knowledge.target_view(),
         )
-        record.candidates = policies
         phases.done("plan", t)
 
         t = time.perf_counter()
-        chosen, decisions, why = await self._judge(policies, observation, now)
+        policies, chosen, decisions, why = await self._judge(policies, observation, now)
+        record.candidates = policies
         record.chosen, record.guard_decisions, record.why = chosen, decisions, why
         phases.done("guard", t)
 
@@ -244,19 +251,79 @@ class IterationPipeline:
 
     async def _judge(
         self, policies: list[RemediationPolicy], observation: Observation, now: float
-    ) -> tuple[RemediationPolicy | None, list[GuardDecision], str]:
-        """One reading of the target's state; every action is resolved against it once, and
-        that resolved plan is what the guards judge and the executor sends."""
+    ) -> tuple[list[RemediationPolicy], RemediationPolicy | None, list[GuardDecision], str]:
+        """One reading of the target's state; the returns to baseline due against it are
+        planned after the faults' policies (a fix ranks first); every action is resolved
+        against it once (a return set to where its proposal takes the knob), and that
+        resolved plan is what the guards judge and the executor sends. Returns the
+        candidates with the returns, the one chosen, the guards' decisions and why."""
         reading = await self._read_target(observation, now)
-        plans = {p.id: self._resolve(p, reading) for p in policies}
-        self._recommend(plans, reading, observation, now)
+        returns = self._returns(observation, reading, now)
+        policies = policies + self._plan_returns(returns, now)
+        plans: dict[str, Plan] = {}
+        for p in policies:
+            plan, problem = self._resolve(p, reading)
+            plans[p.id] = (returns_model.fit(plan, returns), problem)
+        self._recommend(plans, reading, observation, now, returns.fits)
         if policies and self.envelope.charter.phase(now) == "half_open":
             await self._probe_charter()
         for expired in self.envelope.expire_approvals(now):
             self.planner.remember_rejection(expired)  # an expired approval is a rejection
         chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
+        if chosen is None and returns.held:
+            why += "; return to baseline: " + "; ".join(returns.held)
         self._record_guards(decisions, now)
-        return chosen, decisions, why
+        return policies, chosen, decisions, why
+
+    def _returns(
+        self, observation: Observation, reading: Reading, now: float
+    ) -> returns_model.Returns:
+        """The returns to baseline due against this reading (loop/baseline.py)."""
+        if self._watching_since is None:
+            return returns_model.Returns()
+        return returns_model.propose(
+            state=reading[0],
+            observation=observation,
+            history=tuple(self.envelope.history),
+            last_violation=self._last_violation,
+            watching_since=self._watching_since,
+            settling={
+                target: ", ".join(entry.execution_id for entry in entries)
+                for target, entries in self.executor.pending_targets().items()
+            },
+            config=self.settings.planner.return_to_baseline,
+            velocity=self.settings.guards.velocity,
+            now=now,
+            fix_loads=self._fix_loads(),
+        )
+
+    def _fix_loads(self) -> dict[str, float]:
+        """Execution id -> the offered load when it ran, for the executions that fixed a
+        load-proportional signal (the executor's recent history, from the journal)."""
+        proportional = self.settings.executor.load_normalised
+        return {
+            e.id: e.baseline_load
+            for e in self.executor.get_execution_history()
+            if e.baseline_load is not None and e.policy.cause.query in proportional
+        }
+
+    def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
+        """The due returns planned like any cause (planner.remediations), after the faults'
+        policies: a fix always ranks first."""
+        if not returns.proposals:
+            return []
+        analysis = AnalysisResult(
+            at=now,
+            violations=0,
+            patterns=(),
+            causes=tuple(p.cause for p in returns.proposals),
+        )
+        return self.planner.generate_policies(
+            analysis,
+            knowledge=self.knowledge.view(),
+            now=now,
+            target_knowledge=self.knowledge.target_view(),
+        )
 
     async def _execute(
         self, chosen: RemediationPolicy, observation: Observation
@@ -293,12 +360,18 @@ class IterationPipeline:
         if observation.degraded:
             return
         self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
-        self.envelope.note_quiet({v.component for v in observation.violations}, now=now)
+        violating = {v.component for v in observation.violations}
+        self.envelope.note_quiet(violating, now=now)
+        if self._watching_since is None:
+            self._watching_since = now
+        self._last_violation.update(dict.fromkeys(violating, now))
 
     def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
             self.knowledge.record_outcome(outcome)
+            if returns_model.is_return(outcome.cause):
+                continue  # a return's failure widens its own window, never holds the target
             hold = self.envelope.note_outcome(outcome, now=now)
             if hold is not None:
                 execution = self.executor.execution(outcome.execution_id)
@@ -582,11 +655,18 @@ class IterationPipeline:
         return {"reason": reason, "reverted": ids, "frozen_until": until}
 
     def _recommend(
-        self, plans: dict[str, Plan], reading: Reading, observation: Observation, now: float
+        self,
+        plans: dict[str, Plan],
+        reading: Reading,
+        observation: Observation,
+        now: float,
+        fits: Mapping[str, int],
     ) -> None:
         """Record each target's recommended size this iteration (scale-down stabilization):
-        where its best-ranked resolved scale policy leaves it, else the size the reading
-        says it is heading for — the same reading and resolution the guards judge."""
+        where its best-ranked resolved scale policy leaves it, else — on a target the daemon
+        scaled and may return — the size its load needs (`fits`, as the HPA recommends its
+        desired size at every sync), else the size the reading says it is heading for: the
+        same reading and resolution the guards judge."""
         state, _ = reading
         if observation.degraded or state is None:
             return
@@ -600,7 +680,7 @@ class IterationPipeline:
             + [policy.target for policy in scaling]
         )
         for target in targets:
-            recommended = state.target_size
+            recommended = fits.get(target, state.target_size)
             for policy in scaling:
                 if policy.target == target:
                     size = action_model.final_value(policy, "size")
@@ -614,8 +694,9 @@ class IterationPipeline:
         for decision in verdicts:
             if decision.verdict is GuardVerdict.ALLOW:
                 continue
-            if decision.guard == "oscillation":
-                # A predicted flip-flop starts the back-off (an active one is kept as is).
+            if decision.guard == "oscillation" and not returns_model.is_return(policy.cause.name):
+                # A predicted flip-flop starts the back-off (an active one is kept as is); a
+                # return the guard holds just waits (it blocks no fix on the target).
                 self.envelope.start_backoff(policy.target, decision.reason, now=now)
 
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:

@@ -10,11 +10,15 @@
 - oscillations: direction reversals of the size or of the throttle (tighter/looser).
 - left over: seconds throttled or above the starting size after the last fault is over
   (ended by itself or cleared by an action; None when one lasts to the end).
+- back to baseline: seconds from the last fault being over until the committee is at (or
+  under) its starting size with no throttle, and stays so to the end (0 when it already
+  is; ∞ when it is not back by the end; None when a fault lasts to the end).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,6 +101,17 @@ def oscillations(samples: Sequence[Sample]) -> int:
     sizes = [float(s.size) for s in samples]
     throttles = [float("inf") if s.throttle is None else s.throttle for s in samples]
     return direction_reversals(sizes) + direction_reversals(throttles)
+
+
+def back_s(samples: Sequence[Sample], over_at: float | None, start_size: int) -> float | None:
+    if over_at is None:
+        return None
+    back = over_at
+    for s in samples:
+        if s.t >= over_at and (s.throttle is not None or s.size > start_size):
+            back = s.t + 1.0  # the next sample is the first that may be back
+    end = samples[-1].t if samples else over_at
+    return math.inf if back > end else back - over_at
 
 
 def left_over_s(samples: Sequence[Sample], over_at: float | None, start_size: int) -> float | None:

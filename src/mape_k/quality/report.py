@@ -24,6 +24,7 @@ NUMBERS = (
     ("actions", "mutating actions"),
     ("oscillations", "oscillations"),
     ("left_over_s", "left throttled / over-provisioned s"),
+    ("back_s", "back to baseline s"),
     ("harmful", "harmful actions"),
 )
 
@@ -262,7 +263,9 @@ ends abnormal; 0 when it never went over; the worst disturbance counts);
 actions* — calls that reached the committee; *oscillations* — direction reversals of the
 size or of the throttle; *left throttled / over-provisioned* — seconds with a throttle set
 or more members than at the start after the last fault is over (— when a fault lasted to
-the end); *harmful actions* — by counterfactual: before each mutating call the committee
+the end); *back to baseline* — seconds from the last fault being over until the committee
+is at its starting size with no throttle and stays so to the end (∞: not back by the end);
+*harmful actions* — by counterfactual: before each mutating call the committee
 is copied (its RNG included) and the next 120 s are replayed with and without that call
 (scheduled faults in both, no other action in either); the call is harmful when it loses
 more requests (by more than max(1, 0.1 % of those offered)), helpful when it loses fewer.

@@ -305,6 +305,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "refused": len(ledger.calls) - len(calls),
         "oscillations": figures.oscillations(samples),
         "left_over_s": figures.left_over_s(samples, over_at, start_size),
+        "back_s": figures.back_s(samples, over_at, start_size),
         "harmful": sum(1 for c in calls if c.verdict == "harmed"),
         "helpful": sum(1 for c in calls if c.verdict == "helped"),
         "alert_deliveries": deliveries,
