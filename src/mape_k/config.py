@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from mape_k.actuators import template
-from mape_k.causes import CAUSES
+from mape_k.causes import CAUSES, RETURNS
 from mape_k.errors import ConfigError
 from mape_k.loop.actions import LAST_KNOWN_GOOD, parameter_problem
 from mape_k.models import ActionName, ActionType, Severity, action_name, is_builtin
@@ -142,6 +142,15 @@ class ViolationRule(_Model):
     severity: Severity = Severity.WARNING
     component_label: str = Field("component", description="Label naming the component.")
     default_component: str = Field("charter", description="Component when the label is absent.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_return(cls, value: str) -> str:
+        if value in RETURNS:
+            raise ValueError(
+                f"{value!r} is the daemon's own return-to-baseline cause, not a violation kind"
+            )
+        return value
 
 
 DEFAULT_QUERIES: dict[str, str] = {

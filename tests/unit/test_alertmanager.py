@@ -127,6 +127,17 @@ def test_alertname_default_component_and_unknown_severity_fallbacks() -> None:
     )
 
 
+@pytest.mark.parametrize("cause", ["excess_capacity", "throttle_unneeded"])
+def test_an_alert_cannot_ask_for_a_return_to_baseline(cause: str) -> None:
+    # A return lifts throttles and scales down outside the oscillation and velocity
+    # budgets: only the daemon's own reading may raise one, never an alert's label.
+    inbox = AlertInbox(max_alerts=10)
+    inbox.offer([alert(cause=cause)])
+    [violation] = inbox.firing()
+    assert violation.kind == "alert"
+    assert violation.labels["cause"] == cause  # kept as evidence, not as the kind
+
+
 def test_component_label_is_configurable_and_severity_case_insensitive() -> None:
     inbox = AlertInbox(max_alerts=10, component_label="service")
     inbox.offer([alert(service="checkout", component="ignored", severity="INFO")])

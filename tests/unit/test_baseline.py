@@ -143,9 +143,15 @@ def test_a_return_whose_opening_was_forgotten_opens_nothing():
     assert baseline.excursions([change(T0, "size", 7, 6, returning=True)]) == {}
 
 
-def test_the_opening_change_is_what_pruning_must_keep():
-    history = [change(T0 + 100, "size", 3, 5), change(T0 + 200, "size", 5, 7)]
-    assert baseline.openings(history) == {history[0]}
+def test_every_change_of_an_open_excursion_is_what_pruning_must_keep():
+    # 3 -> 5, then 5 -> 7 an hour later: keeping only the opening would leave the
+    # excursion at 5 while the knob reads 7 ("moved by someone else": never returned).
+    history = [change(T0 + 100, "size", 3, 5), change(T0 + 3700, "size", 5, 7)]
+    assert baseline.openings(history) == set(history)
+    (excursion,) = baseline.excursions(baseline.openings(history)).values()
+    assert (excursion.baseline, excursion.current) == (3, 7)
+    closed = [*history, change(T0 + 9000, "size", 7, 3, returning=True)]
+    assert baseline.openings(closed) == set()
 
 
 # --- when ---------------------------------------------------------------------------------
@@ -360,14 +366,15 @@ def test_the_return_causes_have_default_candidates(name):
     assert not baseline.is_return("overload")
 
 
-def test_the_envelope_keeps_the_change_that_left_the_baseline_while_the_knob_is_away():
+def test_the_envelope_keeps_the_changes_that_took_the_knob_away_while_it_is_away():
     envelope = SafetyEnvelope(GuardsConfig())
     opening = change(T0, "size", 3, 5)
     later = change(T0 + 10, "size", 5, 7)
     envelope.history = [opening, later]
     envelope.prune(now=T0 + 10 * 3600)
-    assert envelope.history == [opening]  # the baseline is still known: 3
-    assert baseline.excursions(envelope.history)[("charter", "size")].baseline == 3
+    assert envelope.history == [opening, later]  # from 3, now at 7
+    excursion = baseline.excursions(envelope.history)[("charter", "size")]
+    assert (excursion.baseline, excursion.current) == (3, 7)
     envelope.history = [opening, change(T0 + 20, "size", 5, 3, returning=True)]
     envelope.prune(now=T0 + 10 * 3600)
     assert envelope.history == []  # back: nothing to keep

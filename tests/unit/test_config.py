@@ -358,3 +358,16 @@ def test_anchors_and_aliases_of_a_normal_size_still_work(tmp_path):
         load_settings(path, {})  # the anchor's own key is still checked...
     path.write_text("monitor: &m {query_timeout_s: 3}\n", encoding="utf-8")
     assert load_settings(path, {})[0].monitor.query_timeout_s == 3  # ...an alias is fine
+
+
+def test_a_rule_cannot_produce_a_return_to_baseline_cause() -> None:
+    with pytest.raises(ConfigError, match=r"throttle_unneeded.*return-to-baseline"):
+        load_settings(
+            None,
+            {},
+            {
+                "monitor.rules": [
+                    {"name": "throttle_unneeded", "query": "saturation", "threshold": 0.1}
+                ]
+            },
+        )

@@ -266,7 +266,11 @@ async def test_dry_run_decides_and_logs_but_sends_nothing(
     assert am.last()["labels"]["target"] == TARGET
 
 
-@pytest.mark.parametrize("failure", [503, 400, httpx.ConnectError("connection refused")], ids=str)
+@pytest.mark.parametrize(
+    "failure",
+    [503, 400, httpx.ConnectError("connection refused"), httpx.InvalidURL("no host in URL")],
+    ids=str,
+)
 async def test_a_failed_delivery_is_logged_and_retried_next_iteration(
     rig: Rig, am: FakeAlertmanager, clock: FakeClock, failure: int | Exception
 ) -> None:

@@ -13,6 +13,7 @@ from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
 from mape_k.errors import CharterRequestError, StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.actions import resolve
+from mape_k.loop.analyze import READ_FROM
 from mape_k.loop.execute import Executor, PendingVerification, classify
 from mape_k.models import ActionType, ExecutionStatus, Observation, OutcomeType, RemediationPolicy
 
@@ -668,3 +669,27 @@ async def test_a_policy_on_another_target_does_not_confound_and_a_cleared_one_sa
     ]
     assert cleared.outcome is OutcomeType.SUCCESS
     assert cleared.detail == "violation cleared; confounded by shed (throttle_requests)"
+
+
+def test_a_cause_read_from_latency_is_not_cleared_while_the_latency_still_violates():
+    # Latency read as load: the overload cause stands for a high_latency violation, and
+    # its own rule (saturation over 0.9) may never fire. Cleared means both gone.
+    read = replace(
+        builders.cause("overload", query="saturation", threshold=0.8, value=0.85),
+        annotations={READ_FROM: "high_latency"},
+    )
+    restarted = execution(policy=policy(cause=read), started_at=0.0, finished_at=1.0, baseline=0.85)
+    waiting = PendingVerification(execution=restarted, due_at=10.0, deadline=100.0)
+    executor = Executor(
+        charter=None, config=ExecutorConfig(), actions=DEFAULT_ACTIONS, journal=lambda _: None
+    )
+    saturation = (metric("saturation", 0.84, timestamp=0.0),)
+    latency = violation("high_latency", timestamp=0, value=2.0, threshold=1.0, query="p99")
+    slow = builders.observation(at=0, metrics=saturation, violations=(latency,))
+    outcome, _ = executor.verify_execution(waiting, slow, now=200.0)
+    assert outcome is not None
+    assert outcome.outcome is not OutcomeType.SUCCESS
+    calm = builders.observation(at=0, metrics=saturation)
+    outcome, _ = executor.verify_execution(waiting, calm, now=200.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.SUCCESS

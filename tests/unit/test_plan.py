@@ -497,3 +497,21 @@ def test_an_empty_remediation_list_leaves_a_cause_without_candidates():
     assert plan(p, cause("overload")) == []
     [fallback] = plan(p, cause("not_configured"))  # a cause with no entry at all
     assert fallback.primary_action is A.SCALE_UP
+
+
+def test_a_return_to_baseline_is_never_priced_out_by_its_record():
+    # Premature lifts are INEFFECTIVE outcomes; their back-off is the return's window
+    # (loop/baseline.py), not silence: the throttle must not stay on forever.
+    remediations = {"throttle_unneeded": ((act(A.THROTTLE_REQUESTS, lift=True),),)}
+    key = ("throttle_unneeded", A.THROTTLE_REQUESTS)
+    failed = {key: pattern(*key, samples=10, successes=0)}
+    [policy] = plan(planner(remediations), cause("throttle_unneeded"), knowledge=failed)
+    assert policy.score.score < 0  # below min_score, proposed all the same
+    # ... while any other cause's candidate with that record is dropped
+    other = {"overload": ((act(A.THROTTLE_REQUESTS, fraction=0.8),),)}
+    failed = {
+        ("overload", A.THROTTLE_REQUESTS): pattern(
+            "overload", A.THROTTLE_REQUESTS, samples=10, successes=0
+        )
+    }
+    assert plan(planner(other), cause("overload"), knowledge=failed) == []

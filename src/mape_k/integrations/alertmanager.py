@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from mape_k.causes import RETURNS
 from mape_k.errors import MapekError
 from mape_k.metrics import Metrics
 from mape_k.models import Severity, Violation, ViolationSource
@@ -460,6 +461,9 @@ class AlertInbox:
         annotations: Mapping[str, str] | None = None,
     ) -> Violation:
         kind = labels.get("cause") or labels.get("alertname") or "alert"
+        if kind in RETURNS:  # the daemon's own cause: an alert cannot ask for a return
+            log.warning("alert_cause_reserved", cause=kind)
+            kind = "alert"
         component = labels.get(self._component_label) or self._default_component
         try:
             severity = Severity(labels.get("severity", "").lower())

@@ -34,6 +34,9 @@ Occurrence = tuple[float, str, str]
 _time = itemgetter(0)
 _PATTERN_ORDER = {kind: index for index, kind in enumerate(PatternKind)}
 
+# A cause read from other violations (latency read as load) names them in this annotation.
+READ_FROM = "mapek_read_from"
+
 
 @dataclass(slots=True)
 class _Span:
@@ -266,6 +269,8 @@ class PatternAnalyzer:
                 threshold=min(cfg.near, signal.value),
                 query=cfg.signal,
                 labels=latest.labels,
+                # What it stands for: its verification asks whether these cleared too.
+                annotations={READ_FROM: ",".join(sorted({v.kind for v in seen}))},
             )
             found[(cfg.cause, component)] = (reading, why)
         return found

@@ -116,19 +116,18 @@ def excursions(history: Iterable[Change]) -> dict[tuple[str, str], Excursion]:
 
 
 def openings(history: Iterable[Change]) -> set[Change]:
-    """The changes that opened an excursion still open: what history pruning must keep,
-    or the baseline would be forgotten."""
+    """Every change of an excursion still open, from the one that opened it: what history
+    pruning must keep, or the baseline (its first change) or where the knob now is (its
+    last) would be forgotten, and a knob moved in two steps read as moved by someone else."""
     ordered = sorted(history, key=lambda c: c.at)
     keep: set[Change] = set()
     for excursion in excursions(ordered).values():
-        for change in ordered:
-            if (change.target, change.knob, change.at) == (
-                excursion.target,
-                excursion.knob,
-                excursion.since,
-            ):
-                keep.add(change)
-                break
+        keep.update(
+            change
+            for change in ordered
+            if (change.target, change.knob) == (excursion.target, excursion.knob)
+            and change.at >= excursion.since
+        )
     return keep
 
 

@@ -249,7 +249,9 @@ class NeedsHumanAlerts:
                     transport=self._transport,
                     sleep=self._sleep,
                 )
-        except (MapekError, TimeoutError) as exc:
+        except Exception as exc:
+            # MapekError and TimeoutError are the expected ones; anything else (a URL
+            # httpx refuses, a bug) is logged and retried the same way.
             error = str(exc) or f"no answer within {timeout_s:g} s"
             for target in firing + resolving:
                 self.sent[target] = replace(self.sent[target], error=error)

@@ -29,6 +29,7 @@ from mape_k.errors import ActuatorError, CharterError, ExecutionError, MapekErro
 from mape_k.integrations.charter.base import ActionResult, CharterClient
 from mape_k.loop import actions as effects
 from mape_k.loop.actions import INVERSE
+from mape_k.loop.analyze import READ_FROM
 from mape_k.loop.baseline import is_return
 from mape_k.loop.guards import Settling
 from mape_k.metrics import Metrics
@@ -549,9 +550,10 @@ class Executor:
         if not observation.degraded and cause.query is not None:
             fresh = observation.value(cause.query, cause.target)
         value = fresh if fresh is not None else pending.last_value
-        still = any(
-            v.kind == cause.name and v.component == cause.target for v in observation.violations
-        )
+        # A cause read from other violations (latency read as load) is not cleared while
+        # they still violate: the reading's own rule may never have fired.
+        kinds = {cause.name, *filter(None, cause.annotations.get(READ_FROM, "").split(","))}
+        still = any(v.kind in kinds and v.component == cause.target for v in observation.violations)
         # A rule-backed cause is judged on a reading of this pass only: a target whose series
         # vanished is not "cleared" (that would teach Knowledge a success that never was).
         if observation.degraded or (cause.query is not None and fresh is None):

@@ -235,7 +235,6 @@ class IterationPipeline:
         record.result = classify(observation, chosen, record.execution, policies, decisions)
         record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
         await self._settle_holds(now)
-        self.envelope.save(now=now)
         phases.done("total", started)
         record.phases_s = phases.durations
         self._finish(phases, record.result)
@@ -414,10 +413,12 @@ class IterationPipeline:
             await self.executor.escalate(prepared)
 
     async def _settle_holds(self, now: float) -> None:
-        """The envelope forgets expired holds; Alertmanager is told which hold now
-        (MapekNeedsHuman fires, is re-sent, or resolves): after every hold change of the
-        iteration, before the envelope is saved."""
+        """The envelope forgets expired holds and is saved; then Alertmanager is told which
+        targets are held now (MapekNeedsHuman fires, is re-sent, or resolves): after every
+        hold change of the iteration, and after the save (a failed delivery must not cost
+        the guards' memory)."""
         self.envelope.prune(now=now)
+        self.envelope.save(now=now)
         if self.alerts is not None:
             await self.alerts.sync(self.envelope, self.settings, now=now)
 

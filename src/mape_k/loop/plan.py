@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from mape_k.causes import RETURNS
 from mape_k.config import CandidateAction, PlannerConfig
 from mape_k.models import (
     ActionName,
@@ -333,7 +334,9 @@ class Planner:
                     own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
                     static = self._on_target(pooled, own, knowledge, cause.name)
                 score = confidence * (static.posterior.mean + static.exploration) - static.cost
-                if score >= min_score:
+                # A return to baseline is never priced out: its back-off is the return's
+                # own window, which doubles after each premature one (loop/baseline.py).
+                if score >= min_score or cause.name in RETURNS:
                     key = (-score, len(static.types), static.types, rank, static.position)
                     ranked.append((key, cause, static))
         best = heapq.nsmallest(cfg.max_policies, ranked, key=lambda item: item[0])
