@@ -8,15 +8,17 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+import builders
 from builders import NOW, action, outcome, policy
 from builders import settings as settings_for
 from fakes import FakeClock
 from mape_k.app import build
 from mape_k.config import GuardsConfig
 from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop import guards
 from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope, config_problems
 from mape_k.loop.guards import Freeze
-from mape_k.models import ActionType, OutcomeType
+from mape_k.models import ActionType, ExecutionStatus, OutcomeType
 from mape_k.store import Store
 
 
@@ -218,3 +220,39 @@ def test_a_load_query_missing_from_the_monitor_is_said_but_does_not_stop_acting(
     with capture_logs() as logs:
         config_problems(settings_for(tmp_path))
     assert not [e for e in logs if e["event"] == "load_query_missing"]
+
+
+def test_the_load_a_fix_ran_at_survives_a_restart_with_its_change(tmp_path: Path):
+    # The return to baseline waits for the load to fall below what it was at the fix:
+    # after a restart that load must still be known (it was read from memory before).
+    up = builders.execution(
+        policy=policy(
+            action(ActionType.SCALE_UP, delta=2),
+            cause=builders.cause("overload", query="saturation", threshold=0.9),
+        ),
+        started_at=NOW,
+        finished_at=NOW + 1,
+        baseline=0.95,
+        baseline_load=330.0,
+    )
+    up = replace(
+        up,
+        actions=tuple(
+            replace(
+                step,
+                status=ExecutionStatus.COMPLETED,
+                result={"previous": {"target_size": 3}, "current": {"target_size": 5}},
+            )
+            for step in up.actions
+        ),
+    )
+    changes = guards.executed_changes(up, at=NOW + 1, load_normalised=("saturation",))
+    assert [c.load for c in changes] == [330.0]
+    assert [c.load for c in guards.executed_changes(up, at=NOW + 1)] == [None]
+    with Store.open(tmp_path / "k.sqlite3") as store:
+        envelope = SafetyEnvelope(GuardsConfig(), store=store)
+        envelope.record_changes(changes, now=NOW + 1)
+        envelope.save(now=NOW + 1)
+        again = SafetyEnvelope(GuardsConfig(), store=store)
+        again.load()
+    assert [c.load for c in again.history] == [330.0]

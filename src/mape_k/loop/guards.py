@@ -13,7 +13,7 @@ predict nothing themselves: what they judge is what the executor sends.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +61,10 @@ class Change:
     after: Any = None
     size_delta: int = 0  # |members changed| (scale actions)
     returning: bool = False  # a return to baseline (causes.RETURNS): never part of a flip-flop
+    # The offered load when it ran, for a fix of a load-proportional signal: capacity added
+    # for load returns only once the load fell below it (loop/baseline.py). Kept with the
+    # change, so a restart does not forget it.
+    load: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +212,12 @@ def planned_changes(policy: RemediationPolicy, *, now: float) -> list[Change]:
     return changes
 
 
-def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
-    """What an execution did, from the Charter's previous/current answers."""
+def executed_changes(
+    execution: PolicyExecution, *, at: float, load_normalised: Collection[str] = ()
+) -> list[Change]:
+    """What an execution did, from the Charter's previous/current answers; with the load
+    it ran at when its cause's signal is one of `load_normalised`."""
+    proportional = execution.policy.cause.query in load_normalised
     changes: list[Change] = []
     counted = {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.ROLLED_BACK}
     for step in execution.actions:
@@ -221,6 +229,7 @@ def executed_changes(execution: PolicyExecution, *, at: float) -> list[Change]:
             action_type=step.action.action_type,
             execution_id=execution.id,
             returning=execution.policy.cause.name in RETURNS,
+            load=execution.baseline_load if proportional else None,
         )
         if step.status is not ExecutionStatus.COMPLETED:
             # A failed attempt, or a change applied and undone: no knob moved for good, but

@@ -298,13 +298,8 @@ class IterationPipeline:
 
     def _fix_loads(self) -> dict[str, float]:
         """Execution id -> the offered load when it ran, for the executions that fixed a
-        load-proportional signal (the executor's recent history, from the journal)."""
-        proportional = self.settings.executor.load_normalised
-        return {
-            e.id: e.baseline_load
-            for e in self.executor.get_execution_history()
-            if e.baseline_load is not None and e.policy.cause.query in proportional
-        }
+        load-proportional signal (kept with their changes in the envelope's history)."""
+        return {c.execution_id: c.load for c in self.envelope.history if c.load is not None}
 
     def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
         """The due returns planned like any cause (planner.remediations), after the faults'
@@ -701,7 +696,9 @@ class IterationPipeline:
                 self.envelope.start_backoff(policy.target, decision.reason, now=now)
 
     def _note_execution(self, execution: PolicyExecution, now: float) -> None:
-        changes = guard_rules.executed_changes(execution, at=now)
+        changes = guard_rules.executed_changes(
+            execution, at=now, load_normalised=self.settings.executor.load_normalised
+        )
         self.envelope.record_changes(changes, now=now)
         hold = self.envelope.note_failed_execution(execution, now=now)
         if hold is not None:

@@ -227,7 +227,11 @@ class MAPEKOrchestrator:
         noted = 0
         for execution in self._store.executions_finished_since(now - horizon):
             if execution.id not in known:
-                changes = guard_rules.executed_changes(execution, at=execution.finished_at or now)
+                changes = guard_rules.executed_changes(
+                    execution,
+                    at=execution.finished_at or now,
+                    load_normalised=self._settings.executor.load_normalised,
+                )
                 self.envelope.record_changes(changes, now=now)
                 noted += 1
         since = now - self.executor.verification_horizon_s()
