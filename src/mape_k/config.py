@@ -574,7 +574,11 @@ class PlannerConfig(_Model):
     require_approval: bool = Field(
         True, description="False waives approval for risky actions (not recommended)."
     )
-    min_score: float = Field(0.0, description="Policies scoring below this are not proposed.")
+    min_score: float = Field(
+        0.0,
+        description="A floor on confidence x posterior mean - cost: a candidate below it is"
+        " proposed only when its upper bound beats the best credible candidate's mean.",
+    )
     prior_strength: float = Field(
         2.0,
         gt=0,

@@ -102,6 +102,21 @@ def test_exploration_proposes_a_candidate_its_mean_prices_out():
     assert policy.score.score > 0.01
 
 
+def test_a_doubtful_candidate_waits_while_a_credible_one_exists():
+    # throttling's mean scores 0.6 x 0.65 - 0.4 < 0, its upper bound > 0: while scaling up
+    # is credible (held by a cooldown, say) throttling is not proposed at all ...
+    remediations = {
+        "overload": ((act(A.SCALE_UP, 0.85),), (act(A.THROTTLE_REQUESTS, fraction=0.8),))
+    }
+    p = planner(remediations, exploration=0.5)
+    assert [x.primary_action for x in plan(p, cause("overload", confidence=0.6))] == [A.SCALE_UP]
+    # ... and once scaling up has failed enough to be priced out itself, it is explored.
+    key = ("overload", A.SCALE_UP)
+    failed = {key: pattern(*key, samples=6, successes=0)}
+    ranked = plan(p, cause("overload", confidence=0.6), knowledge=failed)
+    assert A.THROTTLE_REQUESTS in [x.primary_action for x in ranked]
+
+
 def test_success_promotes_above_the_configured_benefit_and_failure_demotes():
     p = planner({"high_failure_rate": ((act(A.RESTART_SERVICE),),)}, min_score=-1)
     key = ("high_failure_rate", A.RESTART_SERVICE)
@@ -515,3 +530,20 @@ def test_a_return_to_baseline_is_never_priced_out_by_its_record():
         )
     }
     assert plan(planner(other), cause("overload"), knowledge=failed) == []
+
+
+def test_a_priced_out_candidate_is_explored_once_the_credible_one_disappoints():
+    # wrong_prior_priced_out: restarting is worth 1.0 x 0.3 - 0.3 = 0 on its mean, never
+    # above the floor; its upper bound beats throttling's mean once throttling has failed.
+    remediations = {
+        "high_failure_rate": (
+            (act(A.THROTTLE_REQUESTS, 0.95, fraction=0.7),),
+            (act(A.RESTART_SERVICE, 0.3),),
+        )
+    }
+    p = Planner(PlannerConfig(remediations=remediations, min_score=0.01))
+    key = ("high_failure_rate", A.THROTTLE_REQUESTS)
+    fresh = plan(p, cause(confidence=1.0))
+    assert [x.primary_action for x in fresh] == [A.THROTTLE_REQUESTS]
+    thrice = {key: pattern(*key, samples=3, successes=0)}
+    assert plan(p, cause(confidence=1.0), knowledge=thrice)[0].primary_action is A.RESTART_SERVICE

@@ -111,6 +111,23 @@ def posterior(
     return Posterior(alpha=max(alpha, 1e-6), beta=max(beta, 1e-6), samples=samples)
 
 
+def _eligible(
+    scored: list[tuple[float, float, _Candidate]], min_score: float, *, returning: bool
+) -> list[tuple[float, float, _Candidate]]:
+    """The candidates of one cause that may be proposed, from (mean score, upper bound,
+    candidate): those whose posterior mean clears `min_score`, and those whose upper bound
+    clears both `min_score` and the best of those means — a doubtful action is worth a try
+    only when its optimistic value beats what the credible ones are expected to give, not
+    as a bet while a credible action waits for its cooldown. A return to baseline is never
+    priced out: its back-off is its own window, which doubles after each premature return
+    (loop/baseline.py)."""
+    if returning:
+        return scored
+    credible = [mean for mean, _, _ in scored if mean >= min_score]
+    bar = max([min_score, *credible])
+    return [entry for entry in scored if entry[0] >= min_score or entry[1] >= bar]
+
+
 def _params_json(parameters: Mapping[str, object]) -> str:
     return json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -156,7 +173,11 @@ class Planner:
       score   = cause.confidence * (posterior mean + exploration) - cost.
     Ranking by this bound is the choice: the guards then take the first candidate they
     allow, so among the allowed candidates the highest upper bound is tried (UCB). It is
-    deterministic: the same knowledge and inputs give the same choice.
+    deterministic: the same knowledge and inputs give the same choice. `min_score` is a
+    floor on the posterior mean's score (confidence x mean - cost): a candidate below it
+    is proposed only when its upper bound clears the floor and the best mean score of its
+    cause's credible candidates (`_eligible`: explore when it may beat what exploiting is
+    expected to give, not while a credible action only waits for a cooldown).
     Policies below `min_score` are dropped; the rest ranked by score desc, then fewer
     actions, then action type names, then the cause's rank in the analysis (causes come
     most urgent first) and the candidate's position in config; the top `max_policies`
@@ -328,17 +349,17 @@ class Planner:
                     if candidate
                 ]
             confidence = cause.confidence
+            scored: list[tuple[float, float, _Candidate]] = []  # (mean score, bound, ...)
             for pooled in statics:
                 static = pooled
                 if target_knowledge is not None:
                     own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
                     static = self._on_target(pooled, own, knowledge, cause.name)
-                score = confidence * (static.posterior.mean + static.exploration) - static.cost
-                # A return to baseline is never priced out: its back-off is the return's
-                # own window, which doubles after each premature one (loop/baseline.py).
-                if score >= min_score or cause.name in RETURNS:
-                    key = (-score, len(static.types), static.types, rank, static.position)
-                    ranked.append((key, cause, static))
+                mean = confidence * static.posterior.mean - static.cost
+                scored.append((mean, mean + confidence * static.exploration, static))
+            for _, score, static in _eligible(scored, min_score, returning=cause.name in RETURNS):
+                key = (-score, len(static.types), static.types, rank, static.position)
+                ranked.append((key, cause, static))
         best = heapq.nsmallest(cfg.max_policies, ranked, key=lambda item: item[0])
         policies = [
             self._build(cause, static, now=now, id_factory=id_factory) for _, cause, static in best
