@@ -191,6 +191,17 @@ def test_no_return_while_violating_or_settling():
     assert "pol-1 is settling" in settling.held[0]
 
 
+def test_a_restart_after_a_return_is_not_a_reversal():
+    history = [
+        change(T0 + 100, "size", 3, 7, eid="up"),
+        change(T0 + 600, "size", 7, 3, eid="down", returning=True),
+        replace(change(T0 + 700, "size", 3, 3, eid="rs"), knob=None, before=None, after=None),
+    ]
+    assert baseline.premature(history, "charter", within_s=CFG.reversal_s) == 0
+    again = [*history, change(T0 + 800, "size", 3, 7, eid="up2")]
+    assert baseline.premature(again, "charter", within_s=CFG.reversal_s) == 1
+
+
 def test_a_premature_return_doubles_the_window_so_flapping_load_gets_none():
     # up, return (premature: the cause came back within reversal_s), up again
     history = [
@@ -400,3 +411,14 @@ def test_capacity_added_for_load_returns_only_once_the_load_has_fallen():
     # a spike that ended: the load is back under 0.9 of it
     assert baseline.propose(**args, fix_loads={"up": 500.0}).proposals
     assert baseline.propose(**args).proposals  # no load known for the fix: not held for it
+
+
+def test_stats_count_the_velocity_budget_as_the_guard_does():
+    # 3 -> 7 then back to 3: the guard has the whole size budget again; /stats says so.
+    envelope = SafetyEnvelope(GuardsConfig())
+    envelope.history = [
+        change(T0 + 100, "size", 3, 7, eid="up"),
+        change(T0 + 600, "size", 7, 3, eid="down", returning=True),
+    ]
+    shown = envelope.snapshot(now=T0 + 700)["velocity"]
+    assert (shown["actions"], shown["size_change"]) == (2, 0)

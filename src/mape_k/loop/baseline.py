@@ -132,9 +132,13 @@ def openings(history: Iterable[Change]) -> set[Change]:
 
 
 def premature(history: Sequence[Change], target: str, *, within_s: float) -> int:
-    """Returns on `target` whose next change there was a fix (not a return) within
-    `within_s`: the cause came back. A return in steps counts once, at its last step."""
-    ordered = sorted((c for c in history if c.target == target), key=lambda c: c.at)
+    """Returns on `target` whose next change of a knob there was a fix (not a return)
+    within `within_s`: the cause came back. A return in steps counts once, at its last
+    step. A knob-less action in between (a restart for a crashed member) says nothing of
+    the load, and is passed over."""
+    ordered = sorted(
+        (c for c in history if c.target == target and c.knob is not None), key=lambda c: c.at
+    )
     count = 0
     for change, after in itertools.pairwise(ordered):
         if change.execution_id == after.execution_id:

@@ -45,6 +45,7 @@ from mape_k.loop.guards import (
     active_window,
     cooldown_s,
     oscillation,
+    velocity_spent,
 )
 from mape_k.loop.plan import signature
 from mape_k.metrics import Metrics
@@ -551,6 +552,7 @@ class SafetyEnvelope:
         cfg = self.config
         freeze = self.freeze if self.freeze is not None and self.freeze.active(now) else None
         recent = [c for c in self.history if c.at > now - cfg.velocity.window_s]
+        spent = velocity_spent(recent)
         cooldowns: list[dict[str, Any]] = []
         last: dict[tuple[str, ActionName], Change] = {}
         for change in self.history:
@@ -573,9 +575,9 @@ class SafetyEnvelope:
             "cooldowns": cooldowns,
             "velocity": {
                 "window_s": cfg.velocity.window_s,
-                "actions": len({(c.execution_id, c.action_type, c.at) for c in recent}),
+                "actions": spent[0],
                 "max_actions": cfg.velocity.max_actions,
-                "size_change": sum(c.size_delta for c in recent),
+                "size_change": spent[1],
                 "max_size_change": cfg.velocity.max_size_change,
             },
             "stabilization": {

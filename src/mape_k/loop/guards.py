@@ -415,17 +415,23 @@ def cooldown_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecisio
     return _allow("cooldown", "no recent action of this type", policy)
 
 
+def velocity_spent(recent: Iterable[Change]) -> tuple[int, int]:
+    """(actions, size change) the velocity guard counts over `recent` changes. A return to
+    baseline (causes.RETURNS) counts as an action, and gives back the size budget of the
+    scale it undoes: it goes back toward the size before the fault, never past it
+    (loop/baseline.py), so the fix the next fault needs still fits."""
+    recent = list(recent)
+    actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
+    grown = sum(c.size_delta for c in recent if not c.returning)
+    return actions, max(0, grown - sum(c.size_delta for c in recent if c.returning))
+
+
 def velocity_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     cfg = ctx.config.velocity
     if not cfg.enabled:
         return _allow("velocity", "disabled", policy)
     recent = [c for c in ctx.history if c.at > ctx.now - cfg.window_s]
-    actions = len({(c.execution_id, c.action_type, c.at) for c in recent})
-    # A return to baseline (causes.RETURNS) counts as an action, and gives back the size
-    # budget of the scale it undoes: it goes back toward the size before the fault, never
-    # past it (loop/baseline.py), so the fix the next fault needs still fits.
-    grown = sum(c.size_delta for c in recent if not c.returning)
-    size_change = max(0, grown - sum(c.size_delta for c in recent if c.returning))
+    actions, size_change = velocity_spent(recent)
     planned = planned_changes(policy, now=ctx.now)
     more_size = 0 if policy.cause.name in RETURNS else sum(c.size_delta for c in planned)
     until = (min(c.at for c in recent) + cfg.window_s) if recent else None
