@@ -106,10 +106,11 @@ def propose(
     st: CommitteeState | None = None,
     last_violation: float | None = None,
     settling: dict[str, str] | None = None,
+    obs: Observation | None = None,
 ) -> baseline.Returns:
     return baseline.propose(
         state=st or state(),
-        observation=observed(saturation, at=now),
+        observation=obs or observed(saturation, at=now),
         history=tuple(history),
         last_violation={} if last_violation is None else {"charter": last_violation},
         watching_since=T0,
@@ -174,16 +175,8 @@ def test_a_cleared_cause_returns_after_the_window_to_what_the_load_needs():
 def test_no_return_while_violating_or_settling():
     history = [change(T0 + 100, "size", 3, 7)]
     st = state()
-    violating = baseline.propose(
-        state=st,
-        observation=observed(0.95, at=T0 + 900, violating=True),
-        history=tuple(history),
-        last_violation={},
-        watching_since=T0,
-        settling={},
-        config=CFG,
-        velocity=VelocityConfig(),
-        now=T0 + 900,
+    violating = propose(
+        history, now=T0 + 900, st=st, obs=observed(0.95, at=T0 + 900, violating=True)
     )
     assert violating == baseline.Returns()
     settling = propose(history, now=T0 + 900, settling={"charter": "pol-1"})
@@ -293,17 +286,7 @@ def test_disabled_or_degraded_proposes_nothing():
     assert off == baseline.Returns()
     assert propose(history, now=T0 + 900, st=None).proposals  # st=None: the default state
     degraded = replace(observed(0.2, at=T0 + 900), degraded_reason="stale")
-    nothing = baseline.propose(
-        state=state(),
-        observation=degraded,
-        history=tuple(history),
-        last_violation={},
-        watching_since=T0,
-        settling={},
-        config=CFG,
-        velocity=VelocityConfig(),
-        now=T0 + 900,
-    )
+    nothing = propose(history, now=T0 + 900, obs=degraded)
     assert nothing == baseline.Returns()
 
 

@@ -50,12 +50,21 @@ class _Candidate:
     posterior: Posterior
     exploration: float  # the optimism bonus: planner.exploration x the posterior's sd
 
+    def expected(self, confidence: float) -> float:
+        """What it is expected to give: confidence x posterior mean - cost."""
+        return confidence * self.posterior.mean - self.cost
+
+    def bound(self, confidence: float) -> float:
+        """Its upper confidence bound, what it is ranked by: the expected score plus
+        confidence x the exploration bonus."""
+        return self.expected(confidence) + confidence * self.exploration
+
     def score(self, confidence: float) -> CandidateScore:
         return CandidateScore(
             cost=self.cost,
             benefit=self.benefit,
             confidence=confidence,
-            score=confidence * (self.posterior.mean + self.exploration) - self.cost,
+            score=self.bound(confidence),
             posterior=self.posterior,
             exploration=self.exploration,
         )
@@ -355,8 +364,7 @@ class Planner:
                 if target_knowledge is not None:
                     own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
                     static = self._on_target(pooled, own, knowledge, cause.name)
-                mean = confidence * static.posterior.mean - static.cost
-                scored.append((mean, mean + confidence * static.exploration, static))
+                scored.append((static.expected(confidence), static.bound(confidence), static))
             for _, score, static in _eligible(scored, min_score, returning=cause.name in RETURNS):
                 key = (-score, len(static.types), static.types, rank, static.position)
                 ranked.append((key, cause, static))
