@@ -1,0 +1,1 @@
+"""The operator console at /ui: server-side pages, live decisions, one-click control."""
