@@ -1,12 +1,17 @@
 """`mape-k status`: fetch the daemon's /stats and render it as a readable terminal summary.
 
-render_status is pure (no clock, no I/O) and never fails on an unexpected shape: unknown
-keys are shown generically. fetch_status is the only I/O (one httpx GET).
+The last decisions come first (one line each: time, result, why), then the pending
+approvals, then the holds — freezes, "needs a human" holds, back-offs, an open Charter
+breaker, a startup problem — each with its whole reason and its expiry (wrapped, never
+cut), then everything else: scalars, guard internals, knowledge... render_status is pure
+(no clock, no I/O) and never fails on an unexpected shape: unknown keys are shown
+generically. fetch_status is the only I/O (one httpx GET).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,30 +20,38 @@ import httpx
 
 from mape_k.errors import MapekError
 
-# Sections shown first, in this order, under these titles; the rest follows by key.
+# The decisions, then what waits for a human, then everything else (guard internals,
+# knowledge, ...), by key. These sections come after the holds, in this order.
+_DECISION_KEYS = ("iterations", "last_iterations")
 _SECTIONS = (
-    ("iterations", "Last iterations"),
-    ("last_iterations", "Last iterations"),
-    ("pending_approvals", "Pending approvals"),
     ("pending_verifications", "Pending verifications"),
     ("knowledge", "Knowledge"),
     ("control_calls", "Control calls"),
 )
 _MAX_ITEMS = 10
+_TIMES = ("at", "since", "until")  # epoch seconds, like the keys ending in _at / _time
+_GONE = object()  # a guards key the holds section showed in full
 
 
 def _scalar(key: str, value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return {True: "yes", False: "no", None: "-"}[value]
-    if isinstance(value, int | float) and (key.endswith(("_at", "_time")) or key == "at"):
-        try:
-            stamp = datetime.fromtimestamp(float(value), tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return str(value)
-        return stamp.strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    if isinstance(value, int | float) and (key.endswith(("_at", "_time")) or key in _TIMES):
+        return _stamp(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _stamp(value: Any) -> str:
+    """An epoch time as `YYYY-MM-DD HH:MM:SSZ`; anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _scalar("", value)
+    try:
+        stamp = datetime.fromtimestamp(float(value), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(value)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
 def _inline(value: Any, width: int) -> str:
@@ -53,6 +66,19 @@ def _inline_value(key: str, value: Any) -> str:
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, default=str, separators=(",", ":"))
     return _scalar(key, value)
+
+
+def _wrap(text: str, *, first: str, rest: str, width: int) -> list[str]:
+    """`text` after `first`, wrapped to `width` on spaces, continued after `rest`; never cut
+    (a word longer than the line stays whole)."""
+    return textwrap.wrap(
+        text,
+        width=max(width, len(first) + 20),
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [first.rstrip()]
 
 
 def _block(key: str, value: Any, *, indent: int, width: int) -> list[str]:
@@ -77,35 +103,208 @@ def _block(key: str, value: Any, *, indent: int, width: int) -> list[str]:
     return [f"{pad}{key}: {_scalar(key, value)}"]
 
 
-def _decision_line(record: Any) -> Any:
-    """One iteration's decision record as `time  result  why` (others unchanged)."""
-    if not isinstance(record, Mapping) or "choice" not in record:
-        return record
-    choice = record.get("choice") or {}
+# --- the last decisions -------------------------------------------------------------------
+
+
+def _newest_first(records: list[Any]) -> list[Any]:
+    """By `started_at`, newest first, when every record has one (/stats sends them so);
+    otherwise as given."""
+    starts = [r.get("started_at") if isinstance(r, Mapping) else None for r in records]
+    times = [t for t in starts if isinstance(t, int | float) and not isinstance(t, bool)]
+    if len(times) != len(records):
+        return records
+    return [r for _, r in sorted(zip(times, records, strict=True), key=lambda p: -p[0])]
+
+
+def _decision_lines(record: Any, width: int) -> list[str]:
+    """One decision as `time  result  why` (wrapped, never cut); other shapes inline."""
+    if not isinstance(record, Mapping) or not ({"choice", "result"} & record.keys()):
+        return [f"  - {_inline(record, max(width - 4, 20))}"]
+    choice = record.get("choice")
     why = choice.get("why") if isinstance(choice, Mapping) else None
-    started = _scalar("started_at", record.get("started_at"))
-    return f"{started}  {record.get('result', '?'):<16} {why or ''}"
+    if why is None:
+        why = record.get("error") or record.get("why") or ""
+    head = f"  {_stamp(record.get('started_at'))}  {_scalar('', record.get('result', '?')):<16} "
+    return _wrap(str(why), first=head, rest=" " * 6, width=width)
+
+
+def _decisions(records: Any, width: int) -> list[str]:
+    if not isinstance(records, list | tuple):
+        return _block("Last decisions", records, indent=0, width=width)
+    if not records:
+        return ["Last decisions: none"]
+    ordered = _newest_first(list(records))
+    lines = [f"Last decisions ({len(records)}, newest first):"]
+    for record in ordered[:_MAX_ITEMS]:
+        lines += _decision_lines(record, width)
+    if len(ordered) > _MAX_ITEMS:
+        lines.append(f"  … {len(ordered) - _MAX_ITEMS} older")
+    return lines
+
+
+def _approvals(approvals: Any, width: int) -> list[str]:
+    if not isinstance(approvals, list | tuple):
+        return _block("Pending approvals", approvals, indent=0, width=width)
+    if not approvals:
+        return ["Pending approvals: none"]
+    lines = [f"Pending approvals ({len(approvals)}):"]
+    for item in approvals:
+        if not isinstance(item, Mapping):
+            lines.append(f"  - {_inline(item, max(width - 4, 20))}")
+            continue
+        actions = item.get("actions")
+        if isinstance(actions, list | tuple):
+            actions = ", ".join(str(a) for a in actions)
+        head = " ".join(
+            str(part)
+            for part in (
+                item.get("policy_id", "?"),
+                item.get("cause", ""),
+                f"[{actions}]" if actions else "",
+                f"score {_scalar('', item['score'])}" if "score" in item else "",
+                f"since {_stamp(item['created_at'])}" if "created_at" in item else "",
+            )
+            if part
+        )
+        lines += _wrap(head, first="  - ", rest="    ", width=width)
+        if item.get("rationale"):
+            lines += _wrap(str(item["rationale"]), first="    ", rest="    ", width=width)
+    return lines
+
+
+# --- holds: what stops the loop acting, in full ---------------------------------------------
+
+
+def _expiry(hold: Mapping[str, Any]) -> str:
+    parts = []
+    since = hold.get("since", hold.get("opened_at"))
+    if since is not None:
+        parts.append(f"since {_stamp(since)}")
+    until = hold.get("until")
+    parts.append("no expiry" if until is None else f"until {_stamp(until)}")
+    return ", ".join(parts)
+
+
+_Hold = list[str]  # one hold's lines
+_Found = tuple[list[_Hold], dict[str, Any]]  # the holds, and what their guards key becomes
+
+
+def _hold(title: str, hold: Mapping[str, Any], width: int, *, extra: str = "") -> _Hold:
+    """`- title (since, until): reason`, the reason whole, wrapped under the title."""
+    reason = hold.get("reason") or hold.get("last_error") or hold.get("problem") or "-"
+    head = f"  - {title} ({_expiry(hold)}{extra}): "
+    return _wrap(f"{head}{reason}", first="", rest="      ", width=width)
+
+
+def _freezes(guards: Mapping[str, Any], width: int) -> _Found:
+    holds, rest = [], {}
+    for key, title in (("freeze", "frozen"), ("freeze_window", "freeze window")):
+        freeze = guards.get(key)
+        if isinstance(freeze, Mapping):
+            source = f", by {freeze['source']}" if freeze.get("source") else ""
+            holds.append(_hold(title, freeze, width, extra=source))
+            rest[key] = _GONE
+    return holds, rest
+
+
+def _needs_human(guards: Mapping[str, Any], width: int) -> _Found:
+    humans = guards.get("needs_human")
+    if not isinstance(humans, list) or not all(isinstance(h, Mapping) for h in humans):
+        return [], {}
+    holds = [_hold(f"needs a human: {h.get('target', '?')}", h, width) for h in humans]
+    return holds, ({"needs_human": _GONE} if holds else {})
+
+
+def _backoffs(guards: Mapping[str, Any], width: int) -> _Found:
+    backoffs = guards.get("oscillating_targets")
+    if not isinstance(backoffs, list):
+        return [], {}
+    active = [b for b in backoffs if isinstance(b, Mapping) and b.get("active", True)]
+    holds = [
+        _hold(
+            f"back-off: {b.get('target', '?')}",
+            b,
+            width,
+            extra=f", level {b['level']}" if "level" in b else "",
+        )
+        for b in active
+    ]
+    if not active:
+        return [], {}
+    return holds, {"oscillating_targets": [b for b in backoffs if b not in active] or _GONE}
+
+
+def _breaker(guards: Mapping[str, Any], width: int) -> _Found:
+    circuit = guards.get("charter_circuit")
+    if not isinstance(circuit, Mapping):
+        return [], {}
+    phase = circuit.get("phase", circuit.get("state"))
+    if phase in (None, "closed"):
+        return [], {}
+    failures = f", {circuit['failures']} failures" if "failures" in circuit else ""
+    hold = _hold(f"Charter breaker {phase}", circuit, width, extra=failures)
+    return [hold], {"charter_circuit": _GONE}
+
+
+def _startup(guards: Mapping[str, Any], width: int) -> _Found:
+    startup = guards.get("startup")
+    if not isinstance(startup, Mapping) or startup.get("ok") is not False:
+        return [], {}
+    problem = f"  - startup problem: {startup.get('problem') or '-'}"
+    return [_wrap(problem, first="", rest="      ", width=width)], {"startup": _GONE}
+
+
+def _holds(guards: Any, width: int) -> tuple[list[str], Any]:
+    """The holds in `guards` as lines, and `guards` without what they showed in full."""
+    if not isinstance(guards, Mapping):
+        return ["Holds: none"], guards
+    holds: list[_Hold] = []
+    rest: dict[str, Any] = dict(guards)
+    for extract in (_freezes, _needs_human, _backoffs, _breaker, _startup):
+        found, changed = extract(guards, width)
+        holds += found
+        rest.update(changed)
+    if not holds:
+        return ["Holds: none"], guards
+    lines = [f"Holds ({len(holds)}):"] + [line for hold in holds for line in hold]
+    return lines, {k: v for k, v in rest.items() if v is not _GONE}
 
 
 def render_status(stats: Mapping[str, Any], *, width: int = 100) -> str:
-    """A readable summary of a /stats document: scalars first, then the known sections."""
+    """A readable summary of a /stats document: the last decisions, pending approvals and
+    holds (reasons never cut), then scalars, guard internals and the other sections."""
     if not isinstance(stats, Mapping):
         return _inline(stats, width)
-    if isinstance(stats.get("iterations"), list):
-        stats = {**stats, "iterations": [_decision_line(r) for r in stats["iterations"]][::-1]}
-    section_keys = {key for key, _ in _SECTIONS}
-    scalars = {k: v for k, v in stats.items() if not isinstance(v, Mapping | list | tuple)}
     lines = ["mape-k status", "============="]
-    lines += [f"{key}: {_scalar(str(key), value)}" for key, value in scalars.items()]
-    nested = [(k, v) for k, v in stats.items() if k not in scalars and k not in section_keys]
-    for key, value in nested:
+    for key in _DECISION_KEYS:
+        if key in stats:
+            lines += ["", *_decisions(stats[key], width)]
+    if "pending_approvals" in stats:
+        lines += ["", *_approvals(stats["pending_approvals"], width)]
+    holds, guards = _holds(stats.get("guards"), width)
+    lines += ["", *holds]
+    lines += _rest(stats, guards, width)
+    return "\n".join(lines)
+
+
+def _rest(stats: Mapping[str, Any], guards: Any, width: int) -> list[str]:
+    """Scalars, the guard internals (what the holds did not show), the other keys, then
+    the known trailing sections."""
+    shown = {*_DECISION_KEYS, "pending_approvals", "guards"} | {key for key, _ in _SECTIONS}
+    scalars = {k: v for k, v in stats.items() if not isinstance(v, Mapping | list | tuple)}
+    lines: list[str] = []
+    if scalars:
         lines.append("")
-        lines += _block(str(key), value, indent=0, width=width)
+        lines += [f"{key}: {_scalar(str(key), value)}" for key, value in scalars.items()]
+    if "guards" in stats:
+        lines += ["", *_block("Guards", guards, indent=0, width=width)]
+    for key, value in stats.items():
+        if key not in scalars and key not in shown:
+            lines += ["", *_block(str(key), value, indent=0, width=width)]
     for key, title in _SECTIONS:
         if key in stats:
-            lines.append("")
-            lines += _block(title, stats[key], indent=0, width=width)
-    return "\n".join(lines)
+            lines += ["", *_block(title, stats[key], indent=0, width=width)]
+    return lines
 
 
 async def fetch_status(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:

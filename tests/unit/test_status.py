@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 import respx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mape_k.errors import MapekError
 from mape_k.status import fetch_status, render_status
@@ -24,7 +26,7 @@ STATS = {
 }
 
 
-def test_render_shows_scalars_sections_and_the_last_items() -> None:
+def test_render_shows_decisions_first_then_scalars_and_sections() -> None:
     text = render_status(STATS)
     lines = text.splitlines()
     assert "iteration: 12" in lines
@@ -32,11 +34,17 @@ def test_render_shows_scalars_sections_and_the_last_items() -> None:
     assert "last_started_at: 2026-11-22 04:17:10Z" in lines
     assert "mean_cycle_s: 0.01235" in lines
     assert "  reason: incident 42" in lines
-    assert "Last iterations (12):" in lines
-    assert "  … 2 earlier" in lines
-    assert "  - id=it-11 result=idle started_at=2026-11-22 04:17:21Z" in lines
+    assert "Last decisions (12, newest first):" in lines
+    assert lines[lines.index("Last decisions (12, newest first):") + 1].startswith(
+        "  2026-11-22 04:17:21Z  idle"
+    )
+    assert "  … 2 older" in lines
+    assert "  2026-11-22 04:17:11Z  idle" not in "\n".join(lines)  # the two oldest
     assert "Pending approvals: none" in lines
-    assert text.index("frozen:") < text.index("Last iterations") < text.index("Knowledge")
+    assert "Holds: none" in lines
+    order = ["Last decisions", "Pending approvals", "Holds", "iteration: 12", "frozen:"]
+    assert [text.index(title) for title in order] == sorted(text.index(t) for t in order)
+    assert text.index("frozen:") < text.index("Knowledge")
 
 
 def test_render_truncates_long_items_and_survives_odd_shapes() -> None:
@@ -75,18 +83,197 @@ async def test_fetch_status_failures_are_mapek_errors(response: object, message:
         await fetch_status("http://127.0.0.1:8001")
 
 
-def test_iterations_render_as_one_decision_line_each_oldest_first():
+LONG_REASON = (
+    "charter failed after 3 remediations in 900 s (restart_service twice, scale_up once) and "
+    "none of them brought the error ratio under 5 %: a human must look at the members, the "
+    "database and the last deploy, then clear the hold with POST /control/needs-human/charter"
+)
+
+
+def _guards(**overrides: object) -> dict[str, object]:
+    """The guards section of /stats as the envelope's snapshot shapes it (no hold)."""
+    guards: dict[str, object] = {
+        "dry_run": False,
+        "freeze": None,
+        "freeze_window": None,
+        "startup": {"ok": True, "problem": None},
+        "approvals": [],
+        "cooldowns": [{"target": "charter", "action_type": "scale_up", "until": 120.0}],
+        "velocity": {"window_s": 600, "actions": 1, "max_actions": 5},
+        "oscillating_targets": [],
+        "charter_circuit": {
+            "state": "closed",
+            "failures": 0,
+            "opened_at": None,
+            "until": None,
+            "last_error": None,
+            "phase": "closed",
+        },
+        "needs_human": [],
+        "failed_remediations": {"charter": 3},
+    }
+    return {**guards, **overrides}
+
+
+def _joined(text: str) -> str:
+    """The text with its wrapping and padding undone (every whitespace run one space)."""
+    return " ".join(text.split())
+
+
+def test_iterations_render_as_one_decision_line_each_newest_first():
     stats = {
         "iterations": [
+            {"started_at": 30.0, "result": "idle", "choice": {"why": "no violations"}},
             {
                 "started_at": 60.0,
                 "result": "acted",
                 "choice": {"why": "restart_service on charter"},
             },
-            {"started_at": 30.0, "result": "idle", "choice": {"why": "no violations"}},
         ]
     }
     text = render_status(stats)
-    first = text.index("1970-01-01 00:00:30Z  idle")
-    second = text.index("1970-01-01 00:01:00Z  acted            restart_service on charter")
-    assert first < second
+    newest = text.index("  1970-01-01 00:01:00Z  acted            restart_service on charter")
+    older = text.index("  1970-01-01 00:00:30Z  idle             no violations")
+    assert newest < older
+
+
+def test_a_hold_reason_is_never_cut_and_its_expiry_is_shown():
+    stats = {
+        "guards": _guards(
+            needs_human=[{"target": "charter", "since": 0.0, "until": None, "reason": LONG_REASON}],
+            freeze={"reason": LONG_REASON, "since": 0.0, "until": 3600.0, "source": "operator x"},
+        )
+    }
+    text = render_status(stats, width=80)
+    assert "…" not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert _joined(text).count(LONG_REASON) == 2
+    assert (
+        "- needs a human: charter (since 1970-01-01 00:00:00Z, no expiry): charter failed"
+        in _joined(text)
+    )
+    assert (
+        "- frozen (since 1970-01-01 00:00:00Z, until 1970-01-01 01:00:00Z, by operator x):"
+        in _joined(text)
+    )
+    assert "Holds (2):" in text.splitlines()
+
+
+def test_backoffs_and_an_open_breaker_are_holds_an_expired_backoff_is_not():
+    backoff = {"target": "web", "since": 0.0, "until": 600.0, "level": 2, "reason": LONG_REASON}
+    stats = {
+        "guards": _guards(
+            oscillating_targets=[
+                {**backoff, "active": True},
+                {**backoff, "target": "old", "reason": "expired one", "active": False},
+            ],
+            charter_circuit={
+                "state": "open",
+                "failures": 5,
+                "opened_at": 0.0,
+                "until": 60.0,
+                "last_error": "CharterUnavailable: connection refused",
+                "phase": "open",
+            },
+            startup={"ok": False, "problem": "charter API unreachable at start"},
+        )
+    }
+    text = _joined(render_status(stats, width=70))
+    assert (
+        "- back-off: web (since 1970-01-01 00:00:00Z, until 1970-01-01 00:10:00Z, level 2): "
+        f"{LONG_REASON}" in text
+    )
+    assert (
+        "- Charter breaker open (since 1970-01-01 00:00:00Z, until 1970-01-01 00:01:00Z, "
+        "5 failures): CharterUnavailable: connection refused" in text
+    )
+    assert "- startup problem: charter API unreachable at start" in text
+    assert "Holds (3):" in text
+    assert "back-off: old" not in text
+    assert (
+        text.index("Holds (3):") < text.index("oscillating_targets (1):") < text.index("target=old")
+    )
+
+
+def test_decisions_then_approvals_then_holds_then_guard_internals():
+    hold = {"target": "charter", "since": 0.0, "until": 900.0, "reason": LONG_REASON}
+    stats = {
+        "guards": _guards(needs_human=[hold]),
+        "orchestrator": {"iteration": 7},
+        "iterations": [
+            {"id": "it-1", "started_at": 90.0, "result": "held", "choice": {"why": LONG_REASON}}
+        ],
+        "pending_approvals": [
+            {
+                "policy_id": "p-1",
+                "cause": "high_failure_rate",
+                "actions": ["scale_up", "throttle_requests"],
+                "score": 0.712,
+                "created_at": 60.0,
+                "rationale": "scale_up needs approval",
+            }
+        ],
+        "knowledge": {"outcomes": 3},
+    }
+    text = render_status(stats, width=80)
+    order = [
+        "Last decisions (1, newest first):",
+        "Pending approvals (1):",
+        "Holds (1):",
+        "Guards:",
+        "orchestrator:",
+        "Knowledge:",
+    ]
+    assert [text.index(title) for title in order] == sorted(text.index(t) for t in order)
+    joined = _joined(text)
+    assert f"1970-01-01 00:01:30Z held {LONG_REASON}" in joined  # the why whole, too
+    assert (
+        "- p-1 high_failure_rate [scale_up, throttle_requests] score 0.712 "
+        "since 1970-01-01 00:01:00Z scale_up needs approval" in joined
+    )
+    assert "until 1970-01-01 00:15:00Z" in joined
+    guards = text[text.index("Guards:") :]
+    assert "needs_human" not in guards  # shown in full above, not again cut in the internals
+    assert "cooldowns (1):" in guards
+    assert "until=1970-01-01 00:02:00Z" in guards
+    assert "  failed_remediations:" in guards
+
+
+@pytest.mark.parametrize(
+    "guards",
+    [
+        [1, 2],
+        "frozen",
+        {"needs_human": "charter", "freeze": "yes", "charter_circuit": ["open"]},
+        {"needs_human": [None, {"reason": 3}], "oscillating_targets": [7, {"active": True}]},
+        {"charter_circuit": {"phase": "open"}, "startup": {"ok": False}, "freeze": {}},
+    ],
+)
+def test_odd_guard_shapes_render_without_failing(guards: object) -> None:
+    text = render_status({"guards": guards, "iterations": "x", "pending_approvals": {"a": 1}})
+    assert text.startswith("mape-k status")
+    assert "Holds" in text
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=20,
+)
+_KEYS = st.sampled_from(
+    ["needs_human", "oscillating_targets", "charter_circuit", "freeze", "startup", "x"]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    guards=_JSON | st.dictionaries(_KEYS, _JSON),
+    iterations=_JSON,
+    approvals=_JSON,
+    width=st.integers(10, 120),
+)
+def test_render_never_fails_on_any_json(
+    guards: object, iterations: object, approvals: object, width: int
+) -> None:
+    stats = {"guards": guards, "iterations": iterations, "pending_approvals": approvals}
+    assert render_status(stats, width=width).startswith("mape-k status")
