@@ -33,6 +33,7 @@ from mape_k.connections import (
     GuardedSite,
     plan_file_limit,
 )
+from mape_k.console.data import ConsoleData
 from mape_k.errors import CharterError, ConfigError, MapekError, StoreError
 from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.integrations.charter import get_charter_client
@@ -364,6 +365,7 @@ class Daemon:
                 "actions": [a.action_type for a in p.actions],
                 "score": round(p.score.score, 3),
                 "created_at": p.created_at,
+                "expires_at": p.created_at + self._parts.settings.planner.approval_ttl_s,
                 "rationale": p.rationale,
             }
             for p in self._orch.planner.pending_approvals()
@@ -469,6 +471,9 @@ async def run(
     admin_token = read_secret(
         server.admin_token, server.admin_token_file, file_key="server.admin_token_file"
     )
+    viewer_token = read_secret(
+        server.viewer_token, server.viewer_token_file, file_key="server.viewer_token_file"
+    )
     max_connections = fit_file_limit(settings) if settings.server.enabled else 0
     async with build(settings, registry=registry, fault=fault) as parts:
         daemon = Daemon(parts)
@@ -492,6 +497,8 @@ async def run(
                 webhook_token=webhook_token,
                 admin_token=admin_token,
                 guard=guard,
+                console=ConsoleData(parts, clock=time.time),
+                viewer_token=viewer_token,
             )
             runner = guard.runner(app)
             await runner.setup()

@@ -762,6 +762,34 @@ class OrchestratorConfig(_Model):
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
 
 
+class ConsoleConfig(_Model):
+    """The operator console at /ui (mape_k/console): pages, live decisions, control forms."""
+
+    enabled: bool = Field(True, description="Serve the console at /ui.")
+    session_ttl_s: float = Field(
+        8 * 3600.0,
+        gt=0,
+        le=7 * 86_400,
+        allow_inf_nan=False,
+        description="A console login lasts this long (its HttpOnly, SameSite=Strict cookie"
+        " expires with it). Sessions live in memory: a restart logs everyone out.",
+    )
+    max_sessions: int = Field(
+        100, ge=1, le=10_000, description="Console logins kept at most (the oldest goes first)."
+    )
+    max_streams: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Live decision streams (/ui/events) open at once; one more gets 503.",
+    )
+    secure_cookie: bool | None = Field(
+        None,
+        description="Mark the session cookie Secure. Unset: when the request came over HTTPS"
+        " (directly, or X-Forwarded-Proto from a proxy on loopback).",
+    )
+
+
 class ServerConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -770,6 +798,13 @@ class ServerConfig(_Model):
     webhook_token_file: Path | None = None
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
+    viewer_token: SecretStr | None = Field(
+        None,
+        description="When set, the console's read-only pages need a login with this token (or"
+        " the admin token). Unset: they are open like /stats.",
+    )
+    viewer_token_file: Path | None = None
+    console: ConsoleConfig = ConsoleConfig()
     allow_open_webhook: bool = Field(
         False,
         description="Start with no webhook token on a non-loopback host (anyone who can"
@@ -820,6 +855,7 @@ class ServerConfig(_Model):
     def _secrets(self) -> ServerConfig:
         check_secret_pair(self.webhook_token, self.webhook_token_file, "webhook_token")
         check_secret_pair(self.admin_token, self.admin_token_file, "admin_token")
+        check_secret_pair(self.viewer_token, self.viewer_token_file, "viewer_token")
         no_token = self.webhook_token is None and self.webhook_token_file is None
         if no_token and self.enabled and not is_loopback(self.host) and not self.allow_open_webhook:
             raise ValueError(

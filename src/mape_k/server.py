@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from mape_k import openapi
 from mape_k.config import ServerConfig, is_loopback
 from mape_k.connections import ConnectionGuard
+from mape_k.console.data import ConsoleData
+from mape_k.console.views import Console
+from mape_k.console.views import add_routes as add_console_routes
 from mape_k.integrations.alertmanager import (
     WEBHOOK_VERSION,
     AlertMessageRouter,
@@ -520,8 +523,13 @@ def build_app(
     webhook_token: str | None,
     admin_token: str | None,
     guard: ConnectionGuard | None = None,
+    console: ConsoleData | None = None,
+    viewer_token: str | None = None,
 ) -> web.Application:
     """The aiohttp application; the control routes exist only when an admin token is set.
+
+    With `console` (and `server.console.enabled`) the operator console is served at /ui; it
+    acts through `control` like the control API does.
 
     With a `guard` (the daemon's listening socket) its middleware is outermost: it tells the
     guard when a connection is busy with a request.
@@ -543,6 +551,16 @@ def build_app(
     # the auth middleware cannot leak an exception; the auth middleware exists only with the
     # control API (no per-request cost otherwise).
     middlewares = [server.errors] + ([server.admin_auth] if admin_token is not None else [])
+    ui = None
+    if console is not None and config.console.enabled:
+        ui = Console(
+            control=control,
+            data=console,
+            config=config,
+            admin_token=admin_token,
+            viewer_token=viewer_token,
+        )
+        middlewares.append(ui.middleware)
     if guard is not None:
         middlewares.insert(0, guard.middleware)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -564,6 +582,8 @@ def build_app(
         app.router.add_delete("/api/v1/holds/{target}", server.clear_hold)
     else:
         log.info("control_api_disabled", reason="no server.admin_token")
+    if ui is not None:
+        add_console_routes(app, ui)
     return app
 
 

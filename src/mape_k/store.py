@@ -783,6 +783,18 @@ class Store:
         """Newest first."""
         return self._executions("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
 
+    def target_executions(self, target: str, limit: int) -> list[PolicyExecution]:
+        """A target's executions, newest first (the console's charts)."""
+        return self._executions(
+            "WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (target, limit)
+        )
+
+    def iteration(self, iteration_id: str) -> dict[str, Any] | None:
+        """One journaled decision record, or None."""
+        rows = self._read("SELECT record FROM iterations WHERE id = ?", (iteration_id,))
+        record = self._loads(rows[0]["record"]) if rows else None
+        return record if isinstance(record, dict) else None
+
     def unfinished_executions(self) -> list[PolicyExecution]:
         """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
         return self._executions(

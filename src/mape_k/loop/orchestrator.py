@@ -292,6 +292,13 @@ class MAPEKOrchestrator:
         ordered = sorted(merged.values(), key=lambda r: r.get("started_at") or 0.0, reverse=True)
         return ordered[:limit], len(ordered) > limit
 
+    def find_record(self, record_id: str) -> dict[str, Any] | None:
+        """One decision record by id: this process's, else the journal's."""
+        for record in reversed(self.records):
+            if record.get("id") == record_id:
+                return record
+        return self._store.iteration(record_id)
+
     def get_statistics(self) -> dict[str, Any]:
         return {
             **self.state.as_dict(),

@@ -1,0 +1,78 @@
+// mape-k console: confirmations, and the live decision stream. No inline script anywhere
+// (the Content-Security-Policy forbids it); text from the daemon is set with textContent.
+"use strict";
+
+function confirmForms(root) {
+  root.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    if (form.dataset.bound) return;
+    form.dataset.bound = "1";
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
+function cell(row, text) {
+  var td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  row.appendChild(td);
+  return td;
+}
+
+function when(seconds) {
+  if (typeof seconds !== "number") return "—";
+  return new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+}
+
+function addDecision(tbody, d) {
+  var row = document.createElement("tr");
+  row.className = "result-" + String(d.result || "") + " fresh";
+  var first = cell(row, "");
+  var link = document.createElement("a");
+  link.href = "/ui/decisions/" + encodeURIComponent(String(d.id));
+  link.textContent = when(d.started_at);
+  first.appendChild(link);
+  cell(row, d.result);
+  cell(row, (d.causes || []).join(", "));
+  cell(row, d.action || "");
+  cell(row, d.why).className = "why";
+  tbody.insertBefore(row, tbody.firstChild);
+  while (tbody.rows.length > 50) tbody.deleteRow(tbody.rows.length - 1);
+}
+
+function refreshPanels(url) {
+  fetch(url, { credentials: "same-origin" })
+    .then(function (r) { return r.ok ? r.text() : null; })
+    .then(function (html) {
+      if (html == null) return;
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var fresh = doc.getElementById("panels");
+      var old = document.getElementById("panels");
+      if (fresh && old) {
+        var node = document.importNode(fresh, true);
+        old.replaceWith(node);
+        confirmForms(node);
+      }
+    })
+    .catch(function () {});
+}
+
+function stream() {
+  var table = document.getElementById("decisions");
+  if (!table || !window.EventSource) return;
+  var live = document.getElementById("live");
+  var source = new EventSource(table.dataset.stream);
+  source.onopen = function () { live.textContent = "live"; live.className = "live on"; };
+  source.onerror = function () { live.textContent = "reconnecting…"; live.className = "live off"; };
+  source.addEventListener("decision", function (event) {
+    var d;
+    try { d = JSON.parse(event.data); } catch (e) { return; }
+    addDecision(table.tBodies[0], d);
+    refreshPanels(table.dataset.panels);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", function () {
+  confirmForms(document);
+  stream();
+});
