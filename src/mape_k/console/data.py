@@ -43,7 +43,7 @@ class ConsoleData:
 
     def __init__(self, parts: Components, *, clock: Callable[[], float]) -> None:
         self._parts = parts
-        self._clock = clock
+        self.clock = clock
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._parts.orchestrator.listeners.append(listener)
@@ -102,7 +102,7 @@ class ConsoleData:
         settings = parts.settings
         rules = {rule.name: rule for rule in settings.monitor.rules}
         executions = parts.store.target_executions(target, ACTIONS_SHOWN)
-        since = min((e.started_at for e in executions), default=self._clock())
+        since = min((e.started_at for e in executions), default=self.clock())
         outcomes = {o.execution_id: o for o in parts.store.target_outcomes_since(target, since)}
         verify_s = settings.executor.verify_deadline_s
         views = []
@@ -127,7 +127,7 @@ class ConsoleData:
                         window=(acted, window_end),
                     ),
                     start=start,
-                    end=min(end, self._clock()),
+                    end=min(end, self.clock()),
                     step=step,
                 )
             )

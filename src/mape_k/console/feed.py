@@ -63,11 +63,11 @@ class DecisionFeed:
             return
         item = summary(record)
         for queue in list(self._queues):
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
+            if queue.qsize() >= QUEUE_SIZE:  # the one place left is the end's
                 log.warning("console_stream_dropped", reason=f"{QUEUE_SIZE} records behind")
                 self._end(queue)
+            else:
+                queue.put_nowait(item)
 
     def open(self) -> asyncio.Queue[dict[str, Any]] | None:
         """A new stream's queue; None when the feed is closed or `max_streams` are open."""

@@ -16,7 +16,6 @@ import json
 import math
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -124,14 +123,13 @@ class Console:
         config: ServerConfig,
         admin_token: str | None,
         viewer_token: str | None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.control = control
         self.data = data
         self.config = config
         self.admin_token = admin_token
         self.viewer_token = viewer_token
-        self.clock = clock
+        self.clock = data.clock  # the daemon's one clock: session expiry on simulated time too
         settings = config.console
         self.sessions = Sessions(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions)
         self.feed = DecisionFeed(max_streams=settings.max_streams)

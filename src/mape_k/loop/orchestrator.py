@@ -294,10 +294,8 @@ class MAPEKOrchestrator:
 
     def find_record(self, record_id: str) -> dict[str, Any] | None:
         """One decision record by id: this process's, else the journal's."""
-        for record in reversed(self.records):
-            if record.get("id") == record_id:
-                return record
-        return self._store.iteration(record_id)
+        mine = next((r for r in reversed(self.records) if r.get("id") == record_id), None)
+        return mine if mine is not None else self._store.iteration(record_id)
 
     def get_statistics(self) -> dict[str, Any]:
         return {
