@@ -883,6 +883,14 @@ class Store:
         except ValueError as exc:
             raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
 
+    def outcome(self, execution_id: str) -> PolicyOutcome | None:
+        """The verified outcome of one execution, or None (not verified yet, or pruned)."""
+        rows = self._read("SELECT * FROM outcomes WHERE execution_id = ?", (execution_id,))
+        try:
+            return _outcome_from(rows[0]) if rows else None
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
+
     def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
         """The outcomes of `target` recorded at or after `since`, oldest first."""
         rows = self._read(

@@ -35,6 +35,9 @@ print(mape_k.__file__)
 print(*sorted(p.name for p in (root / "prometheus" / "rules").iterdir()))
 print((root / "alertmanager" / "alertmanager.yml").is_file())
 print(*sorted(p.name for p in (root.parent / "openapi").iterdir() if p.name[-5:] == ".yaml"))
+from mape_k.console import views
+print(*sorted(views._environment().list_templates()))
+print(*sorted(p.name for p in (root.parent / "console" / "static").iterdir()))
 """
 
 
@@ -93,7 +96,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bin_dir
 
 
-def test_the_wheel_carries_the_staging_files_and_the_openapi_documents(installed: Path) -> None:
+def test_the_wheel_carries_the_staging_files_openapi_documents_and_console(
+    installed: Path,
+) -> None:
     listing = _run(
         [
             str(installed / "python"),
@@ -109,6 +114,9 @@ def test_the_wheel_carries_the_staging_files_and_the_openapi_documents(installed
     assert listing[1].split() == ["charter.rules.yml", "mapek.rules.yml"]
     assert listing[2] == "True"
     assert listing[3].split() == ["charter-api.yaml", "daemon-api.yaml"]
+    templates = sorted(p.name for p in (ROOT / "src/mape_k/console/templates").glob("*.html"))
+    assert listing[4].split() == templates
+    assert listing[5].split() == ["console.css", "console.js"]
 
 
 def test_the_installed_demo_recovers_and_is_never_silent_for_long(

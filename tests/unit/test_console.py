@@ -110,6 +110,22 @@ async def test_every_page_carries_the_strict_csp_and_shows_the_last_decision(tmp
         assert "Beta(" in text  # the posterior of each candidate
 
 
+async def test_a_decision_page_shows_its_verification_once_measured(tmp_path, clock):
+    async with console(tmp_path, clock) as (parts, client):
+        acted = await parts.orchestrator.run_once()
+        page = f"/ui/decisions/{acted['id']}"
+        assert "not measured yet" in await (await client.get(page)).text()
+        for _ in range(20):
+            clock.advance(30)
+            record = await parts.orchestrator.run_once()
+            if record["verifications"]:
+                break
+        [verdict] = record["verifications"]
+        text = await (await client.get(page)).text()
+        assert f'class="o-{verdict["outcome"]}">{verdict["outcome"]}</strong>' in text
+        assert 'href="/ui/targets/charter" id="target-link"' in text
+
+
 async def test_a_quiet_iteration_reads_did_nothing_because(tmp_path, clock):
     async with console(tmp_path, clock, fault=None) as (parts, client):
         record = await parts.orchestrator.run_once()

@@ -51,6 +51,13 @@ class ConsoleData:
     def decision(self, record_id: str) -> dict[str, Any] | None:
         return self._parts.orchestrator.find_record(record_id)
 
+    def verification(self, record: Mapping[str, Any]) -> PolicyOutcome | None:
+        """The verified outcome of the record's execution, once measured."""
+        execution = record.get("execution")
+        if not isinstance(execution, Mapping) or not isinstance(execution.get("id"), str):
+            return None
+        return self._parts.store.outcome(execution["id"])
+
     def has_prometheus(self) -> bool:
         return self._parts.prometheus is not None
 

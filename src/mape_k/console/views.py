@@ -349,7 +349,16 @@ class Console:
         if record is None:
             message = problem or f"no decision record {record_id!r} (pruned, or never made)"
             return self._page(request, "error.html", session, status=404, message=message)
-        return self._page(request, "decision.html", session, r=record)
+        verified, problem = safe(lambda: self.data.verification(record), None)
+        return self._page(
+            request,
+            "decision.html",
+            session,
+            r=record,
+            verified=verified,
+            problem=problem,
+            target=_chosen_target(record),
+        )
 
     async def knowledge(self, request: web.Request) -> web.Response:
         session = self._reader(request)
@@ -520,6 +529,15 @@ class Console:
             return f"cleared the hold on {target}" if done else f"no hold on {target}"
 
         return await self._act(request, "clear-hold", act)
+
+
+def _chosen_target(record: Mapping[str, Any]) -> str | None:
+    """The target of the policy a record chose (a candidate's cause is "name/target")."""
+    choice = record.get("choice") or {}
+    for candidate in record.get("candidates") or ():
+        if candidate.get("policy_id") == choice.get("policy_id"):
+            return str(candidate.get("cause", "")).split("/", 1)[-1] or None
+    return None
 
 
 def _hold(kind: str, target: Any, reason: Any, until: Any, **extra: Any) -> dict[str, Any]:
