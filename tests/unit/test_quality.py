@@ -11,14 +11,25 @@ from pathlib import Path
 import pytest
 
 from mape_k.causes import CAUSE, FAULT
+from mape_k.cli import main
+from mape_k.config import Settings
 from mape_k.errors import ConfigError
-from mape_k.quality import figures
+from mape_k.quality import cli as quality_cli
+from mape_k.quality import figures, runner
 from mape_k.quality.alerts import AlertPath, load_config
 from mape_k.quality.baselines import HPA, rising_edges
 from mape_k.quality.figures import Sample
 from mape_k.quality.report import records_command
 from mape_k.quality.runner import Episode
-from mape_k.quality.scenario import load, load_all, parse, shipped_names
+from mape_k.quality.scenario import (
+    load,
+    load_all,
+    parse,
+    parse_overrides,
+    shipped_names,
+    split_overrides,
+)
+from mape_k.quality.suite import Job, run_chain
 from mape_k.quality.world import Schedule, counterfactual, lost, verdict
 from mape_k.sim.committee import Committee
 
@@ -308,4 +319,113 @@ def test_the_records_command_names_a_file_scenario_by_its_path(tmp_path):
     )
     assert records_command(load("no_fault"), episode).startswith(
         "mape-k simulate --scenario no_fault --seed 4 --policy"
+    )
+
+
+# --- simulate --set -------------------------------------------------------------------------
+
+
+class _Built(Exception):
+    """Raised by the fake `build`: the episode stops once the daemon's settings are known."""
+
+
+def _capture_build(monkeypatch):
+    seen = []
+
+    def fake_build(settings, **_):
+        seen.append(settings)
+        raise _Built
+
+    monkeypatch.setattr(runner, "build", fake_build)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        (["orchestrator.interval_s=15"], {"orchestrator.interval_s": 15}),
+        (["planner.exploration=0", "a.b = [1, x]"], {"planner.exploration": 0, "a.b": [1, "x"]}),
+        (["k=1", "k=2.5"], {"k": 2.5}),
+        (["k="], {"k": None}),
+    ],
+)
+def test_set_values_are_yaml(items, expected):
+    assert parse_overrides(split_overrides(items)) == expected
+
+
+async def test_a_set_override_reaches_the_daemon_and_wins_over_the_scenario(monkeypatch):
+    scenario = parse({**BASE, "settings": {"orchestrator.interval_s": 600}}, source="t")
+    seen = _capture_build(monkeypatch)
+    overrides = {"orchestrator.interval_s": 15, "planner.exploration": 0}
+    for policy in ("mape-k", "hpa"):
+        with pytest.raises(_Built):
+            await runner.run_episode(scenario, policy, seed=1, overrides=overrides)
+    daemon, baseline = seen
+    assert daemon.orchestrator.interval_s == 15  # over the scenario's 600
+    assert daemon.planner.exploration == 0
+    # the baselines keep the scenario's settings (the static executor's fixed actions)
+    assert baseline.orchestrator.interval_s == 600
+    assert baseline.planner.exploration == Settings().planner.exploration != 0
+
+
+async def test_a_job_carries_its_set_overrides_to_the_daemon(monkeypatch):
+    seen = _capture_build(monkeypatch)
+    job = Job("no_fault", "mape-k", 1, overrides=split_overrides(["orchestrator.interval_s=15"]))
+    with pytest.raises(_Built):
+        await run_chain(job)
+    assert seen[0].orchestrator.interval_s == 15
+    assert load("no_fault").settings.get("orchestrator.interval_s") is None
+
+
+def test_simulate_passes_set_to_every_job_and_the_report_names_it(monkeypatch, tmp_path):
+    jobs = []
+
+    def fake_run_jobs(todo, **_):
+        jobs.extend(todo)
+        return {}
+
+    monkeypatch.setattr(quality_cli, "run_jobs", fake_run_jobs)
+    out = tmp_path / "q.md"
+    argv = ["simulate", "--scenario", "no_fault", "--scenario", "wrong_prior", "--seeds", "2"]
+    assert main([*argv, "--policy", "mape-k", "--set", "orchestrator.interval_s=15",
+                 "--report", str(out)]) == 0  # fmt: skip
+    assert len(jobs) == 4
+    assert {job.overrides for job in jobs} == {(("orchestrator.interval_s", "15"),)}
+    run_line = next(line for line in out.read_text().splitlines() if line.startswith("Run: "))
+    assert "`orchestrator.interval_s=15`" in run_line
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ("orchestrator.intervl_s=15", "orchestrator.intervl_s"),
+        ("orchestrator.interval_s=abc", "orchestrator.interval_s"),
+        ("orchestrator.interval_s=-5", "orchestrator.interval_s"),
+        ("orchestrator.interval_s=[1,", "orchestrator.interval_s"),
+        ("orchestrator", "'orchestrator'"),
+    ],
+)
+def test_a_bad_set_fails_in_one_line_naming_the_key_before_any_episode(
+    monkeypatch, capsys, item, named
+):
+    def no_run(*_, **__):
+        raise AssertionError("no episode may run")
+
+    monkeypatch.setattr(quality_cli, "run_jobs", no_run)
+    monkeypatch.setattr(quality_cli, "run_chain", no_run)
+    for extra in ([], ["--records", "--seed", "1", "--policy", "mape-k"]):
+        code = main(["simulate", "--scenario", "no_fault", *extra, "--set", item])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.count("\n") == 1
+        assert err.startswith("mape-k simulate: --set ")
+        assert named in err
+        assert "Traceback" not in err
+
+
+def test_the_records_command_repeats_the_set_overrides():
+    episode = Episode("no_fault", "mape-k", 4, 0, 0.0, {}, [], [])
+    assert records_command(load("no_fault"), episode, (("orchestrator.interval_s", "15"),)) == (
+        "mape-k simulate --scenario no_fault --seed 4 --policy mape-k"
+        " --set orchestrator.interval_s=15 --records"
     )

@@ -17,7 +17,7 @@ from mape_k.errors import ConfigError
 from mape_k.quality import POLICIES, report
 from mape_k.quality import scenario as scenarios
 from mape_k.quality.alerts import load_config
-from mape_k.quality.runner import Episode
+from mape_k.quality.runner import Episode, check_overrides
 from mape_k.quality.suite import Job, run_chain, run_jobs
 
 
@@ -45,8 +45,15 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         return 0
     selected = _selected(args)
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
+    try:
+        overrides = scenarios.split_overrides(args.overrides)
+        check_overrides(scenarios.parse_overrides(overrides), selected)
+    except ConfigError as exc:
+        # before any episode: a usage error, like argparse's (exit 2)
+        print(f"mape-k simulate: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     if args.records:
-        return _records(args, selected, policies)
+        return _records(args, selected, policies, overrides)
     jobs: list[Job] = []
     where: dict[Job, scenarios.Scenario] = {}
     for found in selected:
@@ -62,6 +69,7 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
                     keep_samples=seed == seeds[0] or args.json_dir is not None,
                     last_episode=args.episode,
                     counterfactual=not args.no_counterfactual,
+                    overrides=overrides,
                 )
                 jobs.append(job)
                 where[job] = found
@@ -90,6 +98,10 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         f" with {args.jobs} worker(s) on {platform.machine()} nproc {os.cpu_count()},"
         f" Python {platform.python_version()}"
     )
+    if overrides:
+        runtime += "; mape-k settings overridden (--set): " + ", ".join(
+            f"`{key}={value}`" for key, value in overrides
+        )
     if args.report is None:
         for found in selected:
             by_policy = results.get(found.name, {})
@@ -99,7 +111,7 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
             if mapek:
                 print()
                 print("\n".join(report.confusion_markdown(report.confusion(mapek))))
-                command = report.records_command(found, report.worst(mapek))
+                command = report.records_command(found, report.worst(mapek), overrides)
                 print(f"\nworst mape-k episode: `{command}`")
             print()
         print(runtime, file=sys.stderr)
@@ -114,7 +126,12 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
     if selected and not figures:
         print("matplotlib missing (pip install 'mape-k[quality]'): no figures", file=sys.stderr)
     text = report.markdown(
-        selected, results, figures=figures, runtime=runtime, skipped_rules=load_config().skipped
+        selected,
+        results,
+        figures=figures,
+        runtime=runtime,
+        skipped_rules=load_config().skipped,
+        overrides=overrides,
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text, encoding="utf-8")
@@ -125,7 +142,10 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
 
 
 def _records(
-    args: argparse.Namespace, selected: list[scenarios.Scenario], policies: list[str]
+    args: argparse.Namespace,
+    selected: list[scenarios.Scenario],
+    policies: list[str],
+    overrides: tuple[tuple[str, str], ...] = (),
 ) -> int:
     if len(selected) != 1 or len(policies) != 1 or args.seed is None:
         raise ConfigError("--records needs one --scenario, one --policy and one --seed")
@@ -137,6 +157,7 @@ def _records(
         keep_records=True,
         last_episode=args.episode,
         counterfactual=not args.no_counterfactual,
+        overrides=overrides,
     )
     episode = asyncio.run(run_chain(job, found))[-1]
     rows: list[Any] = episode.records if policies[0] == "mape-k" else []

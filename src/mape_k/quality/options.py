@@ -39,3 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-counterfactual", action="store_true", help="skip the per-call counterfactual"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help=(
+            "a dotted daemon setting for the mape-k policy of every scenario, over the"
+            " scenario's own settings; VALUE is YAML (repeatable)"
+        ),
+    )

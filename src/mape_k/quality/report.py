@@ -109,13 +109,16 @@ def _seeds(seeds: list[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
-def records_command(scenario: Scenario, episode: Episode) -> str:
+def records_command(
+    scenario: Scenario, episode: Episode, overrides: Sequence[tuple[str, str]] = ()
+) -> str:
     chain = f" --episode {episode.index}" if scenario.episodes > 1 else ""
     shipped = not scenario.source.endswith((".yaml", ".yml"))
     target = scenario.name if shipped else scenario.source
+    sets = "".join(f" --set {key}={value}" for key, value in overrides)
     return (
         f"mape-k simulate --scenario {target} --seed {episode.seed}{chain}"
-        " --policy mape-k --records"
+        f" --policy mape-k{sets} --records"
     )
 
 
@@ -277,7 +280,9 @@ from) beside the counterfactual truth of the same execution's calls.
 
 
 def losses(
-    scenarios: Sequence[Scenario], results: dict[str, dict[str, list[Episode]]]
+    scenarios: Sequence[Scenario],
+    results: dict[str, dict[str, list[Episode]]],
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """Where mape-k loses more requests than the best baseline, worst first, and why."""
     rows: list[tuple[float, str, str]] = []
@@ -294,7 +299,7 @@ def losses(
         if own - best > LOSS_MARGIN_PCT:
             line = (
                 f"- **{scenario.name}**: mape-k {own:.2f} % lost, {policy} {best:.2f} %."
-                f" {why_line(mapek)}. Worst: `{records_command(scenario, worst(mapek))}`"
+                f" {why_line(mapek)}. Worst: `{records_command(scenario, worst(mapek), overrides)}`"
             )
             rows.append((own - best, scenario.name, line))
     if not rows:
@@ -321,6 +326,7 @@ def markdown(
     figures: dict[str, str],
     runtime: str,
     skipped_rules: Sequence[str],
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> str:
     lines = ["# Quality: does the controller help?", "", METHOD]
     lines += [
@@ -364,7 +370,7 @@ def markdown(
             + " | ".join(cells)
             + f" | {gap:+.2f} | {harmful} |"
         )
-    lines += ["", *losses(scenarios, results)[:-1]]
+    lines += ["", *losses(scenarios, results, overrides)[:-1]]
     everything = [e for by in results.values() for e in by.get("mape-k", [])]
     lines += [
         "",
@@ -401,7 +407,7 @@ def markdown(
                 f"Worst mape-k episode: seed {bad.seed}"
                 + (f", episode {bad.index + 1}" if scenario.episodes > 1 else "")
                 + f", lost {bad.figures['lost_pct']:.2f} %: {_calls_line(bad)}."
-                f" Its decision records: `{records_command(scenario, bad)}`",
+                f" Its decision records: `{records_command(scenario, bad, overrides)}`",
             ]
         if scenario.name in figures:
             lines += ["", f"![{scenario.name}]({figures[scenario.name]})"]

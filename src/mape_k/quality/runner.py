@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from mape_k.app import build, reconcile, restore_freeze
 from mape_k.config import Settings, load_settings
+from mape_k.errors import ConfigError
 from mape_k.loop.scheduler import advance_grid, schedule
 from mape_k.quality import POLICIES, figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
@@ -91,14 +93,38 @@ class Episode:
         }
 
 
-def settings_for(scenario: Scenario, knowledge: Path) -> Settings:
+def settings_for(
+    scenario: Scenario, knowledge: Path, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """The daemon's settings in an episode: the scenario's, then `overrides` (`--set`)."""
     cli = {
         **scenario.settings,
+        **(overrides or {}),
         "knowledge.path": str(knowledge),
         "charter.mode": "mock",
         "server.enabled": False,
     }
     return load_settings(None, {}, cli)[0]
+
+
+def check_overrides(overrides: Mapping[str, Any], selected: Iterable[Scenario]) -> None:
+    """ConfigError (one line, naming the key) unless every override is a known daemon
+    setting with a valid value, alone and over each selected scenario's own settings."""
+    scratch = Path(tempfile.gettempdir()) / "mape-k-check.sqlite3"  # validated, not opened
+    for key, value in overrides.items():
+        try:
+            settings_for(
+                Scenario(name="--set", description="", regime="calm", duration_s=1.0),
+                scratch,
+                {key: value},
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}={value!r}: {exc}") from None
+    for scenario in selected:
+        try:
+            settings_for(scenario, scratch, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"--set over scenario {scenario.name}: {exc}") from None
 
 
 def _sample(committee: Committee, offset: float, shape_active: bool) -> Sample:
@@ -141,7 +167,10 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     keep_samples: bool = False,
     counterfactual: bool = True,
     alert_config: AlertConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Episode:
+    """One episode; `overrides` (dotted settings, `--set`) apply to the mape-k policy only:
+    the baselines keep the scenario's settings (the static executor's fixed actions)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}")
     config = alert_config or load_config()
@@ -169,7 +198,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
 
     with tempfile.TemporaryDirectory(prefix="mape-k-sim-") as scratch:
         path = knowledge or Path(scratch) / "knowledge.sqlite3"
-        settings = settings_for(scenario, path)
+        settings = settings_for(scenario, path, overrides if policy == "mape-k" else None)
         static = StaticExecutor(client, fixed_actions(settings))  # type: ignore[arg-type]
         hpa = HPA(min_replicas=start_size, max_replicas=committee.max_size)
         delivered_firing: set[str] = set()

@@ -11,6 +11,7 @@ one line naming the file and the field. The shipped scenarios are package data
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -257,6 +258,30 @@ def _parse(data: dict[str, Any], source: str) -> Scenario:
         expect_no_actions=expect,
         source=source,
     )
+
+
+def split_overrides(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`--set KEY=VALUE` items as (key, VALUE text); ConfigError naming a malformed one."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (a dotted setting name)")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def parse_overrides(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """(key, VALUE text) pairs as dotted settings, each VALUE parsed as YAML (a later
+    repeat of a key wins); ConfigError naming the key of a VALUE that is not YAML."""
+    out: dict[str, Any] = {}
+    for key, text in pairs:
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML") from None
+    return out
 
 
 def shipped_dir() -> Path:

@@ -29,11 +29,13 @@ class Job:
     keep_records: bool = False
     last_episode: int | None = None  # stop the chain after this episode (None: all)
     counterfactual: bool = True
+    overrides: tuple[tuple[str, str], ...] = ()  # `--set KEY=VALUE` as given (hashable)
 
 
 async def run_chain(job: Job, scenario: Scenario | None = None) -> list[Episode]:
     """The job's episodes in a row, sharing one knowledge store."""
     found = scenario or scenarios.load(job.scenario)
+    overrides = scenarios.parse_overrides(job.overrides)
     last = found.episodes - 1 if job.last_episode is None else job.last_episode
     episodes: list[Episode] = []
     with tempfile.TemporaryDirectory(prefix="mape-k-chain-") as scratch:
@@ -50,6 +52,7 @@ async def run_chain(job: Job, scenario: Scenario | None = None) -> list[Episode]
                     keep_records=job.keep_records and final,
                     keep_samples=job.keep_samples and final,
                     counterfactual=job.counterfactual,
+                    overrides=overrides,
                 )
             )
     return episodes
