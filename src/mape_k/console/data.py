@@ -134,7 +134,7 @@ class ConsoleData:
                         window=(acted, window_end),
                     ),
                     start=start,
-                    end=min(end, self.clock()),
+                    end=end,
                     step=step,
                 )
             )
@@ -146,10 +146,11 @@ class ConsoleData:
             return [], "no monitor rule names this cause: nothing to chart"
         if prometheus is None:
             return [], "no Prometheus in this mode (mock or none): nothing to chart"
-        if view.end <= view.start:
+        end = min(view.end, self.clock())  # the chart spans the whole window; data ends now
+        if end <= view.start:
             return [], "the window has not begun"
         return await signal_history(
-            prometheus, view.promql, start=view.start, end=view.end, step=view.step
+            prometheus, view.promql, start=view.start, end=end, step=view.step
         )
 
 

@@ -27,6 +27,7 @@ function when(seconds) {
 function addDecision(tbody, d) {
   var row = document.createElement("tr");
   row.className = "result-" + String(d.result || "") + " fresh";
+  row.dataset.arrived = String(Date.now() / 1000);  // when it reached the page (unix s)
   var first = cell(row, "");
   var link = document.createElement("a");
   link.href = "/ui/decisions/" + encodeURIComponent(String(d.id));
@@ -40,19 +41,38 @@ function addDecision(tbody, d) {
   while (tbody.rows.length > 50) tbody.deleteRow(tbody.rows.length - 1);
 }
 
+// The server's HTML of each panel section as last shown: a section is replaced only when
+// the server's changed, and never while the operator is using it (focus, or text typed).
+var shownPanels = {};
+
+function rememberPanels(root) {
+  root.querySelectorAll("#panels > section[id]").forEach(function (section) {
+    shownPanels[section.id] = section.outerHTML;
+  });
+}
+
+function inUse(section) {
+  if (section.contains(document.activeElement) && document.activeElement !== document.body) {
+    return true;
+  }
+  return Array.prototype.some.call(section.querySelectorAll("input[type=text], input[type=number]"),
+    function (input) { return input.value !== ""; });
+}
+
 function refreshPanels(url) {
   fetch(url, { credentials: "same-origin" })
     .then(function (r) { return r.ok ? r.text() : null; })
     .then(function (html) {
       if (html == null) return;
       var doc = new DOMParser().parseFromString(html, "text/html");
-      var fresh = doc.getElementById("panels");
-      var old = document.getElementById("panels");
-      if (fresh && old) {
+      doc.querySelectorAll("#panels > section[id]").forEach(function (fresh) {
+        var old = document.getElementById(fresh.id);
+        if (!old || shownPanels[fresh.id] === fresh.outerHTML || inUse(old)) return;
+        shownPanels[fresh.id] = fresh.outerHTML;
         var node = document.importNode(fresh, true);
         old.replaceWith(node);
         confirmForms(node);
-      }
+      });
     })
     .catch(function () {});
 }
@@ -73,6 +93,7 @@ function stream() {
 }
 
 document.addEventListener("DOMContentLoaded", function () {
+  rememberPanels(document);  // before confirmForms marks the forms
   confirmForms(document);
   stream();
 });
