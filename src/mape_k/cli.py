@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print the daemon's /stats for a terminal")
     status.add_argument("--url", default="http://127.0.0.1:8001", help="the daemon's base URL")
     status.add_argument("--json", action="store_true", help="raw JSON")
+    status.add_argument(
+        "--token-file",
+        type=Path,
+        help="the viewer (or admin) token, when the daemon sets server.viewer_token"
+        " (default: $MAPEK_TOKEN)",
+    )
 
     sim = sub.add_parser("charter-sim", help="run the Charter simulator service")
     sim.add_argument("--host", default="127.0.0.1")
@@ -191,7 +197,10 @@ def _once(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from mape_k.status import fetch_status, render_status  # noqa: PLC0415
 
-    stats = asyncio.run(fetch_status(args.url))
+    token = os.environ.get("MAPEK_TOKEN") or None
+    if args.token_file is not None:
+        token = read_secret(None, args.token_file, file_key="--token-file")
+    stats = asyncio.run(fetch_status(args.url, token=token))
     print(json.dumps(stats, indent=2) if args.json else render_status(stats))
     return 0
 

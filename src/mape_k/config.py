@@ -762,6 +762,10 @@ class OrchestratorConfig(_Model):
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
 
 
+MAX_FREEZE_S = 365 * 86_400.0  # a timed operator freeze of more than a year is a mistake
+POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"  # what the control API and console take
+
+
 class ConsoleConfig(_Model):
     """The operator console at /ui (mape_k/console): pages, live decisions, control forms."""
 

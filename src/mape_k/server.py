@@ -21,7 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from mape_k import openapi
-from mape_k.config import ServerConfig, is_loopback
+from mape_k.config import MAX_FREEZE_S, POLICY_ID_PATTERN, ServerConfig, is_loopback
 from mape_k.connections import ConnectionGuard
 from mape_k.console.data import ConsoleData
 from mape_k.console.views import Console
@@ -46,11 +46,9 @@ REJECTION_REASONS = (
     "too_large",
     "timeout",
 )
-POLICY_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 RETRY_AFTER_S = "5"  # seconds, on a 503 of the webhook (Alertmanager retries with backoff)
 _REJECTION_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": RETRY_AFTER_S}}
 _READ_CHUNK = 64 * 1024
-MAX_FREEZE_S = 365 * 86_400.0  # a timed freeze of more than a year is a mistake
 STATS_LIMIT = 10  # decision records on one page of /stats by default
 STATS_MAX_LIMIT = 100
 
@@ -272,8 +270,10 @@ class _Server:
         config: ServerConfig,
         webhook_token: str | None,
         admin_token: str | None,
+        viewer_token: str | None = None,
     ) -> None:
         self.control = control
+        self.viewer_token = viewer_token
         self.router = router
         self.metrics = metrics
         self.config = config
@@ -405,6 +405,14 @@ class _Server:
         return _json({"status": "not_ready", "checks": checks, "problems": problems}, 503)
 
     async def stats(self, request: web.Request) -> web.Response:
+        # With a viewer token the reads the console guards are guarded here too.
+        readers = [t for t in (self.viewer_token, self.admin_token) if t is not None]
+        if self.viewer_token is not None and not any(_bearer_ok(request, t) for t in readers):
+            return _json(
+                {"error": "missing or wrong bearer token (server.viewer_token is set)"},
+                401,
+                {"WWW-Authenticate": "Bearer"},
+            )
         limit, before = _stats_page(request.query)
         return _json(await self.control.statistics(limit=limit, before=before))
 
@@ -541,6 +549,7 @@ def build_app(
         config=config,
         webhook_token=webhook_token,
         admin_token=admin_token,
+        viewer_token=viewer_token,
     )
     warn_if_open(config, webhook_token)
     for reason in REJECTION_REASONS:

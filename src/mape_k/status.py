@@ -11,6 +11,7 @@ generically. fetch_status is the only I/O (one httpx GET).
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ _SECTIONS = (
     ("control_calls", "Control calls"),
 )
 _MAX_ITEMS = 10
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 _TIMES = ("at", "since", "until")  # epoch seconds, like the keys ending in _at / _time
 _GONE = object()  # a guards key the holds section showed in full
 
@@ -270,9 +272,19 @@ def _holds(guards: Any, width: int) -> tuple[list[str], Any]:
     return lines, {k: v for k, v in rest.items() if v is not _GONE}
 
 
+def _printable(text: str) -> str:
+    """Control characters (alert labels are untrusted: an ESC sequence could clear the
+    terminal or forge a line) shown as escapes; newlines are the layout's own."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def render_status(stats: Mapping[str, Any], *, width: int = 100) -> str:
     """A readable summary of a /stats document: the last decisions, pending approvals and
     holds (reasons never cut), then scalars, guard internals and the other sections."""
+    return _printable(_render(stats, width))
+
+
+def _render(stats: Mapping[str, Any], width: int) -> str:
     if not isinstance(stats, Mapping):
         return _inline(stats, width)
     lines = ["mape-k status", "============="]
@@ -307,14 +319,18 @@ def _rest(stats: Mapping[str, Any], guards: Any, width: int) -> list[str]:
     return lines
 
 
-async def fetch_status(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET <url>/stats (url is the daemon's base URL, or the /stats URL itself)."""
+async def fetch_status(
+    url: str, *, token: str | None = None, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """GET <url>/stats (url is the daemon's base URL, or the /stats URL itself), with the
+    viewer or admin token as a bearer token when the daemon has server.viewer_token."""
     target = url.rstrip("/")
     if not target.endswith("/stats"):
         target += "/stats"
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await client.get(target)
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = await client.get(target, headers=headers)
     except httpx.InvalidURL as exc:
         raise MapekError(f"--url {url!r}: not a valid URL ({exc})") from exc
     except httpx.HTTPError as exc:

@@ -230,12 +230,51 @@ def test_tokens_map_to_roles_and_sessions_are_bounded():
     assert token_role(VIEWER, admin=ADMIN, viewer=VIEWER) == "viewer"
     assert token_role("", admin=ADMIN, viewer=None) is None
     assert token_role(ADMIN, admin=None, viewer=None) is None
-    sessions = Sessions(ttl_s=10, max_sessions=2)
-    first = sessions.create("admin", now=0)
-    sessions.create("viewer", now=1)
-    sessions.create("viewer", now=2)
-    assert len(sessions) == 2
-    assert sessions.get(first.id, now=3) is None  # the oldest went first
+    sessions = Sessions(ttl_s=10, max_sessions=3)
+    admin = sessions.create("admin", now=0)
+    viewers = [sessions.create("viewer", now=1 + i) for i in range(5)]
+    assert len(sessions) == 3
+    assert sessions.get(admin.id, now=7) is admin  # viewer logins never log an admin out
+    assert [sessions.get(v.id, now=7) is v for v in viewers] == [False] * 3 + [True] * 2
+    sessions.create("admin", now=8)  # full: the oldest admin goes, the viewers stay
+    assert sessions.get(admin.id, now=9) is None
+    assert sessions.get(viewers[4].id, now=9) is viewers[4]
+
+
+async def test_an_odd_form_is_a_4xx_page_never_a_500(tmp_path, clock):
+    async with console(tmp_path, clock) as (_parts, client):
+        form = "application/x-www-form-urlencoded"
+        cases = {
+            "utf-16": ({"Content-Type": f"{form}; charset=utf-16"}, b"token=a&nonce=b", 415),
+            "no such charset": ({"Content-Type": f"{form}; charset=nope"}, b"token=a", 415),
+            "not utf-8": ({"Content-Type": form}, b"token=%ff%fe&nonce=\xff", 400),
+            "too many fields": ({"Content-Type": form}, b"&".join([b"a=1"] * 50), 400),
+        }
+        for name, (headers, body, status) in cases.items():
+            response = await client.post("/ui/login", data=body, headers=headers)
+            assert response.status == status, name
+            assert response.headers["Content-Type"].startswith("text/html"), name
+
+        async def chunks():
+            for _ in range(100):
+                yield b"a" * 1024
+
+        chunked = await client.post("/ui/login", data=chunks(), headers={"Content-Type": form})
+        assert chunked.status == 413  # bounded however the body comes
+
+
+async def test_a_target_page_takes_any_printable_name(tmp_path, clock):
+    async with console(tmp_path, clock, fault=None) as (parts, client):
+        odd = "a b/c@ü"
+        parts.router.route_alerts(
+            [am_alert(starts_at=time.time(), cause="high_failure_rate", component=odd)]
+        )
+        await parts.orchestrator.run_once()
+        now = await (await client.get("/ui")).text()
+        assert 'href="/ui/targets/a%20b%2Fc%40%C3%BC"' in now  # one path segment
+        page = await client.get("/ui/targets/a%20b%2Fc%40%C3%BC")
+        assert page.status == 200
+        assert "a b/c@ü: the signal around each action" in await page.text()
 
 
 # --- acts ----------------------------------------------------------------------------------
@@ -288,6 +327,11 @@ async def test_freeze_and_unfreeze_from_the_console_are_journaled_with_who_and_w
         assert routes[0][:2] == ("console unfreeze", "fixed")
         assert routes[1][:2] == ("console freeze", "incident 42")
         assert routes[0][2].startswith("console admin session ")
+        refused = await client.post(
+            "/ui/act/freeze", data={"csrf": token, "why": "", "minutes": "x", "extra": "y"}
+        )
+        assert refused.status == 422
+        assert len(parts.store.recent_control(5)) == 2  # a refused form is not journaled
 
 
 async def test_a_bad_freeze_duration_is_a_422_naming_the_field(tmp_path, clock):
@@ -347,6 +391,17 @@ async def test_a_pending_risky_policy_is_approved_from_the_console(tmp_path, clo
         assert "no pending policy" in await again.text()
 
 
+async def test_the_result_of_an_act_waits_for_the_page_not_the_live_refresh(tmp_path, clock):
+    async with console(tmp_path, clock) as (_parts, client):
+        await login(client)
+        token = await csrf(client)
+        await client.post(
+            "/ui/act/dry-run", data={"csrf": token, "enabled": "true"}, allow_redirects=False
+        )
+        assert 'id="flash"' not in await (await client.get("/ui/panels")).text()
+        assert "dry-run on" in await (await client.get("/ui")).text()
+
+
 async def test_a_redirect_after_an_act_stays_inside_the_console(tmp_path, clock):
     async with console(tmp_path, clock) as (_parts, client):
         await login(client)
@@ -358,6 +413,16 @@ async def test_a_redirect_after_an_act_stays_inside_the_console(tmp_path, clock)
                 allow_redirects=False,
             )
             assert response.headers["Location"] == "/ui", target
+
+
+async def test_with_a_viewer_token_stats_needs_a_token_too(tmp_path, clock):
+    async with console(tmp_path, clock, viewer=VIEWER) as (_parts, client):
+        assert (await client.get("/stats")).status == 401
+        for token in (VIEWER, ADMIN):
+            ok = await client.get("/stats", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status == 200
+    async with console(tmp_path / "open", clock) as (_parts, client):
+        assert (await client.get("/stats")).status == 200  # no viewer token: open as before
 
 
 # --- the live stream ------------------------------------------------------------------------

@@ -403,6 +403,8 @@ def test_simulate_passes_set_to_every_job_and_the_report_names_it(monkeypatch, t
         ("orchestrator.interval_s=-5", "orchestrator.interval_s"),
         ("orchestrator.interval_s=[1,", "orchestrator.interval_s"),
         ("orchestrator", "'orchestrator'"),
+        ("knowledge.path=/tmp/x.sqlite3", "knowledge.path"),  # each episode sets its own
+        ("server.port=1", "server.port"),
     ],
 )
 def test_a_bad_set_fails_in_one_line_naming_the_key_before_any_episode(
@@ -425,6 +427,12 @@ def test_a_bad_set_fails_in_one_line_naming_the_key_before_any_episode(
 
 def test_the_records_command_repeats_the_set_overrides():
     episode = Episode("no_fault", "mape-k", 4, 0, 0.0, {}, [], [])
+    assert records_command(
+        load("no_fault"), episode, (("planner.remediations.overload", "[]"), ("a.b", "x y"))
+    ) == (
+        "mape-k simulate --scenario no_fault --seed 4 --policy mape-k"
+        " --set 'planner.remediations.overload=[]' --set 'a.b=x y' --records"
+    )
     assert records_command(load("no_fault"), episode, (("orchestrator.interval_s", "15"),)) == (
         "mape-k simulate --scenario no_fault --seed 4 --policy mape-k"
         " --set orchestrator.interval_s=15 --records"

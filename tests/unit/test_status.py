@@ -277,3 +277,26 @@ def test_render_never_fails_on_any_json(
 ) -> None:
     stats = {"guards": guards, "iterations": iterations, "pending_approvals": approvals}
     assert render_status(stats, width=width).startswith("mape-k status")
+
+
+def test_terminal_control_characters_from_labels_are_shown_escaped():
+    hostile = "esc\x1b[2J\x1b]0;pwned\x07\x9b31m"
+    text = render_status(
+        {
+            "iterations": [
+                {"id": "1", "started_at": 1.0, "result": "idle", "choice": {"why": hostile}}
+            ],
+            "guards": {"needs_human": [{"target": hostile, "reason": hostile, "until": None}]},
+        }
+    )
+    assert not any(ch in text for ch in "\x1b\x07\x9b")
+    assert "esc\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m" in text
+
+
+@respx.mock
+async def test_fetch_status_sends_the_token_as_a_bearer() -> None:
+    route = respx.get("http://127.0.0.1:8001/stats").mock(
+        return_value=httpx.Response(200, json=STATS)
+    )
+    await fetch_status("http://127.0.0.1:8001", token="viewer-xyz")
+    assert route.calls.last.request.headers["Authorization"] == "Bearer viewer-xyz"

@@ -61,9 +61,12 @@ class Sessions:
         return len(self._by_id)
 
     def create(self, role: Role, *, now: float) -> Session:
+        """A new session; at the bound the oldest of the same role goes (so logins with
+        the viewer token can never log an admin out), else the oldest of all."""
         self._expire(now)
         while len(self._by_id) >= self.max_sessions:
-            del self._by_id[next(iter(self._by_id))]  # insertion order: the oldest
+            same = next((sid for sid, s in self._by_id.items() if s.role == role), None)
+            del self._by_id[same if same is not None else next(iter(self._by_id))]
         session = Session(
             id=secrets.token_urlsafe(32),
             role=role,

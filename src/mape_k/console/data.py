@@ -58,9 +58,6 @@ class ConsoleData:
             return None
         return self._parts.store.outcome(execution["id"])
 
-    def has_prometheus(self) -> bool:
-        return self._parts.prometheus is not None
-
     def knowledge_rows(self) -> list[dict[str, Any]]:
         """Per (cause, action): samples, success, posterior, median time to recover and
         the last outcomes (oldest first)."""

@@ -20,16 +20,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote
 
 import jinja2
 import structlog
 from aiohttp import web
 
-from mape_k.config import ServerConfig, is_loopback
+from mape_k.config import MAX_FREEZE_S, POLICY_ID_PATTERN, ServerConfig, is_loopback
 from mape_k.console.auth import COOKIE, LOGIN_COOKIE, Session, Sessions, token_role
 from mape_k.console.charts import outcome_strip, signal_chart, sparkline
 from mape_k.console.data import ConsoleData, safe
 from mape_k.console.feed import DecisionFeed
+from mape_k.errors import MapekError
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +50,12 @@ SECURITY_HEADERS = {
 HEARTBEAT_S = 15.0
 DECISIONS_SHOWN = 25
 MAX_FORM_BYTES = 16 * 1024
-MAX_FREEZE_MIN = 365 * 24 * 60
+MAX_FORM_FIELDS = 20
+MAX_FREEZE_MIN = MAX_FREEZE_S / 60
+MAX_TEXT = 1000  # characters kept of a reason or a why
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
-_TARGET = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+_POLICY_ID = re.compile(f"^{POLICY_ID_PATTERN}$")
+_TARGET = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")  # printable, bounded
 
 
 class ConsoleControl(Protocol):
@@ -71,9 +76,13 @@ class ConsoleControl(Protocol):
 
 
 def _when(value: Any) -> str:
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "—"
-    return datetime.fromtimestamp(float(value), tz=UTC).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+    try:
+        stamp = datetime.fromtimestamp(float(value), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(value)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -101,6 +110,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = _when
+    env.filters["segment"] = lambda v: quote(str(v), safe="")  # one URL path segment
     env.filters["num"] = _num
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     return env
@@ -157,10 +167,12 @@ class Console:
         template: str,
         session: Session | None,
         status: int = 200,
+        *,
+        fragment: bool = False,
         **context: Any,
     ) -> web.Response:
         flash = None
-        if session is not None:
+        if session is not None and not fragment:  # a fragment (the live refresh) shows none
             flash = self._flashes.pop(session.id, None)
         html = self.env.get_template(template).render(
             session=session,
@@ -175,12 +187,27 @@ class Console:
         )
 
     async def _form(self, request: web.Request) -> Mapping[str, str]:
+        """The form's fields: urlencoded UTF-8, at most MAX_FORM_BYTES however it is sent
+        (read here, bounded, chunked or not), the first value of each name."""
         if request.content_type != "application/x-www-form-urlencoded":
             raise _Forbidden(415, "a console form is application/x-www-form-urlencoded")
+        if (request.charset or "utf-8").lower() not in {"utf-8", "utf8"}:
+            raise _Forbidden(415, "a console form is UTF-8")
         if (request.content_length or 0) > MAX_FORM_BYTES:
             raise _Forbidden(413, f"a console form is at most {MAX_FORM_BYTES} bytes")
-        form = await request.post()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        raw = await request.content.read(MAX_FORM_BYTES + 1)
+        if len(raw) > MAX_FORM_BYTES:
+            raise _Forbidden(413, f"a console form is at most {MAX_FORM_BYTES} bytes")
+        try:
+            pairs = parse_qsl(
+                raw.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Forbidden(400, f"unreadable form: {exc}") from exc
+        form: dict[str, str] = {}
+        for name, value in pairs:
+            form.setdefault(name, value)
+        return form
 
     def _same_origin(self, request: web.Request) -> bool:
         """A form's Origin, when the browser sends one, is this console's (defence in
@@ -216,13 +243,6 @@ class Console:
         proxied = request.remote is not None and is_loopback(request.remote)
         return proxied and request.headers.get("X-Forwarded-Proto") == "https"
 
-    def _back(self, session: Session, message: str, where: str | None) -> web.HTTPSeeOther:
-        self._flashes[session.id] = message
-        if len(self._flashes) > self.sessions.max_sessions:
-            self._flashes.pop(next(iter(self._flashes)))
-        target = where if where and where.startswith(f"{PREFIX}") and "//" not in where else PREFIX
-        return web.HTTPSeeOther(target)
-
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith(PREFIX):
@@ -231,11 +251,13 @@ class Console:
         try:
             response = await handler(request)
         except _Forbidden as refused:
-            session = self._session(request)
-            return self._page(
-                request, "error.html", session, status=refused.status, message=str(refused)
-            )
-        return response
+            status, message = refused.status, str(refused)
+        except MapekError as exc:  # the store or a client could not answer: say so
+            log.warning("console_read_failed", path=request.path, error=str(exc))
+            status, message = 503, f"the daemon could not answer: {exc}"
+        else:
+            return response
+        return self._page(request, "error.html", self._session(request), status, message=message)
 
     # --- login -----------------------------------------------------------------------------
 
@@ -303,7 +325,7 @@ class Console:
 
     async def panels(self, request: web.Request) -> web.Response:
         session = self._reader(request)
-        return self._page(request, "panels.html", session, **await self._now(1))
+        return self._page(request, "panels.html", session, fragment=True, **await self._now(1))
 
     async def _now(self, limit: int) -> dict[str, Any]:
         stats = await self.control.statistics(limit=limit, before=None)
@@ -339,7 +361,6 @@ class Console:
             "holds": holds,
             "pending": stats.get("pending_approvals", []),
             "verifications": orchestrator.get("pending_verifications", []),
-            "now_at": now,
         }
 
     async def decision(self, request: web.Request) -> web.Response:
@@ -442,14 +463,15 @@ class Console:
                 try:
                     item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                 except TimeoutError:
+                    self._reader(request)  # a login that expired (or ended) ends its stream
                     await response.write(b": ping\n\n")
                     continue
                 if self.feed.ended(item):
                     break
                 data = json.dumps(item, default=str, allow_nan=False)
                 await response.write(f"event: decision\ndata: {data}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except (ConnectionResetError, web.HTTPSeeOther):
+            pass  # the browser went away, or its session did: it reconnects and logs in
         finally:
             self.feed.release(queue)
         return response
@@ -460,75 +482,101 @@ class Console:
         self,
         request: web.Request,
         name: str,
-        act: Callable[[Session, Mapping[str, str], str], Awaitable[str]],
+        parse: Callable[[Mapping[str, str]], dict[str, Any]],
+        run: Callable[[dict[str, Any], str], Awaitable[str]],
     ) -> web.Response:
+        """Check the session and its CSRF token, validate the form (`parse`: the fields the
+        act takes, or a 422 naming one), journal them with who and why, then act."""
         session, form = await self._admin(request)
-        why = form.get("why", "").strip()[:1000]
+        fields = parse(form)
+        fields["why"] = form.get("why", "").strip()[:MAX_TEXT]
         caller = f"{session.label} from {request.remote or 'unknown'}"
-        body = {k: v[:1000] for k, v in form.items() if k != "csrf"}
-        await self.control.record_control(route=f"console {name}", body=body, caller=caller)
-        log.info("console_act", act=name, caller=caller, why=why)
-        message = await act(session, form, caller)
-        raise self._back(session, message, form.get("next"))
+        await self.control.record_control(route=f"console {name}", body=fields, caller=caller)
+        log.info("console_act", act=name, caller=caller, why=fields["why"])
+        self._flashes[session.id] = await run(fields, caller)
+        while len(self._flashes) > self.sessions.max_sessions:
+            self._flashes.pop(next(iter(self._flashes)))
+        raise web.HTTPSeeOther(PREFIX)
 
     async def approve(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, form: Mapping[str, str], caller: str) -> str:
-            pid = form.get("policy_id", "")
+        async def run(fields: dict[str, Any], caller: str) -> str:
+            pid = fields["policy_id"]
             done = await self.control.approve(pid, caller=caller)
             return f"approved {pid}" if done else f"no pending policy {pid} (expired or answered)"
 
-        return await self._act(request, "approve", act)
+        return await self._act(request, "approve", _policy_id, run)
 
     async def reject(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, form: Mapping[str, str], caller: str) -> str:
-            pid = form.get("policy_id", "")
+        async def run(fields: dict[str, Any], caller: str) -> str:
+            pid = fields["policy_id"]
             done = await self.control.reject(pid, caller=caller)
             return f"rejected {pid}" if done else f"no pending policy {pid} (expired or answered)"
 
-        return await self._act(request, "reject", act)
+        return await self._act(request, "reject", _policy_id, run)
 
     async def freeze(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, form: Mapping[str, str], caller: str) -> str:
-            reason = form.get("why", "").strip()
-            if not reason:
-                raise _Forbidden(422, "why: a freeze needs a reason")
-            minutes = form.get("minutes", "").strip()
-            duration = None
-            if minutes:
-                try:
-                    value = float(minutes)
-                except ValueError:
-                    value = math.nan
-                if not 0 < value <= MAX_FREEZE_MIN:
-                    raise _Forbidden(422, f"minutes: a number in (0, {MAX_FREEZE_MIN}], or empty")
-                duration = value * 60
-            await self.control.freeze(reason[:1000], duration, caller=caller)
-            return "frozen " + (f"for {minutes} min" if duration else "until unfrozen")
+        async def run(fields: dict[str, Any], caller: str) -> str:
+            duration = fields["duration_s"]
+            await self.control.freeze(fields["reason"], duration, caller=caller)
+            return "frozen " + (f"for {duration / 60:g} min" if duration else "until unfrozen")
 
-        return await self._act(request, "freeze", act)
+        return await self._act(request, "freeze", _freeze_fields, run)
 
     async def unfreeze(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, _form: Mapping[str, str], caller: str) -> str:
+        async def run(_fields: dict[str, Any], caller: str) -> str:
             result = await self.control.unfreeze(caller=caller)
             return str(result.get("reason") or "unfrozen") if result.get("frozen") else "unfrozen"
 
-        return await self._act(request, "unfreeze", act)
+        return await self._act(request, "unfreeze", lambda _form: {}, run)
 
     async def dry_run(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, form: Mapping[str, str], caller: str) -> str:
-            enabled = form.get("enabled") == "true"
-            await self.control.set_dry_run(enabled, caller=caller)
-            return "dry-run on" if enabled else "dry-run off: actions run"
+        def parse(form: Mapping[str, str]) -> dict[str, Any]:
+            if form.get("enabled") not in {"true", "false"}:
+                raise _Forbidden(422, "enabled: true or false")
+            return {"enabled": form["enabled"] == "true"}
 
-        return await self._act(request, "dry-run", act)
+        async def run(fields: dict[str, Any], caller: str) -> str:
+            await self.control.set_dry_run(fields["enabled"], caller=caller)
+            return "dry-run on" if fields["enabled"] else "dry-run off: actions run"
+
+        return await self._act(request, "dry-run", parse, run)
 
     async def clear_hold(self, request: web.Request) -> web.Response:
-        async def act(_s: Session, form: Mapping[str, str], caller: str) -> str:
+        def parse(form: Mapping[str, str]) -> dict[str, Any]:
             target = form.get("target", "")
+            if not _TARGET.match(target):
+                raise _Forbidden(422, "target: 1-200 printable characters")
+            return {"target": target}
+
+        async def run(fields: dict[str, Any], caller: str) -> str:
+            target = fields["target"]
             done = await self.control.clear_hold(target, caller=caller)
             return f"cleared the hold on {target}" if done else f"no hold on {target}"
 
-        return await self._act(request, "clear-hold", act)
+        return await self._act(request, "clear-hold", parse, run)
+
+
+def _policy_id(form: Mapping[str, str]) -> dict[str, Any]:
+    policy_id = form.get("policy_id", "")
+    if not _POLICY_ID.match(policy_id):
+        raise _Forbidden(422, "policy_id: missing or not a policy id")
+    return {"policy_id": policy_id}
+
+
+def _freeze_fields(form: Mapping[str, str]) -> dict[str, Any]:
+    reason = form.get("why", "").strip()[:MAX_TEXT]
+    if not reason:
+        raise _Forbidden(422, "why: a freeze needs a reason")
+    minutes = form.get("minutes", "").strip()
+    if not minutes:
+        return {"reason": reason, "duration_s": None}
+    try:
+        value = float(minutes)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_FREEZE_MIN:
+        raise _Forbidden(422, f"minutes: a number in (0, {MAX_FREEZE_MIN:g}], or empty")
+    return {"reason": reason, "duration_s": value * 60}
 
 
 def _chosen_target(record: Mapping[str, Any]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -115,7 +116,7 @@ def records_command(
     chain = f" --episode {episode.index}" if scenario.episodes > 1 else ""
     shipped = not scenario.source.endswith((".yaml", ".yml"))
     target = scenario.name if shipped else scenario.source
-    sets = "".join(f" --set {key}={value}" for key, value in overrides)
+    sets = "".join(f" --set {shlex.quote(f'{key}={value}')}" for key, value in overrides)
     return (
         f"mape-k simulate --scenario {target} --seed {episode.seed}{chain}"
         f" --policy mape-k{sets} --records"

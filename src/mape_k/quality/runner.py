@@ -93,6 +93,10 @@ class Episode:
         }
 
 
+# What every episode sets itself (settings_for): a --set of these would be silently ignored.
+EPISODE_FIXED = ("knowledge.path", "charter.mode", "server")
+
+
 def settings_for(
     scenario: Scenario, knowledge: Path, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
@@ -112,6 +116,8 @@ def check_overrides(overrides: Mapping[str, Any], selected: Iterable[Scenario]) 
     setting with a valid value, alone and over each selected scenario's own settings."""
     scratch = Path(tempfile.gettempdir()) / "mape-k-check.sqlite3"  # validated, not opened
     for key, value in overrides.items():
+        if any(key == fixed or key.startswith(f"{fixed}.") for fixed in EPISODE_FIXED):
+            raise ConfigError(f"--set {key}: an episode sets this itself (its own store, the mock)")
         try:
             settings_for(
                 Scenario(name="--set", description="", regime="calm", duration_s=1.0),

@@ -38,7 +38,8 @@ function addDecision(tbody, d) {
   cell(row, d.action || "");
   cell(row, d.why).className = "why";
   tbody.insertBefore(row, tbody.firstChild);
-  while (tbody.rows.length > 50) tbody.deleteRow(tbody.rows.length - 1);
+  while (tbody.rows.length > 25)  // as many as the page shows
+    tbody.deleteRow(tbody.rows.length - 1);
 }
 
 // The server's HTML of each panel section as last shown: a section is replaced only when
@@ -77,13 +78,45 @@ function refreshPanels(url) {
     .catch(function () {});
 }
 
+// After a reconnect the decisions that came meanwhile were not streamed: take the table
+// (rendered and escaped by the server) from a fresh copy of the page.
+function reloadDecisions(table) {
+  fetch(window.location.pathname, { credentials: "same-origin" })
+    .then(function (r) { return r.ok ? r.text() : null; })
+    .then(function (html) {
+      if (html == null) return;
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var fresh = doc.querySelector("#decisions tbody");
+      if (fresh) table.tBodies[0].replaceWith(document.importNode(fresh, true));
+    })
+    .catch(function () {});
+}
+
 function stream() {
   var table = document.getElementById("decisions");
   if (!table || !window.EventSource) return;
   var live = document.getElementById("live");
+  var opened = false;
   var source = new EventSource(table.dataset.stream);
-  source.onopen = function () { live.textContent = "live"; live.className = "live on"; };
-  source.onerror = function () { live.textContent = "reconnecting…"; live.className = "live off"; };
+  source.onopen = function () {
+    if (opened) {  // a reconnect: catch up on what the gap missed
+      reloadDecisions(table);
+      refreshPanels(table.dataset.panels);
+    }
+    opened = true;
+    live.textContent = "live";
+    live.className = "live on";
+  };
+  source.onerror = function () {
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+    if (source.readyState === EventSource.CLOSED) {
+      // refused (503: too many streams; a login that expired): EventSource gives up for
+      // good, so start again later; a reload shows the login page if that is the reason
+      source.close();
+      window.setTimeout(function () { stream(); reloadDecisions(table); }, 10000);
+    }
+  };
   source.addEventListener("decision", function (event) {
     var d;
     try { d = JSON.parse(event.data); } catch (e) { return; }
