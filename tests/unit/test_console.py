@@ -141,6 +141,26 @@ async def test_an_unknown_decision_is_a_404_page_not_a_traceback(tmp_path, clock
         assert response.headers["Content-Security-Policy"] == CSP
 
 
+async def test_odd_record_shapes_from_the_journal_still_render(tmp_path, clock):
+    odd = {
+        "id": "odd-1",
+        "started_at": 1e20,
+        "result": None,
+        "choice": None,
+        "causes": [None, {"name": "x"}],
+        "candidates": [None, "x", {"policy_id": None}],
+        "guard_decisions": [{"guard": "g"}],
+        "inputs": {"queries": None, "violations": None, "degraded": None},
+        "execution": {"actions": None, "status": "completed", "id": None},
+        "phases_s": {"total": None},
+    }
+    async with console(tmp_path, clock) as (parts, client):
+        parts.orchestrator.records.append(odd)
+        for path in ("/ui/decisions/odd-1", "/ui"):
+            response = await client.get(path)
+            assert response.status == 200, path
+
+
 async def test_hostile_alert_labels_render_as_text(tmp_path, clock):
     async with console(tmp_path, clock, fault=None) as (parts, client):
         parts.router.route_alerts(

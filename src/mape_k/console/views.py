@@ -579,11 +579,17 @@ def _freeze_fields(form: Mapping[str, str]) -> dict[str, Any]:
     return {"reason": reason, "duration_s": value * 60}
 
 
+def _mappings(value: Any) -> list[Mapping[str, Any]]:
+    """The mappings in a list read back from a record or /stats (anything else skipped)."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
 def _chosen_target(record: Mapping[str, Any]) -> str | None:
     """The target of the policy a record chose (a candidate's cause is "name/target")."""
-    choice = record.get("choice") or {}
-    for candidate in record.get("candidates") or ():
-        if candidate.get("policy_id") == choice.get("policy_id"):
+    choice = record.get("choice")
+    chosen = choice.get("policy_id") if isinstance(choice, Mapping) else None
+    for candidate in _mappings(record.get("candidates")):
+        if chosen is not None and candidate.get("policy_id") == chosen:
             return str(candidate.get("cause", "")).split("/", 1)[-1] or None
     return None
 
@@ -610,8 +616,8 @@ def _holds(guards: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
             since=h.get("since"),
             clearable=True,
         )
-        for h in guards.get("needs_human") or ()
-        if h.get("until") is None or h.get("until") > now
+        for h in _mappings(guards.get("needs_human"))
+        if not isinstance(h.get("until"), int | float) or h["until"] > now
     ]
     holds += [
         _hold(
@@ -621,11 +627,11 @@ def _holds(guards: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
             b.get("until"),
             since=b.get("since"),
         )
-        for b in guards.get("oscillating_targets") or ()
+        for b in _mappings(guards.get("oscillating_targets"))
         if b.get("active")
     ]
-    circuit = guards.get("charter_circuit") or {}
-    if circuit.get("phase") == "open":
+    circuit = guards.get("charter_circuit")
+    if isinstance(circuit, Mapping) and circuit.get("phase") == "open":
         reason = f"{circuit.get('failures')} failed calls, last: {circuit.get('last_error')}"
         holds.append(_hold("breaker (Charter API)", "charter API", reason, circuit.get("until")))
     holds += [
@@ -635,7 +641,7 @@ def _holds(guards: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
             f"{c.get('action_type')} cooling down",
             c.get("until"),
         )
-        for c in guards.get("cooldowns") or ()
+        for c in _mappings(guards.get("cooldowns"))
     ]
     return holds
 
