@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prom_support import (
@@ -40,15 +40,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusP
         yield handle
     finally:
         handle.stop()
-
-
-@pytest.fixture(params=["httpx", "aiohttp"])
-async def client(
-    request: pytest.FixtureRequest, prometheus: PrometheusProcess
-) -> AsyncIterator[PrometheusClient]:
-    transport = aiohttp_transport(4) if request.param == "aiohttp" else None
-    async with PrometheusClient(url=prometheus.url, timeout_s=2.0, transport=transport) as prom:
-        yield prom
 
 
 async def test_signal_history_reads_points_from_a_real_prometheus(client):

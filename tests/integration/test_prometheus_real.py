@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from mape_k.config import Comparator, MonitorConfig, ViolationRule
 from mape_k.errors import PrometheusQueryError, PrometheusUnavailable
-from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
+from mape_k.integrations.prometheus import PrometheusClient
 from mape_k.loop.monitor import Monitor
 from mape_k.models import Severity
 
@@ -76,16 +76,6 @@ def prometheus(tmp_path: Path, exporter: Exporter) -> Iterator[PrometheusProcess
         yield handle
     finally:
         handle.stop()
-
-
-@pytest.fixture(params=["httpx", "aiohttp"])
-async def client(
-    request: pytest.FixtureRequest, prometheus: PrometheusProcess
-) -> AsyncIterator[PrometheusClient]:
-    """Both transports: httpx's own (unit tests, respx) and aiohttp's (what app.py runs)."""
-    transport = aiohttp_transport(4) if request.param == "aiohttp" else None
-    async with PrometheusClient(url=prometheus.url, timeout_s=2.0, transport=transport) as prom:
-        yield prom
 
 
 async def wait_for_value(client: PrometheusClient, promql: str, expected: float) -> None:

@@ -499,20 +499,26 @@ class Console:
         raise web.HTTPSeeOther(PREFIX)
 
     async def approve(self, request: web.Request) -> web.Response:
-        async def run(fields: dict[str, Any], caller: str) -> str:
-            pid = fields["policy_id"]
-            done = await self.control.approve(pid, caller=caller)
-            return f"approved {pid}" if done else f"no pending policy {pid} (expired or answered)"
-
-        return await self._act(request, "approve", _policy_id, run)
+        return await self._answer(request, "approve", self.control.approve, "approved")
 
     async def reject(self, request: web.Request) -> web.Response:
+        return await self._answer(request, "reject", self.control.reject, "rejected")
+
+    async def _answer(
+        self,
+        request: web.Request,
+        name: str,
+        answer: Callable[..., Awaitable[dict[str, Any] | None]],
+        done: str,
+    ) -> web.Response:
+        """An operator's answer to a pending policy (approve or reject)."""
+
         async def run(fields: dict[str, Any], caller: str) -> str:
             pid = fields["policy_id"]
-            done = await self.control.reject(pid, caller=caller)
-            return f"rejected {pid}" if done else f"no pending policy {pid} (expired or answered)"
+            found = await answer(pid, caller=caller)
+            return f"{done} {pid}" if found else f"no pending policy {pid} (expired or answered)"
 
-        return await self._act(request, "reject", _policy_id, run)
+        return await self._act(request, name, _policy_id, run)
 
     async def freeze(self, request: web.Request) -> web.Response:
         async def run(fields: dict[str, Any], caller: str) -> str:
