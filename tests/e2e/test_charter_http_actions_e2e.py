@@ -76,7 +76,9 @@ def daemon_config(charter_url: str, authorization: Path) -> dict[str, Any]:
         "planner": {
             "actions": http_actions(charter_url, authorization),
             "remediations": {FAULT_CAUSE[fault]: candidates for fault, candidates in one.items()}
-            | {"queue_backlog": [[{"type": "charter_scale_out"}]]},
+            # A queue backlog is a symptom here (of a slowed or overloaded committee, each
+            # with its own fix): no candidate, so a latency fault is never scaled out first.
+            | {"queue_backlog": []},
         },
         "guards": {"cooldown": {"base_s": 0}},  # two restarts in a row, on purpose
     }
