@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FAULT  ?= error_burst
-DEB_PKGS := prometheus prometheus-alertmanager docker-compose chromium chromium-driver
+DEB_PKGS := prometheus prometheus-alertmanager docker-compose chromium chromium-driver postgresql
 
 .PHONY: venv deps run demo test unit lint type bench docs quality all clean
 
@@ -20,11 +20,14 @@ venv: $(VENV)/.installed
 # Debian's prometheus / prometheus-alertmanager (promtool, amtool) and docker-compose (v1: it
 # validates the compose file; no engine needed) for the integration
 # tests and the demo, chromium and chromium-driver (chromedriver) for the real-browser
-# tests (tests/browser_support.py): installed when missing and we are root, otherwise we say how.
+# tests (tests/browser_support.py), postgresql (its initdb is not on PATH) for the store's
+# PostgreSQL tests (tests/pg_support.py): installed when missing and we are root, otherwise
+# we say how.
 deps:
 	@missing=""; \
 	for b in prometheus promtool prometheus-alertmanager amtool docker-compose chromium chromedriver; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages $(DEB_PKGS) (missing:$$missing)"; \
