@@ -34,6 +34,12 @@ DEADLINE_S = 60.0
 WATCHED = {c.signal: c.threshold for c in CAUSES}
 # The five faults in an order where one fix does not hide the next fault's cause.
 FAULTS = ("bad_policy", "error_burst", "latency_degradation", "member_crash", "load_spike")
+# latency_degradation also lowers each member's capacity (by ~15 %): under the stack's load
+# the saturation can cross its 0.9 threshold before p99 is read over 0.5, overload then
+# inhibits high_latency and the daemon scales out first (verified SUCCESS for overload:
+# the saturation falls). The fitting rebalance must still follow and be learned as SUCCESS
+# for high_latency: remediate() waits for exactly that.
+ALSO_FIRST = {"latency_degradation": {"scale_committee"}}
 FIX = {
     "bad_policy": "charter_good_policy",
     "error_burst": "charter_restart",
@@ -77,7 +83,7 @@ def daemon_config(charter_url: str, authorization: Path) -> dict[str, Any]:
             "actions": http_actions(charter_url, authorization),
             "remediations": {FAULT_CAUSE[fault]: candidates for fault, candidates in one.items()}
             # A queue backlog is a symptom here (of a slowed or overloaded committee, each
-            # with its own fix): no candidate, so a latency fault is never scaled out first.
+            # with its own fix): no candidate of its own.
             | {"queue_backlog": []},
         },
         "guards": {"cooldown": {"base_s": 0}},  # two restarts in a row, on purpose
@@ -93,12 +99,18 @@ def successes(stats: dict[str, Any], *, cause: str, action: str) -> int:
 
 
 async def until_quiet(stack: Stack) -> None:
+    """Until the last fault is over for everyone: no alert active in Prometheus, and the
+    daemon idle with nothing left to verify — so the next fault's first call is its own,
+    not a late fix of the last one's aftermath (a backlog read as overload)."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        if not await stack.prometheus_alerts():
+        stats = await stack.daemon_stats()
+        last = (stats.get("iterations") or [{}])[0]
+        busy = stats["orchestrator"]["pending_verifications"] or last.get("result") != "idle"
+        if not busy and not await stack.prometheus_alerts():
             return
-        await asyncio.sleep(POLL_S)  # waiting for another process's rule evaluation
-    pytest.fail(f"alerts still active: {await stack.prometheus_alerts()}")
+        await asyncio.sleep(POLL_S)  # waiting for other processes' evaluations
+    pytest.fail(f"not quiet: {await stack.prometheus_alerts()}, {last}")
 
 
 async def remediate(stack: Stack, fault: str) -> dict[str, Any]:
@@ -115,6 +127,7 @@ async def remediate(stack: Stack, fault: str) -> dict[str, Any]:
         state = await stack.sim_state()
         applied = [a for a in state["actions"][before:] if not a["replayed"] and not a["error"]]
         seen["applied"] = [a["operation"] for a in applied]
+        seen["calls"] = applied
         under = all(state["signals"][name] <= limit for name, limit in WATCHED.items())
         stats = await stack.daemon_stats()
         if applied and under and successes(stats, cause=cause, action=action):
@@ -146,7 +159,11 @@ async def test_the_five_faults_recover_through_http_actions_alone(tmp_path: Path
         for fault in FAULTS:
             seen = await remediate(stack, fault)
             assert seen["fired"], f"{fault}: no {FAULT_CAUSE[fault]} alert fired"
-            assert seen["applied"][0] in FITTING_OPERATIONS[fault], (fault, seen["applied"])
+            first = seen["applied"][0]
+            assert first in FITTING_OPERATIONS[fault] | ALSO_FIRST.get(fault, set()), (
+                fault,
+                seen["calls"],
+            )
             await until_quiet(stack)
         stats = await stack.daemon_stats()
         readiness = await stack.daemon_readiness()
