@@ -16,6 +16,7 @@ stalled database, connections hang) — what the HA tests do to a running store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -190,13 +191,16 @@ class PostgresProcess:
                 children.append(int(stat.parent.name))
         return [parent, *children]
 
-    def pause(self) -> None:
+    def _signal_all(self, sig: signal.Signals) -> None:
         for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just exited
+                os.kill(pid, sig)
+
+    def pause(self) -> None:
+        self._signal_all(signal.SIGSTOP)
 
     def resume(self) -> None:
-        for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+        self._signal_all(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the postmaster (a crash); the backends notice and exit."""
