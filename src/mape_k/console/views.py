@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 import jinja2
@@ -32,6 +32,9 @@ from mape_k.console.charts import outcome_strip, signal_chart, sparkline
 from mape_k.console.data import ConsoleData, safe
 from mape_k.console.feed import DecisionFeed
 from mape_k.errors import MapekError
+
+if TYPE_CHECKING:  # server.py builds the console: a type-only import, no cycle at run time
+    from mape_k.server import DaemonControl
 
 log = structlog.get_logger(__name__)
 
@@ -56,23 +59,6 @@ MAX_TEXT = 1000  # characters kept of a reason or a why
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _POLICY_ID = re.compile(f"^{POLICY_ID_PATTERN}$")
 _TARGET = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")  # printable, bounded
-
-
-class ConsoleControl(Protocol):
-    """The daemon's control surface the console acts through (server.DaemonControl's)."""
-
-    async def health(self) -> tuple[bool, str]: ...
-    async def statistics(self, *, limit: int, before: float | None) -> dict[str, Any]: ...
-    async def pending_approvals(self) -> list[dict[str, Any]]: ...
-    async def approve(self, policy_id: str, *, caller: str) -> dict[str, Any] | None: ...
-    async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None: ...
-    async def freeze(
-        self, reason: str, duration_s: float | None, *, caller: str
-    ) -> dict[str, Any]: ...
-    async def unfreeze(self, *, caller: str) -> dict[str, Any]: ...
-    async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]: ...
-    async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None: ...
-    async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None: ...
 
 
 def _when(value: Any) -> str:
@@ -128,7 +114,7 @@ class Console:
     def __init__(
         self,
         *,
-        control: ConsoleControl,
+        control: DaemonControl,
         data: ConsoleData,
         config: ServerConfig,
         admin_token: str | None,
@@ -600,14 +586,22 @@ def _chosen_target(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _hold(kind: str, target: Any, reason: Any, until: Any, **extra: Any) -> dict[str, Any]:
+def _hold(
+    kind: str,
+    target: Any,
+    reason: Any,
+    until: Any,
+    *,
+    since: Any = None,
+    clearable: bool = False,
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "target": target,
         "reason": reason,
         "until": until,
-        "since": extra.get("since"),
-        "clearable": extra.get("clearable", False),
+        "since": since,
+        "clearable": clearable,
     }
 
 
