@@ -104,6 +104,11 @@ class StoreSchemaError(StoreError):
     """The knowledge file was written by a newer mape-k (or an unknown schema)."""
 
 
+class StaleEpochError(StoreError):
+    """A fenced write carried a leader epoch the shared store no longer holds: the lease
+    lapsed (a paused, partitioned or slow replica) or another replica took it over."""
+
+
 class ExecutionError(MapekError):
     """An action failed or timed out."""
 

@@ -138,6 +138,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (fingerprint, status)
     );
     """,
+    # 3: high availability. The leader's epoch on every journal entry it writes (NULL: a
+    # single node), and the leader lease replicas contend for (used on PostgreSQL only;
+    # the same schema on both backends).
+    """
+    ALTER TABLE iterations ADD COLUMN epoch INTEGER;
+    ALTER TABLE executions ADD COLUMN epoch INTEGER;
+    ALTER TABLE outcomes ADD COLUMN epoch INTEGER;
+    ALTER TABLE guard_decisions ADD COLUMN epoch INTEGER;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        acquired_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -197,6 +214,33 @@ class InboxRow:
     ends_at: float | None
     seen_at: float
     labels: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The leader's claim written with every fenced write: the lease `holder` and its
+    `epoch`. On PostgreSQL a fenced write commits only while the lease row says exactly
+    this and has not expired by the database's clock (else StaleEpochError)."""
+
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """One lease row as the database holds it after an acquire, renew or read. Times are
+    the database's clock (seconds since the epoch); `now` is that clock at the read."""
+
+    name: str
+    holder: str
+    epoch: int
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+    now: float
+
+    def held_by(self, holder: str) -> bool:
+        return self.holder == holder and self.expires_at > self.now
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +469,7 @@ class Store:
         # Shrink above this; raised after a shrink that could not reach the budget (what
         # is left is never pruned), so that every write does not try again.
         self._shrink_above = max_bytes
+        self._fence: Fence | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -619,8 +664,29 @@ class Store:
         return self._path
 
     @property
+    def location(self) -> str:
+        """Where the store is, for logs and /readyz (the file's path)."""
+        return str(self._path)
+
+    @property
     def schema_version(self) -> int:
         return self._schema_version
+
+    @property
+    def fence(self) -> Fence | None:
+        return self._fence
+
+    def set_fence(self, fence: Fence | None) -> None:
+        """Write `fence.epoch` with every journal entry from now on (None: a single node).
+
+        One SQLite file has one writer, so nothing is checked here; on PostgreSQL the same
+        call makes every fenced write conditional on the lease (see PostgresStore).
+        """
+        self._fence = fence
+
+    @property
+    def _epoch(self) -> int | None:
+        return None if self._fence is None else self._fence.epoch
 
     def integrity_ok(self) -> bool:
         """True when `PRAGMA quick_check` answers ok."""
@@ -713,10 +779,11 @@ class Store:
         """Store (or replace) the decision record of one iteration."""
         with self._tx("record_iteration") as conn:
             conn.execute(
-                "INSERT INTO iterations (id, started_at, result, record) VALUES (?, ?, ?, ?)"
+                "INSERT INTO iterations (id, started_at, result, record, epoch)"
+                " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
-                " result = excluded.result, record = excluded.record",
-                (iteration_id, started_at, result, _dumps(record)),
+                " result = excluded.result, record = excluded.record, epoch = excluded.epoch",
+                (iteration_id, started_at, result, _dumps(record), self._epoch),
             )
 
     def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
@@ -745,12 +812,13 @@ class Store:
         with self._tx("upsert_execution") as conn:
             conn.execute(
                 "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
-                " started_at, finished_at, dry_run, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " started_at, finished_at, dry_run, record, epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
                 " cause = excluded.cause, target = excluded.target,"
                 " action_type = excluded.action_type, status = excluded.status,"
                 " started_at = excluded.started_at, finished_at = excluded.finished_at,"
-                " dry_run = excluded.dry_run, record = excluded.record",
+                " dry_run = excluded.dry_run, record = excluded.record, epoch = excluded.epoch",
                 (
                     execution.id,
                     policy.id,
@@ -762,6 +830,7 @@ class Store:
                     execution.finished_at,
                     int(execution.dry_run),
                     _dumps(execution),
+                    self._epoch,
                 ),
             )
 
@@ -827,7 +896,7 @@ class Store:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO outcomes (execution_id, policy_id, cause, action_type,"
                 " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
-                " recorded_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " recorded_at, detail, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     outcome.execution_id,
                     outcome.policy_id,
@@ -841,6 +910,7 @@ class Store:
                     outcome.time_to_stabilize_s,
                     outcome.recorded_at,
                     outcome.detail,
+                    self._epoch,
                 ),
             )
             inserted = cursor.rowcount == 1
@@ -936,8 +1006,8 @@ class Store:
     def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
         with self._tx("record_guard_decision") as conn:
             conn.execute(
-                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until, epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     at,
                     decision.guard,
@@ -945,6 +1015,7 @@ class Store:
                     decision.reason,
                     decision.policy_id,
                     decision.until,
+                    self._epoch,
                 ),
             )
 
