@@ -54,6 +54,7 @@ from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +83,7 @@ def sd_notify(message: str) -> bool:
 class Components:
     settings: Settings
     metrics: Metrics
-    store: Store
+    store: AsyncStore
     knowledge: Knowledge
     charter: CharterClient | None  # None: charter.mode none (user-defined actions only)
     inbox: AlertInbox
@@ -106,11 +107,15 @@ async def build(
     """Every component of the daemon, opened in order and closed in reverse."""
     metrics = Metrics(registry or CollectorRegistry())
     async with AsyncExitStack() as stack:
-        store = Store.open(
-            settings.knowledge.path, max_bytes=settings.knowledge.max_bytes, metrics=metrics
+        store = AsyncStore(
+            Store.open(
+                settings.knowledge.path, max_bytes=settings.knowledge.max_bytes, metrics=metrics
+            ),
+            threaded=False,
         )
         stack.callback(store.close)
         knowledge = Knowledge(store, settings.knowledge, metrics=metrics)
+        await knowledge.update_patterns()
         prometheus: PrometheusClient | None = None
         source: MetricSource
         if settings.charter.mode is CharterMode.MOCK:
@@ -150,11 +155,11 @@ async def build(
             clock=clock,  # the daemon's one clock: TTLs and endsAt on simulated time too
         )
         try:
-            inbox.restore(store.inbox_rows())
+            inbox.restore(await store.inbox_rows())
         except StoreError as exc:  # a cache of Alertmanager's state: it re-sends in time
             log.warning("alert_inbox_not_restored", error=str(exc))
-        router = AlertMessageRouter()
-        router.register_default_handler(inbox.offer)
+        await inbox.flush()
+        router = AlertMessageRouter(inbox)
         monitor = Monitor(settings.monitor, source=source, alerts=inbox, metrics=metrics)
         # The safety envelope first: the executor acts through its circuit breaker and
         # stops on its hold, the planner asks it what is approved.
@@ -165,9 +170,9 @@ async def build(
             clock=clock,
             dry_run=settings.executor.dry_run,
         )
-        envelope.load()
+        await envelope.load()
         alerts = NeedsHumanAlerts(store=store, metrics=metrics)
-        alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
+        await alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -213,14 +218,14 @@ async def build(
 async def reconcile(parts: Components, now: float | None = None) -> int:
     """Settle executions a crash left in progress from what the Charter says happened,
     then resume the envelope from the journal (guard history, pending verifications)."""
-    unfinished = parts.store.unfinished_executions()
+    unfinished = await parts.store.unfinished_executions()
     for execution in unfinished:
         try:
             await parts.orchestrator.executor.reconcile(execution)
         except MapekError as exc:
             log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
     try:
-        parts.orchestrator.resume(time.time() if now is None else now)
+        await parts.orchestrator.resume(time.time() if now is None else now)
     except MapekError as exc:
         log.error("resume_failed", error=str(exc))
     return len(unfinished)
@@ -253,12 +258,12 @@ class Daemon:
     def trigger(self, reason: str) -> None:
         self._orch.trigger(reason)
 
-    def _knowledge_check(self) -> str:
+    async def _knowledge_check(self) -> str:
         """The store's integrity check, at most once a minute (it reads the whole file)."""
         now = self._clock()
         if self._integrity is None or now - self._integrity[0] >= INTEGRITY_EVERY_S:
             try:
-                ok = self._parts.store.integrity_ok()
+                ok = await self._parts.store.integrity_ok()
                 state = "ok" if ok else "integrity check failed"
             except StoreError as exc:
                 state = str(exc)
@@ -287,7 +292,7 @@ class Daemon:
         else:
             checks["prometheus"] = "ok"
         # A failed write (a full disk) shows at once; the integrity check once a minute.
-        checks["knowledge"] = self._parts.store.write_problem() or self._knowledge_check()
+        checks["knowledge"] = self._parts.store.write_problem() or await self._knowledge_check()
         charter = self._parts.charter
         try:
             if charter is not None:  # charter.mode none: no Charter to be ready for
@@ -329,7 +334,7 @@ class Daemon:
         self, *, limit: int = STATS_LIMIT, before: float | None = None
     ) -> dict[str, Any]:
         store = self._parts.store
-        iterations, more = self._orch.recent_records(limit=limit, before=before)
+        iterations, more = await self._orch.recent_records(limit=limit, before=before)
         next_before = iterations[-1].get("started_at") if more and iterations else None
         return {
             "guards": self._orch.guard_statistics(self._clock()),
@@ -352,8 +357,8 @@ class Daemon:
                 {"cause": i.cause, "kind": i.kind, "message": i.message, "confidence": i.confidence}
                 for i in self._parts.knowledge.generate_insights()
             ],
-            "guard_decisions": store.recent_guard_decisions(20),
-            "control": store.recent_control(20),
+            "guard_decisions": await store.recent_guard_decisions(20),
+            "control": await store.recent_control(20),
             "alerts": {"firing": len(self._parts.inbox.firing())},
         }
 
@@ -372,7 +377,7 @@ class Daemon:
         ]
 
     async def approve(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
-        policy = self._orch.approve(policy_id, now=self._clock())
+        policy = await self._orch.approve(policy_id, now=self._clock())
         if policy is None:
             return None
         log.info("policy_approved", policy_id=policy_id, caller=caller)
@@ -380,7 +385,7 @@ class Daemon:
         return {"policy_id": policy_id, "status": "approved"}
 
     async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
-        policy = self._orch.reject(policy_id, now=self._clock())
+        policy = await self._orch.reject(policy_id, now=self._clock())
         if policy is None:
             return None
         log.info("policy_rejected", policy_id=policy_id, caller=caller)
@@ -390,7 +395,7 @@ class Daemon:
         now = self._clock()
         until = None if duration_s is None else now + duration_s
         freeze = Freeze(reason=reason, since=now, until=until, source=f"operator {caller}")
-        persisted = self._set_freeze(freeze)
+        persisted = await self._set_freeze(freeze)
         log.warning("frozen", reason=reason, until=until, caller=caller, persisted=persisted)
         return {
             "frozen": True,
@@ -404,22 +409,22 @@ class Daemon:
         if self._parts.settings.guards.frozen:
             # The configuration's kill switch is lifted where it was set, not over HTTP.
             config = self._orch.envelope.config_freeze(self._parts.settings.guards)
-            persisted = self._set_freeze(config)
+            persisted = await self._set_freeze(config)
             log.warning("unfreeze_refused", caller=caller, reason="guards.frozen is set")
             return {
                 "frozen": True,
                 "reason": "guards.frozen is set in the configuration: change it and reload",
                 "persisted": persisted,
             }
-        persisted = self._set_freeze(None)
+        persisted = await self._set_freeze(None)
         log.warning("unfrozen", caller=caller, persisted=persisted)
         return {"frozen": False, "persisted": persisted}
 
-    def _set_freeze(self, freeze: Freeze | None) -> bool:
-        return self._orch.envelope.set_freeze(freeze, now=self._clock())
+    async def _set_freeze(self, freeze: Freeze | None) -> bool:
+        return await self._orch.envelope.set_freeze(freeze, now=self._clock())
 
     async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
-        if not self._orch.clear_hold(target, now=self._clock()):
+        if not await self._orch.clear_hold(target, now=self._clock()):
             return None
         log.warning("needs_human_cleared", target=target, caller=caller)
         self._orch.trigger("hold cleared")
@@ -433,16 +438,16 @@ class Daemon:
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         # Best effort: a full disk must not stop an operator's freeze from taking effect.
         try:
-            self._parts.store.record_control(
+            await self._parts.store.record_control(
                 at=self._clock(), route=route, body=body, caller=caller
             )
         except StoreError as exc:
             log.error("control_record_failed", route=route, caller=caller, error=str(exc))
 
 
-def restore_freeze(parts: Components, now: float) -> None:
+async def restore_freeze(parts: Components, now: float) -> None:
     """An operator's or a panic's freeze (the kill switch above all) survives a restart."""
-    parts.orchestrator.envelope.restore_freeze(now)
+    await parts.orchestrator.envelope.restore_freeze(now)
 
 
 async def run(
@@ -477,9 +482,9 @@ async def run(
     max_connections = fit_file_limit(settings) if settings.server.enabled else 0
     async with build(settings, registry=registry, fault=fault) as parts:
         daemon = Daemon(parts)
-        restore_freeze(parts, time.time())
+        await restore_freeze(parts, time.time())
         await reconcile(parts)
-        prune(parts)
+        await prune(parts)
         runner: web.AppRunner | None = None
         guard: ConnectionGuard | None = None
         if settings.server.enabled:
@@ -579,7 +584,7 @@ async def _listen(runner: web.AppRunner, settings: Settings, guard: ConnectionGu
 PRUNE_EVERY_S = 3600.0
 
 
-def prune(parts: Components, now: float | None = None) -> None:
+async def prune(parts: Components, now: float | None = None) -> None:
     """Bounded disk use: old journal rows rotate out (learned statistics never do).
 
     Age and row count, hourly; the byte budget (knowledge.max_bytes) is the store's own,
@@ -588,7 +593,7 @@ def prune(parts: Components, now: float | None = None) -> None:
     config = parts.settings.knowledge
     try:
         # The store logs and counts what it pruned (store_pruned, reason=retention).
-        parts.store.prune(
+        await parts.store.prune(
             now=time.time() if now is None else now,
             retention_days=config.retention_days,
             max_rows=config.max_rows,
@@ -644,7 +649,7 @@ async def _pruner(parts: Components) -> None:
     """Old journal rows rotate out every PRUNE_EVERY_S (at start too, before this runs)."""
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
-        prune(parts)
+        await prune(parts)
 
 
 async def _reloader(
@@ -739,7 +744,7 @@ async def run_once(
         mock = settings.charter.mode is CharterMode.MOCK
         clock: Callable[[], float] = (lambda: started) if mock else time.time
         async with build(settings, fault=fault, clock=clock) as parts:
-            restore_freeze(parts, clock())
+            await restore_freeze(parts, clock())
             await reconcile(parts, clock())
             record = await parts.orchestrator.run_once()
     executions = [record["execution"]] if record.get("execution") else []

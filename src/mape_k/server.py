@@ -303,7 +303,7 @@ class _Server:
             return _json(rejected.body, rejected.status, _REJECTION_HEADERS.get(rejected.status))
         for alert in payload.alerts:
             self._received[alert.status].inc()
-        result = self.router.route_alerts(payload.alerts)
+        result = await self.router.deliver(payload.alerts)
         all_repeats = bool(payload.alerts) and result.duplicates == len(payload.alerts)
         if payload.truncated_alerts and not all_repeats:
             self.metrics.alerts_truncated.inc(payload.truncated_alerts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,17 +48,17 @@ class ConsoleData:
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._parts.orchestrator.listeners.append(listener)
 
-    def decision(self, record_id: str) -> dict[str, Any] | None:
-        return self._parts.orchestrator.find_record(record_id)
+    async def decision(self, record_id: str) -> dict[str, Any] | None:
+        return await self._parts.orchestrator.find_record(record_id)
 
-    def verification(self, record: Mapping[str, Any]) -> PolicyOutcome | None:
+    async def verification(self, record: Mapping[str, Any]) -> PolicyOutcome | None:
         """The verified outcome of the record's execution, once measured."""
         execution = record.get("execution")
         if not isinstance(execution, Mapping) or not isinstance(execution.get("id"), str):
             return None
-        return self._parts.store.outcome(execution["id"])
+        return await self._parts.store.outcome(execution["id"])
 
-    def knowledge_rows(self) -> list[dict[str, Any]]:
+    async def knowledge_rows(self) -> list[dict[str, Any]]:
         """Per (cause, action): samples, success, posterior, median time to recover and
         the last outcomes (oldest first)."""
         parts = self._parts
@@ -67,7 +67,7 @@ class ConsoleData:
         for row in parts.orchestrator.planner.posteriors(parts.knowledge.view()):
             posteriors.setdefault((row.cause, row.actions[0] if row.actions else ""), row.as_dict())
         recent: dict[tuple[str, str], list[PolicyOutcome]] = defaultdict(list)
-        for outcome in reversed(parts.store.recent_outcomes(OUTCOMES_READ)):
+        for outcome in reversed(await parts.store.recent_outcomes(OUTCOMES_READ)):
             recent[(outcome.cause, str(outcome.action_type))].append(outcome)
         keys = {(p["cause"], p["action_type"]) for p in summary["pairs"]} | set(posteriors)
         pairs = {(p["cause"], p["action_type"]): p for p in summary["pairs"]}
@@ -94,20 +94,22 @@ class ConsoleData:
             )
         return rows
 
-    def targets(self) -> list[str]:
+    async def targets(self) -> list[str]:
         """Targets with an action on record, newest first."""
         seen: dict[str, None] = {}
-        for execution in self._parts.store.recent_executions(200):
+        for execution in await self._parts.store.recent_executions(200):
             seen.setdefault(execution.policy.target, None)
         return list(seen)
 
-    def target_actions(self, target: str) -> list[ActionView]:
+    async def target_actions(self, target: str) -> list[ActionView]:
         parts = self._parts
         settings = parts.settings
         rules = {rule.name: rule for rule in settings.monitor.rules}
-        executions = parts.store.target_executions(target, ACTIONS_SHOWN)
+        executions = await parts.store.target_executions(target, ACTIONS_SHOWN)
         since = min((e.started_at for e in executions), default=self.clock())
-        outcomes = {o.execution_id: o for o in parts.store.target_outcomes_since(target, since)}
+        outcomes = {
+            o.execution_id: o for o in await parts.store.target_outcomes_since(target, since)
+        }
         verify_s = settings.executor.verify_deadline_s
         views = []
         for execution in executions:
@@ -151,9 +153,9 @@ class ConsoleData:
         )
 
 
-def safe(read: Callable[[], Any], default: Any) -> tuple[Any, str | None]:
-    """(read(), None), or (default, the store's message) when the store cannot answer."""
+async def safe(read: Awaitable[Any], default: Any) -> tuple[Any, str | None]:
+    """(await read, None), or (default, the store's message) when the store cannot answer."""
     try:
-        return read(), None
+        return await read, None
     except MapekError as exc:
         return default, str(exc)

@@ -352,11 +352,11 @@ class Console:
     async def decision(self, request: web.Request) -> web.Response:
         session = self._reader(request)
         record_id = request.match_info["id"]
-        record, problem = safe(lambda: self.data.decision(record_id), None)
+        record, problem = await safe(self.data.decision(record_id), None)
         if record is None:
             message = problem or f"no decision record {record_id!r} (pruned, or never made)"
             return self._page(request, "error.html", session, status=404, message=message)
-        verified, problem = safe(lambda: self.data.verification(record), None)
+        verified, problem = await safe(self.data.verification(record), None)
         return self._page(
             request,
             "decision.html",
@@ -369,7 +369,7 @@ class Console:
 
     async def knowledge(self, request: web.Request) -> web.Response:
         session = self._reader(request)
-        rows, problem = safe(self.data.knowledge_rows, [])
+        rows, problem = await safe(self.data.knowledge_rows(), [])
         for row in rows:
             title = f"{row['cause']} x {row['action_type']}"
             row["strip_svg"] = outcome_strip(row["strip"], title=f"{title}: last outcomes")
@@ -378,7 +378,7 @@ class Console:
 
     async def targets(self, request: web.Request) -> web.Response:
         session = self._reader(request)
-        names, problem = safe(self.data.targets, [])
+        names, problem = await safe(self.data.targets(), [])
         return self._page(request, "targets.html", session, targets=names, problem=problem)
 
     async def target(self, request: web.Request) -> web.Response:
@@ -386,7 +386,7 @@ class Console:
         target = request.match_info["target"]
         if not _TARGET.match(target):
             raise _Forbidden(400, "a target name is 1-200 of A-Z a-z 0-9 . _ : / -")
-        views, problem = safe(lambda: self.data.target_actions(target), [])
+        views, problem = await safe(self.data.target_actions(target), [])
         histories = await asyncio.gather(*(self.data.history(v) for v in views))
         charts = []
         for view, (points, error) in zip(views, histories, strict=True):

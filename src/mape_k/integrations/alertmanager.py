@@ -126,10 +126,13 @@ class IngestResult:
 
 
 class InboxJournal(Protocol):
-    """Where the inbox keeps what it remembers across restarts (the knowledge Store)."""
+    """Where the inbox keeps what it remembers across restarts (the knowledge store)."""
 
-    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+    async def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
         """Write the changed rows and delete the forgotten (fingerprint, status) keys."""
+
+    async def inbox_rows(self) -> list[InboxRow]:
+        """Every row, oldest delivery first."""
 
 
 @dataclass(slots=True)
@@ -182,9 +185,13 @@ class AlertInbox:
     and past. Expired entries leave `firing()` and free capacity; a later re-delivery of an
     expired occurrence (not resolved meanwhile) brings it back as new.
 
-    With a `journal`, every change is written through it (a refresh of last_seen at most
-    once a minute) and `restore()` takes the rows back after a restart. A failed write is
-    logged once, kept and retried with the next change: memory stays the truth.
+    With a `journal`, every change is written through it by `flush()` (a refresh of
+    last_seen at most once a minute) and `restore()` takes the rows back after a restart. A
+    failed write is logged once, kept and retried with the next flush: memory stays the
+    truth. A `shared` journal is one inbox for several replicas (PostgreSQL): before each
+    batch and each read, `refresh()` writes what this replica changed and takes the
+    journal's rows as the truth, so a delivery to any replica reaches the leader, deduped
+    by fingerprint across them.
     """
 
     def __init__(
@@ -198,6 +205,7 @@ class AlertInbox:
         ttl_s: float = DEFAULT_ALERT_TTL_S,
         clock: Callable[[], float] = time.time,
         journal: InboxJournal | None = None,
+        shared: bool = False,
     ) -> None:
         if max_alerts < 1:
             raise ValueError("max_alerts must be >= 1")
@@ -211,6 +219,7 @@ class AlertInbox:
         self._ttl_s = ttl_s
         self._clock = clock
         self._journal = journal
+        self._shared = shared and journal is not None
         # Ordered by last_seen (a refreshed entry moves to the end): expiry scans the front.
         self._firing: dict[str, _Entry] = {}
         self._with_ends: set[str] = set()  # fingerprints whose entry has an endsAt
@@ -245,16 +254,46 @@ class AlertInbox:
 
     def expire(self) -> int:
         """Drop the entries past their TTL or their endsAt; return how many."""
-        expired = self._expire(self._clock())
-        self._save()
-        return expired
+        return self._expire(self._clock())
+
+    async def firing_now(self) -> list[Violation]:
+        """The Monitor's read (its AlertSource): the shared inbox refreshed first, and what
+        expiry dropped written after."""
+        await self.refresh()
+        violations = self.firing()
+        await self.flush()
+        return violations
 
     def restore(self, rows: Iterable[InboxRow]) -> int:
         """Take back the rows a previous run saved (oldest delivery first); return how many fire.
 
-        Call it before the first delivery. Rows beyond the capacity (the oldest) and rows
-        past their TTL are dropped, and dropped from the journal too.
+        Call it before the first delivery (then `flush()`). Rows beyond the capacity (the
+        oldest) and rows past their TTL are dropped, and dropped from the journal too.
         """
+        self._load(rows)
+        log.info("alert_inbox_restored", firing=len(self._firing), resolves=len(self._resolved))
+        return len(self._firing)
+
+    async def refresh(self) -> None:
+        """A shared inbox: write what this replica changed, then take the journal's rows
+        as the truth (another replica may have received a firing alert or its resolve).
+        A journal that cannot be read or written leaves memory as it is."""
+        if not self._shared or self._journal is None:
+            return
+        await self.flush()
+        if self._unsaved:
+            return
+        try:
+            rows = await self._journal.inbox_rows()
+        except MapekError as exc:
+            log.warning("alert_inbox_refresh_failed", error=str(exc))
+            return
+        self._firing.clear()
+        self._with_ends.clear()
+        self._resolved.clear()
+        self._load(rows)
+
+    def _load(self, rows: Iterable[InboxRow]) -> None:
         for row in rows:
             if row.status == _FIRING and row.labels is not None:
                 self._firing.pop(row.fingerprint, None)
@@ -278,14 +317,16 @@ class AlertInbox:
                 )
             else:
                 self._forget(row.fingerprint, row.status)
+        # Rows written by different replicas: a resolve ends the firing it covers.
+        for fingerprint, resolve in self._resolved.items():
+            entry = self._firing.get(fingerprint)
+            if entry is not None and entry.started <= resolve.ends:
+                self._drop(fingerprint)
         while len(self._firing) > self._max_alerts:
             fingerprint = next(iter(self._firing))
             self._drop(fingerprint)
         self._bound_resolved()
         self._expire(self._clock())
-        self._save()
-        log.info("alert_inbox_restored", firing=len(self._firing), resolves=len(self._resolved))
-        return len(self._firing)
 
     def _expire(self, now: float) -> int:
         cutoff = now - self._ttl_s
@@ -339,7 +380,6 @@ class AlertInbox:
                 duplicates += 1
             else:
                 rejected += 1
-        self._save()
         if self._metrics is not None and duplicates:
             self._metrics.alerts_duplicate.inc(duplicates)
         if rejected:
@@ -436,20 +476,23 @@ class AlertInbox:
             entry.violation.labels,
         )
 
-    def _save(self) -> None:
+    async def flush(self) -> None:
         """Hand the unsaved changes to the journal; on failure keep them for the next time."""
         if not self._unsaved or self._journal is None:
             return
-        upserts = [row for row in self._unsaved.values() if row is not None]
-        deletes = [key for key, row in self._unsaved.items() if row is None]
+        unsaved = dict(self._unsaved)
+        upserts = [row for row in unsaved.values() if row is not None]
+        deletes = [key for key, row in unsaved.items() if row is None]
         try:
-            self._journal.save_inbox(upserts, deletes)
+            await self._journal.save_inbox(upserts, deletes)
         except MapekError as exc:
             if not self._save_failing:
                 log.warning("alert_inbox_save_failed", error=str(exc), unsaved=len(self._unsaved))
             self._save_failing = True
             return
-        self._unsaved.clear()
+        for key, row in unsaved.items():  # a change made while the write ran stays unsaved
+            if self._unsaved.get(key, row) is row:
+                self._unsaved.pop(key, None)
         if self._save_failing:
             log.info("alert_inbox_saved")
             self._save_failing = False
@@ -497,9 +540,22 @@ class AlertMessageRouter:
     called once per batch with its alerts, in order. The default handler feeds the inbox.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: AlertInbox | None = None) -> None:
         self._routes: list[tuple[AlertMatcher, AlertHandler]] = []
         self._default: AlertHandler | None = None
+        self._inbox = inbox
+        if inbox is not None:
+            self._default = inbox.offer
+
+    async def deliver(self, alerts: Sequence[Alert]) -> IngestResult:
+        """A webhook's batch: the inbox refreshed first (shared across replicas), routed,
+        and what changed written before the answer (Alertmanager retries what failed)."""
+        if self._inbox is not None:
+            await self._inbox.refresh()
+        result = self.route_alerts(alerts)
+        if self._inbox is not None:
+            await self._inbox.flush()
+        return result
 
     def register_handler(self, matcher: AlertMatcher, handler: AlertHandler) -> None:
         if isinstance(matcher, Mapping):

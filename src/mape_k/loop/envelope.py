@@ -60,7 +60,8 @@ from mape_k.models import (
     action_name,
     is_builtin,
 )
-from mape_k.store import SCHEMA_VERSION, Store, policy_from_record, to_jsonable
+from mape_k.store import SCHEMA_VERSION, policy_from_record, to_jsonable
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,7 @@ class SafetyEnvelope:
         self,
         config: GuardsConfig,
         *,
-        store: Store | None = None,
+        store: AsyncStore | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         dry_run: bool = False,
@@ -148,7 +149,7 @@ class SafetyEnvelope:
             self._configured_dry_run = dry_run
             self.dry_run = dry_run
 
-    def set_freeze(self, freeze: Freeze | None, *, now: float) -> bool:
+    async def set_freeze(self, freeze: Freeze | None, *, now: float) -> bool:
         """The one writer of the freeze: it applies at once in memory (the guards and a
         running policy read it), then is persisted, best effort (False if that failed).
         The configuration's own kill switch is not persisted: the config says it."""
@@ -157,21 +158,21 @@ class SafetyEnvelope:
             return True
         try:
             if freeze is None or freeze.source == "config":
-                self._store.delete_state(FREEZE_KEY)
+                await self._store.delete_state(FREEZE_KEY)
             else:
-                self._store.set_state(FREEZE_KEY, freeze_dict(freeze), at=now)
+                await self._store.set_state(FREEZE_KEY, freeze_dict(freeze), at=now)
         except MapekError as exc:
             log.error("freeze_save_failed", error=str(exc))
             return False
         return True
 
-    def restore_freeze(self, now: float) -> None:
+    async def restore_freeze(self, now: float) -> None:
         """A freeze persisted by an operator or a panic survives a restart; one that
         cannot be read fails closed (kept until an operator lifts it)."""
         if self._store is None:
             return
         try:
-            saved = self._store.get_state(FREEZE_KEY)
+            saved = await self._store.get_state(FREEZE_KEY)
         except MapekError as exc:
             saved = {"unreadable": str(exc)}
         if saved is None or self.freeze is not None:
@@ -261,11 +262,11 @@ class SafetyEnvelope:
 
     # --- persistence -------------------------------------------------------------------
 
-    def load(self) -> None:
+    async def load(self) -> None:
         if self._store is None:
             return
         try:
-            saved = self._store.get_state(STATE_KEY)
+            saved = await self._store.get_state(STATE_KEY)
         except MapekError as exc:
             log.error("safety_state_unreadable", error=str(exc))
             return
@@ -305,7 +306,7 @@ class SafetyEnvelope:
             approvals=sorted(self.approvals),
         )
 
-    def save(self, *, now: float) -> None:
+    async def save(self, *, now: float) -> None:
         if self._store is None or not self._dirty:
             return
         data = {
@@ -323,7 +324,7 @@ class SafetyEnvelope:
             "panic": None if self.panic is None else list(self.panic),
         }
         try:
-            self._store.set_state(STATE_KEY, data, at=now)
+            await self._store.set_state(STATE_KEY, data, at=now)
         except MapekError as exc:
             log.error("safety_state_save_failed", error=str(exc))
             return
@@ -746,10 +747,10 @@ def config_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def store_problems(store: Store) -> list[str]:
+async def store_problems(store: AsyncStore) -> list[str]:
     problems: list[str] = []
     try:
-        if not store.integrity_ok():
+        if not await store.integrity_ok():
             problems.append("knowledge store integrity check failed")
         if store.schema_version != SCHEMA_VERSION:
             problems.append(

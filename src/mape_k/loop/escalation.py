@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +42,7 @@ from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.guards import Hold
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus, OutcomeType, Severity
-from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +102,7 @@ class NeedsHumanAlerts:
     def __init__(
         self,
         *,
-        store: Store,
+        store: AsyncStore,
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: retry.Sleep = asyncio.sleep,
@@ -115,10 +116,10 @@ class NeedsHumanAlerts:
 
     # --- persistence -----------------------------------------------------------------------
 
-    def load(self) -> None:
+    async def load(self) -> None:
         """The alerts an earlier run told Alertmanager about (re-sent or resolved next)."""
         try:
-            saved = self._store.get_state(STATE_KEY)
+            saved = await self._store.get_state(STATE_KEY)
         except MapekError as exc:
             log.error("needs_human_alerts_unreadable", error=str(exc))
             return
@@ -142,7 +143,7 @@ class NeedsHumanAlerts:
         if sent:
             log.info("needs_human_alerts_restored", targets=sorted(sent))
 
-    def _save(self, now: float) -> None:
+    async def _save(self, now: float) -> None:
         data = {
             target: {
                 "labels": s.labels,
@@ -154,7 +155,7 @@ class NeedsHumanAlerts:
             for target, s in self.sent.items()
         }
         try:
-            self._store.set_state(STATE_KEY, data, at=now)
+            await self._store.set_state(STATE_KEY, data, at=now)
         except MapekError as exc:  # memory stays the truth; the next change writes again
             log.error("needs_human_alerts_save_failed", error=str(exc))
 
@@ -172,12 +173,19 @@ class NeedsHumanAlerts:
                 # at its own endsAt in Alertmanager.
                 log.warning("needs_human_alerts_dropped", targets=sorted(self.sent))
                 self.sent = {}
-                self._save(now)
+                await self._save(now)
             return
         before = self._persisted()
         period = max(cfg.alert.resend_s, settings.orchestrator.interval_s)
         sent = dict(self.sent)  # decided on a copy: dry-run keeps none of it
-        batch = self._decide(sent, holds, settings, now=now)
+        tried = {
+            target: await self._tried(
+                target, since=hold.since - cfg.window_s, count=min(cfg.failures, MAX_TRIED)
+            )
+            for target, hold in holds.items()
+            if (old := sent.get(target)) is None or old.since != hold.since
+        }
+        batch = self._decide(sent, holds, settings, tried, now=now)
         if envelope.dry_run:
             self._skip(sent, batch)
             return
@@ -186,18 +194,25 @@ class NeedsHumanAlerts:
             ends_at = now + ENDS_AFTER_PERIODS * period
             await self._deliver(url, cfg.alert.timeout_s, batch, ends_at=ends_at, now=now)
         if self._persisted() != before:
-            self._save(now)
+            await self._save(now)
 
     def _decide(
-        self, sent: dict[str, Sent], holds: dict[str, Hold], settings: Settings, *, now: float
+        self,
+        sent: dict[str, Sent],
+        holds: dict[str, Hold],
+        settings: Settings,
+        tried: Mapping[str, tuple[str, list[str]]],
+        *,
+        now: float,
     ) -> _Batch:
-        """What to send now, `sent` updated to match."""
+        """What to send now, `sent` updated to match (`tried`: the journal's cause and
+        attempts of each new hold)."""
         resend_s = settings.guards.target_breaker.alert.resend_s
         batch = _Batch()
         for target, hold in holds.items():
             old = sent.get(target)
             if old is None or old.since != hold.since:
-                sent[target] = self._new(target, hold, settings)
+                sent[target] = self._new(target, hold, settings, tried[target])
                 batch.firing.append(target)
                 if old is not None and old.delivered and old.labels != sent[target].labels:
                     batch.replaced.append(old)
@@ -300,11 +315,11 @@ class NeedsHumanAlerts:
 
     # --- what the alert says -------------------------------------------------------------
 
-    def _new(self, target: str, hold: Hold, settings: Settings) -> Sent:
+    def _new(
+        self, target: str, hold: Hold, settings: Settings, journal: tuple[str, list[str]]
+    ) -> Sent:
         cfg = settings.guards.target_breaker
-        cause, tried = self._tried(
-            target, since=hold.since - cfg.window_s, count=min(cfg.failures, MAX_TRIED)
-        )
+        cause, tried = journal
         labels = alert_labels(target, cause, cfg.alert.severity)
         route = f"DELETE /api/v1/holds/{quote(target, safe='')}"
         annotations = {
@@ -321,14 +336,14 @@ class NeedsHumanAlerts:
             since=hold.since,
         )
 
-    def _tried(self, target: str, *, since: float, count: int) -> tuple[str, list[str]]:
+    async def _tried(self, target: str, *, since: float, count: int) -> tuple[str, list[str]]:
         """The cause and the attempts the target breaker counted, from the journal: the
         latest `count` (its `failures`) outcomes that did not fix `target` and failed
         executions since `since` and after its last success. Older ones led to an
         earlier hold (the breaker starts counting afresh at each)."""
         try:
-            outcomes = self._store.target_outcomes_since(target, since)
-            executions = self._store.executions_finished_since(since)
+            outcomes = await self._store.target_outcomes_since(target, since)
+            executions = await self._store.executions_finished_since(since)
         except MapekError as exc:
             log.error("needs_human_alert_journal_unreadable", target=target, error=str(exc))
             return "unknown", [f"(the journal could not be read: {exc})"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import structlog
@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 # blindly: it restores what the Charter reported as the previous value
 # (ActionResult.previous), which is the exact inverse.
 
-Journal = Callable[[PolicyExecution], None]
+Journal = Callable[[PolicyExecution], Awaitable[None]]
 # What an action or its undo may raise: ours, the per-action timeout, a Charter answer
 # whose shape does not hold what an inverse needs (e.g. `previous` without `size`), and an
 # action that was not resolved (actions.Unresolvable, a ValueError).
@@ -165,7 +165,7 @@ class Executor:
             baseline_load=baseline_load,
         )
         try:
-            self._journal(execution)
+            await self._journal(execution)
         except MapekError as exc:
             # Nothing is done that is not recorded first: no journal, no action.
             not_started = replace(
@@ -186,7 +186,7 @@ class Executor:
                 if reason is not None:
                     raise ExecutionError(f"stopped before this action: {reason}")
                 # Recorded before it runs, or it does not run: a crash must find it journaled.
-                self._journal(execution)
+                await self._journal(execution)
                 budget = self._budget(running.action)
                 async with asyncio.timeout(budget):
                     result = await self._apply(running.action, running.idempotency_key, policy)
@@ -214,7 +214,7 @@ class Executor:
                 result={"previous": result.previous, "current": result.current},
             )
             execution = _with_action(execution, len(done), completed)
-            self._journal_after(execution)
+            await self._journal_after(execution)
             self._count(completed)
             done.append(completed)
         else:
@@ -222,7 +222,7 @@ class Executor:
                 execution, status=ExecutionStatus.COMPLETED, finished_at=self._clock()
             )
             self._await_verification(execution)
-        self._journal_after(execution)
+        await self._journal_after(execution)
         self._remember(execution)
         log.info(
             "policy_executed",
@@ -256,7 +256,7 @@ class Executor:
                 execution = _with_action(
                     execution, index, replace(step, status=ExecutionStatus.ROLLED_BACK)
                 )
-                self._journal_after(execution)
+                await self._journal_after(execution)
         status = ExecutionStatus.ROLLED_BACK if done and complete else ExecutionStatus.FAILED
         suffix = "" if complete else "; rollback incomplete"
         return replace(execution, status=status, finished_at=self._clock(), error=error + suffix)
@@ -288,7 +288,7 @@ class Executor:
         else:
             done = [step for step in steps if step.status is ExecutionStatus.COMPLETED]
             reconciled = await self._roll_back(execution, done, "interrupted by a restart")
-        self._journal_after(reconciled)
+        await self._journal_after(reconciled)
         self._remember(reconciled)
         log.warning(
             "execution_reconciled",
@@ -393,18 +393,18 @@ class Executor:
             if not done:
                 continue
             undone = await self._roll_back(execution, done, f"panic revert: {reason}")
-            self._journal_after(undone)
+            await self._journal_after(undone)
             self._remember(undone)
             self._pending.pop(undone.id, None)
             reverted.append(undone)
             log.warning("execution_reverted", execution_id=undone.id, status=undone.status.value)
         return reverted
 
-    def _journal_after(self, execution: PolicyExecution) -> None:
+    async def _journal_after(self, execution: PolicyExecution) -> None:
         """Record what already happened; a store failure here must not undo the bookkeeping
         in memory (cooldowns, verification), or the next iteration would act again."""
         try:
-            self._journal(execution)
+            await self._journal(execution)
         except MapekError as exc:
             log.error("journal_failed", execution_id=execution.id, error=str(exc))
 

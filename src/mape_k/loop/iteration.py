@@ -59,7 +59,7 @@ from mape_k.models import (
     RemediationPolicy,
     Severity,
 )
-from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ class IterationPipeline:
         planner: Planner,
         executor: Executor,
         knowledge: Knowledge,
-        store: Store,
+        store: AsyncStore,
         metrics: Metrics | None = None,
         alerts: NeedsHumanAlerts | None = None,
     ) -> None:
@@ -190,7 +190,7 @@ class IterationPipeline:
             await self._check_startup()
 
         t = time.perf_counter()
-        record.verifications = self._verify(observation, now)
+        record.verifications = await self._verify(observation, now)
         await self.executor.release(record.verifications)
         await self._escalate(now)
         record.panic = await self._panic_check(record.verifications, observation, now)
@@ -271,7 +271,7 @@ class IterationPipeline:
         chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
         if chosen is None and returns.held:
             why += "; return to baseline: " + "; ".join(returns.held)
-        self._record_guards(decisions, now)
+        await self._record_guards(decisions, now)
         return policies, chosen, decisions, why
 
     def _returns(
@@ -360,10 +360,10 @@ class IterationPipeline:
             self._watching_since = now
         self._last_violation.update(dict.fromkeys(violating, now))
 
-    def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
+    async def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
-            self.knowledge.record_outcome(outcome)
+            await self.knowledge.record_outcome(outcome)
             if returns_model.is_return(outcome.cause):
                 continue  # a return's failure widens its own window, never holds the target
             hold = self.envelope.note_outcome(outcome, now=now)
@@ -413,7 +413,7 @@ class IterationPipeline:
         hold change of the iteration, and after the save (a failed delivery must not cost
         the guards' memory)."""
         self.envelope.prune(now=now)
-        self.envelope.save(now=now)
+        await self.envelope.save(now=now)
         if self.alerts is not None:
             await self.alerts.sync(self.envelope, self.settings, now=now)
 
@@ -552,7 +552,7 @@ class IterationPipeline:
             return
         if self._startup_checked and self.startup_problem is None:
             return
-        problems = config_problems(self.settings) + store_problems(self._store)
+        problems = config_problems(self.settings) + await store_problems(self._store)
         if self._charter is not None:
             try:
                 async with asyncio.timeout(self.settings.executor.action_timeout_s):
@@ -624,7 +624,7 @@ class IterationPipeline:
         )
         freeze_s = self.envelope.panic_freeze_s(cfg, now=now)
         until = None if freeze_s is None else now + freeze_s
-        self.envelope.set_freeze(
+        await self.envelope.set_freeze(
             guard_rules.Freeze(
                 reason=f"panic revert: {reason}", since=now, until=until, source="panic"
             ),
@@ -647,7 +647,7 @@ class IterationPipeline:
             policy_id=None,
             until=until,
         )
-        self._record_guards([decision], now)
+        await self._record_guards([decision], now)
         return {"reason": reason, "reverted": ids, "frozen_until": until}
 
     def _recommend(
@@ -728,7 +728,7 @@ class IterationPipeline:
         else:
             self.state.failed_executions += 1
 
-    def _record_guards(self, decisions: list[GuardDecision], now: float) -> None:
+    async def _record_guards(self, decisions: list[GuardDecision], now: float) -> None:
         for decision in decisions:
             if self._metrics is not None:
                 self._metrics.guard_decisions.labels(
@@ -743,7 +743,7 @@ class IterationPipeline:
                     policy_id=decision.policy_id,
                 )
                 try:
-                    self._store.record_guard_decision(decision, at=now)
+                    await self._store.record_guard_decision(decision, at=now)
                 except MapekError as exc:
                     log.error("guard_record_failed", error=str(exc))
 

@@ -24,7 +24,8 @@ from mape_k.models import (
     PolicyOutcome,
     PolicyPattern,
 )
-from mape_k.store import PairStats, Store
+from mape_k.store import PairStats
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -63,31 +64,33 @@ def evidence(stats: PairStats, config: KnowledgeConfig) -> tuple[float, float]:
 
 class Knowledge:
     def __init__(
-        self, store: Store, config: KnowledgeConfig, *, metrics: Metrics | None = None
+        self, store: AsyncStore, config: KnowledgeConfig, *, metrics: Metrics | None = None
     ) -> None:
+        """Empty until `update_patterns()` has read the store (app.build awaits it)."""
         self._store = store
         self._config = config
         self._metrics = metrics
         self._stats: dict[PairKey, PairStats] = {}
+        self._target_stats: list[tuple[str, PairStats]] = []
         self._view: dict[PairKey, PolicyPattern] = {}
         # Per target (cause, target, action): what the Planner blends over the pooled view.
         self._target_view: dict[TargetKey, PolicyPattern] = {}
-        self.update_patterns()
 
     def reconfigure(self, config: KnowledgeConfig) -> None:
-        """A reloaded configuration (the store stays: `path` needs a restart)."""
+        """A reloaded configuration (the store stays: `path` needs a restart): the view is
+        recomputed from the statistics last read."""
         self._config = config
-        self.update_patterns()
+        self._refresh()
 
     # --- recording -------------------------------------------------------------------
 
-    def record_execution(self, execution: PolicyExecution) -> None:
+    async def record_execution(self, execution: PolicyExecution) -> None:
         """Journal an execution (before it runs, and again when it ends)."""
-        self._store.upsert_execution(execution)
+        await self._store.upsert_execution(execution)
 
-    def record_outcome(self, outcome: PolicyOutcome) -> bool:
+    async def record_outcome(self, outcome: PolicyOutcome) -> bool:
         """Store a verified outcome and learn from it; False if it was already recorded."""
-        inserted = self._store.record_outcome(outcome)
+        inserted = await self._store.record_outcome(outcome)
         if not inserted:
             log.info(
                 "outcome_duplicate",
@@ -97,7 +100,7 @@ class Knowledge:
             return False
         if self._metrics is not None:
             self._metrics.outcomes.labels(outcome=outcome.outcome.value).inc()
-        self.update_patterns()
+        await self.update_patterns()
         pattern = self._view.get((outcome.cause, outcome.action_type))
         log.info(
             "outcome_recorded",
@@ -128,19 +131,22 @@ class Knowledge:
             losses=losses,
         )
 
-    def update_patterns(self) -> None:
+    async def update_patterns(self) -> None:
         """Reload the statistics from the store and refresh the view and the gauges."""
-        stats = {(row.cause, row.action_type): row for row in self._store.stats()}
-        view = {key: self._pattern(row) for key, row in stats.items() if row.samples > 0}
+        stats = {(row.cause, row.action_type): row for row in await self._store.stats()}
+        self._target_stats = await self._store.target_stats()
         self._stats = stats
-        self._view = view
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._view = {key: self._pattern(row) for key, row in self._stats.items() if row.samples}
         self._target_view = {
             (row.cause, target, row.action_type): self._pattern(row)
-            for target, row in self._store.target_stats()
+            for target, row in self._target_stats
             if row.samples > 0
         }
         if self._metrics is not None:
-            for (cause, action), pattern in view.items():
+            for (cause, action), pattern in self._view.items():
                 labels = {"cause": cause, "action_type": action}
                 self._metrics.success_rate.labels(**labels).set(pattern.success_rate)
                 self._metrics.knowledge_samples.labels(**labels).set(pattern.samples)

@@ -40,7 +40,7 @@ class MetricSource(Protocol):
 class AlertSource(Protocol):
     """The alert inbox: its currently firing alerts, already turned into Violations."""
 
-    def firing(self) -> list[Violation]: ...
+    async def firing_now(self) -> list[Violation]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class Monitor:
             metrics.extend(self._to_metrics(read.name, kept))
 
         violations = self._rule_violations(fresh, now=now)
-        firing = self._alerts.firing() if self._alerts is not None else []
+        firing = await self._alerts.firing_now() if self._alerts is not None else []
         # An alert lags its measurement (`for:`, group_wait, rate windows): where a rule of the
         # same kind just read the component fresh and found it fine, the reading wins, so a
         # recovered target is neither re-remediated nor verified as still broken.

@@ -29,7 +29,7 @@ from mape_k.loop.record import DecisionRecord
 from mape_k.loop.scheduler import Scheduler
 from mape_k.metrics import StateGauges
 from mape_k.models import RemediationPolicy
-from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +40,7 @@ class MAPEKOrchestrator:
         *,
         settings: Settings,
         pipeline: IterationPipeline,
-        store: Store,
+        store: AsyncStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -105,11 +105,11 @@ class MAPEKOrchestrator:
         except TimeoutError:
             timeout = self._settings.orchestrator.iteration_timeout_s
             log.error("iteration_timeout", timeout_s=timeout)
-            self._keep(self.pipeline.failed(f"reading inputs took longer than {timeout:g} s"))
+            await self._keep(self.pipeline.failed(f"reading inputs took longer than {timeout:g} s"))
         except Exception as exc:
             # A bug in one iteration must not take the loop down; it is logged with its stack.
             log.exception("iteration_crashed")
-            self._keep(self.pipeline.failed(f"crashed: {type(exc).__name__}: {exc}"))
+            await self._keep(self.pipeline.failed(f"crashed: {type(exc).__name__}: {exc}"))
 
     async def run_once(self, now: float | None = None) -> dict[str, Any]:
         """One iteration now; its decision record, serialised, journaled and kept."""
@@ -118,7 +118,7 @@ class MAPEKOrchestrator:
             iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
             try:
                 with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
-                    record = self._keep(await self.pipeline.run(iteration_id, now))
+                    record = await self._keep(await self.pipeline.run(iteration_id, now))
             finally:
                 reloaded, self._reloaded = self._reloaded, None
                 if reloaded is not None:
@@ -127,7 +127,7 @@ class MAPEKOrchestrator:
             listener(record)
         return record
 
-    def _keep(self, decision: DecisionRecord) -> dict[str, Any]:
+    async def _keep(self, decision: DecisionRecord) -> dict[str, Any]:
         """The record serialised (once), kept for /stats and journaled (a failed iteration
         is kept in memory only: the store may be why it failed)."""
         record = decision.as_dict(top_n=self._settings.knowledge.record_top_n)
@@ -135,7 +135,7 @@ class MAPEKOrchestrator:
         if decision.result == "error" or decision.started_at is None:
             return record
         try:
-            self._store.record_iteration(
+            await self._store.record_iteration(
                 decision.id, started_at=decision.started_at, result=decision.result, record=record
             )
         except MapekError as exc:
@@ -186,36 +186,36 @@ class MAPEKOrchestrator:
 
     # --- the operator's controls ---------------------------------------------------------
 
-    def approve(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
+    async def approve(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
         """An operator approval: the pending proposal becomes the envelope's approval."""
         policy = self.planner.take_pending(policy_id, now=now)
         if policy is not None:
             self.envelope.approve(
                 policy, now=now, keep=self._settings.planner.max_pending_approvals
             )
-            self.envelope.save(now=now)
+            await self.envelope.save(now=now)
         return policy
 
-    def reject(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
+    async def reject(self, policy_id: str, *, now: float) -> RemediationPolicy | None:
         """An operator's no, to a pending proposal or an approval not yet used."""
         policy = self.planner.reject_policy(policy_id)
         if policy is None:
             policy = self.envelope.revoke(policy_id)
             if policy is not None:
                 self.planner.remember_rejection(policy)
-                self.envelope.save(now=now)
+                await self.envelope.save(now=now)
         return policy
 
-    def clear_hold(self, target: str, *, now: float) -> bool:
+    async def clear_hold(self, target: str, *, now: float) -> bool:
         """An operator clears a target's "needs a human" hold; False when none holds."""
         cleared = self.envelope.clear_needs_human(target)
         if cleared:
-            self.envelope.save(now=now)
+            await self.envelope.save(now=now)
         return bool(cleared)
 
     # --- after a restart -------------------------------------------------------------------
 
-    def resume(self, now: float) -> None:
+    async def resume(self, now: float) -> None:
         """After a restart, the envelope knows what the journal says happened: executions
         that finished within the guards' windows are in their history (a crash between an
         action and the guards' save lost them), and completed executions with no outcome
@@ -225,7 +225,7 @@ class MAPEKOrchestrator:
         horizon = max(guards.velocity.window_s, guards.oscillation.window_s)
         known = {change.execution_id for change in self.envelope.history}
         noted = 0
-        for execution in self._store.executions_finished_since(now - horizon):
+        for execution in await self._store.executions_finished_since(now - horizon):
             if execution.id not in known:
                 changes = guard_rules.executed_changes(
                     execution,
@@ -236,10 +236,10 @@ class MAPEKOrchestrator:
                 noted += 1
         since = now - self.executor.verification_horizon_s()
         restored = self.executor.restore_verifications(
-            self._store.unverified_executions(since=since)
+            await self._store.unverified_executions(since=since)
         )
         if noted or restored:
-            self.envelope.save(now=now)
+            await self.envelope.save(now=now)
             log.info("envelope_resumed", history_added=noted, verifications_restored=restored)
 
     # --- what it is doing: /stats, /metrics ------------------------------------------------
@@ -269,7 +269,7 @@ class MAPEKOrchestrator:
             snapshot["needs_human_alerts"] = alerts.snapshot(self._settings)
         return snapshot
 
-    def recent_records(
+    async def recent_records(
         self, *, limit: int, before: float | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
         """Decision records newest first, at most `limit`, only those started before
@@ -282,7 +282,7 @@ class MAPEKOrchestrator:
         cutoff = float("inf") if before is None else before
         merged = {
             row["id"]: row["record"]
-            for row in self._store.recent_iterations(limit + 1, before=before)
+            for row in await self._store.recent_iterations(limit + 1, before=before)
             if isinstance(row["record"], dict)
         }
         for record in self.records:
@@ -292,10 +292,10 @@ class MAPEKOrchestrator:
         ordered = sorted(merged.values(), key=lambda r: r.get("started_at") or 0.0, reverse=True)
         return ordered[:limit], len(ordered) > limit
 
-    def find_record(self, record_id: str) -> dict[str, Any] | None:
+    async def find_record(self, record_id: str) -> dict[str, Any] | None:
         """One decision record by id: this process's, else the journal's."""
         mine = next((r for r in reversed(self.records) if r.get("id") == record_id), None)
-        return mine if mine is not None else self._store.iteration(record_id)
+        return mine if mine is not None else await self._store.iteration(record_id)
 
     def get_statistics(self) -> dict[str, Any]:
         return {

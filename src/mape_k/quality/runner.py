@@ -212,7 +212,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
             if policy == "mape-k":
                 # as `run()` starts: a freeze and interrupted executions of the previous
                 # episode on this store (a learning chain) carry over, like a restart
-                restore_freeze(parts, start)
+                await restore_freeze(parts, start)
                 await reconcile(parts, start)
             interval = settings.orchestrator.interval_s
             debounce = settings.orchestrator.trigger_debounce_s
