@@ -26,7 +26,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from mape_k import logs
-from mape_k.config import CharterMode, Settings, Sources, read_secret, reload_plan
+from mape_k.config import (
+    CharterMode,
+    Settings,
+    Sources,
+    check_store_url,
+    read_secret,
+    reload_plan,
+)
 from mape_k.connections import (
     SERVER_RESERVE,
     ConnectionGuard,
@@ -47,6 +54,7 @@ from mape_k.loop.execute import Executor
 from mape_k.loop.guards import Freeze
 from mape_k.loop.iteration import IterationPipeline
 from mape_k.loop.knowledge import Knowledge
+from mape_k.loop.leadership import Leadership
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
@@ -54,7 +62,7 @@ from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
 from mape_k.store import Store
-from mape_k.storeio import AsyncStore
+from mape_k.storeio import AsyncStore, SharedStore
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +100,7 @@ class Components:
     orchestrator: MAPEKOrchestrator
     prometheus: PrometheusClient | None
     world: MockCharterWorld | None
+    leadership: Leadership
     port: int | None = None  # the server's bound port, once it listens
 
 
@@ -107,13 +116,14 @@ async def build(
     """Every component of the daemon, opened in order and closed in reverse."""
     metrics = Metrics(registry or CollectorRegistry())
     async with AsyncExitStack() as stack:
-        store = AsyncStore(
-            Store.open(
-                settings.knowledge.path, max_bytes=settings.knowledge.max_bytes, metrics=metrics
-            ),
-            threaded=False,
-        )
+        store = open_store(settings, metrics)
         stack.callback(store.close)
+        leadership = Leadership(
+            store if isinstance(store, SharedStore) else None,
+            replica_id=settings.ha.replica_id or f"{socket.gethostname()}:{settings.server.port}",
+            config=settings.ha,
+            metrics=metrics,
+        )
         knowledge = Knowledge(store, settings.knowledge, metrics=metrics)
         await knowledge.update_patterns()
         prometheus: PrometheusClient | None = None
@@ -134,7 +144,7 @@ async def build(
             charter = (
                 None
                 if settings.charter.mode is CharterMode.NONE
-                else get_charter_client(settings.charter, metrics=metrics)
+                else get_charter_client(settings.charter, metrics=metrics, epoch=leadership.epoch)
             )
             prometheus = PrometheusClient(
                 settings.prometheus,
@@ -152,6 +162,7 @@ async def build(
             metrics=metrics,
             ttl_s=settings.server.alert_ttl_s,
             journal=store,  # firing alerts and remembered resolves survive a restart
+            shared=leadership.shared,  # replicas: a delivery to any reaches the leader
             clock=clock,  # the daemon's one clock: TTLs and endsAt on simulated time too
         )
         try:
@@ -169,6 +180,7 @@ async def build(
             metrics=metrics,
             clock=clock,
             dry_run=settings.executor.dry_run,
+            not_leading=leadership.not_leading,
         )
         await envelope.load()
         alerts = NeedsHumanAlerts(store=store, metrics=metrics)
@@ -197,7 +209,7 @@ async def build(
             alerts=alerts,
         )
         orchestrator = MAPEKOrchestrator(
-            settings=settings, pipeline=pipeline, store=store, clock=clock
+            settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
         )
         metrics.watch_state(lambda: orchestrator.state_gauges(clock()))
         yield Components(
@@ -212,23 +224,47 @@ async def build(
             orchestrator=orchestrator,
             prometheus=prometheus,
             world=world,
+            leadership=leadership,
         )
+
+
+def open_store(settings: Settings, metrics: Metrics) -> AsyncStore:
+    """The SQLite file at knowledge.path, or the shared store at knowledge.url."""
+    cfg = settings.knowledge
+    url = read_secret(cfg.url, cfg.url_file, file_key="knowledge.url_file")
+    if url is None:
+        return AsyncStore(
+            Store.open(cfg.path, max_bytes=cfg.max_bytes, metrics=metrics), threaded=False
+        )
+    try:
+        check_store_url(url, "knowledge.url_file")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        from mape_k.pgstore import PostgresStore  # noqa: PLC0415 - psycopg is an extra
+    except ImportError as exc:
+        raise ConfigError(
+            f"knowledge.url needs psycopg ({exc.name} is missing): pip install 'mape-k[ha]'"
+        ) from None
+    return SharedStore(
+        PostgresStore.open(
+            url,
+            max_bytes=cfg.max_bytes,
+            metrics=metrics,
+            connect_timeout_s=cfg.connect_timeout_s,
+            statement_timeout_s=cfg.statement_timeout_s,
+            lease_name=settings.ha.lease_name,
+        )
+    )
 
 
 async def reconcile(parts: Components, now: float | None = None) -> int:
     """Settle executions a crash left in progress from what the Charter says happened,
-    then resume the envelope from the journal (guard history, pending verifications)."""
-    unfinished = await parts.store.unfinished_executions()
-    for execution in unfinished:
-        try:
-            await parts.orchestrator.executor.reconcile(execution)
-        except MapekError as exc:
-            log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
-    try:
-        await parts.orchestrator.resume(time.time() if now is None else now)
-    except MapekError as exc:
-        log.error("resume_failed", error=str(exc))
-    return len(unfinished)
+    then resume the envelope from the journal (guard history, pending verifications).
+    Replicas leave this to whichever becomes leader (its takeover does it)."""
+    if parts.leadership.shared:
+        return 0
+    return await parts.orchestrator.reconcile(time.time() if now is None else now)
 
 
 class Daemon:
@@ -302,7 +338,22 @@ class Daemon:
         except (CharterError, TimeoutError) as exc:
             checks["charter"] = f"unreachable: {exc}" if str(exc) else "unreachable: timeout"
         checks.update(self._guard_readiness(self._clock()))
+        leadership = self._parts.leadership
+        if leadership.shared:
+            # A follower is ready (it takes webhooks into the shared inbox); no lease at all
+            # (the database unreachable) is not: then no replica acts.
+            role = leadership.as_dict()
+            if role["lease"] is None or (role["why"] or "").startswith("no leader lease"):
+                checks["lease"] = role["why"] or "no lease read yet"
+            else:
+                checks["lease"] = "ok"
         ready = all(v == "ok" for v in checks.values())
+        if leadership.shared:
+            checks["role"] = (
+                f"leader (epoch {leadership.epoch()})"
+                if leadership.leading()
+                else str(leadership.not_leading())
+            )
         if self._parts.metrics is not None:
             self._parts.metrics.ready.set(1 if ready else 0)
         return ready, checks
@@ -360,6 +411,7 @@ class Daemon:
             "guard_decisions": await store.recent_guard_decisions(20),
             "control": await store.recent_control(20),
             "alerts": {"firing": len(self._parts.inbox.firing())},
+            "ha": self._parts.leadership.as_dict(),
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:
@@ -434,6 +486,9 @@ class Daemon:
         self._orch.envelope.dry_run = enabled
         log.warning("dry_run_changed", enabled=enabled, caller=caller)
         return {"dry_run": enabled}
+
+    def not_leading(self) -> str | None:
+        return self._parts.leadership.not_leading()
 
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         # Best effort: a full disk must not stop an operator's freeze from taking effect.
@@ -516,6 +571,7 @@ async def run(
                 roots["http-server"] = site.serve()
             loop_task = parts.orchestrator.start()
             roots |= {
+                "lease": parts.leadership.run(stop),
                 "watchdog": _watchdog(parts),
                 "pruner": _pruner(parts),
                 "reloader": _reloader(parts, reload, reloader, configure_logging),
@@ -714,6 +770,7 @@ async def _shutdown(parts: Components, runner: web.AppRunner | None) -> None:
     except TimeoutError:
         log.error("shutdown_timeout", timeout_s=timeout)
         await parts.orchestrator.cancel()
+    await parts.leadership.release()  # replicas: the next leader need not wait out the TTL
     if runner is not None:
         await runner.cleanup()
     log.info("stopped")

@@ -721,6 +721,29 @@ class ExecutorConfig(_Model):
 
 class KnowledgeConfig(_Model):
     path: Path = Path("mape_k_knowledge.sqlite3")
+    url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:port/dbname: the store on PostgreSQL,"
+        " shared by replicas (one holds the leader lease and acts; see `ha`). Unset: the"
+        " SQLite file at `path`. Needs `pip install 'mape-k[ha]'`.",
+    )
+    url_file: Path | None = Field(
+        None, description="A file holding `url` (keeps the password out of the config)."
+    )
+    connect_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="PostgreSQL: a connection attempt gives up after this long.",
+    )
+    statement_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="PostgreSQL: a statement (or a lock wait) gives up after this long.",
+    )
     saturation_samples: int = Field(
         30, ge=1, description="Samples at which an insight's confidence is 1."
     )
@@ -752,6 +775,45 @@ class KnowledgeConfig(_Model):
         description="Per list of a decision record (violations, causes, patterns...): items"
         " beyond the candidates' own are kept up to this many; the rest are counted and"
         " digested, not copied.",
+    )
+
+    @model_validator(mode="after")
+    def _url(self) -> KnowledgeConfig:
+        check_secret_pair(self.url, self.url_file, "url")
+        if self.url is not None:
+            check_store_url(self.url.get_secret_value(), "knowledge.url")
+        return self
+
+
+def check_store_url(url: str, key: str) -> str:
+    """A PostgreSQL URL (ValueError naming `key` otherwise; the URL itself is not echoed:
+    it may hold a password)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{key}: must start with postgresql:// (the store on PostgreSQL)")
+    return url
+
+
+class HAConfig(_Model):
+    """Replicas on one PostgreSQL store (knowledge.url): a fenced leader lease."""
+
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._:@-]{1,128}$",
+        description="This replica's name in the lease and in /stats; unset: hostname:port.",
+    )
+    lease_ttl_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        allow_inf_nan=False,
+        description="The leader lease lasts this long unrenewed (renewed every third of it):"
+        " a leader that dies is replaced within it plus one interval; a leader that cannot"
+        " renew stops acting before another can take over.",
+    )
+    lease_name: str = Field(
+        "mapek",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Replicas contending for the same lease manage the same targets.",
     )
 
 
@@ -1060,6 +1122,7 @@ class Settings(_Model):
     planner: PlannerConfig = PlannerConfig()
     executor: ExecutorConfig = ExecutorConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
+    ha: HAConfig = HAConfig()
     orchestrator: OrchestratorConfig = OrchestratorConfig()
     server: ServerConfig = ServerConfig()
     guards: GuardsConfig = GuardsConfig()
@@ -1321,6 +1384,11 @@ RESTART_REQUIRED: tuple[str, ...] = (
     "charter",  # the Charter client (or the mock committee)
     "server",  # the listening socket, the tokens, the alert inbox's bounds
     "knowledge.path",  # the open store
+    "knowledge.url",
+    "knowledge.url_file",
+    "knowledge.connect_timeout_s",
+    "knowledge.statement_timeout_s",
+    "ha",  # the lease this replica holds or contends for
     "monitor.alert_component_label",  # the alert inbox
 )
 

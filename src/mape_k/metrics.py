@@ -238,6 +238,17 @@ class Metrics:
             registry=registry,
         )
         self.ready = Gauge("mapek_ready", "1 when /readyz would answer 200.", registry=registry)
+        self.leader = Gauge(
+            "mapek_leader",
+            "1 while this replica holds the leader lease and may act (a single node: 1).",
+            registry=registry,
+        )
+        self.leader.set(1)
+        self.lease_epoch = Gauge(
+            "mapek_lease_epoch",
+            "The leader lease's epoch as last read from the shared store (0: none, single node).",
+            registry=registry,
+        )
         self.knowledge_bytes = Gauge(
             "mapek_knowledge_bytes",
             "Bytes of the knowledge store (database pages plus WAL), after the last write.",

@@ -97,6 +97,10 @@ class DaemonControl(Protocol):
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         """Journal an authenticated control call (time, route, body, caller) before it acts."""
 
+    def not_leading(self) -> str | None:
+        """Replicas: why this one takes no call that changes state (the leader's state is
+        the shared one); None when it leads or runs alone."""
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -420,6 +424,10 @@ class _Server:
 
     async def _admit(self, request: web.Request, body: dict[str, Any]) -> str:
         caller = request.remote or "unknown"
+        follower = self.control.not_leading() if request.method != "GET" else None
+        if follower is not None:
+            log.info("control_refused", route=f"{request.method} {request.path}", why=follower)
+            raise _Rejected(409, "follower", f"{follower}; send it to the leader", field=None)
         await self.control.record_control(
             route=f"{request.method} {request.path}", body=body, caller=caller
         )

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from mape_k.models import GuardDecision, PolicyExecution, PolicyOutcome
-from mape_k.store import Fence, InboxRow, PairStats, StoreSize
+from mape_k.store import Fence, InboxRow, LeaseState, PairStats, StoreSize
 
 T = TypeVar("T")
 
@@ -227,3 +227,28 @@ class AsyncStore:
 
     async def size(self) -> StoreSize:
         return await self._call(self.backend.size)
+
+
+class LeaseBackend(StoreBackend, Protocol):
+    """A backend replicas can share (PostgreSQL): the leader lease, by the database's clock."""
+
+    def lease_acquire(self, holder: str, ttl_s: float) -> LeaseState: ...
+    def lease_read(self) -> LeaseState | None: ...
+    def lease_release(self, holder: str, epoch: int) -> bool: ...
+
+
+class SharedStore(AsyncStore):
+    """An AsyncStore over a backend replicas share, with its lease (always threaded)."""
+
+    def __init__(self, backend: LeaseBackend) -> None:
+        super().__init__(backend, threaded=True)
+        self._leases = backend
+
+    async def lease_acquire(self, holder: str, ttl_s: float) -> LeaseState:
+        return await self._call(self._leases.lease_acquire, holder, ttl_s)
+
+    async def lease_read(self) -> LeaseState | None:
+        return await self._call(self._leases.lease_read)
+
+    async def lease_release(self, holder: str, epoch: int) -> bool:
+        return await self._call(self._leases.lease_release, holder, epoch)

@@ -477,9 +477,14 @@ class Console:
         fields = parse(form)
         fields["why"] = form.get("why", "").strip()[:MAX_TEXT]
         caller = f"{session.label} from {request.remote or 'unknown'}"
-        await self.control.record_control(route=f"console {name}", body=fields, caller=caller)
-        log.info("console_act", act=name, caller=caller, why=fields["why"])
-        self._flashes[session.id] = await run(fields, caller)
+        follower = self.control.not_leading()
+        if follower is not None:  # replicas: the leader's state is what an act changes
+            log.info("console_act_refused", act=name, caller=caller, why=follower)
+            self._flashes[session.id] = f"not done: {follower}; act on the leader's console"
+        else:
+            await self.control.record_control(route=f"console {name}", body=fields, caller=caller)
+            log.info("console_act", act=name, caller=caller, why=fields["why"])
+            self._flashes[session.id] = await run(fields, caller)
         while len(self._flashes) > self.sessions.max_sessions:
             self._flashes.pop(next(iter(self._flashes)))
         raise web.HTTPSeeOther(PREFIX)

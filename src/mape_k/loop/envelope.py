@@ -78,6 +78,10 @@ class Approval:
     at: float
 
 
+def _always_leading() -> str | None:
+    return None
+
+
 class SafetyEnvelope:
     """The envelope's state. Every mutator takes `now` (or reads the clock); `save()`
     persists what changed."""
@@ -90,8 +94,11 @@ class SafetyEnvelope:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         dry_run: bool = False,
+        not_leading: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
+        # Replicas: why this one must not act now (Leadership.not_leading); None when alone.
+        self.not_leading = not_leading or _always_leading
         self._store = store
         self._metrics = metrics
         self._clock = clock
@@ -116,6 +123,8 @@ class SafetyEnvelope:
         """Why a running policy must not take its next action, if it must not."""
         if self.stopping:
             return "the daemon is stopping"
+        if (why := self.not_leading()) is not None:
+            return why
         if self.dry_run:
             return "dry-run mode was switched on"
         freeze = self.freeze

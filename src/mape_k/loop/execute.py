@@ -326,6 +326,11 @@ class Executor:
             result={"previous": found.previous, "current": found.current},
         )
 
+    def forget_verifications(self) -> None:
+        """Replicas: another leader verified what this one was waiting for (or will); the
+        journal says what is still pending when this one leads again."""
+        self._pending.clear()
+
     def restore_verifications(self, executions: Iterable[PolicyExecution]) -> int:
         """After a restart: wait again for the outcome of completed executions that have
         none yet (from the journal), with the due time and deadline they had."""

@@ -154,6 +154,8 @@ class GuardContext:
     needs_human: Mapping[str, Hold] = field(default_factory=dict)
     startup_problem: str | None = None
     approvals: Mapping[str, float] = field(default_factory=dict)  # policy id -> approved at
+    # Why this replica must not act (a follower, or no lease); None: it leads (or is alone).
+    not_leading: str | None = None
 
 
 Guard = Callable[[RemediationPolicy, GuardContext], GuardDecision]
@@ -578,6 +580,13 @@ def settle_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     return _allow("settle", reason, policy)
 
 
+def leader_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    """Replicas on a shared store: only the holder of the leader lease acts."""
+    if ctx.not_leading is not None:
+        return _decision("leader", GuardVerdict.BLOCK, ctx.not_leading, policy, None)
+    return _allow("leader", "this replica leads", policy)
+
+
 def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if ctx.dry_run:
         steps = ", ".join(actions.describe(a) for a in policy.actions)
@@ -588,6 +597,7 @@ def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision
 
 # Order matters only for reading: every guard is evaluated and recorded.
 DEFAULT_GUARDS: tuple[Guard, ...] = (
+    leader_guard,
     data_guard,
     startup_guard,
     freeze_guard,

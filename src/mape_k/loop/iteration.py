@@ -175,7 +175,12 @@ class IterationPipeline:
         self.state.last_started_at = now
         if self._metrics is not None:
             self._metrics.last_iteration.set(now)
-        record = DecisionRecord(id=iteration_id, started_at=now)
+        # A follower (replicas: another holds the lease) decides and executes nothing: it
+        # verifies nothing (the leader does), raises nothing, journals nothing of its own.
+        record = DecisionRecord(
+            id=iteration_id, started_at=now, follower=self.envelope.not_leading()
+        )
+        leads = record.follower is None
 
         t = time.perf_counter()
         # The iteration timeout bounds reading, never acting: a Charter call is bounded by
@@ -190,10 +195,11 @@ class IterationPipeline:
             await self._check_startup()
 
         t = time.perf_counter()
-        record.verifications = await self._verify(observation, now)
-        await self.executor.release(record.verifications)
-        await self._escalate(now)
-        record.panic = await self._panic_check(record.verifications, observation, now)
+        if leads:
+            record.verifications = await self._verify(observation, now)
+            await self.executor.release(record.verifications)
+            await self._escalate(now)
+            record.panic = await self._panic_check(record.verifications, observation, now)
         phases.done("verify", t)
 
         t = time.perf_counter()
@@ -219,7 +225,9 @@ class IterationPipeline:
         phases.done("plan", t)
 
         t = time.perf_counter()
-        policies, chosen, decisions, why = await self._judge(policies, observation, now)
+        policies, chosen, decisions, why = await self._judge(
+            policies, observation, now, record.follower
+        )
         record.candidates = policies
         record.chosen, record.guard_decisions, record.why = chosen, decisions, why
         phases.done("guard", t)
@@ -234,7 +242,8 @@ class IterationPipeline:
             self._note_execution(record.execution, now)
         record.result = classify(observation, chosen, record.execution, policies, decisions)
         record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
-        await self._settle_holds(now)
+        if leads:
+            await self._settle_holds(now)
         phases.done("total", started)
         record.phases_s = phases.durations
         self._finish(phases, record.result)
@@ -249,7 +258,11 @@ class IterationPipeline:
         return record
 
     async def _judge(
-        self, policies: list[RemediationPolicy], observation: Observation, now: float
+        self,
+        policies: list[RemediationPolicy],
+        observation: Observation,
+        now: float,
+        follower: str | None,
     ) -> tuple[list[RemediationPolicy], RemediationPolicy | None, list[GuardDecision], str]:
         """One reading of the target's state; the returns to baseline due against it are
         planned after the faults' policies (a fix ranks first); every action is resolved
@@ -271,7 +284,10 @@ class IterationPipeline:
         chosen, decisions, why = self._choose(policies, observation, now, reading, plans)
         if chosen is None and returns.held:
             why += "; return to baseline: " + "; ".join(returns.held)
-        await self._record_guards(decisions, now)
+        if follower is None:
+            await self._record_guards(decisions, now)
+        elif not policies:
+            why += f"; {follower}"
         return policies, chosen, decisions, why
 
     def _returns(
@@ -433,6 +449,7 @@ class IterationPipeline:
             needs_human=dict(safety.needs_human),
             startup_problem=self.startup_problem,
             approvals=safety.approval_times(),
+            not_leading=safety.not_leading(),
         )
 
     async def _read_target(self, observation: Observation, now: float) -> Reading:

@@ -29,6 +29,7 @@ from mape_k.loop.record import DecisionRecord
 from mape_k.loop.scheduler import Scheduler
 from mape_k.metrics import StateGauges
 from mape_k.models import RemediationPolicy
+from mape_k.loop.leadership import Leadership
 from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ class MAPEKOrchestrator:
         pipeline: IterationPipeline,
         store: AsyncStore,
         clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
     ) -> None:
         self._settings = settings
         self.pipeline = pipeline
@@ -50,6 +52,7 @@ class MAPEKOrchestrator:
         self.executor = pipeline.executor
         self._store = store
         self._clock = clock
+        self.leadership = leadership
         self.scheduler = Scheduler(self._guarded_iteration, settings.orchestrator)
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
@@ -116,6 +119,8 @@ class MAPEKOrchestrator:
         async with self._lock:
             now = self._clock() if now is None else now
             iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            if self.leadership is not None and self.leadership.take_over():
+                await self.take_over(now)
             try:
                 with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
                     record = await self._keep(await self.pipeline.run(iteration_id, now))
@@ -132,8 +137,8 @@ class MAPEKOrchestrator:
         is kept in memory only: the store may be why it failed)."""
         record = decision.as_dict(top_n=self._settings.knowledge.record_top_n)
         self.records.append(record)
-        if decision.result == "error" or decision.started_at is None:
-            return record
+        if decision.result == "error" or decision.started_at is None or decision.follower:
+            return record  # a follower's records are its own: the journal is the leader's
         try:
             await self._store.record_iteration(
                 decision.id, started_at=decision.started_at, result=decision.result, record=record
@@ -213,7 +218,43 @@ class MAPEKOrchestrator:
             await self.envelope.save(now=now)
         return bool(cleared)
 
-    # --- after a restart -------------------------------------------------------------------
+    # --- after a restart, or a takeover ----------------------------------------------------
+
+    async def reconcile(self, now: float) -> int:
+        """Settle executions a crash left in progress from what the Charter says happened,
+        then resume the envelope from the journal; returns how many were unfinished."""
+        unfinished = await self._store.unfinished_executions()
+        for execution in unfinished:
+            try:
+                await self.executor.reconcile(execution)
+            except MapekError as exc:
+                log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
+        try:
+            await self.resume(now)
+        except MapekError as exc:
+            log.error("resume_failed", error=str(exc))
+        return len(unfinished)
+
+    async def take_over(self, now: float) -> None:
+        """Replicas: this one just became leader. What the shared store holds is the truth
+        (the previous leader wrote it): the guards' memory, the freeze, the approvals and
+        holds, the MapekNeedsHuman alerts, the knowledge; then the executions it left
+        unfinished are reconciled and its pending verifications waited for here."""
+        envelope = self.envelope
+        envelope.freeze = envelope.config_freeze(envelope.config)
+        await envelope.load()
+        await envelope.restore_freeze(now)
+        if self.pipeline.alerts is not None:
+            await self.pipeline.alerts.load()
+        await self.pipeline.knowledge.update_patterns()
+        self.executor.forget_verifications()
+        unfinished = await self.reconcile(now)
+        log.warning(
+            "leader_took_over",
+            epoch=self.leadership.epoch() if self.leadership else None,
+            unfinished_reconciled=unfinished,
+            verifications_pending=len(self.executor.pending_targets()),
+        )
 
     async def resume(self, now: float) -> None:
         """After a restart, the envelope knows what the journal says happened: executions

@@ -48,6 +48,8 @@ class DecisionRecord:
     panic: dict[str, Any] | None = None
     pending_approvals: Sequence[str] = ()
     phases_s: dict[str, float] = field(default_factory=dict)
+    # Replicas: why this one did not act (a follower, no lease); None: it leads or is alone.
+    follower: str | None = None
 
     @classmethod
     def failed(cls, iteration: int, started_at: float | None, error: str) -> DecisionRecord:
@@ -80,6 +82,8 @@ class DecisionRecord:
         record["result"] = self.result
         record["pending_approvals"] = list(self.pending_approvals)
         record["phases_s"] = self.phases_s
+        if self.follower is not None:
+            record["follower"] = self.follower
         return record
 
 

@@ -33,6 +33,7 @@ from mape_k import openapi
 from mape_k.causes import FAULT_KINDS
 from mape_k.errors import CharterNotFound, CharterRequestError
 from mape_k.integrations.charter.base import ActionResult
+from mape_k.integrations.charter.http import EPOCH_HEADER
 from mape_k.sim.committee import (
     ERROR_REASONS,
     LATENCY_BUCKETS,
@@ -63,6 +64,9 @@ class SimState:
         self.chaos_operations: frozenset[str] | None = None  # None: every mutating operation
         # Mutating calls chaos refused (they never reach the committee's action log).
         self.rejected: deque[dict[str, Any]] = deque(maxlen=CHAOS_LOG_SIZE)
+        # Fencing: the newest leader epoch a mutating call carried (X-Mapek-Epoch); a call
+        # with an older one comes from a replica that lost its lease, and is refused.
+        self.epoch = 0
 
     def now(self) -> float:
         now = self.clock()
@@ -190,6 +194,8 @@ async def _auth_and_chaos(request: web.Request, handler: Handler) -> web.StreamR
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+    if request.method in _MUTATING and (stale := _stale_epoch(request, state)) is not None:
+        return stale
     if (
         state.mutations_fail_with is not None
         and request.method in _MUTATING
@@ -207,6 +213,36 @@ async def _auth_and_chaos(request: web.Request, handler: Handler) -> web.StreamR
             )
             return _error(state.mutations_fail_with, "injected failure (POST /sim/chaos)")
     return await handler(request)
+
+
+def _stale_epoch(request: web.Request, state: SimState) -> web.Response | None:
+    """Refuse a mutating call whose leader epoch is older than one already seen (409)."""
+    given = request.headers.get(EPOCH_HEADER)
+    if given is None:
+        return None
+    try:
+        epoch = int(given)
+    except ValueError:
+        return _json_error(422, f"{EPOCH_HEADER} must be an integer", EPOCH_HEADER)
+    if epoch < state.epoch:
+        state.rejected.append(
+            {
+                "time": state.now(),
+                "operation": request.match_info.route.name or request.path,
+                "idempotency_key": _key(request),
+                "status": 409,
+                "epoch": epoch,
+            }
+        )
+        return _json_error(
+            409, f"stale leader epoch {epoch}: epoch {state.epoch} has acted since", EPOCH_HEADER
+        )
+    state.epoch = epoch
+    return None
+
+
+def _json_error(status: int, error: str, field: str) -> web.Response:
+    return web.json_response({"error": error, "field": field}, status=status)
 
 
 # --- Charter API ----------------------------------------------------------------------------
@@ -383,6 +419,7 @@ async def sim_state(request: web.Request) -> web.Response:
             "mutations_fail_with": state.mutations_fail_with,
             "chaos_operations": _ops(state),
             "rejected": list(state.rejected),
+            "epoch": state.epoch,
         }
     )
 

@@ -22,12 +22,13 @@ def get_charter_client(
     *,
     metrics: Metrics | None = None,
     clock: Callable[[], float] | None = None,
+    epoch: Callable[[], int | None] | None = None,
 ) -> CharterClient:
     """`HttpCharterClient` for mode http, else a `MockCharterClient` (seed/regime from config)."""
     if config.mode is CharterMode.HTTP:
         from mape_k.integrations.charter.http import HttpCharterClient  # noqa: PLC0415
 
-        return HttpCharterClient(config, metrics=metrics)
+        return HttpCharterClient(config, metrics=metrics, epoch=epoch)
     from mape_k.integrations.charter.mock import MockCharterClient  # noqa: PLC0415
 
     return MockCharterClient(

@@ -43,6 +43,7 @@ API = "/api/v1"
 RETRY_STATUSES = retry.RETRY_STATUSES
 MAX_BACKOFF_S = retry.MAX_BACKOFF_S
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+EPOCH_HEADER = "X-Mapek-Epoch"  # the leader lease's epoch (replicas): a newer one fences
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -65,8 +66,11 @@ class HttpCharterClient:
         metrics: Metrics | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        epoch: Callable[[], int | None] | None = None,
     ) -> None:
         config = config or CharterConfig()
+        # Replicas: the leader's epoch, sent with every mutating call (fencing at the Charter).
+        self._epoch = epoch
         self.url = (url or config.url).rstrip("/")
         self._token = (
             token
@@ -164,6 +168,9 @@ class HttpCharterClient:
         assert self._client is not None
         safe = method in {"GET", "PUT"} or bool(idempotency_key) or operation == "validate_policy"
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
+        epoch = self._epoch() if self._epoch is not None and method != "GET" else None
+        if epoch is not None:
+            headers[EPOCH_HEADER] = str(epoch)
         attempts = 1 + (self.retries if safe else 0)
         response = await retry.request(
             self._client,

@@ -1,0 +1,214 @@
+"""Who may act: the leader lease of replicas sharing one PostgreSQL store.
+
+A single node (the SQLite file) always leads, with no epoch. Replicas sharing a store
+(`knowledge.url`) contend for one lease row in it (`ha.lease_name`), renewed every third of
+`ha.lease_ttl_s`. The database decides, by its own clock, who holds the lease and with
+which epoch (an acquisition after a lapse increments it); this module only asks and keeps
+the answer. Fencing is in three places, none trusting this replica's belief alone:
+
+* **here**: this replica believes it leads only until `sent + ttl - margin` by its own
+  monotonic clock, where `sent` is when it *sent* the renewal the database granted. The
+  database set `expires_at = db_now + ttl` with db_now at or after `sent`, so this
+  replica stops acting before any other replica can take the lease over;
+* **the store**: every fenced write (journal entry, state) commits only while the lease
+  row still says this holder and epoch, unexpired (PostgresStore; `StaleEpochError`
+  otherwise), and the executor writes its "before" entry before each action: a replica
+  paused past its lease cannot even record an action, so it does not send one;
+* **the Charter**: every mutating call carries the epoch (`X-Mapek-Epoch`) beside its
+  idempotency key; a Charter that has seen a newer epoch refuses an older one.
+
+A follower runs Monitor, Analyze and Plan (for `/readyz`, `/stats` and the console) and
+executes nothing: the `leader` guard blocks every policy with the reason, and its fenced
+writes would be refused anyway (its fence is epoch 0). Becoming leader, it takes over what
+the previous leader left in the shared store (`take_over()`: the orchestrator restores the
+envelope, holds, knowledge and pending verifications before its first decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from mape_k.config import HAConfig
+from mape_k.errors import MapekError
+from mape_k.metrics import Metrics
+from mape_k.store import Fence, LeaseState
+from mape_k.storeio import SharedStore
+
+log = structlog.get_logger(__name__)
+
+MARGIN_SHARE = 0.1  # of the TTL: this replica's lease ends this much before the database's
+MAX_MARGIN_S = 2.0
+
+
+class Leadership:
+    """This replica's role, kept from the database's answers (one owner: the epoch)."""
+
+    def __init__(
+        self,
+        store: SharedStore | None,
+        *,
+        replica_id: str,
+        config: HAConfig,
+        metrics: Metrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.replica_id = replica_id
+        self._config = config
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._epoch: int | None = None  # the epoch this replica leads with, while it does
+        self._valid_until = 0.0  # monotonic time its lease ends, by its own reckoning
+        self._lease: LeaseState | None = None  # the database's last answer
+        self._problem: str | None = None  # why the last renewal failed
+        self._takeover_pending = False
+        self._led_epoch: int | None = None  # the epoch of the last takeover done
+        if store is not None:
+            store.set_fence(Fence(replica_id, 0))  # refused until this replica leads
+
+    @property
+    def shared(self) -> bool:
+        return self._store is not None
+
+    @property
+    def ttl_s(self) -> float:
+        return self._config.lease_ttl_s
+
+    def leading(self) -> bool:
+        if self._store is None:
+            return True
+        return self._epoch is not None and self._monotonic() < self._valid_until
+
+    def epoch(self) -> int | None:
+        """The epoch to send with a mutating call: this replica's while it leads."""
+        return self._epoch if self.leading() else None
+
+    def not_leading(self) -> str | None:
+        """Why this replica must not act (None: it leads)."""
+        if self.leading():
+            return None
+        if self._problem is not None:
+            return f"no leader lease: {self._problem}"
+        lease = self._lease
+        if lease is None:
+            return "follower: no lease read yet"
+        if lease.holder == self.replica_id:
+            return f"follower: this replica's lease (epoch {lease.epoch}) lapsed"
+        left = lease.expires_at - lease.now
+        return f"follower: {lease.holder} leads (epoch {lease.epoch}, lease for {left:.1f} s)"
+
+    def take_over(self) -> bool:
+        """True once after this replica gained the lease (a new epoch): the caller restores
+        what the previous leader left before deciding anything."""
+        if not self._takeover_pending or not self.leading():
+            return False
+        self._takeover_pending = False
+        self._led_epoch = self._epoch
+        return True
+
+    async def renew(self) -> None:
+        """One acquire-or-renew; never raises (a failure is this replica not leading)."""
+        if self._store is None:
+            return
+        sent = self._monotonic()
+        try:
+            lease = await self._store.lease_acquire(self.replica_id, self.ttl_s)
+        except MapekError as exc:
+            if self._problem is None:
+                log.error("lease_renew_failed", replica=self.replica_id, error=str(exc))
+            self._problem = str(exc)
+            self._lapse_if_due()
+            self._export()
+            return
+        if self._problem is not None:
+            log.info("lease_reachable", replica=self.replica_id)
+        self._problem = None
+        self._lease = lease
+        if lease.held_by(self.replica_id):
+            margin = min(MAX_MARGIN_S, MARGIN_SHARE * self.ttl_s)
+            self._valid_until = sent + self.ttl_s - margin
+            if lease.epoch != self._epoch:
+                self._gain(lease.epoch)
+        else:
+            self._lose(f"{lease.holder} holds the lease (epoch {lease.epoch})")
+        self._export()
+
+    def _gain(self, epoch: int) -> None:
+        assert self._store is not None
+        self._epoch = epoch
+        self._store.set_fence(Fence(self.replica_id, epoch))
+        self._takeover_pending = epoch != self._led_epoch
+        log.warning("leader_elected", replica=self.replica_id, epoch=epoch)
+
+    def _lose(self, why: str) -> None:
+        if self._epoch is None:
+            return
+        assert self._store is not None
+        log.warning("leader_lost", replica=self.replica_id, epoch=self._epoch, why=why)
+        self._epoch = None
+        self._led_epoch = None  # leading again, with any epoch, takes over afresh
+        self._store.set_fence(Fence(self.replica_id, 0))
+
+    def _lapse_if_due(self) -> None:
+        if self._epoch is not None and self._monotonic() >= self._valid_until:
+            self._lose(f"the lease could not be renewed: {self._problem}")
+
+    def _export(self) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.leader.set(1 if self.leading() else 0)
+        lease = self._lease
+        self._metrics.lease_epoch.set(lease.epoch if lease is not None else 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Renew every third of the TTL until `stop`, then hand the lease over."""
+        if self._store is None:
+            await stop.wait()
+            return
+        period = self.ttl_s / 3
+        while not stop.is_set():
+            await self.renew()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await stop.wait()
+            self._lapse_if_due()
+        await self.release()
+
+    async def release(self) -> None:
+        """Graceful shutdown: the next replica may take over at once (best effort)."""
+        if self._store is None or self._epoch is None:
+            return
+        epoch, self._epoch = self._epoch, None
+        self._store.set_fence(Fence(self.replica_id, 0))
+        try:
+            released = await self._store.lease_release(self.replica_id, epoch)
+        except MapekError as exc:
+            log.warning("lease_release_failed", replica=self.replica_id, error=str(exc))
+            return
+        log.info("lease_released", replica=self.replica_id, epoch=epoch, released=released)
+        self._export()
+
+    def as_dict(self) -> dict[str, Any]:
+        """For /stats and the console: the role, and who leads as last read."""
+        lease = self._lease
+        return {
+            "mode": "replicas" if self._store is not None else "single",
+            "replica": self.replica_id,
+            "role": "leader" if self.leading() else "follower",
+            "epoch": self.epoch(),
+            "why": self.not_leading(),
+            "lease": None
+            if lease is None
+            else {
+                "holder": lease.holder,
+                "epoch": lease.epoch,
+                "expires_in_s": round(lease.expires_at - lease.now, 3),
+                "ttl_s": self.ttl_s,
+            },
+        }
