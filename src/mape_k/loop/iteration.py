@@ -196,10 +196,7 @@ class IterationPipeline:
 
         t = time.perf_counter()
         if leads:
-            record.verifications = await self._verify(observation, now)
-            await self.executor.release(record.verifications)
-            await self._escalate(now)
-            record.panic = await self._panic_check(record.verifications, observation, now)
+            await self._verify_phase(record, observation, now)
         phases.done("verify", t)
 
         t = time.perf_counter()
@@ -375,6 +372,16 @@ class IterationPipeline:
         if self._watching_since is None:
             self._watching_since = now
         self._last_violation.update(dict.fromkeys(violating, now))
+
+    async def _verify_phase(
+        self, record: DecisionRecord, observation: Observation, now: float
+    ) -> None:
+        """What the executions due for measurement did: verified and learned, what they
+        held released, escalations and a panic revert where called for (the leader's)."""
+        record.verifications = await self._verify(observation, now)
+        await self.executor.release(record.verifications)
+        await self._escalate(now)
+        record.panic = await self._panic_check(record.verifications, observation, now)
 
     async def _verify(self, observation: Observation, now: float) -> list[PolicyOutcome]:
         outcomes = self.executor.verify_due(observation, now=now)

@@ -25,11 +25,11 @@ from mape_k.errors import MapekError
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.envelope import freeze_dict
 from mape_k.loop.iteration import IterationPipeline, MAPEKState
+from mape_k.loop.leadership import Leadership
 from mape_k.loop.record import DecisionRecord
 from mape_k.loop.scheduler import Scheduler
 from mape_k.metrics import StateGauges
 from mape_k.models import RemediationPolicy
-from mape_k.loop.leadership import Leadership
 from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
