@@ -10,7 +10,8 @@ FROM python:3.11-slim AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > requirements.txt \
+# The `ha` extra too (psycopg): the same image runs as a replica on PostgreSQL.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['ha'], sep='\n')" > requirements.txt \
  && pip wheel --wheel-dir /deps -r requirements.txt
 
 FROM python:3.11-slim AS build

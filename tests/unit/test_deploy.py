@@ -220,10 +220,41 @@ def test_compose_file_is_valid_for_docker_compose_v1(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+HA_PORTS = {"mape-k-ha-1": 8011, "mape-k-ha-2": 8012}
+
+
 def test_compose_has_the_five_services_on_their_ports(services: dict[str, Any]) -> None:
-    assert set(services) == set(PORTS)
+    core = {name for name, service in services.items() if "profiles" not in service}
+    assert core == set(PORTS)
     for name, port in PORTS.items():
         assert services[name]["ports"] == [f"{port}:{port}"], name
+
+
+def test_compose_ha_profile_is_postgres_and_two_replicas_of_the_daemon(
+    services: dict[str, Any],
+) -> None:
+    ha = {name for name, service in services.items() if service.get("profiles") == ["ha"]}
+    assert ha == {"postgres", *HA_PORTS}
+    single = mapek_env(services)
+    ids = set()
+    for name, port in HA_PORTS.items():
+        replica = services[name]
+        assert replica["ports"] == [f"{port}:8001"], name
+        env = {key: str(value) for key, value in replica["environment"].items()}
+        ids.add(env.pop("MAPEK_HA__REPLICA_ID"))
+        assert env.pop("MAPEK_KNOWLEDGE__URL_FILE") == "/run/secrets/pg_url"
+        # Otherwise the same daemon as the single node: same Charter, Prometheus, tokens.
+        assert env == {k: v for k, v in single.items() if k != "MAPEK_KNOWLEDGE__PATH"}, name
+        assert set(replica["secrets"]) == {"webhook_token", "admin_token", "pg_url"}
+        assert replica["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert ids == set(HA_PORTS)
+    postgres = services["postgres"]
+    assert postgres["secrets"] == ["pg_password"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/pg_password"
+    # The URL's password is the database's.
+    password = (ROOT / "deploy" / "secrets" / "pg_password").read_text().strip()
+    url = (ROOT / "deploy" / "secrets" / "pg_url").read_text().strip()
+    assert url == f"postgresql://mapek:{password}@postgres:5432/mapek"
 
 
 def test_compose_puts_every_service_on_network_westworld(compose: dict[str, Any]) -> None:
@@ -270,15 +301,15 @@ def test_compose_named_volumes_are_declared(compose: dict[str, Any]) -> None:
             source = volume.split(":")[0]
             if not source.startswith((".", "/")):
                 used.add(source)
-    assert used == {"prometheus-data", "knowledge", "grafana-data"}
+    assert used == {"prometheus-data", "knowledge", "grafana-data", "pg-data"}
     assert set(compose["volumes"]) == used
 
 
 def test_compose_secrets_are_declared_and_mounted(compose: dict[str, Any]) -> None:
     declared = set(compose["secrets"])
-    assert declared == {"webhook_token", "admin_token"}
+    assert declared == {"webhook_token", "admin_token", "pg_password", "pg_url"}
     services = compose["services"]
-    assert set(services["mape-k"]["secrets"]) == declared
+    assert set(services["mape-k"]["secrets"]) == {"webhook_token", "admin_token"}
     assert services["alertmanager"]["secrets"] == ["webhook_token"]
 
 
@@ -726,7 +757,8 @@ def test_dockerfile_installs_dependencies_in_a_layer_that_source_changes_keep(
         text=True,
         check=True,
     ).stdout.split("\n")
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["ha"]
     assert [line for line in listed if line] == declared
 
 
