@@ -370,7 +370,7 @@ def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
     )
 
 
-def _pair_stats(row: sqlite3.Row) -> PairStats:
+def _pair_stats(row: Mapping[str, Any] | sqlite3.Row) -> PairStats:
     """A (cause, action) counters row of the stats table or of a per-target aggregate."""
     return PairStats(
         cause=row["cause"],
@@ -386,7 +386,7 @@ def _pair_stats(row: sqlite3.Row) -> PairStats:
     )
 
 
-def _outcome_from(row: sqlite3.Row) -> PolicyOutcome:
+def _outcome_from(row: Mapping[str, Any] | sqlite3.Row) -> PolicyOutcome:
     return PolicyOutcome(
         execution_id=row["execution_id"],
         policy_id=row["policy_id"],

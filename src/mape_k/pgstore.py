@@ -1,0 +1,1264 @@
+"""The knowledge store on PostgreSQL: what `Store` does on one SQLite file, shared by the
+replicas of a highly available daemon, plus the leader lease they contend for.
+
+Choices:
+
+- Synchronous psycopg 3. The daemon calls the store from one dedicated worker thread (as
+  it does the SQLite store), so a blocking `Connection` guarded by a thread lock is the
+  simplest thing that is right; nothing here runs on the event loop.
+- The same schema as SQLite (`PG_MIGRATIONS`, one entry per `store.MIGRATIONS` entry),
+  JSON kept as TEXT so that records round-trip byte for byte, and a `seq` identity
+  column where SQLite breaks ties by `rowid`. Migrations run under
+  `pg_advisory_xact_lock`, each in its own transaction, re-reading the version under the
+  lock: replicas starting at once migrate exactly once.
+- Fail closed, recover without a restart. Every call is one short explicit transaction
+  with `statement_timeout` and `lock_timeout` set on the session. A paused or partitioned
+  server answers nothing, so the server-side timeout cannot fire: a client-side watchdog
+  shuts the socket down a second past it. Any OperationalError / InterfaceError discards
+  the connection, and the next call reconnects once, bounded by the connect timeout.
+  Every psycopg error leaves as a StoreError naming the location (never the password)
+  and the operation; `write_problem()` also says when the database cannot be reached.
+- Fencing. With a fence set (`set_fence`), every journal write first runs
+  `SELECT 1 FROM leases WHERE name, holder, epoch match AND expires_at > now FOR SHARE`
+  in its own transaction: no row, StaleEpochError and nothing written. FOR SHARE (not a
+  plain read) makes the check hold until the commit: a contender's takeover UPDATE of
+  the lease row waits for the fenced write to commit, so no write of an old epoch can
+  commit after a new epoch was granted. Fenced writes do not block one another.
+- The database's clock (`extract(epoch from clock_timestamp())`) decides every lease
+  question: the replicas' clocks may disagree, the one database's clock is the only one
+  every check and every takeover read.
+- The byte budget counts `pg_total_relation_size` of our tables (after every write: one
+  cheap query). PostgreSQL does not give deleted rows back to the file system without
+  VACUUM FULL; autovacuum makes their space reusable. So `shrink` deletes the oldest
+  history (same order and same keeps as SQLite) until the bytes the rows hold
+  (`pg_column_size`) are under the low water mark, and next shrinks only once the tables
+  grew a tenth of the budget past what they took after this one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from mape_k import store as _sqlite_store
+from mape_k.errors import StaleEpochError, StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.metrics import Metrics
+from mape_k.models import (
+    ExecutionStatus,
+    GuardDecision,
+    OutcomeType,
+    PolicyExecution,
+    PolicyOutcome,
+)
+from mape_k.store import (
+    _CLEARS_ALL_FAILURES,
+    _RETAINED,
+    _UNFINISHED,
+    BUDGET_KEEP_NEWEST,
+    BUDGET_LOW_WATER,
+    SCHEMA_VERSION,
+    Fence,
+    InboxRow,
+    LeaseState,
+    PairStats,
+    StoreSize,
+    _dumps,
+    _outcome_from,
+    _pair_stats,
+    execution_from_record,
+)
+
+log = structlog.get_logger(__name__)
+
+# Append-only, one entry per store.MIGRATIONS entry: the same tables and columns.
+PG_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE iterations (
+        id TEXT PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        result TEXT NOT NULL,
+        record TEXT NOT NULL,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX iterations_started_at ON iterations (started_at);
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        target TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        dry_run BIGINT NOT NULL DEFAULT 0,
+        record TEXT NOT NULL,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX executions_status ON executions (status);
+    CREATE INDEX executions_started_at ON executions (started_at);
+    CREATE TABLE outcomes (
+        execution_id TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        value_before DOUBLE PRECISION,
+        value_after DOUBLE PRECISION,
+        threshold DOUBLE PRECISION,
+        time_to_stabilize_s DOUBLE PRECISION,
+        recorded_at DOUBLE PRECISION NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        seq BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX outcomes_recorded_at ON outcomes (recorded_at);
+    CREATE TABLE stats (
+        cause TEXT NOT NULL,
+        action_type TEXT NOT NULL,
+        samples BIGINT NOT NULL DEFAULT 0,
+        successes BIGINT NOT NULL DEFAULT 0,
+        partials BIGINT NOT NULL DEFAULT 0,
+        ineffective BIGINT NOT NULL DEFAULT 0,
+        degradations BIGINT NOT NULL DEFAULT 0,
+        unknowns BIGINT NOT NULL DEFAULT 0,
+        tts_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        tts_count BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (cause, action_type)
+    );
+    CREATE TABLE guard_decisions (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        guard TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy_id TEXT,
+        until DOUBLE PRECISION
+    );
+    CREATE INDEX guard_decisions_at ON guard_decisions (at);
+    CREATE TABLE control_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        route TEXT NOT NULL,
+        body TEXT,
+        caller TEXT
+    );
+    CREATE INDEX control_log_at ON control_log (at);
+    CREATE TABLE state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE alert_inbox (
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+        starts_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION,
+        seen_at DOUBLE PRECISION NOT NULL,
+        labels TEXT,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        PRIMARY KEY (fingerprint, status)
+    );
+    """,
+    """
+    ALTER TABLE iterations ADD COLUMN epoch BIGINT;
+    ALTER TABLE executions ADD COLUMN epoch BIGINT;
+    ALTER TABLE outcomes ADD COLUMN epoch BIGINT;
+    ALTER TABLE guard_decisions ADD COLUMN epoch BIGINT;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        acquired_at DOUBLE PRECISION NOT NULL,
+        renewed_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+)
+assert len(PG_MIGRATIONS) == len(_sqlite_store.MIGRATIONS) == SCHEMA_VERSION
+
+# Every table the schema has (integrity_ok, size); the first ones exist from schema 1.
+_TABLES: tuple[str, ...] = (
+    "meta",
+    "iterations",
+    "executions",
+    "outcomes",
+    "stats",
+    "guard_decisions",
+    "control_log",
+    "state",
+    "alert_inbox",
+    "leases",
+)
+# The tie-break column of each retained table (SQLite's rowid).
+_SEQ: Mapping[str, str] = {"guard_decisions": "id", "control_log": "id"}
+# Serialises migrations across replicas (pg_advisory_xact_lock key: "mapek" in ASCII).
+_MIGRATION_LOCK = 0x6D6170656B
+_NOW = "extract(epoch from clock_timestamp())::double precision"
+# The client-side watchdog fires this long after the server's statement_timeout would.
+_WATCHDOG_GRACE_S = 1.0
+# A row's bytes beyond its columns: the tuple header and its line pointer.
+_ROW_OVERHEAD = 28
+
+
+def _keep(clause: str) -> str:
+    """store._RETAINED's conditions are SQLite's: "1" is TRUE here."""
+    return "TRUE" if clause == "1" else clause
+
+
+def _display(url: str) -> tuple[str, str | None]:
+    """(postgresql://user@host:port/dbname, the password or None) of a connection URL."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise StoreError(
+            "knowledge.url is not a valid PostgreSQL connection URL (not shown: it may hold"
+            " a password)"
+        ) from None
+    user = str(params.get("user") or os.environ.get("PGUSER") or "")
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or user)
+    password = params.get("password")
+    where = f"{user}@{host}" if user else host
+    return f"postgresql://{where}:{port}/{dbname}", None if password is None else str(password)
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when one statement outlives its deadline.
+
+    A stopped server (SIGSTOP, a partition) never enforces its statement_timeout and
+    the kernel keeps the TCP connection open: without this a call would hang. Shutting
+    the socket down makes libpq see the connection closed (an OperationalError), and the
+    store discards the connection.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: tuple[int, float] | None = None  # (fd, monotonic deadline)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.fired = False
+
+    def arm(self, fd: int, timeout_s: float) -> None:
+        with self._cond:
+            self._armed = (fd, time.monotonic() + timeout_s)
+            self.fired = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mapek-pgstore-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._armed = None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._armed = None
+            self._cond.notify()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._armed is None:
+                    self._cond.wait()
+                    continue
+                fd, deadline = self._armed
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                # Under the lock: the caller cannot disarm and close the fd meanwhile.
+                try:
+                    sock = socket.socket(fileno=os.dup(fd))
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        sock.close()
+                except OSError:
+                    pass  # already closed: the statement fails on its own
+                self.fired = True
+                self._armed = None
+
+
+Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
+Cursor: TypeAlias = psycopg.Cursor[dict[str, Any]]
+
+
+class PostgresStore:
+    """Synchronous access to the knowledge store on PostgreSQL; each call is one short
+    transaction. The same public interface and semantics as `Store` (SQLite), plus the
+    leader lease (`lease_acquire`, `lease_read`, `lease_release`) and fenced writes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_bytes: int | None = None,
+        metrics: Metrics | None = None,
+        connect_timeout_s: float = 3.0,
+        statement_timeout_s: float = 5.0,
+        lease_name: str = "mapek",
+    ) -> None:
+        """Use `PostgresStore.open(url)`: it validates and migrates the database."""
+        self._url = url
+        self._location, self._password = _display(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_s = statement_timeout_s
+        self._lease_name = lease_name
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._conn: Conn | None = None
+        self._closed = False
+        self._watchdog = _Watchdog()
+        self._schema_version = 0
+        self._write_failures: dict[str, tuple[float, str]] = {}
+        self._connect_failure: str | None = None
+        self._shrink_above = max_bytes
+        self._fence: Fence | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        max_bytes: int | None = None,
+        metrics: Metrics | None = None,
+        connect_timeout_s: float = 3.0,
+        statement_timeout_s: float = 5.0,
+        lease_name: str = "mapek",
+    ) -> PostgresStore:
+        """Connect to `url`, refuse a newer or foreign schema, migrate; raise StoreError
+        (StoreSchemaError for a schema we must not touch) when it cannot."""
+        store = cls(
+            url,
+            max_bytes=max_bytes,
+            metrics=metrics,
+            connect_timeout_s=connect_timeout_s,
+            statement_timeout_s=statement_timeout_s,
+            lease_name=lease_name,
+        )
+        try:
+            store._prepare()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        version = self._read_version("open")  # read-only first: a refused db is not written
+        if version > SCHEMA_VERSION:
+            raise self._newer(version)
+        while version < SCHEMA_VERSION:
+            version = self._migrate_one()
+        self._schema_version = SCHEMA_VERSION
+        self._note_writable()
+        self._after_write()
+        log.info("store_opened", location=self._location, schema_version=self._schema_version)
+
+    def _newer(self, version: int) -> StoreSchemaError:
+        return StoreSchemaError(
+            f"{self._location}: written by a newer mape-k (schema {version} > {SCHEMA_VERSION});"
+            " refusing to open — upgrade mape-k or point knowledge.url elsewhere"
+        )
+
+    def _version_in(self, cur: Cursor) -> int:
+        self._exec(
+            cur,
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            " AND tablename = ANY(%s)",
+            (list(_TABLES),),
+        )
+        tables = {row["tablename"] for row in cur.fetchall()}
+        if "meta" not in tables:
+            if tables:
+                raise StoreSchemaError(
+                    f"{self._location} has tables named like a mape-k knowledge store"
+                    f" ({', '.join(sorted(tables))}) but no meta table: not a mape-k store;"
+                    " refusing to open — point knowledge.url elsewhere"
+                )
+            return 0
+        self._exec(cur, "SELECT value FROM meta WHERE key = 'schema_version'", ())
+        row = cur.fetchone()
+        try:
+            return int(row["value"]) if row is not None else -1
+        except (TypeError, ValueError):
+            return -1
+
+    def _read_version(self, what: str) -> int:
+        with self._tx(what, write=False) as cur:
+            version = self._version_in(cur)
+        if version < 0:
+            raise StoreSchemaError(
+                f"{self._location}: no readable schema_version in meta; refusing to open"
+            )
+        return version
+
+    def _migrate_one(self) -> int:
+        """Apply the next migration under the advisory lock (another replica may have
+        applied it meanwhile: then nothing); return the version now."""
+        with self._tx("migrate", write=True, budget=False) as cur:
+            self._exec(cur, "SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            version = self._version_in(cur)
+            if version < 0:
+                raise StoreSchemaError(
+                    f"{self._location}: no readable schema_version in meta; refusing to open"
+                )
+            if version > SCHEMA_VERSION:
+                raise self._newer(version)
+            if version == SCHEMA_VERSION:
+                return version
+            target = version + 1
+            try:
+                cur.execute(PG_MIGRATIONS[version].encode())
+                self._exec(
+                    cur,
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(target),),
+                )
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"{self._location}: migration to schema {target} failed:"
+                    f" {self._scrub(str(exc))}"
+                ) from exc
+        log.info("store_migrated", location=self._location, from_version=version, to_version=target)
+        return target
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._discard()
+        self._watchdog.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for logs and /readyz: postgresql://user@host:port/dbname."""
+        return self._location
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    @property
+    def fence(self) -> Fence | None:
+        return self._fence
+
+    def set_fence(self, fence: Fence | None) -> None:
+        """Make every journal write conditional on `fence` holding the lease (None: a
+        single node, nothing checked, epoch NULL)."""
+        self._fence = fence
+
+    @property
+    def _epoch(self) -> int | None:
+        return None if self._fence is None else self._fence.epoch
+
+    def integrity_ok(self) -> bool:
+        """True when the database answers and every table of the schema exists."""
+        try:
+            rows = self._read(
+                "SELECT count(*) AS n FROM pg_tables WHERE schemaname = current_schema()"
+                " AND tablename = ANY(%s)",
+                (list(_TABLES),),
+            )
+        except StoreError:
+            return False
+        return int(rows[0]["n"]) == len(_TABLES)
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        text = " ".join(text.split())  # one line
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a broken connection may fail to close
+                log.debug("store_connection_close_failed", location=self._location)
+
+    def _connection(self) -> Conn:
+        """The open connection, or a new one (one attempt, bounded by connect_timeout)."""
+        if self._closed:
+            raise StoreError(f"{self._location}: store is closed")
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._discard()
+        ms = max(1, int(self._statement_timeout_s * 1000))
+        try:
+            conn = psycopg.connect(
+                self._url,
+                autocommit=False,
+                row_factory=dict_row,
+                connect_timeout=max(1, math.ceil(self._connect_timeout_s)),
+                options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
+                application_name="mape-k",
+            )
+        except psycopg.Error as exc:
+            reason = self._scrub(str(exc)) or type(exc).__name__
+            first = self._connect_failure is None
+            self._connect_failure = f"cannot reach {self._location}: {reason}"
+            self._note_writable()
+            if first:
+                log.error("store_unreachable", location=self._location, error=reason)
+            raise StoreError(self._connect_failure) from None
+        if self._connect_failure is not None:
+            log.info("store_reachable", location=self._location)
+        self._connect_failure = None
+        self._note_writable()
+        self._conn = conn
+        return conn
+
+    def _exec(self, cur: Cursor, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> None:
+        """One statement, under the watchdog."""
+        self._watchdog.arm(cur.connection.fileno(), self._statement_timeout_s + _WATCHDOG_GRACE_S)
+        try:
+            cur.execute(sql.encode(), params)
+        finally:
+            self._watchdog.disarm()
+
+    def _guarded(self, conn: Conn, call: str) -> None:
+        """commit / rollback, under the watchdog."""
+        self._watchdog.arm(conn.fileno(), self._statement_timeout_s + _WATCHDOG_GRACE_S)
+        try:
+            if call == "commit":
+                conn.commit()
+            else:
+                conn.rollback()
+        finally:
+            self._watchdog.disarm()
+
+    def _rollback(self, conn: Conn) -> None:
+        if conn.closed or conn.broken:
+            self._discard()
+            return
+        try:
+            self._guarded(conn, "rollback")
+        except psycopg.Error:
+            self._discard()
+
+    def _error(self, what: str, exc: psycopg.Error) -> StoreError:
+        text = self._scrub(str(exc)) or type(exc).__name__
+        if self._watchdog.fired:
+            text = (
+                f"no answer in {self._statement_timeout_s + _WATCHDOG_GRACE_S:g} s"
+                f" (the database is stalled or unreachable): {text}"
+            )
+        return StoreError(f"{self._location}: {what}: {text}")
+
+    @contextmanager
+    def _tx(
+        self, what: str, *, write: bool, fenced: bool = False, budget: bool = True
+    ) -> Iterator[Cursor]:
+        """One transaction: fence check first (fenced writes), commit, errors as
+        StoreError; a lost connection is discarded for the next call to replace."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    if fenced and self._fence is not None:
+                        self._check_fence(cur, what, self._fence)
+                    yield cur
+                self._guarded(conn, "commit")
+            except StaleEpochError:
+                self._rollback(conn)
+                raise
+            except psycopg.Error as exc:
+                error = self._error(what, exc)
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                    self._discard()
+                else:
+                    self._rollback(conn)
+                if write:
+                    self._write_failed(what, str(error).removeprefix(f"{self._location}: "))
+                raise error from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+            if write:
+                if what in _CLEARS_ALL_FAILURES:
+                    self._write_failures.clear()
+                else:
+                    self._write_failures.pop(what, None)
+                self._note_writable()
+        if write and budget:
+            self._after_write()
+
+    def _check_fence(self, cur: Cursor, what: str, fence: Fence) -> None:
+        self._exec(
+            cur,
+            "SELECT 1 FROM leases WHERE name = %s AND holder = %s AND epoch = %s"  # noqa: S608
+            f" AND expires_at > {_NOW} FOR SHARE",
+            (self._lease_name, fence.holder, fence.epoch),
+        )
+        if cur.fetchone() is None:
+            raise StaleEpochError(
+                f"{self._location}: {what}: refused, holder {fence.holder!r} epoch"
+                f" {fence.epoch} no longer holds lease {self._lease_name!r}"
+            )
+
+    def _write_failed(self, what: str, error: str) -> None:
+        first = what not in self._write_failures
+        self._write_failures[what] = (time.time(), error.removeprefix(f"{what}: "))
+        self._note_writable()
+        if first:
+            log.error("store_write_failed", location=self._location, write=what, error=error)
+
+    def _note_writable(self) -> None:
+        if self._metrics is not None:
+            bad = self._write_failures or self._connect_failure is not None
+            self._metrics.knowledge_writable.set(0 if bad else 1)
+
+    def write_problem(self) -> str | None:
+        """Why the store cannot write now: the last connection attempt failed, or a kind
+        of write failed and has not succeeded since; None when neither."""
+        if self._connect_failure is not None:
+            return self._connect_failure
+        failures = dict(self._write_failures)
+        if not failures:
+            return None
+        what, (_at, error) = max(failures.items(), key=lambda item: item[1][0])
+        others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
+        return f"cannot write: {what} failed: {error}{others}"
+
+    def _read(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str = "read failed"
+    ) -> list[dict[str, Any]]:
+        with self._tx(what, write=False) as cur:
+            self._exec(cur, sql, params)
+            return cur.fetchall()
+
+    def _loads(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._location}: a stored record is not JSON") from exc
+
+    # --- the leader lease ------------------------------------------------------------
+
+    @staticmethod
+    def _lease(row: Mapping[str, Any]) -> LeaseState:
+        return LeaseState(
+            name=row["name"],
+            holder=row["holder"],
+            epoch=int(row["epoch"]),
+            acquired_at=float(row["acquired_at"]),
+            renewed_at=float(row["renewed_at"]),
+            expires_at=float(row["expires_at"]),
+            now=float(row["now"]),
+        )
+
+    def lease_acquire(self, holder: str, ttl_s: float) -> LeaseState:
+        """Take the lease (free or expired: epoch + 1) or renew it (ours and unexpired:
+        same epoch); return the row as it stands after the attempt, whoever holds it."""
+        with self._tx("lease_acquire", write=True, budget=False) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO leases AS l (name, holder, epoch, acquired_at, renewed_at,"  # noqa: S608
+                " expires_at)"
+                " SELECT %(name)s, %(holder)s, 1, c.now, c.now, c.now + %(ttl)s"
+                f" FROM (SELECT {_NOW} AS now) AS c"
+                " ON CONFLICT (name) DO UPDATE SET"
+                " holder = excluded.holder,"
+                " epoch = CASE WHEN l.holder = excluded.holder"
+                " AND l.expires_at > excluded.renewed_at THEN l.epoch ELSE l.epoch + 1 END,"
+                " acquired_at = CASE WHEN l.holder = excluded.holder"
+                " AND l.expires_at > excluded.renewed_at THEN l.acquired_at"
+                " ELSE excluded.acquired_at END,"
+                " renewed_at = excluded.renewed_at,"
+                " expires_at = excluded.expires_at"
+                " WHERE l.holder = excluded.holder OR l.expires_at <= excluded.renewed_at"
+                " RETURNING l.name, l.holder, l.epoch, l.acquired_at, l.renewed_at,"
+                " l.expires_at, l.renewed_at AS now",
+                {"name": self._lease_name, "holder": holder, "ttl": float(ttl_s)},
+            )
+            row = cur.fetchone()
+            if row is None:  # someone else holds it, unexpired
+                self._exec(
+                    cur,
+                    f"SELECT *, {_NOW} AS now FROM leases WHERE name = %s",  # noqa: S608
+                    (self._lease_name,),
+                )
+                row = cur.fetchone()
+            if row is None:  # pragma: no cover - the upsert made or kept the row
+                raise StoreError(f"{self._location}: lease_acquire: the lease row vanished")
+            return self._lease(row)
+
+    def lease_read(self) -> LeaseState | None:
+        """The lease row and the database's clock now, or None (never taken)."""
+        rows = self._read(
+            f"SELECT *, {_NOW} AS now FROM leases WHERE name = %s",  # noqa: S608
+            (self._lease_name,),
+            "lease_read",
+        )
+        return self._lease(rows[0]) if rows else None
+
+    def lease_release(self, holder: str, epoch: int) -> bool:
+        """Expire the lease now if (holder, epoch) still hold it: a graceful shutdown
+        hands over at once. False when they did not (nothing changed)."""
+        with self._tx("lease_release", write=True, budget=False) as cur:
+            self._exec(
+                cur,
+                f"UPDATE leases SET expires_at = {_NOW} WHERE name = %s AND holder = %s"  # noqa: S608
+                f" AND epoch = %s AND expires_at > {_NOW}",
+                (self._lease_name, holder, epoch),
+            )
+            return cur.rowcount == 1
+
+    # --- iterations ------------------------------------------------------------------
+
+    def record_iteration(
+        self, iteration_id: str, *, started_at: float, result: str, record: Mapping[str, Any]
+    ) -> None:
+        """Store (or replace) the decision record of one iteration."""
+        with self._tx("record_iteration", write=True, fenced=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO iterations (id, started_at, result, record, epoch)"
+                " VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
+                " result = excluded.result, record = excluded.record, epoch = excluded.epoch",
+                (iteration_id, started_at, result, _dumps(record), self._epoch),
+            )
+
+    def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
+        """Newest first: {"id", "started_at", "result", "record"}; with `before`, only the
+        iterations that started before that time (the next page of /stats)."""
+        if before is None:
+            rows = self._read(
+                "SELECT id, started_at, result, record FROM iterations"
+                " ORDER BY started_at DESC, seq DESC LIMIT %s",
+                (limit,),
+            )
+        else:
+            rows = self._read(
+                "SELECT id, started_at, result, record FROM iterations WHERE started_at < %s"
+                " ORDER BY started_at DESC, seq DESC LIMIT %s",
+                (before, limit),
+            )
+        return [
+            {
+                "id": row["id"],
+                "started_at": row["started_at"],
+                "result": row["result"],
+                "record": self._loads(row["record"]),
+            }
+            for row in rows
+        ]
+
+    # --- executions ------------------------------------------------------------------
+
+    def upsert_execution(self, execution: PolicyExecution) -> None:
+        """Write before acting (pending / in_progress) and again after: a crash leaves a trace."""
+        policy = execution.policy
+        with self._tx("upsert_execution", write=True, fenced=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
+                " started_at, finished_at, dry_run, record, epoch)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
+                " cause = excluded.cause, target = excluded.target,"
+                " action_type = excluded.action_type, status = excluded.status,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " dry_run = excluded.dry_run, record = excluded.record, epoch = excluded.epoch",
+                (
+                    execution.id,
+                    policy.id,
+                    policy.cause.name,
+                    policy.target,
+                    policy.primary_action,
+                    execution.status.value,
+                    execution.started_at,
+                    execution.finished_at,
+                    int(execution.dry_run),
+                    _dumps(execution),
+                    self._epoch,
+                ),
+            )
+
+    def _executions(self, where: str, params: Sequence[Any]) -> list[PolicyExecution]:
+        rows = self._read(f"SELECT record FROM executions {where}", params)  # noqa: S608 - constant clauses
+        out: list[PolicyExecution] = []
+        for row in rows:
+            try:
+                out.append(execution_from_record(self._loads(row["record"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreCorruptError(f"{self._location}: unreadable execution record") from exc
+        return out
+
+    def get_execution(self, execution_id: str) -> PolicyExecution | None:
+        found = self._executions("WHERE id = %s", (execution_id,))
+        return found[0] if found else None
+
+    def recent_executions(self, limit: int) -> list[PolicyExecution]:
+        """Newest first."""
+        return self._executions("ORDER BY started_at DESC, seq DESC LIMIT %s", (limit,))
+
+    def target_executions(self, target: str, limit: int) -> list[PolicyExecution]:
+        """A target's executions, newest first (the console's charts)."""
+        return self._executions(
+            "WHERE target = %s ORDER BY started_at DESC, seq DESC LIMIT %s", (target, limit)
+        )
+
+    def iteration(self, iteration_id: str) -> dict[str, Any] | None:
+        """One journaled decision record, or None."""
+        rows = self._read("SELECT record FROM iterations WHERE id = %s", (iteration_id,))
+        record = self._loads(rows[0]["record"]) if rows else None
+        return record if isinstance(record, dict) else None
+
+    def unfinished_executions(self) -> list[PolicyExecution]:
+        """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
+        return self._executions(
+            "WHERE status IN (%s, %s) ORDER BY started_at, seq", tuple(_UNFINISHED)
+        )
+
+    def unverified_executions(self, *, since: float) -> list[PolicyExecution]:
+        """Completed (not dry-run) executions finished at or after `since` with no outcome
+        recorded yet: the verifications a restart must wait for again. Oldest first."""
+        return self._executions(
+            "WHERE status = %s AND dry_run = 0 AND finished_at >= %s"
+            " AND id NOT IN (SELECT execution_id FROM outcomes) ORDER BY finished_at, seq",
+            (ExecutionStatus.COMPLETED.value, since),
+        )
+
+    def executions_finished_since(self, since: float) -> list[PolicyExecution]:
+        """Executions (not dry-run) that finished at or after `since`, oldest first."""
+        return self._executions(
+            "WHERE dry_run = 0 AND finished_at >= %s ORDER BY finished_at, seq", (since,)
+        )
+
+    # --- outcomes and statistics -----------------------------------------------------
+
+    def record_outcome(self, outcome: PolicyOutcome) -> bool:
+        """Insert the outcome and fold it into `stats`, atomically; False if already recorded."""
+        kind = outcome.outcome
+        counted = kind is not OutcomeType.UNKNOWN
+        tts = outcome.time_to_stabilize_s if counted else None
+        with self._tx("record_outcome", write=True, fenced=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO outcomes (execution_id, policy_id, cause, action_type,"
+                " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
+                " recorded_at, detail, epoch)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (execution_id) DO NOTHING",
+                (
+                    outcome.execution_id,
+                    outcome.policy_id,
+                    outcome.cause,
+                    outcome.action_type,
+                    outcome.target,
+                    kind.value,
+                    outcome.value_before,
+                    outcome.value_after,
+                    outcome.threshold,
+                    outcome.time_to_stabilize_s,
+                    outcome.recorded_at,
+                    outcome.detail,
+                    self._epoch,
+                ),
+            )
+            inserted = cur.rowcount == 1
+            if inserted:
+                self._exec(
+                    cur,
+                    "INSERT INTO stats AS s (cause, action_type, samples, successes, partials,"
+                    " ineffective, degradations, unknowns, tts_sum, tts_count)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (cause, action_type) DO UPDATE SET"
+                    " samples = s.samples + excluded.samples,"
+                    " successes = s.successes + excluded.successes,"
+                    " partials = s.partials + excluded.partials,"
+                    " ineffective = s.ineffective + excluded.ineffective,"
+                    " degradations = s.degradations + excluded.degradations,"
+                    " unknowns = s.unknowns + excluded.unknowns,"
+                    " tts_sum = s.tts_sum + excluded.tts_sum,"
+                    " tts_count = s.tts_count + excluded.tts_count",
+                    (
+                        outcome.cause,
+                        outcome.action_type,
+                        int(counted),
+                        int(kind is OutcomeType.SUCCESS),
+                        int(kind is OutcomeType.PARTIAL),
+                        int(kind is OutcomeType.INEFFECTIVE),
+                        int(kind is OutcomeType.DEGRADATION),
+                        int(not counted),
+                        tts or 0.0,
+                        int(tts is not None),
+                    ),
+                )
+        return inserted
+
+    def _outcomes(self, rows: list[dict[str, Any]]) -> list[PolicyOutcome]:
+        try:
+            return [_outcome_from(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._location}: unreadable outcome row") from exc
+
+    def recent_outcomes(self, limit: int) -> list[PolicyOutcome]:
+        """Newest first."""
+        return self._outcomes(
+            self._read(
+                "SELECT * FROM outcomes ORDER BY recorded_at DESC, seq DESC LIMIT %s", (limit,)
+            )
+        )
+
+    def outcome(self, execution_id: str) -> PolicyOutcome | None:
+        """The verified outcome of one execution, or None (not verified yet, or pruned)."""
+        found = self._outcomes(
+            self._read("SELECT * FROM outcomes WHERE execution_id = %s", (execution_id,))
+        )
+        return found[0] if found else None
+
+    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
+        """The outcomes of `target` recorded at or after `since`, oldest first."""
+        return self._outcomes(
+            self._read(
+                "SELECT * FROM outcomes WHERE target = %s AND recorded_at >= %s"
+                " ORDER BY recorded_at, seq",
+                (target, since),
+            )
+        )
+
+    def stats(self) -> list[PairStats]:
+        """Every (cause, action type) pair with at least one recorded outcome."""
+        rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
+        try:
+            return [_pair_stats(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self._location}: unknown action type in stats") from exc
+
+    def target_stats(self) -> list[tuple[str, PairStats]]:
+        """(target, its counters) per (cause, target, action type), from the outcomes kept
+        (retention bounds them: a target's posterior is its recent record)."""
+        rows = self._read(
+            "SELECT cause, target, action_type,"
+            " count(*) FILTER (WHERE outcome <> 'unknown') AS samples,"
+            " count(*) FILTER (WHERE outcome = 'success') AS successes,"
+            " count(*) FILTER (WHERE outcome = 'partial') AS partials,"
+            " count(*) FILTER (WHERE outcome = 'ineffective') AS ineffective,"
+            " count(*) FILTER (WHERE outcome = 'degradation') AS degradations,"
+            " count(*) FILTER (WHERE outcome = 'unknown') AS unknowns,"
+            " COALESCE(SUM(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown'), 0)"
+            " AS tts_sum,"
+            " count(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown') AS tts_count"
+            " FROM outcomes GROUP BY cause, target, action_type"
+            " ORDER BY cause, target, action_type",
+            (),
+        )
+        return [(row["target"], _pair_stats(row)) for row in rows]
+
+    # --- guard decisions, control log, state -----------------------------------------
+
+    def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
+        with self._tx("record_guard_decision", write=True, fenced=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until, epoch)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    at,
+                    decision.guard,
+                    decision.verdict.value,
+                    decision.reason,
+                    decision.policy_id,
+                    decision.until,
+                    self._epoch,
+                ),
+            )
+
+    def recent_guard_decisions(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "guard", "verdict", "reason", "policy_id", "until",
+        "epoch"}."""
+        return self._read(
+            "SELECT id, at, guard, verdict, reason, policy_id, until, epoch"
+            " FROM guard_decisions ORDER BY at DESC, id DESC LIMIT %s",
+            (limit,),
+        )
+
+    def record_control(
+        self, *, at: float, route: str, body: Any = None, caller: str | None = None
+    ) -> None:
+        """Journal one operator call of the control API (body stored as JSON); never
+        fenced: any replica keeps the audit trail."""
+        with self._tx("record_control", write=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO control_log (at, route, body, caller) VALUES (%s, %s, %s, %s)",
+                (at, route, None if body is None else _dumps(body), caller),
+            )
+
+    def recent_control(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "route", "body" (decoded), "caller"}."""
+        rows = self._read(
+            "SELECT id, at, route, body, caller FROM control_log"
+            " ORDER BY at DESC, id DESC LIMIT %s",
+            (limit,),
+        )
+        return [{**row, "body": self._loads(row["body"])} for row in rows]
+
+    def get_state(self, key: str) -> Any | None:
+        rows = self._read("SELECT value FROM state WHERE key = %s", (key,))
+        return self._loads(rows[0]["value"]) if rows else None
+
+    def set_state(self, key: str, value: Any, *, at: float | None = None) -> None:
+        """Persist one JSON value of daemon state (freeze, breakers...) under `key`."""
+        updated_at = time.time() if at is None else at
+        with self._tx("set_state", write=True, fenced=True) as cur:
+            self._exec(
+                cur,
+                "INSERT INTO state (key, value, updated_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, _dumps(value), updated_at),
+            )
+
+    def delete_state(self, key: str) -> None:
+        with self._tx("delete_state", write=True, fenced=True) as cur:
+            self._exec(cur, "DELETE FROM state WHERE key = %s", (key,))
+
+    # --- alert inbox -----------------------------------------------------------------
+
+    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        """Write what the alert inbox changed, in one transaction (never fenced: every
+        replica receives alerts)."""
+        with self._tx("save_inbox", write=True) as cur:
+            for fingerprint, status in deletes:
+                self._exec(
+                    cur,
+                    "DELETE FROM alert_inbox WHERE fingerprint = %s AND status = %s",
+                    (fingerprint, status),
+                )
+            for row in upserts:
+                self._exec(
+                    cur,
+                    "INSERT INTO alert_inbox (fingerprint, status, starts_at, ends_at, seen_at,"
+                    " labels) VALUES (%s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (fingerprint, status) DO UPDATE SET"
+                    " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
+                    " seen_at = excluded.seen_at, labels = excluded.labels",
+                    (
+                        row.fingerprint,
+                        row.status,
+                        row.starts_at,
+                        row.ends_at,
+                        row.seen_at,
+                        None if row.labels is None else _dumps(row.labels),
+                    ),
+                )
+
+    def inbox_rows(self) -> list[InboxRow]:
+        """Every remembered inbox row, oldest delivery first."""
+        rows = self._read(
+            "SELECT fingerprint, status, starts_at, ends_at, seen_at, labels FROM alert_inbox"
+            " ORDER BY seen_at, seq",
+            (),
+        )
+        out: list[InboxRow] = []
+        for row in rows:
+            labels = self._loads(row["labels"])
+            if labels is not None and not (
+                isinstance(labels, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+            ):
+                raise StoreCorruptError(f"{self._location}: unreadable alert inbox row")
+            out.append(
+                InboxRow(
+                    fingerprint=row["fingerprint"],
+                    status=row["status"],
+                    starts_at=row["starts_at"],
+                    ends_at=row["ends_at"],
+                    seen_at=row["seen_at"],
+                    labels=labels,
+                )
+            )
+        return out
+
+    # --- retention -------------------------------------------------------------------
+
+    def prune(self, *, now: float, retention_days: float, max_rows: int) -> dict[str, int]:
+        """Drop journal rows older than retention and beyond max_rows newest, per table.
+
+        `stats` and `state` are never pruned (what was learned survives); unfinished
+        executions are kept whatever their age. Autovacuum makes the space reusable.
+        """
+        cutoff = now - retention_days * 86_400.0
+        deleted: dict[str, int] = {}
+        with self._tx("prune", write=True, budget=False) as cur:
+            for table, at, keep in _RETAINED:
+                seq = _SEQ.get(table, "seq")
+                # Table and column names come from constants, never from input.
+                self._exec(
+                    cur,
+                    f"DELETE FROM {table} WHERE {_keep(keep)} AND {at} < %s",  # noqa: S608
+                    (cutoff,),
+                )
+                old = cur.rowcount
+                self._exec(
+                    cur,
+                    f"DELETE FROM {table} WHERE {seq} IN (SELECT {seq} FROM {table}"  # noqa: S608
+                    f" WHERE {_keep(keep)} ORDER BY {at} DESC, {seq} DESC OFFSET %s)",
+                    (max_rows,),
+                )
+                deleted[table] = old + cur.rowcount
+        self._pruned("retention", deleted)
+        self._after_write()
+        return deleted
+
+    def size(self) -> StoreSize:
+        """The bytes of our tables (with their indexes and TOAST): one cheap query, done
+        after every write. `free` and `wal` are 0 (PostgreSQL's own business)."""
+        rows = self._read(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s)",
+            (list(_TABLES),),
+            "cannot read the size",
+        )
+        return StoreSize(database=int(rows[0]["bytes"]), free=0, wal=0)
+
+    def _row_bytes(self) -> int:
+        """What the rows of our tables hold (columns as stored, plus each row's header):
+        the measure `shrink` works down, since deleted rows do not shrink the tables."""
+        parts = " + ".join(
+            f"(SELECT COALESCE(SUM(pg_column_size(t.*)), 0) + {_ROW_OVERHEAD} * count(*)"  # noqa: S608
+            f" FROM {table} AS t)"
+            for table in _TABLES
+        )
+        rows = self._read(f"SELECT ({parts})::bigint AS bytes", (), "cannot read the size")
+        return int(rows[0]["bytes"])
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    def _after_write(self) -> None:
+        """Keep the byte budget: shrink when the tables outgrow it."""
+        if self._max_bytes is None and self._metrics is None:
+            return
+        try:
+            size = self.size()
+            if self._shrink_above is not None and size.total > self._shrink_above:
+                self.shrink()
+                size = self.size()
+        except StoreError:
+            # The write itself succeeded; a failed delete was logged (store_write_failed)
+            # and shows in /readyz; the next write tries again.
+            return
+        if self._metrics is not None:
+            self._metrics.knowledge_bytes.set(size.total)
+
+    def shrink(self) -> dict[str, int]:
+        """Delete the oldest history until the rows are back under the byte budget.
+
+        Tables go in the order of store._RETAINED (decision records first), each oldest
+        rows first and in batches, down to BUDGET_LOW_WATER of the budget; the newest
+        BUDGET_KEEP_NEWEST rows of each table, `stats`, `state` and unfinished executions
+        always stay. Returns the rows deleted per table.
+        """
+        if self._max_bytes is None:
+            return {}
+        target = int(self._max_bytes * BUDGET_LOW_WATER)
+        before = self.size()
+        deleted = {table: 0 for table, _, _ in _RETAINED}
+        for table, at, keep in _RETAINED:
+            seq = _SEQ.get(table, "seq")
+            while (live := self._row_bytes()) > target:
+                count = self._prunable(table, keep)
+                if count == 0:
+                    break
+                share = (live - target) / max(live, 1)
+                batch = min(count, max(1, math.ceil(count * share), math.ceil(count / 20)))
+                with self._tx("shrink", write=True, budget=False) as cur:
+                    self._exec(
+                        cur,
+                        f"DELETE FROM {table} WHERE {seq} IN (SELECT {seq} FROM {table}"  # noqa: S608
+                        f" WHERE {_keep(keep)} ORDER BY {at}, {seq} LIMIT %s)",
+                        (batch,),
+                    )
+                deleted[table] += batch
+        after = self.size()
+        live = self._row_bytes()
+        deleted = {table: n for table, n in deleted.items() if n}
+        self._pruned("bytes", deleted)
+        # The tables keep their size (autovacuum makes the space reusable): shrink again
+        # once they grew a tenth of the budget past this.
+        self._shrink_above = max(self._max_bytes, after.total + self._max_bytes // 10)
+        if live > self._max_bytes:
+            log.warning(
+                "store_over_budget",
+                location=self._location,
+                bytes=live,
+                max_bytes=self._max_bytes,
+                why="what is left is never pruned: statistics, state, unfinished executions"
+                f" and the newest {BUDGET_KEEP_NEWEST} rows of each journal table",
+            )
+        else:
+            log.info(
+                "store_shrunk",
+                location=self._location,
+                bytes_before=before.total,
+                bytes_after=after.total,
+                row_bytes=live,
+                max_bytes=self._max_bytes,
+            )
+        return deleted
+
+    def _prunable(self, table: str, keep: str) -> int:
+        rows = self._read(
+            f"SELECT count(*) AS n FROM {table} WHERE {_keep(keep)}",  # noqa: S608 - constants
+            (),
+        )
+        return max(0, int(rows[0]["n"]) - BUDGET_KEEP_NEWEST)
+
+    def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
+        if not any(deleted.values()):
+            return
+        log.info("store_pruned", location=self._location, reason=reason, **deleted)
+        if self._metrics is not None:
+            for table, rows in deleted.items():
+                self._metrics.knowledge_pruned_rows.labels(table=table, reason=reason).inc(rows)
