@@ -49,6 +49,10 @@ HOSTILE = {
 # --- templates -----------------------------------------------------------------------
 
 
+async def no_journal(_execution: object) -> None:
+    """The executor's journal where a test does not read it."""
+
+
 @pytest.mark.parametrize("value", list(HOSTILE.values()), ids=list(HOSTILE))
 def test_a_hostile_value_never_renders(value: str) -> None:
     with pytest.raises(template.TemplateError, match=r"\{labels.unit\}"):
@@ -328,11 +332,15 @@ async def test_a_failed_user_action_rolls_back_the_done_ones_through_their_inver
 ) -> None:
     specs = _specs(tmp_path)
     journal: list[Any] = []
+
+    async def record(execution: Any) -> None:
+        journal.append(execution)
+
     executor = Executor(
         charter=None,
         config=load_settings(None, {}, {})[0].executor,
         actions=specs,
-        journal=journal.append,
+        journal=record,
     )
     planned = prepare(_user_policy("restart_web", "broken", labels={"unit": "web.service"}), specs)
     execution = await executor.execute_policy(planned)
@@ -352,7 +360,7 @@ async def test_a_built_in_action_without_a_charter_fails_cleanly(tmp_path: Path)
         charter=None,
         config=load_settings(None, {}, {})[0].executor,
         actions=_specs(tmp_path),
-        journal=lambda _: None,
+        journal=no_journal,
     )
     planned = policy(cause=cause())
     resolved = planned.__class__(
@@ -618,7 +626,7 @@ async def test_an_interrupted_user_action_is_never_resent_and_its_done_steps_are
         charter=None,
         config=load_settings(None, {}, {})[0].executor,
         actions=specs,
-        journal=lambda _: None,
+        journal=no_journal,
     )
     planned = prepare(
         _user_policy("restart_web", "stop_web", labels={"unit": "web.service"}), specs
@@ -657,7 +665,7 @@ def test_a_user_action_whose_effect_cannot_be_read_is_unknown_never_success(
         charter=None,
         config=load_settings(None, {}, {})[0].executor,
         actions=specs,
-        journal=lambda _: None,
+        journal=no_journal,
     )
     done = execution(policy=_ruled_policy())
     pending = PendingVerification(execution=done, due_at=0.0, deadline=10.0)

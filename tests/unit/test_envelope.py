@@ -20,6 +20,7 @@ from mape_k.loop.envelope import STATE_KEY, SafetyEnvelope, config_problems
 from mape_k.loop.guards import Freeze
 from mape_k.models import ActionType, ExecutionStatus, OutcomeType
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 
 def risky(id: str = "pol-1", *, created_at: float = NOW):  # noqa: A002
@@ -28,14 +29,14 @@ def risky(id: str = "pol-1", *, created_at: float = NOW):  # noqa: A002
     )
 
 
-def test_hold_names_what_stops_a_running_policy():
+async def test_hold_names_what_stops_a_running_policy():
     clock = FakeClock(NOW)
     envelope = SafetyEnvelope(GuardsConfig(), clock=clock)
     assert envelope.hold() is None
     envelope.dry_run = True
     assert envelope.hold() == "dry-run mode was switched on"
     envelope.dry_run = False
-    envelope.set_freeze(Freeze(reason="incident", since=NOW, until=NOW + 60, source="op"), now=NOW)
+    await envelope.set_freeze(Freeze(reason="incident", since=NOW, until=NOW + 60, source="op"), now=NOW)
     assert envelope.hold() == "frozen (op): incident"
     clock.advance(61)
     assert envelope.hold() is None  # a timed freeze that expired holds nothing
@@ -43,13 +44,13 @@ def test_hold_names_what_stops_a_running_policy():
     assert envelope.hold() == "the daemon is stopping"
 
 
-def test_a_reload_owns_only_its_own_switches():
+async def test_a_reload_owns_only_its_own_switches():
     envelope = SafetyEnvelope(GuardsConfig(), clock=FakeClock(NOW), dry_run=False)
     operator = Freeze(reason="incident", since=NOW, until=None, source="operator alice")
-    envelope.set_freeze(operator, now=NOW)
+    await envelope.set_freeze(operator, now=NOW)
     envelope.reconfigure(GuardsConfig(frozen=True), dry_run=False)
     assert envelope.freeze is operator  # the operator's freeze stays
-    envelope.set_freeze(None, now=NOW)
+    await envelope.set_freeze(None, now=NOW)
     envelope.reconfigure(GuardsConfig(frozen=True), dry_run=False)
     assert envelope.freeze is not None
     assert envelope.freeze.source == "config"
@@ -87,20 +88,21 @@ def test_an_approval_expires_at_the_one_ttl_and_the_bound_drops_the_oldest():
     assert list(envelope.approvals) == ["c"]
 
 
-def test_an_approval_survives_a_restart_with_its_policy(tmp_path: Path):
-    with Store.open(tmp_path / "k.sqlite3") as store:
+async def test_an_approval_survives_a_restart_with_its_policy(tmp_path: Path):
+    with Store.open(tmp_path / "k.sqlite3") as opened:
+        store = AsyncStore(opened, threaded=False)
         envelope = SafetyEnvelope(GuardsConfig(), store=store)
         envelope.approve(risky(), now=NOW, keep=10)
-        envelope.save(now=NOW)
+        await envelope.save(now=NOW)
         again = SafetyEnvelope(GuardsConfig(), store=store)
-        again.load()
+        await again.load()
         assert again.approved_for(risky("pol-9")) == risky()
         # A state saved by an older version (approval times without policies) loads,
         # without approvals: there is nothing they could run.
-        saved = store.get_state(STATE_KEY)
-        store.set_state(STATE_KEY, {**saved, "approvals": {"pol-1": NOW}}, at=NOW)
+        saved = opened.get_state(STATE_KEY)
+        opened.set_state(STATE_KEY, {**saved, "approvals": {"pol-1": NOW}}, at=NOW)
         old = SafetyEnvelope(GuardsConfig(), store=store)
-        old.load()
+        await old.load()
     assert old.approvals == {}
     assert old.history == again.history
 
@@ -120,7 +122,7 @@ async def test_an_approval_given_before_a_restart_runs_after_it_once(tmp_path: P
         first = await parts.orchestrator.run_once()
         assert first["result"] == "pending_approval"
         [pending] = parts.orchestrator.planner.pending_approvals()
-        assert parts.orchestrator.approve(pending.id, now=clock()) == pending
+        assert await parts.orchestrator.approve(pending.id, now=clock()) == pending
     async with build(settings, world=world, clock=clock) as parts:
         clock.advance(5)
         ran = await parts.orchestrator.run_once()
@@ -141,8 +143,8 @@ async def test_an_operator_can_reject_an_approval_not_yet_used(tmp_path: Path):
         clock.advance(5)
         await orchestrator.run_once()
         [pending] = orchestrator.planner.pending_approvals()
-        orchestrator.approve(pending.id, now=clock())
-        assert orchestrator.reject(pending.id, now=clock()) == pending
+        await orchestrator.approve(pending.id, now=clock())
+        assert await orchestrator.reject(pending.id, now=clock()) == pending
         assert orchestrator.envelope.approvals == {}
         clock.advance(5)
         record = await orchestrator.run_once()
@@ -222,7 +224,7 @@ def test_a_load_query_missing_from_the_monitor_is_said_but_does_not_stop_acting(
     assert not [e for e in logs if e["event"] == "load_query_missing"]
 
 
-def test_the_load_a_fix_ran_at_survives_a_restart_with_its_change(tmp_path: Path):
+async def test_the_load_a_fix_ran_at_survives_a_restart_with_its_change(tmp_path: Path):
     # The return to baseline waits for the load to fall below what it was at the fix:
     # after a restart that load must still be known (it was read from memory before).
     up = builders.execution(
@@ -249,10 +251,11 @@ def test_the_load_a_fix_ran_at_survives_a_restart_with_its_change(tmp_path: Path
     changes = guards.executed_changes(up, at=NOW + 1, load_normalised=("saturation",))
     assert [c.load for c in changes] == [330.0]
     assert [c.load for c in guards.executed_changes(up, at=NOW + 1)] == [None]
-    with Store.open(tmp_path / "k.sqlite3") as store:
+    with Store.open(tmp_path / "k.sqlite3") as opened:
+        store = AsyncStore(opened, threaded=False)
         envelope = SafetyEnvelope(GuardsConfig(), store=store)
         envelope.record_changes(changes, now=NOW + 1)
-        envelope.save(now=NOW + 1)
+        await envelope.save(now=NOW + 1)
         again = SafetyEnvelope(GuardsConfig(), store=store)
-        again.load()
+        await again.load()
     assert [c.load for c in again.history] == [330.0]

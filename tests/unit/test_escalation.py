@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from mape_k.loop.guards import Hold
 from mape_k.metrics import Metrics
 from mape_k.models import OutcomeType
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 AM = "http://alertmanager.test:9093"
 
@@ -74,12 +75,17 @@ class Rig:
         self.clock = clock
         self.metrics = Metrics(CollectorRegistry())
         self.store = Store.open(tmp_path / "k.sqlite3")
-        self.envelope = SafetyEnvelope(settings.guards, store=self.store, clock=clock)
-        self.envelope.load()
+        journal = AsyncStore(self.store, threaded=False)
+        self.envelope = SafetyEnvelope(settings.guards, store=journal, clock=clock)
         self.alerts = NeedsHumanAlerts(
-            store=self.store, metrics=self.metrics, transport=am.transport, sleep=_no_sleep
+            store=journal, metrics=self.metrics, transport=am.transport, sleep=_no_sleep
         )
-        self.alerts.load()
+
+    async def start(self) -> Rig:
+        """What the daemon loads at start: the guards' state, the alerts it had sent."""
+        await self.envelope.load()
+        await self.alerts.load()
+        return self
 
     def hold(self, target: str = TARGET) -> Hold:
         """Two remediations of `target` that did not fix it (the journal has them)."""
@@ -95,7 +101,7 @@ class Rig:
 
     async def sync(self) -> None:
         await self.alerts.sync(self.envelope, self.settings, now=self.clock())
-        self.envelope.save(now=self.clock())
+        await self.envelope.save(now=self.clock())
 
     def counted(self, state: str) -> float:
         value = self.metrics.registry.get_sample_value("mapek_escalations_total", {"state": state})
@@ -124,8 +130,8 @@ def am() -> FakeAlertmanager:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, clock: FakeClock, am: FakeAlertmanager) -> Iterator[Rig]:
-    rig = Rig(tmp_path, clock, _settings(tmp_path), am)
+async def rig(tmp_path: Path, clock: FakeClock, am: FakeAlertmanager) -> AsyncIterator[Rig]:
+    rig = await Rig(tmp_path, clock, _settings(tmp_path), am).start()
     yield rig
     rig.close()
 
@@ -236,7 +242,7 @@ async def test_an_operator_clear_resolves_the_alert(
 async def test_a_hold_that_expires_resolves_the_alert(
     tmp_path: Path, am: FakeAlertmanager, clock: FakeClock
 ) -> None:
-    rig = Rig(tmp_path, clock, _settings(tmp_path, **{"guards.target_breaker.hold_s": 100}), am)
+    rig = await Rig(tmp_path, clock, _settings(tmp_path, **{"guards.target_breaker.hold_s": 100}), am).start()
     rig.hold()
     await rig.sync()
     clock.advance(100)
@@ -316,7 +322,7 @@ async def test_an_alertmanager_that_never_answers_is_cut_at_timeout_s(
     tmp_path: Path, am: FakeAlertmanager, clock: FakeClock
 ) -> None:
     settings = _settings(tmp_path, **{"guards.target_breaker.alert.timeout_s": 0.05})
-    rig = Rig(tmp_path, clock, settings, am)
+    rig = await Rig(tmp_path, clock, settings, am).start()
     rig.hold()
     am.hang = True
     with capture_logs() as logs:
@@ -330,7 +336,7 @@ async def test_after_a_restart_held_targets_go_on_firing_and_cleared_ones_resolv
     tmp_path: Path, am: FakeAlertmanager, clock: FakeClock
 ) -> None:
     settings = _settings(tmp_path, **{"guards.target_breaker.hold_s": 600})
-    first = Rig(tmp_path, clock, settings, am)
+    first = await Rig(tmp_path, clock, settings, am).start()
     first.hold()
     clock.advance(300)
     first.hold("web")  # held 300 s later: it outlives the first hold
@@ -339,7 +345,7 @@ async def test_after_a_restart_held_targets_go_on_firing_and_cleared_ones_resolv
     first.close()  # the daemon stops; the charter hold expires while it is down
 
     clock.advance(400)
-    second = Rig(tmp_path, clock, settings, am)
+    second = await Rig(tmp_path, clock, settings, am).start()
     assert sorted(second.alerts.sent) == [TARGET, "web"]
     await second.sync()
     sent = {a["labels"]["target"]: a for a in am.posts[-1]}
@@ -371,7 +377,7 @@ async def test_off_without_an_alertmanager_url_and_on_with_an_alertmanager_actua
 ) -> None:
     plain = settings_for(tmp_path, **{"guards.target_breaker.failures": 2})
     assert needs_human_alert_url(plain) is None
-    rig = Rig(tmp_path, clock, plain, am)
+    rig = await Rig(tmp_path, clock, plain, am).start()
     rig.hold()
     await rig.sync()
     assert am.attempts == 0
@@ -410,7 +416,7 @@ async def test_the_loop_sends_it_and_stats_show_it_beside_the_holds(
         pipeline.alerts._transport = am.transport  # the fake Alertmanager
         for n in range(2):
             verdict = outcome(f"e{n}", outcome=OutcomeType.INEFFECTIVE, recorded_at=clock())
-            parts.store.record_outcome(verdict)
+            await parts.store.record_outcome(verdict)
             parts.orchestrator.envelope.note_outcome(verdict, now=clock())
         await parts.orchestrator.run_once()
         assert am.last()["labels"]["target"] == TARGET
@@ -419,7 +425,7 @@ async def test_the_loop_sends_it_and_stats_show_it_beside_the_holds(
         alerts = guards["needs_human_alerts"]
         assert alerts["url"] == AM
         assert [(a["target"], a["state"]) for a in alerts["alerts"]] == [(TARGET, "firing")]
-        assert parts.orchestrator.clear_hold(TARGET, now=clock())
+        assert await parts.orchestrator.clear_hold(TARGET, now=clock())
         clock.advance(1)
         await parts.orchestrator.run_once()
         assert am.last()["endsAt"] == _iso(clock())

@@ -15,7 +15,14 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.actions import resolve
 from mape_k.loop.analyze import READ_FROM
 from mape_k.loop.execute import Executor, PendingVerification, classify
-from mape_k.models import ActionType, ExecutionStatus, Observation, OutcomeType, RemediationPolicy
+from mape_k.models import (
+    ActionType,
+    ExecutionStatus,
+    Observation,
+    OutcomeType,
+    PolicyExecution,
+    RemediationPolicy,
+)
 
 
 @pytest.fixture
@@ -28,17 +35,26 @@ def journal():
     return []
 
 
+async def no_journal(_execution: PolicyExecution) -> None:
+    return None
+
+
 def resolved(world, p: RemediationPolicy) -> RemediationPolicy:
     """`p` resolved against the committee's state now, as the loop does before the guards."""
     return resolve(p, world.committee.state())
 
 
 def make_executor(world, journal, clock, *, hold=lambda: None, **config) -> Executor:
+    """`journal`: a plain callable (list.append, or one that raises), awaited by the executor."""
+
+    async def journaled(execution: PolicyExecution) -> None:
+        journal(execution)
+
     return Executor(
         charter=world.client,
         config=ExecutorConfig(**config),
         actions=DEFAULT_ACTIONS,
-        journal=journal,
+        journal=journaled,
         clock=clock,
         hold=hold,
     )
@@ -681,7 +697,7 @@ def test_a_cause_read_from_latency_is_not_cleared_while_the_latency_still_violat
     restarted = execution(policy=policy(cause=read), started_at=0.0, finished_at=1.0, baseline=0.85)
     waiting = PendingVerification(execution=restarted, due_at=10.0, deadline=100.0)
     executor = Executor(
-        charter=None, config=ExecutorConfig(), actions=DEFAULT_ACTIONS, journal=lambda _: None
+        charter=None, config=ExecutorConfig(), actions=DEFAULT_ACTIONS, journal=no_journal
     )
     saturation = (metric("saturation", 0.84, timestamp=0.0),)
     latency = violation("high_latency", timestamp=0, value=2.0, threshold=1.0, query="p99")

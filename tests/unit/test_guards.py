@@ -35,6 +35,11 @@ from mape_k.models import (
 from mape_k.sim.committee import Committee
 from mape_k.sim.service import build_app as build_sim_app
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
+
+
+async def no_journal(_execution: object) -> None:
+    """The executor's journal where a test does not read it."""
 
 
 def reading(size: int = 3, **fields: object) -> CommitteeState:
@@ -481,16 +486,17 @@ def test_an_insane_charter_state_is_named():
     assert any("failure_rate" in p for p in problems)
 
 
-def test_the_guards_memory_survives_a_restart(tmp_path: Path):
-    with Store.open(tmp_path / "k.sqlite3") as store:
+async def test_the_guards_memory_survives_a_restart(tmp_path: Path):
+    with Store.open(tmp_path / "k.sqlite3") as opened:
+        store = AsyncStore(opened, threaded=False)
         safety = SafetyEnvelope(GuardsConfig(), store=store)
         safety.record_changes([scaled(NOW, 2)], now=NOW)
         safety.start_backoff("charter", "flip", now=NOW)
         safety.charter_result(False, now=NOW, error="503")
         safety.approve(policy(id="pol-1", requires_approval=True), now=NOW, keep=5)
-        safety.save(now=NOW)
+        await safety.save(now=NOW)
         again = SafetyEnvelope(GuardsConfig(), store=store)
-        again.load()
+        await again.load()
     assert again.history == safety.history
     assert again.backoffs == safety.backoffs
     assert again.charter == safety.charter
@@ -691,7 +697,7 @@ async def test_the_same_policy_100_times_has_one_effect_on_the_simulator(clock):
                 charter=client,
                 config=ExecutorConfig(),
                 actions=DEFAULT_ACTIONS,
-                journal=lambda _e: None,
+                journal=no_journal,
                 clock=clock,
             )
             await executor.execute_policy(p)
@@ -743,11 +749,11 @@ async def test_lifting_the_config_kill_switch_keeps_an_operator_freeze(tmp_path,
     "saved",
     [{"backoffs": []}, {"history": [{"nope": 1}]}, {"charter": "open"}, ["not", "a", "dict"]],
 )
-def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_path, saved):
+async def test_an_unreadable_saved_guard_state_starts_fresh_without_a_traceback(tmp_path, saved):
     with Store.open(tmp_path / "k.sqlite3") as store:
         store.set_state("safety", saved)
-        state = SafetyEnvelope(GuardsConfig(), store=store)
-        state.load()
+        state = SafetyEnvelope(GuardsConfig(), store=AsyncStore(store, threaded=False))
+        await state.load()
     assert state.history == []
     assert state.backoffs == {}
 

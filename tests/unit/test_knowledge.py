@@ -21,6 +21,7 @@ from mape_k.models import (
     PolicyOutcome,
 )
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 SCALE = ActionType.SCALE_UP
 THROTTLE = ActionType.THROTTLE_REQUESTS
@@ -76,29 +77,29 @@ def config() -> KnowledgeConfig:
 
 @pytest.fixture
 def knowledge(store: Store, config: KnowledgeConfig) -> Knowledge:
-    return Knowledge(store, config)
+    return Knowledge(AsyncStore(store, threaded=False), config)
 
 
-def record(knowledge: Knowledge, outcomes: list[PolicyOutcome]) -> None:
+async def record(knowledge: Knowledge, outcomes: list[PolicyOutcome]) -> None:
     for outcome in outcomes:
-        knowledge.record_outcome(outcome)
+        await knowledge.record_outcome(outcome)
 
 
-def test_confidence_grows_with_samples_and_saturates_at_30(
+async def test_confidence_grows_with_samples_and_saturates_at_30(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
-    record(knowledge, [make() for _ in range(15)])
+    await record(knowledge, [make() for _ in range(15)])
     assert knowledge.view()[("overload", SCALE)].confidence == pytest.approx(0.5)
-    record(knowledge, [make() for _ in range(15)])
+    await record(knowledge, [make() for _ in range(15)])
     assert knowledge.view()[("overload", SCALE)].confidence == 1.0
-    record(knowledge, [make() for _ in range(20)])
+    await record(knowledge, [make() for _ in range(20)])
     pattern = knowledge.view()[("overload", SCALE)]
     assert pattern.confidence == 1.0
     assert pattern.samples == 50
 
 
-def test_partial_counts_as_half_a_success(knowledge: Knowledge, make: Outcomes) -> None:
-    record(
+async def test_partial_counts_as_half_a_success(knowledge: Knowledge, make: Outcomes) -> None:
+    await record(
         knowledge,
         [
             make(OutcomeType.SUCCESS),
@@ -113,26 +114,26 @@ def test_partial_counts_as_half_a_success(knowledge: Knowledge, make: Outcomes) 
     assert pattern.success_rate == pytest.approx(0.375)
 
 
-def test_evidence_counts_time_to_recover_and_degradation_as_side_effect(
+async def test_evidence_counts_time_to_recover_and_degradation_as_side_effect(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
-    record(knowledge, [make(OutcomeType.SUCCESS, tts=0.0) for _ in range(2)])
+    await record(knowledge, [make(OutcomeType.SUCCESS, tts=0.0) for _ in range(2)])
     quick = knowledge.view()[("overload", SCALE)]
     assert (quick.wins, quick.losses) == (2.0, 0.0)
-    record(knowledge, [make(OutcomeType.SUCCESS, action=RESTART, tts=300.0)])
+    await record(knowledge, [make(OutcomeType.SUCCESS, action=RESTART, tts=300.0)])
     slow = knowledge.view()[("overload", RESTART)]  # recovery_scale_s: half a win
     assert (slow.wins, slow.losses) == (0.5, 0.5)
-    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=THROTTLE)])
-    record(knowledge, [make(OutcomeType.DEGRADATION, action=THROTTLE)])
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE, action=THROTTLE)])
+    await record(knowledge, [make(OutcomeType.DEGRADATION, action=THROTTLE)])
     harmful = knowledge.view()[("overload", THROTTLE)]
     assert (harmful.wins, harmful.losses) == (0.0, 1.0 + 2.0)  # a degradation counts twice
 
 
-def test_unknown_outcomes_are_recorded_but_are_not_samples(
+async def test_unknown_outcomes_are_recorded_but_are_not_samples(
     knowledge: Knowledge, store: Store, make: Outcomes
 ) -> None:
-    assert knowledge.record_outcome(make(OutcomeType.UNKNOWN, action=THROTTLE)) is True
-    record(knowledge, [make(OutcomeType.SUCCESS), make(OutcomeType.UNKNOWN)])
+    assert await knowledge.record_outcome(make(OutcomeType.UNKNOWN, action=THROTTLE)) is True
+    await record(knowledge, [make(OutcomeType.SUCCESS), make(OutcomeType.UNKNOWN)])
 
     assert ("overload", THROTTLE) not in knowledge.view()
     assert knowledge.view()[("overload", SCALE)].samples == 1
@@ -142,24 +143,25 @@ def test_unknown_outcomes_are_recorded_but_are_not_samples(
     assert totals["unknown"] == 2
 
 
-def test_duplicate_outcome_is_reported_and_not_counted(
+async def test_duplicate_outcome_is_reported_and_not_counted(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
     first = make(execution_id="same")
-    assert knowledge.record_outcome(first) is True
-    assert knowledge.record_outcome(first) is False
+    assert await knowledge.record_outcome(first) is True
+    assert await knowledge.record_outcome(first) is False
     assert knowledge.view()[("overload", SCALE)].samples == 1
 
 
-def test_restart_over_the_same_file_forgets_nothing(
+async def test_restart_over_the_same_file_forgets_nothing(
     path: Path, config: KnowledgeConfig, make: Outcomes
 ) -> None:
     with Store.open(path) as store:
-        before = Knowledge(store, config)
-        record(before, [make(tts=10.0), make(OutcomeType.PARTIAL, tts=20.0), make(action=RESTART)])
+        before = Knowledge(AsyncStore(store, threaded=False), config)
+        await record(before, [make(tts=10.0), make(OutcomeType.PARTIAL, tts=20.0), make(action=RESTART)])
         view, summary = dict(before.view()), before.summary()
     with Store.open(path) as store:
-        after = Knowledge(store, config)
+        after = Knowledge(AsyncStore(store, threaded=False), config)
+        await after.update_patterns()
         assert dict(after.view()) == view
         assert after.summary() == summary
         assert view[("overload", SCALE)].mean_time_to_stabilize_s == 15.0
@@ -169,28 +171,28 @@ def test_best_action_is_none_without_data(knowledge: Knowledge) -> None:
     assert knowledge.get_best_action_for_cause("overload") is None
 
 
-def test_best_action_weighs_success_rate_by_confidence(
+async def test_best_action_weighs_success_rate_by_confidence(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
     # throttle: 2/2 successes but confidence 2/30; scale_up: 20 of 24 with confidence 0.8.
-    record(knowledge, [make(action=THROTTLE) for _ in range(2)])
-    record(knowledge, [make(action=SCALE) for _ in range(20)])
-    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=SCALE) for _ in range(4)])
+    await record(knowledge, [make(action=THROTTLE) for _ in range(2)])
+    await record(knowledge, [make(action=SCALE) for _ in range(20)])
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE, action=SCALE) for _ in range(4)])
     assert knowledge.get_best_action_for_cause("overload") is SCALE
     assert knowledge.get_best_action_for_cause("high_latency") is None
 
 
-def test_best_action_is_none_when_nothing_ever_worked(knowledge: Knowledge, make: Outcomes) -> None:
-    record(knowledge, [make(OutcomeType.INEFFECTIVE) for _ in range(3)])
+async def test_best_action_is_none_when_nothing_ever_worked(knowledge: Knowledge, make: Outcomes) -> None:
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE) for _ in range(3)])
     assert knowledge.get_best_action_for_cause("overload") is None
 
 
-def test_insights_name_preferred_ineffective_and_degrading_actions(
+async def test_insights_name_preferred_ineffective_and_degrading_actions(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
-    record(knowledge, [make(action=SCALE, tts=40.0) for _ in range(6)])
-    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART) for _ in range(5)])
-    record(knowledge, [make(OutcomeType.DEGRADATION, action=THROTTLE)])
+    await record(knowledge, [make(action=SCALE, tts=40.0) for _ in range(6)])
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART) for _ in range(5)])
+    await record(knowledge, [make(OutcomeType.DEGRADATION, action=THROTTLE)])
 
     insights = knowledge.generate_insights()
     kinds = {(i.kind, i.action_type) for i in insights}
@@ -205,18 +207,18 @@ def test_insights_name_preferred_ineffective_and_degrading_actions(
     assert "40.0 s" in preferred.message
 
 
-def test_ineffective_insight_needs_five_samples(knowledge: Knowledge, make: Outcomes) -> None:
-    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART) for _ in range(4)])
+async def test_ineffective_insight_needs_five_samples(knowledge: Knowledge, make: Outcomes) -> None:
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART) for _ in range(4)])
     assert not [i for i in knowledge.generate_insights() if i.kind == "ineffective_action"]
-    record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART)])
+    await record(knowledge, [make(OutcomeType.INEFFECTIVE, action=RESTART)])
     assert [i.kind for i in knowledge.generate_insights()] == ["ineffective_action"]
 
 
-def test_summary_lists_every_pair_with_rates_and_totals(
+async def test_summary_lists_every_pair_with_rates_and_totals(
     knowledge: Knowledge, make: Outcomes
 ) -> None:
-    record(knowledge, [make(tts=10.0), make(OutcomeType.INEFFECTIVE)])
-    record(knowledge, [make(cause="members_unhealthy", action=RESTART, tts=5.0)])
+    await record(knowledge, [make(tts=10.0), make(OutcomeType.INEFFECTIVE)])
+    await record(knowledge, [make(cause="members_unhealthy", action=RESTART, tts=5.0)])
 
     summary = knowledge.summary()
 
@@ -234,13 +236,13 @@ def test_summary_lists_every_pair_with_rates_and_totals(
     assert summary["totals"]["outcomes"]["success"] == 2
 
 
-def test_metrics_count_outcomes_and_expose_rates_per_pair(
+async def test_metrics_count_outcomes_and_expose_rates_per_pair(
     store: Store, config: KnowledgeConfig, make: Outcomes
 ) -> None:
     registry = CollectorRegistry()
-    knowledge = Knowledge(store, config, metrics=Metrics(registry))
+    knowledge = Knowledge(AsyncStore(store, threaded=False), config, metrics=Metrics(registry))
     first = make(OutcomeType.SUCCESS)
-    record(knowledge, [first, first, make(OutcomeType.PARTIAL), make(OutcomeType.INEFFECTIVE)])
+    await record(knowledge, [first, first, make(OutcomeType.PARTIAL), make(OutcomeType.INEFFECTIVE)])
 
     labels = {"cause": "overload", "action_type": "scale_up"}
     assert registry.get_sample_value("mapek_knowledge_samples", labels) == 3
@@ -249,20 +251,22 @@ def test_metrics_count_outcomes_and_expose_rates_per_pair(
     assert registry.get_sample_value("mapek_outcomes_total", {"outcome": "partial"}) == 1
 
 
-def test_metrics_gauges_are_restored_from_the_store_at_start(
+async def test_metrics_gauges_are_restored_from_the_store_at_start(
     store: Store, config: KnowledgeConfig, make: Outcomes
 ) -> None:
-    record(Knowledge(store, config), [make(), make(OutcomeType.INEFFECTIVE)])
+    await record(
+        Knowledge(AsyncStore(store, threaded=False), config), [make(), make(OutcomeType.INEFFECTIVE)]
+    )
     registry = CollectorRegistry()
-    Knowledge(store, config, metrics=Metrics(registry))
+    await Knowledge(AsyncStore(store, threaded=False), config, metrics=Metrics(registry)).update_patterns()
     labels = {"cause": "overload", "action_type": "scale_up"}
     assert registry.get_sample_value("mapek_knowledge_samples", labels) == 2
     assert registry.get_sample_value("mapek_knowledge_success_rate", labels) == 0.5
 
 
-def test_record_outcome_logs_outcome_recorded(knowledge: Knowledge, make: Outcomes) -> None:
+async def test_record_outcome_logs_outcome_recorded(knowledge: Knowledge, make: Outcomes) -> None:
     with capture_logs() as logs:
-        knowledge.record_outcome(make(tts=12.0))
+        await knowledge.record_outcome(make(tts=12.0))
     [event] = [e for e in logs if e["event"] == "outcome_recorded"]
     assert event["cause"] == "overload"
     assert event["action_type"] == "scale_up"
@@ -270,15 +274,15 @@ def test_record_outcome_logs_outcome_recorded(knowledge: Knowledge, make: Outcom
     assert event["samples"] == 1
 
 
-def test_record_execution_is_journaled_in_the_store(knowledge: Knowledge, store: Store) -> None:
+async def test_record_execution_is_journaled_in_the_store(knowledge: Knowledge, store: Store) -> None:
     scale_up = builders.policy(SCALE, cause=builders.cause("overload"))
     execution = builders.execution(policy=scale_up, status=ExecutionStatus.PENDING)
-    knowledge.record_execution(execution)
+    await knowledge.record_execution(execution)
     assert store.unfinished_executions() == [execution]
 
 
-def test_view_is_read_only(knowledge: Knowledge, make: Outcomes) -> None:
-    knowledge.record_outcome(make())
+async def test_view_is_read_only(knowledge: Knowledge, make: Outcomes) -> None:
+    await knowledge.record_outcome(make())
     view = knowledge.view()
     with pytest.raises(TypeError):
         view[("x", SCALE)] = view[("overload", SCALE)]  # type: ignore[index]

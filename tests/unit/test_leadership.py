@@ -82,7 +82,7 @@ def test_a_single_node_always_leads_with_no_epoch() -> None:
     assert alone.leading()
     assert alone.epoch() is None
     assert alone.not_leading() is None
-    assert not alone.take_over()
+    assert not alone.takeover_due()
     assert alone.as_dict()["mode"] == "single"
 
 
@@ -100,9 +100,10 @@ async def test_one_replica_leads_the_other_follows_and_both_say_who() -> None:
     assert b.epoch() is None
     assert b.not_leading() == "follower: a leads (epoch 1, lease for 10.0 s)"
     assert b.as_dict()["role"] == "follower"
-    assert a.take_over()
-    assert not a.take_over()
-    assert not b.take_over()
+    assert a.takeover_due()
+    a.took_over()
+    assert not a.takeover_due()  # once per new epoch
+    assert not b.takeover_due()
 
 
 async def test_the_holder_stops_leading_before_the_database_lets_another_take_over() -> None:
@@ -132,7 +133,8 @@ async def test_a_paused_leader_that_resumes_follows_and_its_fence_is_refused() -
     db, clock = FakeLeases(), Clock()
     a, b = replica(db, "a", clock), replica(db, "b", clock)
     await a.renew()
-    assert a.take_over()
+    assert a.takeover_due()
+    a.took_over()
     fence_of_a = db.fence
     assert fence_of_a == Fence("a", 1)
     clock.t += 20.0
@@ -150,17 +152,18 @@ async def test_regaining_the_lease_takes_over_again() -> None:
     db, clock = FakeLeases(), Clock()
     a, b = replica(db, "a", clock), replica(db, "b", clock)
     await a.renew()
-    assert a.take_over()
+    assert a.takeover_due()
+    a.took_over()
     clock.t += 20.0
     db.now += 20.0
     await b.renew()
-    assert b.take_over()
+    assert b.takeover_due()
     await b.release()
     assert db.released == [("b", 2)]
     await a.renew()
     assert a.leading()
     assert a.epoch() == 3
-    assert a.take_over()  # what b left in the store is restored before a decides
+    assert a.takeover_due()  # what b left in the store is restored before a decides
 
 
 async def test_an_unreachable_database_is_no_lease_and_recovers_without_a_restart() -> None:
@@ -180,7 +183,7 @@ async def test_an_unreachable_database_is_no_lease_and_recovers_without_a_restar
     await a.renew()
     assert a.leading()
     assert a.epoch() == 2
-    assert a.take_over()
+    assert a.takeover_due()
 
 
 async def test_run_renews_every_third_of_the_ttl_and_releases_on_stop() -> None:
@@ -205,6 +208,19 @@ async def test_run_renews_every_third_of_the_ttl_and_releases_on_stop() -> None:
     await asyncio.wait_for(task, timeout=5.0)
     assert db.released == [("a", 1)]
     assert not a.leading()
+
+
+async def test_a_follower_tries_again_just_after_the_lease_it_saw_expires() -> None:
+    db, clock = FakeLeases(), Clock()
+    a, b = replica(db, "a", clock, ttl_s=3.0), replica(db, "b", clock, ttl_s=3.0)
+    await a.renew()
+    assert a.next_renewal_s() == 1.0  # the leader: every third of the TTL
+    db.now += 2.5
+    clock.t += 2.5  # a has not renewed (it died): its lease has 0.5 s left
+    await b.renew()
+    assert b.next_renewal_s() == pytest.approx(0.55)
+    clock.t += 0.3
+    assert b.next_renewal_s() == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("ttl_s", [0.5, 601.0])

@@ -29,6 +29,10 @@ from mape_k.models import (
 )
 
 
+async def no_journal(_execution: object) -> None:
+    """The executor's journal where a test does not read it."""
+
+
 def settings_for(tmp_path: Path, **cli: object):
     overrides = {"knowledge.path": str(tmp_path / "k.sqlite3"), "charter.mode": "mock", **cli}
     return load_settings(None, {}, overrides)[0]
@@ -70,7 +74,7 @@ async def test_a_scale_up_while_a_scale_is_pending_is_judged_sent_and_recorded_a
         record = await orch.run_once()
         recommended = orch.envelope.recommendations[-1]
         history = [c for c in orch.envelope.history if c.knob == "size"]
-        [journaled] = parts.store.executions_finished_since(0)
+        [journaled] = await parts.store.executions_finished_since(0)
     assert record["result"] == "acted", record["choice"]
     # From the one reading: heading for 5, one more is 6 (the observed 3 members are not it).
     assert recommended.size == 6  # what the stabilization guard judges
@@ -132,7 +136,7 @@ async def test_a_throttle_by_a_fraction_of_the_load_is_sent_as_the_limit_the_gua
     async with build(settings, world=world, clock=clock) as parts:
         clock.advance(10)
         record = await parts.orchestrator.run_once()
-        [journaled] = parts.store.executions_finished_since(0)
+        [journaled] = await parts.store.executions_finished_since(0)
     [setting] = journaled.policy.actions[0].sets or ()
     sent = [e.arguments for e in world.committee.actions if e.operation == "set_throttle"]
     assert record["result"] == "acted"
@@ -168,7 +172,7 @@ def executor(world: MockCharterWorld, clock) -> Executor:
         charter=world.client,
         config=ExecutorConfig(),
         actions=DEFAULT_ACTIONS,
-        journal=lambda _e: None,
+        journal=no_journal,
         clock=clock,
     )
 
