@@ -570,8 +570,9 @@ async def run(
                 log.info("serving", addresses=[str(a) for a in runner.addresses])
                 roots["http-server"] = site.serve()
             loop_task = parts.orchestrator.start()
+            if parts.leadership.shared:
+                roots["lease"] = parts.leadership.run()
             roots |= {
-                "lease": parts.leadership.run(stop),
                 "watchdog": _watchdog(parts),
                 "pruner": _pruner(parts),
                 "reloader": _reloader(parts, reload, reloader, configure_logging),

@@ -252,9 +252,11 @@ def stack_prometheus_config(
 
 
 def stack_alertmanager_config(
-    staging: Mapping[str, Any], *, daemon_port: int, token_file: Path
+    staging: Mapping[str, Any], *, daemon_port: int | Sequence[int], token_file: Path
 ) -> dict[str, Any]:
-    """alertmanager.yml for the stack: 1 s grouping, the webhook on loopback with the token."""
+    """alertmanager.yml for the stack: 1 s grouping, the webhook on loopback with the token
+    (to every replica when there are several: a delivery to any reaches the leader)."""
+    daemon_ports = [daemon_port] if isinstance(daemon_port, int) else list(daemon_port)
 
     def route(node: Mapping[str, Any], *, top: bool) -> dict[str, Any]:
         new = dict(node)
@@ -272,19 +274,16 @@ def stack_alertmanager_config(
     for receiver in staging.get("receivers", []):
         new = dict(receiver)
         if "webhook_configs" in receiver:
-            hooks = []
+            hooks: list[dict[str, Any]] = []
             for hook in receiver["webhook_configs"]:
                 path = httpx.URL(hook["url"]).path
                 http_config = dict(hook.get("http_config", {}))
                 auth = dict(http_config.get("authorization", {}))
                 auth["credentials_file"] = str(token_file)
                 http_config["authorization"] = auth
-                hooks.append(
-                    {
-                        **hook,
-                        "url": f"http://127.0.0.1:{daemon_port}{path}",
-                        "http_config": http_config,
-                    }
+                hooks.extend(
+                    {**hook, "url": f"http://127.0.0.1:{port}{path}", "http_config": http_config}
+                    for port in daemon_ports
                 )
             new["webhook_configs"] = hooks
         receivers.append(new)
@@ -412,10 +411,13 @@ class Stack:
         orchestrator_interval_s: float = 2.0,
         seed: int = 7,
         progress: Callable[[str], None] | None = None,
+        replicas: int = 1,
     ) -> AsyncIterator[Stack]:
         """Generate configs in `workdir`, start every process, wait until each is ready.
 
         `fault` = (kind, magnitude, duration_s) is injected once everything is ready.
+        `replicas` > 1 runs that many daemons (components `mape-k`, `mape-k-2`, ...) on one
+        shared store, which the daemon config must name (`knowledge.url`); free ports only.
         `daemon_config` is merged over the daemon's generated config (mappings key by key);
         a callable gets the allocated ports and returns what is merged.
         Every process started is stopped on exit, whatever the exit. `progress` is told
@@ -426,6 +428,11 @@ class Stack:
         alertmanager_bin = find_binary("prometheus-alertmanager")
         workdir = _make_workdir(workdir)
         allocated = allocate_ports(ports, offset=port_offset)
+        if replicas > 1:
+            if ports != "free":
+                raise StackError("several replicas need free ports")
+            for index in range(2, replicas + 1):
+                allocated[replica_name(index)] = free_port()
         procs = _prepare(
             workdir=workdir,
             ports=allocated,
@@ -437,10 +444,11 @@ class Stack:
             daemon_env=daemon_env or {},
             daemon_config=daemon_config or {},
             seed=seed,
+            replicas=replicas,
         )
         stack = cls(workdir=workdir, ports=allocated, procs=procs)
         try:
-            for name in COMPONENTS:
+            for name in procs:
                 say(f"{name} to start and answer its readiness check")
                 await stack._launch(name)
                 if name == "prometheus":
@@ -631,22 +639,22 @@ class Stack:
         data: dict[str, Any] = await self._json("GET", f"{self.urls['charter']}/sim/state")
         return data
 
-    async def daemon_stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = await self._json("GET", f"{self.urls['mape-k']}/stats")
+    async def daemon_stats(self, replica: str = "mape-k") -> dict[str, Any]:
+        data: dict[str, Any] = await self._json("GET", f"{self.urls[replica]}/stats")
         return data
 
-    async def daemon_metrics(self) -> str:
+    async def daemon_metrics(self, replica: str = "mape-k") -> str:
         try:
-            response = await self._http.get(f"{self.urls['mape-k']}/metrics")
+            response = await self._http.get(f"{self.urls[replica]}/metrics")
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise StackError(f"GET mape-k /metrics: {exc}") from exc
         return response.text
 
-    async def daemon_readiness(self) -> tuple[int, dict[str, Any]]:
+    async def daemon_readiness(self, replica: str = "mape-k") -> tuple[int, dict[str, Any]]:
         """The daemon's /readyz: (HTTP status, body); 503 is an answer, not an error."""
         try:
-            response = await self._http.get(f"{self.urls['mape-k']}/readyz")
+            response = await self._http.get(f"{self.urls[replica]}/readyz")
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise StackError(f"GET mape-k /readyz: {exc}") from exc
@@ -698,6 +706,7 @@ def _prepare(
     daemon_env: Mapping[str, str],
     seed: int,
     daemon_config: DaemonConfig | None = None,
+    replicas: int = 1,
 ) -> dict[str, _Proc]:
     """Write tokens and configs into `workdir`; the command line of every component."""
     for name in ("webhook_token", "admin_token", "charter_token"):
@@ -727,19 +736,20 @@ def _prepare(
         workdir / "alertmanager.yml",
         stack_alertmanager_config(
             _load_yaml(staging / "alertmanager" / "alertmanager.yml"),
-            daemon_port=ports["mape-k"],
+            daemon_port=[ports[replica_name(i)] for i in range(1, replicas + 1)],
             token_file=workdir / "webhook_token",
         ),
     )
-    daemon_yml = _dump(
-        workdir / "mape-k.yaml",
-        _merged(
-            stack_daemon_config(
-                ports=ports, workdir=workdir, orchestrator_interval_s=orchestrator_interval_s
-            ),
-            (daemon_config(ports) if callable(daemon_config) else daemon_config) or {},
+    daemon_settings = _merged(
+        stack_daemon_config(
+            ports=ports, workdir=workdir, orchestrator_interval_s=orchestrator_interval_s
         ),
+        (daemon_config(ports) if callable(daemon_config) else daemon_config) or {},
     )
+    shared = "url" in daemon_settings["knowledge"] or "MAPEK_KNOWLEDGE__URL" in daemon_env
+    if replicas > 1 and not shared:
+        raise StackError("several replicas need a shared store: set knowledge.url")
+    daemon_yml = _dump(workdir / "mape-k.yaml", daemon_settings)
     # Inherited MAPEK_* variables would silently change the stack: only daemon_env counts.
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MAPEK_")}
     base_env["PYTHONUNBUFFERED"] = "1"
@@ -794,12 +804,30 @@ def _prepare(
             log_path=workdir / "prometheus.log",
             ready_url=f"{url['prometheus']}/-/ready",
         ),
-        "mape-k": _Proc(
-            name="mape-k",
+    } | {
+        name: _Proc(
+            name=name,
             args=[python, "-m", "mape_k", "run", f"--config={daemon_yml}"],
-            env={**base_env, **daemon_env},
-            log_path=workdir / "mape-k.log",
-            ready_url=f"{url['mape-k']}/healthz",
-            extra_ready=[f"{url['mape-k']}/readyz"],
-        ),
+            env={**base_env, **daemon_env, **replica_env},
+            log_path=workdir / f"{name}.log",
+            ready_url=f"{url[name]}/healthz",
+            extra_ready=[f"{url[name]}/readyz"],
+        )
+        for name, replica_env in (
+            (
+                replica_name(i),
+                {}
+                if replicas == 1
+                else {
+                    "MAPEK_SERVER__PORT": str(ports[replica_name(i)]),
+                    "MAPEK_HA__REPLICA_ID": replica_name(i),
+                },
+            )
+            for i in range(1, replicas + 1)
+        )
     }
+
+
+def replica_name(index: int) -> str:
+    """The stack's daemon components: `mape-k`, then `mape-k-2`, `mape-k-3`..."""
+    return "mape-k" if index == 1 else f"mape-k-{index}"

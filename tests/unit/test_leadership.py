@@ -186,7 +186,7 @@ async def test_an_unreachable_database_is_no_lease_and_recovers_without_a_restar
     assert a.takeover_due()
 
 
-async def test_run_renews_every_third_of_the_ttl_and_releases_on_stop() -> None:
+async def test_run_renews_every_third_of_the_ttl_until_cancelled_then_releases() -> None:
     db, clock = FakeLeases(), Clock()
     a = replica(db, "a", clock, ttl_s=1.0)
     calls = 0
@@ -201,11 +201,12 @@ async def test_run_renews_every_third_of_the_ttl_and_releases_on_stop() -> None:
         return await acquire(holder, ttl_s)
 
     db.lease_acquire = counting  # type: ignore[method-assign]
-    stop = asyncio.Event()
-    task = asyncio.create_task(a.run(stop))
+    task = asyncio.create_task(a.run())
     await asyncio.wait_for(renewed.wait(), timeout=5.0)
-    stop.set()
-    await asyncio.wait_for(task, timeout=5.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await a.release()
     assert db.released == [("a", 1)]
     assert not a.leading()
 

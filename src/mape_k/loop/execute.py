@@ -104,6 +104,7 @@ class Executor:
         # ends the policy like a failed action.
         self._hold = hold
         self._history: dict[str, PolicyExecution] = {}
+        self._unjournaled: dict[str, PolicyExecution] = {}  # "after" entries a store refused
         self._pending: dict[str, PendingVerification] = {}
         self._verdicts: dict[str, OutcomeType] = {}  # execution id -> its outcome (bounded)
 
@@ -327,9 +328,11 @@ class Executor:
         )
 
     def forget_verifications(self) -> None:
-        """Replicas: another leader verified what this one was waiting for (or will); the
-        journal says what is still pending when this one leads again."""
+        """Replicas: another leader verified what this one was waiting for (or will), and
+        reconciled what it could not journal; the journal says what is still pending (and
+        unfinished) when this one leads again."""
         self._pending.clear()
+        self._unjournaled.clear()
 
     def restore_verifications(self, executions: Iterable[PolicyExecution]) -> int:
         """After a restart: wait again for the outcome of completed executions that have
@@ -407,11 +410,23 @@ class Executor:
 
     async def _journal_after(self, execution: PolicyExecution) -> None:
         """Record what already happened; a store failure here must not undo the bookkeeping
-        in memory (cooldowns, verification), or the next iteration would act again."""
+        in memory (cooldowns, verification), or the next iteration would act again. What
+        could not be written is kept and written by `flush_journal()` (the latest state of
+        each execution), so the journal does not say "in progress" of what ended."""
         try:
             await self._journal(execution)
         except MapekError as exc:
+            self._unjournaled[execution.id] = execution
             log.error("journal_failed", execution_id=execution.id, error=str(exc))
+        else:
+            self._unjournaled.pop(execution.id, None)
+
+    async def flush_journal(self) -> None:
+        """Write what an outage kept from the journal (see `_journal_after`)."""
+        for execution in list(self._unjournaled.values()):
+            await self._journal_after(execution)
+            if execution.id in self._unjournaled:
+                return  # still failing: the rest waits too
 
     def _count(self, step: ActionExecution) -> None:
         if self._metrics is not None:

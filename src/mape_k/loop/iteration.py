@@ -377,7 +377,10 @@ class IterationPipeline:
         self, record: DecisionRecord, observation: Observation, now: float
     ) -> None:
         """What the executions due for measurement did: verified and learned, what they
-        held released, escalations and a panic revert where called for (the leader's)."""
+        held released, escalations and a panic revert where called for (the leader's).
+        First, what a store outage kept from the journal is written."""
+        await self.executor.flush_journal()
+        await self.knowledge.flush()
         record.verifications = await self._verify(observation, now)
         await self.executor.release(record.verifications)
         await self._escalate(now)

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from mape_k.config import KnowledgeConfig
+from mape_k.errors import MapekError
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionName,
@@ -72,6 +73,8 @@ class Knowledge:
         self._metrics = metrics
         self._stats: dict[PairKey, PairStats] = {}
         self._target_stats: list[tuple[str, PairStats]] = []
+        # Outcomes the store could not take (an outage): written again by `flush()`.
+        self._unrecorded: dict[str, PolicyOutcome] = {}
         self._view: dict[PairKey, PolicyPattern] = {}
         # Per target (cause, target, action): what the Planner blends over the pooled view.
         self._target_view: dict[TargetKey, PolicyPattern] = {}
@@ -89,8 +92,25 @@ class Knowledge:
         await self._store.upsert_execution(execution)
 
     async def record_outcome(self, outcome: PolicyOutcome) -> bool:
-        """Store a verified outcome and learn from it; False if it was already recorded."""
-        inserted = await self._store.record_outcome(outcome)
+        """Store a verified outcome and learn from it; False if it was already recorded.
+
+        A store that cannot take it (PostgreSQL restarting, a full disk) does not lose it:
+        it is kept and written again by the next `flush()` (an outcome is written once:
+        the insert ignores a repeat).
+        """
+        try:
+            inserted = await self._store.record_outcome(outcome)
+        except MapekError as exc:
+            first = not self._unrecorded
+            self._unrecorded[outcome.execution_id] = outcome
+            (log.error if first else log.info)(
+                "outcome_record_failed",
+                execution_id=outcome.execution_id,
+                error=str(exc),
+                kept=len(self._unrecorded),
+            )
+            return True
+        self._unrecorded.pop(outcome.execution_id, None)
         if not inserted:
             log.info(
                 "outcome_duplicate",
@@ -100,7 +120,10 @@ class Knowledge:
             return False
         if self._metrics is not None:
             self._metrics.outcomes.labels(outcome=outcome.outcome.value).inc()
-        await self.update_patterns()
+        try:
+            await self.update_patterns()
+        except MapekError as exc:  # recorded; the view catches up at the next outcome
+            log.warning("knowledge_view_stale", error=str(exc))
         pattern = self._view.get((outcome.cause, outcome.action_type))
         log.info(
             "outcome_recorded",
@@ -115,6 +138,17 @@ class Knowledge:
             success_rate=round(pattern.success_rate, 4) if pattern else None,
         )
         return True
+
+    async def flush(self) -> None:
+        """Write the outcomes an outage kept (oldest first); what fails again stays kept."""
+        for outcome in list(self._unrecorded.values()):
+            await self.record_outcome(outcome)
+            if outcome.execution_id in self._unrecorded:
+                return  # the store is still down: the rest waits too
+
+    def forget_unrecorded(self) -> None:
+        """Replicas: a new leader re-measures what the journal says is unverified."""
+        self._unrecorded.clear()
 
     # --- learned view ----------------------------------------------------------------
 

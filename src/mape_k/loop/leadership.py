@@ -27,7 +27,6 @@ envelope, holds, knowledge and pending verifications before its first decision).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 MARGIN_SHARE = 0.1  # of the TTL: this replica's lease ends this much before the database's
 MAX_MARGIN_S = 2.0
+EXPIRY_SLACK_S = 0.05  # a follower tries this long after the lease it saw should expire
 
 
 class Leadership:
@@ -66,6 +66,7 @@ class Leadership:
         self._epoch: int | None = None  # the epoch this replica leads with, while it does
         self._valid_until = 0.0  # monotonic time its lease ends, by its own reckoning
         self._lease: LeaseState | None = None  # the database's last answer
+        self._read_at = 0.0  # monotonic time of that answer
         self._problem: str | None = None  # why the last renewal failed
         self._takeover_pending = False
         self._led_epoch: int | None = None  # the epoch of the last takeover done
@@ -103,14 +104,15 @@ class Leadership:
         left = lease.expires_at - lease.now
         return f"follower: {lease.holder} leads (epoch {lease.epoch}, lease for {left:.1f} s)"
 
-    def take_over(self) -> bool:
-        """True once after this replica gained the lease (a new epoch): the caller restores
-        what the previous leader left before deciding anything."""
-        if not self._takeover_pending or not self.leading():
-            return False
+    def takeover_due(self) -> bool:
+        """This replica gained the lease (a new epoch) and has not restored yet what the
+        previous leader left: the caller does that before deciding anything, then says
+        `took_over()` (a restore that fails stays due: nothing is decided meanwhile)."""
+        return self._takeover_pending and self.leading()
+
+    def took_over(self) -> None:
         self._takeover_pending = False
         self._led_epoch = self._epoch
-        return True
 
     async def renew(self) -> None:
         """One acquire-or-renew; never raises (a failure is this replica not leading)."""
@@ -130,6 +132,7 @@ class Leadership:
             log.info("lease_reachable", replica=self.replica_id)
         self._problem = None
         self._lease = lease
+        self._read_at = self._monotonic()
         if lease.held_by(self.replica_id):
             margin = min(MAX_MARGIN_S, MARGIN_SHARE * self.ttl_s)
             self._valid_until = sent + self.ttl_s - margin
@@ -166,19 +169,24 @@ class Leadership:
         lease = self._lease
         self._metrics.lease_epoch.set(lease.epoch if lease is not None else 0)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Renew every third of the TTL until `stop`, then hand the lease over."""
+    async def run(self) -> None:
+        """Renew until cancelled (a root task of the daemon; `release()` at shutdown)."""
         if self._store is None:
-            await stop.wait()
             return
-        period = self.ttl_s / 3
-        while not stop.is_set():
+        while True:
             await self.renew()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await stop.wait()
+            await asyncio.sleep(self.next_renewal_s())
             self._lapse_if_due()
-        await self.release()
+
+    def next_renewal_s(self) -> float:
+        """Every third of the TTL; a follower also tries again just after the lease it saw
+        expires, so a dead leader is replaced within its TTL, not TTL + a third."""
+        period = self.ttl_s / 3
+        lease = self._lease
+        if self.leading() or lease is None or self._problem is not None:
+            return period
+        left = lease.expires_at - lease.now - (self._monotonic() - self._read_at)
+        return max(EXPIRY_SLACK_S, min(period, left + EXPIRY_SLACK_S))
 
     async def release(self) -> None:
         """Graceful shutdown: the next replica may take over at once (best effort)."""

@@ -119,8 +119,9 @@ class MAPEKOrchestrator:
         async with self._lock:
             now = self._clock() if now is None else now
             iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-            if self.leadership is not None and self.leadership.take_over():
-                await self.take_over(now)
+            if self.leadership is not None and self.leadership.takeover_due():
+                await self.take_over(now)  # raises (the iteration fails) until it can
+                self.leadership.took_over()
             try:
                 with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
                     record = await self._keep(await self.pipeline.run(iteration_id, now))
@@ -247,6 +248,7 @@ class MAPEKOrchestrator:
         if self.pipeline.alerts is not None:
             await self.pipeline.alerts.load()
         await self.pipeline.knowledge.update_patterns()
+        self.pipeline.knowledge.forget_unrecorded()
         self.executor.forget_verifications()
         unfinished = await self.reconcile(now)
         log.warning(
