@@ -1204,8 +1204,10 @@ class PostgresStore:
         """Keep the byte budget: shrink when the tables outgrow it."""
         if self._max_bytes is None and self._metrics is None:
             return
+        total: int | None = None
         try:
             size = self.size()
+            total = size.total
             over = self._shrink_above is not None and size.total > self._shrink_above
             # The tables do not shrink (deleted rows' space is reused inside them), so
             # past a shrink their size says little: what this store wrote since, against
@@ -1216,7 +1218,11 @@ class PostgresStore:
                 size = self.size()
         except StoreError:
             # The write itself succeeded; a failed delete was logged (store_write_failed)
-            # and shows in /readyz; the next write tries again.
+            # and shows in /readyz. A shrink that failed (a scan past the statement
+            # timeout, say) is tried again once the tables grew a little, not every write.
+            if total is not None and self._max_bytes is not None:
+                self._shrink_above = max(self._shrink_above or 0, total) + self._max_bytes // 20
+                self._room = None
             return
         if self._metrics is not None:
             self._metrics.knowledge_bytes.set(size.total)
