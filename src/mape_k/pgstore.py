@@ -45,6 +45,7 @@ Choices:
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -697,8 +698,17 @@ class PostgresStore:
         return f"cannot write: {what} failed: {error}{others}"
 
     def _read(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str = "read failed"
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str | None = None
     ) -> list[dict[str, Any]]:
+        """One read transaction; its errors name `what`, by default the public method
+        that read (the first caller not named with an underscore)."""
+        if what is None:
+            frame = inspect.currentframe()
+            caller = frame.f_back if frame is not None else None
+            while caller is not None and caller.f_code.co_name.startswith("_"):
+                caller = caller.f_back
+            what = caller.f_code.co_name if caller is not None else "read"
+            del frame, caller
         with self._tx(what, write=False) as cur:
             self._exec(cur, sql, params)
             return cur.fetchall()

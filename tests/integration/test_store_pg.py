@@ -507,15 +507,24 @@ def test_the_urls_own_options_are_kept_a_search_path_puts_the_store_in_a_schema(
 def test_a_terminated_session_fails_one_call_and_the_next_reconnects(
     postgres: PostgresProcess, pg_url: str
 ) -> None:
-    with pg_open(pg_url) as store:
-        store.set_state("k", 1)
+    def terminate() -> None:
         postgres.psql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'mape-k'"
         )
-        with pytest.raises(StoreError, match="set_state"):
+
+    with pg_open(pg_url) as store:
+        store.set_state("k", 1)
+        terminate()
+        with pytest.raises(StoreError, match=rf"^{store.location}: get_state: ") as failed:
+            store.get_state("k")
+        assert "\n" not in str(failed.value)
+        assert store.write_problem() is None  # a read failed, not a write
+        assert store.get_state("k") == 1  # a new connection
+        terminate()
+        with pytest.raises(StoreError, match=rf"^{store.location}: set_state: "):
             store.set_state("k", 2)
-        assert store.write_problem() is not None
+        assert (store.write_problem() or "").startswith("cannot write: set_state failed: ")
         store.set_state("k", 3)
         assert store.get_state("k") == 3
         assert store.write_problem() is None
