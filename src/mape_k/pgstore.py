@@ -27,16 +27,25 @@ Choices:
 - The database's clock (`extract(epoch from clock_timestamp())`) decides every lease
   question: the replicas' clocks may disagree, the one database's clock is the only one
   every check and every takeover read.
-- The byte budget counts `pg_total_relation_size` of our tables (after every write: one
-  cheap query). PostgreSQL does not give deleted rows back to the file system without
-  VACUUM FULL; autovacuum makes their space reusable. So `shrink` deletes the oldest
-  history (same order and same keeps as SQLite) until the bytes the rows hold
-  (`pg_column_size`) are under the low water mark, and next shrinks only once the tables
-  grew a tenth of the budget past what they took after this one.
+- The byte budget. PostgreSQL does not give a deleted row's space back to the file
+  system (VACUUM FULL would, under an exclusive lock): the tables keep their high-water
+  size and new rows reuse the space. So `max_bytes` bounds the bytes the rows hold (their
+  columns as stored, TOAST included, measured with `pg_column_size` without fetching
+  TOAST), and the tables take more on disk (indexes, pages, TOAST chunks: about 1.8x in
+  a test with 3 kB records), a size that then stays put. After every write one cheap
+  query reads `pg_total_relation_size` (for the gauge, and a shrink when the tables grow
+  past the budget); once a shrink ran, the next one is due when this store has written
+  the room the rows had left (or the tables grew again: other replicas write too).
+  `shrink` deletes the oldest history in the order and with the keeps of SQLite, then
+  runs a plain VACUUM of what it pruned (no exclusive lock: autovacuum would get there,
+  but only after its thresholds and naptime), so the space is reused at once.
+- The transactions are READ COMMITTED whatever the server's default: a statement that
+  waited on a row lock (a takeover behind a fenced write) re-reads the committed row.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -209,11 +218,11 @@ _TABLES: tuple[str, ...] = (
 _SEQ: Mapping[str, str] = {"guard_decisions": "id", "control_log": "id"}
 # Serialises migrations across replicas (pg_advisory_xact_lock key: "mapek" in ASCII).
 _MIGRATION_LOCK = 0x6D6170656B
+# A row's bytes beyond its columns: the tuple header and its line pointer.
+_ROW_OVERHEAD = 28
 _NOW = "extract(epoch from clock_timestamp())::double precision"
 # The client-side watchdog fires this long after the server's statement_timeout would.
 _WATCHDOG_GRACE_S = 1.0
-# A row's bytes beyond its columns: the tuple header and its line pointer.
-_ROW_OVERHEAD = 28
 
 
 def _keep(clause: str) -> str:
@@ -325,6 +334,18 @@ class PostgresStore:
         """Use `PostgresStore.open(url)`: it validates and migrates the database."""
         self._url = url
         self._location, self._password = _display(url)
+        params = conninfo_to_dict(url)
+        ms = max(1, int(statement_timeout_s * 1000))
+        # Ours after the URL's own options (a search_path, say): the session's timeouts.
+        self._options = " ".join(
+            part
+            for part in (
+                str(params.get("options") or ""),
+                f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            )
+            if part
+        )
+        self._application_name = str(params.get("application_name") or "mape-k")
         self._connect_timeout_s = connect_timeout_s
         self._statement_timeout_s = statement_timeout_s
         self._lease_name = lease_name
@@ -338,6 +359,12 @@ class PostgresStore:
         self._write_failures: dict[str, tuple[float, str]] = {}
         self._connect_failure: str | None = None
         self._shrink_above = max_bytes
+        # Since the last shrink: the bytes this store wrote, and the room its rows had
+        # left under the budget then (None: no shrink yet). See _after_write.
+        self._written = 0
+        self._room: int | None = None
+        self._tx_bytes = 0
+        self._columns: dict[str, list[str]] | None = None
         self._fence: Fence | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -435,7 +462,7 @@ class PostgresStore:
                 return version
             target = version + 1
             try:
-                cur.execute(PG_MIGRATIONS[version].encode())
+                self._exec(cur, PG_MIGRATIONS[version], None)
                 self._exec(
                     cur,
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
@@ -525,16 +552,18 @@ class PostgresStore:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self._discard()
-        ms = max(1, int(self._statement_timeout_s * 1000))
         try:
             conn = psycopg.connect(
                 self._url,
                 autocommit=False,
                 row_factory=dict_row,
                 connect_timeout=max(1, math.ceil(self._connect_timeout_s)),
-                options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
-                application_name="mape-k",
+                options=self._options,
+                application_name=self._application_name,
             )
+            # The lease and the fence rely on READ COMMITTED: a statement that waited on
+            # a row lock re-reads the row as committed (whatever the server's default).
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         except psycopg.Error as exc:
             reason = self._scrub(str(exc)) or type(exc).__name__
             first = self._connect_failure is None
@@ -550,11 +579,15 @@ class PostgresStore:
         self._conn = conn
         return conn
 
-    def _exec(self, cur: Cursor, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> None:
-        """One statement, under the watchdog."""
+    def _exec(
+        self, cur: Cursor, sql: str, params: Sequence[Any] | Mapping[str, Any] | None
+    ) -> None:
+        """One statement (no params: a script of several), under the watchdog."""
+        values = params.values() if isinstance(params, Mapping) else params or ()
+        self._tx_bytes += sum(len(value) for value in values if isinstance(value, str))
         self._watchdog.arm(cur.connection.fileno(), self._statement_timeout_s + _WATCHDOG_GRACE_S)
         try:
-            cur.execute(sql.encode(), params)
+            cur.execute(sql.encode(), params or None)
         finally:
             self._watchdog.disarm()
 
@@ -595,6 +628,7 @@ class PostgresStore:
         StoreError; a lost connection is discarded for the next call to replace."""
         with self._lock:
             conn = self._connection()
+            self._tx_bytes = 0
             try:
                 with conn.cursor() as cur:
                     if fenced and self._fence is not None:
@@ -617,6 +651,7 @@ class PostgresStore:
                 self._rollback(conn)
                 raise
             if write:
+                self._written += self._tx_bytes
                 if what in _CLEARS_ALL_FAILURES:
                     self._write_failures.clear()
                 else:
@@ -663,8 +698,17 @@ class PostgresStore:
         return f"cannot write: {what} failed: {error}{others}"
 
     def _read(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str = "read failed"
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str | None = None
     ) -> list[dict[str, Any]]:
+        """One read transaction; its errors name `what`, by default the public method
+        that read (the first caller not named with an underscore)."""
+        if what is None:
+            frame = inspect.currentframe()
+            caller = frame.f_back if frame is not None else None
+            while caller is not None and caller.f_code.co_name.startswith("_"):
+                caller = caller.f_back
+            what = caller.f_code.co_name if caller is not None else "read"
+            del frame, caller
         with self._tx(what, write=False) as cur:
             self._exec(cur, sql, params)
             return cur.fetchall()
@@ -1145,6 +1189,7 @@ class PostgresStore:
                     (max_rows,),
                 )
                 deleted[table] = old + cur.rowcount
+        self._vacuum([table for table, n in deleted.items() if n])
         self._pruned("retention", deleted)
         self._after_write()
         return deleted
@@ -1161,17 +1206,6 @@ class PostgresStore:
         )
         return StoreSize(database=int(rows[0]["bytes"]), free=0, wal=0)
 
-    def _row_bytes(self) -> int:
-        """What the rows of our tables hold (columns as stored, plus each row's header):
-        the measure `shrink` works down, since deleted rows do not shrink the tables."""
-        parts = " + ".join(
-            f"(SELECT COALESCE(SUM(pg_column_size(t.*)), 0) + {_ROW_OVERHEAD} * count(*)"  # noqa: S608
-            f" FROM {table} AS t)"
-            for table in _TABLES
-        )
-        rows = self._read(f"SELECT ({parts})::bigint AS bytes", (), "cannot read the size")
-        return int(rows[0]["bytes"])
-
     @property
     def max_bytes(self) -> int | None:
         return self._max_bytes
@@ -1180,54 +1214,108 @@ class PostgresStore:
         """Keep the byte budget: shrink when the tables outgrow it."""
         if self._max_bytes is None and self._metrics is None:
             return
+        total: int | None = None
         try:
             size = self.size()
-            if self._shrink_above is not None and size.total > self._shrink_above:
+            total = size.total
+            over = self._shrink_above is not None and size.total > self._shrink_above
+            # The tables do not shrink (deleted rows' space is reused inside them), so
+            # past a shrink their size says little: what this store wrote since, against
+            # the room the rows had left, says when to look again.
+            filled = self._room is not None and self._written > self._room
+            if over or filled:
                 self.shrink()
                 size = self.size()
         except StoreError:
             # The write itself succeeded; a failed delete was logged (store_write_failed)
-            # and shows in /readyz; the next write tries again.
+            # and shows in /readyz. A shrink that failed (a scan past the statement
+            # timeout, say) is tried again once the tables grew a little, not every write.
+            if total is not None and self._max_bytes is not None:
+                self._shrink_above = max(self._shrink_above or 0, total) + self._max_bytes // 20
+                self._room = None
             return
         if self._metrics is not None:
             self._metrics.knowledge_bytes.set(size.total)
+
+    def _row_sql(self, table: str, alias: str) -> str:
+        """The bytes one row of `table` holds, as SQL: its columns as stored (a TOASTed
+        value counts its stored size, and is not fetched) plus the tuple header."""
+        if self._columns is None:
+            rows = self._read(
+                "SELECT table_name AS t, column_name AS c FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = ANY(%s)"
+                " ORDER BY table_name, ordinal_position",
+                (list(_TABLES),),
+                "cannot read the schema",
+            )
+            columns: dict[str, list[str]] = {}
+            for row in rows:
+                columns.setdefault(row["t"], []).append(row["c"])
+            self._columns = columns
+        parts = [f'COALESCE(pg_column_size({alias}."{name}"), 0)' for name in self._columns[table]]
+        return " + ".join([str(_ROW_OVERHEAD), *parts])
+
+    def _live_bytes(self) -> int:
+        """What the rows of our tables hold (one scan of the tables, not of TOAST)."""
+        parts = " + ".join(
+            f"(SELECT COALESCE(SUM({self._row_sql(table, 't')}), 0) FROM {table} AS t)"  # noqa: S608
+            for table in _TABLES
+        )
+        rows = self._read(f"SELECT ({parts})::bigint AS bytes", (), "cannot read the size")
+        return int(rows[0]["bytes"])
 
     def shrink(self) -> dict[str, int]:
         """Delete the oldest history until the rows are back under the byte budget.
 
         Tables go in the order of store._RETAINED (decision records first), each oldest
-        rows first and in batches, down to BUDGET_LOW_WATER of the budget; the newest
-        BUDGET_KEEP_NEWEST rows of each table, `stats`, `state` and unfinished executions
-        always stay. Returns the rows deleted per table.
+        rows first and in batches, until the bytes the rows hold are down to
+        BUDGET_LOW_WATER of the budget; the newest BUDGET_KEEP_NEWEST rows of each table,
+        `stats`, `state` and unfinished executions always stay. Then a plain VACUUM
+        makes their space reusable: PostgreSQL keeps the tables' size (their high-water
+        mark) and new rows fill them. Returns the rows deleted per table.
         """
         if self._max_bytes is None:
             return {}
         target = int(self._max_bytes * BUDGET_LOW_WATER)
         before = self.size()
-        deleted = {table: 0 for table, _, _ in _RETAINED}
+        live = self._live_bytes()
+        deleted: dict[str, int] = {}
         for table, at, keep in _RETAINED:
             seq = _SEQ.get(table, "seq")
-            while (live := self._row_bytes()) > target:
-                count = self._prunable(table, keep)
-                if count == 0:
+            while live > target:
+                count = self._read(
+                    f"SELECT count(*) AS n FROM {table} WHERE {_keep(keep)}",  # noqa: S608
+                    (),
+                )[0]["n"]
+                prunable = int(count) - BUDGET_KEEP_NEWEST
+                if prunable <= 0:
                     break
                 share = (live - target) / max(live, 1)
-                batch = min(count, max(1, math.ceil(count * share), math.ceil(count / 20)))
+                batch = min(prunable, max(1, math.ceil(prunable * share), math.ceil(prunable / 20)))
                 with self._tx("shrink", write=True, budget=False) as cur:
+                    # Table and column names come from constants and the catalog.
                     self._exec(
                         cur,
-                        f"DELETE FROM {table} WHERE {seq} IN (SELECT {seq} FROM {table}"  # noqa: S608
-                        f" WHERE {_keep(keep)} ORDER BY {at}, {seq} LIMIT %s)",
+                        f"WITH gone AS (DELETE FROM {table} AS t WHERE {seq} IN"  # noqa: S608
+                        f" (SELECT {seq} FROM {table} WHERE {_keep(keep)}"
+                        f" ORDER BY {at}, {seq} LIMIT %s) RETURNING {self._row_sql(table, 't')}"
+                        " AS bytes) SELECT count(*) AS n, COALESCE(SUM(bytes), 0)::bigint AS bytes"
+                        " FROM gone",
                         (batch,),
                     )
-                deleted[table] += batch
+                    gone = cur.fetchone()
+                if gone is None or int(gone["n"]) == 0:
+                    break
+                deleted[table] = deleted.get(table, 0) + int(gone["n"])
+                live -= int(gone["bytes"])
+        self._vacuum(list(deleted))
         after = self.size()
-        live = self._row_bytes()
-        deleted = {table: n for table, n in deleted.items() if n}
         self._pruned("bytes", deleted)
-        # The tables keep their size (autovacuum makes the space reusable): shrink again
-        # once they grew a tenth of the budget past this.
-        self._shrink_above = max(self._max_bytes, after.total + self._max_bytes // 10)
+        # Next: once this store wrote the room the rows have left, or once the tables
+        # grew (other replicas write too) a twentieth of the budget past their size now.
+        self._room = max(0, self._max_bytes - live)
+        self._written = 0
+        self._shrink_above = max(self._max_bytes, after.total) + self._max_bytes // 20
         if live > self._max_bytes:
             log.warning(
                 "store_over_budget",
@@ -1241,19 +1329,40 @@ class PostgresStore:
             log.info(
                 "store_shrunk",
                 location=self._location,
-                bytes_before=before.total,
-                bytes_after=after.total,
                 row_bytes=live,
+                table_bytes_before=before.total,
+                table_bytes_after=after.total,
                 max_bytes=self._max_bytes,
             )
         return deleted
 
-    def _prunable(self, table: str, keep: str) -> int:
-        rows = self._read(
-            f"SELECT count(*) AS n FROM {table} WHERE {_keep(keep)}",  # noqa: S608 - constants
-            (),
-        )
-        return max(0, int(rows[0]["n"]) - BUDGET_KEEP_NEWEST)
+    def _vacuum(self, tables: Sequence[str]) -> None:
+        """A plain VACUUM of the tables pruned: their dead rows' space is reused at once
+        (autovacuum would get there, but only after a threshold of dead rows and its
+        naptime, while every write under a byte budget is checked). Not FULL: no
+        exclusive lock, the other replicas go on; a table another VACUUM holds (a replica,
+        autovacuum) is skipped. The tables keep their size."""
+        if not tables:
+            return
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction
+                try:
+                    with conn.cursor() as cur:
+                        # Names from the constant _RETAINED, never from input.
+                        self._exec(cur, f"VACUUM (SKIP_LOCKED) {', '.join(tables)}", None)
+                finally:
+                    if not conn.closed and not conn.broken:
+                        conn.autocommit = False
+            except psycopg.Error as exc:
+                error = self._error("vacuum", exc)
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                    self._discard()
+                self._write_failed("vacuum", str(error).removeprefix(f"{self._location}: "))
+                raise error from None
+            self._write_failures.pop("vacuum", None)
+            self._note_writable()
 
     def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
         if not any(deleted.values()):

@@ -457,6 +457,79 @@ def test_a_password_never_shows_in_location_errors_or_logs(
     assert any(e["event"] == "store_unreachable" for e in logs)
 
 
+def test_the_tables_stop_growing_under_the_byte_budget(pg_url: str) -> None:
+    budget = 524_288
+    with pg_open(pg_url, max_bytes=budget) as store:
+        sizes = []
+        for i in range(1200):
+            store.record_iteration(
+                f"it-{i}", started_at=NOW + i, result="idle", record=big_record(i)
+            )
+            if i % 400 == 399:
+                sizes.append(store.size().total)
+        kept = len(store.recent_iterations(10_000))
+    # ~3.6 MB written; the rows hold at most the budget, the tables settle at their
+    # high-water mark (PostgreSQL reuses the space of deleted rows, never returns it).
+    assert 100 < kept < 1200
+    assert sizes[-1] <= sizes[0] + budget // 10, sizes
+    assert sizes[-1] < 3 * budget, sizes
+
+
+def test_the_urls_own_options_are_kept_a_search_path_puts_the_store_in_a_schema(
+    postgres: PostgresProcess, pg_url: str
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    postgres.psql("CREATE SCHEMA knowledge", database=database)
+    url = f"{pg_url}?options=-csearch_path%3Dknowledge&application_name=mapek-test"
+    with pg_open(url, statement_timeout_s=2.5) as store:
+        store.set_state("k", 1)
+        assert store.integrity_ok()
+        assert store.location == pg_url  # no query string
+        settings = store._read(
+            "SELECT current_setting('statement_timeout') AS st,"
+            " current_setting('lock_timeout') AS lt,"
+            " current_setting('application_name') AS app,"
+            " current_setting('transaction_isolation') AS iso",
+            (),
+        )
+    assert settings == [
+        {"st": "2500ms", "lt": "2500ms", "app": "mapek-test", "iso": "read committed"}
+    ]
+    assert postgres.psql("SELECT value FROM knowledge.state", database=database) == "1"
+    assert (
+        postgres.psql(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", database=database
+        )
+        == "0"
+    )
+
+
+def test_a_terminated_session_fails_one_call_and_the_next_reconnects(
+    postgres: PostgresProcess, pg_url: str
+) -> None:
+    def terminate() -> None:
+        postgres.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'mape-k'"
+        )
+
+    with pg_open(pg_url) as store:
+        store.set_state("k", 1)
+        terminate()
+        with pytest.raises(StoreError, match=rf"^{store.location}: get_state: ") as failed:
+            store.get_state("k")
+        assert "\n" not in str(failed.value)
+        assert store.write_problem() is None  # a read failed, not a write
+        assert store.get_state("k") == 1  # a new connection
+        terminate()
+        with pytest.raises(StoreError, match=rf"^{store.location}: set_state: "):
+            store.set_state("k", 2)
+        assert (store.write_problem() or "").startswith("cannot write: set_state failed: ")
+        store.set_state("k", 3)
+        assert store.get_state("k") == 3
+        assert store.write_problem() is None
+
+
 # --- the lease ---------------------------------------------------------------------------
 
 
@@ -570,6 +643,8 @@ def test_fenced_writes_commit_with_the_current_epoch_and_are_refused_after_a_tak
         assert postgres.psql("SELECT epoch FROM outcomes", database=database) == "1"
 
         wait_expired(new)
+        with pytest.raises(StaleEpochError):  # lapsed, nobody took over: refused all the same
+            old.record_iteration("lapsed", started_at=NOW, result="idle", record={})
         taken = new.lease_acquire("b", 60)
         assert (taken.holder, taken.epoch) == ("b", 2)
         for what, write in fenced_writes(old).items():
