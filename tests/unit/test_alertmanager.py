@@ -28,6 +28,7 @@ from mape_k.integrations.alertmanager import (
 from mape_k.metrics import Metrics
 from mape_k.models import Severity, ViolationSource
 from mape_k.store import InboxRow, Store
+from mape_k.storeio import AsyncStore
 
 WEBHOOK_FIXTURES = FIXTURES / "alertmanager" / "webhook"
 TTL = 600.0
@@ -464,58 +465,72 @@ def test_default_ttl_outlasts_the_shipped_repeat_interval() -> None:
 # --- inbox: kept in the knowledge store across restarts -----------------------------------
 
 
-def stored_inbox(store: Store, clock: FakeClock, **kwargs: Any) -> AlertInbox:
-    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=store, **kwargs)
-    inbox.restore(store.inbox_rows())
+async def stored_inbox(store: Store, clock: FakeClock, **kwargs: Any) -> AlertInbox:
+    journal = AsyncStore(store, threaded=False)
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=journal, **kwargs)
+    inbox.restore(await journal.inbox_rows())
+    await inbox.flush()
     return inbox
 
 
-def test_a_restarted_inbox_has_the_firing_alerts_and_remembers_the_resolves(
+async def offered(inbox: AlertInbox, alerts: list[Alert]) -> IngestResult:
+    """A webhook's batch: offered, then written (as `AlertMessageRouter.deliver` does)."""
+    result = inbox.offer(alerts)
+    await inbox.flush()
+    return result
+
+
+async def test_a_restarted_inbox_has_the_firing_alerts_and_remembers_the_resolves(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
     with Store.open(tmp_path / "k.sqlite3") as store:
-        inbox = stored_inbox(store, clock)
-        inbox.offer([alert(fingerprint="a", cause="overload"), alert(fingerprint="b")])
-        inbox.offer([alert(fingerprint="b", status="resolved", starts_at=EARLIER, ends_at=ENDED)])
+        inbox = await stored_inbox(store, clock)
+        await offered(inbox, [alert(fingerprint="a", cause="overload"), alert(fingerprint="b")])
+        await offered(
+            inbox, [alert(fingerprint="b", status="resolved", starts_at=EARLIER, ends_at=ENDED)]
+        )
     with Store.open(tmp_path / "k.sqlite3") as store:
-        inbox = stored_inbox(store, clock)
+        inbox = await stored_inbox(store, clock)
         [violation] = inbox.firing()
         assert (violation.kind, violation.timestamp) == ("overload", pytest.approx(1795321030.023))
         assert violation.labels == {"alertname": "CharterHighFailureRate", "cause": "overload"}
         assert inbox.remembered == 1
-        assert inbox.offer([alert(fingerprint="b")]) == IngestResult(duplicates=1)
-        assert inbox.offer([alert(fingerprint="a")]) == IngestResult(duplicates=1)
+        assert await offered(inbox, [alert(fingerprint="b")]) == IngestResult(duplicates=1)
+        assert await offered(inbox, [alert(fingerprint="a")]) == IngestResult(duplicates=1)
 
 
-def test_a_restored_alert_keeps_its_ttl_clock(tmp_path: Path) -> None:
+async def test_a_restored_alert_keeps_its_ttl_clock(tmp_path: Path) -> None:
     clock = FakeClock()
     with Store.open(tmp_path / "k.sqlite3") as store:
-        inbox = stored_inbox(store, clock)
-        inbox.offer([alert(fingerprint="a"), alert(fingerprint="b")])
+        inbox = await stored_inbox(store, clock)
+        await offered(inbox, [alert(fingerprint="a"), alert(fingerprint="b")])
         clock.advance(61)  # a re-delivery is written once the stored one is a minute old
-        inbox.offer([alert(fingerprint="b")])
+        await offered(inbox, [alert(fingerprint="b")])
         clock.advance(TTL - 30)
     with Store.open(tmp_path / "k.sqlite3") as store:
         with capture_logs() as logs:
-            inbox = stored_inbox(store, clock)
+            inbox = await stored_inbox(store, clock)
         assert [e["fingerprint"] for e in logs if e["event"] == "alert_expired"] == ["a"]
         assert len(inbox) == 1
         clock.advance(31)
         assert len(inbox) == 0
+        await inbox.flush()
         assert store.inbox_rows() == []
 
 
-def test_a_restore_keeps_the_newest_alerts_that_fit(tmp_path: Path) -> None:
+async def test_a_restore_keeps_the_newest_alerts_that_fit(tmp_path: Path) -> None:
     clock = FakeClock()
     with Store.open(tmp_path / "k.sqlite3") as store:
-        inbox = stored_inbox(store, clock)
+        inbox = await stored_inbox(store, clock)
         for name in "abc":
-            inbox.offer([alert(fingerprint=name, component=name)])
+            await offered(inbox, [alert(fingerprint=name, component=name)])
             clock.advance(1)
     with Store.open(tmp_path / "k.sqlite3") as store:
-        smaller = AlertInbox(max_alerts=2, ttl_s=TTL, clock=clock, journal=store)
+        journal = AsyncStore(store, threaded=False)
+        smaller = AlertInbox(max_alerts=2, ttl_s=TTL, clock=clock, journal=journal)
         assert smaller.restore(store.inbox_rows()) == 2
+        await smaller.flush()
         assert [v.component for v in smaller.firing()] == ["b", "c"]
         assert [row.fingerprint for row in store.inbox_rows()] == ["b", "c"]
 
@@ -527,7 +542,7 @@ class FailingJournal:
         self.working = False
         self.rows: dict[tuple[str, str], InboxRow] = {}
 
-    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+    async def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
         if not self.working:
             raise StoreError("disk full")
         for key in deletes:
@@ -535,19 +550,84 @@ class FailingJournal:
         for row in upserts:
             self.rows[(row.fingerprint, row.status)] = row
 
+    async def inbox_rows(self) -> list[InboxRow]:
+        return list(self.rows.values())
 
-def test_a_failed_write_is_logged_once_kept_and_written_with_the_next_change() -> None:
+
+async def test_a_failed_write_is_logged_once_kept_and_written_with_the_next_change() -> None:
     journal = FailingJournal()
     inbox = AlertInbox(max_alerts=10, journal=journal)
     with capture_logs() as logs:
-        assert inbox.offer([alert(fingerprint="a"), alert(fingerprint="b")]).new_firing == 2
-        inbox.offer([alert(fingerprint="b", status="resolved", ends_at=ENDED)])
+        result = await offered(inbox, [alert(fingerprint="a"), alert(fingerprint="b")])
+        assert result.new_firing == 2
+        await offered(inbox, [alert(fingerprint="b", status="resolved", ends_at=ENDED)])
         assert len(inbox.firing()) == 1  # memory is the truth meanwhile
+        assert journal.rows == {}
         journal.working = True
-        inbox.offer([alert(fingerprint="c")])
+        await offered(inbox, [alert(fingerprint="c")])
     events = [e["event"] for e in logs if e["event"].startswith("alert_inbox_")]
     assert events == ["alert_inbox_save_failed", "alert_inbox_saved"]
     assert sorted(journal.rows) == [("a", "firing"), ("b", "resolved"), ("c", "firing")]
+
+
+class SharedJournal:
+    """One inbox for several replicas, in memory: rows keyed by (fingerprint, status)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], InboxRow] = {}
+
+    async def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        for key in deletes:
+            self.rows.pop(key, None)
+        for row in upserts:
+            self.rows[(row.fingerprint, row.status)] = row
+
+    async def inbox_rows(self) -> list[InboxRow]:
+        return sorted(self.rows.values(), key=lambda row: row.seen_at)
+
+
+async def test_a_shared_inbox_is_one_inbox_for_every_replica() -> None:
+    clock = FakeClock()
+    journal = SharedJournal()
+    a = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=journal, shared=True)
+    b = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=journal, shared=True)
+    assert a.offer([alert(fingerprint="x", cause="overload")]).new_firing == 1
+    await a.flush()
+    [seen] = await b.firing_now()  # delivered to A, seen by B
+    assert seen.kind == "overload"
+    clock.advance(1)
+    resolve = alert(fingerprint="x", status="resolved", starts_at=EARLIER, ends_at=ENDED)
+    assert await AlertMessageRouter(b).deliver([resolve]) == IngestResult(resolved=1)
+    assert await a.firing_now() == []  # resolved at B, ended at A
+    clock.advance(1)
+    again = alert(fingerprint="y")
+    assert (await AlertMessageRouter(a).deliver([again])).new_firing == 1
+    assert await AlertMessageRouter(b).deliver([again]) == IngestResult(duplicates=1)
+    assert len(await a.firing_now()) == 1
+    assert len(await b.firing_now()) == 1
+
+
+async def test_a_restore_drops_a_firing_row_its_resolve_covers() -> None:
+    clock = FakeClock()
+    writer = SharedJournal()
+    inbox = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=writer)
+    inbox.offer([alert(fingerprint="x"), alert(fingerprint="y", component="other")])
+    await inbox.flush()
+    # Another replica wrote the resolve of x (ending after x started) beside its firing row.
+    other = SharedJournal()
+    resolver = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=other)
+    resolver.offer([alert(fingerprint="x", status="resolved", starts_at=EARLIER, ends_at=ENDED)])
+    await resolver.flush()
+    rows = [*writer.rows.values(), *other.rows.values()]
+    assert {(row.fingerprint, row.status) for row in rows} == {
+        ("x", "firing"),
+        ("x", "resolved"),
+        ("y", "firing"),
+    }
+    restarted = AlertInbox(max_alerts=10, ttl_s=TTL, clock=clock, journal=SharedJournal())
+    assert restarted.restore(rows) == 1
+    assert [v.component for v in restarted.firing()] == ["other"]
+    assert restarted.remembered == 1
 
 
 # --- router --------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 async def test_an_unreadable_saved_freeze_keeps_the_daemon_frozen(tmp_path, clock):
     settings = settings_for(tmp_path)
     async with build(settings, clock=clock) as parts:
-        parts.store.set_state(FREEZE_KEY, {"reason": "x", "since": None})
-        restore_freeze(parts, clock())
+        await parts.store.set_state(FREEZE_KEY, {"reason": "x", "since": None})
+        await restore_freeze(parts, clock())
         freeze = parts.orchestrator.envelope.freeze
     assert freeze is not None
     assert freeze.until is None
@@ -62,7 +62,7 @@ async def test_an_operator_freeze_survives_a_restart(tmp_path, clock):
     async with build(settings, clock=clock) as parts:
         await Daemon(parts, clock=clock).freeze("incident 42", None, caller="127.0.0.1")
     async with build(settings, clock=clock) as parts:
-        restore_freeze(parts, clock())
+        await restore_freeze(parts, clock())
         freeze = parts.orchestrator.envelope.freeze
     assert freeze is not None
     assert (freeze.reason, freeze.until) == ("incident 42", None)
@@ -198,34 +198,34 @@ async def test_firing_alerts_and_resolves_survive_a_restart(tmp_path, clock):
     settings = settings_for(tmp_path)
     started = time.time() - 60
     async with build(settings, clock=clock) as parts:
-        parts.router.route_alerts(
+        await parts.router.deliver(
             [
                 am_alert("a", starts_at=started, component="charter-1"),
                 am_alert("b", starts_at=started, component="charter-2"),
             ]
         )
         resolve = am_alert("b", "resolved", starts_at=started - 30, ends_at=started + 30)
-        assert parts.router.route_alerts([resolve]) == IngestResult(resolved=1)
+        assert await parts.router.deliver([resolve]) == IngestResult(resolved=1)
     async with build(settings, clock=clock) as parts:
         assert [(v.kind, v.component) for v in parts.inbox.firing()] == [
             ("charter_down", "charter-1")
         ]
         # Alertmanager's re-delivery of a is a duplicate; a late firing retry of b stays out.
         again = [am_alert("a", starts_at=started), am_alert("b", starts_at=started)]
-        assert parts.router.route_alerts(again) == IngestResult(duplicates=2)
+        assert await parts.router.deliver(again) == IngestResult(duplicates=2)
         assert len(parts.inbox.firing()) == 1
 
 
 async def test_an_unreadable_saved_inbox_starts_empty_with_a_warning(tmp_path, clock):
     settings = settings_for(tmp_path)
     async with build(settings, clock=clock) as parts:
-        parts.router.route_alerts([am_alert("a", starts_at=time.time())])
+        await parts.router.deliver([am_alert("a", starts_at=time.time())])
     with sqlite3.connect(settings.knowledge.path) as raw:
         raw.execute("UPDATE alert_inbox SET labels = '[1, 2]'")
     with capture_logs() as logs:
         async with build(settings, clock=clock) as parts:
             assert parts.inbox.firing() == []
-            parts.router.route_alerts([am_alert("b", starts_at=time.time())])
+            await parts.router.deliver([am_alert("b", starts_at=time.time())])
             assert len(parts.inbox.firing()) == 1  # and the inbox works as before
     [warning] = [e for e in logs if e["event"] == "alert_inbox_not_restored"]
     assert "alert inbox" in warning["error"]
@@ -259,13 +259,13 @@ async def test_readyz_says_the_store_cannot_write_when_the_disk_is_full(tmp_path
         ready = await (await client.get("/readyz")).json()
         assert ready["checks"]["knowledge"] == "ok"
 
-        conn = parts.store._require_open()
+        conn = parts.store.backend._require_open()
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as on a full disk
         for _ in range(100):  # until the records no longer fit in the pages there are
             clock.advance(30)
             record = await parts.orchestrator.run_once()
-            if parts.store.recent_iterations(1)[0]["id"] != record["id"]:
+            if (await parts.store.recent_iterations(1))[0]["id"] != record["id"]:
                 break
         else:
             pytest.fail("the store kept writing")
@@ -376,7 +376,7 @@ async def test_a_root_task_that_dies_takes_the_daemon_down_with_exit_1(tmp_path,
     if root == "pruner":
         calls = []
 
-        def prune_then_break(parts, now=None):
+        async def prune_then_break(parts, now=None):
             calls.append(now)
             if len(calls) > 1:  # the first prune runs at start, the next in the pruner task
                 raise RuntimeError("pruner bug")

@@ -342,7 +342,7 @@ async def test_freeze_and_unfreeze_from_the_console_are_journaled_with_who_and_w
         unfrozen = await client.post("/ui/act/unfreeze", data={"csrf": token, "why": "fixed"})
         assert "badge-frozen" not in await unfrozen.text()
         assert parts.orchestrator.envelope.active_freeze(clock()) is None
-        journal = parts.store.recent_control(5)
+        journal = await parts.store.recent_control(5)
         routes = [(row["route"], row["body"].get("why"), row["caller"]) for row in journal]
         assert routes[0][:2] == ("console unfreeze", "fixed")
         assert routes[1][:2] == ("console freeze", "incident 42")
@@ -351,7 +351,7 @@ async def test_freeze_and_unfreeze_from_the_console_are_journaled_with_who_and_w
             "/ui/act/freeze", data={"csrf": token, "why": "", "minutes": "x", "extra": "y"}
         )
         assert refused.status == 422
-        assert len(parts.store.recent_control(5)) == 2  # a refused form is not journaled
+        assert len(await parts.store.recent_control(5)) == 2  # a refused form is not journaled
 
 
 async def test_a_bad_freeze_duration_is_a_422_naming_the_field(tmp_path, clock):

@@ -36,7 +36,9 @@ async def test_hold_names_what_stops_a_running_policy():
     envelope.dry_run = True
     assert envelope.hold() == "dry-run mode was switched on"
     envelope.dry_run = False
-    await envelope.set_freeze(Freeze(reason="incident", since=NOW, until=NOW + 60, source="op"), now=NOW)
+    await envelope.set_freeze(
+        Freeze(reason="incident", since=NOW, until=NOW + 60, source="op"), now=NOW
+    )
     assert envelope.hold() == "frozen (op): incident"
     clock.advance(61)
     assert envelope.hold() is None  # a timed freeze that expired holds nothing

@@ -242,7 +242,9 @@ async def test_an_operator_clear_resolves_the_alert(
 async def test_a_hold_that_expires_resolves_the_alert(
     tmp_path: Path, am: FakeAlertmanager, clock: FakeClock
 ) -> None:
-    rig = await Rig(tmp_path, clock, _settings(tmp_path, **{"guards.target_breaker.hold_s": 100}), am).start()
+    rig = await Rig(
+        tmp_path, clock, _settings(tmp_path, **{"guards.target_breaker.hold_s": 100}), am
+    ).start()
     rig.hold()
     await rig.sync()
     clock.advance(100)

@@ -157,7 +157,9 @@ async def test_restart_over_the_same_file_forgets_nothing(
 ) -> None:
     with Store.open(path) as store:
         before = Knowledge(AsyncStore(store, threaded=False), config)
-        await record(before, [make(tts=10.0), make(OutcomeType.PARTIAL, tts=20.0), make(action=RESTART)])
+        await record(
+            before, [make(tts=10.0), make(OutcomeType.PARTIAL, tts=20.0), make(action=RESTART)]
+        )
         view, summary = dict(before.view()), before.summary()
     with Store.open(path) as store:
         after = Knowledge(AsyncStore(store, threaded=False), config)
@@ -182,7 +184,9 @@ async def test_best_action_weighs_success_rate_by_confidence(
     assert knowledge.get_best_action_for_cause("high_latency") is None
 
 
-async def test_best_action_is_none_when_nothing_ever_worked(knowledge: Knowledge, make: Outcomes) -> None:
+async def test_best_action_is_none_when_nothing_ever_worked(
+    knowledge: Knowledge, make: Outcomes
+) -> None:
     await record(knowledge, [make(OutcomeType.INEFFECTIVE) for _ in range(3)])
     assert knowledge.get_best_action_for_cause("overload") is None
 
@@ -242,7 +246,9 @@ async def test_metrics_count_outcomes_and_expose_rates_per_pair(
     registry = CollectorRegistry()
     knowledge = Knowledge(AsyncStore(store, threaded=False), config, metrics=Metrics(registry))
     first = make(OutcomeType.SUCCESS)
-    await record(knowledge, [first, first, make(OutcomeType.PARTIAL), make(OutcomeType.INEFFECTIVE)])
+    await record(
+        knowledge, [first, first, make(OutcomeType.PARTIAL), make(OutcomeType.INEFFECTIVE)]
+    )
 
     labels = {"cause": "overload", "action_type": "scale_up"}
     assert registry.get_sample_value("mapek_knowledge_samples", labels) == 3
@@ -255,10 +261,13 @@ async def test_metrics_gauges_are_restored_from_the_store_at_start(
     store: Store, config: KnowledgeConfig, make: Outcomes
 ) -> None:
     await record(
-        Knowledge(AsyncStore(store, threaded=False), config), [make(), make(OutcomeType.INEFFECTIVE)]
+        Knowledge(AsyncStore(store, threaded=False), config),
+        [make(), make(OutcomeType.INEFFECTIVE)],
     )
     registry = CollectorRegistry()
-    await Knowledge(AsyncStore(store, threaded=False), config, metrics=Metrics(registry)).update_patterns()
+    await Knowledge(
+        AsyncStore(store, threaded=False), config, metrics=Metrics(registry)
+    ).update_patterns()
     labels = {"cause": "overload", "action_type": "scale_up"}
     assert registry.get_sample_value("mapek_knowledge_samples", labels) == 2
     assert registry.get_sample_value("mapek_knowledge_success_rate", labels) == 0.5
@@ -274,7 +283,9 @@ async def test_record_outcome_logs_outcome_recorded(knowledge: Knowledge, make: 
     assert event["samples"] == 1
 
 
-async def test_record_execution_is_journaled_in_the_store(knowledge: Knowledge, store: Store) -> None:
+async def test_record_execution_is_journaled_in_the_store(
+    knowledge: Knowledge, store: Store
+) -> None:
     scale_up = builders.policy(SCALE, cause=builders.cause("overload"))
     execution = builders.execution(policy=scale_up, status=ExecutionStatus.PENDING)
     await knowledge.record_execution(execution)

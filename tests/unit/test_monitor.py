@@ -97,7 +97,7 @@ class FakeAlerts:
     def __init__(self, violations: list[Violation]) -> None:
         self.violations = violations
 
-    def firing(self) -> list[Violation]:
+    async def firing_now(self) -> list[Violation]:
         return list(self.violations)
 
 

@@ -377,7 +377,7 @@ async def test_a_record_summarises_10000_alerts_and_keeps_what_the_choice_stands
         assert result.new_firing == 10_000
         clock.advance(5)
         record = await parts.orchestrator.run_once()
-        [stored] = parts.store.recent_iterations(1)
+        [stored] = await parts.store.recent_iterations(1)
         for _ in range(9):
             clock.advance(30)
             await parts.orchestrator.run_once()

@@ -12,17 +12,18 @@ from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.plan import Planner, posterior
 from mape_k.models import ActionType, AnalysisResult, OutcomeType
 from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 CAUSE = "members_unhealthy"
 RESTART, SCALE = ActionType.RESTART_SERVICE, ActionType.SCALE_UP
 
 
-def _knowledge(tmp_path: Path) -> Knowledge:
-    store = Store.open(tmp_path / "k.sqlite3")
+async def _knowledge(tmp_path: Path) -> Knowledge:
+    store = AsyncStore(Store.open(tmp_path / "k.sqlite3"), threaded=False)
     knowledge = Knowledge(store, KnowledgeConfig(path=tmp_path / "k.sqlite3"))
     outcomes = [("a", OutcomeType.INEFFECTIVE)] * 10 + [("b", OutcomeType.SUCCESS)] * 10
     for index, (target, kind) in enumerate(outcomes):
-        knowledge.record_outcome(
+        await knowledge.record_outcome(
             outcome(
                 f"e{index}",
                 cause=CAUSE,
@@ -35,8 +36,8 @@ def _knowledge(tmp_path: Path) -> Knowledge:
     return knowledge
 
 
-def test_knowledge_keeps_each_targets_record_beside_the_pooled_one(tmp_path: Path) -> None:
-    knowledge = _knowledge(tmp_path)
+async def test_knowledge_keeps_each_targets_record_beside_the_pooled_one(tmp_path: Path) -> None:
+    knowledge = await _knowledge(tmp_path)
     pooled = knowledge.view()[(CAUSE, RESTART)]
     assert (pooled.samples, pooled.success_rate) == (20, 0.5)
     per_target = knowledge.target_view()
@@ -45,8 +46,8 @@ def test_knowledge_keeps_each_targets_record_beside_the_pooled_one(tmp_path: Pat
     assert per_target[(CAUSE, "b", RESTART)].samples == 10
 
 
-def test_the_planner_prefers_what_works_on_this_target(tmp_path: Path) -> None:
-    knowledge = _knowledge(tmp_path)
+async def test_the_planner_prefers_what_works_on_this_target(tmp_path: Path) -> None:
+    knowledge = await _knowledge(tmp_path)
     candidates = ((CandidateAction(type=RESTART),), (CandidateAction(type=SCALE, benefit=0.4),))
     planner = Planner(PlannerConfig(remediations={CAUSE: candidates}))
     causes = (cause(CAUSE, "a", confidence=0.9), cause(CAUSE, "b", confidence=0.9))
@@ -69,10 +70,10 @@ def test_the_planner_prefers_what_works_on_this_target(tmp_path: Path) -> None:
     assert first["a"] == first["b"]
 
 
-def test_a_targets_posterior_is_its_own_record_over_the_discounted_rest(
+async def test_a_targets_posterior_is_its_own_record_over_the_discounted_rest(
     tmp_path: Path,
 ) -> None:
-    knowledge = _knowledge(tmp_path)
+    knowledge = await _knowledge(tmp_path)
     pooled = knowledge.view()[(CAUSE, RESTART)]
     own = knowledge.target_view()[(CAUSE, "a", RESTART)]
     alone = posterior(0.75, prior_strength=2.0, pooled=pooled)
