@@ -32,6 +32,7 @@ class FakeControl:
 
     def __init__(self) -> None:
         self.triggers: list[str] = []
+        self.follower: str | None = None
         self.records: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any, str]] = []
         self.alive: tuple[bool, str] = (True, "last iteration 3.0 s ago")
@@ -98,6 +99,9 @@ class FakeControl:
 
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         self.records.append({"route": route, "body": body, "caller": caller})
+
+    def not_leading(self) -> str | None:
+        return self.follower  # None: it leads (or runs alone) and takes every call
 
 
 @dataclass
