@@ -288,6 +288,11 @@ def _render(stats: Mapping[str, Any], width: int) -> str:
     if not isinstance(stats, Mapping):
         return _inline(stats, width)
     lines = ["mape-k status", "============="]
+    ha = stats.get("ha")
+    if isinstance(ha, Mapping) and ha.get("mode") == "replicas":
+        # Replicas: first, whether this one acts (a follower's decisions are not acted on).
+        role = f"leader (epoch {ha.get('epoch')})" if ha.get("role") == "leader" else ha.get("why")
+        lines += _wrap(f"{ha.get('replica')}: {role}", first="replica ", rest="  ", width=width)
     for key in _DECISION_KEYS:
         if key in stats:
             lines += ["", *_decisions(stats[key], width)]

@@ -53,14 +53,18 @@ DB_RESTARTS = 3
 UNFINISHED = ("pending", "in_progress")
 ENV = {
     "MAPEK_HA__LEASE_TTL_S": str(TTL_S),
-    # A refused restart is retried for 1.4-2.8 s: the window to fail over inside an execution.
+    # A refused call is retried for 1.4-2.8 s: the window to fail over inside an execution.
     "MAPEK_CHARTER__BACKOFF_S": "0.4",
     "MAPEK_EXECUTOR__VERIFY_DELAY_S": "1",
     "MAPEK_EXECUTOR__VERIFY_DEADLINE_S": "3",
     # A restart makes failures worse for 3 s: verified after 1 s it is a DEGRADATION, and
     # the panic revert would freeze the loop (the freeze is shared: every leader after it).
     "MAPEK_GUARDS__PANIC__ENABLED": "false",
-    # Restarts refused on purpose must not price restart out: it is always proposed.
+    # An error burst's one fix, always proposed (refused on purpose, it must not be priced
+    # out); no throttle first: each round is one remediation, quickly verified.
+    "MAPEK_PLANNER__REMEDIATIONS": json.dumps(
+        {"high_failure_rate": [[{"type": "restart_service"}]]}
+    ),
     "MAPEK_PLANNER__MIN_SCORE": "-1",
     # Rounds repeat one remediation within minutes, which these guards rightly stop.
     "MAPEK_GUARDS__COOLDOWN__ENABLED": "false",
@@ -200,13 +204,18 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
         # --- 1. SIGKILL the leader mid-fault ------------------------------------------------
         modes = ["inside"] * (KILLS // 2) + ["after_call"] * (KILLS - KILLS // 2)
         rng.shuffle(modes)
+        restarts: list[asyncio.Task[None]] = []
         for round_no, mode in enumerate(modes):
-            await stack.set_chaos(503 if mode == "inside" else None, ["restart_committee"])
+            round_at = time.monotonic()
+            # Inside: every mutating call refused (and retried): the leader dies mid-execution.
+            await stack.set_chaos(503 if mode == "inside" else None)
             await quiet()
             seen = frozenset(journal.executions())
             holder, epoch = await leader()
+            injected_at = time.monotonic()
             await stack.inject("error_burst", 0.7, 0.0)
             started = await remedy_started(seen)
+            detected_at = time.monotonic()
             if mode == "after_call":
                 key = started["actions"][0]["idempotency_key"]
 
@@ -221,7 +230,13 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
             stack.kill(holder)
             await stack.set_chaos(None)
             _, new_epoch, led_at = await new_leader(epoch, holder)
-            entry = {"mode": mode, "failover_s": round(led_at - killed_at, 3), "epoch": new_epoch}
+            entry = {
+                "mode": mode,
+                "failover_s": round(led_at - killed_at, 3),
+                "epoch": new_epoch,
+                "quiet_s": round(injected_at - round_at, 3),
+                "detect_s": round(detected_at - injected_at, 3),
+            }
             if mode == "inside":  # the fault is still there: the new leader must act on it
 
                 async def acted(new_epoch: int = new_epoch) -> float | None:
@@ -233,38 +248,57 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
 
                 acted_at = await until(acted, timeout_s=15, what="the new leader acting", why=why)
                 entry["acted_s"] = round(acted_at - killed_at, 3)
-            report["kills"].append(entry)
             # The fault is remedied: by the dead leader's call, or by the new leader.
             await quiet()
-            await stack.restart(holder)  # back as a follower (waits for its /readyz)
+            entry["round_s"] = round(time.monotonic() - round_at, 3)
+            report["kills"].append(entry)
+            # Back as a follower, while the next round runs (it waits for its /readyz).
+            restarts.append(asyncio.create_task(stack.restart(holder)))
+        await asyncio.gather(*restarts)
 
         # --- 2. SIGSTOP the leader past its TTL, SIGCONT it after a takeover ------------------
         for _ in range(PAUSES):
-            await stack.set_chaos(503, ["restart_committee"])
+            await stack.set_chaos(503)  # the leader is paused while retrying its first call
             await quiet()
             seen = frozenset(journal.executions())
             holder, epoch = await leader()
             await stack.inject("error_burst", 0.7, 0.0)
             started = await remedy_started(seen)
+            key = started["actions"][0]["idempotency_key"]
+
+            async def retrying(key: str = key) -> bool:
+                """Its first call refused (503): the leader sleeps before retrying it."""
+                state = await stack.sim_state()
+                return any(r["idempotency_key"] == key for r in state["rejected"])
+
+            await until(retrying, timeout_s=5, what="the leader's first call refused", why=why)
             paused_at = time.monotonic()
             stack.signal(holder, signal.SIGSTOP)
             _, new_epoch, led_at = await new_leader(epoch, holder)
             await stack.set_chaos(None)
-            await quiet()  # the new leader remedied the fault
+
+            async def fenced(new_epoch: int = new_epoch) -> bool:
+                """The new leader has called the Charter (its takeover's lookup, at least)."""
+                return (await stack.sim_state())["epoch"] >= new_epoch
+
+            await until(fenced, timeout_s=10, what="the new leader's first call", why=why)
             before = await stack.sim_state()
             stack.signal(holder, signal.SIGCONT)
-            # The old leader's retry of its restart goes out with its old epoch: refused.
-            key = started["actions"][0]["idempotency_key"]
-
-            async def refused(key: str = key, epoch: int = epoch) -> bool:
-                state = await stack.sim_state()
-                return any(
-                    r["idempotency_key"] == key and r.get("epoch") == epoch and r["status"] == 409
-                    for r in state["rejected"]
-                )
-
-            await until(refused, timeout_s=10, what="the old leader's stale call refused", why=why)
+            # The old leader's pending retry goes out with its old epoch (refused), or its
+            # action's own timeout ran out while it was paused; either way the execution ends.
+            ended = f'"policy_id": "{started["id"]}", "status"'
+            await until(
+                lambda holder=holder, ended=ended: ended in stack.logs(holder, tail=200_000),
+                timeout_s=15,
+                what="the old leader's execution to end",
+                why=why,
+            )
             after = await stack.sim_state()
+            refused = [
+                r
+                for r in after["rejected"]
+                if r["idempotency_key"] == key and r.get("epoch") == epoch and r["status"] == 409
+            ]
             runs = journal.executions()
             old = {i for i, e in runs.items() if e["epoch"] == epoch}
             late = [a for a in effects(after) if a not in effects(before)]
@@ -275,8 +309,13 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
             settled = runs[started["id"]]
             assert settled["epoch"] == new_epoch, settled
             assert settled["status"] not in UNFINISHED, settled
+            await quiet()  # the new leader remedies the fault
             report["pauses"].append(
-                {"failover_s": round(led_at - paused_at, 3), "epoch": new_epoch}
+                {
+                    "failover_s": round(led_at - paused_at, 3),
+                    "epoch": new_epoch,
+                    "stale_call_refused": bool(refused),
+                }
             )
 
         # --- 3. PostgreSQL restarted while a fault is handled ---------------------------------

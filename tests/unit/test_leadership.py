@@ -11,10 +11,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mape_k.config import HAConfig
 from mape_k.errors import StoreError
 from mape_k.loop.leadership import Leadership
+from mape_k.metrics import Metrics
 from mape_k.store import Fence, LeaseState
 
 
@@ -228,3 +230,22 @@ async def test_a_follower_tries_again_just_after_the_lease_it_saw_expires() -> N
 def test_the_ttl_is_bounded(ttl_s: float) -> None:
     with pytest.raises(ValueError, match="lease_ttl_s"):
         HAConfig(lease_ttl_s=ttl_s)
+
+
+async def test_the_leader_gauge_is_read_when_scraped() -> None:
+    registry = CollectorRegistry()
+    db, clock = FakeLeases(), Clock()
+    fake: Any = db
+    a = Leadership(
+        fake,
+        replica_id="a",
+        config=HAConfig(lease_ttl_s=10.0),
+        metrics=Metrics(registry),
+        monotonic=clock,
+    )
+    assert registry.get_sample_value("mapek_leader") == 0.0
+    await a.renew()
+    assert registry.get_sample_value("mapek_leader") == 1.0
+    assert registry.get_sample_value("mapek_lease_epoch") == 1.0
+    clock.t += 10.0  # lapsed by its own reckoning: no renewal needed to read 0
+    assert registry.get_sample_value("mapek_leader") == 0.0

@@ -300,3 +300,22 @@ async def test_fetch_status_sends_the_token_as_a_bearer() -> None:
     )
     await fetch_status("http://127.0.0.1:8001", token="viewer-xyz")
     assert route.calls.last.request.headers["Authorization"] == "Bearer viewer-xyz"
+
+
+def test_a_replica_says_first_whether_it_leads() -> None:
+    follower = {
+        "mode": "replicas",
+        "replica": "mapek-b",
+        "role": "follower",
+        "epoch": None,
+        "why": "follower: mapek-a leads (epoch 7, lease for 12.0 s)",
+    }
+    text = render_status({"ha": follower, "iterations": []})
+    assert (
+        text.splitlines()[2]
+        == "replica mapek-b: follower: mapek-a leads (epoch 7, lease for 12.0 s)"
+    )
+    leader = {**follower, "replica": "mapek-a", "role": "leader", "epoch": 7, "why": None}
+    assert render_status({"ha": leader}).splitlines()[2] == "replica mapek-a: leader (epoch 7)"
+    single = {"mode": "single", "replica": "h:8001", "role": "leader", "epoch": None}
+    assert "replica " not in render_status({"ha": single}).splitlines()[2]

@@ -61,7 +61,6 @@ class Leadership:
         self._store = store
         self.replica_id = replica_id
         self._config = config
-        self._metrics = metrics
         self._monotonic = monotonic
         self._epoch: int | None = None  # the epoch this replica leads with, while it does
         self._valid_until = 0.0  # monotonic time its lease ends, by its own reckoning
@@ -72,6 +71,11 @@ class Leadership:
         self._led_epoch: int | None = None  # the epoch of the last takeover done
         if store is not None:
             store.set_fence(Fence(replica_id, 0))  # refused until this replica leads
+        if metrics is not None:  # read at scrape time: a lease that lapsed reads 0 at once
+            metrics.leader.set_function(lambda: 1.0 if self.leading() else 0.0)
+            metrics.lease_epoch.set_function(
+                lambda: float(self._lease.epoch) if self._lease is not None else 0.0
+            )
 
     @property
     def shared(self) -> bool:
@@ -126,7 +130,6 @@ class Leadership:
                 log.error("lease_renew_failed", replica=self.replica_id, error=str(exc))
             self._problem = str(exc)
             self._lapse_if_due()
-            self._export()
             return
         if self._problem is not None:
             log.info("lease_reachable", replica=self.replica_id)
@@ -140,7 +143,6 @@ class Leadership:
                 self._gain(lease.epoch)
         else:
             self._lose(f"{lease.holder} holds the lease (epoch {lease.epoch})")
-        self._export()
 
     def _gain(self, epoch: int) -> None:
         assert self._store is not None
@@ -161,13 +163,6 @@ class Leadership:
     def _lapse_if_due(self) -> None:
         if self._epoch is not None and self._monotonic() >= self._valid_until:
             self._lose(f"the lease could not be renewed: {self._problem}")
-
-    def _export(self) -> None:
-        if self._metrics is None:
-            return
-        self._metrics.leader.set(1 if self.leading() else 0)
-        lease = self._lease
-        self._metrics.lease_epoch.set(lease.epoch if lease is not None else 0)
 
     async def run(self) -> None:
         """Renew until cancelled (a root task of the daemon; `release()` at shutdown)."""
@@ -200,7 +195,6 @@ class Leadership:
             log.warning("lease_release_failed", replica=self.replica_id, error=str(exc))
             return
         log.info("lease_released", replica=self.replica_id, epoch=epoch, released=released)
-        self._export()
 
     def as_dict(self) -> dict[str, Any]:
         """For /stats and the console: the role, and who leads as last read."""

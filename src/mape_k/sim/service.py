@@ -194,7 +194,7 @@ async def _auth_and_chaos(request: web.Request, handler: Handler) -> web.StreamR
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-    if request.method in _MUTATING and (stale := _stale_epoch(request, state)) is not None:
+    if (stale := _stale_epoch(request, state)) is not None:
         return stale
     if (
         state.mutations_fail_with is not None
@@ -216,7 +216,8 @@ async def _auth_and_chaos(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _stale_epoch(request: web.Request, state: SimState) -> web.Response | None:
-    """Refuse a mutating call whose leader epoch is older than one already seen (409)."""
+    """Fencing: any call raises the newest epoch seen; a mutating call with an older one is
+    refused (409). A read with an old epoch is answered: reading changes nothing."""
     given = request.headers.get(EPOCH_HEADER)
     if given is None:
         return None
@@ -224,7 +225,7 @@ def _stale_epoch(request: web.Request, state: SimState) -> web.Response | None:
         epoch = int(given)
     except ValueError:
         return _json_error(422, f"{EPOCH_HEADER} must be an integer", EPOCH_HEADER)
-    if epoch < state.epoch:
+    if epoch < state.epoch and request.method in _MUTATING:
         state.rejected.append(
             {
                 "time": state.now(),
@@ -237,7 +238,7 @@ def _stale_epoch(request: web.Request, state: SimState) -> web.Response | None:
         return _json_error(
             409, f"stale leader epoch {epoch}: epoch {state.epoch} has acted since", EPOCH_HEADER
         )
-    state.epoch = epoch
+    state.epoch = max(state.epoch, epoch)
     return None
 
 

@@ -168,7 +168,10 @@ class HttpCharterClient:
         assert self._client is not None
         safe = method in {"GET", "PUT"} or bool(idempotency_key) or operation == "validate_policy"
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
-        epoch = self._epoch() if self._epoch is not None and method != "GET" else None
+        # Reads carry it too: a new leader's first call (its reconcile's lookup) raises the
+        # Charter's epoch, so a call of the old leader still in flight lands before it (and
+        # is found) or after it (and is refused).
+        epoch = self._epoch() if self._epoch is not None else None
         if epoch is not None:
             headers[EPOCH_HEADER] = str(epoch)
         attempts = 1 + (self.retries if safe else 0)
