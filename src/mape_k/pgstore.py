@@ -70,7 +70,6 @@ from mape_k import store as _sqlite_store
 from mape_k.errors import StaleEpochError, StoreError, StoreSchemaError
 from mape_k.metrics import Metrics
 from mape_k.store import (
-    _CLEARS_ALL_FAILURES,
     _RETAINED,
     _TIE_BREAK,
     BUDGET_KEEP_NEWEST,
@@ -629,18 +628,14 @@ class PostgresStore(JournalStore):
                 else:
                     self._rollback(conn)
                 if write:
-                    self._write_failed(what, str(error).removeprefix(f"{self._location}: "))
+                    self._write_error(what, error)
                 raise error from None
             except BaseException:
                 self._rollback(conn)
                 raise
             if write:
                 self._written += self._tx_bytes
-                if what in _CLEARS_ALL_FAILURES:
-                    self._write_failures.clear()
-                else:
-                    self._write_failures.pop(what, None)
-                self._note_writable()
+                self._write_succeeded(what)
         if write and budget:
             self._after_write()
 
@@ -664,12 +659,10 @@ class PostgresStore(JournalStore):
                 f" {fence.epoch} no longer holds lease {self._lease_name!r}"
             )
 
-    def _write_failed(self, what: str, error: str) -> None:
-        first = what not in self._write_failures
-        self._write_failures[what] = (time.time(), error.removeprefix(f"{what}: "))
-        self._note_writable()
-        if first:
-            log.error("store_write_failed", location=self._location, write=what, error=error)
+    def _write_error(self, what: str, error: StoreError) -> None:
+        """A failed write: "what: reason" in the log, the reason in write_problem."""
+        logged = str(error).removeprefix(f"{self._location}: ")
+        self._write_failed(what, logged.removeprefix(f"{what}: "), logged=logged)
 
     def _note_writable(self) -> None:
         if self._metrics is not None:
@@ -932,7 +925,6 @@ class PostgresStore(JournalStore):
                 error = self._error("vacuum", exc)
                 if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                     self._discard()
-                self._write_failed("vacuum", str(error).removeprefix(f"{self._location}: "))
+                self._write_error("vacuum", error)
                 raise error from None
-            self._write_failures.pop("vacuum", None)
-            self._note_writable()
+            self._write_succeeded("vacuum")

@@ -557,6 +557,33 @@ class JournalStore(ABC):
         others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
         return f"cannot write: {what} failed: {error}{others}"
 
+    def _write_succeeded(self, what: str) -> None:
+        """A write of kind `what` committed: its failures are over (every kind's, after a
+        decision record)."""
+        if what in _CLEARS_ALL_FAILURES:
+            self._write_failures.clear()
+        else:
+            self._write_failures.pop(what, None)
+        self._note_writable()
+
+    def _write_failed(self, what: str, error: str, *, logged: str | None = None) -> None:
+        """Remember why a write of kind `what` failed, until one succeeds (`write_problem`);
+        log the first failure (`logged`: what the log says, by default `error`)."""
+        first = what not in self._write_failures
+        self._write_failures[what] = (time.time(), error)
+        self._note_writable()
+        if first:
+            log.error(
+                "store_write_failed",
+                **self._log_context(),
+                write=what,
+                error=error if logged is None else logged,
+            )
+
+    def _note_writable(self) -> None:
+        if self._metrics is not None:
+            self._metrics.knowledge_writable.set(0 if self._write_failures else 1)
+
     def _loads(self, text: str | None) -> Any:
         if text is None:
             return None
@@ -1232,29 +1259,14 @@ class Store(JournalStore):
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
-                self._write_failed(what, exc)
+                self._write_failed(what, str(exc))
                 raise _wrap(self._path, what, exc) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
-            if what in _CLEARS_ALL_FAILURES:
-                self._write_failures.clear()
-            else:
-                self._write_failures.pop(what, None)
-            self._note_writable()
+            self._write_succeeded(what)
         if budget:
             self._after_write()
-
-    def _write_failed(self, what: str, exc: sqlite3.Error) -> None:
-        first = what not in self._write_failures
-        self._write_failures[what] = (time.time(), str(exc))
-        self._note_writable()
-        if first:
-            log.error("store_write_failed", path=str(self._path), write=what, error=str(exc))
-
-    def _note_writable(self) -> None:
-        if self._metrics is not None:
-            self._metrics.knowledge_writable.set(0 if self._write_failures else 1)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -1396,7 +1408,6 @@ class Store(JournalStore):
                     free = left
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
-                self._write_failed("vacuum", exc)
+                self._write_failed("vacuum", str(exc))
                 raise _wrap(self._path, "incremental vacuum failed", exc) from exc
-            self._write_failures.pop("vacuum", None)
-            self._note_writable()
+            self._write_succeeded("vacuum")
