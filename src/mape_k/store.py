@@ -465,7 +465,7 @@ class JournalStore(ABC):
     `rowid` as the tie-break column; the PostgreSQL backend rewrites both (`%s`, `seq`).
     A backend provides the reads (`_read`), the write transactions (`_write`: `fenced`
     writes are conditional on the leader lease where there is one), the bytes (`size`,
-    `shrink`, `_reclaim`, `_after_write`) and its lifecycle.
+    `_reclaim`, and `_after_write` with the byte budget's `shrink`) and its lifecycle.
     """
 
     _fence: Fence | None
