@@ -11,6 +11,10 @@ Choices:
   column where SQLite breaks ties by `rowid`. Migrations run under
   `pg_advisory_xact_lock`, each in its own transaction, re-reading the version under the
   lock: replicas starting at once migrate exactly once.
+- The same queries as SQLite: every journal and knowledge method is `store.JournalStore`'s,
+  written once in the SQL both speak with `?` placeholders and `rowid` tie-breaks, which
+  `_exec` rewrites to `%s` and `seq`. This module adds the connection, migrations, the
+  transactions (`_tx`), the fence check, the lease and the byte budget.
 - Fail closed, recover without a restart. Every call is one short explicit transaction
   with `statement_timeout` and `lock_timeout` set on the session. A paused or partitioned
   server answers nothing, so the server-side timeout cannot fire: a client-side watchdog
@@ -45,17 +49,17 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import inspect
-import json
 import math
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, TypeAlias
 
 import psycopg
 import structlog
@@ -63,31 +67,19 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from mape_k import store as _sqlite_store
-from mape_k.errors import StaleEpochError, StoreCorruptError, StoreError, StoreSchemaError
+from mape_k.errors import StaleEpochError, StoreError, StoreSchemaError
 from mape_k.metrics import Metrics
-from mape_k.models import (
-    ExecutionStatus,
-    GuardDecision,
-    OutcomeType,
-    PolicyExecution,
-    PolicyOutcome,
-)
 from mape_k.store import (
-    _CLEARS_ALL_FAILURES,
     _RETAINED,
-    _UNFINISHED,
+    _TIE_BREAK,
     BUDGET_KEEP_NEWEST,
     BUDGET_LOW_WATER,
     SCHEMA_VERSION,
     Fence,
-    InboxRow,
+    JournalStore,
+    JournalWriter,
     LeaseState,
-    PairStats,
     StoreSize,
-    _dumps,
-    _outcome_from,
-    _pair_stats,
-    execution_from_record,
 )
 
 log = structlog.get_logger(__name__)
@@ -214,8 +206,6 @@ _TABLES: tuple[str, ...] = (
     "alert_inbox",
     "leases",
 )
-# The tie-break column of each retained table (SQLite's rowid).
-_SEQ: Mapping[str, str] = {"guard_decisions": "id", "control_log": "id"}
 # Serialises migrations across replicas (pg_advisory_xact_lock key: "mapek" in ASCII).
 _MIGRATION_LOCK = 0x6D6170656B
 # A row's bytes beyond its columns: the tuple header and its line pointer.
@@ -225,9 +215,11 @@ _NOW = "extract(epoch from clock_timestamp())::double precision"
 _WATCHDOG_GRACE_S = 1.0
 
 
-def _keep(clause: str) -> str:
-    """store._RETAINED's conditions are SQLite's: "1" is TRUE here."""
-    return "TRUE" if clause == "1" else clause
+@functools.lru_cache(maxsize=256)
+def _dialect(sql: str) -> str:
+    """The SQL of JournalStore (SQLite's placeholders and tie-break column) for PostgreSQL;
+    SQL written for PostgreSQL (no `?`, no `rowid`) is left as it is."""
+    return re.sub(r"\browid\b", "seq", sql.replace("?", "%s"))
 
 
 def _display(url: str) -> tuple[str, str | None]:
@@ -316,7 +308,24 @@ Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
 Cursor: TypeAlias = psycopg.Cursor[dict[str, Any]]
 
 
-class PostgresStore:
+class _PgWriter:
+    """A JournalWriter over the cursor of an open PostgresStore transaction; `run` is the
+    store's `_exec` (the dialect, the watchdog, the bytes written)."""
+
+    def __init__(self, cur: Cursor, run: Callable[[Cursor, str, Sequence[Any]], None]) -> None:
+        self._cur = cur
+        self._run = run
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        self._run(self._cur, sql, params)
+        return self._cur.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for params in rows:
+            self._run(self._cur, sql, params)
+
+
+class PostgresStore(JournalStore):
     """Synchronous access to the knowledge store on PostgreSQL; each call is one short
     transaction. The same public interface and semantics as `Store` (SQLite), plus the
     leader lease (`lease_acquire`, `lease_read`, `lease_release`) and fenced writes."""
@@ -484,38 +493,10 @@ class PostgresStore:
             self._discard()
         self._watchdog.stop()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @property
     def location(self) -> str:
         """Where the store is, for logs and /readyz: postgresql://user@host:port/dbname."""
         return self._location
-
-    @property
-    def schema_version(self) -> int:
-        return self._schema_version
-
-    @property
-    def fence(self) -> Fence | None:
-        return self._fence
-
-    def set_fence(self, fence: Fence | None) -> None:
-        """Make every journal write conditional on `fence` holding the lease (None: a
-        single node, nothing checked, epoch NULL)."""
-        self._fence = fence
-
-    @property
-    def _epoch(self) -> int | None:
-        return None if self._fence is None else self._fence.epoch
 
     def integrity_ok(self) -> bool:
         """True when the database answers and every table of the schema exists."""
@@ -582,7 +563,9 @@ class PostgresStore:
     def _exec(
         self, cur: Cursor, sql: str, params: Sequence[Any] | Mapping[str, Any] | None
     ) -> None:
-        """One statement (no params: a script of several), under the watchdog."""
+        """One statement (no params: a script of several), under the watchdog. SQL shared
+        with SQLite (JournalStore) is rewritten first: `?` to `%s`, `rowid` to `seq`."""
+        sql = _dialect(sql)
         values = params.values() if isinstance(params, Mapping) else params or ()
         self._tx_bytes += sum(len(value) for value in values if isinstance(value, str))
         self._watchdog.arm(cur.connection.fileno(), self._statement_timeout_s + _WATCHDOG_GRACE_S)
@@ -645,20 +628,23 @@ class PostgresStore:
                 else:
                     self._rollback(conn)
                 if write:
-                    self._write_failed(what, str(error).removeprefix(f"{self._location}: "))
+                    self._write_error(what, error)
                 raise error from None
             except BaseException:
                 self._rollback(conn)
                 raise
             if write:
                 self._written += self._tx_bytes
-                if what in _CLEARS_ALL_FAILURES:
-                    self._write_failures.clear()
-                else:
-                    self._write_failures.pop(what, None)
-                self._note_writable()
+                self._write_succeeded(what)
         if write and budget:
             self._after_write()
+
+    @contextmanager
+    def _write(
+        self, what: str, *, fenced: bool = False, budget: bool = True
+    ) -> Iterator[JournalWriter]:
+        with self._tx(what, write=True, fenced=fenced, budget=budget) as cur:
+            yield _PgWriter(cur, self._exec)
 
     def _check_fence(self, cur: Cursor, what: str, fence: Fence) -> None:
         self._exec(
@@ -673,12 +659,10 @@ class PostgresStore:
                 f" {fence.epoch} no longer holds lease {self._lease_name!r}"
             )
 
-    def _write_failed(self, what: str, error: str) -> None:
-        first = what not in self._write_failures
-        self._write_failures[what] = (time.time(), error.removeprefix(f"{what}: "))
-        self._note_writable()
-        if first:
-            log.error("store_write_failed", location=self._location, write=what, error=error)
+    def _write_error(self, what: str, error: StoreError) -> None:
+        """A failed write: "what: reason" in the log, the reason in write_problem."""
+        logged = str(error).removeprefix(f"{self._location}: ")
+        self._write_failed(what, logged.removeprefix(f"{what}: "), logged=logged)
 
     def _note_writable(self) -> None:
         if self._metrics is not None:
@@ -688,14 +672,10 @@ class PostgresStore:
     def write_problem(self) -> str | None:
         """Why the store cannot write now: the last connection attempt failed, or a kind
         of write failed and has not succeeded since; None when neither."""
-        if self._connect_failure is not None:
-            return self._connect_failure
-        failures = dict(self._write_failures)
-        if not failures:
-            return None
-        what, (_at, error) = max(failures.items(), key=lambda item: item[1][0])
-        others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
-        return f"cannot write: {what} failed: {error}{others}"
+        return self._connect_failure or super().write_problem()
+
+    def _log_context(self) -> dict[str, str]:
+        return {"location": self._location}
 
     def _read(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any], what: str | None = None
@@ -712,14 +692,6 @@ class PostgresStore:
         with self._tx(what, write=False) as cur:
             self._exec(cur, sql, params)
             return cur.fetchall()
-
-    def _loads(self, text: str | None) -> Any:
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._location}: a stored record is not JSON") from exc
 
     # --- the leader lease ------------------------------------------------------------
 
@@ -792,407 +764,10 @@ class PostgresStore:
             )
             return cur.rowcount == 1
 
-    # --- iterations ------------------------------------------------------------------
-
-    def record_iteration(
-        self, iteration_id: str, *, started_at: float, result: str, record: Mapping[str, Any]
-    ) -> None:
-        """Store (or replace) the decision record of one iteration."""
-        with self._tx("record_iteration", write=True, fenced=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO iterations (id, started_at, result, record, epoch)"
-                " VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
-                " result = excluded.result, record = excluded.record, epoch = excluded.epoch",
-                (iteration_id, started_at, result, _dumps(record), self._epoch),
-            )
-
-    def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
-        """Newest first: {"id", "started_at", "result", "record"}; with `before`, only the
-        iterations that started before that time (the next page of /stats)."""
-        if before is None:
-            rows = self._read(
-                "SELECT id, started_at, result, record FROM iterations"
-                " ORDER BY started_at DESC, seq DESC LIMIT %s",
-                (limit,),
-            )
-        else:
-            rows = self._read(
-                "SELECT id, started_at, result, record FROM iterations WHERE started_at < %s"
-                " ORDER BY started_at DESC, seq DESC LIMIT %s",
-                (before, limit),
-            )
-        return [
-            {
-                "id": row["id"],
-                "started_at": row["started_at"],
-                "result": row["result"],
-                "record": self._loads(row["record"]),
-            }
-            for row in rows
-        ]
-
-    # --- executions ------------------------------------------------------------------
-
-    def upsert_execution(self, execution: PolicyExecution) -> None:
-        """Write before acting (pending / in_progress) and again after: a crash leaves a trace."""
-        policy = execution.policy
-        with self._tx("upsert_execution", write=True, fenced=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
-                " started_at, finished_at, dry_run, record, epoch)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
-                " cause = excluded.cause, target = excluded.target,"
-                " action_type = excluded.action_type, status = excluded.status,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
-                " dry_run = excluded.dry_run, record = excluded.record, epoch = excluded.epoch",
-                (
-                    execution.id,
-                    policy.id,
-                    policy.cause.name,
-                    policy.target,
-                    policy.primary_action,
-                    execution.status.value,
-                    execution.started_at,
-                    execution.finished_at,
-                    int(execution.dry_run),
-                    _dumps(execution),
-                    self._epoch,
-                ),
-            )
-
-    def _executions(self, where: str, params: Sequence[Any]) -> list[PolicyExecution]:
-        rows = self._read(f"SELECT record FROM executions {where}", params)  # noqa: S608 - constant clauses
-        out: list[PolicyExecution] = []
-        for row in rows:
-            try:
-                out.append(execution_from_record(self._loads(row["record"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise StoreCorruptError(f"{self._location}: unreadable execution record") from exc
-        return out
-
-    def get_execution(self, execution_id: str) -> PolicyExecution | None:
-        found = self._executions("WHERE id = %s", (execution_id,))
-        return found[0] if found else None
-
-    def recent_executions(self, limit: int) -> list[PolicyExecution]:
-        """Newest first."""
-        return self._executions("ORDER BY started_at DESC, seq DESC LIMIT %s", (limit,))
-
-    def target_executions(self, target: str, limit: int) -> list[PolicyExecution]:
-        """A target's executions, newest first (the console's charts)."""
-        return self._executions(
-            "WHERE target = %s ORDER BY started_at DESC, seq DESC LIMIT %s", (target, limit)
-        )
-
-    def iteration(self, iteration_id: str) -> dict[str, Any] | None:
-        """One journaled decision record, or None."""
-        rows = self._read("SELECT record FROM iterations WHERE id = %s", (iteration_id,))
-        record = self._loads(rows[0]["record"]) if rows else None
-        return record if isinstance(record, dict) else None
-
-    def unfinished_executions(self) -> list[PolicyExecution]:
-        """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
-        return self._executions(
-            "WHERE status IN (%s, %s) ORDER BY started_at, seq", tuple(_UNFINISHED)
-        )
-
-    def unverified_executions(self, *, since: float) -> list[PolicyExecution]:
-        """Completed (not dry-run) executions finished at or after `since` with no outcome
-        recorded yet: the verifications a restart must wait for again. Oldest first."""
-        return self._executions(
-            "WHERE status = %s AND dry_run = 0 AND finished_at >= %s"
-            " AND id NOT IN (SELECT execution_id FROM outcomes) ORDER BY finished_at, seq",
-            (ExecutionStatus.COMPLETED.value, since),
-        )
-
-    def executions_finished_since(self, since: float) -> list[PolicyExecution]:
-        """Executions (not dry-run) that finished at or after `since`, oldest first."""
-        return self._executions(
-            "WHERE dry_run = 0 AND finished_at >= %s ORDER BY finished_at, seq", (since,)
-        )
-
-    # --- outcomes and statistics -----------------------------------------------------
-
-    def record_outcome(self, outcome: PolicyOutcome) -> bool:
-        """Insert the outcome and fold it into `stats`, atomically; False if already recorded."""
-        kind = outcome.outcome
-        counted = kind is not OutcomeType.UNKNOWN
-        tts = outcome.time_to_stabilize_s if counted else None
-        with self._tx("record_outcome", write=True, fenced=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO outcomes (execution_id, policy_id, cause, action_type,"
-                " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
-                " recorded_at, detail, epoch)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (execution_id) DO NOTHING",
-                (
-                    outcome.execution_id,
-                    outcome.policy_id,
-                    outcome.cause,
-                    outcome.action_type,
-                    outcome.target,
-                    kind.value,
-                    outcome.value_before,
-                    outcome.value_after,
-                    outcome.threshold,
-                    outcome.time_to_stabilize_s,
-                    outcome.recorded_at,
-                    outcome.detail,
-                    self._epoch,
-                ),
-            )
-            inserted = cur.rowcount == 1
-            if inserted:
-                self._exec(
-                    cur,
-                    "INSERT INTO stats AS s (cause, action_type, samples, successes, partials,"
-                    " ineffective, degradations, unknowns, tts_sum, tts_count)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (cause, action_type) DO UPDATE SET"
-                    " samples = s.samples + excluded.samples,"
-                    " successes = s.successes + excluded.successes,"
-                    " partials = s.partials + excluded.partials,"
-                    " ineffective = s.ineffective + excluded.ineffective,"
-                    " degradations = s.degradations + excluded.degradations,"
-                    " unknowns = s.unknowns + excluded.unknowns,"
-                    " tts_sum = s.tts_sum + excluded.tts_sum,"
-                    " tts_count = s.tts_count + excluded.tts_count",
-                    (
-                        outcome.cause,
-                        outcome.action_type,
-                        int(counted),
-                        int(kind is OutcomeType.SUCCESS),
-                        int(kind is OutcomeType.PARTIAL),
-                        int(kind is OutcomeType.INEFFECTIVE),
-                        int(kind is OutcomeType.DEGRADATION),
-                        int(not counted),
-                        tts or 0.0,
-                        int(tts is not None),
-                    ),
-                )
-        return inserted
-
-    def _outcomes(self, rows: list[dict[str, Any]]) -> list[PolicyOutcome]:
-        try:
-            return [_outcome_from(row) for row in rows]
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._location}: unreadable outcome row") from exc
-
-    def recent_outcomes(self, limit: int) -> list[PolicyOutcome]:
-        """Newest first."""
-        return self._outcomes(
-            self._read(
-                "SELECT * FROM outcomes ORDER BY recorded_at DESC, seq DESC LIMIT %s", (limit,)
-            )
-        )
-
-    def outcome(self, execution_id: str) -> PolicyOutcome | None:
-        """The verified outcome of one execution, or None (not verified yet, or pruned)."""
-        found = self._outcomes(
-            self._read("SELECT * FROM outcomes WHERE execution_id = %s", (execution_id,))
-        )
-        return found[0] if found else None
-
-    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
-        """The outcomes of `target` recorded at or after `since`, oldest first."""
-        return self._outcomes(
-            self._read(
-                "SELECT * FROM outcomes WHERE target = %s AND recorded_at >= %s"
-                " ORDER BY recorded_at, seq",
-                (target, since),
-            )
-        )
-
-    def stats(self) -> list[PairStats]:
-        """Every (cause, action type) pair with at least one recorded outcome."""
-        rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
-        try:
-            return [_pair_stats(row) for row in rows]
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._location}: unknown action type in stats") from exc
-
-    def target_stats(self) -> list[tuple[str, PairStats]]:
-        """(target, its counters) per (cause, target, action type), from the outcomes kept
-        (retention bounds them: a target's posterior is its recent record)."""
-        rows = self._read(
-            "SELECT cause, target, action_type,"
-            " count(*) FILTER (WHERE outcome <> 'unknown') AS samples,"
-            " count(*) FILTER (WHERE outcome = 'success') AS successes,"
-            " count(*) FILTER (WHERE outcome = 'partial') AS partials,"
-            " count(*) FILTER (WHERE outcome = 'ineffective') AS ineffective,"
-            " count(*) FILTER (WHERE outcome = 'degradation') AS degradations,"
-            " count(*) FILTER (WHERE outcome = 'unknown') AS unknowns,"
-            " COALESCE(SUM(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown'), 0)"
-            " AS tts_sum,"
-            " count(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown') AS tts_count"
-            " FROM outcomes GROUP BY cause, target, action_type"
-            " ORDER BY cause, target, action_type",
-            (),
-        )
-        return [(row["target"], _pair_stats(row)) for row in rows]
-
-    # --- guard decisions, control log, state -----------------------------------------
-
-    def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
-        with self._tx("record_guard_decision", write=True, fenced=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until, epoch)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    at,
-                    decision.guard,
-                    decision.verdict.value,
-                    decision.reason,
-                    decision.policy_id,
-                    decision.until,
-                    self._epoch,
-                ),
-            )
-
-    def recent_guard_decisions(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first: {"id", "at", "guard", "verdict", "reason", "policy_id", "until",
-        "epoch"}."""
-        return self._read(
-            "SELECT id, at, guard, verdict, reason, policy_id, until, epoch"
-            " FROM guard_decisions ORDER BY at DESC, id DESC LIMIT %s",
-            (limit,),
-        )
-
-    def record_control(
-        self, *, at: float, route: str, body: Any = None, caller: str | None = None
-    ) -> None:
-        """Journal one operator call of the control API (body stored as JSON); never
-        fenced: any replica keeps the audit trail."""
-        with self._tx("record_control", write=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO control_log (at, route, body, caller) VALUES (%s, %s, %s, %s)",
-                (at, route, None if body is None else _dumps(body), caller),
-            )
-
-    def recent_control(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first: {"id", "at", "route", "body" (decoded), "caller"}."""
-        rows = self._read(
-            "SELECT id, at, route, body, caller FROM control_log"
-            " ORDER BY at DESC, id DESC LIMIT %s",
-            (limit,),
-        )
-        return [{**row, "body": self._loads(row["body"])} for row in rows]
-
-    def get_state(self, key: str) -> Any | None:
-        rows = self._read("SELECT value FROM state WHERE key = %s", (key,))
-        return self._loads(rows[0]["value"]) if rows else None
-
-    def set_state(self, key: str, value: Any, *, at: float | None = None) -> None:
-        """Persist one JSON value of daemon state (freeze, breakers...) under `key`."""
-        updated_at = time.time() if at is None else at
-        with self._tx("set_state", write=True, fenced=True) as cur:
-            self._exec(
-                cur,
-                "INSERT INTO state (key, value, updated_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, _dumps(value), updated_at),
-            )
-
-    def delete_state(self, key: str) -> None:
-        with self._tx("delete_state", write=True, fenced=True) as cur:
-            self._exec(cur, "DELETE FROM state WHERE key = %s", (key,))
-
-    # --- alert inbox -----------------------------------------------------------------
-
-    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
-        """Write what the alert inbox changed, in one transaction (never fenced: every
-        replica receives alerts)."""
-        with self._tx("save_inbox", write=True) as cur:
-            for fingerprint, status in deletes:
-                self._exec(
-                    cur,
-                    "DELETE FROM alert_inbox WHERE fingerprint = %s AND status = %s",
-                    (fingerprint, status),
-                )
-            for row in upserts:
-                self._exec(
-                    cur,
-                    "INSERT INTO alert_inbox (fingerprint, status, starts_at, ends_at, seen_at,"
-                    " labels) VALUES (%s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (fingerprint, status) DO UPDATE SET"
-                    " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
-                    " seen_at = excluded.seen_at, labels = excluded.labels",
-                    (
-                        row.fingerprint,
-                        row.status,
-                        row.starts_at,
-                        row.ends_at,
-                        row.seen_at,
-                        None if row.labels is None else _dumps(row.labels),
-                    ),
-                )
-
-    def inbox_rows(self) -> list[InboxRow]:
-        """Every remembered inbox row, oldest delivery first."""
-        rows = self._read(
-            "SELECT fingerprint, status, starts_at, ends_at, seen_at, labels FROM alert_inbox"
-            " ORDER BY seen_at, seq",
-            (),
-        )
-        out: list[InboxRow] = []
-        for row in rows:
-            labels = self._loads(row["labels"])
-            if labels is not None and not (
-                isinstance(labels, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
-            ):
-                raise StoreCorruptError(f"{self._location}: unreadable alert inbox row")
-            out.append(
-                InboxRow(
-                    fingerprint=row["fingerprint"],
-                    status=row["status"],
-                    starts_at=row["starts_at"],
-                    ends_at=row["ends_at"],
-                    seen_at=row["seen_at"],
-                    labels=labels,
-                )
-            )
-        return out
-
     # --- retention -------------------------------------------------------------------
 
-    def prune(self, *, now: float, retention_days: float, max_rows: int) -> dict[str, int]:
-        """Drop journal rows older than retention and beyond max_rows newest, per table.
-
-        `stats` and `state` are never pruned (what was learned survives); unfinished
-        executions are kept whatever their age. Autovacuum makes the space reusable.
-        """
-        cutoff = now - retention_days * 86_400.0
-        deleted: dict[str, int] = {}
-        with self._tx("prune", write=True, budget=False) as cur:
-            for table, at, keep in _RETAINED:
-                seq = _SEQ.get(table, "seq")
-                # Table and column names come from constants, never from input.
-                self._exec(
-                    cur,
-                    f"DELETE FROM {table} WHERE {_keep(keep)} AND {at} < %s",  # noqa: S608
-                    (cutoff,),
-                )
-                old = cur.rowcount
-                self._exec(
-                    cur,
-                    f"DELETE FROM {table} WHERE {seq} IN (SELECT {seq} FROM {table}"  # noqa: S608
-                    f" WHERE {_keep(keep)} ORDER BY {at} DESC, {seq} DESC OFFSET %s)",
-                    (max_rows,),
-                )
-                deleted[table] = old + cur.rowcount
-        self._vacuum([table for table, n in deleted.items() if n])
-        self._pruned("retention", deleted)
-        self._after_write()
-        return deleted
+    def _reclaim(self, tables: Sequence[str]) -> None:
+        self._vacuum(tables)
 
     def size(self) -> StoreSize:
         """The bytes of our tables (with their indexes and TOAST): one cheap query, done
@@ -1205,10 +780,6 @@ class PostgresStore:
             "cannot read the size",
         )
         return StoreSize(database=int(rows[0]["bytes"]), free=0, wal=0)
-
-    @property
-    def max_bytes(self) -> int | None:
-        return self._max_bytes
 
     def _after_write(self) -> None:
         """Keep the byte budget: shrink when the tables outgrow it."""
@@ -1281,23 +852,18 @@ class PostgresStore:
         live = self._live_bytes()
         deleted: dict[str, int] = {}
         for table, at, keep in _RETAINED:
-            seq = _SEQ.get(table, "seq")
+            seq = _TIE_BREAK.get(table, "seq")
             while live > target:
-                count = self._read(
-                    f"SELECT count(*) AS n FROM {table} WHERE {_keep(keep)}",  # noqa: S608
-                    (),
-                )[0]["n"]
-                prunable = int(count) - BUDGET_KEEP_NEWEST
-                if prunable <= 0:
+                prunable = self._prunable(table, keep)
+                if prunable == 0:
                     break
-                share = (live - target) / max(live, 1)
-                batch = min(prunable, max(1, math.ceil(prunable * share), math.ceil(prunable / 20)))
+                batch = self._batch(prunable, live, target)
                 with self._tx("shrink", write=True, budget=False) as cur:
                     # Table and column names come from constants and the catalog.
                     self._exec(
                         cur,
                         f"WITH gone AS (DELETE FROM {table} AS t WHERE {seq} IN"  # noqa: S608
-                        f" (SELECT {seq} FROM {table} WHERE {_keep(keep)}"
+                        f" (SELECT {seq} FROM {table} WHERE {keep}"
                         f" ORDER BY {at}, {seq} LIMIT %s) RETURNING {self._row_sql(table, 't')}"
                         " AS bytes) SELECT count(*) AS n, COALESCE(SUM(bytes), 0)::bigint AS bytes"
                         " FROM gone",
@@ -1359,15 +925,6 @@ class PostgresStore:
                 error = self._error("vacuum", exc)
                 if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                     self._discard()
-                self._write_failed("vacuum", str(error).removeprefix(f"{self._location}: "))
+                self._write_error("vacuum", error)
                 raise error from None
-            self._write_failures.pop("vacuum", None)
-            self._note_writable()
-
-    def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
-        if not any(deleted.values()):
-            return
-        log.info("store_pruned", location=self._location, reason=reason, **deleted)
-        if self._metrics is not None:
-            for table, rows in deleted.items():
-                self._metrics.knowledge_pruned_rows.labels(table=table, reason=reason).inc(rows)
+            self._write_succeeded("vacuum")

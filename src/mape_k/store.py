@@ -6,6 +6,11 @@ state, and retention: by age and row count (`prune`, hourly) and by bytes (a bud
 checked after every write; the oldest history goes first, and incremental vacuum gives
 the freed pages back to the file system). It never overwrites or deletes an existing file
 it cannot read. No policy logic here: Knowledge decides what the numbers mean.
+
+`JournalStore` is what both backends share: every journal and knowledge query, written
+once in the SQL that SQLite and PostgreSQL both speak, and every row <-> value conversion.
+`Store` adds the SQLite file (open, migrations, integrity, size, vacuum, the byte budget);
+`pgstore.PostgresStore` the same on PostgreSQL, with the leader lease and fenced writes.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import structlog
 
@@ -165,12 +171,14 @@ _UNFINISHED = (ExecutionStatus.PENDING.value, ExecutionStatus.IN_PROGRESS.value)
 # decision records are nearly all of the bytes; the operators' audit trail goes last.
 # `stats`, `state`, `meta` and unfinished executions are never deleted.
 _RETAINED: tuple[tuple[str, str, str], ...] = (
-    ("iterations", "started_at", "1"),
-    ("guard_decisions", "at", "1"),
-    ("outcomes", "recorded_at", "1"),
+    ("iterations", "started_at", "TRUE"),
+    ("guard_decisions", "at", "TRUE"),
+    ("outcomes", "recorded_at", "TRUE"),
     ("executions", "COALESCE(finished_at, started_at)", "status NOT IN ('pending', 'in_progress')"),
-    ("control_log", "at", "1"),
+    ("control_log", "at", "TRUE"),
 )
+# The tie-break column of a retained table where it is not `rowid` (PostgreSQL: `seq`).
+_TIE_BREAK: Mapping[str, str] = {"guard_decisions": "id", "control_log": "id"}
 # A decision record is the largest regular write, every iteration: once one is written
 # again, earlier failures of rarer, smaller writes (a control call) are over too.
 _CLEARS_ALL_FAILURES = frozenset({"record_iteration"})
@@ -439,7 +447,570 @@ def _check_header(path: Path) -> None:
         )
 
 
-class Store:
+class JournalWriter(Protocol):
+    """The statements of one write transaction of either backend."""
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement; return its row count."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class JournalStore(ABC):
+    """The journal and what was learned, written once for both backends (`Store` on SQLite,
+    `pgstore.PostgresStore` on PostgreSQL): every query and every row <-> value conversion.
+
+    The SQL is SQLite's and PostgreSQL's common dialect, written with `?` placeholders and
+    `rowid` as the tie-break column; the PostgreSQL backend rewrites both (`%s`, `seq`).
+    A backend provides the reads (`_read`), the write transactions (`_write`: `fenced`
+    writes are conditional on the leader lease where there is one), the bytes (`size`,
+    `_reclaim`, and `_after_write` with the byte budget's `shrink`) and its lifecycle.
+    """
+
+    _fence: Fence | None
+    _max_bytes: int | None
+    _metrics: Metrics | None
+    _schema_version: int
+    _write_failures: dict[str, tuple[float, str]]
+
+    # --- backend hooks ---------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the store is, for logs, /readyz and every error message."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+
+    @abstractmethod
+    def _read(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
+        """One read; rows that index by column name."""
+
+    @abstractmethod
+    def _write(
+        self, what: str, *, fenced: bool = False, budget: bool = True
+    ) -> AbstractContextManager[JournalWriter]:
+        """One write transaction named `what` (in errors and `write_problem`); with
+        `budget`, the byte budget is kept after its commit."""
+
+    @abstractmethod
+    def _log_context(self) -> dict[str, str]:
+        """Where the store is, as log fields."""
+
+    @abstractmethod
+    def size(self) -> StoreSize: ...
+
+    @abstractmethod
+    def _after_write(self) -> None:
+        """Keep the byte budget after a write."""
+
+    @abstractmethod
+    def _reclaim(self, tables: Sequence[str]) -> None:
+        """Make the space of the rows `prune` deleted from `tables` usable again."""
+
+    # --- common plumbing -------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    @property
+    def fence(self) -> Fence | None:
+        return self._fence
+
+    def set_fence(self, fence: Fence | None) -> None:
+        """Write `fence.epoch` with every journal entry from now on (None: a single node,
+        nothing checked, epoch NULL). On PostgreSQL every fenced write is also conditional
+        on `fence` holding the lease (see PostgresStore); one SQLite file has one writer,
+        so nothing is checked there."""
+        self._fence = fence
+
+    @property
+    def _epoch(self) -> int | None:
+        return None if self._fence is None else self._fence.epoch
+
+    def write_problem(self) -> str | None:
+        """Why the store cannot write now (a kind of write failed and has not succeeded
+        since), or None. `/readyz` shows it: a full disk is not `knowledge: ok`."""
+        failures = dict(self._write_failures)
+        if not failures:
+            return None
+        what, (_at, error) = max(failures.items(), key=lambda item: item[1][0])
+        others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
+        return f"cannot write: {what} failed: {error}{others}"
+
+    def _write_succeeded(self, what: str) -> None:
+        """A write of kind `what` committed: its failures are over (every kind's, after a
+        decision record)."""
+        if what in _CLEARS_ALL_FAILURES:
+            self._write_failures.clear()
+        else:
+            self._write_failures.pop(what, None)
+        self._note_writable()
+
+    def _write_failed(self, what: str, error: str, *, logged: str | None = None) -> None:
+        """Remember why a write of kind `what` failed, until one succeeds (`write_problem`);
+        log the first failure (`logged`: what the log says, by default `error`)."""
+        first = what not in self._write_failures
+        self._write_failures[what] = (time.time(), error)
+        self._note_writable()
+        if first:
+            log.error(
+                "store_write_failed",
+                **self._log_context(),
+                write=what,
+                error=error if logged is None else logged,
+            )
+
+    def _note_writable(self) -> None:
+        if self._metrics is not None:
+            self._metrics.knowledge_writable.set(0 if self._write_failures else 1)
+
+    def _loads(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self.location}: a stored record is not JSON") from exc
+
+    # --- iterations ------------------------------------------------------------------
+
+    def record_iteration(
+        self, iteration_id: str, *, started_at: float, result: str, record: Mapping[str, Any]
+    ) -> None:
+        """Store (or replace) the decision record of one iteration."""
+        with self._write("record_iteration", fenced=True) as tx:
+            tx.execute(
+                "INSERT INTO iterations (id, started_at, result, record, epoch)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
+                " result = excluded.result, record = excluded.record, epoch = excluded.epoch",
+                (iteration_id, started_at, result, _dumps(record), self._epoch),
+            )
+
+    def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
+        """Newest first: {"id", "started_at", "result", "record"}; with `before`, only the
+        iterations that started before that time (the next page of /stats)."""
+        where, params = (
+            ("", (limit,)) if before is None else ("WHERE started_at < ?", (before, limit))
+        )
+        rows = self._read(
+            f"SELECT id, started_at, result, record FROM iterations {where}"  # noqa: S608
+            " ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            params,
+        )
+        return [
+            {
+                "id": row["id"],
+                "started_at": row["started_at"],
+                "result": row["result"],
+                "record": self._loads(row["record"]),
+            }
+            for row in rows
+        ]
+
+    def iteration(self, iteration_id: str) -> dict[str, Any] | None:
+        """One journaled decision record, or None."""
+        rows = self._read("SELECT record FROM iterations WHERE id = ?", (iteration_id,))
+        record = self._loads(rows[0]["record"]) if rows else None
+        return record if isinstance(record, dict) else None
+
+    # --- executions ------------------------------------------------------------------
+
+    def upsert_execution(self, execution: PolicyExecution) -> None:
+        """Write before acting (pending / in_progress) and again after: a crash leaves a trace."""
+        policy = execution.policy
+        with self._write("upsert_execution", fenced=True) as tx:
+            tx.execute(
+                "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
+                " started_at, finished_at, dry_run, record, epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
+                " cause = excluded.cause, target = excluded.target,"
+                " action_type = excluded.action_type, status = excluded.status,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " dry_run = excluded.dry_run, record = excluded.record, epoch = excluded.epoch",
+                (
+                    execution.id,
+                    policy.id,
+                    policy.cause.name,
+                    policy.target,
+                    policy.primary_action,
+                    execution.status.value,
+                    execution.started_at,
+                    execution.finished_at,
+                    int(execution.dry_run),
+                    _dumps(execution),
+                    self._epoch,
+                ),
+            )
+
+    def _executions(self, where: str, params: Sequence[Any]) -> list[PolicyExecution]:
+        rows = self._read(f"SELECT record FROM executions {where}", params)  # noqa: S608 - constant clauses
+        out: list[PolicyExecution] = []
+        for row in rows:
+            try:
+                out.append(execution_from_record(self._loads(row["record"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreCorruptError(f"{self.location}: unreadable execution record") from exc
+        return out
+
+    def get_execution(self, execution_id: str) -> PolicyExecution | None:
+        found = self._executions("WHERE id = ?", (execution_id,))
+        return found[0] if found else None
+
+    def recent_executions(self, limit: int) -> list[PolicyExecution]:
+        """Newest first."""
+        return self._executions("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
+
+    def target_executions(self, target: str, limit: int) -> list[PolicyExecution]:
+        """A target's executions, newest first (the console's charts)."""
+        return self._executions(
+            "WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (target, limit)
+        )
+
+    def unfinished_executions(self) -> list[PolicyExecution]:
+        """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
+        return self._executions(
+            "WHERE status IN (?, ?) ORDER BY started_at, rowid", tuple(_UNFINISHED)
+        )
+
+    def unverified_executions(self, *, since: float) -> list[PolicyExecution]:
+        """Completed (not dry-run) executions finished at or after `since` with no outcome
+        recorded yet: the verifications a restart must wait for again. Oldest first."""
+        return self._executions(
+            "WHERE status = ? AND dry_run = 0 AND finished_at >= ?"
+            " AND id NOT IN (SELECT execution_id FROM outcomes) ORDER BY finished_at, rowid",
+            (ExecutionStatus.COMPLETED.value, since),
+        )
+
+    def executions_finished_since(self, since: float) -> list[PolicyExecution]:
+        """Executions (not dry-run) that finished at or after `since`, oldest first."""
+        return self._executions(
+            "WHERE dry_run = 0 AND finished_at >= ? ORDER BY finished_at, rowid", (since,)
+        )
+
+    # --- outcomes and statistics -----------------------------------------------------
+
+    def record_outcome(self, outcome: PolicyOutcome) -> bool:
+        """Insert the outcome and fold it into `stats`, atomically; False if already recorded."""
+        kind = outcome.outcome
+        counted = kind is not OutcomeType.UNKNOWN
+        tts = outcome.time_to_stabilize_s if counted else None
+        with self._write("record_outcome", fenced=True) as tx:
+            inserted = (
+                tx.execute(
+                    "INSERT INTO outcomes (execution_id, policy_id, cause, action_type,"
+                    " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
+                    " recorded_at, detail, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (
+                        outcome.execution_id,
+                        outcome.policy_id,
+                        outcome.cause,
+                        outcome.action_type,
+                        outcome.target,
+                        kind.value,
+                        outcome.value_before,
+                        outcome.value_after,
+                        outcome.threshold,
+                        outcome.time_to_stabilize_s,
+                        outcome.recorded_at,
+                        outcome.detail,
+                        self._epoch,
+                    ),
+                )
+                == 1
+            )
+            if inserted:
+                tx.execute(
+                    "INSERT INTO stats AS s (cause, action_type, samples, successes, partials,"
+                    " ineffective, degradations, unknowns, tts_sum, tts_count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (cause, action_type) DO UPDATE SET"
+                    " samples = s.samples + excluded.samples,"
+                    " successes = s.successes + excluded.successes,"
+                    " partials = s.partials + excluded.partials,"
+                    " ineffective = s.ineffective + excluded.ineffective,"
+                    " degradations = s.degradations + excluded.degradations,"
+                    " unknowns = s.unknowns + excluded.unknowns,"
+                    " tts_sum = s.tts_sum + excluded.tts_sum,"
+                    " tts_count = s.tts_count + excluded.tts_count",
+                    (
+                        outcome.cause,
+                        outcome.action_type,
+                        int(counted),
+                        int(kind is OutcomeType.SUCCESS),
+                        int(kind is OutcomeType.PARTIAL),
+                        int(kind is OutcomeType.INEFFECTIVE),
+                        int(kind is OutcomeType.DEGRADATION),
+                        int(not counted),
+                        tts or 0.0,
+                        int(tts is not None),
+                    ),
+                )
+        return inserted
+
+    def _outcomes(self, sql: str, params: Sequence[Any]) -> list[PolicyOutcome]:
+        rows = self._read(sql, params)
+        try:
+            return [_outcome_from(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self.location}: unreadable outcome row") from exc
+
+    def recent_outcomes(self, limit: int) -> list[PolicyOutcome]:
+        """Newest first."""
+        return self._outcomes(
+            "SELECT * FROM outcomes ORDER BY recorded_at DESC, rowid DESC LIMIT ?", (limit,)
+        )
+
+    def outcome(self, execution_id: str) -> PolicyOutcome | None:
+        """The verified outcome of one execution, or None (not verified yet, or pruned)."""
+        found = self._outcomes("SELECT * FROM outcomes WHERE execution_id = ?", (execution_id,))
+        return found[0] if found else None
+
+    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
+        """The outcomes of `target` recorded at or after `since`, oldest first."""
+        return self._outcomes(
+            "SELECT * FROM outcomes WHERE target = ? AND recorded_at >= ?"
+            " ORDER BY recorded_at, rowid",
+            (target, since),
+        )
+
+    def stats(self) -> list[PairStats]:
+        """Every (cause, action type) pair with at least one recorded outcome."""
+        rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
+        try:
+            return [_pair_stats(row) for row in rows]
+        except ValueError as exc:
+            raise StoreCorruptError(f"{self.location}: unknown action type in stats") from exc
+
+    def target_stats(self) -> list[tuple[str, PairStats]]:
+        """(target, its counters) per (cause, target, action type), from the outcomes kept
+        (retention bounds them: a target's posterior is its recent record)."""
+        rows = self._read(
+            "SELECT cause, target, action_type,"
+            " count(*) FILTER (WHERE outcome <> 'unknown') AS samples,"
+            " count(*) FILTER (WHERE outcome = 'success') AS successes,"
+            " count(*) FILTER (WHERE outcome = 'partial') AS partials,"
+            " count(*) FILTER (WHERE outcome = 'ineffective') AS ineffective,"
+            " count(*) FILTER (WHERE outcome = 'degradation') AS degradations,"
+            " count(*) FILTER (WHERE outcome = 'unknown') AS unknowns,"
+            " COALESCE(SUM(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown'), 0)"
+            " AS tts_sum,"
+            " count(time_to_stabilize_s) FILTER (WHERE outcome <> 'unknown') AS tts_count"
+            " FROM outcomes GROUP BY cause, target, action_type"
+            " ORDER BY cause, target, action_type",
+            (),
+        )
+        return [(row["target"], _pair_stats(row)) for row in rows]
+
+    # --- guard decisions, control log, state -----------------------------------------
+
+    def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
+        with self._write("record_guard_decision", fenced=True) as tx:
+            tx.execute(
+                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until, epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    decision.guard,
+                    decision.verdict.value,
+                    decision.reason,
+                    decision.policy_id,
+                    decision.until,
+                    self._epoch,
+                ),
+            )
+
+    def recent_guard_decisions(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "guard", "verdict", "reason", "policy_id", "until",
+        "epoch"}."""
+        rows = self._read(
+            "SELECT id, at, guard, verdict, reason, policy_id, until, epoch"
+            " FROM guard_decisions ORDER BY at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
+    def record_control(
+        self, *, at: float, route: str, body: Any = None, caller: str | None = None
+    ) -> None:
+        """Journal one operator call of the control API (body stored as JSON); never
+        fenced: any replica keeps the audit trail."""
+        with self._write("record_control") as tx:
+            tx.execute(
+                "INSERT INTO control_log (at, route, body, caller) VALUES (?, ?, ?, ?)",
+                (at, route, None if body is None else _dumps(body), caller),
+            )
+
+    def recent_control(self, limit: int) -> list[dict[str, Any]]:
+        """Newest first: {"id", "at", "route", "body" (decoded), "caller"}."""
+        rows = self._read(
+            "SELECT id, at, route, body, caller FROM control_log ORDER BY at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [{**dict(row), "body": self._loads(row["body"])} for row in rows]
+
+    def get_state(self, key: str) -> Any | None:
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return self._loads(rows[0]["value"]) if rows else None
+
+    def set_state(self, key: str, value: Any, *, at: float | None = None) -> None:
+        """Persist one JSON value of daemon state (freeze, breakers...) under `key`."""
+        updated_at = time.time() if at is None else at
+        with self._write("set_state", fenced=True) as tx:
+            tx.execute(
+                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, _dumps(value), updated_at),
+            )
+
+    def delete_state(self, key: str) -> None:
+        with self._write("delete_state", fenced=True) as tx:
+            tx.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    # --- alert inbox -----------------------------------------------------------------
+
+    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
+        """Write what the alert inbox changed, in one transaction: rows by (fingerprint,
+        status). Never fenced: every replica receives alerts."""
+        with self._write("save_inbox") as tx:
+            tx.executemany("DELETE FROM alert_inbox WHERE fingerprint = ? AND status = ?", deletes)
+            tx.executemany(
+                "INSERT INTO alert_inbox (fingerprint, status, starts_at, ends_at, seen_at, labels)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, status) DO UPDATE SET"
+                " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
+                " seen_at = excluded.seen_at, labels = excluded.labels",
+                [
+                    (
+                        row.fingerprint,
+                        row.status,
+                        row.starts_at,
+                        row.ends_at,
+                        row.seen_at,
+                        None if row.labels is None else _dumps(row.labels),
+                    )
+                    for row in upserts
+                ],
+            )
+
+    def inbox_rows(self) -> list[InboxRow]:
+        """Every remembered inbox row, oldest delivery first."""
+        rows = self._read(
+            "SELECT fingerprint, status, starts_at, ends_at, seen_at, labels FROM alert_inbox"
+            " ORDER BY seen_at, rowid",
+            (),
+        )
+        out: list[InboxRow] = []
+        for row in rows:
+            labels = self._loads(row["labels"])
+            if labels is not None and not (
+                isinstance(labels, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+            ):
+                raise StoreCorruptError(f"{self.location}: unreadable alert inbox row")
+            out.append(
+                InboxRow(
+                    fingerprint=row["fingerprint"],
+                    status=row["status"],
+                    starts_at=row["starts_at"],
+                    ends_at=row["ends_at"],
+                    seen_at=row["seen_at"],
+                    labels=labels,
+                )
+            )
+        return out
+
+    # --- retention -------------------------------------------------------------------
+
+    def prune(self, *, now: float, retention_days: float, max_rows: int) -> dict[str, int]:
+        """Drop journal rows older than retention and beyond max_rows newest, per table.
+
+        `stats` and `state` are never pruned (what was learned survives); unfinished
+        executions are kept whatever their age. The backend then reclaims the space (SQLite
+        gives the freed pages back to the file system; PostgreSQL reuses them).
+        """
+        cutoff = now - retention_days * 86_400.0
+        deleted: dict[str, int] = {}
+        with self._write("prune", budget=False) as tx:
+            for table, at, keep in _RETAINED:
+                seq = _TIE_BREAK.get(table, "rowid")
+                # Table and column names come from constants, never from input.
+                old = tx.execute(
+                    f"DELETE FROM {table} WHERE {keep} AND {at} < ?",  # noqa: S608
+                    (cutoff,),
+                )
+                excess = tx.execute(
+                    f"DELETE FROM {table} WHERE {keep} AND {seq} NOT IN"  # noqa: S608
+                    f" (SELECT {seq} FROM {table} WHERE {keep}"
+                    f" ORDER BY {at} DESC, {seq} DESC LIMIT ?)",
+                    (max_rows,),
+                )
+                deleted[table] = old + excess
+        self._reclaim([table for table, n in deleted.items() if n])
+        self._pruned("retention", deleted)
+        self._after_write()
+        return deleted
+
+    def _prunable(self, table: str, keep: str) -> int:
+        """The rows of `table` the byte budget may delete (all but the newest kept)."""
+        rows = self._read(
+            f"SELECT count(*) AS n FROM {table} WHERE {keep}",  # noqa: S608 - constant clauses
+            (),
+        )
+        return max(0, int(rows[0]["n"]) - BUDGET_KEEP_NEWEST)
+
+    @staticmethod
+    def _batch(prunable: int, live: int, target: int) -> int:
+        """Rows to delete in one step of a shrink: in proportion to the excess, at least a
+        twentieth (a few passes)."""
+        share = (live - target) / max(live, 1)
+        return min(prunable, max(1, math.ceil(prunable * share), math.ceil(prunable / 20)))
+
+    def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
+        if not any(deleted.values()):
+            return
+        log.info("store_pruned", **self._log_context(), reason=reason, **deleted)
+        if self._metrics is not None:
+            for table, rows in deleted.items():
+                self._metrics.knowledge_pruned_rows.labels(table=table, reason=reason).inc(rows)
+
+
+class _SqliteWriter:
+    """A JournalWriter over the connection of an open SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+
+class Store(JournalStore):
     """Synchronous access to the knowledge file; each call is one short transaction."""
 
     def __init__(
@@ -648,17 +1219,6 @@ class Store:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @property
     def path(self) -> Path:
         return self._path
@@ -667,26 +1227,6 @@ class Store:
     def location(self) -> str:
         """Where the store is, for logs and /readyz (the file's path)."""
         return str(self._path)
-
-    @property
-    def schema_version(self) -> int:
-        return self._schema_version
-
-    @property
-    def fence(self) -> Fence | None:
-        return self._fence
-
-    def set_fence(self, fence: Fence | None) -> None:
-        """Write `fence.epoch` with every journal entry from now on (None: a single node).
-
-        One SQLite file has one writer, so nothing is checked here; on PostgreSQL the same
-        call makes every fenced write conditional on the lease (see PostgresStore).
-        """
-        self._fence = fence
-
-    @property
-    def _epoch(self) -> int | None:
-        return None if self._fence is None else self._fence.epoch
 
     def integrity_ok(self) -> bool:
         """True when `PRAGMA quick_check` answers ok."""
@@ -704,48 +1244,29 @@ class Store:
         return self._conn
 
     @contextmanager
-    def _tx(self, what: str, *, budget: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self,
+        what: str,
+        *,
+        fenced: bool = False,  # noqa: ARG002 - one file has one writer: nothing to check
+        budget: bool = True,
+    ) -> Iterator[JournalWriter]:
         with self._lock:
             conn = self._require_open()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                yield conn
+                yield _SqliteWriter(conn)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
-                self._write_failed(what, exc)
+                self._write_failed(what, str(exc))
                 raise _wrap(self._path, what, exc) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
-            if what in _CLEARS_ALL_FAILURES:
-                self._write_failures.clear()
-            else:
-                self._write_failures.pop(what, None)
-            self._note_writable()
+            self._write_succeeded(what)
         if budget:
             self._after_write()
-
-    def _write_failed(self, what: str, exc: sqlite3.Error) -> None:
-        first = what not in self._write_failures
-        self._write_failures[what] = (time.time(), str(exc))
-        self._note_writable()
-        if first:
-            log.error("store_write_failed", path=str(self._path), write=what, error=str(exc))
-
-    def _note_writable(self) -> None:
-        if self._metrics is not None:
-            self._metrics.knowledge_writable.set(0 if self._write_failures else 1)
-
-    def write_problem(self) -> str | None:
-        """Why the store cannot write now (a kind of write failed and has not succeeded
-        since), or None. `/readyz` shows it: a full disk is not `knowledge: ok`."""
-        failures = dict(self._write_failures)
-        if not failures:
-            return None
-        what, (_at, error) = max(failures.items(), key=lambda item: item[1][0])
-        others = f" (and {len(failures) - 1} other kinds of write)" if len(failures) > 1 else ""
-        return f"cannot write: {what} failed: {error}{others}"
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -755,7 +1276,7 @@ class Store:
             except sqlite3.Error:
                 log.exception("store_rollback_failed")
 
-    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         with self._lock:
             conn = self._require_open()
             try:
@@ -763,384 +1284,14 @@ class Store:
             except sqlite3.Error as exc:
                 raise _wrap(self._path, "read failed", exc) from exc
 
-    def _loads(self, text: str | None) -> Any:
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StoreCorruptError(f"{self._path}: a stored record is not JSON") from exc
-
-    # --- iterations ------------------------------------------------------------------
-
-    def record_iteration(
-        self, iteration_id: str, *, started_at: float, result: str, record: Mapping[str, Any]
-    ) -> None:
-        """Store (or replace) the decision record of one iteration."""
-        with self._tx("record_iteration") as conn:
-            conn.execute(
-                "INSERT INTO iterations (id, started_at, result, record, epoch)"
-                " VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at,"
-                " result = excluded.result, record = excluded.record, epoch = excluded.epoch",
-                (iteration_id, started_at, result, _dumps(record), self._epoch),
-            )
-
-    def recent_iterations(self, limit: int, *, before: float | None = None) -> list[dict[str, Any]]:
-        """Newest first: {"id", "started_at", "result", "record"}; with `before`, only the
-        iterations that started before that time (the next page of /stats)."""
-        rows = self._read(
-            "SELECT id, started_at, result, record FROM iterations WHERE started_at < ?"
-            " ORDER BY started_at DESC, rowid DESC LIMIT ?",
-            (math.inf if before is None else before, limit),
-        )
-        return [
-            {
-                "id": row["id"],
-                "started_at": row["started_at"],
-                "result": row["result"],
-                "record": self._loads(row["record"]),
-            }
-            for row in rows
-        ]
-
-    # --- executions ------------------------------------------------------------------
-
-    def upsert_execution(self, execution: PolicyExecution) -> None:
-        """Write before acting (pending / in_progress) and again after: a crash leaves a trace."""
-        policy = execution.policy
-        with self._tx("upsert_execution") as conn:
-            conn.execute(
-                "INSERT INTO executions (id, policy_id, cause, target, action_type, status,"
-                " started_at, finished_at, dry_run, record, epoch)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET policy_id = excluded.policy_id,"
-                " cause = excluded.cause, target = excluded.target,"
-                " action_type = excluded.action_type, status = excluded.status,"
-                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
-                " dry_run = excluded.dry_run, record = excluded.record, epoch = excluded.epoch",
-                (
-                    execution.id,
-                    policy.id,
-                    policy.cause.name,
-                    policy.target,
-                    policy.primary_action,
-                    execution.status.value,
-                    execution.started_at,
-                    execution.finished_at,
-                    int(execution.dry_run),
-                    _dumps(execution),
-                    self._epoch,
-                ),
-            )
-
-    def _executions(self, where: str, params: tuple[Any, ...]) -> list[PolicyExecution]:
-        rows = self._read(f"SELECT record FROM executions {where}", params)  # noqa: S608 - constant clauses
-        out: list[PolicyExecution] = []
-        for row in rows:
-            try:
-                out.append(execution_from_record(self._loads(row["record"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise StoreCorruptError(f"{self._path}: unreadable execution record") from exc
-        return out
-
-    def get_execution(self, execution_id: str) -> PolicyExecution | None:
-        found = self._executions("WHERE id = ?", (execution_id,))
-        return found[0] if found else None
-
-    def recent_executions(self, limit: int) -> list[PolicyExecution]:
-        """Newest first."""
-        return self._executions("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
-
-    def target_executions(self, target: str, limit: int) -> list[PolicyExecution]:
-        """A target's executions, newest first (the console's charts)."""
-        return self._executions(
-            "WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (target, limit)
-        )
-
-    def iteration(self, iteration_id: str) -> dict[str, Any] | None:
-        """One journaled decision record, or None."""
-        rows = self._read("SELECT record FROM iterations WHERE id = ?", (iteration_id,))
-        record = self._loads(rows[0]["record"]) if rows else None
-        return record if isinstance(record, dict) else None
-
-    def unfinished_executions(self) -> list[PolicyExecution]:
-        """Executions still pending / in progress (after a crash: to reconcile), oldest first."""
-        return self._executions(
-            "WHERE status IN (?, ?) ORDER BY started_at, rowid", tuple(_UNFINISHED)
-        )
-
-    def unverified_executions(self, *, since: float) -> list[PolicyExecution]:
-        """Completed (not dry-run) executions finished at or after `since` with no outcome
-        recorded yet: the verifications a restart must wait for again. Oldest first."""
-        return self._executions(
-            "WHERE status = ? AND dry_run = 0 AND finished_at >= ?"
-            " AND id NOT IN (SELECT execution_id FROM outcomes) ORDER BY finished_at, rowid",
-            (ExecutionStatus.COMPLETED.value, since),
-        )
-
-    def executions_finished_since(self, since: float) -> list[PolicyExecution]:
-        """Executions (not dry-run) that finished at or after `since`, oldest first."""
-        return self._executions(
-            "WHERE dry_run = 0 AND finished_at >= ? ORDER BY finished_at, rowid", (since,)
-        )
-
-    # --- outcomes and statistics -----------------------------------------------------
-
-    def record_outcome(self, outcome: PolicyOutcome) -> bool:
-        """Insert the outcome and fold it into `stats`, atomically; False if already recorded."""
-        kind = outcome.outcome
-        counted = kind is not OutcomeType.UNKNOWN
-        tts = outcome.time_to_stabilize_s if counted else None
-        with self._tx("record_outcome") as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO outcomes (execution_id, policy_id, cause, action_type,"
-                " target, outcome, value_before, value_after, threshold, time_to_stabilize_s,"
-                " recorded_at, detail, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    outcome.execution_id,
-                    outcome.policy_id,
-                    outcome.cause,
-                    outcome.action_type,
-                    outcome.target,
-                    kind.value,
-                    outcome.value_before,
-                    outcome.value_after,
-                    outcome.threshold,
-                    outcome.time_to_stabilize_s,
-                    outcome.recorded_at,
-                    outcome.detail,
-                    self._epoch,
-                ),
-            )
-            inserted = cursor.rowcount == 1
-            if inserted:
-                conn.execute(
-                    "INSERT INTO stats (cause, action_type, samples, successes, partials,"
-                    " ineffective, degradations, unknowns, tts_sum, tts_count)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (cause, action_type) DO UPDATE SET"
-                    " samples = samples + excluded.samples,"
-                    " successes = successes + excluded.successes,"
-                    " partials = partials + excluded.partials,"
-                    " ineffective = ineffective + excluded.ineffective,"
-                    " degradations = degradations + excluded.degradations,"
-                    " unknowns = unknowns + excluded.unknowns,"
-                    " tts_sum = tts_sum + excluded.tts_sum,"
-                    " tts_count = tts_count + excluded.tts_count",
-                    (
-                        outcome.cause,
-                        outcome.action_type,
-                        int(counted),
-                        int(kind is OutcomeType.SUCCESS),
-                        int(kind is OutcomeType.PARTIAL),
-                        int(kind is OutcomeType.INEFFECTIVE),
-                        int(kind is OutcomeType.DEGRADATION),
-                        int(not counted),
-                        tts or 0.0,
-                        int(tts is not None),
-                    ),
-                )
-        return inserted
-
-    def recent_outcomes(self, limit: int) -> list[PolicyOutcome]:
-        """Newest first."""
-        rows = self._read(
-            "SELECT * FROM outcomes ORDER BY recorded_at DESC, rowid DESC LIMIT ?", (limit,)
-        )
-        try:
-            return [_outcome_from(row) for row in rows]
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
-
-    def outcome(self, execution_id: str) -> PolicyOutcome | None:
-        """The verified outcome of one execution, or None (not verified yet, or pruned)."""
-        rows = self._read("SELECT * FROM outcomes WHERE execution_id = ?", (execution_id,))
-        try:
-            return _outcome_from(rows[0]) if rows else None
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
-
-    def target_outcomes_since(self, target: str, since: float) -> list[PolicyOutcome]:
-        """The outcomes of `target` recorded at or after `since`, oldest first."""
-        rows = self._read(
-            "SELECT * FROM outcomes WHERE target = ? AND recorded_at >= ?"
-            " ORDER BY recorded_at, rowid",
-            (target, since),
-        )
-        try:
-            return [_outcome_from(row) for row in rows]
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._path}: unreadable outcome row") from exc
-
-    def stats(self) -> list[PairStats]:
-        """Every (cause, action type) pair with at least one recorded outcome."""
-        rows = self._read("SELECT * FROM stats ORDER BY cause, action_type", ())
-        try:
-            return [_pair_stats(row) for row in rows]
-        except ValueError as exc:
-            raise StoreCorruptError(f"{self._path}: unknown action type in stats") from exc
-
-    def target_stats(self) -> list[tuple[str, PairStats]]:
-        """(target, its counters) per (cause, target, action type), from the outcomes kept
-        (retention bounds them: a target's posterior is its recent record)."""
-        rows = self._read(
-            "SELECT cause, target, action_type,"
-            " SUM(outcome != 'unknown') AS samples,"
-            " SUM(outcome = 'success') AS successes,"
-            " SUM(outcome = 'partial') AS partials,"
-            " SUM(outcome = 'ineffective') AS ineffective,"
-            " SUM(outcome = 'degradation') AS degradations,"
-            " SUM(outcome = 'unknown') AS unknowns,"
-            " SUM(CASE WHEN outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL"
-            " THEN time_to_stabilize_s ELSE 0 END) AS tts_sum,"
-            " SUM(outcome != 'unknown' AND time_to_stabilize_s IS NOT NULL) AS tts_count"
-            " FROM outcomes GROUP BY cause, target, action_type"
-            " ORDER BY cause, target, action_type",
-            (),
-        )
-        return [(row["target"], _pair_stats(row)) for row in rows]
-
-    # --- guard decisions, control log, state -----------------------------------------
-
-    def record_guard_decision(self, decision: GuardDecision, *, at: float) -> None:
-        with self._tx("record_guard_decision") as conn:
-            conn.execute(
-                "INSERT INTO guard_decisions (at, guard, verdict, reason, policy_id, until, epoch)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    at,
-                    decision.guard,
-                    decision.verdict.value,
-                    decision.reason,
-                    decision.policy_id,
-                    decision.until,
-                    self._epoch,
-                ),
-            )
-
-    def recent_guard_decisions(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first: {"id", "at", "guard", "verdict", "reason", "policy_id", "until"}."""
-        rows = self._read(
-            "SELECT * FROM guard_decisions ORDER BY at DESC, id DESC LIMIT ?", (limit,)
-        )
-        return [dict(row) for row in rows]
-
-    def record_control(
-        self, *, at: float, route: str, body: Any = None, caller: str | None = None
-    ) -> None:
-        """Journal one operator call of the control API (body stored as JSON)."""
-        with self._tx("record_control") as conn:
-            conn.execute(
-                "INSERT INTO control_log (at, route, body, caller) VALUES (?, ?, ?, ?)",
-                (at, route, None if body is None else _dumps(body), caller),
-            )
-
-    def recent_control(self, limit: int) -> list[dict[str, Any]]:
-        """Newest first: {"id", "at", "route", "body" (decoded), "caller"}."""
-        rows = self._read("SELECT * FROM control_log ORDER BY at DESC, id DESC LIMIT ?", (limit,))
-        return [{**dict(row), "body": self._loads(row["body"])} for row in rows]
-
-    def get_state(self, key: str) -> Any | None:
-        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
-        return self._loads(rows[0]["value"]) if rows else None
-
-    def set_state(self, key: str, value: Any, *, at: float | None = None) -> None:
-        """Persist one JSON value of daemon state (freeze, breakers...) under `key`."""
-        updated_at = time.time() if at is None else at
-        with self._tx("set_state") as conn:
-            conn.execute(
-                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, _dumps(value), updated_at),
-            )
-
-    def delete_state(self, key: str) -> None:
-        with self._tx("delete_state") as conn:
-            conn.execute("DELETE FROM state WHERE key = ?", (key,))
-
-    # --- alert inbox -----------------------------------------------------------------
-
-    def save_inbox(self, upserts: list[InboxRow], deletes: list[tuple[str, str]]) -> None:
-        """Write what the alert inbox changed, in one transaction: rows by (fingerprint, status)."""
-        with self._tx("save_inbox") as conn:
-            conn.executemany(
-                "DELETE FROM alert_inbox WHERE fingerprint = ? AND status = ?", deletes
-            )
-            conn.executemany(
-                "INSERT INTO alert_inbox (fingerprint, status, starts_at, ends_at, seen_at, labels)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, status) DO UPDATE SET"
-                " starts_at = excluded.starts_at, ends_at = excluded.ends_at,"
-                " seen_at = excluded.seen_at, labels = excluded.labels",
-                [
-                    (
-                        row.fingerprint,
-                        row.status,
-                        row.starts_at,
-                        row.ends_at,
-                        row.seen_at,
-                        None if row.labels is None else _dumps(row.labels),
-                    )
-                    for row in upserts
-                ],
-            )
-
-    def inbox_rows(self) -> list[InboxRow]:
-        """Every remembered inbox row, oldest delivery first."""
-        rows = self._read(
-            "SELECT fingerprint, status, starts_at, ends_at, seen_at, labels FROM alert_inbox"
-            " ORDER BY seen_at, rowid",
-            (),
-        )
-        out: list[InboxRow] = []
-        for row in rows:
-            labels = self._loads(row["labels"])
-            if labels is not None and not (
-                isinstance(labels, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
-            ):
-                raise StoreCorruptError(f"{self._path}: unreadable alert inbox row")
-            out.append(
-                InboxRow(
-                    fingerprint=row["fingerprint"],
-                    status=row["status"],
-                    starts_at=row["starts_at"],
-                    ends_at=row["ends_at"],
-                    seen_at=row["seen_at"],
-                    labels=labels,
-                )
-            )
-        return out
+    def _log_context(self) -> dict[str, str]:
+        return {"path": str(self._path)}
 
     # --- retention -------------------------------------------------------------------
 
-    def prune(self, *, now: float, retention_days: float, max_rows: int) -> dict[str, int]:
-        """Drop journal rows older than retention and beyond max_rows newest, per table.
-
-        `stats` and `state` are never pruned (what was learned survives); unfinished
-        executions are kept whatever their age. The freed pages go back to the file system.
-        """
-        cutoff = now - retention_days * 86_400.0
-        deleted: dict[str, int] = {}
-        with self._tx("prune", budget=False) as conn:
-            for table, at, keep in _RETAINED:
-                # Table and column names come from the constant _RETAINED, never from input.
-                old = conn.execute(
-                    f"DELETE FROM {table} WHERE {keep} AND {at} < ?",  # noqa: S608
-                    (cutoff,),
-                ).rowcount
-                excess = conn.execute(
-                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
-                    f" WHERE {keep} ORDER BY {at} DESC, rowid DESC LIMIT -1 OFFSET ?)",
-                    (max_rows,),
-                ).rowcount
-                deleted[table] = old + excess
-        if any(deleted.values()):
+    def _reclaim(self, tables: Sequence[str]) -> None:
+        if tables:
             self._vacuum()
-            self._pruned("retention", deleted)
-        self._after_write()
-        return deleted
 
     def size(self) -> StoreSize:
         """The store's bytes now: cheap (two pragmas and a stat), done after every write."""
@@ -1157,10 +1308,6 @@ class Store:
         except OSError:
             wal = 0
         return StoreSize(database=pages * page_size, free=free * page_size, wal=wal)
-
-    @property
-    def max_bytes(self) -> int | None:
-        return self._max_bytes
 
     def _after_write(self) -> None:
         """Keep the byte budget: shrink when the file and its WAL outgrow it."""
@@ -1208,12 +1355,10 @@ class Store:
                 count = self._prunable(table, keep)
                 if count == 0:
                     break
-                # Rows in proportion to the excess, at least a twentieth: a few passes.
-                share = (live - target) / max(live, 1)
-                batch = min(count, max(1, math.ceil(count * share), math.ceil(count / 20)))
-                with self._tx("shrink", budget=False) as conn:
+                batch = self._batch(count, live, target)
+                with self._write("shrink", budget=False) as tx:
                     # Table and column names come from the constant _RETAINED, never input.
-                    conn.execute(
+                    tx.execute(
                         f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
                         f" WHERE {keep} ORDER BY {at}, rowid LIMIT ?)",
                         (batch,),
@@ -1244,13 +1389,6 @@ class Store:
             )
         return deleted
 
-    def _prunable(self, table: str, keep: str) -> int:
-        rows = self._read(
-            f"SELECT COUNT(*) FROM {table} WHERE {keep}",  # noqa: S608 - constant clauses
-            (),
-        )
-        return max(0, int(rows[0][0]) - BUDGET_KEEP_NEWEST)
-
     def _vacuum(self) -> None:
         """Give the freelist back to the file system, in steps the WAL limit bounds."""
         if not self._incremental:
@@ -1270,15 +1408,6 @@ class Store:
                     free = left
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
-                self._write_failed("vacuum", exc)
+                self._write_failed("vacuum", str(exc))
                 raise _wrap(self._path, "incremental vacuum failed", exc) from exc
-            self._write_failures.pop("vacuum", None)
-            self._note_writable()
-
-    def _pruned(self, reason: str, deleted: Mapping[str, int]) -> None:
-        if not any(deleted.values()):
-            return
-        log.info("store_pruned", path=str(self._path), reason=reason, **deleted)
-        if self._metrics is not None:
-            for table, rows in deleted.items():
-                self._metrics.knowledge_pruned_rows.labels(table=table, reason=reason).inc(rows)
+            self._write_succeeded("vacuum")
