@@ -96,11 +96,11 @@ async def simulate(*, hours: float, alert_count: int, max_bytes: int, tmp: Path)
             if i % 60 == 0:
                 record_bytes.append(len(json.dumps(record)))
             if i and i % int(3600 / interval) == 0:
-                prune(parts, now=clock.now)
+                await prune(parts, now=clock.now)
             peak = max(peak, on_disk(path))
         final = on_disk(path)
         firing_now = len(parts.inbox)
-        stored = len(parts.store.recent_iterations(10_000_000))
+        stored = len(await parts.store.recent_iterations(10_000_000))
         registry = parts.metrics.registry
         pruned = sum(
             sample.value

@@ -101,7 +101,7 @@ async def test_a_hold_fires_mapek_needs_human_and_clearing_it_resolves_it(
             envelope = parts.orchestrator.envelope
             for n, kind in enumerate((OutcomeType.INEFFECTIVE, OutcomeType.DEGRADATION)):
                 verdict = outcome(f"e{n}", outcome=kind, recorded_at=clock())
-                parts.store.record_outcome(verdict)
+                await parts.store.record_outcome(verdict)
                 envelope.note_outcome(verdict, now=clock())
             assert TARGET in envelope.needs_human
 
@@ -128,7 +128,7 @@ async def test_a_hold_fires_mapek_needs_human_and_clearing_it_resolves_it(
             [again] = await _needs_human(am_url)
             assert again["fingerprint"] == held["fingerprint"]
 
-            assert parts.orchestrator.clear_hold(TARGET, now=clock())
+            assert await parts.orchestrator.clear_hold(TARGET, now=clock())
             await parts.orchestrator.run_once()
             resolved = await receiver.wait_for("resolved")
             assert resolved["labels"] == held["labels"]
