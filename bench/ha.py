@@ -13,7 +13,7 @@ with the SQLite single node as the floor beside each figure, and how long a fail
    `phases_s.total` of the newest --stack-iterations decision records of the leader (and
    of a follower) from their /stats.
 3. Failover time: read from the JSON that tests/e2e/test_ha_failover.py writes into the
-   working directory (`ha_failover.json`), if present.
+   checkout's build/ (`build/ha_failover.json`), if present.
 
 Not in `make bench` (it needs the `ha` extra, a PostgreSQL and three stacks):
 `python -m bench.ha [--iterations N] [--stack-iterations N] [--failover FILE] [--json FILE]`.
@@ -269,14 +269,16 @@ def _row(what: str, values: list[float], bound: str) -> list[object]:
 
 
 def failover_section(path: Path) -> str:
-    bound = f"<= {FAILOVER_TTL_S + FAILOVER_INTERVAL_S:g} s (TTL {FAILOVER_TTL_S:g} s + 1 interval)"
     if not path.exists():
         return (
-            f"No {path}: run `{FAILOVER_COMMAND}` (it writes `ha_failover.json` into the"
-            " working directory), then this benchmark again (`--failover FILE` reads another)."
+            f"No {path}: run `{FAILOVER_COMMAND}` (it writes `build/ha_failover.json` in the"
+            " checkout), then this benchmark again (`--failover FILE` reads another)."
         )
     report = json.loads(path.read_text(encoding="utf-8"))
     summary = report.get("summary", {})
+    ttl = summary.get("ttl_s", FAILOVER_TTL_S)  # older reports: the test's settings then
+    interval = summary.get("interval_s", FAILOVER_INTERVAL_S)
+    bound = f"<= {ttl + interval:g} s (TTL {ttl:g} s + 1 interval)"
     kills = report.get("kills", [])
     pauses = report.get("pauses", [])
 
@@ -355,7 +357,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300, help="store write iterations")
     parser.add_argument("--stack-iterations", type=int, default=30)
-    parser.add_argument("--failover", type=Path, default=Path("ha_failover.json"))
+    parser.add_argument("--failover", type=Path, default=Path("build/ha_failover.json"))
     parser.add_argument("--json", type=Path, help="write the measured rows here")
     args = parser.parse_args()
     quiet_logs()
