@@ -211,6 +211,7 @@ _MIGRATION_LOCK = 0x6D6170656B
 # A row's bytes beyond its columns: the tuple header and its line pointer.
 _ROW_OVERHEAD = 28
 _NOW = "extract(epoch from clock_timestamp())::double precision"
+SIZE_EVERY_S = 5.0  # see PostgresStore._after_write
 # The client-side watchdog fires this long after the server's statement_timeout would.
 _WATCHDOG_GRACE_S = 1.0
 
@@ -372,6 +373,11 @@ class PostgresStore(JournalStore):
         # left under the budget then (None: no shrink yet). See _after_write.
         self._written = 0
         self._room: int | None = None
+        # The size is read after a write at most every SIZE_EVERY_S, or once a hundredth
+        # of the budget was written since it was last read: it is the dearest statement
+        # of a write (half an iteration's store time when read after each).
+        self._sized_at: float | None = None
+        self._written_when_sized = 0
         self._tx_bytes = 0
         self._columns: dict[str, list[str]] | None = None
         self._fence: Fence | None = None
@@ -785,6 +791,15 @@ class PostgresStore(JournalStore):
         """Keep the byte budget: shrink when the tables outgrow it."""
         if self._max_bytes is None and self._metrics is None:
             return
+        now = time.monotonic()
+        step = (self._max_bytes or 0) // 100
+        if (
+            self._sized_at is not None
+            and now - self._sized_at < SIZE_EVERY_S
+            and (not step or self._written - self._written_when_sized < step)
+        ):
+            return
+        self._sized_at, self._written_when_sized = now, self._written
         total: int | None = None
         try:
             size = self.size()
@@ -881,6 +896,7 @@ class PostgresStore(JournalStore):
         # grew (other replicas write too) a twentieth of the budget past their size now.
         self._room = max(0, self._max_bytes - live)
         self._written = 0
+        self._written_when_sized = 0
         self._shrink_above = max(self._max_bytes, after.total) + self._max_bytes // 20
         if live > self._max_bytes:
             log.warning(
