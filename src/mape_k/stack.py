@@ -215,8 +215,13 @@ def stack_rules(staging: Mapping[str, Any], *, interval_s: float) -> dict[str, A
     return {"groups": groups}
 
 
-def _rewrite_target(target: str, ports: Mapping[str, int]) -> str:
+def _rewrite_target(target: str, ports: Mapping[str, int]) -> str | None:
+    """The loopback address of a staging target; None for a replica of the compose `ha`
+    profile that this stack does not run (`mape-k-ha-N` is the stack's replica N + 1)."""
     host, _, port_text = target.rpartition(":")
+    if (replica := re.fullmatch(r"mape-k-ha-(\d+)", host)) is not None:
+        name = replica_name(int(replica.group(1)) + 1)
+        return f"127.0.0.1:{ports[name]}" if name in ports else None
     owner = _STAGING_HOSTS.get(host) or _STAGING_PORT_OWNER.get(int(port_text))
     if owner is None:
         raise StackError(f"cannot map the staging target {target!r} to a local process")
@@ -242,11 +247,13 @@ def stack_prometheus_config(
     }
     jobs = []
     for job in staging.get("scrape_configs", []):
-        statics = [
-            {**sc, "targets": [_rewrite_target(t, ports) for t in sc.get("targets", [])]}
-            for sc in job.get("static_configs", [])
-        ]
-        jobs.append({**job, "static_configs": statics})
+        statics = []
+        for sc in job.get("static_configs", []):
+            targets = [t for t in (_rewrite_target(t, ports) for t in sc.get("targets", [])) if t]
+            if targets:
+                statics.append({**sc, "targets": targets})
+        if statics:  # a job of replicas this stack does not run is left out
+            jobs.append({**job, "static_configs": statics})
     config["scrape_configs"] = jobs
     return config
 

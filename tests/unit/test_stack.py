@@ -72,6 +72,13 @@ def test_prometheus_targets_point_at_the_local_ports() -> None:
         "alertmanager": ["127.0.0.1:19093"],
     }
     assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "1s"
+    # Replicas: the compose profile's `mape-k-ha-N` are the stack's mape-k-(N+1).
+    replicas = {**PORTS, "mape-k-2": 18002, "mape-k-3": 18003}
+    config = stack_prometheus_config(
+        staging("prometheus/prometheus.yml"), ports=replicas, rules_dir=Path("/r"), interval_s=1.0
+    )
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
+    assert jobs["mape-k-ha"] == ["127.0.0.1:18002", "127.0.0.1:18003"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "127.0.0.1:19093"
     ]
