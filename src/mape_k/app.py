@@ -67,6 +67,7 @@ from mape_k.storeio import AsyncStore, SharedStore
 log = structlog.get_logger(__name__)
 
 INTEGRITY_EVERY_S = 60.0
+INTEGRITY_RETRY_S = 5.0  # a failed check (a database unreachable a moment) is redone sooner
 CHARTER_POOL = 100  # httpx's default pool size: HttpCharterClient sets no limits of its own
 
 
@@ -295,9 +296,15 @@ class Daemon:
         self._orch.trigger(reason)
 
     async def _knowledge_check(self) -> str:
-        """The store's integrity check, at most once a minute (it reads the whole file)."""
+        """The store's integrity check, at most once a minute (it reads the whole file);
+        a failed one again after a few seconds, so a store that is back reads ready."""
         now = self._clock()
-        if self._integrity is None or now - self._integrity[0] >= INTEGRITY_EVERY_S:
+        every = (
+            INTEGRITY_EVERY_S
+            if self._integrity and self._integrity[1] == "ok"
+            else INTEGRITY_RETRY_S
+        )
+        if self._integrity is None or now - self._integrity[0] >= every:
             try:
                 ok = await self._parts.store.integrity_ok()
                 state = "ok" if ok else "integrity check failed"

@@ -177,5 +177,8 @@ def test_roles_the_shared_inbox_and_fail_closed(
     # Back: a replica leads again, no restart (the same processes).
     pg.start()
     until(lambda: roles(replicas), what="a leader again once the database is back")
-    assert all(r.process.poll() is None for r in replicas)
-    assert all(r.get("/readyz").status_code == 200 for r in replicas)
+    until(
+        lambda: all(r.get("/readyz").status_code == 200 for r in replicas),
+        what="both replicas ready again",
+    )
+    assert all(r.process.poll() is None for r in replicas)  # the same processes
