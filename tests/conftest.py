@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from pg_support import PostgresProcess, start_postgres
 from prometheus_client import CollectorRegistry
 
 from fakes import FIXTURES, FakeClock
@@ -23,6 +24,13 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
+
+
+@pytest.fixture
+def pg() -> Iterator[PostgresProcess]:
+    """A throwaway PostgreSQL cluster of its own for the test (pg_support)."""
+    with start_postgres() as handle:
+        yield handle
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from pg_support import PostgresProcess, start_postgres
+from pg_support import PostgresProcess
 from prom_support import free_port
 
 from fakes import shipped_alert_group
@@ -87,15 +87,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-@pytest.fixture
-def pg() -> Iterator[PostgresProcess]:
-    handle = start_postgres()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 @pytest.fixture
