@@ -145,7 +145,9 @@ async def build(
             charter = (
                 None
                 if settings.charter.mode is CharterMode.NONE
-                else get_charter_client(settings.charter, metrics=metrics, epoch=leadership.epoch)
+                else get_charter_client(
+                    settings.charter, metrics=metrics, epoch=leadership.call_epoch
+                )
             )
             prometheus = PrometheusClient(
                 settings.prometheus,
@@ -578,7 +580,10 @@ async def run(
                 roots["http-server"] = site.serve()
             loop_task = parts.orchestrator.start()
             if parts.leadership.shared:
-                roots["lease"] = parts.leadership.run()
+                orchestrator = parts.orchestrator
+                roots["lease"] = parts.leadership.run(
+                    on_elected=lambda: orchestrator.trigger("leader elected")
+                )
             roots |= {
                 "watchdog": _watchdog(parts),
                 "pruner": _pruner(parts),
@@ -654,6 +659,8 @@ async def prune(parts: Components, now: float | None = None) -> None:
     Age and row count, hourly; the byte budget (knowledge.max_bytes) is the store's own,
     checked after every write.
     """
+    if parts.leadership.shared and not parts.leadership.leading():
+        return  # one pruner for a shared store: the leader
     config = parts.settings.knowledge
     try:
         # The store logs and counts what it pruned (store_pruned, reason=retention).

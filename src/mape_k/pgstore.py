@@ -788,8 +788,11 @@ class PostgresStore(JournalStore):
         return StoreSize(database=int(rows[0]["bytes"]), free=0, wal=0)
 
     def _after_write(self) -> None:
-        """Keep the byte budget: shrink when the tables outgrow it."""
+        """Keep the byte budget: shrink when the tables outgrow it (the leader does: a
+        follower, fenced at epoch 0, leaves the shared tables to it)."""
         if self._max_bytes is None and self._metrics is None:
+            return
+        if self._fence is not None and self._fence.epoch == 0:
             return
         now = time.monotonic()
         step = (self._max_bytes or 0) // 100

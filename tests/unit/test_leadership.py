@@ -103,7 +103,7 @@ async def test_one_replica_leads_the_other_follows_and_both_say_who() -> None:
     assert b.not_leading() == "follower: a leads (epoch 1, lease for 10.0 s)"
     assert b.as_dict()["role"] == "follower"
     assert a.takeover_due()
-    a.took_over()
+    a.took_over(a.epoch())
     assert not a.takeover_due()  # once per new epoch
     assert not b.takeover_due()
 
@@ -136,7 +136,7 @@ async def test_a_paused_leader_that_resumes_follows_and_its_fence_is_refused() -
     a, b = replica(db, "a", clock), replica(db, "b", clock)
     await a.renew()
     assert a.takeover_due()
-    a.took_over()
+    a.took_over(a.epoch())
     fence_of_a = db.fence
     assert fence_of_a == Fence("a", 1)
     clock.t += 20.0
@@ -155,7 +155,7 @@ async def test_regaining_the_lease_takes_over_again() -> None:
     a, b = replica(db, "a", clock), replica(db, "b", clock)
     await a.renew()
     assert a.takeover_due()
-    a.took_over()
+    a.took_over(a.epoch())
     clock.t += 20.0
     db.now += 20.0
     await b.renew()
@@ -249,3 +249,76 @@ async def test_the_leader_gauge_is_read_when_scraped() -> None:
     assert registry.get_sample_value("mapek_lease_epoch") == 1.0
     clock.t += 10.0  # lapsed by its own reckoning: no renewal needed to read 0
     assert registry.get_sample_value("mapek_leader") == 0.0
+
+
+async def test_a_new_leader_acts_only_once_it_has_taken_over() -> None:
+    db, clock = FakeLeases(), Clock()
+    elected: list[str] = []
+    a = replica(db, "a", clock)
+    a._on_elected = lambda: elected.append("a")  # what run(on_elected=...) sets
+    await a.renew()
+    assert elected == ["a"]  # an iteration at once, to take over
+    assert a.leading()
+    assert a.not_leading() == "taking over (epoch 1): restoring what the last leader left"
+    a.took_over(a.epoch())
+    assert a.not_leading() is None
+
+
+async def test_a_takeover_for_an_epoch_since_lost_stays_due() -> None:
+    db, clock = FakeLeases(), Clock()
+    a, b = replica(db, "a", clock), replica(db, "b", clock)
+    await a.renew()
+    began = a.epoch()  # the restore for epoch 1 starts, and takes long...
+    clock.t += 20.0
+    db.now += 20.0
+    await b.renew()  # ...b leads epoch 2 meanwhile...
+    clock.t += 20.0
+    db.now += 20.0
+    await a.renew()  # ...and a is back, with epoch 3
+    a.took_over(began)
+    assert a.takeover_due()  # epoch 3 restores what b left
+
+
+async def test_calls_carry_the_latest_epoch_even_after_the_lease_lapsed() -> None:
+    db, clock = FakeLeases(), Clock()
+    a = replica(db, "a", clock)
+    assert a.call_epoch() == 0
+    await a.renew()
+    assert a.call_epoch() == 1
+    clock.t += 20.0
+    assert not a.leading()
+    assert a.call_epoch() == 1  # a late call or undo of a stale leader is refused by epoch
+    assert Leadership(None, replica_id="solo", config=HAConfig()).call_epoch() is None
+
+
+async def test_a_restarted_replica_does_not_reuse_its_earlier_runs_epoch() -> None:
+    db, clock = FakeLeases(), Clock()
+    await replica(db, "a", clock).renew()  # the earlier run (then it crashed)
+    db.now += 1.0  # restarted within the TTL, same replica id
+    again = replica(db, "a", clock)
+    await again.renew()
+    assert again.epoch() == 2
+    assert db.released == [("a", 1)]
+
+
+async def test_only_the_epoch_after_its_own_resumes_what_it_kept() -> None:
+    db, clock = FakeLeases(), Clock()
+    a, b = replica(db, "a", clock), replica(db, "b", clock)
+    await a.renew()
+    assert not a.resumes_own_epoch()  # its first lease: nothing of its own to resume
+    db.down = "down"
+    clock.t += 20.0
+    await a.renew()
+    db.down = None
+    db.now += 20.0
+    await a.renew()  # nobody led in between: epoch 2 follows its 1
+    assert a.epoch() == 2
+    assert a.resumes_own_epoch()
+    clock.t += 20.0
+    db.now += 20.0
+    await b.renew()
+    clock.t += 20.0
+    db.now += 20.0
+    await a.renew()  # b led epoch 3 in between
+    assert a.epoch() == 4
+    assert not a.resumes_own_epoch()

@@ -271,16 +271,22 @@ class SafetyEnvelope:
 
     # --- persistence -------------------------------------------------------------------
 
-    async def load(self) -> None:
+    async def load(self, *, strict: bool = False) -> None:
+        """The guards' memory as the store has it. `strict` (a takeover: the shared store
+        is the truth): a read that fails raises, and no saved state means an empty one."""
         if self._store is None:
             return
         try:
             saved = await self._store.get_state(STATE_KEY)
         except MapekError as exc:
             log.error("safety_state_unreadable", error=str(exc))
+            if strict:
+                raise
             return
         if not isinstance(saved, dict):
-            return
+            if not strict:
+                return
+            saved = {}
         try:
             # Built whole before assigned: a bad file leaves the fresh (empty) state intact.
             history = [

@@ -116,15 +116,20 @@ class NeedsHumanAlerts:
 
     # --- persistence -----------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """The alerts an earlier run told Alertmanager about (re-sent or resolved next)."""
+    async def load(self, *, strict: bool = False) -> None:
+        """The alerts an earlier run told Alertmanager about (re-sent or resolved next).
+        `strict` (a takeover): a read that fails raises; nothing saved means none sent."""
         try:
             saved = await self._store.get_state(STATE_KEY)
         except MapekError as exc:
             log.error("needs_human_alerts_unreadable", error=str(exc))
+            if strict:
+                raise
             return
         if not isinstance(saved, dict):
-            return
+            if not strict:
+                return
+            saved = {}
         try:
             sent = {
                 str(target): Sent(

@@ -69,6 +69,9 @@ class Leadership:
         self._problem: str | None = None  # why the last renewal failed
         self._takeover_pending = False
         self._led_epoch: int | None = None  # the epoch of the last takeover done
+        self._last_epoch = 0  # the latest epoch this replica held (sent with its calls)
+        self._continuous = False  # the epoch led now follows this replica's last one
+        self._on_elected: Callable[[], None] | None = None
         if store is not None:
             store.set_fence(Fence(replica_id, 0))  # refused until this replica leads
         if metrics is not None:  # read at scrape time: a lease that lapsed reads 0 at once
@@ -94,9 +97,19 @@ class Leadership:
         """The epoch to send with a mutating call: this replica's while it leads."""
         return self._epoch if self.leading() else None
 
+    def call_epoch(self) -> int | None:
+        """The epoch sent with every Charter call: this replica's latest, even after its
+        lease lapsed (a late call or undo of a stale leader must carry its old epoch, so
+        a Charter that saw a newer one refuses it); 0 before it ever led; None alone."""
+        if self._store is None:
+            return None
+        return self._last_epoch
+
     def not_leading(self) -> str | None:
-        """Why this replica must not act (None: it leads)."""
+        """Why this replica must not act (None: it leads, and has taken over)."""
         if self.leading():
+            if self._takeover_pending:
+                return f"taking over (epoch {self._epoch}): restoring what the last leader left"
             return None
         if self._problem is not None:
             return f"no leader lease: {self._problem}"
@@ -114,9 +127,18 @@ class Leadership:
         `took_over()` (a restore that fails stays due: nothing is decided meanwhile)."""
         return self._takeover_pending and self.leading()
 
-    def took_over(self) -> None:
-        self._takeover_pending = False
-        self._led_epoch = self._epoch
+    def took_over(self, epoch: int | None) -> None:
+        """The restore for `epoch` (as `epoch()` said when it began) is done; if the lease
+        changed hands meanwhile, the takeover stays due for the new epoch."""
+        if epoch is not None and epoch == self._epoch:
+            self._takeover_pending = False
+            self._led_epoch = epoch
+
+    def resumes_own_epoch(self) -> bool:
+        """The epoch led now directly follows this replica's previous one: nobody led in
+        between (each acquisition adds one), so what it kept through an outage is still
+        the truth and may be written under the new epoch."""
+        return self._epoch is not None and self._continuous
 
     async def renew(self) -> None:
         """One acquire-or-renew; never raises (a failure is this replica not leading)."""
@@ -136,6 +158,21 @@ class Leadership:
         self._problem = None
         self._lease = lease
         self._read_at = self._monotonic()
+        if (
+            lease.held_by(self.replica_id)
+            and self._last_epoch == 0
+            and (lease.acquired_at < lease.renewed_at)
+        ):
+            # Renewed a lease this process never held: an earlier run of this replica
+            # (restarted within its TTL) held it, and a call of that run may still be in
+            # flight. Let it go and take it afresh: a new epoch fences that call.
+            try:
+                await self._store.lease_release(self.replica_id, lease.epoch)
+            except MapekError as exc:
+                self._problem = str(exc)
+                return
+            await self.renew()
+            return
         if lease.held_by(self.replica_id):
             margin = min(MAX_MARGIN_S, MARGIN_SHARE * self.ttl_s)
             self._valid_until = sent + self.ttl_s - margin
@@ -148,8 +185,16 @@ class Leadership:
         assert self._store is not None
         self._epoch = epoch
         self._store.set_fence(Fence(self.replica_id, epoch))
+        # The same epoch again (its lease lapsed here only), or the very next one.
+        self._continuous = self._last_epoch > 0 and epoch in (
+            self._last_epoch,
+            self._last_epoch + 1,
+        )
+        self._last_epoch = epoch
         self._takeover_pending = epoch != self._led_epoch
         log.warning("leader_elected", replica=self.replica_id, epoch=epoch)
+        if self._takeover_pending and self._on_elected is not None:
+            self._on_elected()  # take over at once, not at the next tick
 
     def _lose(self, why: str) -> None:
         if self._epoch is None:
@@ -164,8 +209,10 @@ class Leadership:
         if self._epoch is not None and self._monotonic() >= self._valid_until:
             self._lose(f"the lease could not be renewed: {self._problem}")
 
-    async def run(self) -> None:
-        """Renew until cancelled (a root task of the daemon; `release()` at shutdown)."""
+    async def run(self, on_elected: Callable[[], None] | None = None) -> None:
+        """Renew until cancelled (a root task of the daemon; `release()` at shutdown);
+        `on_elected` is called when this replica gains the lease (an iteration at once)."""
+        self._on_elected = on_elected
         if self._store is None:
             return
         while True:

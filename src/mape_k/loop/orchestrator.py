@@ -120,8 +120,9 @@ class MAPEKOrchestrator:
             now = self._clock() if now is None else now
             iteration_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
             if self.leadership is not None and self.leadership.takeover_due():
+                epoch = self.leadership.epoch()
                 await self.take_over(now)  # raises (the iteration fails) until it can
-                self.leadership.took_over()
+                self.leadership.took_over(epoch)
             try:
                 with structlog.contextvars.bound_contextvars(iteration_id=iteration_id):
                     record = await self._keep(await self.pipeline.run(iteration_id, now))
@@ -221,19 +222,24 @@ class MAPEKOrchestrator:
 
     # --- after a restart, or a takeover ----------------------------------------------------
 
-    async def reconcile(self, now: float) -> int:
+    async def reconcile(self, now: float, *, strict: bool = False) -> int:
         """Settle executions a crash left in progress from what the Charter says happened,
-        then resume the envelope from the journal; returns how many were unfinished."""
+        then resume the envelope from the journal; returns how many were unfinished.
+        `strict` (a takeover): any failure raises, so the takeover is tried again."""
         unfinished = await self._store.unfinished_executions()
         for execution in unfinished:
             try:
                 await self.executor.reconcile(execution)
             except MapekError as exc:
                 log.error("reconcile_failed", execution_id=execution.id, error=str(exc))
+                if strict:
+                    raise
         try:
             await self.resume(now)
         except MapekError as exc:
             log.error("resume_failed", error=str(exc))
+            if strict:
+                raise
         return len(unfinished)
 
     async def take_over(self, now: float) -> None:
@@ -241,16 +247,24 @@ class MAPEKOrchestrator:
         (the previous leader wrote it): the guards' memory, the freeze, the approvals and
         holds, the MapekNeedsHuman alerts, the knowledge; then the executions it left
         unfinished are reconciled and its pending verifications waited for here."""
-        envelope = self.envelope
+        envelope, knowledge = self.envelope, self.pipeline.knowledge
+        assert self.leadership is not None
+        if self.leadership.resumes_own_epoch():
+            # Nobody led since this replica's last epoch (an outage it outlived): what it
+            # kept from the journal is still the truth; written first, under the new epoch.
+            await self.executor.flush_journal()
+            await knowledge.flush()
+        else:
+            # Another leader verified and reconciled what this replica was waiting for.
+            knowledge.forget_unrecorded()
+            self.executor.forget_verifications()
         envelope.freeze = envelope.config_freeze(envelope.config)
-        await envelope.load()
+        await envelope.load(strict=True)
         await envelope.restore_freeze(now)
         if self.pipeline.alerts is not None:
-            await self.pipeline.alerts.load()
-        await self.pipeline.knowledge.update_patterns()
-        self.pipeline.knowledge.forget_unrecorded()
-        self.executor.forget_verifications()
-        unfinished = await self.reconcile(now)
+            await self.pipeline.alerts.load(strict=True)
+        await knowledge.update_patterns()
+        unfinished = await self.reconcile(now, strict=True)
         log.warning(
             "leader_took_over",
             epoch=self.leadership.epoch() if self.leadership else None,
