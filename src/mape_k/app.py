@@ -351,11 +351,7 @@ class Daemon:
         if leadership.shared:
             # A follower is ready (it takes webhooks into the shared inbox); no lease at all
             # (the database unreachable) is not: then no replica acts.
-            role = leadership.as_dict()
-            if role["lease"] is None or (role["why"] or "").startswith("no leader lease"):
-                checks["lease"] = role["why"] or "no lease read yet"
-            else:
-                checks["lease"] = "ok"
+            checks["lease"] = leadership.lease_problem() or "ok"
         ready = all(v == "ok" for v in checks.values())
         if leadership.shared:
             checks["role"] = (

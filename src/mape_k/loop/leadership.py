@@ -94,7 +94,7 @@ class Leadership:
         return self._epoch is not None and self._monotonic() < self._valid_until
 
     def epoch(self) -> int | None:
-        """The epoch to send with a mutating call: this replica's while it leads."""
+        """This replica's epoch while it leads, else None (calls send `call_epoch()`)."""
         return self._epoch if self.leading() else None
 
     def call_epoch(self) -> int | None:
@@ -111,15 +111,26 @@ class Leadership:
             if self._takeover_pending:
                 return f"taking over (epoch {self._epoch}): restoring what the last leader left"
             return None
-        if self._problem is not None:
-            return f"no leader lease: {self._problem}"
+        problem = self.lease_problem()
+        if problem is not None:
+            return problem
         lease = self._lease
-        if lease is None:
-            return "follower: no lease read yet"
+        assert lease is not None  # lease_problem says so while none was read
         if lease.holder == self.replica_id:
             return f"follower: this replica's lease (epoch {lease.epoch}) lapsed"
         left = lease.expires_at - lease.now
         return f"follower: {lease.holder} leads (epoch {lease.epoch}, lease for {left:.1f} s)"
+
+    def lease_problem(self) -> str | None:
+        """Why the lease cannot be read from here (so no replica may lead, as far as this
+        one knows), or None; None too while this replica leads."""
+        if self._store is None or self.leading():
+            return None
+        if self._problem is not None:
+            return f"no leader lease: {self._problem}"
+        if self._lease is None:
+            return "follower: no lease read yet"
+        return None
 
     def takeover_due(self) -> bool:
         """This replica gained the lease (a new epoch) and has not restored yet what the
