@@ -48,6 +48,7 @@ from mape_k.integrations.charter.base import CharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.autonomy import Autonomy
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
@@ -58,7 +59,7 @@ from mape_k.loop.leadership import Leadership
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
-from mape_k.metrics import Metrics
+from mape_k.metrics import FamiliesCollector, Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
 from mape_k.store import Store
@@ -188,6 +189,9 @@ async def build(
         await envelope.load()
         alerts = NeedsHumanAlerts(store=store, metrics=metrics)
         await alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
+        autonomy = Autonomy(settings, store=store)
+        await autonomy.load()  # levels changed since the config, the shadow ledger
+        metrics.registry.register(FamiliesCollector(autonomy.families))
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -204,12 +208,15 @@ async def build(
             charter=guarded,
             monitor=monitor,
             analyzer=PatternAnalyzer(settings.analyzer),
-            planner=Planner(settings.planner, approved=envelope.approved_for),
+            planner=Planner(
+                settings.planner, approved=envelope.approved_for, autonomy=autonomy.level_of
+            ),
             executor=executor,
             knowledge=knowledge,
             store=store,
             metrics=metrics,
             alerts=alerts,
+            autonomy=autonomy,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
@@ -417,6 +424,9 @@ class Daemon:
             "control": await store.recent_control(20),
             "alerts": {"firing": len(self._parts.inbox.firing())},
             "ha": self._parts.leadership.as_dict(),
+            "autonomy": self._orch.pipeline.autonomy.as_dict()
+            if self._orch.pipeline.autonomy is not None
+            else None,
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:

@@ -817,6 +817,93 @@ class HAConfig(_Model):
     )
 
 
+AutonomyLevel = Literal["shadow", "approve", "auto"]
+AUTONOMY_LEVELS: tuple[AutonomyLevel, ...] = ("shadow", "approve", "auto")  # lowest first
+
+
+class AutonomyRule(_Model):
+    """One action's (or one cause x action's) level of autonomy, with the bounds promotion
+    and demotion keep to."""
+
+    level: AutonomyLevel = Field(
+        description="shadow: decided and guarded, recorded as a would-do, nothing called;"
+        " approve: waits for an operator; auto: runs."
+    )
+    min: AutonomyLevel = Field("shadow", description="Demotion goes no lower than this.")
+    max: AutonomyLevel | None = Field(
+        None, description="Promotion goes no higher than this (default: `level`: none)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"level": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutonomyRule:
+        rank = AUTONOMY_LEVELS.index
+        top = self.max or self.level
+        if not rank(self.min) <= rank(self.level) <= rank(top):
+            raise ValueError(f"level {self.level} is outside min {self.min} .. max {top}")
+        return self
+
+
+class PromotionConfig(_Model):
+    enabled: bool = Field(
+        False,
+        description="Raise a level (shadow -> approve -> auto, up to its max) once the"
+        " evidence passes the thresholds below; every change is a decision record.",
+    )
+    min_samples: int = Field(
+        10,
+        ge=1,
+        description="Scored would-dos (to leave shadow) or verified outcomes (to leave"
+        " approve) needed before a promotion.",
+    )
+    min_precision: float = Field(
+        0.9, ge=0, le=1, description="Shadow precision (would have helped / would-do) needed."
+    )
+    min_posterior: float = Field(
+        0.8, ge=0, le=1, description="Posterior mean of success needed (planner's Beta)."
+    )
+
+
+class AutonomyConfig(_Model):
+    """Graded autonomy per action: shadow, approve or auto (docs/autonomy.md)."""
+
+    default: AutonomyLevel | None = Field(
+        None,
+        description="The level of an action not in `levels`; unset: auto, and approve for"
+        " an action that requires_approval (while planner.require_approval). A risky action"
+        " is never above approve unless `levels` names it.",
+    )
+    levels: dict[str, AutonomyRule] = Field(
+        default_factory=dict,
+        description="Action name, or cause/action (more specific), -> its level"
+        " (`scale_up: shadow`, or `{level: shadow, min: shadow, max: auto}`).",
+    )
+    promotion: PromotionConfig = PromotionConfig()
+    demote_on_degradation: bool = Field(
+        True,
+        description="An attributed DEGRADATION of an action named in `levels` drops its"
+        " level by one (not below its min).",
+    )
+    shadow_track_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A would-do whose violation persists is followed this long at most"
+        " (the time it would have saved).",
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _keys(cls, value: dict[str, AutonomyRule]) -> dict[str, AutonomyRule]:
+        for key in value:
+            if not re.fullmatch(r"([a-z][a-z0-9_]{0,63}/)?[a-z][a-z0-9_]{0,63}", key):
+                raise ValueError(f"{key!r} is not an action or cause/action name")
+        return value
+
+
 class OrchestratorConfig(_Model):
     interval_s: float = Field(30.0, gt=0, le=86_400)
     trigger_debounce_s: float = Field(1.0, ge=0, le=3600)
@@ -1115,6 +1202,14 @@ class Settings(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _autonomy_actions_exist(self) -> Settings:
+        for key in self.autonomy.levels:
+            action = key.rsplit("/", 1)[-1]
+            if action not in self.planner.actions:
+                raise ValueError(f"autonomy.levels.{key}: no action {action!r} in planner.actions")
+        return self
+
     prometheus: PrometheusConfig = PrometheusConfig()
     charter: CharterConfig = CharterConfig()
     monitor: MonitorConfig = MonitorConfig()
@@ -1123,6 +1218,7 @@ class Settings(_Model):
     executor: ExecutorConfig = ExecutorConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     ha: HAConfig = HAConfig()
+    autonomy: AutonomyConfig = AutonomyConfig()
     orchestrator: OrchestratorConfig = OrchestratorConfig()
     server: ServerConfig = ServerConfig()
     guards: GuardsConfig = GuardsConfig()

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from mape_k.models import ActionType, ExecutionStatus, GuardVerdict, OutcomeType, PatternKind
 
 PHASES = ("monitor", "analyze", "plan", "guard", "execute", "verify", "total")
-ITERATION_RESULTS = ("acted", "idle", "held", "degraded", "error", "pending_approval")
+ITERATION_RESULTS = ("acted", "idle", "held", "degraded", "error", "pending_approval", "shadow")
 
 _PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -289,3 +289,13 @@ class Metrics:
             self.guard_decisions.labels(guard="all", verdict=verdict.value)
         for state in ("firing", "resolved"):
             self.escalations.labels(state=state)
+
+
+class FamiliesCollector(Collector):
+    """Metric families an owner of state builds at scrape time (loop/autonomy.py)."""
+
+    def __init__(self, read: Callable[[], Iterator[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        return self._read()

@@ -272,6 +272,7 @@ class RemediationPolicy:
     requires_approval: bool
     created_at: float
     rationale: str = ""
+    shadow: bool = False  # at autonomy level shadow: a would-do, never executed
 
     @property
     def primary_action(self) -> ActionName:

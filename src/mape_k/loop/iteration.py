@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.analyze import signals as analysis_signals
+from mape_k.loop.autonomy import Autonomy, WouldDo
 from mape_k.loop.envelope import (
     SafetyEnvelope,
     charter_problems,
@@ -131,8 +132,11 @@ class IterationPipeline:
         store: AsyncStore,
         metrics: Metrics | None = None,
         alerts: NeedsHumanAlerts | None = None,
+        autonomy: Autonomy | None = None,
     ) -> None:
         self.settings = settings
+        self.autonomy = autonomy  # levels and the shadow ledger (loop/autonomy.py)
+        self._would_dos: list[WouldDo | str] = []  # this iteration's (a str: already open)
         self.envelope = envelope
         self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
@@ -161,6 +165,8 @@ class IterationPipeline:
         if settings != self.settings:
             self._startup_checked = False  # re-validate the new configuration
         self.settings = settings
+        if self.autonomy is not None:
+            self.autonomy.reconfigure(settings)
 
     def failed(self, error: str) -> DecisionRecord:
         """A failed iteration is a decision too: counted, and shown in /stats."""
@@ -237,7 +243,10 @@ class IterationPipeline:
                 self.envelope.revoke(chosen.id)  # one approval, one execution
             self._count_execution(record.execution)
             self._note_execution(record.execution, now)
-        record.result = classify(observation, chosen, record.execution, policies, decisions)
+        await self._autonomy_record(record, leads, now)
+        record.result = classify(
+            observation, chosen, record.execution, policies, decisions, shadow=bool(record.shadow)
+        )
         record.pending_approvals = [p.id for p in self.planner.pending_approvals()]
         if leads:
             await self._settle_holds(now)
@@ -254,6 +263,14 @@ class IterationPipeline:
         )
         return record
 
+    async def _autonomy_record(self, record: DecisionRecord, leads: bool, now: float) -> None:
+        """The iteration's would-dos and changes of level into its record; the ledger saved
+        (the leader's)."""
+        record.shadow = [w.as_dict() if isinstance(w, WouldDo) else w for w in self._would_dos]
+        if leads and self.autonomy is not None:
+            record.autonomy_changes = [c.as_dict() for c in self.autonomy.drain()]
+            await self.autonomy.save(now)
+
     async def _judge(
         self,
         policies: list[RemediationPolicy],
@@ -266,7 +283,10 @@ class IterationPipeline:
         against it once (a return set to where its proposal takes the knob), and that
         resolved plan is what the guards judge and the executor sends. Returns the
         candidates with the returns, the one chosen, the guards' decisions and why."""
+        self._would_dos = []
         reading = await self._read_target(observation, now)
+        if follower is None:
+            self._follow_shadow(observation, reading, now)
         returns = self._returns(observation, reading, now)
         policies = policies + self._plan_returns(returns, now)
         plans: dict[str, Plan] = {}
@@ -390,6 +410,8 @@ class IterationPipeline:
         outcomes = self.executor.verify_due(observation, now=now)
         for outcome in outcomes:
             await self.knowledge.record_outcome(outcome)
+            if self.autonomy is not None:
+                self.autonomy.note_outcome(outcome, now)
             if returns_model.is_return(outcome.cause):
                 continue  # a return's failure widens its own window, never holds the target
             hold = self.envelope.note_outcome(outcome, now=now)
@@ -397,7 +419,17 @@ class IterationPipeline:
                 execution = self.executor.execution(outcome.execution_id)
                 self._held.append((hold, execution.policy.cause if execution else None))
         self._export_posteriors()
+        if self.autonomy is not None:
+            self.autonomy.promote(self._belief(), now)
         return outcomes
+
+    def _belief(self) -> Callable[[str, str], tuple[float, float] | None]:
+        """(cause, action) -> the planner's posterior mean and the outcomes behind it."""
+        rows = {
+            (row.cause, row.actions[0]): (row.posterior.mean, row.posterior.samples)
+            for row in reversed(self.planner.posteriors(self.knowledge.view()))
+        }
+        return lambda cause, action: rows.get((cause, action))
 
     async def _escalate(self, now: float) -> None:
         """Run `guards.target_breaker.escalate` once for each target held for a human since
@@ -540,14 +572,56 @@ class IterationPipeline:
             verdicts = guard_rules.evaluate(policy, target_ctx)
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)
+            if guard_rules.allowed(verdicts) and policy.shadow:
+                held.append(self._shadow(policy, observation, now))
+                continue  # nothing is called: a policy below it may still run
             if guard_rules.allowed(verdicts):
                 why = f"{policy.primary_action} on {policy.target}: {policy.rationale}"
                 return policy, decisions, why
             held.extend(f"{d.guard}: {d.reason}" for d in guard_rules.holding(verdicts))
+        if self._would_dos and not [d for d in held if not d.startswith("shadow")]:
+            return None, decisions, "; ".join(dict.fromkeys(held))
         if not runnable:
             waiting = ", ".join(p.id for p in self.planner.pending_approvals())
             return None, decisions, f"waiting for operator approval of {waiting}"
         return None, decisions, "held back by guards: " + "; ".join(dict.fromkeys(held))
+
+    def _shadow(self, policy: RemediationPolicy, observation: Observation, now: float) -> str:
+        """A policy at shadow that every guard allows: a would-do (one open per cause key;
+        a follower records none), and what the record says of it."""
+        names = "+".join(a.action_type for a in policy.actions)
+        said = f"shadow: would do {names} on {policy.target}"
+        open_ = None if self.autonomy is None else self.autonomy.open_for(policy.cause.key)
+        if self.autonomy is None or self.envelope.not_leading() is not None:
+            self._would_dos.append(said)
+            return said
+        if open_ is not None:
+            said += f" (as {open_.id}, scored at {open_.due_at:.0f})"
+            self._would_dos.append(said)
+            return said
+        self._would_dos.append(
+            self.autonomy.would_do(
+                policy,
+                now=now,
+                settle_s=self.executor.settle_s(policy),
+                value=_baseline(policy, observation),
+            )
+        )
+        return f"{said}: {policy.rationale}"
+
+    def _follow_shadow(self, observation: Observation, reading: Reading, now: float) -> None:
+        """The open would-dos watched in this reading (the leader's), and scored when due."""
+        if self.autonomy is None or not self.autonomy.open:
+            return
+        state = reading[0]
+
+        def changed(wd: WouldDo) -> str | None:
+            for change in self.envelope.history:
+                if change.target == wd.target and change.at > wd.at:
+                    return f"{change.action_type} ({change.execution_id})"
+            return None if state is None else _moved(wd, state)
+
+        self.autonomy.follow(observation, now, changed)
 
     def _approved_first(self, policies: list[RemediationPolicy]) -> RemediationPolicy | None:
         """The approved risky policy (the id the operator saw) when it ranks above every
@@ -822,6 +896,19 @@ class Readings:
 def _size(observation: Observation, target: str) -> int | None:
     value = observation.value("committee_size", target)
     return None if value is None else round(value)
+
+
+def _moved(wd: WouldDo, state: CommitteeState) -> str | None:
+    """A knob of the would-do's plan that someone else moved since (its reading then)."""
+    for step in wd.plan:
+        for setting in step["sets"]:
+            knob = setting["knob"]
+            if knob not in action_model.KNOBS and not knob.startswith(action_model.CONFIG_PREFIX):
+                continue  # a user-defined knob: the Charter does not report it
+            value = action_model.read(state, knob)
+            if value != setting["before"]:
+                return f"{knob} {setting['before']} -> {value} (not by mape-k)"
+    return None
 
 
 def _baseline(policy: RemediationPolicy, observation: Observation) -> float | None:

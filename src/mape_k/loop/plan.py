@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from mape_k.causes import RETURNS
-from mape_k.config import CandidateAction, PlannerConfig
+from mape_k.config import AutonomyLevel, CandidateAction, PlannerConfig
 from mape_k.models import (
     ActionName,
     AnalysisResult,
@@ -159,6 +159,10 @@ def policy_id(sig: Signature, *, now: float) -> str:
     return "pol-" + hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+# cause, its candidate's action names, now -> the level of autonomy and why (loop/autonomy.py).
+LevelOf = Callable[[Cause, Sequence[str], float], tuple[AutonomyLevel, str | None]]
+
+
 class Planner:
     """Turns each cause into candidate policies, scores and ranks them.
 
@@ -211,9 +215,11 @@ class Planner:
         config: PlannerConfig,
         *,
         approved: Callable[[RemediationPolicy], RemediationPolicy | None] = lambda _: None,
+        autonomy: LevelOf | None = None,
     ) -> None:
         self._config = config
         self._approved = approved
+        self._level_of = autonomy  # None: approve for risky actions, auto for the rest
         self._pending: dict[str, RemediationPolicy] = {}  # id -> policy, oldest first
         self._pending_ids: dict[Signature, str] = {}
         self._rejected: dict[Signature, float] = {}  # signature -> suppressed until
@@ -246,11 +252,20 @@ class Planner:
         actions = signature(policy)[1]
         candidates = cfg.remediations.get(policy.cause.name, cfg.default_remediations)
         offered = any(_candidate_actions(candidate) == actions for candidate in candidates)
-        return (
-            offered
-            and cfg.require_approval
-            and any(cfg.actions[action.action_type].requires_approval for action in policy.actions)
+        level, _ = self.level(
+            policy.cause, [a.action_type for a in policy.actions], policy.created_at
         )
+        return offered and level == "approve"
+
+    def level(
+        self, cause: Cause, actions: Sequence[str], now: float
+    ) -> tuple[AutonomyLevel, str | None]:
+        """A candidate's level of autonomy (loop/autonomy.py), and why it is below auto."""
+        if self._level_of is not None:
+            return self._level_of(cause, actions, now)
+        cfg = self._config
+        risky = cfg.require_approval and any(cfg.actions[a].requires_approval for a in actions)
+        return ("approve", None) if risky else ("auto", None)
 
     # --- planning ------------------------------------------------------------------------
 
@@ -393,10 +408,8 @@ class Planner:
             )
             for action in candidate
         )
-        specs = self._config.actions
-        requires_approval = self._config.require_approval and any(
-            specs[action.type].requires_approval for action in candidate
-        )
+        level, lowered = self.level(cause, [action.type for action in candidate], now)
+        requires_approval = level == "approve"
         sig: Signature = (
             cause.key,
             tuple((a.action_type, _params_json(a.parameters)) for a in actions),
@@ -408,7 +421,7 @@ class Planner:
             f"{scored.exploration:.2f}) x confidence {scored.confidence:.2f} - cost "
             f"{scored.cost:.2f} = {scored.score:.2f}; posterior Beta({belief.alpha:.2f},"
             f" {belief.beta:.2f}) from benefit {scored.benefit:.2f} and"
-            f" {belief.samples:g} outcome(s)" + (" (needs approval)" if requires_approval else "")
+            f" {belief.samples:g} outcome(s)" + _level_note(level, lowered)
         )
         return RemediationPolicy(
             id=id_factory() if id_factory is not None else policy_id(sig, now=now),
@@ -418,6 +431,7 @@ class Planner:
             requires_approval=requires_approval,
             created_at=now,
             rationale=rationale,
+            shadow=level == "shadow",
         )
 
     # --- proposals waiting for an operator --------------------------------------------------
@@ -483,3 +497,11 @@ class Planner:
     def _trim(self, entries: dict[Signature, float]) -> None:
         while len(entries) > self._config.max_pending_approvals:
             del entries[next(iter(entries))]
+
+
+def _level_note(level: AutonomyLevel, why: str | None) -> str:
+    """What a rationale says of a level below auto: " (needs approval: why)"."""
+    if level == "auto":
+        return ""
+    note = "needs approval" if level == "approve" else "shadow: a would-do, nothing is called"
+    return f" ({note}: {why})" if why else f" ({note})"

@@ -50,6 +50,10 @@ class DecisionRecord:
     phases_s: dict[str, float] = field(default_factory=dict)
     # Replicas: why this one did not act (a follower, no lease); None: it leads or is alone.
     follower: str | None = None
+    # Autonomy (loop/autonomy.py): the would-dos of policies at shadow (a str for one still
+    # open from an earlier iteration), and the changes of level made in this iteration.
+    shadow: list[dict[str, Any] | str] = field(default_factory=list)
+    autonomy_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def failed(cls, iteration: int, started_at: float | None, error: str) -> DecisionRecord:
@@ -84,6 +88,10 @@ class DecisionRecord:
         record["phases_s"] = self.phases_s
         if self.follower is not None:
             record["follower"] = self.follower
+        if self.shadow:
+            record["shadow"] = list(self.shadow)
+        if self.autonomy_changes:
+            record["autonomy_changes"] = list(self.autonomy_changes)
         return record
 
 
@@ -93,12 +101,16 @@ def classify(
     execution: PolicyExecution | None,
     policies: Sequence[RemediationPolicy],
     decisions: Sequence[GuardDecision],
+    *,
+    shadow: bool = False,
 ) -> str:
     """The iteration's result (one of metrics.ITERATION_RESULTS). Pure."""
     if execution is not None:
         return "acted"
     if observation.degraded:
         return "degraded"
+    if shadow:
+        return "shadow"
     if decisions:
         return "held"
     if policies and chosen is None:
@@ -321,6 +333,7 @@ def _candidate(p: RemediationPolicy) -> dict[str, Any]:
         "confidence": round(p.score.confidence, 3),
         "score": round(p.score.score, 3),
         "requires_approval": p.requires_approval,
+        "shadow": p.shadow,
     }
 
 

@@ -1,0 +1,634 @@
+"""Graded autonomy: every action at `shadow`, `approve` or `auto`, and the evidence to move it.
+
+`Autonomy` is the one owner of the levels in force (the configured ones, `autonomy.levels`,
+and what promotion, demotion or an operator changed since), of the shadow ledger and of
+the log of level changes. It is persisted in the store's state table under "autonomy".
+
+- **Levels.** The planner asks `level_of(cause, actions, now)` for each candidate: the
+  most specific of an override or rule for `cause/action`, then for `action`, then the
+  default (auto; approve for a risky action). Within `changes` window after a change
+  recorded on the target (loop/changes.py) the level drops one step. A policy's level is
+  its lowest action's.
+- **Shadow.** A policy at shadow that every guard allows is not executed: the pipeline
+  records it here as a would-do (`would_do`), at most one open per cause key. `follow`
+  watches each open would-do in every usable reading: when the violation cleared, whether
+  someone else changed the target meanwhile (a recorded change, another execution, a
+  moved knob), and, once its settle time and the margin have passed, scores it:
+  `cleared` (it went away by itself: it would not have helped), `fixed_by_other`,
+  `persisted` or `worse` (it was needed: it would have helped as likely as the planner's
+  posterior says). The estimated precision is the sum of those likelihoods over the
+  would-dos scored; the time it would have saved, for a would-do whose violation went on,
+  is how much longer than the action's settle time it lasted, times that likelihood.
+- **Changes of level** (`promote`, `demote`, `set_level`): each is a `LevelChange`,
+  logged, kept (bounded), counted and handed to the next decision record (`drain`).
+  Promotion (opt-in, `autonomy.promotion`) raises a rule's level one step, up to its max,
+  when the evidence passes the thresholds; an attributed DEGRADATION drops it one step,
+  down to its min; a demotion sticks until an operator sets the level. An operator can
+  set any level, and reset a key to what is configured.
+
+Every function here but `load`/`save` is pure over this object's state: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, AutonomyRule, Settings
+from mape_k.errors import MapekError
+from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
+from mape_k.storeio import AsyncStore
+
+log = structlog.get_logger(__name__)
+
+STATE_KEY = "autonomy"
+MAX_CHANGES = 100  # level changes kept for /stats (the records keep them all)
+MAX_OPEN = 200  # open would-dos at once (the oldest dropped first)
+VERDICTS = ("cleared", "fixed_by_other", "persisted", "worse")
+_RANK = {level: i for i, level in enumerate(AUTONOMY_LEVELS)}
+
+
+def lower(level: AutonomyLevel) -> AutonomyLevel:
+    return AUTONOMY_LEVELS[max(0, _RANK[level] - 1)]
+
+
+def higher(level: AutonomyLevel) -> AutonomyLevel:
+    return AUTONOMY_LEVELS[min(len(AUTONOMY_LEVELS) - 1, _RANK[level] + 1)]
+
+
+def lowest(levels: Sequence[AutonomyLevel]) -> AutonomyLevel:
+    return min(levels, key=_RANK.__getitem__)
+
+
+def level_value(level: AutonomyLevel) -> int:
+    """0 shadow, 1 approve, 2 auto (the gauge's value)."""
+    return _RANK[level]
+
+
+@dataclass(frozen=True, slots=True)
+class LevelChange:
+    at: float
+    key: str  # "action" or "cause/action"
+    before: AutonomyLevel
+    after: AutonomyLevel
+    by: str  # promotion | demotion | operator
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class WouldDo:
+    """A policy the loop would have run, and what happened without it."""
+
+    id: str
+    cause: str
+    target: str
+    actions: tuple[str, ...]
+    plan: tuple[dict[str, Any], ...]  # the resolved plan: {action, parameters, sets}
+    at: float
+    due_at: float  # settle time + margin: scored then
+    query: str | None
+    value: float | None
+    threshold: float | None
+    helps: float  # the planner's posterior mean: how likely it would have helped
+    cleared_at: float | None = None
+    other: str | None = None  # what someone else changed on the target meanwhile
+    verdict: str | None = None
+    worst: float | None = None  # the signal's furthest excess over the threshold
+
+    @property
+    def key(self) -> str:
+        return f"{self.cause}/{self.target}"
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.cause, "+".join(self.actions)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["actions"] = list(self.actions)
+        data["plan"] = list(self.plan)
+        return data
+
+
+@dataclass(slots=True)
+class ShadowStats:
+    would_do: int = 0
+    scored: int = 0
+    helped: float = 0.0  # sum of the scored would-dos' likelihood of having helped
+    cleared: int = 0
+    fixed_by_other: int = 0
+    persisted: int = 0
+    worse: int = 0
+    saved_s: float = 0.0  # estimated time it would have saved, summed
+
+    @property
+    def precision(self) -> float | None:
+        return self.helped / self.scored if self.scored else None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
+        data["helped"] = round(self.helped, 3)
+        data["saved_s"] = round(self.saved_s, 1)
+        precision = self.precision
+        data["precision"] = None if precision is None else round(precision, 3)
+        return data
+
+
+# (cause, action) -> the planner's posterior mean and the outcomes behind it.
+Belief = Callable[[str, str], tuple[float, float] | None]
+# a would-do -> what someone else changed on its target since (None: nothing seen).
+ChangedSince = Callable[["WouldDo"], str | None]
+# target, now -> a change recorded on it whose window is still open (None: none).
+RecentChange = Callable[[str, float], str | None]
+
+
+def _no_change(target: str, now: float) -> str | None:  # noqa: ARG001
+    return None
+
+
+class Autonomy:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: AsyncStore | None = None,
+        recent_change: RecentChange = _no_change,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._recent_change = recent_change
+        self.overrides: dict[str, AutonomyLevel] = {}
+        self.demoted: set[str] = set()  # keys demoted: no promotion until an operator acts
+        self.open: dict[str, WouldDo] = {}  # cause key -> its open would-do
+        self.stats: dict[tuple[str, str], ShadowStats] = {}
+        self.changes: deque[LevelChange] = deque(maxlen=MAX_CHANGES)
+        self.changes_by: dict[str, int] = {}
+        self._undrained: list[LevelChange] = []
+        self._dirty = False
+
+    def reconfigure(self, settings: Settings) -> None:
+        self._settings = settings
+
+    # --- levels ----------------------------------------------------------------------------
+
+    def _rule(self, cause: str, action: str) -> tuple[str | None, AutonomyRule | None]:
+        levels = self._settings.autonomy.levels
+        for key in (f"{cause}/{action}", action):
+            if key in levels:
+                return key, levels[key]
+        return None, None
+
+    def _default(self, action: str) -> AutonomyLevel:
+        settings = self._settings
+        level: AutonomyLevel = settings.autonomy.default or "auto"
+        spec = settings.planner.actions.get(action)
+        risky = spec is not None and spec.requires_approval and settings.planner.require_approval
+        return lowest([level, "approve"]) if risky else level
+
+    def base_level(self, cause: str, action: str) -> tuple[str, AutonomyLevel]:
+        """(the key that decides, its level) before any change window."""
+        for key in (f"{cause}/{action}", action):
+            if key in self.overrides:
+                return key, self.overrides[key]
+            rule = self._settings.autonomy.levels.get(key)
+            if rule is not None:
+                return key, rule.level
+        return action, self._default(action)
+
+    def level_of(
+        self, cause: Cause, actions: Sequence[str], now: float
+    ) -> tuple[AutonomyLevel, str | None]:
+        """A policy's level (its lowest action's) and why it is below auto, if it is."""
+        levels = [self.base_level(cause.name, action) for action in actions]
+        level = lowest([lv for _, lv in levels])
+        reasons = [f"{key} at {lv}" for key, lv in levels if lv != "auto"]
+        change = self._recent_change(cause.target, now)
+        if change is not None and level != "shadow":
+            level = lower(level)
+            reasons.append(f"one level down after {change}")
+        return level, "; ".join(reasons) or None
+
+    def levels(self) -> dict[str, dict[str, Any]]:
+        """Every key with a rule or an override: its level, configured level and bounds."""
+        rules = self._settings.autonomy.levels
+        rows: dict[str, dict[str, Any]] = {}
+        for key in sorted({*rules, *self.overrides}):
+            rule = rules.get(key)
+            rows[key] = {
+                "level": self.overrides.get(key, rule.level if rule else None),
+                "configured": rule.level if rule else None,
+                "min": rule.min if rule else None,
+                "max": (rule.max or rule.level) if rule else None,
+                "demoted": key in self.demoted,
+            }
+        return rows
+
+    def _change(
+        self,
+        key: str,
+        before: AutonomyLevel,
+        after: AutonomyLevel,
+        *,
+        by: str,
+        reason: str,
+        now: float,
+    ) -> LevelChange:
+        change = LevelChange(at=now, key=key, before=before, after=after, by=by, reason=reason)
+        self.overrides[key] = after
+        self.changes.append(change)
+        self._undrained.append(change)
+        self.changes_by[by] = self.changes_by.get(by, 0) + 1
+        self._dirty = True
+        log.warning("autonomy_changed", key=key, before=before, after=after, by=by, reason=reason)
+        return change
+
+    def set_level(
+        self, key: str, level: AutonomyLevel | None, *, now: float, reason: str
+    ) -> LevelChange:
+        """An operator's change: `level` None resets `key` to its configured level. Any
+        demotion of the key is forgotten (promotion may move it again)."""
+        cause, _, action = key.rpartition("/")
+        current = self.overrides.get(key) or self.base_level(cause, action)[1]
+        if level is None:
+            rule = self._settings.autonomy.levels.get(key)
+            level = rule.level if rule is not None else self._default(action)
+            change = self._change(key, current, level, by="operator", reason=reason, now=now)
+            del self.overrides[key]
+        else:
+            change = self._change(key, current, level, by="operator", reason=reason, now=now)
+        self.demoted.discard(key)
+        return change
+
+    def note_outcome(self, outcome: PolicyOutcome, now: float) -> LevelChange | None:
+        """An attributed DEGRADATION drops the level of the action's rule one step."""
+        if outcome.outcome is not OutcomeType.DEGRADATION:
+            return None
+        if not self._settings.autonomy.demote_on_degradation:
+            return None
+        key, rule = self._rule(outcome.cause, str(outcome.action_type))
+        if key is None or rule is None:
+            return None
+        current = self.overrides.get(key, rule.level)
+        after = AUTONOMY_LEVELS[max(_RANK[rule.min], _RANK[current] - 1)]
+        if after == current:
+            return None
+        self.demoted.add(key)
+        return self._change(
+            key,
+            current,
+            after,
+            by="demotion",
+            reason=f"{outcome.action_type} degraded {outcome.cause} on {outcome.target}"
+            f" ({outcome.execution_id})",
+            now=now,
+        )
+
+    def promote(self, belief: Belief, now: float) -> list[LevelChange]:
+        """Promotion (autonomy.promotion): each rule below its max whose evidence passes —
+        to leave shadow, its scored would-dos, their precision and the posterior; to leave
+        approve, the verified outcomes behind the posterior and its mean."""
+        promotion = self._settings.autonomy.promotion
+        if not promotion.enabled:
+            return []
+        changes: list[LevelChange] = []
+        for key, rule in self._settings.autonomy.levels.items():
+            current = self.overrides.get(key, rule.level)
+            top = rule.max or rule.level
+            if key in self.demoted or _RANK[current] >= _RANK[top]:
+                continue
+            cause, _, action = key.rpartition("/")
+            pairs = [
+                (c, a)
+                for (c, a) in self.stats
+                if a.split("+")[0] == action and (not cause or c == cause)
+            ]
+            beliefs = [b for b in (belief(c, action) for c, _ in pairs) if b is not None]
+            if cause and not pairs:
+                found = belief(cause, action)
+                beliefs = [found] if found is not None else []
+            if not beliefs or min(mean for mean, _ in beliefs) < promotion.min_posterior:
+                continue
+            if current == "shadow":
+                stats = self._sum(pairs)
+                precision = stats.precision
+                if stats.scored < promotion.min_samples or precision is None:
+                    continue
+                if precision < promotion.min_precision:
+                    continue
+                why = (
+                    f"shadow precision {precision:.2f} over {stats.scored} would-dos,"
+                    f" posterior {min(m for m, _ in beliefs):.2f}"
+                )
+            else:
+                samples = min(n for _, n in beliefs)
+                if samples < promotion.min_samples:
+                    continue
+                why = (
+                    f"posterior {min(m for m, _ in beliefs):.2f} over {samples:g} verified outcomes"
+                )
+            after = higher(current)
+            changes.append(self._change(key, current, after, by="promotion", reason=why, now=now))
+        return changes
+
+    def drain(self) -> list[LevelChange]:
+        """The level changes since the last call: the decision record's."""
+        changes, self._undrained = self._undrained, []
+        return changes
+
+    # --- shadow ----------------------------------------------------------------------------
+
+    def open_for(self, cause_key: str) -> WouldDo | None:
+        return self.open.get(cause_key)
+
+    def would_do(
+        self,
+        policy: RemediationPolicy,
+        *,
+        now: float,
+        settle_s: float,
+        value: float | None,
+    ) -> WouldDo:
+        """Record a would-do for `policy` (resolved, allowed by every guard)."""
+        margin = self._settings.executor.ineffective_margin_s
+        posterior = policy.score.posterior
+        wd = WouldDo(
+            id=policy.id,
+            cause=policy.cause.name,
+            target=policy.target,
+            actions=tuple(str(a.action_type) for a in policy.actions),
+            plan=tuple(
+                {
+                    "action": str(a.action_type),
+                    "parameters": dict(a.parameters),
+                    "sets": [
+                        {"knob": s.knob, "before": s.before, "after": s.after} for s in a.sets or ()
+                    ],
+                }
+                for a in policy.actions
+            ),
+            at=now,
+            due_at=now + settle_s + margin,
+            query=policy.cause.query,
+            value=value,
+            threshold=policy.cause.threshold,
+            helps=posterior.mean if posterior is not None else policy.score.benefit,
+        )
+        self.open[wd.key] = wd
+        while len(self.open) > MAX_OPEN:
+            self.open.pop(next(iter(self.open)))
+        self.stats.setdefault(wd.pair, ShadowStats()).would_do += 1
+        self._dirty = True
+        log.info(
+            "shadow_would_do",
+            policy_id=wd.id,
+            cause=wd.key,
+            actions=list(wd.actions),
+            due_at=wd.due_at,
+            helps=round(wd.helps, 3),
+        )
+        return wd
+
+    def follow(self, observation: Observation, now: float, changed: ChangedSince) -> list[WouldDo]:
+        """Watch the open would-dos in a usable reading; returns those scored now."""
+        if observation.degraded or not self.open:
+            return []
+        scored: list[WouldDo] = []
+        track_s = self._settings.autonomy.shadow_track_s
+        for key, wd in list(self.open.items()):
+            violating = _violating(observation, wd)
+            excess = _excess(observation, wd)
+            if excess is not None and (wd.worst is None or excess > wd.worst):
+                wd.worst = excess
+            if wd.other is None:
+                wd.other = changed(wd)
+            if not violating and wd.cleared_at is None:
+                wd.cleared_at = now
+            if wd.verdict is None and now >= wd.due_at:
+                self._score(wd, observation, now)
+                scored.append(wd)
+            if wd.verdict is not None and (wd.cleared_at is not None or now - wd.at >= track_s):
+                self._finish(wd, now)
+                del self.open[key]
+        if scored:
+            self._dirty = True
+        return scored
+
+    def _score(self, wd: WouldDo, observation: Observation, now: float) -> None:
+        stats = self.stats.setdefault(wd.pair, ShadowStats())
+        if wd.cleared_at is not None:
+            wd.verdict = "fixed_by_other" if wd.other is not None else "cleared"
+        else:
+            wd.verdict = (
+                "worse" if _worse(wd, _excess(observation, wd), self._settings) else ("persisted")
+            )
+        helps = 0.0 if wd.verdict == "cleared" else wd.helps
+        stats.scored += 1
+        stats.helped += helps
+        setattr(stats, wd.verdict, getattr(stats, wd.verdict) + 1)
+        log.info(
+            "shadow_scored",
+            policy_id=wd.id,
+            cause=wd.key,
+            verdict=wd.verdict,
+            cleared_at=wd.cleared_at,
+            other=wd.other,
+            would_have_helped=round(helps, 3),
+            at=now,
+        )
+
+    def _finish(self, wd: WouldDo, now: float) -> None:
+        """A would-do whose violation went on: the time the action would have saved."""
+        if wd.verdict not in ("persisted", "worse"):
+            return
+        lasted = (wd.cleared_at or now) - wd.at
+        settle = wd.due_at - wd.at
+        saved = max(0.0, lasted - settle) * wd.helps
+        self.stats.setdefault(wd.pair, ShadowStats()).saved_s += saved
+
+    def _sum(self, pairs: Sequence[tuple[str, str]]) -> ShadowStats:
+        total = ShadowStats()
+        for pair in pairs:
+            s = self.stats[pair]
+            total.scored += s.scored
+            total.helped += s.helped
+        return total
+
+    # --- what is shown ---------------------------------------------------------------------
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "levels": self.levels(),
+            "shadow": [
+                {"cause": cause, "actions": actions, **stats.as_dict()}
+                for (cause, actions), stats in sorted(self.stats.items())
+            ],
+            "open_would_dos": [wd.as_dict() for wd in self.open.values()],
+            "changes": [c.as_dict() for c in reversed(self.changes)],
+        }
+
+    def families(self) -> Iterator[Metric]:
+        """/metrics, read at scrape time (metrics.FamiliesCollector)."""
+        level = GaugeMetricFamily(
+            "mapek_autonomy_level",
+            "Level of autonomy per action or cause/action with a rule or an override:"
+            " 0 shadow, 1 approve, 2 auto.",
+            labels=["key"],
+        )
+        for key, row in self.levels().items():
+            if row["level"] is not None:
+                level.add_metric([key], level_value(row["level"]))
+        yield level
+        changes = CounterMetricFamily(
+            "mapek_autonomy_changes",
+            "Changes of an autonomy level, by who made them.",
+            labels=["by"],
+        )
+        for by in ("promotion", "demotion", "operator"):
+            changes.add_metric([by], self.changes_by.get(by, 0))
+        yield changes
+        would = CounterMetricFamily(
+            "mapek_shadow_would_do",
+            "Policies at shadow the guards allowed: recorded, not executed.",
+            labels=["cause", "action_type"],
+        )
+        scored = CounterMetricFamily(
+            "mapek_shadow_scored",
+            "Would-dos scored after their settle time, by verdict.",
+            labels=["cause", "action_type", "verdict"],
+        )
+        precision = GaugeMetricFamily(
+            "mapek_shadow_precision",
+            "Estimated shadow precision: would have helped / would-dos scored.",
+            labels=["cause", "action_type"],
+        )
+        saved = CounterMetricFamily(
+            "mapek_shadow_saved_seconds",
+            "Estimated violation time the would-dos would have saved.",
+            labels=["cause", "action_type"],
+        )
+        for (cause, actions), stats in sorted(self.stats.items()):
+            would.add_metric([cause, actions], stats.would_do)
+            for verdict in VERDICTS:
+                scored.add_metric([cause, actions, verdict], getattr(stats, verdict))
+            if stats.precision is not None:
+                precision.add_metric([cause, actions], stats.precision)
+            saved.add_metric([cause, actions], stats.saved_s)
+        yield from (would, scored, precision, saved)
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _dump(self) -> dict[str, Any]:
+        return {
+            "overrides": dict(self.overrides),
+            "demoted": sorted(self.demoted),
+            "stats": [{"cause": c, "actions": a, **asdict(s)} for (c, a), s in self.stats.items()],
+            "open": [wd.as_dict() for wd in self.open.values()],
+            "changes": [c.as_dict() for c in self.changes],
+            "changes_by": dict(self.changes_by),
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """The state an earlier run saved; raises ValueError/KeyError/TypeError on a bad one."""
+        overrides = {str(k): _level(v) for k, v in dict(saved.get("overrides", {})).items()}
+        stats: dict[tuple[str, str], ShadowStats] = {}
+        for row in saved.get("stats", []):
+            fields = {k: row[k] for k in ShadowStats.__dataclass_fields__}
+            stats[(str(row["cause"]), str(row["actions"]))] = ShadowStats(**fields)
+        open_: dict[str, WouldDo] = {}
+        for row in saved.get("open", []):
+            data = dict(row)
+            data["actions"] = tuple(str(a) for a in data["actions"])
+            data["plan"] = tuple(dict(p) for p in data["plan"])
+            wd = WouldDo(**data)
+            open_[wd.key] = wd
+        changes = [
+            LevelChange(
+                at=float(c["at"]),
+                key=str(c["key"]),
+                before=_level(c["before"]),
+                after=_level(c["after"]),
+                by=str(c["by"]),
+                reason=str(c["reason"]),
+            )
+            for c in saved.get("changes", [])
+        ]
+        self.overrides = overrides
+        self.demoted = {str(k) for k in saved.get("demoted", [])}
+        self.stats = stats
+        self.open = open_
+        self.changes = deque(changes, maxlen=MAX_CHANGES)
+        self.changes_by = {str(k): int(v) for k, v in dict(saved.get("changes_by", {})).items()}
+
+    async def load(self, *, strict: bool = False) -> None:
+        """What an earlier run (or the previous leader) saved. `strict` (a takeover): a read
+        that fails raises. A bad saved state is logged and ignored: levels fall back to the
+        configuration, which is the safe direction only if the configuration is; say so."""
+        if self._store is None:
+            return
+        try:
+            saved = await self._store.get_state(STATE_KEY)
+        except MapekError as exc:
+            log.error("autonomy_unreadable", error=str(exc))
+            if strict:
+                raise
+            return
+        if not isinstance(saved, dict):
+            return
+        try:
+            self.restore(saved)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.error("autonomy_unreadable", error=f"bad saved state: {exc}; using the config")
+            return
+        if self.overrides or self.open:
+            log.info("autonomy_restored", overrides=self.overrides, open=sorted(self.open))
+
+    async def save(self, now: float) -> None:
+        if self._store is None or not self._dirty:
+            return
+        try:
+            await self._store.set_state(STATE_KEY, self._dump(), at=now)
+        except MapekError as exc:  # memory stays the truth; the next change writes again
+            log.error("autonomy_save_failed", error=str(exc))
+            return
+        self._dirty = False
+
+
+def _level(value: Any) -> AutonomyLevel:
+    if value not in _RANK:
+        raise ValueError(f"{value!r} is not a level")
+    return cast("AutonomyLevel", value)
+
+
+def _violating(observation: Observation, wd: WouldDo) -> bool:
+    return any(
+        v.component == wd.target and (v.kind == wd.cause or (wd.query and v.query == wd.query))
+        for v in observation.violations
+    )
+
+
+def _excess(observation: Observation, wd: WouldDo) -> float | None:
+    """How far the signal is past the threshold, in the direction it was at the would-do."""
+    if wd.query is None or wd.threshold is None or wd.value is None:
+        return None
+    now = observation.value(wd.query, wd.target)
+    if now is None:
+        return None
+    direction = 1.0 if wd.value >= wd.threshold else -1.0
+    return direction * (now - wd.threshold)
+
+
+def _worse(wd: WouldDo, excess: float | None, settings: Settings) -> bool:
+    """Still violating and further past the threshold than at the would-do, by more than
+    the significance floor (executor.significance of the threshold)."""
+    if excess is None or wd.value is None or wd.threshold is None:
+        return False
+    then = abs(wd.value - wd.threshold)
+    return excess - then > settings.executor.significance * abs(wd.threshold)
