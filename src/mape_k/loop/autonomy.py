@@ -97,7 +97,8 @@ class WouldDo:
     query: str | None
     value: float | None
     threshold: float | None
-    helps: float  # the planner's posterior mean: how likely it would have helped
+    helps: float  # how likely it would have helped, were it needed (see `likelihood`)
+    basis: str = ""  # where `helps` comes from: the capacity model or the posterior
     cleared_at: float | None = None
     other: str | None = None  # what someone else changed on the target meanwhile
     verdict: str | None = None
@@ -110,6 +111,24 @@ class WouldDo:
     @property
     def pair(self) -> tuple[str, str]:
         return self.cause, "+".join(self.actions)
+
+    @property
+    def would_have_helped(self) -> float:
+        """The estimate, once scored: 0 when it cleared by itself, else the posterior's."""
+        return 0.0 if self.verdict == "cleared" else self.helps
+
+    def score_dict(self) -> dict[str, Any]:
+        """What a decision record says of a would-do scored in its iteration."""
+        return {
+            "id": self.id,
+            "cause": self.key,
+            "actions": list(self.actions),
+            "at": self.at,
+            "verdict": self.verdict,
+            "cleared_at": self.cleared_at,
+            "other": self.other,
+            "would_have_helped": round(self.would_have_helped, 3),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -358,7 +377,7 @@ class Autonomy:
     ) -> WouldDo:
         """Record a would-do for `policy` (resolved, allowed by every guard)."""
         margin = self._settings.executor.ineffective_margin_s
-        posterior = policy.score.posterior
+        helps, basis = likelihood(policy, value, self._settings.executor.load_normalised)
         wd = WouldDo(
             id=policy.id,
             cause=policy.cause.name,
@@ -379,7 +398,8 @@ class Autonomy:
             query=policy.cause.query,
             value=value,
             threshold=policy.cause.threshold,
-            helps=posterior.mean if posterior is not None else policy.score.benefit,
+            helps=helps,
+            basis=basis,
         )
         self.open[wd.key] = wd
         while len(self.open) > MAX_OPEN:
@@ -396,14 +416,22 @@ class Autonomy:
         )
         return wd
 
-    def follow(self, observation: Observation, now: float, changed: ChangedSince) -> list[WouldDo]:
-        """Watch the open would-dos in a usable reading; returns those scored now."""
+    def follow(
+        self,
+        observation: Observation,
+        now: float,
+        changed: ChangedSince,
+    ) -> list[WouldDo]:
+        """Watch the open would-dos in a usable reading; returns those scored now. A
+        would-do's violation has cleared when its target has no violation left (a load
+        spike read as latency in the next reading has not cleared)."""
         if observation.degraded or not self.open:
             return []
+        targets = {v.component for v in observation.violations}
         scored: list[WouldDo] = []
         track_s = self._settings.autonomy.shadow_track_s
         for key, wd in list(self.open.items()):
-            violating = _violating(observation, wd)
+            violating = wd.target in targets
             excess = _excess(observation, wd)
             if excess is not None and (wd.worst is None or excess > wd.worst):
                 wd.worst = excess
@@ -429,7 +457,7 @@ class Autonomy:
             wd.verdict = (
                 "worse" if _worse(wd, _excess(observation, wd), self._settings) else ("persisted")
             )
-        helps = 0.0 if wd.verdict == "cleared" else wd.helps
+        helps = wd.would_have_helped
         stats.scored += 1
         stats.helped += helps
         setattr(stats, wd.verdict, getattr(stats, wd.verdict) + 1)
@@ -601,17 +629,44 @@ class Autonomy:
         self._dirty = False
 
 
+def likelihood(
+    policy: RemediationPolicy, value: float | None, load_normalised: Sequence[str]
+) -> tuple[float, str]:
+    """How likely the policy would have helped, were its violation to persist; and why.
+
+    Capacity for a load-proportional signal (executor.load_normalised) is modelled, as an
+    HPA does: `size before -> after` takes the signal to value x before / after, a fix
+    (1) when that is past the threshold, half when it only narrows the excess. Any other
+    action: the planner's posterior mean (the configured benefit until outcomes exist)."""
+    cause = policy.cause
+    sizes = [
+        s
+        for a in policy.actions
+        for s in a.sets or ()
+        if s.knob == "size" and isinstance(s.before, int) and isinstance(s.after, int)
+    ]
+    if (
+        sizes
+        and value is not None
+        and cause.threshold is not None
+        and cause.query in load_normalised
+        and sizes[-1].after > sizes[0].before > 0
+        and value > cause.threshold
+    ):
+        projected = value * sizes[0].before / sizes[-1].after
+        basis = f"capacity: {value:.3g} x {sizes[0].before}/{sizes[-1].after} = {projected:.3g}"
+        if projected <= cause.threshold:
+            return 1.0, f"{basis}, under {cause.threshold:g}"
+        return 0.5, f"{basis}, still over {cause.threshold:g}"
+    posterior = policy.score.posterior
+    mean = posterior.mean if posterior is not None else policy.score.benefit
+    return mean, f"posterior {mean:.2f}"
+
+
 def _level(value: Any) -> AutonomyLevel:
     if value not in _RANK:
         raise ValueError(f"{value!r} is not a level")
     return cast("AutonomyLevel", value)
-
-
-def _violating(observation: Observation, wd: WouldDo) -> bool:
-    return any(
-        v.component == wd.target and (v.kind == wd.cause or (wd.query and v.query == wd.query))
-        for v in observation.violations
-    )
 
 
 def _excess(observation: Observation, wd: WouldDo) -> float | None:

@@ -137,6 +137,7 @@ class IterationPipeline:
         self.settings = settings
         self.autonomy = autonomy  # levels and the shadow ledger (loop/autonomy.py)
         self._would_dos: list[WouldDo | str] = []  # this iteration's (a str: already open)
+        self._scored: list[WouldDo] = []  # the would-dos scored in this iteration
         self.envelope = envelope
         self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
@@ -267,6 +268,7 @@ class IterationPipeline:
         """The iteration's would-dos and changes of level into its record; the ledger saved
         (the leader's)."""
         record.shadow = [w.as_dict() if isinstance(w, WouldDo) else w for w in self._would_dos]
+        record.shadow_scored = [w.score_dict() for w in self._scored]
         if leads and self.autonomy is not None:
             record.autonomy_changes = [c.as_dict() for c in self.autonomy.drain()]
             await self.autonomy.save(now)
@@ -283,7 +285,7 @@ class IterationPipeline:
         against it once (a return set to where its proposal takes the knob), and that
         resolved plan is what the guards judge and the executor sends. Returns the
         candidates with the returns, the one chosen, the guards' decisions and why."""
-        self._would_dos = []
+        self._would_dos, self._scored = [], []
         reading = await self._read_target(observation, now)
         if follower is None:
             self._follow_shadow(observation, reading, now)
@@ -621,7 +623,7 @@ class IterationPipeline:
                     return f"{change.action_type} ({change.execution_id})"
             return None if state is None else _moved(wd, state)
 
-        self.autonomy.follow(observation, now, changed)
+        self._scored = self.autonomy.follow(observation, now, changed)
 
     def _approved_first(self, policies: list[RemediationPolicy]) -> RemediationPolicy | None:
         """The approved risky policy (the id the operator saw) when it ranks above every

@@ -51,8 +51,9 @@ class DecisionRecord:
     # Replicas: why this one did not act (a follower, no lease); None: it leads or is alone.
     follower: str | None = None
     # Autonomy (loop/autonomy.py): the would-dos of policies at shadow (a str for one still
-    # open from an earlier iteration), and the changes of level made in this iteration.
+    # open from an earlier iteration), those scored, and the changes of level made.
     shadow: list[dict[str, Any] | str] = field(default_factory=list)
+    shadow_scored: list[dict[str, Any]] = field(default_factory=list)
     autonomy_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -90,6 +91,8 @@ class DecisionRecord:
             record["follower"] = self.follower
         if self.shadow:
             record["shadow"] = list(self.shadow)
+        if self.shadow_scored:
+            record["shadow_scored"] = list(self.shadow_scored)
         if self.autonomy_changes:
             record["autonomy_changes"] = list(self.autonomy_changes)
         return record

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,16 @@ from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
 from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions, rising_edges
 from mape_k.quality.figures import Sample
 from mape_k.quality.scenario import Scenario
-from mape_k.quality.world import CallRecord, Ledger, lost, make_world, verdict
+from mape_k.quality.world import (
+    CallRecord,
+    Ledger,
+    Schedule,
+    apply_plan,
+    counterfactual,
+    lost,
+    make_world,
+    verdict,
+)
 from mape_k.sim.committee import Committee
 
 SIM_START = 1_700_000_000.0  # a fixed epoch: episodes do not depend on the wall clock
@@ -201,6 +210,8 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     results: Counter[str] = Counter()  # iteration results (acted, held, idle, ...)
     held_by: Counter[str] = Counter()  # guard -> candidates it did not allow
     start_size = committee.state().size
+    shadow_truth: dict[str, str] = {}  # would-do id -> its counterfactual verdict
+    shadow_scored: list[dict[str, Any]] = []  # the daemon's scores of its would-dos
 
     with tempfile.TemporaryDirectory(prefix="mape-k-sim-") as scratch:
         path = knowledge or Path(scratch) / "knowledge.sqlite3"
@@ -263,6 +274,10 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                         for decision in record.get("guard_decisions") or []:
                             if decision.get("verdict") != "allow":
                                 held_by[str(decision.get("guard"))] += 1
+                        for wd in record.get("shadow") or []:
+                            if isinstance(wd, dict):  # a new would-do: its counterfactual
+                                shadow_truth[wd["id"]] = _would_do_truth(committee, plan, wd, now)
+                        shadow_scored.extend(record.get("shadow_scored") or [])
                         if keep_records or record.get("execution") or record.get("verifications"):
                             records.append(record)
 
@@ -281,7 +296,36 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         start_size=start_size,
         keep_records=keep_records,
         keep_samples=keep_samples,
+        shadow=_shadow_figures(shadow_truth, shadow_scored),
     )
+
+
+def _would_do_truth(
+    committee: Committee, schedule: Schedule, wd: dict[str, Any], now: float
+) -> str:
+    """A would-do's counterfactual: its plan applied now against nothing, over the window."""
+    with_call, without, offered = counterfactual(committee, schedule, now, apply_plan(wd["plan"]))
+    return verdict(with_call - without, offered)
+
+
+def _shadow_figures(
+    truth: Mapping[str, str], scored: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The daemon's estimated shadow precision against the counterfactual, over the
+    would-dos it scored."""
+    if not truth:
+        return None
+    judged = [s for s in scored if s["id"] in truth]
+    n = len(judged)
+    helped = sum(1 for s in judged if truth[s["id"]] == "helped")
+    estimate = sum(float(s["would_have_helped"]) for s in judged)
+    return {
+        "would_do": len(truth),
+        "scored": n,
+        "estimate": round(estimate / n, 4) if n else None,
+        "truth": round(helped / n, 4) if n else None,
+        "verdicts": dict(Counter(str(s["verdict"]) for s in judged)),
+    }
 
 
 def _episode(  # noqa: PLR0917 - the pieces of one finished episode
@@ -300,6 +344,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     start_size: int,
     keep_records: bool,
     keep_samples: bool,
+    shadow: dict[str, Any] | None = None,
 ) -> Episode:
     calls = [c for c in ledger.calls if c.error is None]
     starts = scenario.disturbances()
@@ -346,6 +391,8 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "alert_deliveries": deliveries,
         "iterations": iterations,
     }
+    if shadow is not None:
+        result["shadow"] = shadow
     return Episode(
         scenario=scenario.name,
         policy=policy,

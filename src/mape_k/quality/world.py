@@ -11,7 +11,7 @@ injected in both, no other action in either) and records what it cost: requests 
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,41 @@ def counterfactual(
         lost(without) - base_lost,
         without.counters.offered - base_offered,
     )
+
+
+def apply_plan(plan: Sequence[Mapping[str, Any]]) -> Apply:
+    """What a would-do's resolved plan (loop/autonomy.py `WouldDo.plan`) does to a committee:
+    the calls the executor would have made, for its counterfactual."""
+
+    def apply(committee: Committee, now: float) -> ActionResult:
+        result = ActionResult(operation="none", idempotency_key="")
+        for step in plan:
+            action = step["action"]
+            if action == "restart_service":
+                result = committee.restart(now=now, scope=step["parameters"].get("scope", "all"))
+            elif action == "rebalance_load":
+                result = committee.rebalance(now=now)
+            for setting in step["sets"]:
+                result = _set(committee, setting["knob"], setting["after"], now)
+        return result
+
+    return apply
+
+
+def _set(committee: Committee, knob: str, value: Any, now: float) -> ActionResult:
+    if knob == "size":
+        return committee.scale(int(value), now=now)
+    if knob == "throttle":
+        return committee.set_throttle(value, now=now)
+    if knob == "bypass":
+        return committee.set_validation_bypass(bool(value), now=now)
+    if knob == "override":
+        return committee.set_emergency_override(bool(value), now=now)
+    if knob == "policy":
+        return committee.apply_policy(str(value), now=now)
+    if knob.startswith("config:"):
+        return committee.update_configuration({knob.removeprefix("config:"): value}, now=now)
+    raise CharterError(f"the simulator has no knob {knob!r}")
 
 
 @dataclass(slots=True)
