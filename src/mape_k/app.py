@@ -58,6 +58,7 @@ from mape_k.loop.leadership import Leadership
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
+from mape_k.loop.predict import Predictor
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
@@ -210,6 +211,8 @@ async def build(
             store=store,
             metrics=metrics,
             alerts=alerts,
+            # range queries where the source has them; the mock: the loop's own readings
+            predictor=Predictor(ranges=prometheus, metrics=metrics),
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
@@ -417,6 +420,7 @@ class Daemon:
             "control": await store.recent_control(20),
             "alerts": {"firing": len(self._parts.inbox.firing())},
             "ha": self._parts.leadership.as_dict(),
+            "predictions": self._orch.pipeline.predictor.summary(),
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:

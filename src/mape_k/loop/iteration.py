@@ -41,6 +41,7 @@ from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
+from mape_k.loop.predict import Predictor, plan_causes
 from mape_k.loop.record import DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
 from mape_k.models import (
@@ -131,8 +132,11 @@ class IterationPipeline:
         store: AsyncStore,
         metrics: Metrics | None = None,
         alerts: NeedsHumanAlerts | None = None,
+        predictor: Predictor | None = None,
     ) -> None:
         self.settings = settings
+        # Early warning (loop/predict.py): predicted violations and their track record.
+        self.predictor = predictor or Predictor(metrics=metrics)
         self.envelope = envelope
         self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
@@ -193,6 +197,9 @@ class IterationPipeline:
             self.state.violations_seen += len(observation.violations)
             self.committee_size = _size(observation, "charter")
             await self._check_startup()
+            record.predicted = await self.predictor.predict(
+                observation, self.settings.monitor, now=now
+            )
 
         t = time.perf_counter()
         if leads:
@@ -218,7 +225,7 @@ class IterationPipeline:
             knowledge=self.knowledge.view(),
             now=now,
             target_knowledge=self.knowledge.target_view(),
-        )
+        ) + self._plan_predicted(record, now)
         phases.done("plan", t)
 
         t = time.perf_counter()
@@ -313,6 +320,26 @@ class IterationPipeline:
         """Execution id -> the offered load when it ran, for the executions that fixed a
         load-proportional signal (kept with their changes in the envelope's history)."""
         return {c.execution_id: c.load for c in self.envelope.history if c.load is not None}
+
+    def _plan_predicted(self, record: DecisionRecord, now: float) -> list[RemediationPolicy]:
+        """Policies for the predicted violations the rules let it act on, after the real
+        causes' (a fix ranks first), each of only low-cost candidates (predict.max_cost)."""
+        real = [] if record.analysis is None else [c.key for c in record.analysis.causes]
+        policies: list[RemediationPolicy] = []
+        for cause, max_cost in plan_causes(
+            record.predicted,
+            self.settings.monitor.rules,
+            real=real,
+            base_confidence=self.settings.analyzer.base_confidence,
+        ):
+            policies += self.planner.generate_policies(
+                AnalysisResult(at=now, violations=0, patterns=(), causes=(cause,)),
+                knowledge=self.knowledge.view(),
+                now=now,
+                target_knowledge=self.knowledge.target_view(),
+                max_cost=max_cost,
+            )
+        return policies
 
     def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
         """The due returns planned like any cause (planner.remediations), after the faults'
@@ -727,6 +754,7 @@ class IterationPipeline:
             execution, at=now, load_normalised=self.settings.executor.load_normalised
         )
         self.envelope.record_changes(changes, now=now)
+        self.predictor.note_execution(execution, now=now)  # acted on a prediction
         hold = self.envelope.note_failed_execution(execution, now=now)
         if hold is not None:
             self._held.append((hold, execution.policy.cause))

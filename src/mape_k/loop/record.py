@@ -25,6 +25,7 @@ from mape_k.models import (
     PolicyOutcome,
     RemediationPolicy,
     Severity,
+    Violation,
     ViolationPattern,
     ViolationSource,
 )
@@ -50,6 +51,7 @@ class DecisionRecord:
     phases_s: dict[str, float] = field(default_factory=dict)
     # Replicas: why this one did not act (a follower, no lease); None: it leads or is alone.
     follower: str | None = None
+    predicted: Sequence[Violation] = ()  # this pass's predicted violations (loop/predict.py)
 
     @classmethod
     def failed(cls, iteration: int, started_at: float | None, error: str) -> DecisionRecord:
@@ -84,6 +86,8 @@ class DecisionRecord:
         record["phases_s"] = self.phases_s
         if self.follower is not None:
             record["follower"] = self.follower
+        if self.predicted:
+            record["predicted"] = [_predicted(v) for v in self.predicted[:top_n]]
         return record
 
 
@@ -309,7 +313,19 @@ def _cause(c: Cause) -> dict[str, Any]:
     }
 
 
+def _predicted(v: Violation) -> dict[str, Any]:
+    return {
+        "kind": v.kind,
+        "component": v.component,
+        "value": v.value,
+        "threshold": v.threshold,
+        "lead_s": None if v.lead_s is None else round(v.lead_s, 1),
+        "expected_at": None if v.lead_s is None else round(v.timestamp + v.lead_s, 1),
+    }
+
+
 def _candidate(p: RemediationPolicy) -> dict[str, Any]:
+    predicted = {"predicted_in_s": round(p.cause.lead_s, 1)} if p.cause.lead_s is not None else {}
     return {
         "policy_id": p.id,
         "cause": p.cause.key,
@@ -321,7 +337,7 @@ def _candidate(p: RemediationPolicy) -> dict[str, Any]:
         "confidence": round(p.score.confidence, 3),
         "score": round(p.score.score, 3),
         "requires_approval": p.requires_approval,
-    }
+    } | predicted
 
 
 def _guard(d: GuardDecision) -> dict[str, Any]:
