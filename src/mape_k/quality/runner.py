@@ -201,6 +201,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     results: Counter[str] = Counter()  # iteration results (acted, held, idle, ...)
     held_by: Counter[str] = Counter()  # guard -> candidates it did not allow
     start_size = committee.state().size
+    predictions: dict[str, Any] = {}  # mape-k's track record of predicted violations
 
     with tempfile.TemporaryDirectory(prefix="mape-k-sim-") as scratch:
         path = knowledge or Path(scratch) / "knowledge.sqlite3"
@@ -265,6 +266,8 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                                 held_by[str(decision.get("guard"))] += 1
                         if keep_records or record.get("execution") or record.get("verifications"):
                             records.append(record)
+            if policy == "mape-k":
+                predictions = parts.orchestrator.pipeline.predictor.summary()["rules"]
 
     return _episode(
         scenario,
@@ -281,6 +284,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         start_size=start_size,
         keep_records=keep_records,
         keep_samples=keep_samples,
+        predictions=predictions,
     )
 
 
@@ -300,6 +304,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     start_size: int,
     keep_records: bool,
     keep_samples: bool,
+    predictions: dict[str, Any] | None = None,
 ) -> Episode:
     calls = [c for c in ledger.calls if c.error is None]
     starts = scenario.disturbances()
@@ -345,7 +350,12 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "helpful": sum(1 for c in calls if c.verdict == "helped"),
         "alert_deliveries": deliveries,
         "iterations": iterations,
+        # when the first call reached the committee, when a rule signal first went over
+        "first_action_s": round(calls[0].at - start, 1) if calls else None,
+        "first_over_s": next((s.t for s in samples if not s.normal), None),
     }
+    if predictions:
+        result["predictions"] = predictions
     return Episode(
         scenario=scenario.name,
         policy=policy,
