@@ -59,6 +59,7 @@ from mape_k.loop.leadership import Leadership
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
+from mape_k.loop.predict import Predictor
 from mape_k.metrics import FamiliesCollector, Metrics
 from mape_k.models import ExecutionStatus
 from mape_k.server import STATS_LIMIT, build_app
@@ -217,6 +218,8 @@ async def build(
             metrics=metrics,
             alerts=alerts,
             autonomy=autonomy,
+            # range queries where the source has them; the mock: the loop's own readings
+            predictor=Predictor(ranges=prometheus, metrics=metrics),
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
@@ -427,6 +430,7 @@ class Daemon:
             "autonomy": self._orch.pipeline.autonomy.as_dict()
             if self._orch.pipeline.autonomy is not None
             else None,
+            "predictions": self._orch.pipeline.predictor.summary(),
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:

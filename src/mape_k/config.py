@@ -134,6 +134,63 @@ class Comparator(StrEnum):
         }[self]
 
 
+class PredictConfig(_Model):
+    """Early warning for one rule (loop/predict.py): a trend fitted over the last
+    `window_s` of its query, extrapolated `horizon_s` ahead."""
+
+    horizon_s: float = Field(
+        600.0,
+        gt=0,
+        description="Raise a predicted violation when the fitted trend crosses"
+        " the threshold within this many seconds.",
+    )
+    window_s: float = Field(
+        900.0,
+        gt=0,
+        description="The history the trend is fitted over (a range query on"
+        " Prometheus; the loop's own readings on the mock).",
+    )
+    method: Literal["linear", "holt"] = Field(
+        "linear",
+        description="linear: least squares (predict_linear); holt: Holt's linear"
+        " trend (double exponential smoothing, recent points weigh more).",
+    )
+    holt_alpha: float = Field(0.5, gt=0, le=1, description="Holt's level smoothing.")
+    holt_beta: float = Field(0.3, gt=0, le=1, description="Holt's trend smoothing.")
+    min_points: int = Field(5, ge=3, description="Fewer points in the window: no forecast.")
+    significance: float = Field(
+        3.0,
+        ge=0,
+        description="The least-squares slope must be this many standard errors"
+        " from zero (noise on a flat signal predicts nothing).",
+    )
+    step_s: float = Field(15.0, gt=0, description="The range query's resolution (Prometheus).")
+    tolerance_s: float = Field(
+        300.0,
+        ge=0,
+        description="A prediction came true if the real violation appears by"
+        " the expected crossing plus this; after it, it did not (or was prevented).",
+    )
+    act: bool = Field(
+        True, description="The planner may act on a predicted violation (false: warn only)."
+    )
+    max_cost: float = Field(
+        0.25,
+        ge=0,
+        description="For a predicted violation the planner proposes only"
+        " candidates costing at most this (low-cost actions: scale_up 0.20, not restart 0.30).",
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_points(self) -> PredictConfig:
+        if self.window_s < self.step_s * (self.min_points - 1):
+            raise ValueError(
+                f"window_s: {self.window_s:g} s holds fewer than min_points ({self.min_points})"
+                f" samples at step_s {self.step_s:g} s"
+            )
+        return self
+
+
 class ViolationRule(_Model):
     name: str = Field(min_length=1, description="The violation kind this rule produces.")
     query: str = Field(description="Name of a query in monitor.queries.")
@@ -142,6 +199,11 @@ class ViolationRule(_Model):
     severity: Severity = Severity.WARNING
     component_label: str = Field("component", description="Label naming the component.")
     default_component: str = Field("charter", description="Component when the label is absent.")
+    predict: PredictConfig | None = Field(
+        None,
+        description="Early warning: raise a predicted violation before the threshold is"
+        " crossed (off unless set; see monitor.rules.N.predict).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -1664,6 +1726,14 @@ def reference_markdown() -> str:
             f" {r.severity.value} |"
             for r in defaults.monitor.rules
         ],
+        "",
+        "## Prediction (`monitor.rules.N.predict`)",
+        "",
+        "Off unless a rule has a `predict` block (`predict: {}` takes these defaults).",
+        "",
+        "| key | type | default | environment | meaning |",
+        "|---|---|---|---|---|",
+        *_reference_rows(PredictConfig, "monitor.rules.N.predict."),
         "",
         "## Built-in remediations (`planner.remediations`)",
         "",

@@ -219,6 +219,25 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.predictions = Counter(
+            "mapek_predictions_total",
+            "Predicted violations by rule and outcome: raised, then came_true, did_not or"
+            " prevented (acted on, and the violation did not come).",
+            ["rule", "outcome"],
+            registry=registry,
+        )
+        self.prediction_precision = Gauge(
+            "mapek_prediction_precision",
+            "came_true / (came_true + did_not) of a rule's predictions (once one resolved).",
+            ["rule"],
+            registry=registry,
+        )
+        self.prediction_recall = Gauge(
+            "mapek_prediction_recall",
+            "A rule's violation onsets that an open prediction foresaw / all its onsets.",
+            ["rule"],
+            registry=registry,
+        )
         self.oscillations = Counter(
             "mapek_oscillations_total", "Oscillations detected.", registry=registry
         )

@@ -64,6 +64,10 @@ class Violation:
     query: str | None = None  # the configured query name whose value this is (rules)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)  # an alert's (untrusted)
+    # A forecast (loop/predict.py), not a reading: the rule's threshold is expected to be
+    # crossed in `lead_s` seconds. Never in an Observation's violations.
+    predicted: bool = False
+    lead_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -146,6 +150,9 @@ class Cause:
     # of mape_k.actuators.template.
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # A predicted violation's cause (loop/predict.py): expected in `lead_s` seconds.
+    predicted: bool = False
+    lead_s: float | None = None
 
     @property
     def key(self) -> str:

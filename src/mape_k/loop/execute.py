@@ -581,11 +581,13 @@ class Executor:
                 return None, value
             return self._outcome(pending, OutcomeType.UNKNOWN, value, now, "no data"), value
         if is_return(cause.name) or not still:
-            # A return to baseline is judged by what came back, not by its own violation.
+            # A return to baseline is judged by what came back, not by its own violation;
+            # an action on a prediction (loop/predict.py) by the violation not coming.
+            cleared = "predicted violation did not come" if cause.predicted else "violation cleared"
             outcome = (
                 self._returned(pending, observation, value, now)
                 if is_return(cause.name)
-                else self._outcome(pending, OutcomeType.SUCCESS, value, now, "violation cleared")
+                else self._outcome(pending, OutcomeType.SUCCESS, value, now, cleared)
             )
             return outcome, value
         kind = classify(

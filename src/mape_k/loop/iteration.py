@@ -42,6 +42,7 @@ from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
+from mape_k.loop.predict import Predictor, plan_causes
 from mape_k.loop.record import DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
 from mape_k.models import (
@@ -133,11 +134,14 @@ class IterationPipeline:
         metrics: Metrics | None = None,
         alerts: NeedsHumanAlerts | None = None,
         autonomy: Autonomy | None = None,
+        predictor: Predictor | None = None,
     ) -> None:
         self.settings = settings
         self.autonomy = autonomy  # levels and the shadow ledger (loop/autonomy.py)
         self._would_dos: list[WouldDo | str] = []  # this iteration's (a str: already open)
         self._scored: list[WouldDo] = []  # the would-dos scored in this iteration
+        # Early warning (loop/predict.py): predicted violations and their track record.
+        self.predictor = predictor or Predictor(metrics=metrics)
         self.envelope = envelope
         self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
@@ -200,6 +204,9 @@ class IterationPipeline:
             self.state.violations_seen += len(observation.violations)
             self.committee_size = _size(observation, "charter")
             await self._check_startup()
+            record.predicted = await self.predictor.predict(
+                observation, self.settings.monitor, now=now
+            )
 
         t = time.perf_counter()
         if leads:
@@ -225,7 +232,7 @@ class IterationPipeline:
             knowledge=self.knowledge.view(),
             now=now,
             target_knowledge=self.knowledge.target_view(),
-        )
+        ) + self._plan_predicted(record, now)
         phases.done("plan", t)
 
         t = time.perf_counter()
@@ -238,12 +245,8 @@ class IterationPipeline:
 
         if chosen is not None:
             t = time.perf_counter()
-            record.execution = await self._execute(chosen, observation)
+            record.execution = await self._act(chosen, observation, now)
             phases.done("execute", t)
-            if chosen.requires_approval:
-                self.envelope.revoke(chosen.id)  # one approval, one execution
-            self._count_execution(record.execution)
-            self._note_execution(record.execution, now)
         await self._autonomy_record(record, leads, now)
         record.result = classify(
             observation, chosen, record.execution, policies, decisions, shadow=bool(record.shadow)
@@ -263,6 +266,16 @@ class IterationPipeline:
             duration_s=phases.durations["total"],
         )
         return record
+
+    async def _act(
+        self, chosen: RemediationPolicy, observation: Observation, now: float
+    ) -> PolicyExecution:
+        execution = await self._execute(chosen, observation)
+        if chosen.requires_approval:
+            self.envelope.revoke(chosen.id)  # one approval, one execution
+        self._count_execution(execution)
+        self._note_execution(execution, now)
+        return execution
 
     async def _autonomy_record(self, record: DecisionRecord, leads: bool, now: float) -> None:
         """The iteration's would-dos and changes of level into its record; the ledger saved
@@ -335,6 +348,26 @@ class IterationPipeline:
         """Execution id -> the offered load when it ran, for the executions that fixed a
         load-proportional signal (kept with their changes in the envelope's history)."""
         return {c.execution_id: c.load for c in self.envelope.history if c.load is not None}
+
+    def _plan_predicted(self, record: DecisionRecord, now: float) -> list[RemediationPolicy]:
+        """Policies for the predicted violations the rules let it act on, after the real
+        causes' (a fix ranks first), each of only low-cost candidates (predict.max_cost)."""
+        real = [] if record.analysis is None else [c.key for c in record.analysis.causes]
+        policies: list[RemediationPolicy] = []
+        for cause, max_cost in plan_causes(
+            record.predicted,
+            self.settings.monitor.rules,
+            real=real,
+            base_confidence=self.settings.analyzer.base_confidence,
+        ):
+            policies += self.planner.generate_policies(
+                AnalysisResult(at=now, violations=0, patterns=(), causes=(cause,)),
+                knowledge=self.knowledge.view(),
+                now=now,
+                target_knowledge=self.knowledge.target_view(),
+                max_cost=max_cost,
+            )
+        return policies
 
     def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
         """The due returns planned like any cause (planner.remediations), after the faults'
@@ -803,6 +836,7 @@ class IterationPipeline:
             execution, at=now, load_normalised=self.settings.executor.load_normalised
         )
         self.envelope.record_changes(changes, now=now)
+        self.predictor.note_execution(execution, now=now)  # acted on a prediction
         hold = self.envelope.note_failed_execution(execution, now=now)
         if hold is not None:
             self._held.append((hold, execution.policy.cause))

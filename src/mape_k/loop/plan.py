@@ -355,7 +355,9 @@ class Planner:
         now: float,
         id_factory: Callable[[], str] | None = None,
         target_knowledge: TargetKnowledgeView | None = None,
+        max_cost: float | None = None,
     ) -> list[RemediationPolicy]:
+        """`max_cost`: only candidates costing at most this (a predicted cause's)."""
         self._expire(now)
         cfg = self._config
         min_score = cfg.min_score
@@ -372,6 +374,8 @@ class Planner:
                     for position, candidate in enumerate(candidates)
                     if candidate
                 ]
+            if max_cost is not None:
+                statics = [static for static in statics if static.cost <= max_cost]
             confidence = cause.confidence
             scored: list[tuple[float, float, _Candidate]] = []  # (mean score, bound, ...)
             for pooled in statics:
@@ -416,7 +420,8 @@ class Planner:
         )
         names = "+".join(action.type for action in candidate)
         belief = static.posterior
-        rationale = (
+        predicted = f"predicted in {cause.lead_s:.0f} s, " if cause.lead_s is not None else ""
+        rationale = predicted + (
             f"{names} for {cause.key}: (posterior {belief.mean:.2f} + exploration "
             f"{scored.exploration:.2f}) x confidence {scored.confidence:.2f} - cost "
             f"{scored.cost:.2f} = {scored.score:.2f}; posterior Beta({belief.alpha:.2f},"

@@ -25,6 +25,7 @@ from mape_k.models import (
     PolicyOutcome,
     RemediationPolicy,
     Severity,
+    Violation,
     ViolationPattern,
     ViolationSource,
 )
@@ -55,6 +56,7 @@ class DecisionRecord:
     shadow: list[dict[str, Any] | str] = field(default_factory=list)
     shadow_scored: list[dict[str, Any]] = field(default_factory=list)
     autonomy_changes: list[dict[str, Any]] = field(default_factory=list)
+    predicted: Sequence[Violation] = ()  # this pass's predicted violations (loop/predict.py)
 
     @classmethod
     def failed(cls, iteration: int, started_at: float | None, error: str) -> DecisionRecord:
@@ -95,6 +97,8 @@ class DecisionRecord:
             record["shadow_scored"] = list(self.shadow_scored)
         if self.autonomy_changes:
             record["autonomy_changes"] = list(self.autonomy_changes)
+        if self.predicted:
+            record["predicted"] = [_predicted(v) for v in self.predicted[:top_n]]
         return record
 
 
@@ -324,7 +328,19 @@ def _cause(c: Cause) -> dict[str, Any]:
     }
 
 
+def _predicted(v: Violation) -> dict[str, Any]:
+    return {
+        "kind": v.kind,
+        "component": v.component,
+        "value": v.value,
+        "threshold": v.threshold,
+        "lead_s": None if v.lead_s is None else round(v.lead_s, 1),
+        "expected_at": None if v.lead_s is None else round(v.timestamp + v.lead_s, 1),
+    }
+
+
 def _candidate(p: RemediationPolicy) -> dict[str, Any]:
+    predicted = {"predicted_in_s": round(p.cause.lead_s, 1)} if p.cause.lead_s is not None else {}
     return {
         "policy_id": p.id,
         "cause": p.cause.key,
@@ -337,7 +353,7 @@ def _candidate(p: RemediationPolicy) -> dict[str, Any]:
         "score": round(p.score.score, 3),
         "requires_approval": p.requires_approval,
         "shadow": p.shadow,
-    }
+    } | predicted
 
 
 def _guard(d: GuardDecision) -> dict[str, Any]:

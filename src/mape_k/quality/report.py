@@ -155,6 +155,35 @@ def why_line(episodes: Sequence[Episode]) -> str:
     return "; ".join(parts)
 
 
+def predictions_lines(episodes: Sequence[Episode]) -> list[str]:
+    """The report's line on mape-k's predictions, if a rule predicts."""
+    line = predictions_line(episodes)
+    return [] if line is None else ["", f"Predictions (mape-k, every seed): {line}."]
+
+
+def predictions_line(episodes: Sequence[Episode]) -> str | None:
+    """mape-k's predictions over every seed (None when no rule predicts): counts,
+    precision and recall of the pooled counts, when it first acted and first went over."""
+    totals: Counter[str] = Counter()
+    for e in episodes:
+        for counts in e.figures.get("predictions", {}).values():
+            totals.update({k: v for k, v in counts.items() if isinstance(v, int)})
+    if not any("predictions" in e.figures for e in episodes):
+        return None
+    judged = totals["came_true"] + totals["did_not"]
+    precision = f"{100 * totals['came_true'] / judged:.0f} %" if judged else "—"
+    recall = f"{100 * totals['foreseen'] / totals['onsets']:.0f} %" if totals["onsets"] else "—"
+    acted = [e.figures["first_action_s"] for e in episodes if e.figures.get("first_action_s")]
+    over = [e.figures["first_over_s"] for e in episodes if e.figures.get("first_over_s")]
+    return (
+        f"raised {totals['raised']}: came true {totals['came_true']}, did not"
+        f" {totals['did_not']}, prevented {totals['prevented']}; precision {precision},"
+        f" recall {recall} ({totals['foreseen']}/{totals['onsets']} onsets foreseen);"
+        f" first action at {_fmt(statistics.median(acted)) if acted else '—'} s (median),"
+        f" a signal first over its threshold in {len(over)}/{len(episodes)} episodes"
+    )
+
+
 def learning_rows(episodes: Sequence[Episode], size: int = 10) -> list[str]:
     """For a learning scenario: mape-k's figures by block of consecutive episodes."""
     last = max(e.index for e in episodes) + 1
@@ -399,6 +428,7 @@ def markdown(
             bad = worst(mapek)
             table = confusion(mapek)
             verdicts = ", ".join(f"{o}→{t} {n}" for (o, t), n in sorted(table.items())) or "none"
+            lines += predictions_lines(mapek)
             lines += [
                 "",
                 f"Why (mape-k, every seed): {why_line(mapek)}.",

@@ -212,6 +212,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
     start_size = committee.state().size
     shadow_truth: dict[str, str] = {}  # would-do id -> its counterfactual verdict
     shadow_scored: list[dict[str, Any]] = []  # the daemon's scores of its would-dos
+    predictions: dict[str, Any] = {}  # mape-k's track record of predicted violations
 
     with tempfile.TemporaryDirectory(prefix="mape-k-sim-") as scratch:
         path = knowledge or Path(scratch) / "knowledge.sqlite3"
@@ -280,6 +281,8 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                         shadow_scored.extend(record.get("shadow_scored") or [])
                         if keep_records or record.get("execution") or record.get("verifications"):
                             records.append(record)
+            if policy == "mape-k":
+                predictions = parts.orchestrator.pipeline.predictor.summary()["rules"]
 
     return _episode(
         scenario,
@@ -297,6 +300,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
         keep_records=keep_records,
         keep_samples=keep_samples,
         shadow=_shadow_figures(shadow_truth, shadow_scored),
+        predictions=predictions,
     )
 
 
@@ -345,6 +349,7 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
     keep_records: bool,
     keep_samples: bool,
     shadow: dict[str, Any] | None = None,
+    predictions: dict[str, Any] | None = None,
 ) -> Episode:
     calls = [c for c in ledger.calls if c.error is None]
     starts = scenario.disturbances()
@@ -390,9 +395,14 @@ def _episode(  # noqa: PLR0917 - the pieces of one finished episode
         "helpful": sum(1 for c in calls if c.verdict == "helped"),
         "alert_deliveries": deliveries,
         "iterations": iterations,
+        # when the first call reached the committee, when a rule signal first went over
+        "first_action_s": round(calls[0].at - start, 1) if calls else None,
+        "first_over_s": next((s.t for s in samples if not s.normal), None),
     }
     if shadow is not None:
         result["shadow"] = shadow
+    if predictions:
+        result["predictions"] = predictions
     return Episode(
         scenario=scenario.name,
         policy=policy,
