@@ -48,6 +48,7 @@ from mape_k.integrations.charter.base import CharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.changes import ChangeLog
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
@@ -55,6 +56,7 @@ from mape_k.loop.guards import Freeze
 from mape_k.loop.iteration import IterationPipeline
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.leadership import Leadership
+from mape_k.loop.maintenance import active_windows
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
@@ -103,6 +105,7 @@ class Components:
     world: MockCharterWorld | None
     leadership: Leadership
     port: int | None = None  # the server's bound port, once it listens
+    changes: ChangeLog | None = None  # recorded deploys and config changes
 
 
 @contextlib.asynccontextmanager
@@ -188,6 +191,14 @@ async def build(
         await envelope.load()
         alerts = NeedsHumanAlerts(store=store, metrics=metrics)
         await alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
+        changes = ChangeLog(
+            settings.changes,
+            actions=settings.planner.actions,
+            store=store,
+            not_leading=leadership.not_leading,
+            clock=clock,
+        )
+        await changes.load()
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -210,6 +221,7 @@ async def build(
             store=store,
             metrics=metrics,
             alerts=alerts,
+            changes=changes,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
@@ -228,6 +240,7 @@ async def build(
             prometheus=prometheus,
             world=world,
             leadership=leadership,
+            changes=changes,
         )
 
 
@@ -390,6 +403,7 @@ class Daemon:
         self, *, limit: int = STATS_LIMIT, before: float | None = None
     ) -> dict[str, Any]:
         store = self._parts.store
+        now = self._clock()
         iterations, more = await self._orch.recent_records(limit=limit, before=before)
         next_before = iterations[-1].get("started_at") if more and iterations else None
         return {
@@ -417,6 +431,8 @@ class Daemon:
             "control": await store.recent_control(20),
             "alerts": {"firing": len(self._parts.inbox.firing())},
             "ha": self._parts.leadership.as_dict(),
+            "changes": None if self._parts.changes is None else self._parts.changes.as_dict(now),
+            "maintenance": active_windows(self._parts.settings.maintenance, now),
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:
@@ -564,6 +580,7 @@ async def run(
                 guard=guard,
                 console=ConsoleData(parts, clock=time.time),
                 viewer_token=viewer_token,
+                changes=parts.changes,
             )
             runner = guard.runner(app)
             await runner.setup()

@@ -263,6 +263,8 @@ class MAPEKOrchestrator:
         await envelope.restore_freeze(now)
         if self.pipeline.alerts is not None:
             await self.pipeline.alerts.load(strict=True)
+        if self.pipeline.changes is not None:
+            await self.pipeline.changes.load(strict=True)
         await knowledge.update_patterns()
         unfinished = await self.reconcile(now, strict=True)
         log.warning(
