@@ -31,7 +31,12 @@ from pydantic import ValidationError
 
 from mape_k.config import MAX_CHANGE_WINDOW_S, CandidateAction, ChangesConfig
 from mape_k.errors import MapekError
-from mape_k.integrations.alertmanager import Alert, AlertStatus, WebhookPayload
+from mape_k.integrations.alertmanager import (
+    WEBHOOK_VERSION,
+    Alert,
+    AlertStatus,
+    WebhookPayload,
+)
 from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
@@ -247,6 +252,9 @@ def from_alertmanager(
     `description` (else `summary`), at its `startsAt`. Optional annotations: `rollback`
     (JSON: {"type", "parameters"}) and `window_s`. Resolved alerts and alerts older than
     changes.max_age_s (re-sent ones) are skipped; a bad label refuses the payload."""
+    if document.get("version") != WEBHOOK_VERSION:
+        shown = repr(document.get("version"))[:20]
+        raise ChangeRefused("version", f"{shown} is not the webhook version {WEBHOOK_VERSION!r}")
     try:
         payload = WebhookPayload.model_validate(document)
     except ValidationError as exc:

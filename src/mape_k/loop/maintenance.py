@@ -154,6 +154,14 @@ class TimeInterval(_Model):
     years: tuple[str, ...] = ()
     location: str = Field("UTC", description="IANA time zone of the fields above.")
 
+    @field_validator("days_of_month", "months", "years", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: object) -> object:
+        """`[12]` as `["12"]`: YAML reads a bare number as one (booleans stay refused)."""
+        if isinstance(value, (list, tuple)):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
     @field_validator("weekdays")
     @classmethod
     def _weekdays(cls, value: tuple[str, ...]) -> tuple[str, ...]:
