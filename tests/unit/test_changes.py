@@ -33,8 +33,12 @@ parse = functools.partial(from_request, now=NOW, config=CONFIG, actions=ACTIONS)
 
 
 def change(
-    at: float, *, target: str = "charter", id: str | None = None, window_s: float | None = None
-) -> Change:  # noqa: A002
+    at: float,
+    *,
+    target: str = "charter",
+    id: str | None = None,  # noqa: A002
+    window_s: float | None = None,
+) -> Change:
     return Change(
         id=id or f"chg-{target}-{at:.0f}",
         target=target,
@@ -52,8 +56,10 @@ def test_a_plain_change_is_taken_with_its_defaults_and_a_stable_id():
     taken = parse({"target": "charter", "kind": "deploy", "description": "v42  to\nprod"})
     assert (taken.target, taken.kind, taken.at, taken.source) == ("charter", "deploy", NOW, "api")
     assert taken.description == "v42 to prod"  # whitespace collapsed: one line in a rationale
-    assert taken.rollback is None and taken.window_s is None
-    assert taken.id.startswith("chg-") and len(taken.id) == 20
+    assert taken.rollback is None
+    assert taken.window_s is None
+    assert taken.id.startswith("chg-")
+    assert len(taken.id) == 20
     assert parse({"target": "charter", "kind": "deploy", "description": "v42 to prod"}) == taken
     assert parse({"target": "charter", "kind": "config", "description": "v42 to prod"}).id != (
         taken.id
@@ -205,9 +211,11 @@ def test_an_alert_may_name_its_rollback_and_window_and_a_long_text_is_cut():
             )
         )
     ).changes
-    assert taken.rollback is not None and taken.rollback.parameters == {"policy_id": "v41"}
+    assert taken.rollback is not None
+    assert taken.rollback.parameters == {"policy_id": "v41"}
     assert taken.window_s == 900.0
-    assert len(taken.description) == MAX_DESCRIPTION and "\x07" not in taken.description
+    assert len(taken.description) == MAX_DESCRIPTION
+    assert "\x07" not in taken.description
 
 
 def test_an_old_alert_is_skipped_not_refused():

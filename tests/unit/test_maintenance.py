@@ -73,12 +73,16 @@ def test_negative_days_of_month_count_from_its_end():
     w = window(days_of_month=["-1"])
     assert on(w, ts(2026, 2, 28, 12))  # 28 days in February 2026
     assert not on(w, ts(2026, 2, 27, 12))
-    assert on(w, ts(2028, 2, 29, 12)) and not on(w, ts(2028, 2, 28, 12))  # a leap year
-    assert on(w, ts(2026, 12, 31, 0)) and not on(w, ts(2026, 12, 30, 23, 59))
+    assert on(w, ts(2028, 2, 29, 12))
+    assert not on(w, ts(2028, 2, 28, 12))
+    assert on(w, ts(2026, 12, 31, 0))
+    assert not on(w, ts(2026, 12, 30, 23, 59))
     last_week = window(days_of_month=["-7:-1"])
-    assert on(last_week, ts(2026, 4, 24)) and not on(last_week, ts(2026, 4, 23))
+    assert on(last_week, ts(2026, 4, 24))
+    assert not on(last_week, ts(2026, 4, 23))
     mixed = window(days_of_month=["25:-1"])
-    assert on(mixed, ts(2026, 2, 28)) and not on(mixed, ts(2026, 2, 24))
+    assert on(mixed, ts(2026, 2, 28))
+    assert not on(mixed, ts(2026, 2, 24))
 
 
 def test_a_day_beyond_the_month_is_skipped_and_a_range_is_clamped():
@@ -88,14 +92,17 @@ def test_a_day_beyond_the_month_is_skipped_and_a_range_is_clamped():
 
 def test_months_and_years_by_number_and_name():
     w = window(months=["1:3", "december"], years=["2026:2027"])
-    assert on(w, ts(2026, 2, 10)) and on(w, ts(2027, 12, 31, 23, 59))
+    assert on(w, ts(2026, 2, 10))
+    assert on(w, ts(2027, 12, 31, 23, 59))
     assert window(months=[12], years=[2026]) == window(months=["12"], years=["2026"])
-    assert not on(w, ts(2026, 4, 1)) and not on(w, ts(2028, 1, 1))
+    assert not on(w, ts(2026, 4, 1))
+    assert not on(w, ts(2028, 1, 1))
 
 
 def test_every_field_must_match_and_any_interval_does():
     both = window(weekdays=["saturday"], times=[{"start_time": "02:00", "end_time": "04:00"}])
-    assert on(both, ts(2026, 12, 5, 3)) and not on(both, ts(2026, 12, 4, 3))
+    assert on(both, ts(2026, 12, 5, 3))
+    assert not on(both, ts(2026, 12, 4, 3))
     assert not on(both, ts(2026, 12, 5, 5))
     either = MaintenanceWindow.model_validate(
         {
@@ -117,10 +124,12 @@ def test_the_location_sets_the_clock_the_fields_are_read_on():
         ts(2026, 12, 2, 17, tz=BERLIN),
     )
     # Summer time: the same wall clock is 07:00 UTC.
-    assert on(w, ts(2026, 7, 1, 7, 0)) and not on(w, ts(2026, 7, 1, 6, 59))
+    assert on(w, ts(2026, 7, 1, 7, 0))
+    assert not on(w, ts(2026, 7, 1, 6, 59))
     # The weekday is Berlin's too: Saturday 00:30 there is Friday 23:30 UTC.
     saturday = window(weekdays=["saturday"], location="Europe/Berlin")
-    assert on(saturday, ts(2026, 12, 4, 23, 30)) and not on(saturday, ts(2026, 12, 4, 22, 59))
+    assert on(saturday, ts(2026, 12, 4, 23, 30))
+    assert not on(saturday, ts(2026, 12, 4, 22, 59))
 
 
 def test_end_of_day_and_an_always_on_window_stops_at_the_horizon():
@@ -133,7 +142,8 @@ def test_end_of_day_and_an_always_on_window_stops_at_the_horizon():
 
 def test_targets_and_the_star():
     mine = window(targets=("db",), times=[{"start_time": "00:00", "end_time": "24:00"}])
-    assert not on(mine, ts(2026, 12, 2, 12), "charter") and on(mine, ts(2026, 12, 2, 12), "db")
+    assert not on(mine, ts(2026, 12, 2, 12), "charter")
+    assert on(mine, ts(2026, 12, 2, 12), "db")
     assert on(window(targets=("*",)), ts(2026, 12, 2, 12), "anything")
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from server_harness import ADMIN_TOKEN, FakeControl, admin_headers, fixture_payload
 
 from fakes import FakeClock
+from mape_k import openapi
 from mape_k.config import ChangesConfig, PlannerConfig, ServerConfig
 from mape_k.integrations.alertmanager import AlertMessageRouter
 from mape_k.loop.changes import ChangeLog
@@ -28,6 +29,12 @@ PATH = "/api/v1/changes"
 # An hour after the captured fixtures' alerts started (changes.max_age_s is a day).
 NOW = dt.datetime(2026, 11, 22, 5, tzinfo=dt.UTC).timestamp()
 MAX_BODY = 4096
+SPEC = openapi.document(openapi.DAEMON_API)["paths"][PATH]
+
+
+def documented(method: str, status: int) -> bool:
+    """Every status these tests see is in the daemon's OpenAPI document."""
+    return str(status) in SPEC[method]["responses"]
 
 
 @dataclass
@@ -45,7 +52,14 @@ class Api:
             headers.update(admin_headers(token))
         data = raw if raw is not None else json.dumps(body)
         response = await self.client.post(PATH, data=data, headers=headers)
+        assert documented("post", response.status), response.status
         return response.status, await response.json()
+
+    async def get(self, query: str = "", *, token: str | None = ADMIN_TOKEN) -> Any:
+        headers = {} if token is None else admin_headers(token)
+        response = await self.client.get(f"{PATH}{query}", headers=headers)
+        assert documented("get", response.status), response.status
+        return response
 
 
 @pytest.fixture
@@ -95,7 +109,8 @@ async def test_a_plain_change_is_recorded_journaled_and_persisted(api: Api, tmp_
     assert change["rollback"] == {"type": "apply_policy", "parameters": {"policy_id": "v41"}}
     assert body["duplicate"] is False
     recent = api.changes.recent("charter", NOW)
-    assert recent is not None and recent.id == change["id"]
+    assert recent is not None
+    assert recent.id == change["id"]
     [journaled] = api.control.records
     assert journaled["route"] == "POST /api/v1/changes"
     assert journaled["body"]["changes"][0]["id"] == change["id"]
@@ -127,7 +142,8 @@ async def test_an_alertmanager_payload_records_each_firing_alert(api: Api):
     recorded = body["recorded"]
     assert [c["source"] for c in recorded] == ["webhook", "webhook"]
     assert recorded[1]["kind"] == "config"
-    assert body["duplicates"] == [] and body["skipped"] == []
+    assert body["duplicates"] == []
+    assert body["skipped"] == []
     # Alertmanager re-sends the group: nothing new.
     status, body = await api.post(payload)
     assert status == 200
@@ -139,7 +155,8 @@ async def test_a_resolved_payload_records_nothing(api: Api):
     payload = fixture_payload("grouped_resolved_2_alerts.json")
     status, body = await api.post(payload)
     assert status == 200, body
-    assert body["recorded"] == [] and body["skipped"] == [
+    assert body["recorded"] == []
+    assert body["skipped"] == [
         "alerts[0]: resolved",
         "alerts[1]: resolved",
     ]
@@ -170,7 +187,8 @@ async def test_every_bad_field_is_a_400_naming_it(api: Api, body: Any, field: st
     assert status == 400, answer
     assert answer["field"] == field
     assert answer["error"]
-    assert len(api.changes) == 0 and api.control.records == []
+    assert len(api.changes) == 0
+    assert api.control.records == []
 
 
 async def test_a_bad_alert_label_is_a_400_naming_the_alert(api: Api):
@@ -200,6 +218,7 @@ async def test_the_content_type_must_be_json(api: Api):
         PATH, data=b"{}", headers={**admin_headers(), "Content-Type": "text/plain"}
     )
     assert response.status == 415
+    assert documented("post", 415)
 
 
 async def test_the_admin_token_is_required(api: Api):
@@ -207,7 +226,7 @@ async def test_the_admin_token_is_required(api: Api):
     assert status == 401
     status, _ = await api.post({"target": "charter", "kind": "deploy"}, token="wrong")
     assert status == 401
-    response = await api.client.get(PATH)
+    response = await api.get(token=None)
     assert response.status == 401
     assert len(api.changes) == 0
 
@@ -224,7 +243,7 @@ async def test_get_lists_the_newest_changes_and_the_recent_ones(api: Api):
     for target, at in (("charter", NOW - 7200), ("db", NOW - 60), ("charter", NOW - 30)):
         status, _ = await api.post({"target": target, "kind": "deploy", "at": at})
         assert status == 201
-    response = await api.client.get(PATH, headers=admin_headers())
+    response = await api.get()
     body = await response.json()
     assert [(c["target"], c["age_s"]) for c in body["changes"]] == [
         ("charter", 30),
@@ -232,9 +251,9 @@ async def test_get_lists_the_newest_changes_and_the_recent_ones(api: Api):
         ("charter", 7200),
     ]
     assert set(body["recent"]) == {"charter", "db"}
-    response = await api.client.get(f"{PATH}?target=charter&limit=1", headers=admin_headers())
+    response = await api.get("?target=charter&limit=1")
     assert [c["age_s"] for c in (await response.json())["changes"]] == [30]
     for query, field in (("limit=0", "limit"), ("limit=x", "limit"), ("target=a%20b", "target")):
-        response = await api.client.get(f"{PATH}?{query}", headers=admin_headers())
+        response = await api.get(f"?{query}")
         assert response.status == 400
         assert (await response.json())["field"] == field
