@@ -98,7 +98,16 @@ def test_a_rollback_is_validated_like_a_configured_candidate():
             "description",
             "longer than",
         ),
-        ({"target": "charter", "kind": "deploy", "description": "a\x1b[31m"}, "description", ""),
+        (
+            {"target": "charter", "kind": "deploy", "description": "a\x1b[31m"},
+            "description",
+            "control or format characters",
+        ),
+        (
+            {"target": "charter", "kind": "deploy", "description": "v42\u202egnp.exe"},
+            "description",
+            "control or format characters",
+        ),
         ({"target": "charter", "kind": "deploy", "at": "noon"}, "at", "must be a number"),
         ({"target": "charter", "kind": "deploy", "at": True}, "at", "must be a number"),
         ({"target": "charter", "kind": "deploy", "at": NOW + 61}, "at", "in the future"),
@@ -206,7 +215,7 @@ def test_an_alert_may_name_its_rollback_and_window_and_a_long_text_is_cut():
                 {
                     "rollback": '{"type": "apply_policy", "parameters": {"policy_id": "v41"}}',
                     "window_s": "900",
-                    "description": "\x07bell " + "y" * 900,
+                    "description": "\x07bell\u200b\x9b31m " + "y" * 900,
                 },
             )
         )
@@ -215,7 +224,7 @@ def test_an_alert_may_name_its_rollback_and_window_and_a_long_text_is_cut():
     assert taken.rollback.parameters == {"policy_id": "v41"}
     assert taken.window_s == 900.0
     assert len(taken.description) == MAX_DESCRIPTION
-    assert "\x07" not in taken.description
+    assert taken.description.startswith("bell 31m yyy")
 
 
 def test_an_old_alert_is_skipped_not_refused():

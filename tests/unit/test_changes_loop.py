@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builders import settings as settings_for
 from fakes import FakeClock
-from mape_k.app import Daemon, build
+from mape_k.app import Daemon, build, reload_config
 from mape_k.loop.changes import from_request
 
 TUESDAY_ALL_DAY = [
@@ -95,3 +95,21 @@ async def test_a_maintenance_window_delays_every_action_on_its_target(
     assert stats["maintenance"] == [
         {"name": "patch-tuesday", "targets": ["charter"], "until": 1_700_006_400.0}
     ]
+
+
+async def test_a_reload_applies_the_changes_section_and_the_windows(
+    tmp_path: Path, clock: FakeClock
+):
+    settings = settings_for(tmp_path)
+    async with build(settings, clock=clock) as parts:
+        assert parts.changes is not None
+        new = settings_for(
+            tmp_path, **{"changes.window_s": 60, "changes.max_kept": 5}, maintenance=TUESDAY_ALL_DAY
+        )
+        assert reload_config(parts, lambda: new, configure_logging=False) == []
+        clock.advance(5)
+        await parts.orchestrator.run_once()  # a reload applies between iterations
+        assert parts.changes.config.window_s == 60
+        assert parts.changes.config.max_kept == 5
+        windows = parts.orchestrator.pipeline.settings.maintenance
+    assert [w.name for w in windows] == ["patch-tuesday"]

@@ -22,6 +22,7 @@ import json
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,13 @@ SHOWN_DESCRIPTION = 80  # characters of it in a rationale
 REQUEST_FIELDS = frozenset(
     {"target", "kind", "description", "at", "rollback", "window_s", "source"}
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_WHITESPACE = frozenset("\t\n\r")
+
+
+def _unprintable(char: str) -> bool:
+    """A control, format (bidi overrides, zero-width), private-use or surrogate character:
+    none belongs in a one-line description a terminal or a page shows."""
+    return char not in _WHITESPACE and unicodedata.category(char)[0] == "C"
 
 
 class ChangeRefused(ValueError):
@@ -134,14 +141,14 @@ def _description(value: Any, field: str) -> str:
         raise ChangeRefused(field, "must be a string")
     if len(value) > MAX_DESCRIPTION:
         raise ChangeRefused(field, f"longer than {MAX_DESCRIPTION} characters")
-    if _CONTROL.search(value):
-        raise ChangeRefused(field, "contains control characters")
+    if any(_unprintable(char) for char in value):
+        raise ChangeRefused(field, "contains control or format characters")
     return " ".join(value.split())
 
 
 def _alert_text(value: str) -> str:
     """An alert's annotation as a description: control characters replaced, bounded."""
-    text = " ".join(_CONTROL.sub(" ", value).split())
+    text = " ".join("".join(" " if _unprintable(c) else c for c in value).split())
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
 
 
