@@ -296,7 +296,15 @@ def active_window(
     windows: Iterable[MaintenanceWindow], target: str, now: float
 ) -> tuple[str, float] | None:
     """(name, until) of the maintenance window holding `target` at `now` (of several, the
-    one that lasts longest), or None."""
+    one that lasts longest), or None. Pure; the answer for (windows, target, now) is cached:
+    the guard asks it for every policy on a target in one iteration."""
+    return _active_window(tuple(windows), target, now)
+
+
+@functools.lru_cache(maxsize=256)
+def _active_window(
+    windows: tuple[MaintenanceWindow, ...], target: str, now: float
+) -> tuple[str, float] | None:
     best: tuple[str, float] | None = None
     for window in windows:
         if not window.covers(target):
