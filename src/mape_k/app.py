@@ -49,6 +49,7 @@ from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.autonomy import Autonomy
+from mape_k.loop.changes import ChangeLog
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
@@ -56,6 +57,7 @@ from mape_k.loop.guards import Freeze
 from mape_k.loop.iteration import IterationPipeline
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.leadership import Leadership
+from mape_k.loop.maintenance import active_windows
 from mape_k.loop.monitor import MetricSource, Monitor
 from mape_k.loop.orchestrator import MAPEKOrchestrator
 from mape_k.loop.plan import Planner
@@ -105,6 +107,7 @@ class Components:
     world: MockCharterWorld | None
     leadership: Leadership
     port: int | None = None  # the server's bound port, once it listens
+    changes: ChangeLog | None = None  # recorded deploys and config changes
 
 
 @contextlib.asynccontextmanager
@@ -193,6 +196,14 @@ async def build(
         autonomy = Autonomy(settings, store=store)
         await autonomy.load()  # levels changed since the config, the shadow ledger
         metrics.registry.register(FamiliesCollector(autonomy.families))
+        changes = ChangeLog(
+            settings.changes,
+            actions=settings.planner.actions,
+            store=store,
+            not_leading=leadership.not_leading,
+            clock=clock,
+        )
+        await changes.load()
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -220,6 +231,7 @@ async def build(
             autonomy=autonomy,
             # range queries where the source has them; the mock: the loop's own readings
             predictor=Predictor(ranges=prometheus, metrics=metrics),
+            changes=changes,
         )
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
@@ -238,6 +250,7 @@ async def build(
             prometheus=prometheus,
             world=world,
             leadership=leadership,
+            changes=changes,
         )
 
 
@@ -400,6 +413,7 @@ class Daemon:
         self, *, limit: int = STATS_LIMIT, before: float | None = None
     ) -> dict[str, Any]:
         store = self._parts.store
+        now = self._clock()
         iterations, more = await self._orch.recent_records(limit=limit, before=before)
         next_before = iterations[-1].get("started_at") if more and iterations else None
         return {
@@ -431,6 +445,8 @@ class Daemon:
             if self._orch.pipeline.autonomy is not None
             else None,
             "predictions": self._orch.pipeline.predictor.summary(),
+            "changes": None if self._parts.changes is None else self._parts.changes.as_dict(now),
+            "maintenance": active_windows(self._parts.settings.maintenance, now),
         }
 
     async def pending_approvals(self) -> list[dict[str, Any]]:
@@ -578,6 +594,7 @@ async def run(
                 guard=guard,
                 console=ConsoleData(parts, clock=time.time),
                 viewer_token=viewer_token,
+                changes=parts.changes,
             )
             runner = guard.runner(app)
             await runner.setup()

@@ -32,6 +32,7 @@ from mape_k.actuators import template
 from mape_k.causes import CAUSES, RETURNS
 from mape_k.errors import ConfigError
 from mape_k.loop.actions import LAST_KNOWN_GOOD, parameter_problem
+from mape_k.loop.maintenance import MaintenanceWindow, check_names
 from mape_k.models import ActionName, ActionType, Severity, action_name, is_builtin
 
 ENV_PREFIX = "MAPEK_"
@@ -1239,6 +1240,40 @@ class GuardsConfig(_Model):
     )
 
 
+MAX_CHANGE_WINDOW_S = 7 * 86_400.0  # a longer window after a change is a typo
+
+
+class ChangesConfig(_Model):
+    """Recorded deploys and config changes (POST /api/v1/changes, loop/changes.py)."""
+
+    window_s: float = Field(
+        1800.0,
+        gt=0,
+        le=MAX_CHANGE_WINDOW_S,
+        description="How long after a change it counts as recent (a change may set its own).",
+    )
+    max_kept: int = Field(200, ge=1, le=10_000, description="Changes kept (the newest).")
+    rollback_causes: tuple[str, ...] = Field(
+        ("policy_regression",),
+        description="Causes whose remedy, after a recent change on the target, is rolling"
+        " that change back first (its rollback action, when it names one).",
+    )
+    max_age_s: float = Field(
+        86_400.0, gt=0, description="A change posted with an older `at` is refused."
+    )
+    clock_skew_s: float = Field(
+        60.0, ge=0, le=3600, description="How far in the future a posted `at` may be."
+    )
+
+    @field_validator("rollback_causes")
+    @classmethod
+    def _cause_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(f"{name!r} is not a cause name (lower case, digits, _)")
+        return value
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -1285,6 +1320,16 @@ class Settings(_Model):
     server: ServerConfig = ServerConfig()
     guards: GuardsConfig = GuardsConfig()
     logging: LoggingConfig = LoggingConfig()
+    changes: ChangesConfig = ChangesConfig()
+    maintenance: tuple[MaintenanceWindow, ...] = Field(
+        (), description="Recurring windows (Alertmanager time intervals) holding actions."
+    )
+
+    @field_validator("maintenance")
+    @classmethod
+    def _unique_windows(cls, value: tuple[MaintenanceWindow, ...]) -> tuple[MaintenanceWindow, ...]:
+        check_names(value)
+        return value
 
 
 def needs_human_alert_url(settings: Settings) -> str | None:

@@ -32,6 +32,13 @@ from mape_k.integrations.alertmanager import (
     AlertStatus,
     WebhookPayload,
 )
+from mape_k.loop.changes import (
+    TARGET_PATTERN,
+    ChangeLog,
+    ChangeRefused,
+    from_alertmanager,
+    from_request,
+)
 from mape_k.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -275,8 +282,10 @@ class _Server:
         webhook_token: str | None,
         admin_token: str | None,
         viewer_token: str | None = None,
+        changes: ChangeLog | None = None,
     ) -> None:
         self.control = control
+        self.changes = changes
         self.viewer_token = viewer_token
         self.router = router
         self.metrics = metrics
@@ -489,6 +498,85 @@ class _Server:
         caller = await self._admit(request, body.model_dump())
         return _json(await self.control.set_dry_run(body.enabled, caller=caller))
 
+    # --- recorded changes (loop/changes.py) ---------------------------------------------
+
+    async def _change_document(self, request: web.Request) -> dict[str, Any]:
+        if not _is_json(request):
+            raise _Rejected(
+                415, "content_type", "Content-Type must be application/json", field="Content-Type"
+            )
+        raw = await _read_bounded(request, self.config.max_body_bytes, self.config.body_timeout_s)
+        document = _loads(raw)
+        if not isinstance(document, dict):
+            raise _Rejected(400, "invalid", "body must be a JSON object", field="body")
+        return document
+
+    async def post_changes(self, request: web.Request) -> web.Response:
+        """A change as `{target, kind, ...}`, or an Alertmanager payload whose firing alerts
+        are changes (a CI job's or a receiver's): validated, journaled, recorded."""
+        changes = self.changes
+        assert changes is not None  # the route exists only with a change log
+        document = await self._change_document(request)
+        webhook = "alerts" in document or "version" in document
+        now = changes.now()
+        try:
+            if webhook:
+                parsed = from_alertmanager(
+                    document, now=now, config=changes.config, actions=changes.actions
+                )
+                found, skipped = parsed.changes, parsed.skipped
+            else:
+                found = (
+                    from_request(document, now=now, config=changes.config, actions=changes.actions),
+                )
+                skipped = ()
+        except ChangeRefused as refused:
+            log.info(
+                "change_refused", field=refused.field, error=refused.message, peer=request.remote
+            )
+            return _json({"error": refused.message, "field": refused.field}, 400)
+        await self._admit(request, {"changes": [c.as_dict() for c in found]})
+        recorded = [c for c in found if await changes.record(c)]
+        status = 201 if recorded else 200
+        if not webhook:
+            change = found[0]
+            return _json({"change": change.as_dict(), "duplicate": not recorded}, status)
+        new = {c.id for c in recorded}
+        return _json(
+            {
+                "recorded": [c.as_dict() for c in recorded],
+                "duplicates": [c.id for c in found if c.id not in new],
+                "skipped": list(skipped),
+            },
+            status,
+        )
+
+    async def get_changes(self, request: web.Request) -> web.Response:
+        """The newest recorded changes (`?target=`, `?limit=` up to STATS_MAX_LIMIT)."""
+        changes = self.changes
+        assert changes is not None
+        target = request.query.get("target")
+        if target is not None and not TARGET_PATTERN.fullmatch(target):
+            raise _Rejected(400, "invalid", "not a target name", field="target")
+        raw = request.query.get("limit", str(STATS_LIMIT))
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not (
+            1 <= int(raw) <= STATS_MAX_LIMIT
+        ):
+            raise _Rejected(
+                400,
+                "invalid",
+                f"limit must be an integer from 1 to {STATS_MAX_LIMIT}",
+                field="limit",
+            )
+        now = changes.now()
+        rows = changes.latest(int(raw), target=target)
+        return _json(
+            {
+                "changes": [{**c.as_dict(), "age_s": round(now - c.at, 3)} for c in rows],
+                "recent": changes.as_dict(now, limit=0)["recent"],
+            }
+        )
+
     # --- middlewares -------------------------------------------------------------------
 
     @web.middleware
@@ -527,7 +615,13 @@ class _Server:
         return response
 
 
-_CONTROL_PREFIXES = ("/api/v1/policies", "/api/v1/freeze", "/api/v1/dry-run", "/api/v1/holds")
+_CONTROL_PREFIXES = (
+    "/api/v1/policies",
+    "/api/v1/freeze",
+    "/api/v1/dry-run",
+    "/api/v1/holds",
+    "/api/v1/changes",
+)
 
 
 def build_app(
@@ -541,6 +635,7 @@ def build_app(
     guard: ConnectionGuard | None = None,
     console: ConsoleData | None = None,
     viewer_token: str | None = None,
+    changes: ChangeLog | None = None,
 ) -> web.Application:
     """The aiohttp application; the control routes exist only when an admin token is set.
 
@@ -549,6 +644,9 @@ def build_app(
 
     With a `guard` (the daemon's listening socket) its middleware is outermost: it tells the
     guard when a connection is busy with a request.
+
+    With `changes` (and the control API) `POST /api/v1/changes` records deploys and config
+    changes and `GET /api/v1/changes` lists them.
     """
     server = _Server(
         control=control,
@@ -558,6 +656,7 @@ def build_app(
         webhook_token=webhook_token,
         admin_token=admin_token,
         viewer_token=viewer_token,
+        changes=changes,
     )
     warn_if_open(config, webhook_token)
     for reason in REJECTION_REASONS:
@@ -597,6 +696,9 @@ def build_app(
         app.router.add_delete("/api/v1/freeze", server.unfreeze)
         app.router.add_post("/api/v1/dry-run", server.dry_run)
         app.router.add_delete("/api/v1/holds/{target}", server.clear_hold)
+        if changes is not None:
+            app.router.add_post("/api/v1/changes", server.post_changes)
+            app.router.add_get("/api/v1/changes", server.get_changes, allow_head=False)
     else:
         log.info("control_api_disabled", reason="no server.admin_token")
     if ui is not None:

@@ -20,6 +20,8 @@ from typing import Any
 from mape_k.causes import RETURNS
 from mape_k.config import FreezeWindow, GuardsConfig
 from mape_k.loop import actions
+from mape_k.loop.maintenance import MaintenanceWindow
+from mape_k.loop.maintenance import active_window as maintenance_window
 from mape_k.models import (
     ActionName,
     ActionType,
@@ -156,6 +158,7 @@ class GuardContext:
     approvals: Mapping[str, float] = field(default_factory=dict)  # policy id -> approved at
     # Why this replica must not act (a follower, or no lease); None: it leads (or is alone).
     not_leading: str | None = None
+    maintenance: tuple[MaintenanceWindow, ...] = ()  # the config's `maintenance` windows
 
 
 Guard = Callable[[RemediationPolicy, GuardContext], GuardDecision]
@@ -587,6 +590,17 @@ def leader_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     return _allow("leader", "this replica leads", policy)
 
 
+def maintenance_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
+    """A target inside a maintenance window (config `maintenance`): every policy on it
+    waits until the window ends."""
+    window = maintenance_window(ctx.maintenance, policy.target, ctx.now)
+    if window is not None:
+        name, until = window
+        reason = f"maintenance window {name} until {_at(until)}"
+        return _decision("maintenance", GuardVerdict.DELAY, reason, policy, until)
+    return _allow("maintenance", "no maintenance window", policy)
+
+
 def dry_run_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     if ctx.dry_run:
         steps = ", ".join(actions.describe(a) for a in policy.actions)
@@ -601,6 +615,7 @@ DEFAULT_GUARDS: tuple[Guard, ...] = (
     data_guard,
     startup_guard,
     freeze_guard,
+    maintenance_guard,
     charter_breaker_guard,
     target_breaker_guard,
     approval_guard,

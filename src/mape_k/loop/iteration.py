@@ -31,6 +31,7 @@ from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.analyze import signals as analysis_signals
 from mape_k.loop.autonomy import Autonomy, WouldDo
+from mape_k.loop.changes import Change, ChangeLog
 from mape_k.loop.envelope import (
     SafetyEnvelope,
     charter_problems,
@@ -135,6 +136,7 @@ class IterationPipeline:
         alerts: NeedsHumanAlerts | None = None,
         autonomy: Autonomy | None = None,
         predictor: Predictor | None = None,
+        changes: ChangeLog | None = None,
     ) -> None:
         self.settings = settings
         self.autonomy = autonomy  # levels and the shadow ledger (loop/autonomy.py)
@@ -142,6 +144,7 @@ class IterationPipeline:
         self._scored: list[WouldDo] = []  # the would-dos scored in this iteration
         # Early warning (loop/predict.py): predicted violations and their track record.
         self.predictor = predictor or Predictor(metrics=metrics)
+        self.changes = changes  # recorded deploys and config changes (loop/changes.py)
         self.envelope = envelope
         self.alerts = alerts  # MapekNeedsHuman while a target is held (loop/escalation.py)
         self._charter = charter
@@ -172,6 +175,8 @@ class IterationPipeline:
         self.settings = settings
         if self.autonomy is not None:
             self.autonomy.reconfigure(settings)
+        if self.changes is not None:
+            self.changes.reconfigure(settings.changes, settings.planner.actions)
 
     def failed(self, error: str) -> DecisionRecord:
         """A failed iteration is a decision too: counted, and shown in /stats."""
@@ -232,6 +237,7 @@ class IterationPipeline:
             knowledge=self.knowledge.view(),
             now=now,
             target_knowledge=self.knowledge.target_view(),
+            changes=self._recent_changes(analysis, now),
         ) + self._plan_predicted(record, now)
         phases.done("plan", t)
 
@@ -321,6 +327,20 @@ class IterationPipeline:
         elif not policies:
             why += f"; {follower}"
         return policies, chosen, decisions, why
+
+    def _recent_changes(
+        self, analysis: AnalysisResult, now: float
+    ) -> dict[tuple[str, str], Change]:
+        """(cause, target) -> the recent change on the target, for the causes a change may
+        have brought (changes.rollback_causes): the planner ranks its rollback first."""
+        if self.changes is None:
+            return {}
+        causes = self.settings.changes.rollback_causes
+        found: dict[tuple[str, str], Change] = {}
+        for cause in analysis.causes:
+            if cause.name in causes and (change := self.changes.recent(cause.target, now)):
+                found[(cause.name, cause.target)] = change
+        return found
 
     def _returns(
         self, observation: Observation, reading: Reading, now: float
@@ -527,6 +547,7 @@ class IterationPipeline:
             startup_problem=self.startup_problem,
             approvals=safety.approval_times(),
             not_leading=safety.not_leading(),
+            maintenance=self.settings.maintenance,
         )
 
     async def _read_target(self, observation: Observation, now: float) -> Reading:

@@ -265,6 +265,8 @@ class MAPEKOrchestrator:
             await self.pipeline.alerts.load(strict=True)
         if self.pipeline.autonomy is not None:
             await self.pipeline.autonomy.load(strict=True)
+        if self.pipeline.changes is not None:
+            await self.pipeline.changes.load(strict=True)
         await knowledge.update_patterns()
         unfinished = await self.reconcile(now, strict=True)
         log.warning(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from mape_k.causes import RETURNS
 from mape_k.config import AutonomyLevel, CandidateAction, PlannerConfig
@@ -26,6 +28,9 @@ from mape_k.models import (
     RemediationAction,
     RemediationPolicy,
 )
+
+if TYPE_CHECKING:
+    from mape_k.loop.changes import Change
 
 KnowledgeView = Mapping[tuple[str, ActionName], PolicyPattern]
 TargetKnowledgeView = Mapping[tuple[str, str, ActionName], PolicyPattern]
@@ -49,6 +54,10 @@ class _Candidate:
     benefit: float
     posterior: Posterior
     exploration: float  # the optimism bonus: planner.exploration x the posterior's sd
+    # A recent change on the target (changes.rollback_causes): this candidate is its
+    # rollback (`rollback`), or a configured one planned after it.
+    change: Change | None = None
+    rollback: bool = False
 
     def expected(self, confidence: float) -> float:
         """What it is expected to give: confidence x posterior mean - cost."""
@@ -356,8 +365,12 @@ class Planner:
         id_factory: Callable[[], str] | None = None,
         target_knowledge: TargetKnowledgeView | None = None,
         max_cost: float | None = None,
+        changes: Mapping[tuple[str, str], Change] | None = None,
     ) -> list[RemediationPolicy]:
-        """`max_cost`: only candidates costing at most this (a predicted cause's)."""
+        """`max_cost`: only candidates costing at most this (a predicted cause's).
+        `changes`: (cause name, target) -> the recent change that cause may come from
+        (changes.rollback_causes; loop/changes.py): its rollback, when it names one, is
+        that cause's first candidate (`_after_change`)."""
         self._expire(now)
         cfg = self._config
         min_score = cfg.min_score
@@ -384,7 +397,11 @@ class Planner:
                     own = target_knowledge.get((cause.name, cause.target, pooled.actions[0].type))
                     static = self._on_target(pooled, own, knowledge, cause.name)
                 scored.append((static.expected(confidence), static.bound(confidence), static))
-            for _, score, static in _eligible(scored, min_score, returning=cause.name in RETURNS):
+            eligible = _eligible(scored, min_score, returning=cause.name in RETURNS)
+            change = None if changes is None else changes.get((cause.name, cause.target))
+            if change is not None:
+                eligible = self._after_change(change, cause, eligible, knowledge, target_knowledge)
+            for _, score, static in eligible:
                 key = (-score, len(static.types), static.types, rank, static.position)
                 ranked.append((key, cause, static))
         best = heapq.nsmallest(cfg.max_policies, ranked, key=lambda item: item[0])
@@ -395,6 +412,35 @@ class Planner:
             if policy.requires_approval:
                 self._register_pending(policy, now=now)
         return policies
+
+    def _after_change(
+        self,
+        change: Change,
+        cause: Cause,
+        eligible: list[tuple[float, float, _Candidate]],
+        knowledge: KnowledgeView,
+        target_knowledge: TargetKnowledgeView | None,
+    ) -> list[tuple[float, float, _Candidate]]:
+        """A cause that may come from a recent change on its target: the change's rollback
+        (when it names one in planner.actions) is ranked just above the cause's best
+        candidate, never priced out by min_score (an operator named it), and a configured
+        candidate with the same actions gives way to it; the others keep their order. Every
+        candidate's rationale names the change."""
+        marked = [(m, b, replace(c, change=change)) for m, b, c in eligible]
+        action = change.rollback
+        if action is None or action.type not in self._config.actions:
+            return marked
+        static = self._static(-1, (action,), cause_name=cause.name, knowledge=knowledge)
+        if target_knowledge is not None:
+            own = target_knowledge.get((cause.name, cause.target, action.type))
+            static = self._on_target(static, own, knowledge, cause.name)
+        static = replace(static, change=change, rollback=True)
+        same = _candidate_actions(static.actions)
+        others = [entry for entry in marked if _candidate_actions(entry[2].actions) != same]
+        confidence = cause.confidence
+        top = max([static.bound(confidence), *(bound for _, bound, _ in others)])
+        # Ranked by `top` nudged up: first of this cause, where its best would rank overall.
+        return [(static.expected(confidence), math.nextafter(top, math.inf), static), *others]
 
     def _build(
         self,
@@ -428,6 +474,12 @@ class Planner:
             f" {belief.beta:.2f}) from benefit {scored.benefit:.2f} and"
             f" {belief.samples:g} outcome(s)" + _level_note(level, lowered)
         )
+        change = static.change
+        if change is not None and static.rollback:
+            rationale = f"rollback of change {change.id} ({change.describe(now)}): {rationale}"
+        elif change is not None:
+            rationale += f"; after change {change.id} ({change.describe(now)})"
+
         return RemediationPolicy(
             id=id_factory() if id_factory is not None else policy_id(sig, now=now),
             cause=cause,

@@ -11,8 +11,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 import fakes
-from mape_k.config import ServerConfig
+from mape_k.config import ChangesConfig, PlannerConfig, ServerConfig
 from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
+from mape_k.loop.changes import ChangeLog
 from mape_k.metrics import Metrics
 from mape_k.server import build_app
 
@@ -148,6 +149,7 @@ def make_app_parts(
         config=config,
         webhook_token=webhook_token,
         admin_token=admin_token,
+        changes=ChangeLog(ChangesConfig(), actions=PlannerConfig().actions),
     )
     return app, control, inbox, metrics, router
 
