@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from mape_k import logs
 from mape_k.config import (
+    AutonomyLevel,
     CharterMode,
     Settings,
     Sources,
@@ -193,9 +194,6 @@ async def build(
         await envelope.load()
         alerts = NeedsHumanAlerts(store=store, metrics=metrics)
         await alerts.load()  # what an earlier run told Alertmanager: re-sent or resolved next
-        autonomy = Autonomy(settings, store=store)
-        await autonomy.load()  # levels changed since the config, the shadow ledger
-        metrics.registry.register(FamiliesCollector(autonomy.families))
         changes = ChangeLog(
             settings.changes,
             actions=settings.planner.actions,
@@ -204,6 +202,10 @@ async def build(
             clock=clock,
         )
         await changes.load()
+        # Inside a change's window a target's autonomy is one level down.
+        autonomy = Autonomy(settings, store=store, recent_change=changes.describe_recent)
+        await autonomy.load()  # levels changed since the config, the shadow ledger
+        metrics.registry.register(FamiliesCollector(autonomy.families))
         guarded = None if charter is None else envelope.guard(charter)
         executor = Executor(
             charter=guarded,
@@ -516,6 +518,21 @@ class Daemon:
         log.warning("needs_human_cleared", target=target, caller=caller)
         self._orch.trigger("hold cleared")
         return {"target": target, "cleared": True}
+
+    async def set_autonomy(
+        self, key: str, level: str | None, reason: str, *, caller: str
+    ) -> dict[str, Any]:
+        autonomy = self._orch.pipeline.autonomy
+        action = key.rpartition("/")[2]
+        if autonomy is None or action not in self._parts.settings.planner.actions:
+            return {"error": f"no action {action!r} in planner.actions", "field": "key"}
+        now = self._clock()
+        change = autonomy.set_level(
+            key, cast("AutonomyLevel | None", level), now=now, reason=f"{reason} (by {caller})"
+        )
+        await autonomy.save(now)
+        self._orch.trigger("autonomy changed")  # the next record carries the change
+        return {**change.as_dict(), "levels": autonomy.levels()}
 
     async def set_dry_run(self, enabled: bool, *, caller: str) -> dict[str, Any]:
         self._orch.envelope.dry_run = enabled

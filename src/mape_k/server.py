@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from aiohttp import web
@@ -101,6 +101,12 @@ class DaemonControl(Protocol):
     async def clear_hold(self, target: str, *, caller: str) -> dict[str, Any] | None:
         """Clear a target's "needs a human" hold; None when none holds."""
 
+    async def set_autonomy(
+        self, key: str, level: str | None, reason: str, *, caller: str
+    ) -> dict[str, Any]:
+        """Set an action's (or cause/action's) level of autonomy; level None resets it to
+        the configured one. A key naming no configured action: {"error", "field"} (422)."""
+
     async def record_control(self, *, route: str, body: dict[str, Any], caller: str) -> None:
         """Journal an authenticated control call (time, route, body, caller) before it acts."""
 
@@ -121,6 +127,12 @@ class FreezeRequest(_Body):
 
 class DryRunRequest(_Body):
     enabled: StrictBool
+
+
+class AutonomyRequest(_Body):
+    key: str = Field(pattern=r"^([a-z][a-z0-9_]{0,63}/)?[a-z][a-z0-9_]{0,63}$")
+    level: Literal["shadow", "approve", "auto"] | None  # None: back to the configured level
+    reason: str = Field(min_length=1, max_length=1000)
 
 
 class _Rejected(Exception):  # internal control flow, never leaves this module
@@ -493,6 +505,12 @@ class _Server:
             return _json({"error": "no hold on this target", "target": target}, 404)
         return _json(result)
 
+    async def autonomy(self, request: web.Request) -> web.Response:
+        body = AutonomyRequest.model_validate(await self._json_body(request))
+        caller = await self._admit(request, body.model_dump())
+        result = await self.control.set_autonomy(body.key, body.level, body.reason, caller=caller)
+        return _json(result, 422 if "error" in result else 200)
+
     async def dry_run(self, request: web.Request) -> web.Response:
         body = DryRunRequest.model_validate(await self._json_body(request))
         caller = await self._admit(request, body.model_dump())
@@ -621,6 +639,7 @@ _CONTROL_PREFIXES = (
     "/api/v1/dry-run",
     "/api/v1/holds",
     "/api/v1/changes",
+    "/api/v1/autonomy",
 )
 
 
@@ -696,6 +715,7 @@ def build_app(
         app.router.add_delete("/api/v1/freeze", server.unfreeze)
         app.router.add_post("/api/v1/dry-run", server.dry_run)
         app.router.add_delete("/api/v1/holds/{target}", server.clear_hold)
+        app.router.add_post("/api/v1/autonomy", server.autonomy)
         if changes is not None:
             app.router.add_post("/api/v1/changes", server.post_changes)
             app.router.add_get("/api/v1/changes", server.get_changes, allow_head=False)

@@ -413,6 +413,12 @@ class ChangeLog:
                 return change
         return None
 
+    def describe_recent(self, target: str, now: float) -> str | None:
+        """`change c-1a2b (deploy 'v42' 120 s ago)` for the newest change on `target` still
+        inside its window; None when there is none (loop/autonomy.py's level drop)."""
+        change = self.recent(target, now)
+        return None if change is None else f"change {change.id} ({change.describe(now)})"
+
     def since(self, target: str, t: float) -> list[Change]:
         """The changes on `target` after `t`, oldest first."""
         start = bisect.bisect_right(self._changes, t, key=lambda c: c.at)

@@ -675,6 +675,9 @@ class IterationPipeline:
             for change in self.envelope.history:
                 if change.target == wd.target and change.at > wd.at:
                     return f"{change.action_type} ({change.execution_id})"
+            recorded = [] if self.changes is None else self.changes.since(wd.target, wd.at)
+            if recorded:
+                return f"change {recorded[-1].id} ({recorded[-1].describe(now)})"
             return None if state is None else _moved(wd, state)
 
         self._scored = self.autonomy.follow(observation, now, changed)

@@ -77,6 +77,14 @@ class FakeControl:
         item = self._take(policy_id)
         return None if item is None else {"policy_id": policy_id, "status": "approved"}
 
+    async def set_autonomy(
+        self, key: str, level: str | None, reason: str, *, caller: str
+    ) -> dict[str, Any]:
+        self.calls.append(("set_autonomy", (key, level, reason), caller))
+        if key.rpartition("/")[2] == "nope":
+            return {"error": "no action 'nope' in planner.actions", "field": "key"}
+        return {"key": key, "after": level, "by": "operator", "reason": reason}
+
     async def reject(self, policy_id: str, *, caller: str) -> dict[str, Any] | None:
         self.calls.append(("reject", policy_id, caller))
         item = self._take(policy_id)

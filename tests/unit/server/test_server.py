@@ -509,6 +509,7 @@ CONTROL_CALLS: list[tuple[str, str, Any]] = [
     ("DELETE", "/api/v1/freeze", None),
     ("POST", "/api/v1/dry-run", {"enabled": True}),
     ("DELETE", "/api/v1/holds/charter", None),
+    ("POST", "/api/v1/autonomy", {"key": "scale_up", "level": "shadow", "reason": "trial"}),
 ]
 
 
@@ -605,6 +606,11 @@ async def test_freeze_with_a_duration_reaches_the_control(harness: Harness) -> N
         ("/api/v1/dry-run", {"enabled": "yes"}, "enabled"),
         ("/api/v1/dry-run", {}, "enabled"),
         ("/api/v1/dry-run", [True], "body"),
+        ("/api/v1/autonomy", {"key": "Scale Up", "level": "auto", "reason": "x"}, "key"),
+        ("/api/v1/autonomy", {"key": "a/b/c", "level": "auto", "reason": "x"}, "key"),
+        ("/api/v1/autonomy", {"key": "scale_up", "level": "full", "reason": "x"}, "level"),
+        ("/api/v1/autonomy", {"key": "scale_up", "reason": "x"}, "level"),
+        ("/api/v1/autonomy", {"key": "scale_up", "level": "auto", "reason": ""}, "reason"),
     ],
 )
 async def test_invalid_control_body_is_422_naming_the_field(
@@ -615,6 +621,23 @@ async def test_invalid_control_body_is_422_naming_the_field(
     assert (await response.json())["field"] == field
     assert harness.control.calls == []
     assert harness.control.records == []
+
+
+async def test_autonomy_change_reaches_the_daemon_and_an_unknown_action_is_422(
+    harness: Harness,
+) -> None:
+    body = {"key": "overload/scale_up", "level": None, "reason": "back to config"}
+    response = await harness.client.post("/api/v1/autonomy", json=body, headers=admin_headers())
+    assert response.status == 200
+    assert harness.control.calls[-1][:2] == (
+        "set_autonomy",
+        ("overload/scale_up", None, "back to config"),
+    )
+    assert harness.control.records[-1]["route"] == "POST /api/v1/autonomy"
+    body = {"key": "nope", "level": "auto", "reason": "x"}
+    response = await harness.client.post("/api/v1/autonomy", json=body, headers=admin_headers())
+    assert response.status == 422
+    assert (await response.json())["field"] == "key"
 
 
 async def test_control_body_must_be_json(harness: Harness) -> None:

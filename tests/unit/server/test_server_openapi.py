@@ -106,6 +106,7 @@ for action in ("approve", "reject"):
 for template, good in (
     ("/api/v1/freeze", {"reason": "incident", "duration_s": None}),
     ("/api/v1/dry-run", {"enabled": False}),
+    ("/api/v1/autonomy", {"key": "scale_up", "level": "shadow", "reason": "trial"}),
 ):
     SCENARIOS += [
         (template, "POST", template, {"admin": True, "data": json.dumps(good)}, 200),
