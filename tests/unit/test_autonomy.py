@@ -288,13 +288,13 @@ async def test_a_shadow_policy_calls_nothing_and_is_recorded_scored_and_exported
         assert first["result"] == "shadow"
         assert first["execution"] is None
         [wd] = first["shadow"]
-        assert wd["cause"] == "high_failure_rate" and wd["actions"] == ["restart_service"]
+        assert (wd["cause"], wd["actions"]) == ("high_failure_rate", ["restart_service"])
         assert first["choice"]["why"].startswith("shadow: would do restart_service on charter")
         clock.advance(30)
         second = await parts.orchestrator.run_once()
         assert second["shadow"] == [
             f"shadow: would do restart_service on charter (as {wd['id']}, scored at"
-            f" {wd['due_at']:.0f})"
+            + f" {wd['due_at']:.0f})"
         ]
         clock.advance(30)
         third = await parts.orchestrator.run_once()
