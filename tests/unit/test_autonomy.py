@@ -292,10 +292,8 @@ async def test_a_shadow_policy_calls_nothing_and_is_recorded_scored_and_exported
         assert first["choice"]["why"].startswith("shadow: would do restart_service on charter")
         clock.advance(30)
         second = await parts.orchestrator.run_once()
-        assert second["shadow"] == [
-            f"shadow: would do restart_service on charter (as {wd['id']}, scored at"
-            + f" {wd['due_at']:.0f})"
-        ]
+        still = f"shadow: would do restart_service on charter (as {wd['id']}, scored at"
+        assert second["shadow"] == [f"{still} {wd['due_at']:.0f})"]
         clock.advance(30)
         third = await parts.orchestrator.run_once()
         [scored] = third["shadow_scored"]
