@@ -272,6 +272,66 @@ def _holds(guards: Any, width: int) -> tuple[list[str], Any]:
     return lines, {k: v for k, v in rest.items() if v is not _GONE}
 
 
+def _figure(value: Any, digits: int = 2) -> str:
+    return "—" if not isinstance(value, int | float) else f"{value:.{digits}f}"
+
+
+def _autonomy(autonomy: Any, width: int) -> list[str]:
+    """Levels with a rule or an override, and per shadowed action its would-dos, estimated
+    precision and the time it would have saved (what an operator raises autonomy on)."""
+    if not isinstance(autonomy, Mapping):
+        return []
+    lines = ["", "Autonomy"]
+    levels = autonomy.get("levels")
+    for key, row in levels.items() if isinstance(levels, Mapping) else ():
+        if not isinstance(row, Mapping):
+            continue
+        note = " (demoted)" if row.get("demoted") else ""
+        bounds = f" [{row.get('min')}..{row.get('max')}]" if row.get("configured") else ""
+        lines += _wrap(
+            f"{key}: {row.get('level')}{bounds}{note}", first="  ", rest="    ", width=width
+        )
+    shadow = autonomy.get("shadow")
+    for row in shadow if isinstance(shadow, list) else ():
+        if not isinstance(row, Mapping):
+            continue
+        text = (
+            f"shadow {row.get('cause')}/{row.get('actions')}: {row.get('would_do')} would-do,"
+            f" {row.get('scored')} scored, precision {_figure(row.get('precision'))} (est.),"
+            f" would have saved {_figure(row.get('saved_s'), 0)} s; cleared by itself"
+            f" {row.get('cleared')}, fixed by someone else {row.get('fixed_by_other')},"
+            f" persisted {row.get('persisted')}, worse {row.get('worse')}"
+        )
+        lines += _wrap(text, first="  ", rest="    ", width=width)
+    changes = autonomy.get("changes")
+    for change in changes[:3] if isinstance(changes, list) else ():
+        if isinstance(change, Mapping):
+            text = (
+                f"{_stamp(change.get('at'))} {change.get('key')}: {change.get('before')} ->"
+                f" {change.get('after')} by {change.get('by')}: {change.get('reason')}"
+            )
+            lines += _wrap(text, first="  ", rest="    ", width=width)
+    return lines if len(lines) > 2 else []
+
+
+def _predictions(predictions: Any, width: int) -> list[str]:
+    """Per rule with a forecast: raised, came true, did not, prevented, precision, recall."""
+    rules = predictions.get("rules") if isinstance(predictions, Mapping) else None
+    if not isinstance(rules, Mapping) or not rules:
+        return []
+    lines = ["", "Predictions"]
+    for rule, row in rules.items():
+        if not isinstance(row, Mapping):
+            continue
+        text = (
+            f"{rule}: raised {row.get('raised')}, came true {row.get('came_true')}, did not"
+            f" {row.get('did_not')}, prevented {row.get('prevented')}, open {row.get('open')};"
+            f" precision {_figure(row.get('precision'))}, recall {_figure(row.get('recall'))}"
+        )
+        lines += _wrap(text, first="  ", rest="    ", width=width)
+    return lines
+
+
 def _printable(text: str) -> str:
     """Control characters (alert labels are untrusted: an ESC sequence could clear the
     terminal or forge a line) shown as escapes; newlines are the layout's own."""
@@ -298,6 +358,8 @@ def _render(stats: Mapping[str, Any], width: int) -> str:
             lines += ["", *_decisions(stats[key], width)]
     if "pending_approvals" in stats:
         lines += ["", *_approvals(stats["pending_approvals"], width)]
+    lines += _autonomy(stats.get("autonomy"), width)
+    lines += _predictions(stats.get("predictions"), width)
     holds, guards = _holds(stats.get("guards"), width)
     lines += ["", *holds]
     lines += _rest(stats, guards, width)
@@ -307,7 +369,8 @@ def _render(stats: Mapping[str, Any], width: int) -> str:
 def _rest(stats: Mapping[str, Any], guards: Any, width: int) -> list[str]:
     """Scalars, the guard internals (what the holds did not show), the other keys, then
     the known trailing sections."""
-    shown = {*_DECISION_KEYS, "pending_approvals", "guards"} | {key for key, _ in _SECTIONS}
+    shown = {*_DECISION_KEYS, "pending_approvals", "guards", "autonomy", "predictions"}
+    shown |= {key for key, _ in _SECTIONS}
     scalars = {k: v for k, v in stats.items() if not isinstance(v, Mapping | list | tuple)}
     lines: list[str] = []
     if scalars:

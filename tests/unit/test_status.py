@@ -319,3 +319,71 @@ def test_a_replica_says_first_whether_it_leads() -> None:
     assert render_status({"ha": leader}).splitlines()[2] == "replica mapek-a: leader (epoch 7)"
     single = {"mode": "single", "replica": "h:8001", "role": "leader", "epoch": None}
     assert "replica " not in render_status({"ha": single}).splitlines()[2]
+
+
+def test_autonomy_and_predictions_show_what_autonomy_is_raised_on():
+    stats = {
+        "autonomy": {
+            "levels": {
+                "scale_up": {
+                    "level": "approve",
+                    "configured": "shadow",
+                    "min": "shadow",
+                    "max": "auto",
+                    "demoted": False,
+                }
+            },
+            "shadow": [
+                {
+                    "cause": "overload",
+                    "actions": "scale_up",
+                    "would_do": 12,
+                    "scored": 10,
+                    "precision": 0.85,
+                    "saved_s": 1240.4,
+                    "cleared": 2,
+                    "fixed_by_other": 0,
+                    "persisted": 7,
+                    "worse": 1,
+                }
+            ],
+            "changes": [
+                {
+                    "at": 1_700_000_000.0,
+                    "key": "scale_up",
+                    "before": "shadow",
+                    "after": "approve",
+                    "by": "promotion",
+                    "reason": "shadow precision 0.85 over 10 would-dos",
+                }
+            ],
+        },
+        "predictions": {
+            "rules": {
+                "overload": {
+                    "raised": 5,
+                    "came_true": 4,
+                    "did_not": 1,
+                    "prevented": 0,
+                    "open": 0,
+                    "precision": 0.8,
+                    "recall": 1.0,
+                }
+            }
+        },
+    }
+    text = render_status(stats, width=200)
+    assert "  scale_up: approve [shadow..auto]" in text
+    assert (
+        "  shadow overload/scale_up: 12 would-do, 10 scored, precision 0.85 (est.), would have"
+        " saved 1240 s; cleared by itself 2, fixed by someone else 0, persisted 7, worse 1"
+    ) in text
+    assert "scale_up: shadow -> approve by promotion: shadow precision 0.85" in text
+    assert (
+        "  overload: raised 5, came true 4, did not 1, prevented 0, open 0; precision 0.80,"
+        " recall 1.00"
+    ) in text
+    assert (
+        render_status({"autonomy": {"levels": {}, "shadow": [], "changes": []}}).count("Autonomy")
+        == 0
+    )
