@@ -110,6 +110,19 @@ async def test_every_page_carries_the_strict_csp_and_shows_the_last_decision(tmp
         assert "Beta(" in text  # the posterior of each candidate
 
 
+async def test_the_now_page_shows_levels_and_the_shadow_ledger(tmp_path, clock):
+    overrides = {"autonomy.levels": {"scale_up": {"level": "shadow", "max": "auto"}}}
+    async with console(tmp_path, clock, **overrides) as (parts, client):
+        record = await parts.orchestrator.run_once()
+        assert record["shadow"][0]["actions"] == ["scale_up"]
+        text = await (await client.get("/ui")).text()
+    assert 'id="autonomy-panel"' in text
+    assert "<td><code>scale_up</code></td><td>shadow</td><td>shadow</td><td>shadow .. auto</td>" in (
+        text
+    )
+    assert "<td>overload</td><td>scale_up</td><td>1</td><td>0</td><td>—</td>" in text
+
+
 async def test_a_decision_page_shows_its_verification_once_measured(tmp_path, clock):
     async with console(tmp_path, clock) as (parts, client):
         acted = await parts.orchestrator.run_once()

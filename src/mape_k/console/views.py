@@ -347,6 +347,8 @@ class Console:
             "holds": holds,
             "pending": stats.get("pending_approvals", []),
             "verifications": orchestrator.get("pending_verifications", []),
+            "autonomy": stats.get("autonomy") or {},
+            "predictions": (stats.get("predictions") or {}).get("rules", {}),
         }
 
     async def decision(self, request: web.Request) -> web.Response:
