@@ -19,7 +19,7 @@ from mape_k.quality import figures, runner
 from mape_k.quality.alerts import AlertPath, load_config
 from mape_k.quality.baselines import HPA, rising_edges
 from mape_k.quality.figures import Sample
-from mape_k.quality.report import records_command
+from mape_k.quality.report import records_command, shadow_lines
 from mape_k.quality.runner import Episode
 from mape_k.quality.scenario import (
     load,
@@ -30,7 +30,7 @@ from mape_k.quality.scenario import (
     split_overrides,
 )
 from mape_k.quality.suite import Job, run_chain
-from mape_k.quality.world import Schedule, counterfactual, lost, verdict
+from mape_k.quality.world import Schedule, apply_plan, counterfactual, lost, verdict
 from mape_k.sim.committee import Committee
 
 BASE = {"name": "t", "regime": "calm", "duration_s": 600}
@@ -295,6 +295,49 @@ def test_the_counterfactual_sees_a_scheduled_fault_in_both_branches():
     )
     assert without > 0.1 * offered  # the fault at 30 s is injected in the window
     assert verdict(with_call - without, offered) == "no effect"
+
+
+def test_a_would_do_plan_applies_as_the_executor_would_have_called():
+    committee = Committee(5, "calm", start=0.0)
+    committee.advance(10)
+    plan = [
+        {
+            "action": "scale_up",
+            "parameters": {},
+            "sets": [{"knob": "size", "before": 3, "after": 5}],
+        },
+        {
+            "action": "throttle_requests",
+            "parameters": {},
+            "sets": [{"knob": "throttle", "before": None, "after": 400.0}],
+        },
+        {"action": "restart_service", "parameters": {"scope": "all"}, "sets": []},
+    ]
+    apply_plan(plan)(committee, 10.0)
+    state = committee.state()
+    assert (state.target_size, state.throttle_limit) == (5, 400.0)
+    assert committee.counters.restarts == 1
+
+
+async def test_a_shadow_episode_compares_the_estimate_with_the_counterfactual():
+    scenario = parse(
+        {
+            **BASE,
+            "faults": [{"kind": "error_burst", "at_s": 60, "duration_s": 240}],
+            "settings": {"autonomy.default": "shadow"},
+        },
+        source="t",
+    )
+    episode = await runner.run_episode(scenario, "mape-k", seed=1)
+    shadow = episode.figures["shadow"]
+    assert episode.figures["actions"] == 0  # nothing was called
+    assert shadow["would_do"] == shadow["scored"] == 1
+    assert shadow["verdicts"] == {"persisted": 1}
+    # a restart during a 4 minute burst helps; the daemon believes its posterior, 0.75
+    assert (shadow["estimate"], shadow["truth"]) == (0.75, 1.0)
+    [line] = [x for x in shadow_lines([episode]) if x]
+    assert "estimated precision 75.0 %, counterfactual 100.0 %" in line
+    assert line.endswith("-25.0 points.")
 
 
 def test_verdict_has_a_margin():

@@ -184,6 +184,31 @@ def predictions_line(episodes: Sequence[Episode]) -> str | None:
     )
 
 
+def shadow_lines(episodes: Sequence[Episode]) -> list[str]:
+    """The report's line on mape-k's would-dos, if it shadowed any: the daemon's estimated
+    precision against the counterfactual truth, over the would-dos it scored."""
+    rows = [e.figures["shadow"] for e in episodes if e.figures.get("shadow")]
+    if not rows:
+        return []
+    scored = sum(r["scored"] for r in rows)
+    estimate = sum((r["estimate"] or 0.0) * r["scored"] for r in rows)
+    truth = sum((r["truth"] or 0.0) * r["scored"] for r in rows)
+    verdicts: Counter[str] = Counter()
+    for r in rows:
+        verdicts.update(r["verdicts"])
+    if not scored:
+        return ["", f"Shadow (mape-k): {sum(r['would_do'] for r in rows)} would-dos, none scored."]
+    gap = 100 * (estimate - truth) / scored
+    said = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
+    line = (
+        f"Shadow (mape-k, every seed): {sum(r['would_do'] for r in rows)} would-dos, {scored}"
+        f" scored ({said}); estimated precision {100 * estimate / scored:.1f} %, counterfactual"
+        f" {100 * truth / scored:.1f} % (each would-do's plan applied then, against nothing,"
+        f" over 120 s): {gap:+.1f} points."
+    )
+    return ["", line]
+
+
 def learning_rows(episodes: Sequence[Episode], size: int = 10) -> list[str]:
     """For a learning scenario: mape-k's figures by block of consecutive episodes."""
     last = max(e.index for e in episodes) + 1
@@ -429,6 +454,7 @@ def markdown(
             table = confusion(mapek)
             verdicts = ", ".join(f"{o}→{t} {n}" for (o, t), n in sorted(table.items())) or "none"
             lines += predictions_lines(mapek)
+            lines += shadow_lines(mapek)
             lines += [
                 "",
                 f"Why (mape-k, every seed): {why_line(mapek)}.",
