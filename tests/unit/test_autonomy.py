@@ -168,6 +168,15 @@ def test_worse_and_fixed_by_someone_else():
     assert scored.would_have_helped == pytest.approx(0.75)
 
 
+def test_a_return_to_baseline_at_shadow_is_counted_not_scored():
+    autonomy = Autonomy(Settings())
+    back = policy(action("scale_down"), cause=cause("excess_capacity"))
+    autonomy.would_do(back, now=NOW, settle_s=30, value=None)
+    assert autonomy.open == {}  # no violation to watch clear
+    stats = autonomy.stats[("excess_capacity", "scale_down")]
+    assert (stats.would_do, stats.scored, stats.precision) == (1, 0, None)
+
+
 def test_degraded_readings_score_nothing():
     autonomy = Autonomy(Settings())
     autonomy.would_do(scored_policy(), now=NOW, settle_s=20, value=0.2)

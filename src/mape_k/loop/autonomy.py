@@ -39,6 +39,7 @@ from typing import Any, cast
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from mape_k.causes import RETURNS
 from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, AutonomyRule, Settings
 from mape_k.errors import MapekError
 from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
@@ -401,11 +402,15 @@ class Autonomy:
             helps=helps,
             basis=basis,
         )
+        self.stats.setdefault(wd.pair, ShadowStats()).would_do += 1
+        self._dirty = True
+        if policy.cause.name in RETURNS:
+            # A return to baseline has no violation to watch clear: counted, not scored.
+            log.info("shadow_would_do", policy_id=wd.id, cause=wd.key, actions=list(wd.actions))
+            return wd
         self.open[wd.key] = wd
         while len(self.open) > MAX_OPEN:
             self.open.pop(next(iter(self.open)))
-        self.stats.setdefault(wd.pair, ShadowStats()).would_do += 1
-        self._dirty = True
         log.info(
             "shadow_would_do",
             policy_id=wd.id,
@@ -439,6 +444,7 @@ class Autonomy:
                 wd.other = changed(wd)
             if not violating and wd.cleared_at is None:
                 wd.cleared_at = now
+                self._dirty = True
             if wd.verdict is None and now >= wd.due_at:
                 self._score(wd, observation, now)
                 scored.append(wd)

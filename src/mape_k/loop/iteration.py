@@ -474,7 +474,7 @@ class IterationPipeline:
                 execution = self.executor.execution(outcome.execution_id)
                 self._held.append((hold, execution.policy.cause if execution else None))
         self._export_posteriors()
-        if self.autonomy is not None:
+        if self.autonomy is not None and self.settings.autonomy.promotion.enabled:
             self.autonomy.promote(self._belief(), now)
         return outcomes
 
