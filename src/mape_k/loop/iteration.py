@@ -28,7 +28,7 @@ from mape_k.integrations.charter.base import CharterClient, CommitteeState
 from mape_k.loop import actions as action_model
 from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
-from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.analyze import PatternAnalyzer, Signals
 from mape_k.loop.analyze import signals as analysis_signals
 from mape_k.loop.envelope import (
     SafetyEnvelope,
@@ -41,7 +41,7 @@ from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
-from mape_k.loop.record import DecisionRecord, classify, why_nothing
+from mape_k.loop.record import DecisionContext, DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
@@ -202,12 +202,14 @@ class IterationPipeline:
         t = time.perf_counter()
         # With the load signal and its trend, violating or not: a symptom of load is named
         # as load (analyzer.load_reading).
+        # (and the return to baseline's signal: recorded for `mape-k replay`)
+        signals = analysis_signals(
+            observation.metrics,
+            self.analyzer.signal_names | {returns_model.SIGNAL},
+            self.readings.trend,
+        )
         analysis = record.analysis = self.analyzer.analyze(
-            observation.violations,
-            now=now,
-            signals=analysis_signals(
-                observation.metrics, self.analyzer.signal_names, self.readings.trend
-            ),
+            observation.violations, now=now, signals=signals
         )
         phases.done("analyze", t)
         self._count_analysis(observation, analysis)
@@ -222,8 +224,10 @@ class IterationPipeline:
         phases.done("plan", t)
 
         t = time.perf_counter()
+        reading = await self._read_target(observation, now)
+        record.context = self._context(signals, reading, now)
         policies, chosen, decisions, why = await self._judge(
-            policies, observation, now, record.follower
+            policies, observation, now, record.follower, reading
         )
         record.candidates = policies
         record.chosen, record.guard_decisions, record.why = chosen, decisions, why
@@ -260,13 +264,13 @@ class IterationPipeline:
         observation: Observation,
         now: float,
         follower: str | None,
+        reading: Reading,
     ) -> tuple[list[RemediationPolicy], RemediationPolicy | None, list[GuardDecision], str]:
         """One reading of the target's state; the returns to baseline due against it are
         planned after the faults' policies (a fix ranks first); every action is resolved
         against it once (a return set to where its proposal takes the knob), and that
         resolved plan is what the guards judge and the executor sends. Returns the
         candidates with the returns, the one chosen, the guards' decisions and why."""
-        reading = await self._read_target(observation, now)
         returns = self._returns(observation, reading, now)
         policies = policies + self._plan_returns(returns, now)
         plans: dict[str, Plan] = {}
@@ -286,6 +290,18 @@ class IterationPipeline:
         elif not policies:
             why += f"; {follower}"
         return policies, chosen, decisions, why
+
+    def _context(self, signals: Signals, reading: Reading, now: float) -> DecisionContext:
+        """What the record keeps for `mape-k replay` beyond the observation."""
+        freeze = self.envelope.freeze
+        return DecisionContext(
+            signals=signals,
+            reading=reading[0],
+            reading_problem=reading[1],
+            dry_run=self.envelope.dry_run,
+            freeze=freeze if freeze is not None and freeze.active(now) else None,
+            startup_problem=self.startup_problem,
+        )
 
     def _returns(
         self, observation: Observation, reading: Reading, now: float
