@@ -202,14 +202,8 @@ class IterationPipeline:
         t = time.perf_counter()
         # With the load signal and its trend, violating or not: a symptom of load is named
         # as load (analyzer.load_reading).
-        # (and the return to baseline's signal: recorded for `mape-k replay`)
-        signals = analysis_signals(
-            observation.metrics,
-            self.analyzer.signal_names | {returns_model.SIGNAL},
-            self.readings.trend,
-        )
         analysis = record.analysis = self.analyzer.analyze(
-            observation.violations, now=now, signals=signals
+            observation.violations, now=now, signals=self._signals(observation)
         )
         phases.done("analyze", t)
         self._count_analysis(observation, analysis)
@@ -224,10 +218,9 @@ class IterationPipeline:
         phases.done("plan", t)
 
         t = time.perf_counter()
-        reading = await self._read_target(observation, now)
-        record.context = self._context(signals, reading, now)
+        record.context = context = await self._context(observation, now)
         policies, chosen, decisions, why = await self._judge(
-            policies, observation, now, record.follower, reading
+            policies, observation, now, record.follower, context.read
         )
         record.candidates = policies
         record.chosen, record.guard_decisions, record.why = chosen, decisions, why
@@ -291,13 +284,24 @@ class IterationPipeline:
             why += f"; {follower}"
         return policies, chosen, decisions, why
 
-    def _context(self, signals: Signals, reading: Reading, now: float) -> DecisionContext:
-        """What the record keeps for `mape-k replay` beyond the observation."""
+    def _signals(self, observation: Observation) -> Signals:
+        """The analysis's signals with their trends (and the return to baseline's signal,
+        which the record keeps for `mape-k replay`)."""
+        return analysis_signals(
+            observation.metrics,
+            self.analyzer.signal_names | {returns_model.SIGNAL},
+            self.readings.trend,
+        )
+
+    async def _context(self, observation: Observation, now: float) -> DecisionContext:
+        """The one reading of the target this iteration (`_read_target`) and what else the
+        record keeps for `mape-k replay` beyond the observation."""
+        state, problem = await self._read_target(observation, now)
         freeze = self.envelope.freeze
         return DecisionContext(
-            signals=signals,
-            reading=reading[0],
-            reading_problem=reading[1],
+            signals=self._signals(observation),
+            reading=state,
+            reading_problem=problem,
             dry_run=self.envelope.dry_run,
             freeze=freeze if freeze is not None and freeze.active(now) else None,
             startup_problem=self.startup_problem,

@@ -50,6 +50,11 @@ class DecisionContext:
     freeze: Freeze | None = None
     startup_problem: str | None = None
 
+    @property
+    def read(self) -> tuple[CommitteeState | None, str | None]:
+        """The reading as the pipeline resolves against it: (state, why there is none)."""
+        return self.reading, self.reading_problem
+
     def as_dict(self, *, top_n: int) -> dict[str, Any]:
         """Bounded: the signals of at most `top_n` components (sorted), the Charter's
         config keys at most 64 (sorted)."""
