@@ -267,10 +267,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from mape_k.quality.suite import quiet  # noqa: PLC0415
     from mape_k.replay import command  # noqa: PLC0415
 
-    quiet()  # the store's own log lines (opened, migrated) are not the answer
     status, text = command(args)
     if status == 0:
         print(text)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mape_k import logs
 from mape_k.actuators.user import prepare as prepare_user_actions
 from mape_k.config import Settings, load_settings
 from mape_k.errors import ConfigError, MapekError, StoreError
@@ -952,7 +953,9 @@ def _settings(path: Path) -> Settings:
 
 def command(args: argparse.Namespace) -> tuple[int, str]:
     """Run `mape-k replay`; (exit status, what to print). A problem with the input (times,
-    config, store) is one line naming it, and exit 2."""
+    config, store) is one line naming it, and exit 2. The store's own log lines (opened,
+    migrated: of the private copy) are not the answer: only errors, and to stderr."""
+    logs.configure(level="error", fmt="json")
     try:
         since = parse_time("--since", args.since)
         until = parse_time("--until", args.until)
