@@ -320,6 +320,8 @@ class Decision:
     posterior: dict[str, Any] | None = None
     # What it set, per action: ((knob, before, after), ...); None where not resolved.
     sets: tuple[tuple[tuple[str, Any, Any], ...] | None, ...] = ()
+    held_by: tuple[str, ...] = ()  # nothing done: the guards that held the candidates
+    short: str = ""  # nothing done: why, in a few words (the table's; `why` in full)
 
     @property
     def acts(self) -> bool:
@@ -336,8 +338,12 @@ class Decision:
         )
 
     def describe(self) -> str:
+        """One short line: the action and what it set, or nothing and why (the guards that
+        held it back, by name; `why` has their reasons)."""
         if not self.acts:
-            return f"nothing: {self.why}"
+            if self.held_by:
+                return f"nothing: held by {', '.join(self.held_by)}"
+            return f"nothing: {self.short or self.why}"
         moves = [
             f"{knob} {_value(before)} -> {_value(after)}"
             for sets in self.sets
@@ -366,6 +372,8 @@ class Difference:
             "target": self.new.target or self.recorded.target,
             "recorded": self.recorded.describe(),
             "new": self.new.describe(),
+            "recorded_why": self.recorded.why,
+            "new_why": self.new.why,
             "recorded_outcome": self.recorded_outcome,
             "new_evidence": self.evidence,
         }
@@ -439,7 +447,18 @@ def recorded_decision(record: Mapping[str, Any]) -> Decision:
         None,
     )
     if not isinstance(execution, dict) or candidate is None:
-        return Decision(cause=None, target=None, why=str(choice.get("why", "")))
+        return Decision(
+            cause=None,
+            target=None,
+            why=str(choice.get("why", "")),
+            held_by=tuple(
+                dict.fromkeys(
+                    str(d["guard"])
+                    for d in record.get("guard_decisions") or ()
+                    if d.get("verdict") != GuardVerdict.ALLOW.value
+                )
+            ),
+        )
     cause = str(candidate["cause"])
     return Decision(
         sets=tuple(_recorded_sets(a.get("sets")) for a in execution.get("actions") or ()),
@@ -692,12 +711,12 @@ class _Replayer:
         """As IterationPipeline._choose. An operator's approval is taken as given for the
         policy the record executed (same cause, actions and parameters)."""
         if not policies:
-            why = why_nothing(
-                observation,
-                self.settings.planner.min_score,
-                top_n=self.settings.knowledge.record_top_n,
-            )
-            return Decision(cause=None, target=None, why=why), []
+            min_score = self.settings.planner.min_score
+            why = why_nothing(observation, min_score, top_n=self.settings.knowledge.record_top_n)
+            short = ""
+            if observation.violations and not observation.degraded:
+                short = f"no candidate (none configured, or below planner.min_score {min_score:g})"
+            return Decision(cause=None, target=None, why=why, short=short), []
         recorded = recorded_decision(record)
         freeze = switches.freeze
         if freeze is not None and freeze.source == "config":
@@ -757,7 +776,8 @@ class _Replayer:
                 cause=None, target=None, why=f"waiting for operator approval of {waiting}"
             ), decisions
         why = "held back by guards: " + "; ".join(dict.fromkeys(held))
-        return Decision(cause=None, target=None, why=why), decisions
+        held_by = tuple(dict.fromkeys(d.guard for d in guard_rules.holding(tuple(decisions))))
+        return Decision(cause=None, target=None, why=why, held_by=held_by), decisions
 
 
 def _verdict_counts(
@@ -889,8 +909,8 @@ def render(report: Report) -> str:
                 (
                     _iso(d.at),
                     d.cause or "-",
-                    _clip(d.recorded.describe(), 72),
-                    _clip(d.new.describe(), 72),
+                    _clip(d.recorded.describe(), 90),
+                    _clip(d.new.describe(), 90),
                     "; ".join(changed) or "-",
                 )
             )

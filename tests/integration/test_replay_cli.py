@@ -76,7 +76,7 @@ def test_replay_of_a_simulated_episode_with_a_higher_floor(tmp_path):
     lines = done.stdout.splitlines()
     [row] = [line for line in lines if "restart_service on charter" in line]
     assert "high_failure_rate/charter" in row
-    assert "nothing: no remediation for high_failure_rate/charter" in row
+    assert "nothing: no candidate (none configured, or below planner.min_score 0.7)" in row
     assert row.endswith("recorded action's outcome: SUCCESS")
     assert "recorded actions dropped: 1 (success 1)" in lines
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before

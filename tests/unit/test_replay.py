@@ -85,8 +85,10 @@ def test_a_floor_that_prices_the_restart_out_drops_it_with_its_outcome(journal, 
     assert diff.iteration == record["id"]
     assert diff.cause == "high_failure_rate/charter"
     assert diff.recorded.describe() == "restart_service on charter"
-    assert diff.new.describe().startswith("nothing: no remediation for high_failure_rate/charter")
-    assert "planner.min_score (0.7)" in diff.new.describe()
+    assert diff.new.describe() == (
+        "nothing: no candidate (none configured, or below planner.min_score 0.7)"
+    )
+    assert diff.new.why.startswith("no remediation for high_failure_rate/charter")
     assert diff.recorded_outcome == "success"
     assert diff.evidence is None
     assert report.dropped == {"success": 1}
@@ -111,6 +113,7 @@ def test_dry_run_in_the_new_config_holds_the_restart(journal, tmp_path):
     report = rp.replay(journal, new)
     [diff] = report.differences
     assert "dry_run: dry-run: would execute" in diff.new.why
+    assert diff.new.describe() == "nothing: held by dry_run"
     assert report.as_dict()["summary"]["guard_verdicts"] == {
         "dry_run block": {"recorded": 0, "new": 1}
     }
