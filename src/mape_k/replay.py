@@ -50,6 +50,7 @@ from mape_k.models import (
     ExecutionStatus,
     GuardDecision,
     GuardVerdict,
+    KnobSetting,
     Metric,
     Observation,
     OutcomeType,
@@ -108,8 +109,8 @@ def open_copy(location: str) -> Iterator[Store]:
     a read-only connection and never written. StoreError, one line, naming the problem."""
     if "://" in location:
         raise StoreError(
-            f"--store {location}: only a SQLite store file is supported (for PostgreSQL,"
-            " replay a copy: `mape-k replay` reads the same journal from a SQLite file)"
+            f"--store {location}: only a SQLite store file is supported; a PostgreSQL"
+            " store is not replayed yet"
         )
     path = Path(location)
     if not path.is_file():
@@ -129,7 +130,10 @@ def open_copy(location: str) -> Iterator[Store]:
                 source.close()
         except sqlite3.Error as exc:
             raise StoreError(f"--store {path}: cannot read it: {exc}") from exc
-        store = Store.open(copy)
+        try:
+            store = Store.open(copy)
+        except StoreError as exc:  # it names the copy: name the file given
+            raise StoreError(str(exc).replace(str(copy), f"--store {path}")) from None
         try:
             yield store
         finally:
@@ -431,11 +435,28 @@ def _params(parameters: Mapping[str, Any]) -> str:
     return json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"), default=str)
 
 
-def recorded_decision(record: Mapping[str, Any]) -> Decision:
-    """What the record says the iteration did."""
+def recorded_decision(
+    record: Mapping[str, Any], executions: Mapping[str, PolicyExecution] | None = None
+) -> Decision:
+    """What the record says the iteration did: its execution as the journal has it (the
+    policy with its cause and parameters: an approved one too, whose id is the proposal's),
+    else the candidate chosen."""
     choice = _as_dict(record.get("choice"))
     execution = record.get("execution")
     policy_id = choice.get("policy_id")
+    journaled = None
+    if isinstance(execution, dict) and executions is not None:
+        journaled = executions.get(str(execution.get("id")))
+    if journaled is not None:
+        policy = journaled.policy
+        return Decision(
+            cause=policy.cause.key,
+            target=policy.target,
+            actions=tuple((a.action_type, _params(a.parameters)) for a in policy.actions),
+            why=str(choice.get("why", "")),
+            policy_id=policy.id,
+            sets=tuple(_sets(a.action.sets) for a in journaled.actions),
+        )
     # The chosen id is a candidate's, or one stabilized from it ("<id>-s<size>").
     candidate = next(
         (
@@ -472,6 +493,10 @@ def recorded_decision(record: Mapping[str, Any]) -> Decision:
     )
 
 
+def _sets(sets: tuple[KnobSetting, ...] | None) -> tuple[tuple[str, Any, Any], ...] | None:
+    return None if sets is None else tuple((s.knob, s.before, s.after) for s in sets)
+
+
 def _recorded_sets(sets: Any) -> tuple[tuple[str, Any, Any], ...] | None:
     if not isinstance(sets, list):
         return None
@@ -480,10 +505,7 @@ def _recorded_sets(sets: Any) -> tuple[tuple[str, Any, Any], ...] | None:
 
 def _decision(policy: RemediationPolicy, why: str) -> Decision:
     return Decision(
-        sets=tuple(
-            None if a.sets is None else tuple((s.knob, s.before, s.after) for s in a.sets)
-            for a in policy.actions
-        ),
+        sets=tuple(_sets(a.sets) for a in policy.actions),
         cause=policy.cause.key,
         target=policy.target,
         actions=tuple((a.action_type, _params(a.parameters)) for a in policy.actions),
@@ -514,6 +536,7 @@ class _Replayer:
             key=lambda item: item[0],
         )
         self._applied = 0  # executions[:applied] are in the envelope's history
+        self.by_id = {e.id: e for e in journal.executions}
         self.verified_at = {o.execution_id: o.recorded_at for o in journal.outcomes}
         self.outcome = {o.execution_id: o.outcome.value for o in journal.outcomes}
         self.watching_since: float | None = None
@@ -717,7 +740,7 @@ class _Replayer:
             if observation.violations and not observation.degraded:
                 short = f"no candidate (none configured, or below planner.min_score {min_score:g})"
             return Decision(cause=None, target=None, why=why, short=short), []
-        recorded = recorded_decision(record)
+        recorded = recorded_decision(record, self.by_id)
         freeze = switches.freeze
         if freeze is not None and freeze.source == "config":
             freeze = None  # the configuration's kill switch is the new configuration's
@@ -827,7 +850,7 @@ def replay(
             report.assumed["old record: reading assumed usable, no load signal"] += 1
         recorded_counts += _verdict_counts(record.get("guard_decisions") or ())
         new_counts += _verdict_counts(decisions)
-        difference = _difference(record, new, replayer.outcome)
+        difference = _difference(record, new, replayer)
         if difference is None:
             report.same += 1
             continue
@@ -849,19 +872,17 @@ def _skipped(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _difference(
-    record: Mapping[str, Any], new: Decision, outcomes: Mapping[str, str]
-) -> Difference | None:
+def _difference(record: Mapping[str, Any], new: Decision, replayer: _Replayer) -> Difference | None:
     """How the new decision differs from the recorded one (None: it does not): the
     recorded action's verified outcome when it is not repeated, the knowledge behind a
     new action (its posterior for the cause)."""
-    recorded = recorded_decision(record)
+    recorded = recorded_decision(record, replayer.by_id)
     if recorded.same_as(new):
         return None
     outcome = None
     if recorded.acts:
         execution = _as_dict(record.get("execution")).get("id")
-        outcome = outcomes.get(str(execution), "unverified")
+        outcome = replayer.outcome.get(str(execution), "unverified")
     evidence = None
     belief = new.posterior if new.acts else None
     if belief is not None:

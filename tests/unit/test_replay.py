@@ -271,7 +271,10 @@ def test_a_bad_store_is_one_line_and_exit_2(make, expected, tmp_path, capsys):
     config.write_text("{}\n", encoding="utf-8")
     store = make(tmp_path)
     assert main(["replay", "--store", str(store), "--config", str(config)]) == 2
-    assert expected in one_line(capsys)
+    err = one_line(capsys)
+    assert expected in err
+    assert str(store) in err  # the file given, never the private copy
+    assert "mape-k-replay-" not in err
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -337,3 +340,16 @@ def test_simulate_keeps_the_store_only_in_a_new_file(tmp_path, capsys):
     assert "exists; give a new file" in capsys.readouterr().err
     assert main([*base, "--store", str(tmp_path / "new.sqlite3")]) == 2
     assert "--store needs --records" in capsys.readouterr().err
+
+
+def test_an_approved_execution_is_recognised_by_its_journaled_policy(journal):
+    # An approved policy runs under the proposal's id, which is none of the iteration's
+    # candidates: the journal's execution says what it was.
+    [record] = acted(journal)
+    approved = {**record, "choice": {**record["choice"], "policy_id": "pol-approved"}}
+    approved["candidates"] = []
+    by_id = {e.id: e for e in journal.executions}
+    decision = rp.recorded_decision(approved, by_id)
+    assert decision.describe() == "restart_service on charter"
+    assert decision.cause == "high_failure_rate/charter"
+    assert not rp.recorded_decision(approved).acts
