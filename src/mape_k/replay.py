@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mape_k import logs
 from mape_k.actuators.user import prepare as prepare_user_actions
@@ -63,7 +64,7 @@ from mape_k.models import (
     Violation,
     ViolationSource,
 )
-from mape_k.store import PairStats, Store, _check_header
+from mape_k.store import JournalStore, PairStats, Store, _check_header
 
 # A recorded row of identical violations is rebuilt as at most this many copies.
 MAX_COPIES = 100
@@ -85,7 +86,7 @@ class Journal:
     stats: Sequence[PairStats] = ()
 
 
-def read_journal(store: Store) -> Journal:
+def read_journal(store: JournalStore) -> Journal:
     """Everything replay reads from an open store, oldest first."""
     everything = 2**62
     return Journal(
@@ -103,15 +104,45 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def read_only_url(url: str) -> str:
+    """`url` with every transaction of its sessions read only (PostgreSQL refuses a write:
+    `default_transaction_read_only`), after the URL's own `options`."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = [value for key, value in query if key == "options"]
+    kept = [(key, value) for key, value in query if key != "options"]
+    kept.append(("options", " ".join([*options, "-c default_transaction_read_only=on"])))
+    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote)))
+
+
 @contextmanager
-def open_copy(location: str) -> Iterator[Store]:
-    """The store at `location` (a SQLite file) as a private copy: the file is read through
-    a read-only connection and never written. StoreError, one line, naming the problem."""
-    if "://" in location:
+def _open_postgres(url: str) -> Iterator[JournalStore]:
+    try:
+        from mape_k.pgstore import PostgresStore  # noqa: PLC0415 - psycopg is an extra
+    except ImportError as exc:
         raise StoreError(
-            f"--store {location}: only a SQLite store file is supported; a PostgreSQL"
-            " store is not replayed yet"
-        )
+            f"--store: a PostgreSQL store needs psycopg ({exc.name} is missing):"
+            " pip install 'mape-k[ha]'"
+        ) from None
+    store = PostgresStore.open(read_only_url(url))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def open_copy(location: str) -> Iterator[JournalStore]:
+    """The store at `location` read only: a SQLite file as a private copy (read through a
+    read-only connection; the file is never written), a PostgreSQL URL through sessions
+    whose transactions are read only. StoreError, one line, naming the problem (never the
+    URL: it may hold a password)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        with _open_postgres(location) as shared:
+            yield shared
+        return
+    if "://" in location:
+        raise StoreError("--store: a SQLite file or a postgresql:// URL")
     path = Path(location)
     if not path.is_file():
         raise StoreError(f"--store {path}: no such file")
@@ -992,27 +1023,39 @@ def _settings(path: Path) -> Settings:
     return load_settings(path, os.environ)[0]
 
 
+class _Discard:
+    """A stream that keeps nothing."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def command(args: argparse.Namespace) -> tuple[int, str]:
     """Run `mape-k replay`; (exit status, what to print). A problem with the input (times,
     config, store) is one line naming it, and exit 2. The store's own log lines (opened,
-    migrated: of the private copy) are not the answer: only errors, and to stderr."""
-    logs.configure(level="error", fmt="json")
+    migrated: of the private copy; an unreachable database) are not the answer: they go
+    nowhere, the one line says what failed."""
+    logs.configure(level="error", fmt="json", stream=_Discard())
     try:
         since = parse_time("--since", args.since)
         until = parse_time("--until", args.until)
         settings = _settings(args.config)
         with open_copy(args.store) as store:
             journal = read_journal(store)
+            label = store.location if "://" in args.store else args.store
     except ConfigError as exc:
         return EXIT_PROBLEM, f"invalid configuration: {exc}"
     except MapekError as exc:
         return EXIT_PROBLEM, str(exc)
     try:
         report = replay(
-            journal, settings, since=since, until=until, store=args.store, config=str(args.config)
+            journal, settings, since=since, until=until, store=label, config=str(args.config)
         )
     except (KeyError, TypeError, ValueError) as exc:
-        return EXIT_PROBLEM, f"--store {args.store}: a decision record could not be read: {exc!r}"
+        return EXIT_PROBLEM, f"--store {label}: a decision record could not be read: {exc!r}"
     if args.json:
         return 0, json.dumps(report.as_dict(), indent=2)
     return 0, render(report)

@@ -299,12 +299,19 @@ def newer_store(path: Path) -> Path:
     return path
 
 
-def test_a_postgresql_url_is_refused_in_one_line(tmp_path, capsys):
+def test_another_url_is_refused_in_one_line(tmp_path, capsys):
     config = tmp_path / "new.yaml"
     config.write_text("{}\n", encoding="utf-8")
-    url = "postgresql://mapek@db/mapek"
-    assert main(["replay", "--store", url, "--config", str(config)]) == 2
-    assert "only a SQLite store file" in one_line(capsys)
+    assert main(["replay", "--store", "mysql://u:pw@db/x", "--config", str(config)]) == 2
+    err = one_line(capsys)
+    assert "a SQLite file or a postgresql:// URL" in err
+    assert "pw" not in err
+
+
+def test_a_postgresql_store_is_read_in_read_only_sessions():
+    url = rp.read_only_url("postgresql://u:pw@db:5432/mapek?options=-c%20search_path%3Dm&x=1")
+    assert url.startswith("postgresql://u:pw@db:5432/mapek?x=1&options=")
+    assert "options=-c%20search_path%3Dm%20-c%20default_transaction_read_only%3Don" in url
 
 
 def test_a_bad_config_is_one_line_naming_the_key_and_exit_2(recorded, tmp_path, capsys):
