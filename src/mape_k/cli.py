@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "replay",
         help="decide a recorded period again with another config (docs/replay.md)",
     )
-    replay.add_argument("--store", required=True, help="a mape-k SQLite store file (read only)")
+    replay.add_argument(
+        "--store", required=True, help="a SQLite store file or a postgresql:// URL (read only)"
+    )
     replay.add_argument("--config", required=True, type=Path, help="the config to replay with")
     replay.add_argument("--since", help="from this time: ISO 8601 (UTC) or Unix seconds")
     replay.add_argument("--until", help="to this time: ISO 8601 (UTC) or Unix seconds")

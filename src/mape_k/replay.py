@@ -428,6 +428,7 @@ class Report:
     added: int = 0
     verdicts: dict[str, list[int]] = field(default_factory=dict)  # "guard verdict" -> [rec, new]
     assumed: Counter[str] = field(default_factory=Counter)
+    restarts: int = 0  # daemon restarts seen in the journal (its memory started again)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -443,6 +444,7 @@ class Report:
                 "dropped_outcomes": dict(sorted(self.dropped.items())),
                 "new_actions": self.added,
                 "skipped": dict(sorted(self.skipped.items())),
+                "restarts": self.restarts,
                 "assumed": dict(sorted(self.assumed.items())),
                 "guard_verdicts": {
                     kind: {"recorded": rec, "new": new}
@@ -573,6 +575,28 @@ class _Replayer:
         self.watching_since: float | None = None
         self.last_violation: dict[str, float] = {}
         self.signals_seen: list[tuple[str, str]] = []
+        self._last_number = 0
+
+    def follow(self, record: Mapping[str, Any]) -> bool:
+        """True (and `restart`) when the record's iteration number did not grow: the count
+        starts at 1 in each process, so the daemon restarted before it."""
+        number = _number(record)
+        if number is None:
+            return False
+        restarted = number <= self._last_number
+        self._last_number = number
+        if restarted:
+            self.restart()
+        return restarted
+
+    def restart(self) -> None:
+        """The daemon restarted here: what it keeps in memory starts again (the analyzer's
+        history, the planner's proposals, the return to baseline's quiet windows); the
+        guards' memory and the knowledge are the store's, and go on."""
+        self.analyzer.reset()
+        self.planner = Planner(self.settings.planner)
+        self.watching_since = None
+        self.last_violation = {}
 
     # The facts before the iteration at `now`: what had run, what had been verified.
     def catch_up(self, now: float) -> None:
@@ -868,6 +892,7 @@ def replay(
         now = float(record["started_at"])
         if until is not None and now > until:
             break
+        report.restarts += replayer.follow(record)
         compared = since is None or now >= since
         skip = _skipped(record)
         if skip is not None:
@@ -892,6 +917,12 @@ def replay(
     for kind in recorded_counts.keys() | new_counts.keys():
         report.verdicts[kind] = [recorded_counts[kind], new_counts[kind]]
     return report
+
+
+def _number(record: Mapping[str, Any]) -> int | None:
+    """The iteration's number in its process ("17-ab12cd34": 17), None if unreadable."""
+    head = str(record.get("id", "")).split("-", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def _skipped(record: Mapping[str, Any]) -> str | None:
@@ -985,6 +1016,8 @@ def render(report: Report) -> str:
     lines.append(f"new actions: {report.added}")
     for kind, counts in summary["guard_verdicts"].items():
         lines.append(f"guard {kind}: {counts['recorded']} recorded -> {counts['new']} new")
+    if report.restarts:
+        lines.append(f"daemon restarts seen: {report.restarts} (its memory started again)")
     for why, count in sorted(report.skipped.items()):
         lines.append(f"skipped: {count} {why}")
     for what, count in sorted(report.assumed.items()):

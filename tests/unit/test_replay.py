@@ -360,3 +360,27 @@ def test_an_approved_execution_is_recognised_by_its_journaled_policy(journal):
     assert decision.describe() == "restart_service on charter"
     assert decision.cause == "high_failure_rate/charter"
     assert not rp.recorded_decision(approved).acts
+
+
+def test_a_restart_in_the_journal_starts_the_daemons_memory_again(journal, tmp_path):
+    new, _ = settings(tmp_path)
+    replayer = rp._Replayer(journal, new)
+    [first] = [r for r in journal.iterations if r["inputs"]["violations"]]
+    second = journal.iterations[journal.iterations.index(first) + 1]
+    replayer.follow(first)
+    replayer.decide(first)
+    assert replayer.analyzer.history_size > 0
+    grown = f"{int(first['id'].split('-')[0]) + 1}-abcdef01"
+    assert not replayer.follow({**second, "id": grown})  # the count grows: no restart
+    assert replayer.analyzer.history_size > 0
+    assert replayer.follow({**second, "id": "1-abcdef01"})  # back to 1: a new process
+    assert replayer.analyzer.history_size == 0
+    assert replayer.watching_since is None
+    # the whole journal as two processes: counted, and decided the same
+    renumbered = [
+        {**r, "id": f"{i % 10 + 1}-{r['id'].split('-', 1)[1]}"}
+        for i, r in enumerate(journal.iterations)
+    ]
+    report = rp.replay(replace(journal, iterations=renumbered), new)
+    assert report.restarts == (len(renumbered) - 1) // 10
+    assert report.as_dict()["summary"]["restarts"] == report.restarts
