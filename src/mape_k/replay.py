@@ -320,12 +320,15 @@ class KnowledgeAt:
             self._pooled[key] = _fold(self._pooled.get(key), outcome, -1)
         self._own: dict[tuple[str, str, str], PairStats] = {}
         self._pending = list(journal.outcomes)  # oldest first
+        self._taken = 0  # _pending[:taken] are in
 
     def advance(self, now: float) -> list[PolicyOutcome]:
         """Take in the outcomes recorded by `now`; returns them."""
         taken: list[PolicyOutcome] = []
-        while self._pending and self._pending[0].recorded_at <= now:
-            outcome = self._pending.pop(0)
+        pending = self._pending
+        while self._taken < len(pending) and pending[self._taken].recorded_at <= now:
+            outcome = pending[self._taken]
+            self._taken += 1
             key = (outcome.cause, outcome.action_type)
             self._pooled[key] = _fold(self._pooled.get(key), outcome, 1)
             own = (outcome.cause, outcome.target, outcome.action_type)
@@ -569,6 +572,7 @@ class _Replayer:
             key=lambda item: item[0],
         )
         self._applied = 0  # executions[:applied] are in the envelope's history
+        self._unverified: list[tuple[float, PolicyExecution]] = []  # applied, maybe settling
         self.by_id = {e.id: e for e in journal.executions}
         self.verified_at = {o.execution_id: o.recorded_at for o in journal.outcomes}
         self.outcome = {o.execution_id: o.outcome.value for o in journal.outcomes}
@@ -611,15 +615,16 @@ class _Replayer:
             )
             self.envelope.record_changes(changes, now=at)
             self.envelope.note_failed_execution(execution, now=at)
+            if execution.status is ExecutionStatus.COMPLETED:
+                self._unverified.append((at, execution))
 
     def settling(self, now: float) -> dict[str, tuple[guard_rules.Settling, ...]]:
         """The executions that had run and were not verified by `now` (nor past the time
         their verification would have given up)."""
         cfg = self.settings.executor
         out: dict[str, tuple[guard_rules.Settling, ...]] = {}
-        for at, execution in self.executions[: self._applied]:
-            if execution.status is not ExecutionStatus.COMPLETED:
-                continue
+        still: list[tuple[float, PolicyExecution]] = []
+        for at, execution in self._unverified:
             verified = self.verified_at.get(execution.id)
             if verified is not None and verified <= now:
                 continue
@@ -637,6 +642,7 @@ class _Replayer:
                     )
                 if now > (execution.finished_at or at) + settle + cfg.verify_deadline_s:
                     continue
+            still.append((at, execution))
             policy = execution.policy
             entry = guard_rules.Settling(
                 execution_id=execution.id,
@@ -645,6 +651,7 @@ class _Replayer:
                 cause=policy.cause.name,
             )
             out[policy.target] = (*out.get(policy.target, ()), entry)
+        self._unverified = still  # what is verified or given up stays so: time only grows
         return out
 
     def resolve(
