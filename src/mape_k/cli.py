@@ -1,4 +1,5 @@
-"""The `mape-k` command line: run, once, check-config, status, charter-sim, demo, simulate.
+"""The `mape-k` command line: run, once, check-config, status, charter-sim, demo, simulate,
+replay.
 
 This module turns arguments into settings (CLI layer of the precedence) and signals into
 events (SIGTERM/SIGINT → stop, SIGHUP → reload); everything else lives in app.py.
@@ -96,6 +97,18 @@ def _parser() -> argparse.ArgumentParser:
         help="scenarios against mape-k and the baselines on a simulated clock (docs/quality.md)",
     )
     add_arguments(simulate)
+
+    replay = sub.add_parser(
+        "replay",
+        help="decide a recorded period again with another config (docs/replay.md)",
+    )
+    replay.add_argument(
+        "--store", required=True, help="a SQLite store file or a postgresql:// URL (read only)"
+    )
+    replay.add_argument("--config", required=True, type=Path, help="the config to replay with")
+    replay.add_argument("--since", help="from this time: ISO 8601 (UTC) or Unix seconds")
+    replay.add_argument("--until", help="to this time: ISO 8601 (UTC) or Unix seconds")
+    replay.add_argument("--json", action="store_true", help="the same as JSON")
     return parser
 
 
@@ -255,6 +268,17 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from mape_k.replay import command  # noqa: PLC0415
+
+    status, text = command(args)
+    if status == 0:
+        print(text)
+    else:
+        _stderr_line(text)
+    return status
+
+
 COMMANDS = {
     "run": _run,
     "once": _once,
@@ -263,6 +287,7 @@ COMMANDS = {
     "charter-sim": _charter_sim,
     "demo": _demo,
     "simulate": _simulate,
+    "replay": _replay,
 }
 
 

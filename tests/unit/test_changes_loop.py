@@ -35,8 +35,20 @@ async def test_a_recent_change_is_rolled_back_first(tmp_path: Path, clock: FakeC
         )
         await parts.changes.record(change)
         clock.advance(5)
+        # Inside the change's window the target's autonomy is one level down: the rollback,
+        # ranked first, waits for an operator.
+        proposed = await parts.orchestrator.run_once()
+        assert proposed["result"] == "pending_approval"
+        pending, configured = parts.orchestrator.planner.pending_approvals()
+        assert pending.rationale.startswith(f"rollback of change {change.id} (deploy")
+        assert f"one level down after change {change.id} (deploy 'policy bad-v4'" in (
+            pending.rationale
+        )
+        assert "rollback" not in configured.rationale.split(":")[0]
+        daemon = Daemon(parts, clock=clock)
+        assert await daemon.approve(pending.id, caller="127.0.0.1") is not None
         record = await parts.orchestrator.run_once()
-        stats = await Daemon(parts, clock=clock).statistics(limit=1)
+        stats = await daemon.statistics(limit=1)
     assert record["result"] == "acted"
     assert record["execution"]["status"] == "completed"
     [step] = record["execution"]["actions"]
@@ -71,9 +83,12 @@ async def test_without_the_cause_in_rollback_causes_the_configured_fix_runs(
         )
         clock.advance(5)
         record = await parts.orchestrator.run_once()
+        [pending] = parts.orchestrator.planner.pending_approvals()  # one level down: approve
+        assert await Daemon(parts, clock=clock).approve(pending.id, caller="t") is not None
+        record = await parts.orchestrator.run_once()
     [step] = record["execution"]["actions"]
     assert step["sets"][0]["after"] != "baseline-v1"
-    assert "change" not in record["choice"]["why"]
+    assert "rollback of change" not in record["choice"]["why"]
 
 
 async def test_a_maintenance_window_delays_every_action_on_its_target(

@@ -28,7 +28,7 @@ from mape_k.integrations.charter.base import CharterClient, CommitteeState
 from mape_k.loop import actions as action_model
 from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
-from mape_k.loop.analyze import PatternAnalyzer
+from mape_k.loop.analyze import PatternAnalyzer, Signals
 from mape_k.loop.analyze import signals as analysis_signals
 from mape_k.loop.autonomy import Autonomy, WouldDo
 from mape_k.loop.changes import Change, ChangeLog
@@ -44,7 +44,7 @@ from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
 from mape_k.loop.predict import Predictor, plan_causes
-from mape_k.loop.record import DecisionRecord, classify, why_nothing
+from mape_k.loop.record import DecisionContext, DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
 from mape_k.models import (
     ActionType,
@@ -222,11 +222,7 @@ class IterationPipeline:
         # With the load signal and its trend, violating or not: a symptom of load is named
         # as load (analyzer.load_reading).
         analysis = record.analysis = self.analyzer.analyze(
-            observation.violations,
-            now=now,
-            signals=analysis_signals(
-                observation.metrics, self.analyzer.signal_names, self.readings.trend
-            ),
+            observation.violations, now=now, signals=self._signals(observation)
         )
         phases.done("analyze", t)
         self._count_analysis(observation, analysis)
@@ -242,8 +238,9 @@ class IterationPipeline:
         phases.done("plan", t)
 
         t = time.perf_counter()
+        record.context = context = await self._context(observation, now)
         policies, chosen, decisions, why = await self._judge(
-            policies, observation, now, record.follower
+            policies, observation, now, record.follower, context.read
         )
         record.candidates = policies
         record.chosen, record.guard_decisions, record.why = chosen, decisions, why
@@ -298,6 +295,7 @@ class IterationPipeline:
         observation: Observation,
         now: float,
         follower: str | None,
+        reading: Reading,
     ) -> tuple[list[RemediationPolicy], RemediationPolicy | None, list[GuardDecision], str]:
         """One reading of the target's state; the returns to baseline due against it are
         planned after the faults' policies (a fix ranks first); every action is resolved
@@ -305,7 +303,6 @@ class IterationPipeline:
         resolved plan is what the guards judge and the executor sends. Returns the
         candidates with the returns, the one chosen, the guards' decisions and why."""
         self._would_dos, self._scored = [], []
-        reading = await self._read_target(observation, now)
         if follower is None:
             self._follow_shadow(observation, reading, now)
         returns = self._returns(observation, reading, now)
@@ -341,6 +338,29 @@ class IterationPipeline:
             if cause.name in causes and (change := self.changes.recent(cause.target, now)):
                 found[(cause.name, cause.target)] = change
         return found
+
+    def _signals(self, observation: Observation) -> Signals:
+        """The analysis's signals with their trends (and the return to baseline's signal,
+        which the record keeps for `mape-k replay`)."""
+        return analysis_signals(
+            observation.metrics,
+            self.analyzer.signal_names | {returns_model.SIGNAL},
+            self.readings.trend,
+        )
+
+    async def _context(self, observation: Observation, now: float) -> DecisionContext:
+        """The one reading of the target this iteration (`_read_target`) and what else the
+        record keeps for `mape-k replay` beyond the observation."""
+        state, problem = await self._read_target(observation, now)
+        freeze = self.envelope.freeze
+        return DecisionContext(
+            signals=self._signals(observation),
+            reading=state,
+            reading_problem=problem,
+            dry_run=self.envelope.dry_run,
+            freeze=freeze if freeze is not None and freeze.active(now) else None,
+            startup_problem=self.startup_problem,
+        )
 
     def _returns(
         self, observation: Observation, reading: Reading, now: float

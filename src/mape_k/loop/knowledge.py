@@ -63,6 +63,22 @@ def evidence(stats: PairStats, config: KnowledgeConfig) -> tuple[float, float]:
     return wins, losses
 
 
+def pattern(stats: PairStats, config: KnowledgeConfig) -> PolicyPattern:
+    """What the Planner weighs a pair with: its counters as evidence (`mape-k replay`
+    builds the view of a past moment with it too)."""
+    wins, losses = evidence(stats, config)
+    return PolicyPattern(
+        cause=stats.cause,
+        action_type=stats.action_type,
+        samples=stats.samples,
+        successes=weighted_successes(stats),
+        mean_time_to_stabilize_s=mean_tts(stats),
+        confidence=min(stats.samples / config.saturation_samples, 1.0),
+        wins=wins,
+        losses=losses,
+    )
+
+
 class Knowledge:
     def __init__(
         self, store: AsyncStore, config: KnowledgeConfig, *, metrics: Metrics | None = None
@@ -153,17 +169,7 @@ class Knowledge:
     # --- learned view ----------------------------------------------------------------
 
     def _pattern(self, stats: PairStats) -> PolicyPattern:
-        wins, losses = evidence(stats, self._config)
-        return PolicyPattern(
-            cause=stats.cause,
-            action_type=stats.action_type,
-            samples=stats.samples,
-            successes=weighted_successes(stats),
-            mean_time_to_stabilize_s=mean_tts(stats),
-            confidence=min(stats.samples / self._config.saturation_samples, 1.0),
-            wins=wins,
-            losses=losses,
-        )
+        return pattern(stats, self._config)
 
     async def update_patterns(self) -> None:
         """Reload the statistics from the store and refresh the view and the gauges."""

@@ -9,12 +9,16 @@ decision too: every record has a `result` and a `choice.why`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mape_k.integrations.charter.base import CommitteeState
+from mape_k.loop.analyze import Signal
+from mape_k.loop.guards import Freeze
 from mape_k.models import (
     AnalysisResult,
     Cause,
@@ -29,6 +33,51 @@ from mape_k.models import (
     ViolationPattern,
     ViolationSource,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionContext:
+    """What a decision stood on beyond the observation's violations, journaled under
+    `inputs` so that `mape-k replay` (src/mape_k/replay.py) can decide it again: the
+    signals the analysis and the return to baseline read (value and trend per (name,
+    component)), the one reading of the target (or why there was none) and the switches
+    the guards read (dry-run, a freeze, a failed start-up validation)."""
+
+    signals: Mapping[tuple[str, str], Signal] = field(default_factory=dict)
+    reading: CommitteeState | None = None
+    reading_problem: str | None = None
+    dry_run: bool = False
+    freeze: Freeze | None = None
+    startup_problem: str | None = None
+
+    @property
+    def read(self) -> tuple[CommitteeState | None, str | None]:
+        """The reading as the pipeline resolves against it: (state, why there is none)."""
+        return self.reading, self.reading_problem
+
+    def as_dict(self, *, top_n: int) -> dict[str, Any]:
+        """Bounded: the signals of at most `top_n` components (sorted), the Charter's
+        config keys at most 64 (sorted)."""
+        components = sorted({component for _, component in self.signals})[:top_n]
+        reading = None
+        if self.reading is not None:
+            reading = dataclasses.asdict(self.reading)
+            config = self.reading.config
+            reading["config"] = {key: config[key] for key in sorted(config)[:64]}
+        return {
+            "signals": [
+                {"name": name, "component": component, "value": s.value, "trend": s.trend}
+                for (name, component), s in sorted(self.signals.items())
+                if component in components
+            ],
+            "reading": reading,
+            "reading_problem": self.reading_problem,
+            "modes": {
+                "dry_run": self.dry_run,
+                "freeze": None if self.freeze is None else dataclasses.asdict(self.freeze),
+                "startup_problem": self.startup_problem,
+            },
+        }
 
 
 @dataclass
@@ -57,6 +106,8 @@ class DecisionRecord:
     shadow_scored: list[dict[str, Any]] = field(default_factory=list)
     autonomy_changes: list[dict[str, Any]] = field(default_factory=list)
     predicted: Sequence[Violation] = ()  # this pass's predicted violations (loop/predict.py)
+    # What else the decision stood on, for `mape-k replay` (src/mape_k/replay.py).
+    context: DecisionContext | None = None
 
     @classmethod
     def failed(cls, iteration: int, started_at: float | None, error: str) -> DecisionRecord:
@@ -75,6 +126,8 @@ class DecisionRecord:
             # and a digest of the tail (`omitted`).
             summary = RecordSummary(self.candidates, top_n)
             record["inputs"] = summary.inputs(self.observation)
+            if self.context is not None:
+                record["inputs"].update(self.context.as_dict(top_n=top_n))
             record["panic"] = self.panic
             record["verifications"] = [_outcome(o) for o in self.verifications]
             if self.analysis is not None:
@@ -206,10 +259,13 @@ class RecordSummary:
             }
 
     def inputs(self, observation: Observation) -> dict[str, Any]:
-        rows: Counter[_ViolationRow] = Counter(
-            (v.kind, v.component, v.severity, v.source, v.value, v.threshold)
-            for v in observation.violations
-        )
+        rows: Counter[_ViolationRow] = Counter()
+        latest: dict[_ViolationRow, Violation] = {}  # each row's latest: its time and query
+        for v in observation.violations:
+            row = (v.kind, v.component, v.severity, v.source, v.value, v.threshold)
+            rows[row] += 1
+            if row not in latest or v.timestamp > latest[row].timestamp:
+                latest[row] = v
         focus = [row for row in rows if f"{row[0]}/{row[1]}" in self.keys]
         rest = sorted(
             (row for row in rows if f"{row[0]}/{row[1]}" not in self.keys),
@@ -232,7 +288,7 @@ class RecordSummary:
                 {"name": q.name, "ok": q.ok, "samples": q.samples, "error": q.error}
                 for q in observation.queries
             ],
-            "violations": [_violation(row, rows[row]) for row in shown],
+            "violations": [_violation(row, rows[row], latest[row]) for row in shown],
             "alerts_firing": observation.alerts_firing,
             "alerts_superseded": list(observation.alerts_superseded),
         }
@@ -291,7 +347,7 @@ class RecordSummary:
         return shown
 
 
-def _violation(row: _ViolationRow, count: int) -> dict[str, Any]:
+def _violation(row: _ViolationRow, count: int, latest: Violation) -> dict[str, Any]:
     kind, component, severity, source, value, threshold = row
     data: dict[str, Any] = {
         "kind": kind,
@@ -300,6 +356,8 @@ def _violation(row: _ViolationRow, count: int) -> dict[str, Any]:
         "source": source.value,
         "value": value,
         "threshold": threshold,
+        "at": latest.timestamp,
+        "query": latest.query,
     }
     if count > 1:
         data["count"] = count

@@ -52,6 +52,9 @@ def simulate(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 -
         # before any episode: a usage error, like argparse's (exit 2)
         print(f"mape-k simulate: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    if args.store is not None and not args.records:
+        print("mape-k simulate: --store needs --records (one episode)", file=sys.stderr)
+        return 2
     if args.records:
         return _records(args, selected, policies, overrides)
     jobs: list[Job] = []
@@ -149,6 +152,8 @@ def _records(
 ) -> int:
     if len(selected) != 1 or len(policies) != 1 or args.seed is None:
         raise ConfigError("--records needs one --scenario, one --policy and one --seed")
+    if args.store is not None and args.store.exists():
+        raise ConfigError(f"--store {args.store}: exists; give a new file")
     found = selected[0]
     job = Job(
         scenario=found.name,
@@ -158,6 +163,7 @@ def _records(
         last_episode=args.episode,
         counterfactual=not args.no_counterfactual,
         overrides=overrides,
+        store=args.store,
     )
     episode = asyncio.run(run_chain(job, found))[-1]
     rows: list[Any] = episode.records if policies[0] == "mape-k" else []

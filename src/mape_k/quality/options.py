@@ -30,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the decision records (mape-k) or the calls (a baseline) of one episode",
     )
+    p.add_argument(
+        "--store",
+        type=Path,
+        metavar="FILE",
+        help="with --records: keep the episode's knowledge store in FILE, a new file"
+        " (for `mape-k replay`)",
+    )
     p.add_argument("--json-dir", type=Path, help="write one JSON file per episode here")
     p.add_argument("--report", type=Path, help="write the markdown report here")
     p.add_argument(

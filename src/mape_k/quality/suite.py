@@ -30,6 +30,7 @@ class Job:
     last_episode: int | None = None  # stop the chain after this episode (None: all)
     counterfactual: bool = True
     overrides: tuple[tuple[str, str], ...] = ()  # `--set KEY=VALUE` as given (hashable)
+    store: Path | None = None  # keep the chain's knowledge store here (None: a scratch file)
 
 
 async def run_chain(job: Job, scenario: Scenario | None = None) -> list[Episode]:
@@ -39,7 +40,7 @@ async def run_chain(job: Job, scenario: Scenario | None = None) -> list[Episode]
     last = found.episodes - 1 if job.last_episode is None else job.last_episode
     episodes: list[Episode] = []
     with tempfile.TemporaryDirectory(prefix="mape-k-chain-") as scratch:
-        store = Path(scratch) / "knowledge.sqlite3"
+        store = job.store or Path(scratch) / "knowledge.sqlite3"
         for index in range(last + 1):
             final = index == last
             episodes.append(

@@ -1,0 +1,386 @@
+"""`mape-k replay`: the recorded period decided again with another configuration.
+
+The store is a real one, written by a real simulated episode (an error burst the daemon
+fixes with a restart, ~2 s); the replay reads it through a read-only copy."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mape_k import replay as rp
+from mape_k.cli import main
+from mape_k.config import load_settings
+from mape_k.loop.analyze import Signal
+from mape_k.loop.guards import Freeze
+from mape_k.loop.record import DecisionContext
+from mape_k.quality import scenario as scenarios
+from mape_k.quality.runner import run_episode
+from mape_k.store import SCHEMA_VERSION, Store
+
+# The restart for high_failure_rate scores 0.75 x 1 - cost: a floor of 0.7 prices it out.
+PRICED_OUT = "planner:\n  min_score: 0.7\n"
+THROTTLE_ONLY = (
+    "planner:\n  remediations:\n    high_failure_rate:\n"
+    "      - [{type: throttle_requests, parameters: {fraction: 0.7}}]\n"
+)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store written by one real simulated episode: an error burst at 120 s, fixed."""
+    path = tmp_path_factory.mktemp("replay") / "knowledge.sqlite3"
+    scenario = replace(scenarios.load("error_burst-calm-finite"), duration_s=600.0)
+    asyncio.run(run_episode(scenario, "mape-k", 1, knowledge=path, counterfactual=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def journal(recorded: Path) -> rp.Journal:
+    with rp.open_copy(str(recorded)) as store:
+        return rp.read_journal(store)
+
+
+def settings(tmp_path: Path, text: str = "{}\n"):
+    path = tmp_path / "new.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_settings(path, {})[0], path
+
+
+def acted(journal: rp.Journal) -> list[dict[str, Any]]:
+    return [dict(r) for r in journal.iterations if r.get("execution")]
+
+
+def test_the_episode_recorded_a_verified_restart(journal):
+    # What the tests below stand on: one executed restart, verified SUCCESS.
+    [record] = acted(journal)
+    assert record["execution"]["actions"][0]["type"] == "restart_service"
+    assert [o.outcome.value for o in journal.outcomes] == ["success"]
+    assert record["inputs"]["reading"]["target_size"] >= 1
+    assert {s["name"] for s in record["inputs"]["signals"]} == {"saturation"}
+
+
+def test_the_same_config_decides_every_iteration_the_same(journal, tmp_path):
+    new, _ = settings(tmp_path)
+    report = rp.replay(journal, new)
+    assert report.replayed == len(journal.iterations) > 20
+    assert report.same == report.replayed
+    assert report.differences == []
+    assert report.as_dict()["summary"]["guard_verdicts"] == {}
+
+
+def test_a_floor_that_prices_the_restart_out_drops_it_with_its_outcome(journal, tmp_path):
+    new, _ = settings(tmp_path, PRICED_OUT)
+    report = rp.replay(journal, new)
+    [diff] = report.differences
+    [record] = acted(journal)
+    assert diff.iteration == record["id"]
+    assert diff.cause == "high_failure_rate/charter"
+    assert diff.recorded.describe() == "restart_service on charter"
+    assert diff.new.describe() == (
+        "nothing: no candidate (none configured, or below planner.min_score 0.7)"
+    )
+    assert diff.new.why.startswith("no remediation for high_failure_rate/charter")
+    assert diff.recorded_outcome == "success"
+    assert diff.evidence is None
+    assert report.dropped == {"success": 1}
+    assert report.added == 0
+    assert report.same == report.replayed - 1
+
+
+def test_another_action_is_shown_with_the_knowledge_behind_it(journal, tmp_path):
+    new, _ = settings(tmp_path, THROTTLE_ONLY)
+    report = rp.replay(journal, new)
+    [diff] = report.differences
+    assert diff.new.describe().startswith("throttle_requests on charter (throttle None -> ")
+    assert diff.recorded_outcome == "success"
+    # Nothing learned of throttling yet: the prior alone (the configured benefit 0.65).
+    assert diff.evidence == "posterior 0.65 from 0 outcome(s)"
+    assert report.added == 1
+    assert report.dropped == {"success": 1}
+
+
+def test_dry_run_in_the_new_config_holds_the_restart(journal, tmp_path):
+    new, _ = settings(tmp_path, "executor:\n  dry_run: true\n")
+    report = rp.replay(journal, new)
+    [diff] = report.differences
+    assert "dry_run: dry-run: would execute" in diff.new.why
+    assert diff.new.describe() == "nothing: held by dry_run"
+    assert report.as_dict()["summary"]["guard_verdicts"] == {
+        "dry_run block": {"recorded": 0, "new": 1}
+    }
+
+
+def strip_replay_inputs(journal: rp.Journal) -> rp.Journal:
+    """The journal as a mape-k before replay inputs wrote it."""
+    old = []
+    for kept in journal.iterations:
+        record = copy.deepcopy(dict(kept))
+        inputs = record.get("inputs")
+        if inputs is not None:
+            for key in ("signals", "reading", "reading_problem", "modes"):
+                inputs.pop(key)
+            for v in inputs["violations"]:
+                v.pop("at")
+                v.pop("query")
+        old.append(record)
+    return replace(journal, iterations=old)
+
+
+def test_old_records_without_replay_inputs_still_replay(journal, tmp_path):
+    old = strip_replay_inputs(journal)
+    same, _ = settings(tmp_path)
+    report = rp.replay(old, same)
+    assert report.same == report.replayed == len(journal.iterations)
+    assert sum(report.assumed.values()) == report.replayed
+    priced_out, _ = settings(tmp_path, PRICED_OUT)
+    [diff] = rp.replay(old, priced_out).differences
+    assert diff.recorded_outcome == "success"
+
+
+def test_an_old_record_gives_its_switches_back_from_its_guard_decisions():
+    record = {
+        "started_at": 1.0,
+        "inputs": {"violations": []},
+        "guard_decisions": [
+            {"guard": "dry_run", "verdict": "block", "reason": "dry-run: ...", "until": None},
+            {"guard": "freeze", "verdict": "block", "reason": "frozen (operator)", "until": 9.0},
+            {"guard": "cooldown", "verdict": "allow", "reason": "ok", "until": None},
+        ],
+    }
+    switches = rp.switches_of(record)
+    assert (switches.has_reading, switches.dry_run) == (False, True)
+    assert switches.freeze is not None
+    assert (switches.freeze.reason, switches.freeze.until) == ("frozen (operator)", 9.0)
+    assert switches.startup_problem is None
+
+
+def test_a_recorded_operator_freeze_holds_the_replayed_action(journal, tmp_path):
+    frozen = copy.deepcopy([dict(r) for r in journal.iterations])
+    for record in frozen:
+        if "inputs" in record:
+            record["inputs"]["modes"]["freeze"] = {
+                "reason": "change window",
+                "since": 0.0,
+                "until": None,
+                "source": "operator",
+            }
+    new, _ = settings(tmp_path)
+    [diff] = rp.replay(replace(journal, iterations=frozen), new).differences
+    assert "freeze: frozen (operator) until lifted: change window" in diff.new.why
+
+
+def test_since_and_until_bound_what_is_compared(journal, tmp_path):
+    new, _ = settings(tmp_path, PRICED_OUT)
+    [record] = acted(journal)
+    at = record["started_at"]
+    after = rp.replay(journal, new, since=at + 1)
+    assert after.differences == []
+    assert after.replayed == sum(1 for r in journal.iterations if r["started_at"] >= at + 1)
+    before = rp.replay(journal, new, until=at - 1)
+    assert (before.differences, before.replayed) == (
+        [],
+        sum(1 for r in journal.iterations if r["started_at"] <= at - 1),
+    )
+    assert len(rp.replay(journal, new, since=at, until=at).differences) == 1
+
+
+def test_knowledge_is_what_was_recorded_before_the_iteration(journal, tmp_path):
+    new, _ = settings(tmp_path)
+    knowledge = rp.KnowledgeAt(journal, new)
+    [outcome] = journal.outcomes
+    assert knowledge.view() == {}  # before the outcome: nothing learned
+    knowledge.advance(outcome.recorded_at - 0.1)
+    assert knowledge.view() == {}
+    knowledge.advance(outcome.recorded_at)
+    pattern = knowledge.view()[("high_failure_rate", "restart_service")]
+    assert (pattern.samples, pattern.successes) == (1, 1.0)
+    assert ("high_failure_rate", "charter", "restart_service") in knowledge.target_view()
+
+
+# --- the record keeps the inputs, bounded -------------------------------------------------
+
+
+def test_the_context_is_bounded_by_top_n():
+    signals = {("saturation", f"c{i:02d}"): Signal(0.5, 0.001) for i in range(30)}
+    context = DecisionContext(
+        signals=signals,
+        dry_run=True,
+        freeze=Freeze(reason="r", since=1.0, until=None, source="operator"),
+        reading_problem="no Charter client",
+    )
+    data = context.as_dict(top_n=5)
+    assert [s["component"] for s in data["signals"]] == ["c00", "c01", "c02", "c03", "c04"]
+    assert data["reading"] is None
+    assert data["reading_problem"] == "no Charter client"
+    assert data["modes"]["dry_run"] is True
+    assert data["modes"]["freeze"]["source"] == "operator"
+    json.dumps(data)
+
+
+# --- the command: read-only, one-line errors, exit 2 ---------------------------------------
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_command_prints_the_table_and_never_writes_the_store(recorded, tmp_path, capsys):
+    before = digest(recorded)
+    config = tmp_path / "new.yaml"
+    config.write_text(PRICED_OUT, encoding="utf-8")
+    assert main(["replay", "--store", str(recorded), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "restart_service on charter" in out
+    assert "recorded action's outcome: SUCCESS" in out
+    assert "recorded actions dropped: 1 (success 1)" in out
+    assert digest(recorded) == before
+    assert main(["replay", "--store", str(recorded), "--config", str(config), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["different"] == 1
+    assert data["differences"][0]["recorded_outcome"] == "success"
+    assert digest(recorded) == before
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.sqlite3", "no such file"),
+        (lambda d: write(d / "text.sqlite3", b"not a database at all\n" * 10), "not a SQLite"),
+        (lambda d: foreign_db(d / "other.sqlite3"), "not a mape-k knowledge store"),
+        (lambda d: newer_store(d / "newer.sqlite3"), "written by a newer mape-k"),
+    ],
+)
+def test_a_bad_store_is_one_line_and_exit_2(make, expected, tmp_path, capsys):
+    config = tmp_path / "new.yaml"
+    config.write_text("{}\n", encoding="utf-8")
+    store = make(tmp_path)
+    assert main(["replay", "--store", str(store), "--config", str(config)]) == 2
+    err = one_line(capsys)
+    assert expected in err
+    assert str(store) in err  # the file given, never the private copy
+    assert "mape-k-replay-" not in err
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def foreign_db(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def newer_store(path: Path) -> Path:
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_another_url_is_refused_in_one_line(tmp_path, capsys):
+    config = tmp_path / "new.yaml"
+    config.write_text("{}\n", encoding="utf-8")
+    assert main(["replay", "--store", "mysql://u:pw@db/x", "--config", str(config)]) == 2
+    err = one_line(capsys)
+    assert "a SQLite file or a postgresql:// URL" in err
+    assert "pw" not in err
+
+
+def test_a_postgresql_store_is_read_in_read_only_sessions():
+    url = rp.read_only_url("postgresql://u:pw@db:5432/mapek?options=-c%20search_path%3Dm&x=1")
+    assert url.startswith("postgresql://u:pw@db:5432/mapek?x=1&options=")
+    assert "options=-c%20search_path%3Dm%20-c%20default_transaction_read_only%3Don" in url
+
+
+def test_a_bad_config_is_one_line_naming_the_key_and_exit_2(recorded, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("planner:\n  min_scor: 0.7\n", encoding="utf-8")
+    assert main(["replay", "--store", str(recorded), "--config", str(bad)]) == 2
+    err = one_line(capsys)
+    assert err.startswith("mape-k: invalid configuration: planner.min_scor")
+    assert main(["replay", "--store", str(recorded), "--config", str(tmp_path / "no.yaml")]) == 2
+    assert "no such file" in one_line(capsys)
+
+
+def test_a_bad_time_is_one_line_and_exit_2(recorded, tmp_path, capsys):
+    config = tmp_path / "new.yaml"
+    config.write_text("{}\n", encoding="utf-8")
+    args = ["replay", "--store", str(recorded), "--config", str(config), "--since", "yesterday"]
+    assert main(args) == 2
+    assert "--since 'yesterday': not a time" in one_line(capsys)
+
+
+def test_times_are_iso_8601_utc_or_unix_seconds():
+    assert rp.parse_time("--since", "2023-11-14T22:13:20Z") == 1_700_000_000.0
+    assert rp.parse_time("--since", "2023-11-14T22:13:20") == 1_700_000_000.0
+    assert rp.parse_time("--since", "1700000000") == 1_700_000_000.0
+    assert rp.parse_time("--since", None) is None
+
+
+def test_simulate_keeps_the_store_only_in_a_new_file(tmp_path, capsys):
+    existing = tmp_path / "kept.sqlite3"
+    existing.write_bytes(b"")
+    base = ["simulate", "--scenario", "no_fault", "--policy", "mape-k", "--seed", "1"]
+    assert main([*base, "--records", "--store", str(existing)]) == 1
+    assert "exists; give a new file" in capsys.readouterr().err
+    assert main([*base, "--store", str(tmp_path / "new.sqlite3")]) == 2
+    assert "--store needs --records" in capsys.readouterr().err
+
+
+def test_an_approved_execution_is_recognised_by_its_journaled_policy(journal):
+    # An approved policy runs under the proposal's id, which is none of the iteration's
+    # candidates: the journal's execution says what it was.
+    [record] = acted(journal)
+    approved = {**record, "choice": {**record["choice"], "policy_id": "pol-approved"}}
+    approved["candidates"] = []
+    by_id = {e.id: e for e in journal.executions}
+    decision = rp.recorded_decision(approved, by_id)
+    assert decision.describe() == "restart_service on charter"
+    assert decision.cause == "high_failure_rate/charter"
+    assert not rp.recorded_decision(approved).acts
+
+
+def test_a_restart_in_the_journal_starts_the_daemons_memory_again(journal, tmp_path):
+    new, _ = settings(tmp_path)
+    replayer = rp._Replayer(journal, new)
+    [first] = [r for r in journal.iterations if r["inputs"]["violations"]]
+    second = journal.iterations[journal.iterations.index(first) + 1]
+    replayer.follow(first)
+    replayer.decide(first)
+    assert replayer.analyzer.history_size > 0
+    grown = f"{int(first['id'].split('-')[0]) + 1}-abcdef01"
+    assert not replayer.follow({**second, "id": grown})  # the count grows: no restart
+    assert replayer.analyzer.history_size > 0
+    assert replayer.follow({**second, "id": "1-abcdef01"})  # back to 1: a new process
+    assert replayer.analyzer.history_size == 0
+    assert replayer.watching_since is None
+    # the whole journal as two processes: counted, and decided the same
+    renumbered = [
+        {**r, "id": f"{i % 10 + 1}-{r['id'].split('-', 1)[1]}"}
+        for i, r in enumerate(journal.iterations)
+    ]
+    report = rp.replay(replace(journal, iterations=renumbered), new)
+    assert report.restarts == (len(renumbered) - 1) // 10
+    assert report.as_dict()["summary"]["restarts"] == report.restarts
