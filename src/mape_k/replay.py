@@ -41,6 +41,7 @@ from mape_k.loop import actions as action_model
 from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer, Signal
+from mape_k.loop.autonomy import Autonomy
 from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.knowledge import pattern
 from mape_k.loop.plan import Planner
@@ -558,7 +559,10 @@ class _Replayer:
     def __init__(self, journal: Journal, settings: Settings) -> None:
         self.settings = settings
         self.analyzer = PatternAnalyzer(settings.analyzer)
-        self.planner = Planner(settings.planner)
+        # Autonomy as configured (levels an operator or promotion changed later are not
+        # replayed): a shadow policy decides nothing, as in the daemon.
+        self.autonomy = Autonomy(settings)
+        self.planner = Planner(settings.planner, autonomy=self.autonomy.level_of)
         self.envelope = SafetyEnvelope(settings.guards, dry_run=settings.executor.dry_run)
         self.knowledge = KnowledgeAt(journal, settings)
         # When each execution ran: the iteration that journaled it (else its own start).
@@ -598,7 +602,7 @@ class _Replayer:
         history, the planner's proposals, the return to baseline's quiet windows); the
         guards' memory and the knowledge are the store's, and go on."""
         self.analyzer.reset()
-        self.planner = Planner(self.settings.planner)
+        self.planner = Planner(self.settings.planner, autonomy=self.autonomy.level_of)
         self.watching_since = None
         self.last_violation = {}
 
@@ -834,15 +838,7 @@ class _Replayer:
             plan, unresolved = plans[candidate.id]
             target_ctx = replace(ctx, unresolved=unresolved)
             policy = guard_rules.stabilized(plan, target_ctx)
-            verdicts = guard_rules.evaluate(policy, target_ctx)
-            if not switches.has_reading:
-                # An old record: the reading is assumed; the data guard judges the data only.
-                verdicts = tuple(
-                    replace(d, verdict=GuardVerdict.ALLOW, reason="reading assumed (old record)")
-                    if d.guard == "data" and observation.degraded_reason is None
-                    else d
-                    for d in verdicts
-                )
+            verdicts = _assumed(guard_rules.evaluate(policy, target_ctx), switches, observation)
             decisions.extend(verdicts)
             for d in verdicts:
                 if (
@@ -851,6 +847,10 @@ class _Replayer:
                     and not returns_model.is_return(policy.cause.name)
                 ):
                     self.envelope.start_backoff(policy.target, d.reason, now=now)
+            if guard_rules.allowed(verdicts) and policy.shadow:
+                names = "+".join(a.action_type for a in policy.actions)
+                held.append(f"shadow: would do {names} on {policy.target}")
+                continue  # nothing is called: a policy below it may still run
             if guard_rules.allowed(verdicts):
                 why = f"{policy.primary_action} on {policy.target}: {policy.rationale}"
                 return _decision(policy, why), decisions
@@ -863,6 +863,20 @@ class _Replayer:
         why = "held back by guards: " + "; ".join(dict.fromkeys(held))
         held_by = tuple(dict.fromkeys(d.guard for d in guard_rules.holding(tuple(decisions))))
         return Decision(cause=None, target=None, why=why, held_by=held_by), decisions
+
+
+def _assumed(
+    verdicts: tuple[GuardDecision, ...], switches: Switches, observation: Observation
+) -> tuple[GuardDecision, ...]:
+    """An old record: the reading is assumed; the data guard judges the data only."""
+    if switches.has_reading:
+        return verdicts
+    return tuple(
+        replace(d, verdict=GuardVerdict.ALLOW, reason="reading assumed (old record)")
+        if d.guard == "data" and observation.degraded_reason is None
+        else d
+        for d in verdicts
+    )
 
 
 def _verdict_counts(

@@ -119,6 +119,15 @@ def test_dry_run_in_the_new_config_holds_the_restart(journal, tmp_path):
     }
 
 
+def test_an_action_at_shadow_in_the_new_config_is_a_would_do_not_an_action(journal, tmp_path):
+    new, _ = settings(tmp_path, "autonomy:\n  levels:\n    restart_service: shadow\n")
+    report = rp.replay(journal, new)
+    [diff] = report.differences
+    assert diff.recorded.acts
+    assert not diff.new.acts
+    assert "shadow: would do restart_service on charter" in diff.new.why
+
+
 def strip_replay_inputs(journal: rp.Journal) -> rp.Journal:
     """The journal as a mape-k before replay inputs wrote it."""
     old = []
