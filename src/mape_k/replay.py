@@ -43,11 +43,11 @@ from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer, Signal
 from mape_k.loop.autonomy import Autonomy
 from mape_k.loop.envelope import SafetyEnvelope
+from mape_k.loop.iteration import size_recommendations
 from mape_k.loop.knowledge import pattern
 from mape_k.loop.plan import Planner
 from mape_k.loop.record import why_nothing
 from mape_k.models import (
-    ActionType,
     AnalysisResult,
     ExecutionStatus,
     GuardDecision,
@@ -767,24 +767,11 @@ class _Replayer:
         state = switches.reading
         if observation.degraded or state is None:
             return
-        scaling = [
-            policy
-            for policy, _ in plans.values()
-            if policy.primary_action in {ActionType.SCALE_UP, ActionType.SCALE_DOWN}
-        ]
-        targets = dict.fromkeys(
-            [m.component for m in observation.metrics if m.name == "committee_size"]
-            + [component for name, component in self.signals_seen]
-            + [policy.target for policy in scaling]
-        )
-        for target in targets:
-            recommended = fits.get(target, state.target_size)
-            for policy in scaling:
-                if policy.target == target:
-                    size = action_model.final_value(policy, "size")
-                    recommended = state.target_size if size is None else int(size)
-                    break
-            self.envelope.recommend(target, recommended, now=now)
+        seen = [component for _, component in self.signals_seen]
+        for target, size in size_recommendations(
+            plans.values(), state, observation, fits, also=seen
+        ).items():
+            self.envelope.recommend(target, size, now=now)
 
     def _choose(
         self,

@@ -21,8 +21,13 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
+from mape_k.errors import MapekError
 from mape_k.models import GuardDecision, PolicyExecution, PolicyOutcome
 from mape_k.store import Fence, InboxRow, LeaseState, PairStats, StoreSize
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -252,3 +257,21 @@ class SharedStore(AsyncStore):
 
     async def lease_release(self, holder: str, epoch: int) -> bool:
         return await self._call(self._leases.lease_release, holder, epoch)
+
+
+async def read_state(
+    store: AsyncStore, key: str, *, strict: bool, event: str
+) -> dict[str, Any] | None:
+    """The JSON object an earlier run (or the previous leader) saved under `key`. A failed
+    read is logged as `event` and raises when `strict` (a takeover: the shared store is the
+    truth). Nothing saved, or not an object: None, or {} when `strict` (an empty state)."""
+    try:
+        saved = await store.get_state(key)
+    except MapekError as exc:
+        log.error(event, error=str(exc))
+        if strict:
+            raise
+        return None
+    if isinstance(saved, dict):
+        return saved
+    return {} if strict else None

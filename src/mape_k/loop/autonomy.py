@@ -43,7 +43,7 @@ from mape_k.causes import RETURNS
 from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, AutonomyRule, Settings
 from mape_k.errors import MapekError
 from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
-from mape_k.storeio import AsyncStore
+from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -607,14 +607,9 @@ class Autonomy:
         configuration, which is the safe direction only if the configuration is; say so."""
         if self._store is None:
             return
-        try:
-            saved = await self._store.get_state(STATE_KEY)
-        except MapekError as exc:
-            log.error("autonomy_unreadable", error=str(exc))
-            if strict:
-                raise
-            return
-        if not isinstance(saved, dict):
+        event = "autonomy_unreadable"
+        saved = await read_state(self._store, STATE_KEY, strict=strict, event=event)
+        if saved is None:
             return
         try:
             self.restore(saved)

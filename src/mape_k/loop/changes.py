@@ -38,7 +38,7 @@ from mape_k.integrations.alertmanager import (
     AlertStatus,
     WebhookPayload,
 )
-from mape_k.storeio import AsyncStore
+from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -455,17 +455,10 @@ class ChangeLog:
         truth): a failed read raises, and nothing saved means none."""
         if self._store is None:
             return
-        try:
-            saved = await self._store.get_state(STATE_KEY)
-        except MapekError as exc:
-            log.error("changes_unreadable", error=str(exc))
-            if strict:
-                raise
+        event = "changes_unreadable"
+        saved = await read_state(self._store, STATE_KEY, strict=strict, event=event)
+        if saved is None:
             return
-        if not isinstance(saved, dict):
-            if not strict:
-                return
-            saved = {}
         try:
             changes = [Change.from_dict(entry) for entry in saved.get("changes", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

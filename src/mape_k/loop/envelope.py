@@ -61,7 +61,7 @@ from mape_k.models import (
     is_builtin,
 )
 from mape_k.store import SCHEMA_VERSION, policy_from_record, to_jsonable
-from mape_k.storeio import AsyncStore
+from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -276,17 +276,11 @@ class SafetyEnvelope:
         is the truth): a read that fails raises, and no saved state means an empty one."""
         if self._store is None:
             return
-        try:
-            saved = await self._store.get_state(STATE_KEY)
-        except MapekError as exc:
-            log.error("safety_state_unreadable", error=str(exc))
-            if strict:
-                raise
+        saved = await read_state(
+            self._store, STATE_KEY, strict=strict, event="safety_state_unreadable"
+        )
+        if saved is None:
             return
-        if not isinstance(saved, dict):
-            if not strict:
-                return
-            saved = {}
         try:
             # Built whole before assigned: a bad file leaves the fresh (empty) state intact.
             history = [

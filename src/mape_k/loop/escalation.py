@@ -42,7 +42,7 @@ from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.guards import Hold
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus, OutcomeType, Severity
-from mape_k.storeio import AsyncStore
+from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -119,17 +119,11 @@ class NeedsHumanAlerts:
     async def load(self, *, strict: bool = False) -> None:
         """The alerts an earlier run told Alertmanager about (re-sent or resolved next).
         `strict` (a takeover): a read that fails raises; nothing saved means none sent."""
-        try:
-            saved = await self._store.get_state(STATE_KEY)
-        except MapekError as exc:
-            log.error("needs_human_alerts_unreadable", error=str(exc))
-            if strict:
-                raise
+        saved = await read_state(
+            self._store, STATE_KEY, strict=strict, event="needs_human_alerts_unreadable"
+        )
+        if saved is None:
             return
-        if not isinstance(saved, dict):
-            if not strict:
-                return
-            saved = {}
         try:
             sent = {
                 str(target): Sent(

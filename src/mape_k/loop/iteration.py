@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -846,23 +846,8 @@ class IterationPipeline:
         state, _ = reading
         if observation.degraded or state is None:
             return
-        scaling = [
-            policy
-            for policy, _ in plans.values()  # in the planner's ranking
-            if policy.primary_action in {ActionType.SCALE_UP, ActionType.SCALE_DOWN}
-        ]
-        targets = dict.fromkeys(
-            [m.component for m in observation.metrics if m.name == "committee_size"]
-            + [policy.target for policy in scaling]
-        )
-        for target in targets:
-            recommended = fits.get(target, state.target_size)
-            for policy in scaling:
-                if policy.target == target:
-                    size = action_model.final_value(policy, "size")
-                    recommended = state.target_size if size is None else int(size)
-                    break
-            self.envelope.recommend(target, recommended, now=now)
+        for target, size in size_recommendations(plans.values(), state, observation, fits).items():
+            self.envelope.recommend(target, size, now=now)
 
     def _after_guards(
         self, policy: RemediationPolicy, verdicts: tuple[GuardDecision, ...], now: float
@@ -976,6 +961,39 @@ class Readings:
 def _size(observation: Observation, target: str) -> int | None:
     value = observation.value("committee_size", target)
     return None if value is None else round(value)
+
+
+def size_recommendations(
+    plans: Iterable[tuple[RemediationPolicy, str | None]],
+    state: CommitteeState,
+    observation: Observation,
+    fits: Mapping[str, int],
+    also: Iterable[str] = (),
+) -> dict[str, int]:
+    """Target -> its recommended size this iteration (scale-down stabilization): where its
+    best-ranked resolved scale policy (`plans` in the planner's ranking) leaves it, else the
+    size its load needs (`fits`), else the size the reading is heading for. The targets:
+    those whose size is read, those `also` named, those a scale policy is for. Pure."""
+    scaling = [
+        policy
+        for policy, _ in plans
+        if policy.primary_action in {ActionType.SCALE_UP, ActionType.SCALE_DOWN}
+    ]
+    targets = dict.fromkeys(
+        [m.component for m in observation.metrics if m.name == "committee_size"]
+        + list(also)
+        + [policy.target for policy in scaling]
+    )
+    sizes: dict[str, int] = {}
+    for target in targets:
+        recommended = fits.get(target, state.target_size)
+        for policy in scaling:
+            if policy.target == target:
+                size = action_model.final_value(policy, "size")
+                recommended = state.target_size if size is None else int(size)
+                break
+        sizes[target] = recommended
+    return sizes
 
 
 def _moved(wd: WouldDo, state: CommitteeState) -> str | None:
