@@ -44,11 +44,14 @@ run: venv
 demo: venv deps
 	$(BIN)/mape-k demo --fault $(FAULT)
 
+# The unit tests on two workers (no shared state: fake clocks, temporary directories); the
+# integration and e2e tests, which start real services and measure timings, one at a time.
 test: venv deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q tests/integration tests/e2e
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 lint: venv
 	$(BIN)/ruff check src tests bench
