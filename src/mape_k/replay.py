@@ -809,6 +809,7 @@ class _Replayer:
             backoffs=dict(self.envelope.backoffs),
             needs_human=dict(self.envelope.needs_human),
             startup_problem=switches.startup_problem,
+            maintenance=self.settings.maintenance,
         )
         decisions: list[GuardDecision] = []
         held: list[str] = []
@@ -821,6 +822,7 @@ class _Replayer:
             == (recorded.cause, recorded.actions)
         ]
         runnable = approved[:1] + [p for p in policies if not p.requires_approval]
+        ctx = replace(ctx, approvals={p.id: now for p in approved[:1]})  # taken as given
         for candidate in runnable:
             plan, unresolved = plans[candidate.id]
             target_ctx = replace(ctx, unresolved=unresolved)

@@ -177,6 +177,22 @@ def test_a_return_to_baseline_at_shadow_is_counted_not_scored():
     assert (stats.would_do, stats.scored, stats.precision) == (1, 0, None)
 
 
+def test_a_would_do_on_a_prediction_is_counted_and_keeps_the_cause_key_free():
+    autonomy = Autonomy(Settings())
+    ahead = policy(action("scale_up"), cause=replace(cause("overload"), predicted=True))
+    autonomy.would_do(ahead, now=NOW, settle_s=30, value=0.8)
+    assert autonomy.open == {}
+    assert autonomy.stats[("overload", "scale_up")].scored == 0
+
+
+def test_a_change_after_the_violation_cleared_is_not_who_fixed_it():
+    autonomy = Autonomy(Settings())
+    autonomy.would_do(scored_policy(), now=NOW, settle_s=20, value=0.2)
+    autonomy.follow(fine(NOW + 10), NOW + 10, no_change)
+    [scored] = autonomy.follow(fine(NOW + 40), NOW + 40, lambda wd: "a deploy after it cleared")
+    assert (scored.verdict, scored.other) == ("cleared", None)
+
+
 def test_degraded_readings_score_nothing():
     autonomy = Autonomy(Settings())
     autonomy.would_do(scored_policy(), now=NOW, settle_s=20, value=0.2)
@@ -218,7 +234,8 @@ def test_attributed_degradation_demotes_a_named_action_down_to_its_min_and_it_st
         "demotion",
     )
     assert autonomy.note_outcome(bad, NOW + 1) is None  # not below min
-    assert autonomy.promote(lambda c, a: (1.0, 100), NOW + 2) == []  # a demotion sticks
+    beliefs = {("high_failure_rate", "restart_service"): (1.0, 100.0)}
+    assert autonomy.promote(beliefs, NOW + 2) == []  # a demotion sticks
     assert autonomy.note_outcome(outcome(), NOW) is None  # a success demotes nothing
     assert Autonomy(Settings()).note_outcome(bad, NOW) is None  # unnamed: untouched
     assert [c.by for c in autonomy.drain()] == ["demotion"]
@@ -235,12 +252,42 @@ def test_promotion_needs_precision_posterior_and_samples_and_stops_at_max():
         autonomy.would_do(scored_policy(), now=NOW + i * 1000, settle_s=20, value=0.2)
         autonomy.follow(failing(NOW + i * 1000 + 40), NOW + i * 1000 + 40, no_change)
         autonomy.follow(fine(NOW + i * 1000 + 60), NOW + i * 1000 + 60, no_change)
-    assert autonomy.promote(lambda c, a: (0.6, 5), NOW + 3000) == []  # posterior too low
-    [change] = autonomy.promote(lambda c, a: (0.8, 5), NOW + 3000)
+    pair = ("high_failure_rate", "restart_service")
+    assert autonomy.promote({pair: (0.6, 5.0)}, NOW + 3000) == []  # posterior too low
+    [change] = autonomy.promote({pair: (0.8, 5.0)}, NOW + 3000)
     assert (change.before, change.after, change.by) == ("shadow", "approve", "promotion")
     assert "shadow precision 0.75 over 2 would-dos" in change.reason
-    assert autonomy.promote(lambda c, a: (0.99, 50), NOW + 3001) == []  # at its max
+    assert autonomy.promote({pair: (0.99, 50.0)}, NOW + 3001) == []  # at its max
     assert autonomy.level_of(cause(), ["restart_service"], NOW)[0] == "approve"
+
+
+def test_approve_to_auto_rests_on_verified_outcomes_without_any_shadow():
+    cfg = settings(
+        levels={"restart_service": {"level": "approve", "max": "auto"}},
+        promotion={"enabled": True, "min_samples": 10, "min_posterior": 0.8},
+    )
+    autonomy = Autonomy(cfg)
+    untried = ("members_unhealthy", "restart_service")  # a candidate with no outcome yet
+    tried = ("high_failure_rate", "restart_service")
+    assert autonomy.promote({tried: (0.9, 9.0), untried: (0.9, 0.0)}, NOW) == []
+    [change] = autonomy.promote({tried: (0.9, 12.0), untried: (0.5, 0.0)}, NOW)
+    assert (change.before, change.after) == ("approve", "auto")
+    assert change.reason == "posterior 0.90 over 12 verified outcomes"
+
+
+def test_demotion_follows_the_override_in_force_and_never_raises_a_level():
+    autonomy = Autonomy(settings(levels={"scale_up": {"level": "auto", "min": "approve"}}))
+    autonomy.set_level("overload/scale_up", "auto", now=NOW, reason="ops")
+    degraded = outcome(
+        outcome=OutcomeType.DEGRADATION, cause="overload", action_type=ActionType.SCALE_UP
+    )
+    change = autonomy.note_outcome(degraded, NOW)
+    assert change is not None
+    assert (change.key, change.after) == ("overload/scale_up", "approve")
+    assert autonomy.level_of(cause("overload"), ["scale_up"], NOW)[0] == "approve"
+    autonomy.set_level("scale_up", "shadow", now=NOW, reason="ops")  # below its min
+    other = replace(degraded, cause="queue_backlog")
+    assert autonomy.note_outcome(other, NOW) is None  # shadow stays shadow: never up
 
 
 def test_an_operator_sets_and_resets_a_level_and_lifts_a_demotion():
@@ -253,6 +300,10 @@ def test_an_operator_sets_and_resets_a_level_and_lifts_a_demotion():
     assert autonomy.level_of(cause("overload"), ["scale_up"], NOW)[0] == "shadow"
     reset = autonomy.set_level("overload/scale_up", None, now=NOW, reason="done")
     assert reset.after == "auto"
+    shadowed = Autonomy(settings(levels={"scale_up": "shadow"}))
+    shadowed.set_level("overload/scale_up", "auto", now=NOW, reason="trial")
+    back = shadowed.set_level("overload/scale_up", None, now=NOW, reason="done")
+    assert (back.before, back.after) == ("auto", "shadow")  # what is in force, recorded
     assert autonomy.level_of(cause("overload"), ["scale_up"], NOW)[0] == "auto"
 
 

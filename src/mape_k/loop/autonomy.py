@@ -40,7 +40,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mape_k.causes import RETURNS
-from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, AutonomyRule, Settings
+from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, Settings
 from mape_k.errors import MapekError
 from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
 from mape_k.storeio import AsyncStore, read_state
@@ -163,7 +163,7 @@ class ShadowStats:
 
 
 # (cause, action) -> the planner's posterior mean and the outcomes behind it.
-Belief = Callable[[str, str], tuple[float, float] | None]
+Beliefs = Mapping[tuple[str, str], tuple[float, float]]
 # a would-do -> what someone else changed on its target since (None: nothing seen).
 ChangedSince = Callable[["WouldDo"], str | None]
 # target, now -> a change recorded on it whose window is still open (None: none).
@@ -198,13 +198,6 @@ class Autonomy:
         self._settings = settings
 
     # --- levels ----------------------------------------------------------------------------
-
-    def _rule(self, cause: str, action: str) -> tuple[str | None, AutonomyRule | None]:
-        levels = self._settings.autonomy.levels
-        for key in (f"{cause}/{action}", action):
-            if key in levels:
-                return key, levels[key]
-        return None, None
 
     def _default(self, action: str) -> AutonomyLevel:
         settings = self._settings
@@ -262,7 +255,6 @@ class Autonomy:
         now: float,
     ) -> LevelChange:
         change = LevelChange(at=now, key=key, before=before, after=after, by=by, reason=reason)
-        self.overrides[key] = after
         self.changes.append(change)
         self._undrained.append(change)
         self.changes_by[by] = self.changes_by.get(by, 0) + 1
@@ -276,16 +268,14 @@ class Autonomy:
         """An operator's change: `level` None resets `key` to its configured level. Any
         demotion of the key is forgotten (promotion may move it again)."""
         cause, _, action = key.rpartition("/")
-        current = self.overrides.get(key) or self.base_level(cause, action)[1]
+        current = self.base_level(cause, action)[1]
         if level is None:
-            rule = self._settings.autonomy.levels.get(key)
-            level = rule.level if rule is not None else self._default(action)
-            change = self._change(key, current, level, by="operator", reason=reason, now=now)
-            del self.overrides[key]
+            self.overrides.pop(key, None)
+            level = self.base_level(cause, action)[1]  # what is in force without it
         else:
-            change = self._change(key, current, level, by="operator", reason=reason, now=now)
+            self.overrides[key] = level
         self.demoted.discard(key)
-        return change
+        return self._change(key, current, level, by="operator", reason=reason, now=now)
 
     def note_outcome(self, outcome: PolicyOutcome, now: float) -> LevelChange | None:
         """An attributed DEGRADATION drops the level of the action's rule one step."""
@@ -293,13 +283,24 @@ class Autonomy:
             return None
         if not self._settings.autonomy.demote_on_degradation:
             return None
-        key, rule = self._rule(outcome.cause, str(outcome.action_type))
-        if key is None or rule is None:
-            return None
-        current = self.overrides.get(key, rule.level)
-        after = AUTONOMY_LEVELS[max(_RANK[rule.min], _RANK[current] - 1)]
-        if after == current:
-            return None
+        action = str(outcome.action_type)
+        key = next(
+            (
+                k
+                for k in (f"{outcome.cause}/{action}", action)
+                if k in self.overrides or k in self._settings.autonomy.levels
+            ),
+            None,
+        )
+        if key is None:
+            return None  # an action not named: today's behaviour
+        rule = self._settings.autonomy.levels.get(key)
+        current = self.overrides.get(key) or (rule.level if rule else "auto")
+        floor = _RANK[rule.min] if rule is not None else 0
+        after = AUTONOMY_LEVELS[max(floor, _RANK[current] - 1)]
+        if _RANK[after] >= _RANK[current]:
+            return None  # at its min already (or an operator put it lower): never up
+        self.overrides[key] = after
         self.demoted.add(key)
         return self._change(
             key,
@@ -311,7 +312,7 @@ class Autonomy:
             now=now,
         )
 
-    def promote(self, belief: Belief, now: float) -> list[LevelChange]:
+    def promote(self, beliefs: Beliefs, now: float) -> list[LevelChange]:
         """Promotion (autonomy.promotion): each rule below its max whose evidence passes —
         to leave shadow, its scored would-dos, their precision and the posterior; to leave
         approve, the verified outcomes behind the posterior and its mean."""
@@ -330,11 +331,15 @@ class Autonomy:
                 for (c, a) in self.stats
                 if a.split("+")[0] == action and (not cause or c == cause)
             ]
-            beliefs = [b for b in (belief(c, action) for c, _ in pairs) if b is not None]
-            if cause and not pairs:
-                found = belief(cause, action)
-                beliefs = [found] if found is not None else []
-            if not beliefs or min(mean for mean, _ in beliefs) < promotion.min_posterior:
+            if current == "shadow":  # the causes it was shadowed on
+                found = [beliefs[(c, action)] for c, _ in pairs if (c, action) in beliefs]
+            else:  # the causes it has verified outcomes on
+                found = [
+                    (mean, n)
+                    for (c, a), (mean, n) in beliefs.items()
+                    if a == action and (not cause or c == cause) and n > 0
+                ]
+            if not found or min(mean for mean, _ in found) < promotion.min_posterior:
                 continue
             if current == "shadow":
                 stats = self._sum(pairs)
@@ -345,16 +350,15 @@ class Autonomy:
                     continue
                 why = (
                     f"shadow precision {precision:.2f} over {stats.scored} would-dos,"
-                    f" posterior {min(m for m, _ in beliefs):.2f}"
+                    f" posterior {min(m for m, _ in found):.2f}"
                 )
             else:
-                samples = min(n for _, n in beliefs)
+                samples = min(n for _, n in found)
                 if samples < promotion.min_samples:
                     continue
-                why = (
-                    f"posterior {min(m for m, _ in beliefs):.2f} over {samples:g} verified outcomes"
-                )
+                why = f"posterior {min(m for m, _ in found):.2f} over {samples:g} verified outcomes"
             after = higher(current)
+            self.overrides[key] = after
             changes.append(self._change(key, current, after, by="promotion", reason=why, now=now))
         return changes
 
@@ -404,8 +408,9 @@ class Autonomy:
         )
         self.stats.setdefault(wd.pair, ShadowStats()).would_do += 1
         self._dirty = True
-        if policy.cause.name in RETURNS:
-            # A return to baseline has no violation to watch clear: counted, not scored.
+        if policy.cause.name in RETURNS or policy.cause.predicted:
+            # A return to baseline, a predicted violation: no violation to watch clear
+            # (a prediction's own track record is loop/predict.py's): counted, not scored.
             log.info("shadow_would_do", policy_id=wd.id, cause=wd.key, actions=list(wd.actions))
             return wd
         self.open[wd.key] = wd
@@ -440,8 +445,8 @@ class Autonomy:
             excess = _excess(observation, wd)
             if excess is not None and (wd.worst is None or excess > wd.worst):
                 wd.worst = excess
-            if wd.other is None:
-                wd.other = changed(wd)
+            if wd.other is None and wd.cleared_at is None:
+                wd.other = changed(wd)  # what changed before it cleared, not after
             if not violating and wd.cleared_at is None:
                 wd.cleared_at = now
                 self._dirty = True

@@ -307,7 +307,7 @@ def _alert_change(
     if "rollback" in notes:
         try:
             raw = json.loads(notes["rollback"])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ChangeRefused(f"{where}.annotations.rollback", "not JSON") from exc
         rollback = _rollback(raw, f"{where}.annotations.rollback", actions)
     window = None

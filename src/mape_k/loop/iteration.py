@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -498,13 +498,13 @@ class IterationPipeline:
             self.autonomy.promote(self._belief(), now)
         return outcomes
 
-    def _belief(self) -> Callable[[str, str], tuple[float, float] | None]:
-        """(cause, action) -> the planner's posterior mean and the outcomes behind it."""
-        rows = {
+    def _belief(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """(cause, action) -> the planner's posterior mean and the outcomes behind it (the
+        first candidate of an action for a cause is its row)."""
+        return {
             (row.cause, row.actions[0]): (row.posterior.mean, row.posterior.samples)
             for row in reversed(self.planner.posteriors(self.knowledge.view()))
         }
-        return lambda cause, action: rows.get((cause, action))
 
     async def _escalate(self, now: float) -> None:
         """Run `guards.target_breaker.escalate` once for each target held for a human since
@@ -693,7 +693,7 @@ class IterationPipeline:
 
         def changed(wd: WouldDo) -> str | None:
             for change in self.envelope.history:
-                if change.target == wd.target and change.at > wd.at:
+                if change.target == wd.target and change.at >= wd.at:  # this iteration's too
                     return f"{change.action_type} ({change.execution_id})"
             recorded = [] if self.changes is None else self.changes.since(wd.target, wd.at)
             if recorded:
