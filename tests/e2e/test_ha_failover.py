@@ -298,12 +298,19 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
             late = [a for a in effects(after) if a not in effects(before)]
             by_old = [a for a in late if a["idempotency_key"].split(":")[0] in old]
             assert not by_old, f"the resumed old leader acted: {by_old}"
+
             # The new leader settled the execution the old one was in: that entry stands
             # (the old leader's late "after" entry was refused by the store).
             # Paused inside the execution, the old leader's last entry is refused by the
             # store and the new leader's reconcile stands; one that ended just before the
             # pause wrote its own end. Either way the entry is final, never left open.
-            settled = runs[started["id"]]
+            def final(execution_id: str = started["id"]) -> dict[str, Any] | None:
+                entry = journal.executions().get(execution_id)
+                return None if entry is None or entry["status"] in UNFINISHED else entry
+
+            # The new leader's reconcile writes its entry just after its lookup reached the
+            # Charter (what `fenced` saw): waited for, bounded, never assumed.
+            settled = await until(final, timeout_s=15, what="the paused execution's end", why=why)
             old_log = stack.logs(holder, tail=200_000)
             inside = any(
                 '"journal_failed"' in line and started["id"] in line
@@ -311,7 +318,6 @@ async def test_twenty_failovers_lose_nothing_and_apply_nothing_twice(
             )
             # (Which of the two wrote it depends on where the pause caught the old leader.)
             assert settled["epoch"] in (epoch, new_epoch), (inside, settled)
-            assert settled["status"] not in UNFINISHED, settled
             await quiet()  # the new leader remedies the fault
             report["pauses"].append(
                 {
