@@ -455,7 +455,8 @@ class _Server:
         log.info("control_call", route=f"{request.method} {request.path}", caller=caller)
         return caller
 
-    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+    async def _json_body(self, request: web.Request, *, invalid: int = 422) -> dict[str, Any]:
+        """The request's JSON object; `invalid` is the status of a body that is not one."""
         if not _is_json(request):
             raise _Rejected(
                 415, "content_type", "Content-Type must be application/json", field="Content-Type"
@@ -463,7 +464,7 @@ class _Server:
         raw = await _read_bounded(request, self.config.max_body_bytes, self.config.body_timeout_s)
         document = _loads(raw)
         if not isinstance(document, dict):
-            raise _Rejected(422, "invalid", "body must be a JSON object", field="body")
+            raise _Rejected(invalid, "invalid", "body must be a JSON object", field="body")
         return document
 
     async def pending(self, request: web.Request) -> web.Response:
@@ -518,23 +519,12 @@ class _Server:
 
     # --- recorded changes (loop/changes.py) ---------------------------------------------
 
-    async def _change_document(self, request: web.Request) -> dict[str, Any]:
-        if not _is_json(request):
-            raise _Rejected(
-                415, "content_type", "Content-Type must be application/json", field="Content-Type"
-            )
-        raw = await _read_bounded(request, self.config.max_body_bytes, self.config.body_timeout_s)
-        document = _loads(raw)
-        if not isinstance(document, dict):
-            raise _Rejected(400, "invalid", "body must be a JSON object", field="body")
-        return document
-
     async def post_changes(self, request: web.Request) -> web.Response:
         """A change as `{target, kind, ...}`, or an Alertmanager payload whose firing alerts
         are changes (a CI job's or a receiver's): validated, journaled, recorded."""
         changes = self.changes
         assert changes is not None  # the route exists only with a change log
-        document = await self._change_document(request)
+        document = await self._json_body(request, invalid=400)
         webhook = "alerts" in document or "version" in document
         now = changes.now()
         try:

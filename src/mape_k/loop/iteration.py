@@ -43,7 +43,7 @@ from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
 from mape_k.loop.plan import Planner
-from mape_k.loop.predict import Predictor, plan_causes
+from mape_k.loop.predict import Predictor, least_squares, plan_causes
 from mape_k.loop.record import DecisionContext, DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
 from mape_k.models import (
@@ -949,13 +949,8 @@ class Readings:
         points = self._points.get((query, target))
         if points is None or len(points) < 3:
             return None
-        n = len(points)
-        mean_t = sum(t for t, _ in points) / n
-        mean_v = sum(v for _, v in points) / n
-        spread = sum((t - mean_t) ** 2 for t, _ in points)
-        if spread <= 0:
-            return None
-        return sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
+        fitted = least_squares(list(points))
+        return None if fitted is None else fitted[2]
 
 
 def _size(observation: Observation, target: str) -> int | None:

@@ -68,7 +68,7 @@ class Forecast:
     lead_s: float | None  # seconds until the fitted trend crosses the threshold; None: never
 
 
-def _least_squares(points: Sequence[Point]) -> tuple[float, float, float, float] | None:
+def least_squares(points: Sequence[Point]) -> tuple[float, float, float, float] | None:
     """(mean t, mean v, slope, t statistic of the slope); None when all t are equal."""
     n = len(points)
     mean_t = sum(t for t, _ in points) / n
@@ -120,7 +120,7 @@ def forecast(
     series = sorted(kept.items())
     if len(series) < config.min_points:
         return None
-    fitted = _least_squares(series)
+    fitted = least_squares(series)
     if fitted is None:
         return None
     mean_t, mean_v, ls_slope, t_stat = fitted
