@@ -805,7 +805,10 @@ class KnowledgeConfig(_Model):
         gt=0,
         le=300,
         allow_inf_nan=False,
-        description="PostgreSQL: a statement (or a lock wait) gives up after this long.",
+        description=(
+            "PostgreSQL: a statement, a lock wait, or a transaction left idle (a paused"
+            " replica's) gives up after this long."
+        ),
     )
     saturation_samples: int = Field(
         30, ge=1, description="Samples at which an insight's confidence is 1."

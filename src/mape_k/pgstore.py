@@ -16,10 +16,13 @@ Choices:
   `_exec` rewrites to `%s` and `seq`. This module adds the connection, migrations, the
   transactions (`_tx`), the fence check, the lease and the byte budget.
 - Fail closed, recover without a restart. Every call is one short explicit transaction
-  with `statement_timeout` and `lock_timeout` set on the session. A paused or partitioned
-  server answers nothing, so the server-side timeout cannot fire: a client-side watchdog
-  shuts the socket down a second past it. Any OperationalError / InterfaceError discards
-  the connection, and the next call reconnects once, bounded by the connect timeout.
+  with `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout` set
+  on the session (a replica paused inside a fenced write would otherwise hold its FOR
+  SHARE lock on the lease row, and so the lease, for as long as it stays paused). A
+  paused or partitioned server answers nothing, so the server-side timeout cannot fire:
+  a client-side watchdog shuts the socket down a second past it. Any OperationalError /
+  InterfaceError discards the connection, and the next call reconnects once, bounded by
+  the connect timeout.
   Every psycopg error leaves as a StoreError naming the location (never the password)
   and the operation; `write_problem()` also says when the database cannot be reached.
 - Fencing. With a fence set (`set_fence`), every journal write first runs
@@ -347,11 +350,17 @@ class PostgresStore(JournalStore):
         params = conninfo_to_dict(url)
         ms = max(1, int(statement_timeout_s * 1000))
         # Ours after the URL's own options (a search_path, say): the session's timeouts.
+        # A transaction left idle (the replica paused or frozen between two statements,
+        # past its fence check) is ended by the server after the same bound, so the lock
+        # it holds on the lease row cannot keep a contender from taking over.
         self._options = " ".join(
             part
             for part in (
                 str(params.get("options") or ""),
-                f"-c statement_timeout={ms} -c lock_timeout={ms}",
+                (
+                    f"-c statement_timeout={ms} -c lock_timeout={ms}"
+                    f" -c idle_in_transaction_session_timeout={ms}"
+                ),
             )
             if part
         )

@@ -4,6 +4,7 @@ writes, and failing closed / recovering when the database stops or stalls."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -726,6 +727,52 @@ def test_a_takeover_waits_for_the_fenced_write_that_holds_the_lease(pg_url: str)
         with pytest.raises(StaleEpochError):
             old.set_state("k", "too late")
         assert new.get_state("k") == "fenced"
+
+
+def test_a_replica_paused_inside_a_fenced_write_does_not_hold_the_lease(pg_url: str) -> None:
+    """A leader frozen (SIGSTOP, a VM pause) between its fence check and its commit keeps
+    its transaction open, and with it the FOR SHARE lock on the lease row: the server ends
+    such an idle transaction after the statement timeout, so a contender takes over."""
+    with (
+        pg_open(pg_url, statement_timeout_s=1.0) as old,
+        pg_open(pg_url, statement_timeout_s=1.0) as new,
+        pg_open(pg_url) as watcher,
+    ):
+        old.set_state("k", "before")
+        lease = old.lease_acquire("a", 0.3)
+        old.set_fence(Fence("a", lease.epoch))
+        inside, thawed = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def paused_write() -> None:
+            try:
+                with old._tx("set_state", write=True, fenced=True) as cur:
+                    inside.set()  # past the fence check, the transaction open
+                    thawed.wait(30)  # frozen: no statement, no commit
+                    old._exec(cur, "UPDATE state SET value = '\"late\"' WHERE key = 'k'", ())
+            except BaseException as exc:  # asserted below
+                errors.append(exc)
+
+        writer = threading.Thread(target=paused_write)
+        writer.start()
+        try:
+            assert inside.wait(10)
+            wait_expired(watcher)
+            deadline = time.monotonic() + 8.0  # well before the frozen writer thaws
+            taken = None
+            while taken is None or not taken.held_by("b"):
+                assert time.monotonic() < deadline, "the paused writer still holds the lease"
+                with contextlib.suppress(StoreError):  # a lock wait that timed out: again
+                    taken = new.lease_acquire("b", 60)
+            assert taken.epoch == lease.epoch + 1
+        finally:
+            thawed.set()
+            writer.join(timeout=15)
+        assert len(errors) == 1, errors
+        assert isinstance(errors[0], StoreError), errors
+        assert new.get_state("k") == "before"
+        with pytest.raises(StaleEpochError):  # the thawed replica reconnects, fenced out
+            old.set_state("k", "too late")
 
 
 # --- failing closed and recovering -------------------------------------------------------
