@@ -303,6 +303,14 @@ class LoadReadingConfig(_Model):
     )
     cause: str = Field("overload", description="The load cause they are named as then.")
     signal: str = Field("saturation", description="The monitor.queries name of the load signal.")
+    load: str | None = Field(
+        "offered_load",
+        description="The monitor.queries name of the offered load: a load signal rising"
+        " below `near` is read as load only while the offered load rises with it (at least"
+        " half as fast, relatively); flat, the capacity fell (a slow member, a degraded"
+        " node) and the symptom stays a cause of its own. Unset or unread: the load signal"
+        " alone decides.",
+    )
     near: float = Field(0.8, description="At or above this, the signal is near its threshold.")
     threshold: float = Field(
         next(c.threshold for c in CAUSES if c.name == "overload"),

@@ -504,6 +504,37 @@ def test_latency_with_saturation_rising_fast_is_overload_before_saturation_viola
     assert slow.name == "high_latency"
 
 
+def test_a_rising_load_signal_is_load_only_while_the_offered_load_rises_with_it():
+    def cause(load: Signal | None) -> str:
+        signals = {("saturation", "charter"): Signal(0.72, 0.015)}
+        if load is not None:
+            signals[("offered_load", "charter")] = load
+        analyzer = PatternAnalyzer(AnalyzerConfig())
+        assert analyzer.signal_names == {"saturation", "offered_load"}
+        [found] = analyzer.analyze([latency()], now=NOW, signals=signals).causes
+        return found.name
+
+    # A latency fault that costs capacity: saturation steps up, the offered load stays put.
+    assert cause(Signal(187.0, 0.0)) == "high_latency"
+    assert cause(Signal(187.0, -0.5)) == "high_latency"
+    # A load spike moves both alike (relative change per second 0.021 and 0.019).
+    assert cause(Signal(300.0, 5.6)) == "overload"
+    # Not read, or too few readings for its trend: the load signal alone decides.
+    assert cause(None) == "overload"
+    assert cause(Signal(187.0, None)) == "overload"
+    # Near its threshold the signal is load whatever the offered load does.
+    cfg = AnalyzerConfig().load_reading
+    assert loaded(Signal(0.85, 0.0), cfg, Signal(187.0, 0.0)) is not None
+    unset = PatternAnalyzer(AnalyzerConfig.model_validate({"load_reading": {"load": None}}))
+    assert unset.signal_names == {"saturation"}
+    flat = {
+        ("saturation", "charter"): Signal(0.72, 0.015),
+        ("offered_load", "charter"): Signal(187.0, 0.0),
+    }
+    [found] = unset.analyze([latency()], now=NOW, signals=flat).causes
+    assert found.name == "overload"
+
+
 def test_the_load_reading_hides_what_overload_hides_and_needs_the_signal():
     failing = builders.violation(
         "high_failure_rate", timestamp=NOW, value=0.1, query="failure_rate"

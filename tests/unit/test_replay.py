@@ -65,7 +65,7 @@ def test_the_episode_recorded_a_verified_restart(journal):
     assert record["execution"]["actions"][0]["type"] == "restart_service"
     assert [o.outcome.value for o in journal.outcomes] == ["success"]
     assert record["inputs"]["reading"]["target_size"] >= 1
-    assert {s["name"] for s in record["inputs"]["signals"]} == {"saturation"}
+    assert {s["name"] for s in record["inputs"]["signals"]} == {"saturation", "offered_load"}
 
 
 def test_the_same_config_decides_every_iteration_the_same(journal, tmp_path):

@@ -79,24 +79,41 @@ def signals(
     }
 
 
-def loaded(signal: Signal | None, config: LoadReadingConfig) -> str | None:
+# A rising load signal is load when the offered load rises at least this share as fast
+# (relative change per second): a load spike moves both alike, a capacity loss only the signal.
+LOAD_SHARE = 0.5
+
+
+def _relative_trend(signal: Signal | None) -> float | None:
+    """A signal's trend as a share of its value per second; None unread or not positive."""
+    if signal is None or signal.trend is None or signal.value <= 0:
+        return None
+    return signal.trend / signal.value
+
+
+def loaded(
+    signal: Signal | None, config: LoadReadingConfig, load: Signal | None = None
+) -> str | None:
     """Why the load `signal` says its component is loaded, or None: at or above `near`, or
-    rising to cross `threshold` within `horizon_s` at its trend. Low and flat (or falling,
-    or unread): None, the symptom stays a cause of its own."""
+    rising to cross `threshold` within `horizon_s` at its trend -- and, when the offered
+    `load` and its trend are read, rising with it (by `LOAD_SHARE`). Low and flat (or
+    falling, or unread), or rising while the offered load is flat: None, the symptom stays
+    a cause of its own."""
     if signal is None:
         return None
     name, value = config.signal, signal.value
     if value >= config.near:
         return f"{name} {value:.3g} near its threshold {config.threshold:g}"
     trend = signal.trend
-    if trend is not None and trend > 0:
-        ahead = value + trend * config.horizon_s
-        if ahead >= config.threshold:
-            return (
-                f"{name} {value:.3g} rising {trend:.2g}/s, over {config.threshold:g}"
-                f" within {config.horizon_s:g} s"
-            )
-    return None
+    if trend is None or trend <= 0 or value + trend * config.horizon_s < config.threshold:
+        return None
+    offered, rising = _relative_trend(load), _relative_trend(signal)
+    if offered is not None and rising is not None and offered < LOAD_SHARE * rising:
+        return None  # the signal rose, the offered load did not: capacity fell
+    return (
+        f"{name} {value:.3g} rising {trend:.2g}/s, over {config.threshold:g}"
+        f" within {config.horizon_s:g} s"
+    )
 
 
 def combine(confidences: Iterable[float]) -> float:
@@ -185,7 +202,9 @@ class PatternAnalyzer:
     def signal_names(self) -> frozenset[str]:
         """The queries whose values (violating or not) `analyze` relates symptoms to."""
         cfg = self._config.load_reading
-        return frozenset({cfg.signal}) if cfg.enabled else frozenset()
+        if not cfg.enabled:
+            return frozenset()
+        return frozenset({cfg.signal} if cfg.load is None else {cfg.signal, cfg.load})
 
     def analyze(
         self, violations: Sequence[Violation], *, now: float, signals: Signals | None = None
@@ -255,7 +274,8 @@ class PatternAnalyzer:
         found: dict[tuple[str, str], tuple[Violation, str]] = {}
         for component, seen in symptoms.items():
             signal = signals.get((cfg.signal, component))
-            why = loaded(signal, cfg)
+            load = None if cfg.load is None else signals.get((cfg.load, component))
+            why = loaded(signal, cfg, load)
             if signal is None or why is None:
                 continue
             latest = max(seen, key=lambda v: v.timestamp)
