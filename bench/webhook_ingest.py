@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import FIXTURES, Verdict, table, write_json
 
-TARGET_RATIO = 0.6
+TARGET_RATIO = 0.8
 BODY = FIXTURES / "alertmanager/webhook/raw_firing_body.json"
 
 BARE_SERVER = """

@@ -268,18 +268,25 @@ class StoreSize:
         return self.database - self.free
 
 
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+
+def _key(key: Any) -> str:
+    return key if type(key) is str else key.value if isinstance(key, Enum) else str(key)
+
+
 def to_jsonable(value: Any) -> Any:
     """Dataclasses → dicts, enums → their values, tuples → lists (recursively)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Enum):
-        return value.value
+    if type(value) in _PLAIN:  # exact types first: most values are leaves
+        return value
     if isinstance(value, Mapping):
-        return {
-            (k.value if isinstance(k, Enum) else str(k)): to_jsonable(v) for k, v in value.items()
-        }
+        return {_key(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [to_jsonable(item) for item in value]
+    if isinstance(value, Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
     return value
 
 

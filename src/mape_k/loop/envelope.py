@@ -318,20 +318,22 @@ class SafetyEnvelope:
     async def save(self, *, now: float) -> None:
         if self._store is None or not self._dirty:
             return
-        data = {
-            "history": [asdict(c) for c in self.history],
-            "recommendations": [asdict(r) for r in self.recommendations],
-            "backoffs": {t: asdict(b) for t, b in self.backoffs.items()},
-            "charter": asdict(self.charter),
-            "needs_human": {t: asdict(h) for t, h in self.needs_human.items()},
-            "failures": self.failures,
-            "approvals": {
-                pid: {"at": a.at, "policy": to_jsonable(a.policy)}
-                for pid, a in self.approvals.items()
-            },
-            "oscillations": self.oscillations,
-            "panic": None if self.panic is None else list(self.panic),
-        }
+        # One walk into plain JSON values, here on the loop (a threaded store writes later).
+        data = to_jsonable(
+            {
+                "history": self.history,
+                "recommendations": self.recommendations,
+                "backoffs": self.backoffs,
+                "charter": self.charter,
+                "needs_human": self.needs_human,
+                "failures": self.failures,
+                "approvals": {
+                    pid: {"at": a.at, "policy": a.policy} for pid, a in self.approvals.items()
+                },
+                "oscillations": self.oscillations,
+                "panic": None if self.panic is None else list(self.panic),
+            }
+        )
         try:
             await self._store.set_state(STATE_KEY, data, at=now)
         except MapekError as exc:
