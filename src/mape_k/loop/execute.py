@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -72,6 +72,19 @@ class PendingVerification:
     # Other executions on the same target that acted while this one waited for its outcome
     # (or were waiting themselves when it ran): its outcome is confounded by them.
     confounded_by: tuple[str, ...] = ()
+    # What the settle guard holds while it waits: derived once from the execution, not on
+    # every guard pass (the guards read it for every pending execution, every iteration).
+    settling: Settling = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        policy = self.execution.policy
+        settling = Settling(
+            execution_id=self.execution.id,
+            knobs=effects.knobs(policy.actions),
+            actions=tuple(a.action_type for a in policy.actions),
+            cause=policy.cause.name,
+        )
+        object.__setattr__(self, "settling", settling)
 
     @property
     def target(self) -> str:
@@ -532,14 +545,7 @@ class Executor:
         the knobs each moved (the settle guard holds only those knobs)."""
         settling: dict[str, tuple[Settling, ...]] = {}
         for pending in self._pending.values():
-            policy = pending.execution.policy
-            entry = Settling(
-                execution_id=pending.execution.id,
-                knobs=effects.knobs(policy.actions),
-                actions=tuple(a.action_type for a in policy.actions),
-                cause=policy.cause.name,
-            )
-            settling[pending.target] = (*settling.get(pending.target, ()), entry)
+            settling[pending.target] = (*settling.get(pending.target, ()), pending.settling)
         return settling
 
     def verify_due(self, observation: Observation, *, now: float) -> list[PolicyOutcome]:
