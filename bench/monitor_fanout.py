@@ -144,10 +144,11 @@ def main() -> int:
     finally:
         stub.terminate()
         stub.wait(10)
+    floor = statistics.median(results["bare aiohttp client (floor, not a daemon option)"]["walls"])
     rows = []
     for name, r in results.items():
         if r.get("missing"):
-            rows.append([name, "not installed", "-", "-", "-", "-"])
+            rows.append([name, "not installed", "-", "-", "-", "-", "-"])
             continue
         rows.append(
             [
@@ -157,9 +158,9 @@ def main() -> int:
                 f"{statistics.median(r['cpus']):.1f}",
                 f"{statistics.median(r['cpus']) * 1000 / args.queries:.0f}",
                 r["failed"],
+                f"{statistics.median(r['walls']) / floor:.2f}x",
             ]
         )
-    floor = statistics.median(results["bare aiohttp client (floor, not a daemon option)"]["walls"])
     default = results["httpx 0.28, default transport (httpcore)"]
     wall = statistics.median(default["walls"])
     alt = results["httpx 0.28 + httpx-aiohttp AiohttpTransport"]
@@ -178,10 +179,7 @@ def main() -> int:
                 "failed queries",
                 "wall / floor",
             ],
-            [
-                [*row, "-" if row[1] == "not installed" else f"{float(row[1]) / floor:.2f}x"]
-                for row in rows
-            ],
+            rows,
         )
     )
     print(
