@@ -782,6 +782,13 @@ class ExecutorConfig(_Model):
         description="Signals proportional to the offered load: judged per unit of load, so"
         " a load spike after a scale-up is not read as the scale-up's harm.",
     )
+    load_tolerance: float = Field(
+        0.2,
+        ge=0,
+        description="A signal not in load_normalised that got worse while the offered load"
+        " rose by more than this fraction is not DEGRADATION: the load, not the action, is"
+        " the likely cause (it is INEFFECTIVE).",
+    )
     ineffective_margin_s: float = Field(
         15.0,
         ge=0,

@@ -395,6 +395,22 @@ def test_classify_judges_against_where_the_trend_was_going():
     )
 
 
+def test_classify_never_credits_an_action_with_a_trend_that_stopped():
+    # no_good_action: the policy error rate stepped 0 -> 0.155 at the fault's onset, so its
+    # slope before the scale-up says "doubling"; after it, the same 0.155 (a plateau, not
+    # the scale-up's doing: no effect by counterfactual). Not PARTIAL, on the old reading.
+    plateau = {"before": 0.155, "after": 0.155, "threshold": 0.05, "partial": 0.3}
+    assert (
+        classify(**plateau, degradation=0.5, significance=0.1, expected_change=0.155)
+        is OutcomeType.INEFFECTIVE
+    )
+    # a real improvement on the value before is still PARTIAL, whatever the trend was
+    assert (
+        classify(**plateau | {"after": 0.09}, degradation=0.5, expected_change=0.155)
+        is OutcomeType.PARTIAL
+    )
+
+
 def test_classify_compares_a_load_proportional_signal_at_equal_load():
     # A scale-up for saturation 0.913 (threshold 0.9) read 1.011 while the load rose 30 %:
     # per unit of load it went down. Without the load, a tiny excess growing is DEGRADATION.
@@ -433,6 +449,43 @@ def test_verification_normalises_saturation_by_the_offered_load(world, journal, 
     assert outcome is None or outcome.outcome is not OutcomeType.DEGRADATION
     alone = replace(scaled, baseline_load=None)  # no load then: judged on the signal alone
     outcome, _ = executor.verify_execution(replace(waiting, execution=alone), busier, now=20.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.DEGRADATION
+
+
+def test_a_worse_latency_under_a_load_that_rose_is_not_the_actions_harm(world, journal, clock):
+    # load_spike-volatile seed 36: a rebalance for latency 1.12 s; the load spike then took
+    # the offered load 238 -> 352 and latency to 2.4 s. No effect by counterfactual, but
+    # judged DEGRADATION it froze the loop for 300 s through the overload.
+    executor = make_executor(world, journal.append, clock)
+    cause = builders.cause("high_latency", value=1.12)
+    rebalanced = execution(
+        policy=policy(action(ActionType.REBALANCE_LOAD), cause=cause),
+        started_at=0.0,
+        finished_at=1.0,
+        baseline=1.12,
+        baseline_load=238.0,
+    )
+    waiting = PendingVerification(execution=rebalanced, due_at=10.0, deadline=100.0)
+
+    def worse(load: float) -> Observation:
+        return builders.observation(
+            at=0,
+            metrics=(
+                metric("p99_latency_s", 2.4, timestamp=0.0),
+                metric("offered_load", load, timestamp=0.0),
+            ),
+            violations=(violation("high_latency", timestamp=0, value=2.4, query="p99_latency_s"),),
+        )
+
+    outcome, _ = executor.verify_execution(waiting, worse(352.0), now=20.0)
+    assert outcome is None  # not DEGRADATION at once; INEFFECTIVE once settled + margin
+    outcome, _ = executor.verify_execution(waiting, worse(352.0), now=30.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.INEFFECTIVE
+    assert "offered load up 48 %" in outcome.detail
+    # the same worsening at the same load is the action's: DEGRADATION
+    outcome, _ = executor.verify_execution(waiting, worse(240.0), now=20.0)
     assert outcome is not None
     assert outcome.outcome is OutcomeType.DEGRADATION
 

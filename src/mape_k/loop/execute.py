@@ -596,6 +596,8 @@ class Executor:
                 else self._outcome(pending, OutcomeType.SUCCESS, value, now, cleared)
             )
             return outcome, value
+        load_change = self._load_change(execution, observation)
+        normalised = load_change is not None and cause.query in self._config.load_normalised
         kind = classify(
             before=execution.baseline,
             after=value,
@@ -604,14 +606,24 @@ class Executor:
             degradation=self._config.degradation,
             significance=self._config.significance,
             expected_change=self._drift(execution, now),
-            load_ratio=self._load_ratio(execution, observation),
+            load_ratio=1 / load_change if normalised and load_change else None,
         )
         note = ""
+        # Worse, but not attributable to this action (a DEGRADATION reverts and freezes: it
+        # must be right): another action on the target ran in its window, or the offered
+        # load rose beyond executor.load_tolerance under a signal not compared at equal
+        # load (latency, errors: not proportional to it). It did not help either, as far
+        # as can be told: INEFFECTIVE.
         if kind is OutcomeType.DEGRADATION and pending.confounded_by:
-            # Worse, but another action on the target ran in its window: the harm is not
-            # attributable to this one (a DEGRADATION reverts and freezes: it must be
-            # right). It did not help either, as far as can be told: INEFFECTIVE.
             kind, note = OutcomeType.INEFFECTIVE, " (worse, not attributed to it)"
+        elif (
+            kind is OutcomeType.DEGRADATION
+            and not normalised
+            and load_change is not None
+            and load_change > 1 + self._config.load_tolerance
+        ):
+            rise = f"{100 * (load_change - 1):.0f} %"
+            kind, note = OutcomeType.INEFFECTIVE, f" (worse, with the offered load up {rise})"
         if kind is OutcomeType.DEGRADATION or final:
             return self._outcome(pending, kind, value, now, "still violating" + note), value
         margin = pending.due_at + self._config.ineffective_margin_s
@@ -644,17 +656,16 @@ class Executor:
             return 0.0
         return trend * max(0.0, now - (execution.finished_at or execution.started_at))
 
-    def _load_ratio(self, execution: PolicyExecution, observation: Observation) -> float | None:
-        """Load then / load now, for a load-proportional signal (None: not normalised)."""
-        cause = execution.policy.cause
+    def _load_change(self, execution: PolicyExecution, observation: Observation) -> float | None:
+        """The offered load on the cause's target now / when the action ran (None: unread)."""
         query = self._config.load_query
-        if query is None or cause.query not in self._config.load_normalised:
-            return None
-        now_load = observation.value(query, cause.target)
         then = execution.baseline_load
-        if now_load is None or then is None or now_load <= 0 or then <= 0:
+        if query is None or then is None or then <= 0:
             return None
-        return then / now_load
+        now_load = observation.value(query, execution.policy.cause.target)
+        if now_load is None or now_load <= 0:
+            return None
+        return now_load / then
 
     def _outcome(
         self,
@@ -726,6 +737,12 @@ def classify(
     excess if larger): a tiny excess doubling is noise, not a verdict. A value now on the
     good side is at least PARTIAL (something else keeps the violation alive), never
     DEGRADATION.
+
+    The trend excuses, it never credits: a worsening is DEGRADATION only beyond where the
+    signal was heading, but PARTIAL needs an improvement on the value before. A fault's
+    onset is a step, and its slope extrapolated says "it would have doubled": an action
+    that changed nothing would be credited with the plateau (every PARTIAL the scenario
+    suite recorded was "no effect" by counterfactual replay).
     """
     if before is None or after is None or threshold is None or before == threshold:
         return OutcomeType.INEFFECTIVE
@@ -738,14 +755,12 @@ def classify(
     # that was improving is judged against its value then, never blamed on a noisy slope
     # (a DEGRADATION reverts and freezes: it must be right).
     drift = max(0.0, min(gap_before, expected_change * bad))
-    without = gap_before + drift
     adjusted = after if load_ratio is None or load_ratio <= 0 else after * load_ratio
     gap_after = (adjusted - threshold) * bad
-    improvement = without - gap_after
     floor = significance * max(abs(threshold), gap_before)
-    if improvement >= max(partial * gap_before, floor):
+    if gap_before - gap_after >= max(partial * gap_before, floor):
         return OutcomeType.PARTIAL
-    if -improvement >= max(degradation * gap_before, floor):
+    if gap_after - (gap_before + drift) >= max(degradation * gap_before, floor):
         return OutcomeType.DEGRADATION
     return OutcomeType.INEFFECTIVE
 
