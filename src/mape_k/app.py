@@ -47,7 +47,7 @@ from mape_k.integrations.alertmanager import AlertInbox, AlertMessageRouter
 from mape_k.integrations.charter import get_charter_client
 from mape_k.integrations.charter.base import CharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
-from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
+from mape_k.integrations.prometheus import PrometheusClient
 from mape_k.loop.analyze import PatternAnalyzer
 from mape_k.loop.autonomy import Autonomy
 from mape_k.loop.changes import ChangeLog
@@ -155,10 +155,7 @@ async def build(
                     settings.charter, metrics=metrics, epoch=leadership.call_epoch
                 )
             )
-            prometheus = PrometheusClient(
-                settings.prometheus,
-                transport=aiohttp_transport(settings.prometheus.max_connections),
-            )
+            prometheus = PrometheusClient(settings.prometheus)
             await prometheus.connect()
             stack.push_async_callback(prometheus.disconnect)
             source = prometheus

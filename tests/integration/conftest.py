@@ -7,15 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 from prom_support import PrometheusProcess
 
-from mape_k.integrations.prometheus import PrometheusClient, aiohttp_transport
+from mape_k.integrations.prometheus import PrometheusClient
 
 
-@pytest.fixture(params=["httpx", "aiohttp"])
-async def client(
-    request: pytest.FixtureRequest, prometheus: PrometheusProcess
-) -> AsyncIterator[PrometheusClient]:
-    """Both transports: httpx's own (unit tests, respx) and aiohttp's (what app.py runs),
-    on the module's own `prometheus` fixture."""
-    transport = aiohttp_transport(4) if request.param == "aiohttp" else None
-    async with PrometheusClient(url=prometheus.url, timeout_s=2.0, transport=transport) as prom:
+@pytest.fixture
+async def client(prometheus: PrometheusProcess) -> AsyncIterator[PrometheusClient]:
+    """The client app.py runs (its own aiohttp session, a pool of 4), on the module's own
+    `prometheus` fixture."""
+    async with PrometheusClient(url=prometheus.url, timeout_s=2.0, max_connections=4) as prom:
         yield prom

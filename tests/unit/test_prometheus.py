@@ -1,16 +1,28 @@
-"""PrometheusClient against real Prometheus 2.42 answers (tests/fixtures), served by respx."""
+"""PrometheusClient against real Prometheus 2.42 answers (tests/fixtures), served over HTTP.
+
+A real aiohttp server on 127.0.0.1 (PromStub) answers what each test sets and records what
+it received; connection-level failures are real too (a refused port, a full listen
+backlog, a peer hanging up, a stalled answer).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
+import aiohttp
 import pytest
-import respx
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDictProxy
 from structlog.testing import capture_logs
 
 from fakes import FIXTURES
@@ -26,7 +38,6 @@ from mape_k.integrations.prometheus import PrometheusClient
 
 PROM = FIXTURES / "prometheus"
 INDEX: dict[str, dict[str, Any]] = json.loads((FIXTURES / "_index.json").read_text())
-URL = "http://prometheus.test:9090"
 QUERY = "max(westworld_charter_failure_rate)"
 
 
@@ -35,40 +46,190 @@ def fixture(name: str) -> dict[str, Any]:
     return body
 
 
-def response_for(name: str) -> httpx.Response:
+@dataclass(frozen=True)
+class Answer:
+    """One canned HTTP answer: status, body bytes, content type."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+def json_answer(status: int, body: Any) -> Answer:
+    return Answer(status, json.dumps(body).encode(), "application/json")
+
+
+def text_answer(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Answer:
+    return Answer(status, text.encode(), content_type)
+
+
+def response_for(name: str) -> Answer:
     """The fixture as the server sent it: its HTTP status, JSON or text body, content type."""
     body = fixture(name)
     if body.get("_non_json_response"):
-        return httpx.Response(
-            body["http_status"],
-            text=body["body_text"],
-            headers={"Content-Type": body["content_type"]},
-        )
+        return text_answer(body["http_status"], body["body_text"], body["content_type"])
     status = INDEX[f"prometheus/{name}"]["http_status"]
-    return httpx.Response(status, json=body)
+    return json_answer(status, body)
 
 
-def form(request: httpx.Request) -> dict[str, str]:
-    return {key: values[0] for key, values in parse_qs(request.content.decode()).items()}
+@dataclass(frozen=True)
+class Seen:
+    """One request as the stub received it."""
+
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    peer: tuple[str, int]  # the client's end of the connection: one per connection
+
+
+def form(request: Seen) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(request.body.decode()).items()}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Route:
+    """What the stub answers on one (method, path), and the requests it got there."""
+
+    calls: list[Seen] = field(default_factory=list)
+    handler: Handler | None = None
+
+    def answer(self, answer: Answer) -> Route:
+        async def canned(_: web.Request) -> web.StreamResponse:
+            return web.Response(
+                status=answer.status,
+                body=answer.body,
+                headers={"Content-Type": answer.content_type},
+            )
+
+        self.handler = canned
+        return self
+
+    def respond(self, status: int = 200, *, json: Any = None, text: str | None = None) -> Route:
+        return self.answer(json_answer(status, json) if text is None else text_answer(status, text))
+
+    def handle(self, handler: Handler) -> Route:
+        self.handler = handler
+        return self
+
+    @property
+    def last(self) -> Seen:
+        assert self.calls, "the stub got no request on this route"
+        return self.calls[-1]
+
+
+class PromStub:
+    """A real HTTP server on 127.0.0.1 standing in for Prometheus; unknown routes are recorded
+    (and fail the test at teardown) instead of being answered like Prometheus."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.unexpected: list[str] = []
+        self.released = asyncio.Event()  # stalled answers wait for this (set at teardown)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.server = TestServer(app, host="127.0.0.1", port=0)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def post(self, path: str) -> Route:
+        return self.routes.setdefault(("POST", path), Route())
+
+    def get(self, path: str) -> Route:
+        return self.routes.setdefault(("GET", path), Route())
+
+    async def stall(self, _: web.Request) -> web.StreamResponse:
+        """Answer nothing until the test is over: the client's read timeout has to fire."""
+        await self.released.wait()
+        return web.Response(status=200)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        route = self.routes.get((request.method, request.path))
+        if route is None or route.handler is None:
+            self.unexpected.append(f"{request.method} {request.path}")
+            return web.Response(status=404, text="no such route in the test's stub")
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        route.calls.append(
+            Seen(request.method, request.path, request.headers, body, tuple(peer or ("", 0)))
+        )
+        return await route.handler(request)
+
+
+async def hang_up(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer (the peer went away mid-request)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response(status=200)
+
+
+async def garbage(request: web.Request) -> web.StreamResponse:
+    """Answer bytes that are not HTTP, then close."""
+    assert request.transport is not None
+    request.transport.write(b"NOT-HTTP nonsense\r\n\r\n")
+    request.transport.close()
+    return web.Response(status=200)
 
 
 @pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=URL, assert_all_called=False) as mock:
-        yield mock
+async def stub() -> AsyncIterator[PromStub]:
+    server = PromStub()
+    await server.server.start_server()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        await server.server.close()
+    assert server.unexpected == [], f"requests the test did not expect: {server.unexpected}"
 
 
 @pytest.fixture
-async def client(router: respx.MockRouter) -> Any:
-    async with PrometheusClient(url=URL, timeout_s=2.0) as prom:
+async def client(stub: PromStub) -> Any:
+    async with PrometheusClient(url=stub.url, timeout_s=2.0) as prom:
         yield prom
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A port held (bound) but not listening: a connection there is refused at once."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+@pytest.fixture
+def unanswered_url() -> Iterator[str]:
+    """A listening port whose accept queue is full: Linux drops the next SYN, so a new
+    connection neither succeeds nor is refused until the client's connect timeout."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(3):  # backlog 0 still queues one; a spare or two for good measure
+            filler = socket.socket()
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address)
+        yield f"http://127.0.0.1:{address[1]}"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 # --- instant queries --------------------------------------------------------------------
 
 
-async def test_vector_answer_becomes_samples_with_labels_values_and_timestamps(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("query_instant_vector.json"))
+async def test_vector_answer_becomes_samples_with_labels_values_and_timestamps(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_instant_vector.json"))
 
     result = await client.query("demo_gauge")
 
@@ -81,40 +242,37 @@ async def test_vector_answer_becomes_samples_with_labels_values_and_timestamps(r
     assert result.warnings == ()
 
 
-async def test_query_is_sent_as_post_form_with_prometheus_timeout_and_time(router, client):
-    route = router.post("/api/v1/query").mock(
-        return_value=response_for("query_instant_vector_post_form.json")
-    )
+async def test_query_is_sent_as_post_form_with_prometheus_timeout_and_time(stub, client):
+    route = stub.post("/api/v1/query").answer(response_for("query_instant_vector_post_form.json"))
     long_query = " or ".join(["up"] * 500)  # would not fit a GET URL comfortably
 
     result = await client.query(long_query, time=1795321396.5, timeout_s=1.5)
 
-    request = route.calls.last.request
+    request = route.last
     assert request.method == "POST"
     assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.headers["Accept"] == "application/json"
     assert form(request) == {"query": long_query, "time": "1795321396.5", "timeout": "1.5"}
     assert result.samples[0].labels["__name__"] == "up"
     assert result.samples[0].value == 1.0
 
 
-async def test_default_timeout_comes_from_the_config(router):
-    route = router.post("/api/v1/query").mock(
-        return_value=response_for("query_instant_vector.json")
-    )
-    async with PrometheusClient(PrometheusConfig(url=URL, timeout_s=3.0)) as prom:
+async def test_default_timeout_comes_from_the_config(stub):
+    route = stub.post("/api/v1/query").answer(response_for("query_instant_vector.json"))
+    async with PrometheusClient(PrometheusConfig(url=stub.url, timeout_s=3.0)) as prom:
         await prom.query("demo_gauge")
-    assert form(route.calls.last.request)["timeout"] == "3.0"
+    assert form(route.last)["timeout"] == "3.0"
 
 
-async def test_empty_vector_gives_no_samples(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("query_instant_vector_empty.json"))
+async def test_empty_vector_gives_no_samples(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_instant_vector_empty.json"))
     result = await client.query('demo_gauge{service="does-not-exist"}')
     assert result.result_type == "vector"
     assert result.samples == ()
 
 
-async def test_scalar_answer_becomes_one_sample_without_labels(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("query_scalar.json"))
+async def test_scalar_answer_becomes_one_sample_without_labels(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_scalar.json"))
 
     result = await client.query("scalar(sum(demo_gauge))")
 
@@ -132,34 +290,30 @@ async def test_scalar_answer_becomes_one_sample_without_labels(router, client):
         ("query_scalar_inf.json", lambda v: v == math.inf),
     ],
 )
-async def test_special_values_nan_and_inf_are_parsed(router, client, name, check):
-    router.post("/api/v1/query").mock(return_value=response_for(name))
+async def test_special_values_nan_and_inf_are_parsed(stub, client, name, check):
+    stub.post("/api/v1/query").answer(response_for(name))
     result = await client.query("1/0")
     assert check(result.samples[0].value)
 
 
-async def test_string_answer_is_kept_as_text(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("query_string.json"))
+async def test_string_answer_is_kept_as_text(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_string.json"))
     result = await client.query('"hello"')
     assert result.result_type == "string"
     assert result.string == "hello"
     assert result.samples == ()
 
 
-async def test_instant_query_over_a_range_selector_gives_series(router, client):
-    router.post("/api/v1/query").mock(
-        return_value=response_for("query_instant_matrix_range_selector.json")
-    )
+async def test_instant_query_over_a_range_selector_gives_series(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_instant_matrix_range_selector.json"))
     result = await client.query("demo_gauge[5s]")
     assert result.result_type == "matrix"
     assert [s.labels["service"] for s in result.series] == ["checkout", "payments"]
     assert result.series[0].points[0] == (1795321392.539, 7.5)
 
 
-async def test_warnings_are_returned_and_logged_once_per_text(router, client):
-    router.post("/api/v1/query").mock(
-        return_value=response_for("query_instant_vector_with_warnings.json")
-    )
+async def test_warnings_are_returned_and_logged_once_per_text(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_instant_vector_with_warnings.json"))
     with capture_logs() as logs:
         first = await client.query("demo_gauge")
         second = await client.query("demo_gauge")
@@ -172,13 +326,13 @@ async def test_warnings_are_returned_and_logged_once_per_text(router, client):
     assert warning_logs[0]["query"] == "demo_gauge"
 
 
-async def test_infos_are_returned(router, client):
+async def test_infos_are_returned(stub, client):
     body = {
         "status": "success",
         "data": {"resultType": "vector", "result": []},
         "infos": ["PromQL info: metric might not be a counter"],
     }
-    router.post("/api/v1/query").respond(200, json=body)
+    stub.post("/api/v1/query").respond(200, json=body)
     with capture_logs() as logs:
         result = await client.query("rate(x[1m])")
     assert result.infos == ("PromQL info: metric might not be a counter",)
@@ -188,16 +342,14 @@ async def test_infos_are_returned(router, client):
 # --- range queries ----------------------------------------------------------------------
 
 
-async def test_range_query_gives_series_of_points_and_sends_start_end_step(router, client):
-    route = router.post("/api/v1/query_range").mock(
-        return_value=response_for("query_range_matrix.json")
-    )
+async def test_range_query_gives_series_of_points_and_sends_start_end_step(stub, client):
+    route = stub.post("/api/v1/query_range").answer(response_for("query_range_matrix.json"))
 
     result = await client.query_range(
         "demo_gauge", start=1795321366.625, end=1795321396.625, step=5
     )
 
-    assert form(route.calls.last.request) == {
+    assert form(route.last) == {
         "query": "demo_gauge",
         "start": "1795321366.625",
         "end": "1795321396.625",
@@ -211,25 +363,23 @@ async def test_range_query_gives_series_of_points_and_sends_start_end_step(route
     assert checkout.points[-1] == (1795321396.625, 7.5)
 
 
-async def test_range_query_of_a_scalar_gives_one_series_without_labels(router, client):
-    router.post("/api/v1/query_range").mock(return_value=response_for("query_range_scalar.json"))
+async def test_range_query_of_a_scalar_gives_one_series_without_labels(stub, client):
+    stub.post("/api/v1/query_range").answer(response_for("query_range_scalar.json"))
     result = await client.query_range("scalar(sum(demo_gauge))", start=1, end=2, step=5)
     assert len(result.series) == 1
     assert result.series[0].labels == {}
     assert [v for _, v in result.series[0].points] == [9.5, 9.5, 9.5]
 
 
-async def test_range_query_warnings_are_returned(router, client):
-    router.post("/api/v1/query_range").mock(
-        return_value=response_for("query_range_matrix_with_warnings.json")
-    )
+async def test_range_query_warnings_are_returned(stub, client):
+    stub.post("/api/v1/query_range").answer(response_for("query_range_matrix_with_warnings.json"))
     result = await client.query_range("demo_gauge", start=1, end=2, step=10)
     assert len(result.warnings) == 1
     assert result.series[0].points[0] == (1795321606.355, 7.5)
 
 
-async def test_range_query_answering_a_vector_is_a_response_error(router, client):
-    router.post("/api/v1/query_range").mock(return_value=response_for("query_instant_vector.json"))
+async def test_range_query_answering_a_vector_is_a_response_error(stub, client):
+    stub.post("/api/v1/query_range").answer(response_for("query_instant_vector.json"))
     with pytest.raises(PrometheusResponseError, match="expected matrix"):
         await client.query_range(QUERY, start=1, end=2, step=1)
 
@@ -248,9 +398,9 @@ def test_every_json_error_fixture_is_covered():
 
 
 @pytest.mark.parametrize("name", ERROR_FIXTURES)
-async def test_error_bodies_raise_typed_errors_naming_the_query(router, client, name):
+async def test_error_bodies_raise_typed_errors_naming_the_query(stub, client, name):
     body = fixture(name)
-    router.post("/api/v1/query").mock(return_value=response_for(name))
+    stub.post("/api/v1/query").answer(response_for(name))
 
     with pytest.raises(PrometheusError) as caught:
         await client.query(QUERY)
@@ -267,33 +417,31 @@ async def test_error_bodies_raise_typed_errors_naming_the_query(router, client, 
         assert error.error == body["error"]
 
 
-async def test_range_query_error_body_raises_query_error(router, client):
-    router.post("/api/v1/query_range").mock(
-        return_value=response_for("error_range_end_before_start.json")
-    )
+async def test_range_query_error_body_raises_query_error(stub, client):
+    stub.post("/api/v1/query_range").answer(response_for("error_range_end_before_start.json"))
     with pytest.raises(PrometheusQueryError, match="end timestamp must not be before") as caught:
         await client.query_range("up", start=2, end=1, step=5)
     assert caught.value.error_type == "bad_data"
     assert "up" in str(caught.value)
 
 
-async def test_startup_503_text_means_unavailable(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("startup_not_ready_503_text.json"))
+async def test_startup_503_text_means_unavailable(stub, client):
+    stub.post("/api/v1/query").answer(response_for("startup_not_ready_503_text.json"))
     with pytest.raises(PrometheusUnavailable, match="HTTP 503") as caught:
         await client.query(QUERY)
     assert QUERY in str(caught.value)
     assert "Service Unavailable" in str(caught.value)
 
 
-async def test_unknown_endpoint_404_text_is_a_response_error(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("error_unknown_endpoint.json"))
+async def test_unknown_endpoint_404_text_is_a_response_error(stub, client):
+    stub.post("/api/v1/query").answer(response_for("error_unknown_endpoint.json"))
     with pytest.raises(PrometheusResponseError, match="HTTP 404") as caught:
         await client.query(QUERY)
     assert QUERY in str(caught.value)
 
 
-async def test_bad_gateway_html_means_unavailable(router, client):
-    router.post("/api/v1/query").respond(502, text="<html>Bad Gateway</html>")
+async def test_bad_gateway_html_means_unavailable(stub, client):
+    stub.post("/api/v1/query").respond(502, text="<html>Bad Gateway</html>")
     with pytest.raises(PrometheusUnavailable, match="HTTP 502"):
         await client.query(QUERY)
 
@@ -301,21 +449,21 @@ async def test_bad_gateway_html_means_unavailable(router, client):
 @pytest.mark.parametrize(
     "response",
     [
-        httpx.Response(200, text="not json at all"),
-        httpx.Response(200, json={"hello": "world"}),
-        httpx.Response(200, json=["a", "list"]),
-        httpx.Response(200, json={"status": "success"}),
-        httpx.Response(200, json={"status": "success", "data": {"resultType": "x", "result": []}}),
-        httpx.Response(
+        text_answer(200, "not json at all"),
+        json_answer(200, {"hello": "world"}),
+        json_answer(200, ["a", "list"]),
+        json_answer(200, {"status": "success"}),
+        json_answer(200, {"status": "success", "data": {"resultType": "x", "result": []}}),
+        json_answer(
             200,
-            json={
+            {
                 "status": "success",
                 "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, 2]}]},
             },
         ),
-        httpx.Response(
+        json_answer(
             200,
-            json={
+            {
                 "status": "success",
                 "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "abc"]}]},
             },
@@ -331,40 +479,54 @@ async def test_bad_gateway_html_means_unavailable(router, client):
         "value-not-number",
     ],
 )
-async def test_bodies_that_are_not_the_api_envelope_are_response_errors(router, client, response):
-    router.post("/api/v1/query").mock(return_value=response)
+async def test_bodies_that_are_not_the_api_envelope_are_response_errors(stub, client, response):
+    stub.post("/api/v1/query").answer(response)
     with pytest.raises(PrometheusResponseError) as caught:
         await client.query(QUERY)
     assert caught.value.query == QUERY
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [httpx.ReadTimeout("read timed out"), httpx.ConnectTimeout("connect timed out")],
-    ids=["read", "connect"],
-)
-async def test_httpx_timeouts_become_prometheus_timeout(router, client, exc):
-    router.post("/api/v1/query").mock(side_effect=exc)
-    with pytest.raises(PrometheusTimeout) as caught:
-        await client.query(QUERY)
+@pytest.mark.parametrize("phase", ["read", "connect"])
+async def test_timeouts_become_prometheus_timeout(stub, unanswered_url, phase):
+    # read: the stub takes the request and never answers; connect: the SYN is never answered.
+    if phase == "read":
+        stub.post("/api/v1/query").handle(stub.stall)
+    url = stub.url if phase == "read" else unanswered_url
+    async with PrometheusClient(url=url, timeout_s=5.0) as prom:
+        started = time.monotonic()
+        with pytest.raises(PrometheusTimeout) as caught:
+            await prom.query(QUERY, timeout_s=0.2)
+        waited = time.monotonic() - started
     assert QUERY in str(caught.value)
-    assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+    word = {"read": "ReadTimeout", "connect": "ConnectTimeout"}[phase]
+    assert f"no answer from {url} within 0.2s ({word})" in str(caught.value)
+    assert isinstance(caught.value.__cause__, aiohttp.ServerTimeoutError)
+    assert 0.2 <= waited < 2.0  # the query's own timeout, not the client's 5 s
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [httpx.ConnectError("Connection refused"), httpx.RemoteProtocolError("peer closed")],
-    ids=["connect", "protocol"],
-)
-async def test_transport_errors_become_unavailable(router, client, exc):
-    router.post("/api/v1/query").mock(side_effect=exc)
-    with pytest.raises(PrometheusUnavailable, match="cannot reach") as caught:
-        await client.query(QUERY)
+@pytest.mark.parametrize("failure", ["connect", "protocol", "not-http"])
+async def test_transport_errors_become_unavailable(stub, refused_url, failure):
+    if failure == "protocol":
+        stub.post("/api/v1/query").handle(hang_up)
+    if failure == "not-http":
+        stub.post("/api/v1/query").handle(garbage)
+    url = refused_url if failure == "connect" else stub.url
+    async with PrometheusClient(url=url, timeout_s=2.0) as prom:
+        started = time.monotonic()
+        with pytest.raises(PrometheusUnavailable, match="cannot reach") as caught:
+            await prom.query(QUERY)
+        assert time.monotonic() - started < 1.0  # at once, not after the timeout
     assert QUERY in str(caught.value)
+    assert url in str(caught.value)
+    assert isinstance(caught.value.__cause__, aiohttp.ClientError)
+    if failure == "connect":
+        assert "connection refused" in str(caught.value)
+    else:
+        assert len(stub.post("/api/v1/query").calls) == 1
 
 
 async def test_query_before_connect_is_unavailable_not_a_crash():
-    prom = PrometheusClient(url=URL)
+    prom = PrometheusClient(url="http://127.0.0.1:9")
     with pytest.raises(PrometheusUnavailable, match="not connected"):
         await prom.query(QUERY)
 
@@ -372,22 +534,22 @@ async def test_query_before_connect_is_unavailable_not_a_crash():
 # --- read (the Monitor's MetricSource) --------------------------------------------------
 
 
-async def test_read_returns_vector_samples(router, client):
-    router.post("/api/v1/query").mock(return_value=response_for("query_instant_vector.json"))
+async def test_read_returns_vector_samples(stub, client):
+    stub.post("/api/v1/query").answer(response_for("query_instant_vector.json"))
     samples = await client.read("gauge", "demo_gauge", timeout_s=0.5)
     assert [s.value for s in samples] == [7.5, 2.0]
 
 
-async def test_read_passes_its_timeout_to_prometheus(router, client):
-    route = router.post("/api/v1/query").mock(return_value=response_for("query_scalar.json"))
+async def test_read_passes_its_timeout_to_prometheus(stub, client):
+    route = stub.post("/api/v1/query").answer(response_for("query_scalar.json"))
     samples = await client.read("total", "scalar(sum(demo_gauge))", timeout_s=0.5)
-    assert form(route.calls.last.request)["timeout"] == "0.5"
+    assert form(route.last)["timeout"] == "0.5"
     assert [(s.labels, s.value) for s in samples] == [({}, 9.5)]
 
 
 @pytest.mark.parametrize("name", ["query_string.json", "query_instant_matrix_range_selector.json"])
-async def test_read_refuses_results_that_are_not_vector_or_scalar(router, client, name):
-    router.post("/api/v1/query").mock(return_value=response_for(name))
+async def test_read_refuses_results_that_are_not_vector_or_scalar(stub, client, name):
+    stub.post("/api/v1/query").answer(response_for(name))
     with pytest.raises(PrometheusResponseError, match="'gauge' returned a"):
         await client.read("gauge", "demo_gauge[5s]", timeout_s=1)
 
@@ -395,31 +557,32 @@ async def test_read_refuses_results_that_are_not_vector_or_scalar(router, client
 # --- readiness and lifecycle ------------------------------------------------------------
 
 
-async def test_ready_is_true_on_200(router, client):
+async def test_ready_is_true_on_200(stub, client):
     body = fixture("health_ready.json")
-    router.get("/-/ready").respond(200, text=body["body_text"])
+    stub.get("/-/ready").respond(200, text=body["body_text"])
     assert await client.ready() is True
 
 
-async def test_ready_is_false_while_starting_or_unreachable(router, client):
-    route = router.get("/-/ready")
+async def test_ready_is_false_while_starting_or_unreachable(stub, client):
+    route = stub.get("/-/ready")
     route.respond(503, text="Service Unavailable")
     assert await client.ready() is False
-    route.mock(side_effect=httpx.ConnectError("refused"))
+    assert len(route.calls) == 1
+    await stub.server.close()  # now nobody listens there
     assert await client.ready() is False
 
 
-async def test_async_with_connects_and_disconnects(router):
-    prom = PrometheusClient(url=URL)
+async def test_async_with_connects_and_disconnects():
+    prom = PrometheusClient(url="http://127.0.0.1:9")
     assert not prom.connected
     async with prom:
         assert prom.connected
     assert not prom.connected
 
 
-async def test_one_http_client_is_shared_by_all_queries(router):
-    router.post("/api/v1/query").mock(return_value=response_for("query_scalar.json"))
-    prom = PrometheusClient(url=URL)
+async def test_one_http_client_is_shared_by_all_queries(stub):
+    route = stub.post("/api/v1/query").answer(response_for("query_scalar.json"))
+    prom = PrometheusClient(url=stub.url)
     await prom.connect()
     shared = prom._client
     await prom.connect()  # idempotent: still the same client
@@ -428,23 +591,48 @@ async def test_one_http_client_is_shared_by_all_queries(router):
     assert prom._client is shared
     await prom.disconnect()
     assert shared is not None
-    assert shared.is_closed
+    assert shared.closed
+    assert [form(seen)["query"] for seen in route.calls] == ["1", "2"]
+    assert route.calls[0].peer == route.calls[1].peer  # one kept-alive connection
 
 
-async def test_an_injected_http_client_is_used_and_left_open(router):
-    router.post("/api/v1/query").mock(return_value=response_for("query_scalar.json"))
-    async with httpx.AsyncClient(base_url=URL) as http:
-        async with PrometheusClient(url=URL, client=http) as prom:
+async def test_an_injected_http_client_is_used_and_left_open(stub):
+    route = stub.post("/api/v1/query").answer(response_for("query_scalar.json"))
+    async with aiohttp.ClientSession(headers={"X-Injected": "yes"}) as http:
+        async with PrometheusClient(url=stub.url, session=http) as prom:
             result = await prom.query("1")
         assert result.samples[0].value == 9.5
-        assert not http.is_closed
+        assert route.last.headers["X-Injected"] == "yes"  # it went through that session
+        assert not http.closed
 
 
-async def test_transport_can_be_injected():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return response_for("query_scalar_literal.json")
+async def test_the_pool_holds_at_most_max_connections(stub):
+    """What replaced the injectable httpx transport: the client's own aiohttp connector,
+    `max_connections` wide."""
+    answer = response_for("query_scalar_literal.json")
+    in_flight = peak = 0
 
-    async with PrometheusClient(url=URL, transport=httpx.MockTransport(handler)) as prom:
-        result = await prom.query("1 + 1")
-    assert result.result_type == "scalar"
-    assert result.samples[0].value == 2.0
+    async def slow(_: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.Response(body=answer.body, content_type="application/json")
+
+    route = stub.post("/api/v1/query").handle(slow)
+    async with PrometheusClient(url=stub.url, max_connections=2) as prom:
+        results = await asyncio.gather(*(prom.query("1 + 1") for _ in range(6)))
+    assert [(r.result_type, r.samples[0].value) for r in results] == [("scalar", 2.0)] * 6
+    assert peak == 2
+    assert len({seen.peer for seen in route.calls}) == 2
+
+
+async def test_a_url_with_a_path_prefix_keeps_it(stub):
+    # Prometheus behind a reverse proxy at /prometheus/ (--web.route-prefix).
+    route = stub.post("/prometheus/api/v1/query").answer(response_for("query_scalar.json"))
+    async with PrometheusClient(url=f"{stub.url}/prometheus/") as prom:
+        assert prom.url == f"{stub.url}/prometheus"
+        result = await prom.query("1")
+    assert result.samples[0].value == 9.5
+    assert len(route.calls) == 1

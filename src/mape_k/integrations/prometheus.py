@@ -1,21 +1,26 @@
 """PrometheusClient: the HTTP API of Prometheus (instant and range queries) as typed values.
 
-One shared `httpx.AsyncClient` per client, opened by `connect()` and closed by
-`disconnect()`. Every failure leaves as a `PrometheusError` (mape_k.errors) naming the
-PromQL; httpx exceptions never leave this module. No retries here: the Monitor decides.
+One shared `aiohttp.ClientSession` per client (a pool of `max_connections`), opened by
+`connect()` and closed by `disconnect()`. Every failure leaves as a `PrometheusError`
+(mape_k.errors) naming the PromQL; aiohttp exceptions never leave this module. No retries
+here: the Monitor decides.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlencode
 
 import aiohttp
-import httpx
+import certifi
 import structlog
-from httpx_aiohttp import AiohttpTransport
 
 from mape_k.config import PrometheusConfig
 from mape_k.errors import (
@@ -32,6 +37,8 @@ ResultType = Literal["vector", "scalar", "matrix", "string"]
 _RESULT_TYPES: frozenset[str] = frozenset({"vector", "scalar", "matrix", "string"})
 _MAX_REMEMBERED_NOTES = 256  # distinct warning texts remembered, so each is logged once
 _BODY_EXCERPT = 200
+_KEEPALIVE_S = 5.0  # idle pooled connections close after this, as under httpx-aiohttp before
+_FORM = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,18 +152,39 @@ def _string_list(raw: Any, *, key: str, query: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def aiohttp_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """httpx's API over aiohttp's connection handling: about 11x less CPU per query than
-    httpx's own transport at the Monitor's concurrency (docs/benchmarks.md, fan-out)."""
-    return AiohttpTransport(limits=httpx.Limits(max_connections=max_connections))
-
-
-def _refused(exc: httpx.TimeoutException) -> bool:
-    """httpx-aiohttp reports a refused connection as ConnectTimeout; it is not a timeout."""
-    cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """`seconds` for each phase (waiting for a pooled connection, connecting, every read),
+    no overall limit: what httpx's `Timeout(seconds)` meant over aiohttp before."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=seconds, sock_connect=seconds, sock_read=seconds
     )
+
+
+def _which_timeout(exc: TimeoutError) -> str:
+    """Which wait ran out, in the words these messages have always used (httpx's names)."""
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or a pooled connection
+        return "ConnectTimeout"
+    return type(exc).__name__
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The CAs httpx trusted, so an https Prometheus that verified before still does:
+    $SSL_CERT_FILE, else $SSL_CERT_DIR, else certifi's bundle (not the system store)."""
+    if cert_file := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cert_file)
+    if cert_dir := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=cert_dir)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    """The body as text: its declared charset if Python knows it, else UTF-8; never fails."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python has no codec for
+        return body.decode("utf-8", errors="replace")
 
 
 class PrometheusClient:
@@ -173,8 +201,7 @@ class PrometheusClient:
         url: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
-        client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         base = config if config is not None else PrometheusConfig()
         self._url = (url if url is not None else base.url).rstrip("/")
@@ -182,9 +209,11 @@ class PrometheusClient:
         self._max_connections = (
             max_connections if max_connections is not None else base.max_connections
         )
-        self._transport = transport
-        self._client = client
-        self._owns_client = client is None
+        self._query_url = f"{self._url}/api/v1/query"
+        self._range_url = f"{self._url}/api/v1/query_range"
+        self._ready_url = f"{self._url}/-/ready"
+        self._client = session
+        self._owns_client = session is None
         self._seen_notes: set[str] = set()
 
     @property
@@ -196,23 +225,25 @@ class PrometheusClient:
         return self._client is not None
 
     async def connect(self) -> None:
-        """Open the shared HTTP client (idempotent)."""
+        """Open the shared HTTP session (idempotent)."""
         if self._client is not None:
             return
-        self._client = httpx.AsyncClient(
-            base_url=self._url,
-            timeout=httpx.Timeout(self._timeout_s),
-            limits=httpx.Limits(max_connections=self._max_connections),
-            transport=self._transport,
+        self._client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections,
+                keepalive_timeout=_KEEPALIVE_S,
+                ssl=_tls_context() if self._url.startswith("https://") else True,
+            ),
+            timeout=_timeout(self._timeout_s),
             headers={"Accept": "application/json"},
         )
         self._owns_client = True
 
     async def disconnect(self) -> None:
-        """Close the HTTP client if this object opened it (idempotent)."""
+        """Close the HTTP session if this object opened it (idempotent)."""
         client, self._client = self._client, None
         if client is not None and self._owns_client:
-            await client.aclose()
+            await client.close()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -232,10 +263,11 @@ class PrometheusClient:
         """True when Prometheus answers 200 on `/-/ready`; False if not ready or unreachable."""
         client = self._require_client(query="")
         try:
-            response = await client.get("/-/ready")
-        except httpx.HTTPError:
+            async with client.get(self._ready_url, allow_redirects=False) as response:
+                await response.read()
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return response.status_code == httpx.codes.OK
+        return response.status == HTTPStatus.OK
 
     async def query(
         self, promql: str, *, time: float | None = None, timeout_s: float | None = None
@@ -244,7 +276,7 @@ class PrometheusClient:
         form: dict[str, str] = {"query": promql}
         if time is not None:
             form["time"] = _format_seconds(time)
-        envelope = await self._post("/api/v1/query", form, query=promql, timeout_s=timeout_s)
+        envelope = await self._post(self._query_url, form, query=promql, timeout_s=timeout_s)
         result_type, result = self._data(envelope, query=promql)
         warnings, infos = self._notes(envelope, query=promql)
         if result_type == "vector":
@@ -299,7 +331,7 @@ class PrometheusClient:
             "end": _format_seconds(end),
             "step": _format_seconds(step),
         }
-        envelope = await self._post("/api/v1/query_range", form, query=promql, timeout_s=timeout_s)
+        envelope = await self._post(self._range_url, form, query=promql, timeout_s=timeout_s)
         result_type, result = self._data(envelope, query=promql)
         if result_type != "matrix":
             raise PrometheusResponseError(
@@ -325,7 +357,7 @@ class PrometheusClient:
 
     # --- transport and envelope ----------------------------------------------------------
 
-    def _require_client(self, *, query: str) -> httpx.AsyncClient:
+    def _require_client(self, *, query: str) -> aiohttp.ClientSession:
         if self._client is None:
             raise PrometheusUnavailable(
                 "PrometheusClient is not connected (call connect() first)", query=query
@@ -333,39 +365,47 @@ class PrometheusClient:
         return self._client
 
     async def _post(
-        self, path: str, form: dict[str, str], *, query: str, timeout_s: float | None
+        self, url: str, form: dict[str, str], *, query: str, timeout_s: float | None
     ) -> Mapping[str, Any]:
         client = self._require_client(query=query)
         timeout = self._timeout_s if timeout_s is None else timeout_s
         # Prometheus' own timeout makes a slow query fail fast on the server side too,
         # instead of running on after we stopped waiting.
-        body = {**form, "timeout": _format_seconds(timeout)}
+        body = urlencode({**form, "timeout": _format_seconds(timeout)}).encode()
         try:
-            response = await client.post(path, data=body, timeout=httpx.Timeout(timeout))
-        except httpx.TimeoutException as exc:
-            if _refused(exc):
-                raise PrometheusUnavailable(
-                    f"cannot reach {self._url}: connection refused ({exc})", query=query
-                ) from exc
+            async with client.post(
+                url,
+                data=aiohttp.BytesPayload(body, content_type=_FORM),
+                timeout=_timeout(timeout),
+                allow_redirects=False,
+            ) as response:
+                raw = await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            # Nobody listening (or no such host): at once, not after the timeout.
+            raise PrometheusUnavailable(
+                f"cannot reach {self._url}: connection refused ({exc})", query=query
+            ) from exc
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError: connect, pool or read
             raise PrometheusTimeout(
-                f"no answer from {self._url} within {timeout:g}s ({type(exc).__name__})",
+                f"no answer from {self._url} within {timeout:g}s ({_which_timeout(exc)})",
                 query=query,
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise PrometheusUnavailable(
                 f"cannot reach {self._url}: {type(exc).__name__}: {exc}", query=query
             ) from exc
-        return self._envelope(response, query=query)
+        return self._envelope(response.status, raw, response.charset, query=query)
 
-    def _envelope(self, response: httpx.Response, *, query: str) -> Mapping[str, Any]:
-        status = response.status_code
+    def _envelope(
+        self, status: int, raw: bytes, charset: str | None, *, query: str
+    ) -> Mapping[str, Any]:
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict) or body.get("status") not in {"success", "error"}:
-            text = _excerpt(response.text)
-            if status >= httpx.codes.INTERNAL_SERVER_ERROR:
+            text = _excerpt(_decode(raw, charset))
+            if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
                 # 503 "Service Unavailable" while the TSDB starts, or a proxy's 502.
                 raise PrometheusUnavailable(f"HTTP {status} from {self._url}: {text}", query=query)
             raise PrometheusResponseError(
