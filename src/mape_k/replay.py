@@ -2,13 +2,15 @@
 
 For each journaled iteration, in order, the observation is rebuilt from the record's
 `inputs` (violations, the load signals and their trends, the Charter reading, the
-switches), a fresh `PatternAnalyzer` and `Planner` of the NEW configuration decide, the
-candidates are resolved against the recorded reading and the guards judge them against
-what the store says had happened by then: the recorded executions are the change history,
-those not yet verified are settling, the outcomes recorded so far are the knowledge. The
-new choice is compared with the recorded one. Each iteration is judged against the
-recorded past, not against the new configuration's own (a one-step counterfactual): what
-the daemon would have done next, had it been running this configuration at that moment.
+switches), a fresh `PatternAnalyzer` and `Planner` of the NEW configuration decide (the
+record's predicted violations and the recorded changes planned as the daemon plans them,
+through the same functions), the candidates are resolved against the recorded reading and
+the guards judge them against what the store says had happened by then: the recorded
+executions are the change history, those not yet verified are settling, the outcomes
+recorded so far are the knowledge. The new choice is compared with the recorded one.
+Each iteration is judged against the recorded past, not against the new configuration's
+own (a one-step counterfactual): what the daemon would have done next, had it been
+running this configuration at that moment.
 
 Nothing is called (no Charter, no Prometheus, no actuator) and the store is never written:
 it is copied (SQLite's online backup, from a read-only connection) to a temporary file
@@ -42,8 +44,10 @@ from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer, Signal
 from mape_k.loop.autonomy import Autonomy
+from mape_k.loop.changes import STATE_KEY as CHANGES_KEY
+from mape_k.loop.changes import Change, ChangeLog, rollback_changes
 from mape_k.loop.envelope import SafetyEnvelope
-from mape_k.loop.iteration import size_recommendations
+from mape_k.loop.iteration import plan_predicted, size_recommendations
 from mape_k.loop.knowledge import pattern
 from mape_k.loop.plan import Planner
 from mape_k.loop.record import why_nothing
@@ -78,13 +82,15 @@ EXIT_PROBLEM = 2
 @dataclass(frozen=True, slots=True)
 class Journal:
     """What a store recorded, oldest first: the decision records, the executions, the
-    outcomes, and the pooled counters of every outcome ever recorded (`stats`, which
-    retention does not prune)."""
+    outcomes, the pooled counters of every outcome ever recorded (`stats`, which
+    retention does not prune) and the recorded changes, each with when the daemon knew
+    of it (`changes`: (known at, change), see `recorded_changes`)."""
 
     iterations: Sequence[Mapping[str, Any]]
     executions: Sequence[PolicyExecution] = ()
     outcomes: Sequence[PolicyOutcome] = ()
     stats: Sequence[PairStats] = ()
+    changes: Sequence[tuple[float, Change]] = ()
 
 
 def read_journal(store: JournalStore) -> Journal:
@@ -98,6 +104,42 @@ def read_journal(store: JournalStore) -> Journal:
         executions=list(reversed(store.recent_executions(everything))),
         outcomes=list(reversed(store.recent_outcomes(everything))),
         stats=store.stats(),
+        changes=recorded_changes(store.get_state(CHANGES_KEY), store.recent_control(everything)),
+    )
+
+
+CHANGES_ROUTE = "POST /api/v1/changes"
+
+
+def recorded_changes(
+    saved: Any, control: Sequence[Mapping[str, Any]] = ()
+) -> list[tuple[float, Change]]:
+    """The changes the store recorded — the change log's saved state (the newest
+    `changes.max_kept`) and every change a journaled `POST /api/v1/changes` took (the
+    control log: a change the log no longer keeps, too) — each with the time the daemon
+    knew of it: the first control call that posted it, else (posted before the control log
+    kept it, or restored without one) its own `at`. Oldest known first. A change that
+    cannot be read is skipped (the daemon's `load` would refuse a bad saved state)."""
+    entries: list[Any] = []
+    known: dict[str, float] = {}
+    for row in sorted(control, key=lambda r: float(r["at"])):
+        body = _as_dict(row.get("body"))
+        if row.get("route") != CHANGES_ROUTE or not isinstance(body.get("changes"), list):
+            continue
+        for entry in body["changes"]:
+            entries.append(entry)
+            if isinstance(entry, dict) and "id" in entry:
+                known.setdefault(str(entry["id"]), float(row["at"]))
+    entries.extend(_as_dict(saved).get("changes") or ())
+    found: dict[str, Change] = {}
+    for entry in entries:
+        try:
+            change = Change.from_dict(entry)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found.setdefault(change.id, change)
+    return sorted(
+        ((known.get(c.id, c.at), c) for c in found.values()), key=lambda kc: (kc[0], kc[1].id)
     )
 
 
@@ -193,6 +235,37 @@ def _violations(
             query=row.get("query") or queries.get(kind),
         )
         out.extend([violation] * max(1, min(int(row.get("count", 1)), MAX_COPIES)))
+    return out
+
+
+def predicted_of(record: Mapping[str, Any], settings: Settings) -> list[Violation]:
+    """The predicted violations the record kept (its `predicted`: the first
+    `knowledge.record_top_n`), as the predictor raised them: at the iteration's time, with
+    their lead, of the severity and query of the rule that predicts them in `settings`. A
+    prediction whose rule does not predict in `settings` is not one (the planner would not
+    act on it: `plan_causes`)."""
+    now = float(record["started_at"])
+    rules = {rule.name: rule for rule in settings.monitor.rules if rule.predict is not None}
+    out: list[Violation] = []
+    for row in record.get("predicted") or ():
+        rule = rules.get(str(row["kind"]))
+        if rule is None:
+            continue
+        lead = row.get("lead_s")
+        out.append(
+            Violation(
+                kind=rule.name,
+                component=str(row["component"]),
+                severity=rule.severity,
+                source=ViolationSource.RULE,
+                timestamp=now,
+                value=row.get("value"),
+                threshold=row.get("threshold"),
+                query=rule.query,
+                predicted=True,
+                lead_s=None if lead is None else float(lead),
+            )
+        )
     return out
 
 
@@ -559,9 +632,15 @@ class _Replayer:
     def __init__(self, journal: Journal, settings: Settings) -> None:
         self.settings = settings
         self.analyzer = PatternAnalyzer(settings.analyzer)
+        # The recorded changes, each taken in once the daemon knew of it: a recent one
+        # ranks its rollback first and drops the target's level, on the record's time.
+        self.changes = ChangeLog(settings.changes, actions=settings.planner.actions)
+        self._changes = list(journal.changes)  # (known at, change), oldest first
+        self._changes_in = 0  # _changes[:in] are in the log
         # Autonomy as configured (levels an operator or promotion changed later are not
-        # replayed): a shadow policy decides nothing, as in the daemon.
-        self.autonomy = Autonomy(settings)
+        # replayed): a shadow policy decides nothing, as in the daemon; inside a recent
+        # change's window a target is one level down, as in the daemon (app.build).
+        self.autonomy = Autonomy(settings, recent_change=self.changes.describe_recent)
         self.planner = Planner(settings.planner, autonomy=self.autonomy.level_of)
         self.envelope = SafetyEnvelope(settings.guards, dry_run=settings.executor.dry_run)
         self.knowledge = KnowledgeAt(journal, settings)
@@ -608,6 +687,9 @@ class _Replayer:
 
     # The facts before the iteration at `now`: what had run, what had been verified.
     def catch_up(self, now: float) -> None:
+        while self._changes_in < len(self._changes) and self._changes[self._changes_in][0] <= now:
+            self.changes.add(self._changes[self._changes_in][1])
+            self._changes_in += 1
         for outcome in self.knowledge.advance(now):
             if not returns_model.is_return(outcome.cause):
                 self.envelope.note_outcome(outcome, now=outcome.recorded_at)
@@ -693,8 +775,27 @@ class _Replayer:
             self.last_violation.update(dict.fromkeys(violating, now))
         analysis = self.analyzer.analyze(observation.violations, now=now, signals=signals)
         view, target_view = self.knowledge.view(), self.knowledge.target_view()
+        # As IterationPipeline.run plans: the causes (a recent change's rollback first),
+        # then the recorded predictions the new rules act on, then the returns due.
         policies = self.planner.generate_policies(
-            analysis, knowledge=view, now=now, target_knowledge=target_view
+            analysis,
+            knowledge=view,
+            now=now,
+            target_knowledge=target_view,
+            changes=rollback_changes(
+                self.changes,
+                analysis.causes,
+                rollback_causes=self.settings.changes.rollback_causes,
+                now=now,
+            ),
+        ) + plan_predicted(
+            self.planner,
+            predicted_of(record, self.settings),
+            self.settings,
+            analysis=analysis,
+            knowledge=view,
+            target_knowledge=target_view,
+            now=now,
         )
         settling = self.settling(now)
         returns = self._returns(observation, switches, settling, now)
@@ -787,12 +888,7 @@ class _Replayer:
         """As IterationPipeline._choose. An operator's approval is taken as given for the
         policy the record executed (same cause, actions and parameters)."""
         if not policies:
-            min_score = self.settings.planner.min_score
-            why = why_nothing(observation, min_score, top_n=self.settings.knowledge.record_top_n)
-            short = ""
-            if observation.violations and not observation.degraded:
-                short = f"no candidate (none configured, or below planner.min_score {min_score:g})"
-            return Decision(cause=None, target=None, why=why, short=short), []
+            return self._nothing_planned(record, observation), []
         recorded = recorded_decision(record, self.by_id)
         freeze = switches.freeze
         if freeze is not None and freeze.source == "config":
@@ -852,6 +948,21 @@ class _Replayer:
         why = "held back by guards: " + "; ".join(dict.fromkeys(held))
         held_by = tuple(dict.fromkeys(d.guard for d in guard_rules.holding(tuple(decisions))))
         return Decision(cause=None, target=None, why=why, held_by=held_by), decisions
+
+    def _nothing_planned(self, record: Mapping[str, Any], observation: Observation) -> Decision:
+        """No candidate: why, as the daemon says it, and in a few words (a violation
+        nothing is configured or scores enough for; a recorded prediction not acted on)."""
+        min_score = self.settings.planner.min_score
+        why = why_nothing(observation, min_score, top_n=self.settings.knowledge.record_top_n)
+        short = ""
+        if observation.violations and not observation.degraded:
+            short = f"no candidate (none configured, or below planner.min_score {min_score:g})"
+        elif record.get("predicted") and not observation.degraded:
+            keys = ", ".join(
+                dict.fromkeys(f"{p['kind']}/{p['component']}" for p in record["predicted"])
+            )
+            short = f"predicted {keys} not acted on (predict.act, predict.max_cost)"
+        return Decision(cause=None, target=None, why=why, short=short)
 
 
 def _assumed(
@@ -1111,7 +1222,9 @@ __all__ = [
     "command",
     "observation_of",
     "open_copy",
+    "predicted_of",
     "read_journal",
+    "recorded_changes",
     "recorded_decision",
     "render",
     "replay",

@@ -2,7 +2,9 @@
 simulated episode wrote (`mape-k simulate --records --store`: an error burst the daemon
 fixes with a restart, on a simulated clock): a floor that prices the restart out drops it,
 with its verified outcome, and the store is untouched. The same journal on a real
-PostgreSQL replays the same, read only.
+PostgreSQL replays the same, read only. A slow ramp the daemon scales ahead of on a
+predicted overload replays the same with the configuration it ran with, and a rule that
+no longer acts on its predictions drops that scale-up.
 """
 
 from __future__ import annotations
@@ -41,6 +43,30 @@ faults:
     duration_s: 240
 """
 
+# slow_ramp_predicted for 45 simulated minutes: the scale-up on the prediction (at ~36).
+RULES = """
+  - {name: high_failure_rate, query: failure_rate, threshold: 0.05, severity: critical}
+  - {name: policy_regression, query: policy_error_rate, threshold: 0.02, severity: critical}
+  - {name: members_unhealthy, query: unhealthy_members, threshold: 0.0, severity: critical}
+  - name: overload
+    query: saturation
+    threshold: 0.9
+    severity: critical
+    predict: {horizon_s: 900, window_s: 900, method: linear, act: true, max_cost: 0.25}
+  - {name: high_latency, query: p99_latency_s, threshold: 0.5, severity: warning}
+  - {name: queue_backlog, query: queue_depth, threshold: 100.0, severity: warning}
+"""
+RAMP = f"""
+name: short_ramp_predicted
+description: slow_ramp_predicted, 45 minutes of it
+regime: calm
+duration_s: 2700
+load:
+  ramp_per_min: 0.01
+  start_s: 120
+settings:
+  monitor.rules:{RULES}"""
+
 
 def mapek(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -55,17 +81,14 @@ def mapek(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def episode(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """A store a real simulated episode wrote, and its one acting decision record."""
-    tmp_path = tmp_path_factory.mktemp("episode")
-    store = tmp_path / "knowledge.sqlite3"
-    scenario = tmp_path / "burst.yaml"
-    scenario.write_text(BURST, encoding="utf-8")
+def simulate(scenario: str, store: Path, cwd: Path) -> list[dict[str, Any]]:
+    """`mape-k simulate` of one episode of `scenario` (YAML), its store kept; its records."""
+    path = cwd / "scenario.yaml"
+    path.write_text(scenario, encoding="utf-8")
     done = mapek(
         "simulate",
         "--scenario",
-        str(scenario),
+        str(path),
         "--policy",
         "mape-k",
         "--seed",
@@ -74,12 +97,18 @@ def episode(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
         "--no-counterfactual",
         "--store",
         str(store),
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stderr
-    [acted] = [
-        r for r in map(json.loads, done.stdout.splitlines()) if "id" in r and r.get("execution")
-    ]
+    return [r for r in map(json.loads, done.stdout.splitlines()) if "id" in r]
+
+
+@pytest.fixture(scope="module")
+def episode(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A store a real simulated episode wrote, and its one acting decision record."""
+    tmp_path = tmp_path_factory.mktemp("episode")
+    store = tmp_path / "knowledge.sqlite3"
+    [acted] = [r for r in simulate(BURST, store, tmp_path) if r.get("execution")]
     assert acted["execution"]["actions"][0]["type"] == "restart_service"
     return store, acted
 
@@ -142,3 +171,28 @@ def test_replay_reads_a_postgresql_store_read_only(episode, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err
         assert SECRET not in err
+
+
+def test_replay_of_a_prediction_driven_scale_up(tmp_path):
+    """The audit's case: the same configuration replays every decision, the scale-up on
+    the predicted overload too; `predict.act: false` drops it, with its outcome."""
+    store = tmp_path / "ramp.sqlite3"
+    [acted] = [r for r in simulate(RAMP, store, tmp_path) if r.get("execution")]
+    assert acted["causes"] == []
+    assert acted["predicted"][0]["kind"] == "overload"
+    same = tmp_path / "same.yaml"
+    same.write_text(f"monitor:\n  rules:{RULES}", encoding="utf-8")
+    done = mapek("replay", "--store", str(store), "--config", str(same), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ", 0 different" in done.stdout
+    assert "recorded actions dropped: 0" in done.stdout.splitlines()
+    off = tmp_path / "off.yaml"
+    off.write_text(same.read_text(encoding="utf-8").replace("act: true", "act: false"))
+    done = mapek("replay", "--store", str(store), "--config", str(off), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    [row] = [line for line in lines if "scale_up on charter" in line]
+    assert "overload/charter" in row
+    assert "nothing: predicted overload/charter not acted on" in row
+    assert row.endswith("recorded action's outcome: SUCCESS")
+    assert "recorded actions dropped: 1 (success 1)" in lines

@@ -1,7 +1,9 @@
 """`mape-k replay`: the recorded period decided again with another configuration.
 
-The store is a real one, written by a real simulated episode (an error burst the daemon
-fixes with a restart, ~2 s); the replay reads it through a read-only copy."""
+The stores are real ones, written by real simulated episodes (an error burst the daemon
+fixes with a restart, ~2 s; a slow ramp it scales ahead of on a prediction; a bad policy
+after a recorded deploy, whose rollback it ranks first and waits for an operator on); the
+replay reads them through a read-only copy."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import copy
 import hashlib
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,13 @@ import pytest
 
 from mape_k import replay as rp
 from mape_k.cli import main
-from mape_k.config import load_settings
+from mape_k.config import CandidateAction, Settings, load_settings
 from mape_k.loop.analyze import Signal
+from mape_k.loop.changes import Change
 from mape_k.loop.guards import Freeze
 from mape_k.loop.record import DecisionContext
 from mape_k.quality import scenario as scenarios
-from mape_k.quality.runner import run_episode
+from mape_k.quality.runner import SIM_START, run_episode, settings_for
 from mape_k.store import SCHEMA_VERSION, Store
 
 # The restart for high_failure_rate scores 0.75 x 1 - cost: a floor of 0.7 prices it out.
@@ -393,3 +397,248 @@ def test_a_restart_in_the_journal_starts_the_daemons_memory_again(journal, tmp_p
     report = rp.replay(replace(journal, iterations=renumbered), new)
     assert report.restarts == (len(renumbered) - 1) // 10
     assert report.as_dict()["summary"]["restarts"] == report.restarts
+
+
+# --- a maintenance window in the new config ------------------------------------------------
+
+# The episodes start on a Tuesday (SIM_START, 2023-11-14): a window all day holds the target.
+TUESDAY_ALL_DAY = """
+maintenance:
+  - name: patch-tuesday
+    targets: [charter]
+    time_intervals: [{weekdays: [tuesday]}]
+"""
+
+
+def test_a_maintenance_window_in_the_new_config_holds_the_restart_that_ran(journal, tmp_path):
+    new, _ = settings(tmp_path, TUESDAY_ALL_DAY)
+    report = rp.replay(journal, new)
+    [diff] = report.differences
+    [record] = acted(journal)
+    assert diff.iteration == record["id"]
+    assert diff.recorded.describe() == "restart_service on charter"
+    assert diff.new.describe() == "nothing: held by maintenance"
+    assert "maintenance: maintenance window patch-tuesday until " in diff.new.why
+    assert diff.recorded_outcome == "success"
+    assert report.as_dict()["summary"]["guard_verdicts"] == {
+        "maintenance delay": {"recorded": 0, "new": 1}
+    }
+    # a window on another target holds nothing
+    other, _ = settings(tmp_path, TUESDAY_ALL_DAY.replace("[charter]", "[db]"))
+    assert rp.replay(journal, other).differences == []
+
+
+# --- predicted violations ----------------------------------------------------------------------
+
+# The ramp crosses the overload threshold after about 50 minutes; the daemon scales on the
+# prediction at about 36 (2190 s), 45 minutes of it are enough.
+RAMP_S = 2700.0
+
+
+def ramp_journal(tmp_path_factory: pytest.TempPathFactory, name: str) -> rp.Journal:
+    path = tmp_path_factory.mktemp(name) / "knowledge.sqlite3"
+    scenario = replace(scenarios.load(name), duration_s=RAMP_S)
+    asyncio.run(run_episode(scenario, "mape-k", 1, knowledge=path, counterfactual=False))
+    with rp.open_copy(str(path)) as store:
+        return rp.read_journal(store)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
+    """slow_ramp_predicted: the daemon scales up on a predicted overload, before any rule
+    is violated."""
+    return ramp_journal(tmp_path_factory, "slow_ramp_predicted")
+
+
+@pytest.fixture(scope="module")
+def warned(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
+    """slow_ramp_warned: the same forecast, `act: false`: the daemon never acts on it."""
+    return ramp_journal(tmp_path_factory, "slow_ramp_warned")
+
+
+def episode_settings(name: str, tmp_path: Path, **predict: Any) -> Settings:
+    """The settings the scenario's episode ran with, its overload rule's `predict` changed."""
+    scenario = scenarios.load(name)
+    rules = copy.deepcopy(scenario.settings["monitor.rules"])
+    for rule in rules:
+        if rule["name"] == "overload":
+            rule["predict"].update(predict)
+    return settings_for(scenario, tmp_path / "unused.sqlite3", {"monitor.rules": rules})
+
+
+def test_the_ramp_episode_scaled_on_a_prediction(predicted):
+    # What the tests below stand on: one execution, for a predicted cause, no real one.
+    [record] = acted(predicted)
+    assert record["execution"]["actions"][0]["type"] == "scale_up"
+    assert record["causes"] == []
+    assert record["inputs"]["violations"] == []
+    assert [p["kind"] for p in record["predicted"]] == ["overload"]
+    assert record["candidates"][0]["predicted_in_s"] > 0
+
+
+def test_the_same_config_replays_the_prediction_driven_action(predicted, tmp_path):
+    report = rp.replay(predicted, episode_settings("slow_ramp_predicted", tmp_path))
+    assert report.replayed == len(predicted.iterations) > 50
+    assert report.differences == []
+    assert report.same == report.replayed
+    assert report.as_dict()["summary"]["guard_verdicts"] == {}
+
+
+@pytest.mark.parametrize("predict", [{"act": False}, {"max_cost": 0.1}])
+def test_a_rule_that_no_longer_acts_on_the_prediction_drops_the_action(
+    predicted, tmp_path, predict
+):
+    # act off, or a max_cost under scale_up's cost (0.2): the prediction is not planned.
+    report = rp.replay(predicted, episode_settings("slow_ramp_predicted", tmp_path, **predict))
+    [diff] = report.differences
+    [record] = acted(predicted)
+    assert diff.iteration == record["id"]
+    assert diff.cause == "overload/charter"
+    assert diff.recorded.describe().startswith("scale_up on charter (size ")
+    assert diff.new.describe() == (
+        "nothing: predicted overload/charter not acted on (predict.act, predict.max_cost)"
+    )
+    assert diff.recorded_outcome == "success"
+    assert report.dropped == {"success": 1}
+    assert report.added == 0
+
+
+def test_a_rule_that_acts_on_its_predictions_shows_the_early_action(warned, tmp_path):
+    # The episode ran with act: false (it never acted); with act: true the first usable
+    # prediction is a scale-up, with the knowledge behind it.
+    assert acted(warned) == []
+    same = rp.replay(warned, episode_settings("slow_ramp_warned", tmp_path))
+    assert same.differences == []
+    report = rp.replay(warned, episode_settings("slow_ramp_warned", tmp_path, act=True))
+    first = report.differences[0]
+    assert first.recorded.describe() == "nothing: no violations"
+    assert first.new.describe().startswith("scale_up on charter (size ")
+    assert first.new.why.startswith("scale_up on charter: predicted in ")
+    assert first.evidence == "posterior 0.85 from 0 outcome(s)"
+    [record] = [r for r in warned.iterations if r["id"] == first.iteration]
+    assert record["predicted"][0]["kind"] == "overload"
+    assert report.dropped == {}
+
+
+def test_a_recorded_prediction_is_rebuilt_as_the_rule_raises_it(predicted, tmp_path):
+    [record] = acted(predicted)
+    new = episode_settings("slow_ramp_predicted", tmp_path)
+    [violation] = rp.predicted_of(record, new)
+    kept = record["predicted"][0]
+    assert (violation.kind, violation.component) == ("overload", "charter")
+    assert (violation.severity.value, violation.query) == ("critical", "saturation")
+    assert violation.predicted
+    assert (violation.timestamp, violation.lead_s) == (record["started_at"], kept["lead_s"])
+    # a rule that does not predict in the new config raises nothing
+    assert rp.predicted_of(record, settings(tmp_path)[0]) == []
+
+
+# --- recorded changes --------------------------------------------------------------------------
+
+CHANGE_AT = SIM_START + 60.0  # a minute before the bad policy (at 120 s)
+ROLLBACK = {"type": "apply_policy", "parameters": {"policy_id": "baseline-v1"}}
+
+
+@pytest.fixture(scope="module")
+def changed(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
+    """A bad policy 60 s after a deploy recorded on charter, with its rollback: the change
+    log is in the store when the daemon starts (as after a restart). Inside the change's
+    window (changes.window_s, 30 minutes: the whole episode) the daemon ranks the rollback
+    first and, one level down, waits for an operator: it never acts."""
+    path = tmp_path_factory.mktemp("changed") / "knowledge.sqlite3"
+    change = Change(
+        id="chg-0123456789abcdef",
+        target="charter",
+        kind="deploy",
+        at=CHANGE_AT,
+        description="policy bad-v4",
+        rollback=CandidateAction.model_validate(ROLLBACK),
+    )
+    with Store.open(path) as store:
+        store.set_state("changes", {"changes": [change.as_dict()]}, at=SIM_START)
+    scenario = replace(scenarios.load("bad_policy-calm-finite"), duration_s=900.0)
+    asyncio.run(run_episode(scenario, "mape-k", 1, knowledge=path, counterfactual=False))
+    with rp.open_copy(str(path)) as store:
+        return rp.read_journal(store)
+
+
+def waiting(journal: rp.Journal) -> list[Mapping[str, Any]]:
+    return [r for r in journal.iterations if r.get("result") == "pending_approval"]
+
+
+def test_the_changed_episode_waited_for_an_operator_on_the_rollback(changed):
+    # What the tests below stand on: the daemon ranked the rollback first, at approve.
+    [(known, change)] = changed.changes
+    assert (known, change.at, change.rollback is not None) == (CHANGE_AT, CHANGE_AT, True)
+    assert acted(changed) == []
+    records = waiting(changed)
+    assert len(records) > 3
+    first = records[0]["candidates"][0]
+    assert first["actions"] == [ROLLBACK]
+    assert first["requires_approval"]
+
+
+def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(changed, tmp_path):
+    new = settings_for(scenarios.load("bad_policy-calm-finite"), tmp_path / "unused.sqlite3")
+    report = rp.replay(changed, new)
+    assert report.differences == []
+    assert report.same == report.replayed == len(changed.iterations)
+    # the rollback first, one level down, the same proposals the daemon made
+    record = waiting(changed)[0]
+    replayer = rp._Replayer(changed, new)
+    for earlier in changed.iterations[: changed.iterations.index(record)]:
+        replayer.follow(earlier)
+        replayer.decide(earlier)
+    replayer.follow(record)
+    decision, _, _ = replayer.decide(record)
+    assert decision.why == record["choice"]["why"]
+    assert decision.why.startswith("waiting for operator approval of ")
+    rollback, configured = replayer.planner.pending_approvals()
+    assert rollback.rationale.startswith("rollback of change chg-0123456789abcdef (deploy")
+    assert "one level down after change chg-0123456789abcdef" in rollback.rationale
+    assert rollback.actions[0].parameters == {"policy_id": "baseline-v1"}
+    assert configured.actions[0].parameters == {"policy_id": "last_known_good"}
+
+
+def test_a_shorter_change_window_in_the_new_config_acts_after_it(changed, tmp_path):
+    scenario = scenarios.load("bad_policy-calm-finite")
+    new = settings_for(scenario, tmp_path / "unused.sqlite3", {"changes.window_s": 240})
+    report = rp.replay(changed, new)
+    ends = CHANGE_AT + 240
+    assert (
+        [d.iteration for d in report.differences]
+        == [r["id"] for r in waiting(changed) if r["started_at"] >= ends]
+        != []
+    )
+    for diff in report.differences:
+        assert diff.recorded.describe().startswith("nothing: waiting for operator approval")
+        assert diff.new.describe().startswith("apply_policy on charter (policy ")
+        assert diff.new.why.startswith("apply_policy on charter: apply_policy for policy_regr")
+
+
+def test_a_change_counts_from_when_the_daemon_knew_of_it(changed, tmp_path):
+    # Posted (the control log's time) after the episode: no iteration knew of it, the
+    # replay acts where the daemon waited.
+    [(_, change)] = changed.changes
+    late = replace(changed, changes=[(SIM_START + 10_000, change)])
+    new = settings_for(scenarios.load("bad_policy-calm-finite"), tmp_path / "unused.sqlite3")
+    report = rp.replay(late, new)
+    assert [d.iteration for d in report.differences] == [r["id"] for r in waiting(changed)]
+
+
+def test_recorded_changes_come_from_the_state_and_the_control_log():
+    def entry(change_id: str, at: float) -> dict[str, Any]:
+        return {"id": change_id, "target": "charter", "kind": "deploy", "at": at}
+
+    control = [
+        {"at": 500.0, "route": "POST /api/v1/changes", "body": {"changes": [entry("b", 400.0)]}},
+        {"at": 300.0, "route": "POST /api/v1/changes", "body": {"changes": [entry("b", 400.0)]}},
+        {"at": 350.0, "route": "POST /api/v1/freeze", "body": {"changes": [entry("x", 1.0)]}},
+        {"at": 900.0, "route": "POST /api/v1/changes", "body": {"changes": [entry("c", 850.0)]}},
+    ]
+    saved = {"changes": [entry("a", 100.0), entry("b", 400.0), {"id": "bad"}]}
+    got = rp.recorded_changes(saved, control)
+    # a: no control call (older than the log): its own time; b: its first post; c: only
+    # in the control log (the change log no longer keeps it); x: not a change route.
+    assert [(known, c.id) for known, c in got] == [(100.0, "a"), (300.0, "b"), (900.0, "c")]
+    assert rp.recorded_changes(None) == []

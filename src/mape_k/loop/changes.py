@@ -23,7 +23,7 @@ import math
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from mape_k.integrations.alertmanager import (
     AlertStatus,
     WebhookPayload,
 )
+from mape_k.models import Cause
 from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
@@ -484,3 +485,20 @@ class ChangeLog:
             log.error("changes_save_failed", error=str(exc))
             return False
         return True
+
+
+def rollback_changes(
+    changes: ChangeLog,
+    causes: Iterable[Cause],
+    *,
+    rollback_causes: Collection[str],
+    now: float,
+) -> dict[tuple[str, str], Change]:
+    """(cause, target) -> the recent change on the target, for the causes a change may have
+    brought (`changes.rollback_causes`): the planner ranks its rollback first. The daemon's
+    (loop/iteration.py) and `mape-k replay`'s, at the iteration's time."""
+    found: dict[tuple[str, str], Change] = {}
+    for cause in causes:
+        if cause.name in rollback_causes and (change := changes.recent(cause.target, now)):
+            found[(cause.name, cause.target)] = change
+    return found

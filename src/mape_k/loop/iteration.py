@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer, Signals
 from mape_k.loop.analyze import signals as analysis_signals
 from mape_k.loop.autonomy import Autonomy, WouldDo
-from mape_k.loop.changes import Change, ChangeLog
+from mape_k.loop.changes import Change, ChangeLog, rollback_changes
 from mape_k.loop.envelope import (
     SafetyEnvelope,
     charter_problems,
@@ -42,7 +42,7 @@ from mape_k.loop.escalation import NeedsHumanAlerts
 from mape_k.loop.execute import Executor
 from mape_k.loop.knowledge import Knowledge
 from mape_k.loop.monitor import Monitor
-from mape_k.loop.plan import Planner
+from mape_k.loop.plan import KnowledgeView, Planner, TargetKnowledgeView
 from mape_k.loop.predict import Predictor, least_squares, plan_causes
 from mape_k.loop.record import DecisionContext, DecisionRecord, classify, why_nothing
 from mape_k.metrics import Metrics
@@ -61,6 +61,7 @@ from mape_k.models import (
     RemediationAction,
     RemediationPolicy,
     Severity,
+    Violation,
 )
 from mape_k.storeio import AsyncStore
 
@@ -234,7 +235,15 @@ class IterationPipeline:
             now=now,
             target_knowledge=self.knowledge.target_view(),
             changes=self._recent_changes(analysis, now),
-        ) + self._plan_predicted(record, now)
+        ) + plan_predicted(
+            self.planner,
+            record.predicted,
+            self.settings,
+            analysis=record.analysis,
+            knowledge=self.knowledge.view(),
+            target_knowledge=self.knowledge.target_view(),
+            now=now,
+        )
         phases.done("plan", t)
 
         t = time.perf_counter()
@@ -332,12 +341,12 @@ class IterationPipeline:
         have brought (changes.rollback_causes): the planner ranks its rollback first."""
         if self.changes is None:
             return {}
-        causes = self.settings.changes.rollback_causes
-        found: dict[tuple[str, str], Change] = {}
-        for cause in analysis.causes:
-            if cause.name in causes and (change := self.changes.recent(cause.target, now)):
-                found[(cause.name, cause.target)] = change
-        return found
+        return rollback_changes(
+            self.changes,
+            analysis.causes,
+            rollback_causes=self.settings.changes.rollback_causes,
+            now=now,
+        )
 
     def _signals(self, observation: Observation) -> Signals:
         """The analysis's signals with their trends (and the return to baseline's signal,
@@ -388,26 +397,6 @@ class IterationPipeline:
         """Execution id -> the offered load when it ran, for the executions that fixed a
         load-proportional signal (kept with their changes in the envelope's history)."""
         return {c.execution_id: c.load for c in self.envelope.history if c.load is not None}
-
-    def _plan_predicted(self, record: DecisionRecord, now: float) -> list[RemediationPolicy]:
-        """Policies for the predicted violations the rules let it act on, after the real
-        causes' (a fix ranks first), each of only low-cost candidates (predict.max_cost)."""
-        real = [] if record.analysis is None else [c.key for c in record.analysis.causes]
-        policies: list[RemediationPolicy] = []
-        for cause, max_cost in plan_causes(
-            record.predicted,
-            self.settings.monitor.rules,
-            real=real,
-            base_confidence=self.settings.analyzer.base_confidence,
-        ):
-            policies += self.planner.generate_policies(
-                AnalysisResult(at=now, violations=0, patterns=(), causes=(cause,)),
-                knowledge=self.knowledge.view(),
-                now=now,
-                target_knowledge=self.knowledge.target_view(),
-                max_cost=max_cost,
-            )
-        return policies
 
     def _plan_returns(self, returns: returns_model.Returns, now: float) -> list[RemediationPolicy]:
         """The due returns planned like any cause (planner.remediations), after the faults'
@@ -956,6 +945,38 @@ class Readings:
 def _size(observation: Observation, target: str) -> int | None:
     value = observation.value("committee_size", target)
     return None if value is None else round(value)
+
+
+def plan_predicted(
+    planner: Planner,
+    predicted: Sequence[Violation],
+    settings: Settings,
+    *,
+    analysis: AnalysisResult | None,
+    knowledge: KnowledgeView,
+    target_knowledge: TargetKnowledgeView,
+    now: float,
+) -> list[RemediationPolicy]:
+    """Policies for the predicted violations the rules let it act on (`plan_causes`: the
+    rule says `predict.act`, no real cause with the key), after the real causes' (a fix
+    ranks first), each of only low-cost candidates (`predict.max_cost`). The daemon's
+    planning of a prediction, and `mape-k replay`'s of a recorded one."""
+    real = [] if analysis is None else [c.key for c in analysis.causes]
+    policies: list[RemediationPolicy] = []
+    for cause, max_cost in plan_causes(
+        predicted,
+        settings.monitor.rules,
+        real=real,
+        base_confidence=settings.analyzer.base_confidence,
+    ):
+        policies += planner.generate_policies(
+            AnalysisResult(at=now, violations=0, patterns=(), causes=(cause,)),
+            knowledge=knowledge,
+            now=now,
+            target_knowledge=target_knowledge,
+            max_cost=max_cost,
+        )
+    return policies
 
 
 def size_recommendations(
