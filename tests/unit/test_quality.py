@@ -42,7 +42,7 @@ BASE = {"name": "t", "regime": "calm", "duration_s": 600}
 def test_every_shipped_scenario_loads_and_the_suite_covers_the_issue():
     found = load_all()
     names = {s.name for s in found}
-    assert len(found) == len(shipped_names()) == 41
+    assert len(found) == len(shipped_names()) == 44
     for kind in FAULT:
         for regime in ("calm", "volatile", "spike"):
             assert {f"{kind}-{regime}-persistent", f"{kind}-{regime}-finite"} <= names
@@ -53,6 +53,9 @@ def test_every_shipped_scenario_loads_and_the_suite_covers_the_issue():
         "slow_ramp",
         "slow_ramp_predicted",
         "slow_ramp_warned",
+        "fast_ramp",
+        "fast_ramp_predicted",
+        "fast_ramp_warned",
         "shadow_mode",
         "wrong_prior",
         "wrong_prior_priced_out",

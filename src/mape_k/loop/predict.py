@@ -405,6 +405,9 @@ class Predictor:
         self._metrics = metrics
         self._history = SeriesHistory()
         self._failing: set[str] = set()
+        # target -> when an action there last completed: a forecast is fitted on the
+        # readings since, not across the step its own action made in the series
+        self._since: dict[str, float] = {}
         self.ledger = Predictions()
 
     async def predict(
@@ -421,7 +424,9 @@ class Predictor:
         predicted: list[Violation] = []
         for rule in rules:
             series = await self._series(rule, config, now=now)
-            for target, points in sorted(series.items()):
+            for target, read in sorted(series.items()):
+                since = self._since.get(target)
+                points = read if since is None else [p for p in read if p[0] >= since]
                 violation = _predicted(rule, target, points, observation, violating, now=now)
                 if violation is not None:
                     predicted.append(violation)
@@ -433,10 +438,14 @@ class Predictor:
         return predicted
 
     def note_execution(self, execution: PolicyExecution, *, now: float) -> None:
-        """An execution for a predicted cause that completed (not a dry run): acted on."""
+        """An execution that completed (not a dry run): its target's series starts again
+        (the readings before it are another regime: a scale-up steps the saturation
+        down); for a predicted cause, the prediction was acted on."""
+        if execution.status is not ExecutionStatus.COMPLETED or execution.dry_run:
+            return
+        self._since[execution.policy.target] = execution.finished_at or now
         cause = execution.policy.cause
-        done = execution.status is ExecutionStatus.COMPLETED and not execution.dry_run
-        if cause.predicted and done:
+        if cause.predicted:
             self.ledger.acted(cause.name, cause.target, now=now)
 
     def summary(self) -> dict[str, Any]:
