@@ -199,8 +199,8 @@ async def build(
             clock=clock,
         )
         await changes.load()
-        # Inside a change's window a target's autonomy is one level down.
-        autonomy = Autonomy(settings, store=store, recent_change=changes.describe_recent)
+        # Inside a change's window a target's autonomy is one level down (its rollback not).
+        autonomy = Autonomy(settings, store=store, changes=changes)
         await autonomy.load()  # levels changed since the config, the shadow ledger
         metrics.registry.register(FamiliesCollector(autonomy.families))
         guarded = None if charter is None else envelope.guard(charter)

@@ -933,7 +933,9 @@ class PromotionConfig(_Model):
     enabled: bool = Field(
         False,
         description="Raise a level (shadow -> approve -> auto, up to its max) once the"
-        " evidence passes the thresholds below; every change is a decision record.",
+        " evidence passes the thresholds below; every change is a decision record. Only a"
+        " key named in `levels` with a `max` above its level is raised: an action at"
+        " `default` has no bounds and is never promoted.",
     )
     min_samples: int = Field(
         10,
@@ -956,7 +958,8 @@ class AutonomyConfig(_Model):
         None,
         description="The level of an action not in `levels`; unset: auto, and approve for"
         " an action that requires_approval (while planner.require_approval). A risky action"
-        " is never above approve unless `levels` names it.",
+        " is never above approve unless `levels` names it. It has no bounds: promotion never"
+        " raises an action at it (name the action in `levels` with a `max`).",
     )
     levels: dict[str, AutonomyRule] = Field(
         default_factory=dict,
@@ -1547,6 +1550,10 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
     return tree, sources
 
 
+# "guards.x.y: ..." at the start of a message from a check across sections (Settings').
+_NAMED_FIELD = re.compile(r"([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_/-]+)+): ")
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
@@ -1590,9 +1597,13 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         path = ".".join(str(part) for part in first["loc"])
+        message = _describe(first)
+        named = _NAMED_FIELD.match(message) if not path else None
+        if named is not None:  # a check across sections names its field: that is the path
+            path, message = named.group(1), message[named.end() :]
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         where = _origin(path, sources)
-        raise ConfigError(f"{path or '<root>'}: {_describe(first)} (from {where}){extra}") from exc
+        raise ConfigError(f"{path or '<root>'}: {message} (from {where}){extra}") from exc
     return settings, sources
 
 

@@ -280,6 +280,7 @@ class RemediationPolicy:
     created_at: float
     rationale: str = ""
     shadow: bool = False  # at autonomy level shadow: a would-do, never executed
+    rollback_of: str | None = None  # the recorded change it rolls back (loop/changes.py)
 
     @property
     def primary_action(self) -> ActionName:

@@ -277,8 +277,9 @@ def _figure(value: Any, digits: int = 2) -> str:
 
 
 def _autonomy(autonomy: Any, width: int) -> list[str]:
-    """Levels with a rule or an override, and per shadowed action its would-dos, estimated
-    precision and the time it would have saved (what an operator raises autonomy on)."""
+    """Levels with a rule or an override, the targets a change window lowers, and per
+    shadowed action its would-dos, estimated precision and the time it would have saved
+    (what an operator raises autonomy on)."""
     if not isinstance(autonomy, Mapping):
         return []
     lines = ["", "Autonomy"]
@@ -291,6 +292,7 @@ def _autonomy(autonomy: Any, width: int) -> list[str]:
         lines += _wrap(
             f"{key}: {row.get('level')}{bounds}{note}", first="  ", rest="    ", width=width
         )
+    lines += _windows(autonomy.get("windows"), width)
     shadow = autonomy.get("shadow")
     for row in shadow if isinstance(shadow, list) else ():
         if not isinstance(row, Mapping):
@@ -306,12 +308,31 @@ def _autonomy(autonomy: Any, width: int) -> list[str]:
     changes = autonomy.get("changes")
     for change in changes[:3] if isinstance(changes, list) else ():
         if isinstance(change, Mapping):
+            key = change.get("key")
+            if change.get("target") is not None:  # a change window: every action on a target
+                key = f"{'every action' if key == '*' else key} on {change.get('target')}"
             text = (
-                f"{_stamp(change.get('at'))} {change.get('key')}: {change.get('before')} ->"
+                f"{_stamp(change.get('at'))} {key}: {change.get('before')} ->"
                 f" {change.get('after')} by {change.get('by')}: {change.get('reason')}"
             )
             lines += _wrap(text, first="  ", rest="    ", width=width)
     return lines if len(lines) > 2 else []
+
+
+def _windows(windows: Any, width: int) -> list[str]:
+    """The targets a recorded change's window lowers one level, until when, and why."""
+    lines: list[str] = []
+    for target, row in windows.items() if isinstance(windows, Mapping) else ():
+        if not isinstance(row, Mapping):
+            continue
+        rollback = row.get("rollback")
+        text = (
+            f"{target}: every action one level down until {_stamp(row.get('until'))}, after"
+            f" change {row.get('change')} ({row.get('kind')} {row.get('description')!r})"
+            + (f"; its rollback ({rollback}) keeps its level" if rollback else "")
+        )
+        lines += _wrap(text, first="  ", rest="    ", width=width)
+    return lines
 
 
 def _predictions(predictions: Any, width: int) -> list[str]:

@@ -9,15 +9,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 from builders import NOW, TARGET, action, cause, metric, observation, outcome, policy, violation
 from builders import settings as settings_for
 from fakes import FakeClock
 from mape_k.app import Daemon, build
-from mape_k.config import Settings
+from mape_k.config import CandidateAction, ChangesConfig, ConfigError, Settings
+from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.autonomy import STATE_KEY, Autonomy, WouldDo, likelihood
+from mape_k.loop.changes import Change, ChangeLog, from_request
 from mape_k.loop.plan import Planner
+from mape_k.metrics import FamiliesCollector
 from mape_k.models import (
     ActionType,
     AnalysisResult,
@@ -86,16 +90,122 @@ def test_cause_action_is_more_specific_than_action_and_a_policy_takes_its_lowest
     assert why == "restart_service at shadow"
 
 
-def test_a_recent_change_drops_the_level_one_step_but_not_below_shadow():
-    def recent(target: str, now: float) -> str | None:
-        return "change c-1 (deploy 'v42' 60 s ago)" if target == TARGET else None
+def deployed(at: float = NOW - 60, *, rollback: bool = True, window_s: float = 600) -> ChangeLog:
+    """A change log with one deploy on charter (its rollback: apply_policy v41)."""
+    changes = ChangeLog(ChangesConfig(window_s=window_s))
+    undo = CandidateAction(type=ActionType.APPLY_POLICY, parameters={"policy_id": "v41"})
+    changes.add(
+        Change(
+            id="chg-1",
+            target=TARGET,
+            kind="deploy",
+            at=at,
+            description="v42",
+            rollback=undo if rollback else None,
+        )
+    )
+    return changes
 
-    autonomy = Autonomy(settings(levels={"scale_up": "shadow"}), recent_change=recent)
+
+def test_a_change_window_drops_every_action_on_its_target_one_step_but_not_below_shadow():
+    autonomy = Autonomy(settings(levels={"scale_up": "shadow"}), changes=deployed())
+    assert autonomy.level_of(cause(), ["restart_service"], NOW)[0] == "auto"  # not noted yet
+    [opened] = autonomy.note_windows(NOW)
+    assert (opened.key, opened.target, opened.before, opened.after, opened.by) == (
+        "*",
+        TARGET,
+        "auto",
+        "approve",
+        "change_window",
+    )
+    assert opened.reason == (
+        "every action on charter one level down until 2023-11-14T22:22:20Z after change"
+        " chg-1 (deploy 'v42' 60 s ago); its rollback (apply_policy) keeps its level"
+    )
     level, why = autonomy.level_of(cause(), ["restart_service"], NOW)
     assert level == "approve"
-    assert why == "one level down after change c-1 (deploy 'v42' 60 s ago)"
+    assert why == "one level down after change chg-1 (deploy 'v42' 60 s ago)"
     assert autonomy.level_of(cause(target="other"), ["restart_service"], NOW)[0] == "auto"
     assert autonomy.level_of(cause(), ["scale_up"], NOW)[0] == "shadow"
+    assert autonomy.level_of(cause(), ["bypass_validation"], NOW)[0] == "shadow"  # approve - 1
+    assert autonomy.note_windows(NOW + 10) == []  # still open: no change of level
+    [closed] = autonomy.note_windows(NOW + 540)  # 600 s after the change
+    assert (closed.before, closed.after, closed.target) == ("approve", "auto", TARGET)
+    assert (
+        closed.reason
+        == "the window of change chg-1 on charter closed: every action back to its level"
+    )
+    assert autonomy.level_of(cause(), ["restart_service"], NOW + 540) == ("auto", None)
+    assert [c.by for c in autonomy.drain()] == ["change_window", "change_window"]
+    assert autonomy.changes_by == {"change_window": 2}
+
+
+def test_the_rollback_of_the_change_keeps_its_level_inside_the_window():
+    autonomy = Autonomy(Settings(), changes=deployed())  # no autonomy section at all
+    autonomy.note_windows(NOW)
+    rollback = autonomy.level_of(
+        cause("policy_regression"), ["apply_policy"], NOW, rollback_of="chg-1"
+    )
+    assert rollback == ("auto", None)
+    other = autonomy.level_of(
+        cause("policy_regression"), ["apply_policy"], NOW, rollback_of="chg-0"
+    )
+    assert other[0] == "approve"  # the rollback of another change is lowered like the rest
+
+
+def test_the_planner_lowers_the_configured_candidates_and_not_the_rollback():
+    autonomy = Autonomy(Settings(), changes=deployed())
+    autonomy.note_windows(NOW)
+    planner = Planner(Settings().planner, autonomy=autonomy.level_of)
+    regression = cause("policy_regression", confidence=0.85)
+    analysis = AnalysisResult(at=NOW, violations=1, patterns=(), causes=(regression,))
+    change = deployed().recent(TARGET, NOW)
+    assert change is not None
+    policies = planner.generate_policies(
+        analysis, knowledge={}, now=NOW, changes={("policy_regression", TARGET): change}
+    )
+    first, *rest = policies
+    assert first.rationale.startswith("rollback of change chg-1")
+    assert (first.rollback_of, first.requires_approval, first.shadow) == ("chg-1", False, False)
+    assert rest, "no configured candidate after the rollback"
+    assert all(p.requires_approval and p.rollback_of is None for p in rest)
+    assert all("one level down after change chg-1" in p.rationale for p in rest)
+    assert planner.still_gated(rest[0])
+
+
+def test_a_follower_takes_the_windows_without_a_change_of_level():
+    autonomy = Autonomy(Settings(), changes=deployed())
+    assert autonomy.note_windows(NOW, leading=False) == []
+    assert autonomy.level_of(cause(), ["restart_service"], NOW)[0] == "approve"
+    assert autonomy.drain() == []
+    assert autonomy.note_windows(NOW + 1) == []  # the leader it becomes: nothing new opened
+
+
+def test_the_window_in_force_is_in_stats_and_in_metrics():
+    cfg = settings(levels={"scale_up": {"level": "auto", "min": "approve"}}, default="approve")
+    autonomy = Autonomy(cfg, changes=deployed())
+    autonomy.note_windows(NOW)
+    assert autonomy.as_dict()["windows"] == {
+        TARGET: {
+            "change": "chg-1",
+            "kind": "deploy",
+            "description": "v42",
+            "at": NOW - 60,
+            "until": NOW + 540,
+            "default": "shadow",  # approve, one level down
+            "levels": {"scale_up": "approve"},
+            "rollback": "apply_policy",
+        }
+    }
+    registry = CollectorRegistry()
+    registry.register(FamiliesCollector(autonomy.families))
+    text = generate_latest(registry).decode()
+    assert 'mapek_autonomy_level_drop{target="charter"} 1.0' in text
+    assert 'mapek_autonomy_changes_total{by="change_window"} 1.0' in text
+    assert 'mapek_autonomy_level{key="scale_up"} 2.0' in text  # its level: the drop is per target
+    autonomy.note_windows(NOW + 540)
+    assert autonomy.as_dict()["windows"] == {}
+    assert "mapek_autonomy_level_drop{" not in generate_latest(registry).decode()
 
 
 def test_the_planner_marks_shadow_and_approve_from_the_level():
@@ -386,3 +496,266 @@ async def test_an_operators_change_is_in_the_next_record(tmp_path: Path, clock: 
         assert record["result"] == "shadow"
         later = await parts.orchestrator.run_once()
         assert "autonomy_changes" not in later
+
+
+async def test_a_promotion_reaches_the_next_decision_record(tmp_path: Path, clock: FakeClock):
+    cfg = settings_for(
+        tmp_path,
+        **{
+            "autonomy.levels": {"restart_service": {"level": "shadow", "max": "approve"}},
+            "autonomy.promotion": {
+                "enabled": True,
+                "min_samples": 1,
+                "min_precision": 0.5,
+                "min_posterior": 0.5,
+            },
+        },
+    )
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        records = []
+        for _ in range(5):
+            clock.advance(30)
+            records.append(await parts.orchestrator.run_once())
+        level = parts.orchestrator.pipeline.autonomy
+        assert level is not None
+        in_force = level.level_of(cause(), ["restart_service"], clock())[0]
+    scored = [r for r in records if r.get("shadow_scored")]
+    promoted = [r for r in records if r.get("autonomy_changes")]
+    assert [s["verdict"] for s in scored[0]["shadow_scored"]] == ["persisted"]
+    [record] = promoted  # once: at its max (approve) after it
+    [change] = record["autonomy_changes"]
+    assert (change["key"], change["before"], change["after"], change["by"]) == (
+        "restart_service",
+        "shadow",
+        "approve",
+        "promotion",
+    )
+    assert change["reason"] == "shadow precision 0.75 over 1 would-dos, posterior 0.75"
+    # the evidence came first: scored in one iteration, promoted at the next verification
+    assert records.index(scored[0]) < records.index(record)
+    assert in_force == "approve"
+
+
+async def test_a_demotion_reaches_the_record_of_the_verification_that_made_it(
+    tmp_path: Path, clock: FakeClock
+):
+    cfg = settings_for(
+        tmp_path, **{"autonomy.levels": {"restart_service": {"level": "auto", "min": "approve"}}}
+    )
+    world = MockCharterWorld.create(
+        clock=clock, seed=3, regime="calm", fault="error_burst", fault_magnitude=0.2
+    )
+    async with build(cfg, world=world, clock=clock) as parts:
+        clock.advance(5)
+        acted = await parts.orchestrator.run_once()
+        assert acted["result"] == "acted"
+        world.committee.inject("error_burst", 1.0, 0, clock())  # worse after the restart
+        records = []
+        for _ in range(3):
+            clock.advance(15)
+            records.append(await parts.orchestrator.run_once())
+        stats = await Daemon(parts, clock=clock).statistics(limit=1)
+    [record] = [r for r in records if r["verifications"]]
+    assert [v["outcome"] for v in record["verifications"]] == ["degradation"]
+    [change] = record["autonomy_changes"]
+    assert (change["key"], change["before"], change["after"], change["by"]) == (
+        "restart_service",
+        "auto",
+        "approve",
+        "demotion",
+    )
+    assert change["reason"] == (
+        f"restart_service degraded high_failure_rate on charter ({acted['execution']['id']})"
+    )
+    assert stats["autonomy"]["levels"]["restart_service"]["demoted"] is True
+    assert all("autonomy_changes" not in r for r in records if r is not record)
+
+
+async def test_an_operators_change_survives_a_restart_before_the_next_record(
+    tmp_path: Path, clock: FakeClock
+):
+    cfg = settings_for(tmp_path)
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        await Daemon(parts, clock=clock).set_autonomy(
+            "restart_service", "shadow", "first week", caller="127.0.0.1"
+        )
+    # stopped before any iteration (as a crash: the control call saved the state)
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        clock.advance(5)
+        record = await parts.orchestrator.run_once()
+        clock.advance(30)
+        later = await parts.orchestrator.run_once()
+    [change] = record["autonomy_changes"]
+    assert (change["key"], change["after"], change["by"]) == (
+        "restart_service",
+        "shadow",
+        "operator",
+    )
+    assert change["reason"] == "first week (by 127.0.0.1)"
+    assert record["result"] == "shadow"
+    assert "autonomy_changes" not in later
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        clock.advance(30)
+        again = await parts.orchestrator.run_once()
+    assert "autonomy_changes" not in again  # in one record only, restart or not
+
+
+@pytest.mark.parametrize("someone_else", [True, False])
+async def test_a_recorded_change_before_the_violation_cleared_is_who_fixed_it(
+    tmp_path: Path, clock: FakeClock, someone_else: bool
+):
+    cfg = settings_for(tmp_path, **{"autonomy.default": "shadow"})
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        assert parts.world is not None
+        assert parts.changes is not None
+        first = await parts.orchestrator.run_once()
+        [wd] = first["shadow"]
+        clock.advance(10)
+        change = from_request(
+            {"target": TARGET, "kind": "config", "description": "limits raised"},
+            now=clock(),
+            config=cfg.changes,
+            actions=cfg.planner.actions,
+        )
+        if someone_else:
+            await parts.changes.record(change)
+        parts.world.committee.clear_faults()  # the violation goes: by that change, or by itself
+        scored = []
+        for _ in range(4):
+            clock.advance(10)
+            scored += (await parts.orchestrator.run_once()).get("shadow_scored", [])
+        stats = await Daemon(parts, clock=clock).statistics(limit=1)
+    [score] = scored
+    assert score["id"] == wd["id"]
+    [row] = stats["autonomy"]["shadow"]
+    if someone_else:
+        assert score["verdict"] == "fixed_by_other"
+        assert score["other"] == f"change {change.id} (config 'limits raised' 10 s ago)"
+        assert score["would_have_helped"] == pytest.approx(0.75)
+        assert (row["fixed_by_other"], row["cleared"]) == (1, 0)
+    else:
+        assert (score["verdict"], score["other"], score["would_have_helped"]) == (
+            "cleared",
+            None,
+            0,
+        )
+        assert (row["fixed_by_other"], row["cleared"]) == (0, 1)
+
+
+async def test_the_shadow_and_level_metrics_render_from_the_daemons_registry(
+    tmp_path: Path, clock: FakeClock
+):
+    cfg = settings_for(tmp_path, **{"autonomy.default": "shadow"})
+    async with build(cfg, clock=clock, fault="error_burst") as parts:
+        assert parts.world is not None
+        await Daemon(parts, clock=clock).set_autonomy(
+            "scale_up", "approve", "trial", caller="127.0.0.1"
+        )
+        first = await parts.orchestrator.run_once()
+        [wd] = first["shadow"]
+        cleared_at = None
+        for i in range(12):
+            clock.advance(30)
+            if i == 4:
+                parts.world.committee.clear_faults()
+            record = await parts.orchestrator.run_once()
+            if cleared_at is None and not record["inputs"]["violations"]:
+                cleared_at = clock()
+        text = generate_latest(parts.metrics.registry).decode()
+    assert cleared_at is not None
+    settle = wd["due_at"] - wd["at"]  # the restart's settle time and the margin
+    saved = (cleared_at - wd["at"] - settle) * 0.75  # how much longer it lasted x likelihood
+    assert saved > 0
+    labels = 'action_type="restart_service",cause="high_failure_rate"'
+    lines = set(text.splitlines())
+    assert f"mapek_shadow_saved_seconds_total{{{labels}}} {saved}" in lines
+    assert f"mapek_shadow_would_do_total{{{labels}}} 1.0" in lines
+    for verdict, count in (("cleared", 0), ("fixed_by_other", 0), ("persisted", 1), ("worse", 0)):
+        assert f'mapek_shadow_scored_total{{{labels},verdict="{verdict}"}} {count:.1f}' in lines
+    assert f"mapek_shadow_precision{{{labels}}} 0.75" in lines
+    assert 'mapek_autonomy_level{key="scale_up"} 1.0' in lines  # approve, by the operator
+    assert 'mapek_autonomy_changes_total{by="operator"} 1.0' in lines
+    assert 'mapek_autonomy_changes_total{by="promotion"} 0.0' in lines
+    assert "# TYPE mapek_autonomy_level_drop gauge" in lines
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+LEVELS = "autonomy.levels"
+ONE_OF = "Input should be 'shadow', 'approve' or 'auto'"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "why"),
+    [
+        (LEVELS, {"scale_up": "full"}, "autonomy.levels.scale_up.level", ONE_OF),
+        (
+            LEVELS,
+            {"scale_up": {"level": "auto", "max": "approve"}},
+            "autonomy.levels.scale_up",
+            "level auto is outside min shadow .. max approve",
+        ),
+        (
+            LEVELS,
+            {"scale_up": {"level": "shadow", "min": "approve", "max": "auto"}},
+            "autonomy.levels.scale_up",
+            "level shadow is outside min approve .. max auto",
+        ),
+        (
+            LEVELS,
+            {"scale_up": {"level": "auto", "ceiling": "auto"}},
+            "autonomy.levels.scale_up.ceiling",
+            "unknown key",
+        ),
+        (
+            LEVELS,
+            {"Scale-Up": "auto"},
+            "autonomy.levels",
+            "'Scale-Up' is not an action or cause/action name",
+        ),
+        (
+            LEVELS,
+            {"overload/scale_out": "auto"},
+            "autonomy.levels.overload/scale_out",  # not "<root>" (from defaults)
+            "no action 'scale_out' in planner.actions",
+        ),
+        ("autonomy.default", "full", "autonomy.default", ONE_OF),
+        (
+            "autonomy.promotion.min_precision",
+            1.5,
+            "autonomy.promotion.min_precision",
+            "Input should be less than or equal to 1",
+        ),
+    ],
+)
+def test_a_bad_level_bound_or_key_is_one_line_naming_the_field(
+    tmp_path: Path, key: str, value: object, field: str, why: str
+):
+    with pytest.raises(ConfigError) as refused:
+        settings_for(tmp_path, **{key: value})
+    assert str(refused.value) == f"{field}: {why} (from cli:{key})"
+
+
+def test_promotion_with_nothing_it_could_raise_says_so(tmp_path: Path):
+    idle = settings_for(
+        tmp_path, **{"autonomy.default": "shadow", "autonomy.promotion.enabled": True}
+    )
+    with capture_logs() as logs:
+        Autonomy(idle)
+    [warning] = [e for e in logs if e["event"] == "autonomy_promotion_idle"]
+    assert "an action at autonomy.default never" in warning["why"]
+    room = settings_for(
+        tmp_path,
+        **{
+            "autonomy.promotion.enabled": True,
+            "autonomy.levels": {"scale_up": {"level": "shadow", "max": "auto"}},
+        },
+    )
+    with capture_logs() as logs:
+        autonomy = Autonomy(room)
+        autonomy.reconfigure(room)
+        autonomy.reconfigure(idle)
+    assert [e["event"] for e in logs if e["event"] == "autonomy_promotion_idle"] == [
+        "autonomy_promotion_idle"  # the reload to a config where nothing can be promoted
+    ]

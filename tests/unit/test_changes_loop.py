@@ -35,20 +35,11 @@ async def test_a_recent_change_is_rolled_back_first(tmp_path: Path, clock: FakeC
         )
         await parts.changes.record(change)
         clock.advance(5)
-        # Inside the change's window the target's autonomy is one level down: the rollback,
-        # ranked first, waits for an operator.
-        proposed = await parts.orchestrator.run_once()
-        assert proposed["result"] == "pending_approval"
-        pending, configured = parts.orchestrator.planner.pending_approvals()
-        assert pending.rationale.startswith(f"rollback of change {change.id} (deploy")
-        assert f"one level down after change {change.id} (deploy 'policy bad-v4'" in (
-            pending.rationale
-        )
-        assert "rollback" not in configured.rationale.split(":")[0]
-        daemon = Daemon(parts, clock=clock)
-        assert await daemon.approve(pending.id, caller="127.0.0.1") is not None
+        # Inside the change's window every action on the target is one level down — but not
+        # the rollback of that change, ranked first: it runs, the configured fix waits.
         record = await parts.orchestrator.run_once()
-        stats = await daemon.statistics(limit=1)
+        [configured] = parts.orchestrator.planner.pending_approvals()
+        stats = await Daemon(parts, clock=clock).statistics(limit=1)
     assert record["result"] == "acted"
     assert record["execution"]["status"] == "completed"
     [step] = record["execution"]["actions"]
@@ -56,6 +47,13 @@ async def test_a_recent_change_is_rolled_back_first(tmp_path: Path, clock: FakeC
     assert record["choice"]["why"].startswith(
         f"apply_policy on charter: rollback of change {change.id} (deploy 'policy bad-v4' 65 s ago)"
     )
+    assert "one level down" not in record["choice"]["why"]
+    assert not configured.rationale.startswith("rollback")
+    assert f"(needs approval: one level down after change {change.id}" in configured.rationale
+    [opened] = record["autonomy_changes"]  # the window's drop is a change of level
+    assert (opened["key"], opened["target"], opened["by"]) == ("*", "charter", "change_window")
+    assert (opened["before"], opened["after"]) == ("auto", "approve")
+    assert stats["autonomy"]["windows"]["charter"]["change"] == change.id
     assert stats["changes"]["recent"] == {"charter": change.id}
     assert stats["maintenance"] == []
 

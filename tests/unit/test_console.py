@@ -25,6 +25,8 @@ from mape_k.console.feed import QUEUE_SIZE, DecisionFeed
 from mape_k.console.views import CSP
 from mape_k.integrations.alertmanager import Alert
 from mape_k.integrations.charter.mock import MockCharterWorld
+from mape_k.loop.autonomy import ShadowStats
+from mape_k.loop.changes import from_request
 from mape_k.server import build_app
 
 ADMIN = "admin-token-for-the-console-tests"
@@ -120,6 +122,43 @@ async def test_the_now_page_shows_levels_and_the_shadow_ledger(tmp_path, clock):
     level = "<td><code>scale_up</code></td><td>shadow</td><td>shadow</td><td>shadow .. auto</td>"
     assert level in text
     assert "<td>overload</td><td>scale_up</td><td>1</td><td>0</td><td>—</td>" in text
+
+
+async def test_the_now_page_shows_the_time_shadow_would_have_saved_and_change_windows(
+    tmp_path, clock
+):
+    async with console(tmp_path, clock, fault="bad_policy") as (parts, client):
+        autonomy = parts.orchestrator.pipeline.autonomy
+        autonomy.stats[("overload", "scale_up")] = ShadowStats(
+            would_do=12, scored=10, helped=8.5, cleared=2, persisted=7, worse=1, saved_s=1240.4
+        )
+        change = from_request(
+            {
+                "target": "charter",
+                "kind": "deploy",
+                "description": HOSTILE,
+                "rollback": {"type": "apply_policy", "parameters": {"policy_id": "baseline-v1"}},
+            },
+            now=clock(),
+            config=parts.settings.changes,
+            actions=parts.settings.planner.actions,
+        )
+        await parts.changes.record(change)
+        await parts.orchestrator.run_once()
+        text = await (await client.get("/ui")).text()
+    row = (
+        "<td>overload</td><td>scale_up</td><td>12</td><td>10</td><td>0.85</td><td>1240 s</td>"
+        "<td>2</td><td>0</td><td>7</td><td>1</td>"
+    )
+    assert row in text  # whole seconds, as `mape-k status` says it (not 1.24e+03)
+    assert 'id="change-windows"' in text
+    window = (
+        "<tr><td>charter</td><td>2023-11-14 22:43:20 UTC</td>"
+        f"<td><code>{change.id}</code> deploy &lt;script&gt;"
+    )
+    assert window in text
+    assert "<td>approve</td><td></td><td>apply_policy keeps its level</td></tr>" in text
+    assert HOSTILE not in text
 
 
 async def test_a_decision_page_shows_its_verification_once_measured(tmp_path, clock):

@@ -489,3 +489,54 @@ async def test_an_iteration_acts_on_a_predicted_overload_with_a_cheap_action(tmp
         assert pipeline.predictor.ledger.open()[0].acted_at == clock.now
         stats = pipeline.predictor.summary()["rules"]["overload"]
         assert (stats["raised"], stats["open"]) == (1, 1)
+
+
+async def test_stats_show_each_rules_predictions_the_open_and_the_resolved(tmp_path):
+    from mape_k.app import Daemon, build  # noqa: PLC0415
+
+    overload = {"name": "overload", "query": "saturation", "threshold": 0.9,
+                "severity": "critical", "predict": {"horizon_s": 3600, "act": False}}  # fmt: skip
+    settings = builders.settings(tmp_path, **{"monitor.rules": [overload]})
+    clock = Clock(NOW)
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+        assert parts.world is not None
+        parts.world.committee.load_shape = lambda t: 1.0 + 0.001 * (t - NOW)
+        daemon = Daemon(parts, clock=clock)
+        raised = came = None
+        for i in range(60):
+            clock.now = NOW + 30 * i
+            await parts.orchestrator.run_once(clock.now)
+            stats = (await daemon.statistics(limit=1))["predictions"]
+            rule = stats["rules"].get("overload")
+            if raised is None and rule is not None:
+                raised = stats
+            if rule is not None and rule["came_true"]:
+                came = stats
+                break
+    assert raised is not None, "never predicted"
+    assert raised["rules"]["overload"] == {
+        "raised": 1,
+        "came_true": 0,
+        "did_not": 0,
+        "prevented": 0,
+        "open": 1,
+        "onsets": 0,
+        "foreseen": 0,
+        "precision": None,
+        "recall": None,
+    }
+    [open_] = raised["open"]
+    assert (open_["rule"], open_["target"], open_["acted_at"], open_["outcome"]) == (
+        "overload",
+        "charter",
+        None,  # act: false, a warning only
+        None,
+    )
+    assert open_["lead_s"] > 0
+    assert came is not None, "the overload never came"
+    rule = came["rules"]["overload"]
+    assert (rule["raised"], rule["came_true"], rule["open"]) == (1, 1, 0)
+    assert (rule["onsets"], rule["foreseen"], rule["precision"], rule["recall"]) == (1, 1, 1.0, 1.0)
+    assert came["open"] == []
+    [resolved] = came["recent"]
+    assert (resolved["at"], resolved["outcome"]) == (open_["at"], "came_true")

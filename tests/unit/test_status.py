@@ -8,7 +8,12 @@ import respx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import NOW
+from mape_k.config import CandidateAction, ChangesConfig, Settings
 from mape_k.errors import MapekError
+from mape_k.loop.autonomy import Autonomy
+from mape_k.loop.changes import Change, ChangeLog
+from mape_k.models import ActionType
 from mape_k.status import fetch_status, render_status
 
 STATS = {
@@ -387,3 +392,21 @@ def test_autonomy_and_predictions_show_what_autonomy_is_raised_on():
         render_status({"autonomy": {"levels": {}, "shadow": [], "changes": []}}).count("Autonomy")
         == 0
     )
+
+
+def test_a_change_window_shows_the_target_lowered_and_its_change_of_level():
+    changes = ChangeLog(ChangesConfig(window_s=600))
+    undo = CandidateAction(type=ActionType.APPLY_POLICY, parameters={"policy_id": "v41"})
+    changes.add(Change(id="chg-1", target="charter", kind="deploy", at=NOW - 60,
+                       description="v42", rollback=undo))  # fmt: skip
+    autonomy = Autonomy(Settings(), changes=changes)
+    autonomy.note_windows(NOW)
+    text = render_status({"autonomy": autonomy.as_dict()}, width=300)
+    assert (
+        "  charter: every action one level down until 2023-11-14 22:22:20Z, after change chg-1"
+        " (deploy 'v42'); its rollback (apply_policy) keeps its level"
+    ) in text
+    assert (
+        "2023-11-14 22:13:20Z every action on charter: auto -> approve by change_window: every"
+        " action on charter one level down until 2023-11-14T22:22:20Z after change chg-1"
+    ) in text

@@ -6,9 +6,14 @@ the log of level changes. It is persisted in the store's state table under "auto
 
 - **Levels.** The planner asks `level_of(cause, actions, now)` for each candidate: the
   most specific of an override or rule for `cause/action`, then for `action`, then the
-  default (auto; approve for a risky action). Within `changes` window after a change
-  recorded on the target (loop/changes.py) the level drops one step. A policy's level is
-  its lowest action's.
+  default (auto; approve for a risky action). A policy's level is its lowest action's.
+- **Change windows.** For `changes.window_s` after a change recorded on a target
+  (loop/changes.py; with or without an `autonomy` section) every action there is one
+  level lower — except the rollback of that very change, the remedy the window favours
+  (the planner passes `rollback_of`). `note_windows`, once an iteration before planning,
+  takes the windows open now from the change log into `windows` (what `level_of`, /stats
+  and `mapek_autonomy_level_drop` read) and makes the opening and the closing of each a
+  `LevelChange` (`by: change_window`, key `*`, the target named).
 - **Shadow.** A policy at shadow that every guard allows is not executed: the pipeline
   records it here as a would-do (`would_do`), at most one open per cause key. `follow`
   watches each open would-do in every usable reading: when the violation cleared, whether
@@ -19,18 +24,22 @@ the log of level changes. It is persisted in the store's state table under "auto
   posterior says). The estimated precision is the sum of those likelihoods over the
   would-dos scored; the time it would have saved, for a would-do whose violation went on,
   is how much longer than the action's settle time it lasted, times that likelihood.
-- **Changes of level** (`promote`, `demote`, `set_level`): each is a `LevelChange`,
-  logged, kept (bounded), counted and handed to the next decision record (`drain`).
-  Promotion (opt-in, `autonomy.promotion`) raises a rule's level one step, up to its max,
-  when the evidence passes the thresholds; an attributed DEGRADATION drops it one step,
-  down to its min; a demotion sticks until an operator sets the level. An operator can
-  set any level, and reset a key to what is configured.
+- **Changes of level** (`promote`, `note_outcome`, `set_level`, `note_windows`): each is a
+  `LevelChange`, logged, kept (bounded), counted and handed to the next decision record
+  (`drain`); until then it is saved with the state (`pending`), so a restart or a takeover
+  before that record loses none. Promotion (opt-in, `autonomy.promotion`) raises a rule's
+  level one step, up to its max, when the evidence passes the thresholds — only a key
+  named in `autonomy.levels`: the default has no bounds, so an action at it is never
+  promoted; an attributed DEGRADATION drops it one step, down to its min; a demotion
+  sticks until an operator sets the level. An operator can set any level, and reset a key
+  to what is configured.
 
 Every function here but `load`/`save` is pure over this object's state: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +51,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from mape_k.causes import RETURNS
 from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, Settings
 from mape_k.errors import MapekError
+from mape_k.loop.changes import Change, ChangeLog
 from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
 from mape_k.storeio import AsyncStore, read_state
 
@@ -51,6 +61,8 @@ STATE_KEY = "autonomy"
 MAX_CHANGES = 100  # level changes kept for /stats (the records keep them all)
 MAX_OPEN = 200  # open would-dos at once (the oldest dropped first)
 VERDICTS = ("cleared", "fixed_by_other", "persisted", "worse")
+BY = ("promotion", "demotion", "operator", "change_window")  # who changes a level
+EVERY_ACTION = "*"  # the key of a change window's LevelChange: every action on its target
 _RANK = {level: i for i, level in enumerate(AUTONOMY_LEVELS)}
 
 
@@ -77,11 +89,48 @@ class LevelChange:
     key: str  # "action" or "cause/action"
     before: AutonomyLevel
     after: AutonomyLevel
-    by: str  # promotion | demotion | operator
+    by: str  # promotion | demotion | operator | change_window
     reason: str
+    target: str | None = None  # a change window's target (None: every target)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LevelChange:
+        target = data.get("target")
+        return cls(
+            at=float(data["at"]),
+            key=str(data["key"]),
+            before=_level(data["before"]),
+            after=_level(data["after"]),
+            by=str(data["by"]),
+            reason=str(data["reason"]),
+            target=None if target is None else str(target),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeWindow:
+    """A recorded change's window on its target: every action there one level lower (the
+    change's own rollback excepted) until `until`."""
+
+    change: Change
+    until: float
+
+    def covers(self, now: float) -> bool:
+        return self.change.at <= now < self.until
+
+    def about(self, now: float) -> str:
+        """`change chg-1a2b (deploy 'v42' 120 s ago)`, for a rationale."""
+        return f"change {self.change.id} ({self.change.describe(now)})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"change": self.change.as_dict(), "until": self.until}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChangeWindow:
+        return cls(change=Change.from_dict(data["change"]), until=float(data["until"]))
 
 
 @dataclass(slots=True)
@@ -166,12 +215,6 @@ class ShadowStats:
 Beliefs = Mapping[tuple[str, str], tuple[float, float]]
 # a would-do -> what someone else changed on its target since (None: nothing seen).
 ChangedSince = Callable[["WouldDo"], str | None]
-# target, now -> a change recorded on it whose window is still open (None: none).
-RecentChange = Callable[[str, float], str | None]
-
-
-def _no_change(target: str, now: float) -> str | None:  # noqa: ARG001
-    return None
 
 
 class Autonomy:
@@ -180,11 +223,12 @@ class Autonomy:
         settings: Settings,
         *,
         store: AsyncStore | None = None,
-        recent_change: RecentChange = _no_change,
+        changes: ChangeLog | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
-        self._recent_change = recent_change
+        self._changes = changes  # recorded changes: their windows lower the levels
+        self.windows: dict[str, ChangeWindow] = {}  # target -> the window in force there
         self.overrides: dict[str, AutonomyLevel] = {}
         self.demoted: set[str] = set()  # keys demoted: no promotion until an operator acts
         self.open: dict[str, WouldDo] = {}  # cause key -> its open would-do
@@ -193,8 +237,11 @@ class Autonomy:
         self.changes_by: dict[str, int] = {}
         self._undrained: list[LevelChange] = []
         self._dirty = False
+        _warn_if_nothing_promotable(settings)
 
     def reconfigure(self, settings: Settings) -> None:
+        if settings.autonomy != self._settings.autonomy:
+            _warn_if_nothing_promotable(settings)
         self._settings = settings
 
     # --- levels ----------------------------------------------------------------------------
@@ -217,17 +264,84 @@ class Autonomy:
         return action, self._default(action)
 
     def level_of(
-        self, cause: Cause, actions: Sequence[str], now: float
+        self,
+        cause: Cause,
+        actions: Sequence[str],
+        now: float,
+        *,
+        rollback_of: str | None = None,
     ) -> tuple[AutonomyLevel, str | None]:
-        """A policy's level (its lowest action's) and why it is below auto, if it is."""
+        """A policy's level (its lowest action's) and why it is below auto, if it is.
+        Inside a change window on its target it is one level lower, unless it is the
+        rollback of that change (`rollback_of`, the change's id)."""
         levels = [self.base_level(cause.name, action) for action in actions]
         level = lowest([lv for _, lv in levels])
         reasons = [f"{key} at {lv}" for key, lv in levels if lv != "auto"]
-        change = self._recent_change(cause.target, now)
-        if change is not None and level != "shadow":
+        window = self.windows.get(cause.target)
+        if (
+            window is not None
+            and window.covers(now)
+            and level != "shadow"
+            and rollback_of != window.change.id  # the remedy the window favours
+        ):
             level = lower(level)
-            reasons.append(f"one level down after {change}")
+            reasons.append(f"one level down after {window.about(now)}")
         return level, "; ".join(reasons) or None
+
+    def note_windows(self, now: float, *, leading: bool = True) -> list[LevelChange]:
+        """The change windows open now (the change log's) become the ones in force; each
+        that opened or closed since the last call is a `LevelChange` (the leader's: a
+        follower takes them silently, the leader's saved state is what it restores)."""
+        if self._changes is None:
+            return []
+        found = {
+            target: ChangeWindow(change=change, until=self._changes.until(change))
+            for target, change in self._changes.open_windows(now).items()
+        }
+        if found == self.windows:
+            return []
+        before, self.windows = self.windows, found
+        self._dirty = True
+        if not leading:
+            return []
+        default: AutonomyLevel = self._settings.autonomy.default or "auto"
+        made: list[LevelChange] = []
+        for target, window in found.items():
+            if target in before:
+                continue  # still one level down (a newer change may have taken over)
+            change = window.change
+            rollback = (
+                f"; its rollback ({change.rollback.type}) keeps its level"
+                if change.rollback is not None
+                else ""
+            )
+            made.append(
+                self._change(
+                    EVERY_ACTION,
+                    default,
+                    lower(default),
+                    by="change_window",
+                    reason=f"every action on {target} one level down until {_iso(window.until)}"
+                    f" after {window.about(now)}{rollback}",
+                    now=now,
+                    target=target,
+                )
+            )
+        for target, window in before.items():
+            if target not in found:
+                made.append(
+                    self._change(
+                        EVERY_ACTION,
+                        lower(default),
+                        default,
+                        by="change_window",
+                        reason=f"the window of change {window.change.id} on {target} closed:"
+                        " every action back to its level",
+                        now=now,
+                        target=target,
+                    )
+                )
+        return made
 
     def levels(self) -> dict[str, dict[str, Any]]:
         """Every key with a rule or an override: its level, configured level and bounds."""
@@ -253,13 +367,24 @@ class Autonomy:
         by: str,
         reason: str,
         now: float,
+        target: str | None = None,
     ) -> LevelChange:
-        change = LevelChange(at=now, key=key, before=before, after=after, by=by, reason=reason)
+        change = LevelChange(
+            at=now, key=key, before=before, after=after, by=by, reason=reason, target=target
+        )
         self.changes.append(change)
         self._undrained.append(change)
         self.changes_by[by] = self.changes_by.get(by, 0) + 1
         self._dirty = True
-        log.warning("autonomy_changed", key=key, before=before, after=after, by=by, reason=reason)
+        log.warning(
+            "autonomy_changed",
+            key=key,
+            before=before,
+            after=after,
+            by=by,
+            reason=reason,
+            **({} if target is None else {"target": target}),
+        )
         return change
 
     def set_level(
@@ -363,8 +488,11 @@ class Autonomy:
         return changes
 
     def drain(self) -> list[LevelChange]:
-        """The level changes since the last call: the decision record's."""
+        """The level changes since the last call: the decision record's (saved as pending
+        until then: the next save forgets them)."""
         changes, self._undrained = self._undrained, []
+        if changes:
+            self._dirty = True
         return changes
 
     # --- shadow ----------------------------------------------------------------------------
@@ -502,9 +630,31 @@ class Autonomy:
 
     # --- what is shown ---------------------------------------------------------------------
 
+    def windows_dict(self) -> dict[str, dict[str, Any]]:
+        """Per target with a change window in force: the change, when the window ends, and
+        the levels in force there (an action not named, each key with a rule or an
+        override); the change's rollback keeps its own level."""
+        default: AutonomyLevel = self._settings.autonomy.default or "auto"
+        levels = self.levels()
+        rows: dict[str, dict[str, Any]] = {}
+        for target, window in sorted(self.windows.items()):
+            change = window.change
+            rows[target] = {
+                "change": change.id,
+                "kind": change.kind,
+                "description": change.description,
+                "at": change.at,
+                "until": window.until,
+                "default": lower(default),
+                "levels": {k: lower(r["level"]) for k, r in levels.items() if r["level"]},
+                "rollback": None if change.rollback is None else change.rollback.type,
+            }
+        return rows
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "levels": self.levels(),
+            "windows": self.windows_dict(),
             "shadow": [
                 {"cause": cause, "actions": actions, **stats.as_dict()}
                 for (cause, actions), stats in sorted(self.stats.items())
@@ -525,12 +675,22 @@ class Autonomy:
             if row["level"] is not None:
                 level.add_metric([key], level_value(row["level"]))
         yield level
+        drop = GaugeMetricFamily(
+            "mapek_autonomy_level_drop",
+            "Levels every action on the target is lowered by: 1 inside a recorded change's"
+            " window (changes.window_s; the change's rollback excepted).",
+            labels=["target"],
+        )
+        for target in sorted(self.windows):
+            drop.add_metric([target], 1)
+        yield drop
         changes = CounterMetricFamily(
             "mapek_autonomy_changes",
-            "Changes of an autonomy level, by who made them.",
+            "Changes of an autonomy level, by who made them (change_window: a change window"
+            " opened or closed).",
             labels=["by"],
         )
-        for by in ("promotion", "demotion", "operator"):
+        for by in BY:
             changes.add_metric([by], self.changes_by.get(by, 0))
         yield changes
         would = CounterMetricFamily(
@@ -572,6 +732,8 @@ class Autonomy:
             "open": [wd.as_dict() for wd in self.open.values()],
             "changes": [c.as_dict() for c in self.changes],
             "changes_by": dict(self.changes_by),
+            "pending": [c.as_dict() for c in self._undrained],  # not in a record yet
+            "windows": [w.as_dict() for w in self.windows.values()],
         }
 
     def restore(self, saved: Mapping[str, Any]) -> None:
@@ -588,23 +750,17 @@ class Autonomy:
             data["plan"] = tuple(dict(p) for p in data["plan"])
             wd = WouldDo(**data)
             open_[wd.key] = wd
-        changes = [
-            LevelChange(
-                at=float(c["at"]),
-                key=str(c["key"]),
-                before=_level(c["before"]),
-                after=_level(c["after"]),
-                by=str(c["by"]),
-                reason=str(c["reason"]),
-            )
-            for c in saved.get("changes", [])
-        ]
+        changes = [LevelChange.from_dict(c) for c in saved.get("changes", [])]
+        pending = [LevelChange.from_dict(c) for c in saved.get("pending", [])]
+        windows = [ChangeWindow.from_dict(w) for w in saved.get("windows", [])]
         self.overrides = overrides
         self.demoted = {str(k) for k in saved.get("demoted", [])}
         self.stats = stats
         self.open = open_
         self.changes = deque(changes, maxlen=MAX_CHANGES)
         self.changes_by = {str(k): int(v) for k, v in dict(saved.get("changes_by", {})).items()}
+        self._undrained = pending
+        self.windows = {w.change.target: w for w in windows}
 
     async def load(self, *, strict: bool = False) -> None:
         """What an earlier run (or the previous leader) saved. `strict` (a takeover): a read
@@ -621,8 +777,13 @@ class Autonomy:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.error("autonomy_unreadable", error=f"bad saved state: {exc}; using the config")
             return
-        if self.overrides or self.open:
-            log.info("autonomy_restored", overrides=self.overrides, open=sorted(self.open))
+        if self.overrides or self.open or self._undrained:
+            log.info(
+                "autonomy_restored",
+                overrides=self.overrides,
+                open=sorted(self.open),
+                pending=len(self._undrained),
+            )
 
     async def save(self, now: float) -> None:
         if self._store is None or not self._dirty:
@@ -667,6 +828,28 @@ def likelihood(
     posterior = policy.score.posterior
     mean = posterior.mean if posterior is not None else policy.score.benefit
     return mean, f"posterior {mean:.2f}"
+
+
+def _warn_if_nothing_promotable(settings: Settings) -> None:
+    """Promotion on, and no rule it could raise: say so once (an action at autonomy.default
+    has no bounds, so it is never promoted)."""
+    cfg = settings.autonomy
+    if not cfg.promotion.enabled:
+        return
+    if any(
+        rule.max is not None and _RANK[rule.max] > _RANK[rule.level] for rule in cfg.levels.values()
+    ):
+        return
+    log.warning(
+        "autonomy_promotion_idle",
+        why="autonomy.promotion is enabled but no rule in autonomy.levels has a max above its"
+        " level: promotion only raises a key named there (an action at autonomy.default never);"
+        " name it, e.g. scale_up: {level: shadow, max: auto}",
+    )
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _level(value: Any) -> AutonomyLevel:

@@ -5,7 +5,8 @@ A change comes in through `POST /api/v1/changes` (server.py), as a plain JSON bo
 (`from_alertmanager`); both are validated here, every refusal a `ChangeRefused` naming the
 field. For `changes.window_s` after it (or the change's own `window_s`) a change is
 *recent* (`ChangeLog.recent`): the planner ranks its rollback first for the causes in
-`changes.rollback_causes` (loop/plan.py), and graded autonomy drops the target's level.
+`changes.rollback_causes` (loop/plan.py), and graded autonomy drops the target's level
+one step (`open_windows`; the rollback of that change excepted, loop/autonomy.py).
 `ChangeLog.since` tells a scorer that someone else changed a target.
 
 The newest `changes.max_kept` changes are kept in memory and in the store's state table
@@ -414,11 +415,15 @@ class ChangeLog:
                 return change
         return None
 
-    def describe_recent(self, target: str, now: float) -> str | None:
-        """`change c-1a2b (deploy 'v42' 120 s ago)` for the newest change on `target` still
-        inside its window; None when there is none (loop/autonomy.py's level drop)."""
-        change = self.recent(target, now)
-        return None if change is None else f"change {change.id} ({change.describe(now)})"
+    def until(self, change: Change) -> float:
+        """When `change`'s window ends."""
+        return change.at + self.window_s(change)
+
+    def open_windows(self, now: float) -> dict[str, Change]:
+        """Target -> its newest change still inside its window (`recent`), for every target
+        with one: what graded autonomy lowers the level of (loop/autonomy.py)."""
+        targets = dict.fromkeys(c.target for c in reversed(self._changes))
+        return {t: c for t in targets if (c := self.recent(t, now)) is not None}
 
     def since(self, target: str, t: float) -> list[Change]:
         """The changes on `target` after `t`, oldest first."""
@@ -438,8 +443,7 @@ class ChangeLog:
     def as_dict(self, now: float, *, limit: int = 20) -> dict[str, Any]:
         """/stats `changes`: the window, what is kept, the targets with a recent change and
         the newest changes."""
-        targets = dict.fromkeys(c.target for c in reversed(self._changes))
-        recent = {t: c.id for t in targets if (c := self.recent(t, now)) is not None}
+        recent = {t: c.id for t, c in self.open_windows(now).items()}
         return {
             "window_s": self.config.window_s,
             "kept": len(self._changes),

@@ -229,6 +229,8 @@ class IterationPipeline:
         self._count_analysis(observation, analysis)
 
         t = time.perf_counter()
+        if self.autonomy is not None:  # the change windows in force for this plan
+            self.autonomy.note_windows(now, leading=leads)
         policies = self.planner.generate_policies(
             analysis,
             knowledge=self.knowledge.view(),

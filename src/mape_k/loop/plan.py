@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mape_k.causes import RETURNS
 from mape_k.config import AutonomyLevel, CandidateAction, PlannerConfig
@@ -168,8 +168,14 @@ def policy_id(sig: Signature, *, now: float) -> str:
     return "pol-" + hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-# cause, its candidate's action names, now -> the level of autonomy and why (loop/autonomy.py).
-LevelOf = Callable[[Cause, Sequence[str], float], tuple[AutonomyLevel, str | None]]
+class LevelOf(Protocol):
+    """Cause, its candidate's action names, now -> the level of autonomy and why
+    (loop/autonomy.py); `rollback_of`: the id of the recorded change the candidate rolls
+    back (that change's window does not lower it)."""
+
+    def __call__(
+        self, cause: Cause, actions: Sequence[str], now: float, /, *, rollback_of: str | None = None
+    ) -> tuple[AutonomyLevel, str | None]: ...
 
 
 class Planner:
@@ -262,16 +268,20 @@ class Planner:
         candidates = cfg.remediations.get(policy.cause.name, cfg.default_remediations)
         offered = any(_candidate_actions(candidate) == actions for candidate in candidates)
         level, _ = self.level(
-            policy.cause, [a.action_type for a in policy.actions], policy.created_at
+            policy.cause,
+            [a.action_type for a in policy.actions],
+            policy.created_at,
+            rollback_of=policy.rollback_of,
         )
         return offered and level == "approve"
 
     def level(
-        self, cause: Cause, actions: Sequence[str], now: float
+        self, cause: Cause, actions: Sequence[str], now: float, *, rollback_of: str | None = None
     ) -> tuple[AutonomyLevel, str | None]:
-        """A candidate's level of autonomy (loop/autonomy.py), and why it is below auto."""
+        """A candidate's level of autonomy (loop/autonomy.py), and why it is below auto;
+        `rollback_of`: the change whose rollback it is (its window does not lower it)."""
         if self._level_of is not None:
-            return self._level_of(cause, actions, now)
+            return self._level_of(cause, actions, now, rollback_of=rollback_of)
         cfg = self._config
         risky = cfg.require_approval and any(cfg.actions[a].requires_approval for a in actions)
         return ("approve", None) if risky else ("auto", None)
@@ -458,7 +468,11 @@ class Planner:
             )
             for action in candidate
         )
-        level, lowered = self.level(cause, [action.type for action in candidate], now)
+        change = static.change
+        rollback_of = change.id if change is not None and static.rollback else None
+        level, lowered = self.level(
+            cause, [action.type for action in candidate], now, rollback_of=rollback_of
+        )
         requires_approval = level == "approve"
         sig: Signature = (
             cause.key,
@@ -474,7 +488,6 @@ class Planner:
             f" {belief.beta:.2f}) from benefit {scored.benefit:.2f} and"
             f" {belief.samples:g} outcome(s)" + _level_note(level, lowered)
         )
-        change = static.change
         if change is not None and static.rollback:
             rationale = f"rollback of change {change.id} ({change.describe(now)}): {rationale}"
         elif change is not None:
@@ -489,6 +502,7 @@ class Planner:
             created_at=now,
             rationale=rationale,
             shadow=level == "shadow",
+            rollback_of=rollback_of,
         )
 
     # --- proposals waiting for an operator --------------------------------------------------
