@@ -640,7 +640,7 @@ class _Replayer:
         # Autonomy as configured (levels an operator or promotion changed later are not
         # replayed): a shadow policy decides nothing, as in the daemon; inside a recent
         # change's window a target is one level down, as in the daemon (app.build).
-        self.autonomy = Autonomy(settings, recent_change=self.changes.describe_recent)
+        self.autonomy = Autonomy(settings, changes=self.changes)
         self.planner = Planner(settings.planner, autonomy=self.autonomy.level_of)
         self.envelope = SafetyEnvelope(settings.guards, dry_run=settings.executor.dry_run)
         self.knowledge = KnowledgeAt(journal, settings)
@@ -690,6 +690,7 @@ class _Replayer:
         while self._changes_in < len(self._changes) and self._changes[self._changes_in][0] <= now:
             self.changes.add(self._changes[self._changes_in][1])
             self._changes_in += 1
+        self.autonomy.note_windows(now, leading=False)  # the windows open then, as planned
         for outcome in self.knowledge.advance(now):
             if not returns_model.is_return(outcome.cause):
                 self.envelope.note_outcome(outcome, now=outcome.recorded_at)

@@ -539,12 +539,10 @@ CHANGE_AT = SIM_START + 60.0  # a minute before the bad policy (at 120 s)
 ROLLBACK = {"type": "apply_policy", "parameters": {"policy_id": "baseline-v1"}}
 
 
-@pytest.fixture(scope="module")
-def changed(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
-    """A bad policy 60 s after a deploy recorded on charter, with its rollback: the change
-    log is in the store when the daemon starts (as after a restart). Inside the change's
-    window (changes.window_s, 30 minutes: the whole episode) the daemon ranks the rollback
-    first and, one level down, waits for an operator: it never acts."""
+def changed_episode(tmp_path_factory: pytest.TempPathFactory, *, rollback: bool) -> rp.Journal:
+    """A bad policy 60 s after a deploy recorded on charter: the change log is in the store
+    when the daemon starts (as after a restart); the change's window (changes.window_s,
+    30 minutes) is the whole episode."""
     path = tmp_path_factory.mktemp("changed") / "knowledge.sqlite3"
     change = Change(
         id="chg-0123456789abcdef",
@@ -552,7 +550,7 @@ def changed(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
         kind="deploy",
         at=CHANGE_AT,
         description="policy bad-v4",
-        rollback=CandidateAction.model_validate(ROLLBACK),
+        rollback=CandidateAction.model_validate(ROLLBACK) if rollback else None,
     )
     with Store.open(path) as store:
         store.set_state("changes", {"changes": [change.as_dict()]}, at=SIM_START)
@@ -562,29 +560,46 @@ def changed(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
         return rp.read_journal(store)
 
 
+@pytest.fixture(scope="module")
+def changed(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
+    """The change names its rollback: ranked first, it keeps its level and runs at once."""
+    return changed_episode(tmp_path_factory, rollback=True)
+
+
+@pytest.fixture(scope="module")
+def changed_plain(tmp_path_factory: pytest.TempPathFactory) -> rp.Journal:
+    """No rollback named: one level down, the configured fix waits for an operator."""
+    return changed_episode(tmp_path_factory, rollback=False)
+
+
 def waiting(journal: rp.Journal) -> list[Mapping[str, Any]]:
     return [r for r in journal.iterations if r.get("result") == "pending_approval"]
 
 
-def test_the_changed_episode_waited_for_an_operator_on_the_rollback(changed):
-    # What the tests below stand on: the daemon ranked the rollback first, at approve.
+def test_the_changed_episodes_rolled_back_at_once_or_waited_for_an_operator(changed, changed_plain):
+    # What the tests below stand on.
     [(known, change)] = changed.changes
     assert (known, change.at, change.rollback is not None) == (CHANGE_AT, CHANGE_AT, True)
-    assert acted(changed) == []
-    records = waiting(changed)
+    [first] = acted(changed)[:1]
+    assert first["candidates"][0]["actions"] == [ROLLBACK]
+    assert not first["candidates"][0]["requires_approval"]
+    assert waiting(changed) == []
+    assert acted(changed_plain) == []
+    records = waiting(changed_plain)
     assert len(records) > 3
-    first = records[0]["candidates"][0]
-    assert first["actions"] == [ROLLBACK]
-    assert first["requires_approval"]
+    assert records[0]["candidates"][0]["requires_approval"]
 
 
-def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(changed, tmp_path):
+def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(
+    changed, changed_plain, tmp_path
+):
     new = settings_for(scenarios.load("bad_policy-calm-finite"), tmp_path / "unused.sqlite3")
-    report = rp.replay(changed, new)
-    assert report.differences == []
-    assert report.same == report.replayed == len(changed.iterations)
-    # the rollback first, one level down, the same proposals the daemon made
-    record = waiting(changed)[0]
+    for journal in (changed, changed_plain):
+        report = rp.replay(journal, new)
+        assert report.differences == []
+        assert report.same == report.replayed == len(journal.iterations)
+    # the rollback first, at its own level, as the daemon ran it
+    record = acted(changed)[0]
     replayer = rp._Replayer(changed, new)
     for earlier in changed.iterations[: changed.iterations.index(record)]:
         replayer.follow(earlier)
@@ -592,22 +607,30 @@ def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(changed, tm
     replayer.follow(record)
     decision, _, _ = replayer.decide(record)
     assert decision.why == record["choice"]["why"]
+    assert "rollback of change chg-0123456789abcdef (deploy" in decision.why
+    # without a rollback, one level down: the same proposal the daemon waited on
+    record = waiting(changed_plain)[0]
+    replayer = rp._Replayer(changed_plain, new)
+    for earlier in changed_plain.iterations[: changed_plain.iterations.index(record)]:
+        replayer.follow(earlier)
+        replayer.decide(earlier)
+    replayer.follow(record)
+    decision, _, _ = replayer.decide(record)
+    assert decision.why == record["choice"]["why"]
     assert decision.why.startswith("waiting for operator approval of ")
-    rollback, configured = replayer.planner.pending_approvals()
-    assert rollback.rationale.startswith("rollback of change chg-0123456789abcdef (deploy")
-    assert "one level down after change chg-0123456789abcdef" in rollback.rationale
-    assert rollback.actions[0].parameters == {"policy_id": "baseline-v1"}
+    [configured] = replayer.planner.pending_approvals()
+    assert "one level down after change chg-0123456789abcdef" in configured.rationale
     assert configured.actions[0].parameters == {"policy_id": "last_known_good"}
 
 
-def test_a_shorter_change_window_in_the_new_config_acts_after_it(changed, tmp_path):
+def test_a_shorter_change_window_in_the_new_config_acts_after_it(changed_plain, tmp_path):
     scenario = scenarios.load("bad_policy-calm-finite")
     new = settings_for(scenario, tmp_path / "unused.sqlite3", {"changes.window_s": 240})
-    report = rp.replay(changed, new)
+    report = rp.replay(changed_plain, new)
     ends = CHANGE_AT + 240
     assert (
         [d.iteration for d in report.differences]
-        == [r["id"] for r in waiting(changed) if r["started_at"] >= ends]
+        == [r["id"] for r in waiting(changed_plain) if r["started_at"] >= ends]
         != []
     )
     for diff in report.differences:
@@ -616,14 +639,14 @@ def test_a_shorter_change_window_in_the_new_config_acts_after_it(changed, tmp_pa
         assert diff.new.why.startswith("apply_policy on charter: apply_policy for policy_regr")
 
 
-def test_a_change_counts_from_when_the_daemon_knew_of_it(changed, tmp_path):
+def test_a_change_counts_from_when_the_daemon_knew_of_it(changed_plain, tmp_path):
     # Posted (the control log's time) after the episode: no iteration knew of it, the
     # replay acts where the daemon waited.
-    [(_, change)] = changed.changes
-    late = replace(changed, changes=[(SIM_START + 10_000, change)])
+    [(_, change)] = changed_plain.changes
+    late = replace(changed_plain, changes=[(SIM_START + 10_000, change)])
     new = settings_for(scenarios.load("bad_policy-calm-finite"), tmp_path / "unused.sqlite3")
     report = rp.replay(late, new)
-    assert [d.iteration for d in report.differences] == [r["id"] for r in waiting(changed)]
+    assert [d.iteration for d in report.differences] == [r["id"] for r in waiting(changed_plain)]
 
 
 def test_recorded_changes_come_from_the_state_and_the_control_log():
