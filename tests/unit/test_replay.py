@@ -590,6 +590,19 @@ def test_the_changed_episodes_rolled_back_at_once_or_waited_for_an_operator(chan
     assert records[0]["candidates"][0]["requires_approval"]
 
 
+def decided_at(
+    journal: rp.Journal, record: Mapping[str, Any], new: Settings
+) -> tuple[Any, rp._Replayer]:
+    """The replayed decision of `record`, every record before it followed and decided."""
+    replayer = rp._Replayer(journal, new)
+    for earlier in journal.iterations[: journal.iterations.index(record)]:
+        replayer.follow(earlier)
+        replayer.decide(earlier)
+    replayer.follow(record)
+    decision, _, _ = replayer.decide(record)
+    return decision, replayer
+
+
 def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(
     changed, changed_plain, tmp_path
 ):
@@ -600,22 +613,12 @@ def test_a_recorded_change_is_replayed_as_the_daemon_decided_with_it(
         assert report.same == report.replayed == len(journal.iterations)
     # the rollback first, at its own level, as the daemon ran it
     record = acted(changed)[0]
-    replayer = rp._Replayer(changed, new)
-    for earlier in changed.iterations[: changed.iterations.index(record)]:
-        replayer.follow(earlier)
-        replayer.decide(earlier)
-    replayer.follow(record)
-    decision, _, _ = replayer.decide(record)
+    decision, _ = decided_at(changed, record, new)
     assert decision.why == record["choice"]["why"]
     assert "rollback of change chg-0123456789abcdef (deploy" in decision.why
     # without a rollback, one level down: the same proposal the daemon waited on
     record = waiting(changed_plain)[0]
-    replayer = rp._Replayer(changed_plain, new)
-    for earlier in changed_plain.iterations[: changed_plain.iterations.index(record)]:
-        replayer.follow(earlier)
-        replayer.decide(earlier)
-    replayer.follow(record)
-    decision, _, _ = replayer.decide(record)
+    decision, replayer = decided_at(changed_plain, record, new)
     assert decision.why == record["choice"]["why"]
     assert decision.why.startswith("waiting for operator approval of ")
     [configured] = replayer.planner.pending_approvals()
