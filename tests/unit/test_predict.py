@@ -681,3 +681,26 @@ async def test_a_corrupt_saved_record_starts_empty_and_the_loop_runs(tmp_path):
     assert [e["event"] for e in logs].count("predictions_unreadable") == 1
     assert record.result != "failed"
     assert saved == predictor.dump()  # the iteration wrote a good one over it
+
+
+async def test_only_the_leader_saves_the_record(tmp_path):
+    from mape_k.app import build  # noqa: PLC0415
+
+    overload = {"name": "overload", "query": "saturation", "threshold": 0.9,
+                "severity": "critical", "predict": {"horizon_s": 3600, "act": False}}  # fmt: skip
+    settings = builders.settings(tmp_path, **{"monitor.rules": [overload]})
+    clock = Clock(NOW)
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+        assert parts.world is not None
+        parts.world.committee.load_shape = lambda t: 1.0 + 0.001 * (t - NOW)
+        pipeline = parts.orchestrator.pipeline
+        pipeline.envelope.not_leading = lambda: "a follower"
+        for i in range(10):
+            clock.now = NOW + 30 * i
+            await pipeline.run(f"it-{i}", clock.now)
+        assert pipeline.predictor.ledger.open(), "never predicted"
+        assert await parts.store.get_state(STATE_KEY) is None  # a follower writes nothing
+        pipeline.envelope.not_leading = lambda: None
+        clock.now += 30
+        await pipeline.run("it-leads", clock.now)
+        assert await parts.store.get_state(STATE_KEY) == pipeline.predictor.dump()
