@@ -229,9 +229,10 @@ async def build(
             alerts=alerts,
             autonomy=autonomy,
             # range queries where the source has them; the mock: the loop's own readings
-            predictor=Predictor(ranges=prometheus, metrics=metrics),
+            predictor=Predictor(ranges=prometheus, metrics=metrics, store=store),
             changes=changes,
         )
+        await pipeline.predictor.load()  # the track record: open predictions, counts
         orchestrator = MAPEKOrchestrator(
             settings=settings, pipeline=pipeline, store=store, clock=clock, leadership=leadership
         )

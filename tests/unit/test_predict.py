@@ -3,11 +3,13 @@ and one pipeline iteration that acts on a predicted violation."""
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 import builders
 from mape_k.config import (
@@ -21,6 +23,7 @@ from mape_k.config import (
 from mape_k.errors import ConfigError
 from mape_k.loop.plan import Planner
 from mape_k.loop.predict import (
+    STATE_KEY,
     Predictions,
     Predictor,
     SeriesHistory,
@@ -31,6 +34,8 @@ from mape_k.loop.predict import (
 from mape_k.loop.record import DecisionRecord
 from mape_k.metrics import Metrics
 from mape_k.models import ActionType, AnalysisResult, ExecutionStatus, Severity, Violation
+from mape_k.store import Store
+from mape_k.storeio import AsyncStore
 
 NOW = builders.NOW
 CFG = PredictConfig()  # horizon 600 s, window 900 s, 5 points, linear
@@ -540,3 +545,162 @@ async def test_stats_show_each_rules_predictions_the_open_and_the_resolved(tmp_p
     assert came["open"] == []
     [resolved] = came["recent"]
     assert (resolved["at"], resolved["outcome"]) == (open_["at"], "came_true")
+
+
+# --- the track record survives a restart and a takeover ----------------------------------------
+
+
+def a_record() -> Predictor:
+    """A predictor with an open prediction acted on, one resolved, onsets, and a `_since`."""
+    predictor = Predictor()
+    ledger = predictor.ledger
+    v = [("overload", "charter")]
+    ledger.update(NOW, tolerance=TOL, violating=[], predicted=[predicted()])
+    ledger.update(NOW + 60, tolerance=TOL, violating=v, predicted=[])  # came true
+    ledger.update(NOW + 90, tolerance=TOL, violating=[], predicted=[predicted(component="b")])
+    ledger.acted("overload", "b", now=NOW + 95)
+    ledger.update(NOW + 120, tolerance=TOL, violating=[*v, ("overload", "c")], predicted=[])
+    scaled = builders.execution(finished_at=NOW + 100)
+    predictor.note_execution(scaled, now=NOW + 100)
+    return predictor
+
+
+def test_the_record_round_trips_through_its_saved_state():
+    first = a_record()
+    assert len(first.ledger.open()) == 1  # something to lose
+    assert first._since
+    second = Predictor()
+    second.restore(json.loads(json.dumps(first.dump())))  # what the store keeps
+    assert second.ledger.open() == first.ledger.open()
+    assert second.ledger.counts("overload") == first.ledger.counts("overload")
+    assert second.ledger.precision("overload") == first.ledger.precision("overload") == 1.0
+    assert second.ledger.recall("overload") == first.ledger.recall("overload") == 1 / 3
+    assert second._since == first._since == {builders.TARGET: NOW + 100}
+    assert second.summary() == first.summary()
+    assert second.dump() == first.dump()
+    # and it goes on the same way: no new onset for what was violating already
+    for predictor in (first, second):
+        predictor.ledger.update(
+            NOW + 150, tolerance=TOL, violating=[("overload", "charter")], predicted=[]
+        )
+    assert second.summary() == first.summary()
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"open": [{"rule": "overload"}]},
+        {"rules": {"overload": {"counts": {"raised": "many"}, "onsets": 0, "foreseen": 0}}},
+        {"recent": [{**asdict(a_record().ledger.open()[0]), "outcome": "maybe"}]},
+        {"violating": [["overload"]]},
+        {"since": ["charter"]},
+    ],
+)
+async def test_a_bad_saved_record_is_logged_and_the_record_starts_empty(tmp_path, saved):
+    store = AsyncStore(Store.open(tmp_path / "k.sqlite3"), threaded=False)
+    try:
+        await store.set_state(STATE_KEY, saved, at=NOW)
+        predictor = a_record()
+        predictor._store = store
+        with capture_logs() as logs:
+            await predictor.load()
+        assert [e["event"] for e in logs] == ["predictions_unreadable"]
+        assert "bad saved state" in logs[0]["error"]
+        assert predictor.dump() == Predictor().dump()  # empty, not half restored
+    finally:
+        store.close()
+
+
+async def test_a_takeover_takes_the_saved_record_and_none_saved_is_an_empty_one(tmp_path):
+    store = AsyncStore(Store.open(tmp_path / "k.sqlite3"), threaded=False)
+    try:
+        leader = a_record()
+        leader._store = store
+        await leader.save(NOW + 120)
+        follower = Predictor(store=store)  # its own record, from its own readings
+        follower.ledger.update(NOW, tolerance=TOL, violating=[], predicted=[predicted()])
+        await follower.load(strict=True)
+        assert follower.dump() == leader.dump()
+        await store.delete_state(STATE_KEY)
+        await follower.load(strict=True)
+        assert follower.dump() == Predictor().dump()
+    finally:
+        store.close()
+
+
+async def test_a_prediction_raised_before_a_restart_comes_true_after_it(tmp_path):
+    from mape_k.app import build  # noqa: PLC0415
+
+    overload = {"name": "overload", "query": "saturation", "threshold": 0.9,
+                "severity": "critical", "predict": {"horizon_s": 3600, "act": False}}  # fmt: skip
+    settings = builders.settings(tmp_path, **{"monitor.rules": [overload]})
+    clock = Clock(NOW)
+    shape = lambda t: 1.0 + 0.001 * (t - NOW)  # noqa: E731 - the same ramp in both runs
+    i = 0
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+        assert parts.world is not None
+        parts.world.committee.load_shape = shape
+        predictor = parts.orchestrator.pipeline.predictor
+        while not predictor.ledger.open() and i < 40:
+            clock.now = NOW + 30 * i
+            await parts.orchestrator.run_once(clock.now)
+            i += 1
+        [raised] = predictor.ledger.open()
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:  # restart
+        assert parts.world is not None
+        parts.world.committee.load_shape = shape
+        predictor = parts.orchestrator.pipeline.predictor
+        assert predictor.ledger.open() == [raised]
+        while not predictor.ledger.counts("overload")["came_true"] and i < 80:
+            clock.now = NOW + 30 * i
+            await parts.orchestrator.run_once(clock.now)
+            i += 1
+        stats = predictor.summary()
+    rule = stats["rules"]["overload"]
+    assert (rule["raised"], rule["came_true"], rule["open"]) == (1, 1, 0)
+    assert (rule["onsets"], rule["foreseen"], rule["precision"], rule["recall"]) == (1, 1, 1.0, 1.0)
+    [resolved] = stats["recent"]
+    assert (resolved["at"], resolved["outcome"]) == (raised.at, "came_true")  # the one raised
+
+
+async def test_a_corrupt_saved_record_starts_empty_and_the_loop_runs(tmp_path):
+    from mape_k.app import build  # noqa: PLC0415
+
+    overload = {"name": "overload", "query": "saturation", "threshold": 0.9,
+                "severity": "critical", "predict": {"horizon_s": 3600}}  # fmt: skip
+    settings = builders.settings(tmp_path, **{"monitor.rules": [overload]})
+    clock = Clock(NOW)
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+        await parts.store.set_state(STATE_KEY, {"open": "garbage"}, at=NOW)
+    with capture_logs() as logs:
+        async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+            predictor = parts.orchestrator.pipeline.predictor
+            assert predictor.summary() == Predictor().summary()
+            record = await parts.orchestrator.pipeline.run("it-0", clock.now)
+            saved = await parts.store.get_state(STATE_KEY)
+    assert [e["event"] for e in logs].count("predictions_unreadable") == 1
+    assert record.result != "failed"
+    assert saved == predictor.dump()  # the iteration wrote a good one over it
+
+
+async def test_only_the_leader_saves_the_record(tmp_path):
+    from mape_k.app import build  # noqa: PLC0415
+
+    overload = {"name": "overload", "query": "saturation", "threshold": 0.9,
+                "severity": "critical", "predict": {"horizon_s": 3600, "act": False}}  # fmt: skip
+    settings = builders.settings(tmp_path, **{"monitor.rules": [overload]})
+    clock = Clock(NOW)
+    async with build(settings, registry=CollectorRegistry(), clock=clock) as parts:
+        assert parts.world is not None
+        parts.world.committee.load_shape = lambda t: 1.0 + 0.001 * (t - NOW)
+        pipeline = parts.orchestrator.pipeline
+        pipeline.envelope.not_leading = lambda: "a follower"
+        for i in range(10):
+            clock.now = NOW + 30 * i
+            await pipeline.run(f"it-{i}", clock.now)
+        assert pipeline.predictor.ledger.open(), "never predicted"
+        assert await parts.store.get_state(STATE_KEY) is None  # a follower writes nothing
+        pipeline.envelope.not_leading = lambda: None
+        clock.now += 30
+        await pipeline.run("it-leads", clock.now)
+        assert await parts.store.get_state(STATE_KEY) == pipeline.predictor.dump()

@@ -261,7 +261,7 @@ class IterationPipeline:
             t = time.perf_counter()
             record.execution = await self._act(chosen, observation, now)
             phases.done("execute", t)
-        await self._autonomy_record(record, leads, now)
+        await self._ledgers(record, leads, now)
         record.result = classify(
             observation, chosen, record.execution, policies, decisions, shadow=bool(record.shadow)
         )
@@ -291,14 +291,16 @@ class IterationPipeline:
         self._note_execution(execution, now)
         return execution
 
-    async def _autonomy_record(self, record: DecisionRecord, leads: bool, now: float) -> None:
-        """The iteration's would-dos and changes of level into its record; the ledger saved
-        (the leader's)."""
+    async def _ledgers(self, record: DecisionRecord, leads: bool, now: float) -> None:
+        """The iteration's would-dos and changes of level into its record; the ledgers saved
+        (the leader's): autonomy's and the predictions' track record, if this changed them."""
         record.shadow = [w.as_dict() if isinstance(w, WouldDo) else w for w in self._would_dos]
         record.shadow_scored = [w.score_dict() for w in self._scored]
         if leads and self.autonomy is not None:
             record.autonomy_changes = [c.as_dict() for c in self.autonomy.drain()]
             await self.autonomy.save(now)
+        if leads:
+            await self.predictor.save(now)
 
     async def _judge(
         self,

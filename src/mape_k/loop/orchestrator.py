@@ -245,8 +245,9 @@ class MAPEKOrchestrator:
     async def take_over(self, now: float) -> None:
         """Replicas: this one just became leader. What the shared store holds is the truth
         (the previous leader wrote it): the guards' memory, the freeze, the approvals and
-        holds, the MapekNeedsHuman alerts, the knowledge; then the executions it left
-        unfinished are reconciled and its pending verifications waited for here."""
+        holds, the MapekNeedsHuman alerts, the prediction record, the knowledge; then the
+        executions it left unfinished are reconciled and its pending verifications waited
+        for here."""
         envelope, knowledge = self.envelope, self.pipeline.knowledge
         assert self.leadership is not None
         if self.leadership.resumes_own_epoch():
@@ -267,6 +268,7 @@ class MAPEKOrchestrator:
             await self.pipeline.autonomy.load(strict=True)
         if self.pipeline.changes is not None:
             await self.pipeline.changes.load(strict=True)
+        await self.pipeline.predictor.load(strict=True)
         await knowledge.update_patterns()
         unfinished = await self.reconcile(now, strict=True)
         log.warning(

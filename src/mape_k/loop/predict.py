@@ -19,6 +19,10 @@ crossing plus `tolerance_s`), `did_not` (the deadline passed with no violation a
 action) or `prevented` (the daemon acted on it and the violation did not come).
 Precision = came_true / (came_true + did_not); recall = violation onsets of the rule that
 had an open prediction / all its onsets.
+
+The track record and `Predictor._since` survive a restart and a takeover: the leader saves
+them under `STATE_KEY` after an iteration that changed them; a start loads them, a takeover
+strictly (the shared store is the truth).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
@@ -42,6 +46,7 @@ from mape_k.models import (
     Violation,
     ViolationSource,
 )
+from mape_k.storeio import AsyncStore, read_state
 
 if TYPE_CHECKING:
     from mape_k.integrations.prometheus import RangeResult
@@ -52,6 +57,7 @@ log = structlog.get_logger(__name__)
 Point = tuple[float, float]  # (unix seconds, value)
 Outcome = Literal["came_true", "did_not", "prevented"]
 OUTCOMES: tuple[Outcome, ...] = ("came_true", "did_not", "prevented")
+STATE_KEY = "predictions"  # the track record, in the store's state
 
 
 # --- the forecast (pure) -----------------------------------------------------------------
@@ -205,6 +211,30 @@ class Prediction:
             "resolved_at": self.resolved_at,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        """A saved one (`asdict`, unrounded); raises ValueError/KeyError/TypeError."""
+        outcome = data["outcome"]
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ValueError(f"{outcome!r} is not an outcome")
+        return cls(
+            rule=str(data["rule"]),
+            target=str(data["target"]),
+            at=float(data["at"]),
+            lead_s=float(data["lead_s"]),
+            expected_at=float(data["expected_at"]),
+            deadline=float(data["deadline"]),
+            value=_optional(data["value"]),
+            threshold=_optional(data["threshold"]),
+            acted_at=_optional(data["acted_at"]),
+            outcome=outcome,
+            resolved_at=_optional(data["resolved_at"]),
+        )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
 
 @dataclass(slots=True)
 class _RuleRecord:
@@ -293,6 +323,10 @@ class Predictions:
     def open(self) -> list[Prediction]:
         return list(self._open.values())
 
+    def rules(self) -> list[str]:
+        """The rules with a record."""
+        return sorted(self._rules)
+
     def counts(self, rule: str) -> Counter[str]:
         return Counter(self._record(rule).counts) if rule in self._rules else Counter()
 
@@ -321,6 +355,40 @@ class Predictions:
             "open": [p.as_dict() for p in self._open.values()],
             "recent": [p.as_dict() for p in self._recent],
         }
+
+    def dump(self) -> dict[str, Any]:
+        """The whole record, JSON-able (see `restore`)."""
+        return {
+            "open": [asdict(p) for p in self._open.values()],
+            "rules": {
+                rule: {"counts": dict(r.counts), "onsets": r.onsets, "foreseen": r.foreseen}
+                for rule, r in self._rules.items()
+            },
+            "violating": None
+            if self._violating is None
+            else [list(k) for k in sorted(self._violating)],
+            "recent": [asdict(p) for p in self._recent],
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """What `dump` gave (all or nothing); raises ValueError/KeyError/TypeError on a bad
+        one. An empty mapping is an empty record."""
+        open_ = [Prediction.from_dict(row) for row in saved.get("open", [])]
+        rules = {
+            str(rule): _RuleRecord(
+                counts=Counter({str(k): int(v) for k, v in dict(row["counts"]).items()}),
+                onsets=int(row["onsets"]),
+                foreseen=int(row["foreseen"]),
+            )
+            for rule, row in dict(saved.get("rules", {})).items()
+        }
+        violating = saved.get("violating")
+        pairs = None if violating is None else {(str(r), str(t)) for r, t in violating}
+        recent = [Prediction.from_dict(row) for row in saved.get("recent", [])]
+        self._open = {(p.rule, p.target): p for p in open_}
+        self._rules = rules
+        self._violating = pairs
+        self._recent = deque(recent, maxlen=self.RECENT)
 
     def _record(self, rule: str) -> _RuleRecord:
         return self._rules.setdefault(rule, _RuleRecord())
@@ -396,13 +464,20 @@ class RangeReader(Protocol):
 
 class Predictor:
     """Reads each predicting rule's series, forecasts, and keeps the track record
-    (`ledger`). `ranges` None: the series are the loop's own readings."""
+    (`ledger`), saved in `store` under STATE_KEY. `ranges` None: the series are the loop's
+    own readings."""
 
     def __init__(
-        self, *, ranges: RangeReader | None = None, metrics: Metrics | None = None
+        self,
+        *,
+        ranges: RangeReader | None = None,
+        metrics: Metrics | None = None,
+        store: AsyncStore | None = None,
     ) -> None:
         self._ranges = ranges
         self._metrics = metrics
+        self._store = store
+        self._saved: dict[str, Any] | None = None  # what the store holds, as far as known
         self._history = SeriesHistory()
         self._failing: set[str] = set()
         # target -> when an action there last completed: a forecast is fitted on the
@@ -450,6 +525,50 @@ class Predictor:
 
     def summary(self) -> dict[str, Any]:
         return self.ledger.summary()
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The track record and `_since`, JSON-able (the readings are not kept)."""
+        return {**self.ledger.dump(), "since": dict(self._since)}
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """What `dump` gave (all or nothing); raises ValueError/KeyError/TypeError on a bad one."""
+        since = {str(k): float(v) for k, v in dict(saved.get("since", {})).items()}
+        self.ledger.restore(saved)
+        self._since = since
+
+    async def load(self, *, strict: bool = False) -> None:
+        """What an earlier run (or the previous leader) saved. `strict` (a takeover): a read
+        that fails raises. A bad saved state is logged and the record starts empty."""
+        if self._store is None:
+            return
+        event = "predictions_unreadable"
+        saved = await read_state(self._store, STATE_KEY, strict=strict, event=event)
+        if saved is None:
+            return
+        try:
+            self.restore(saved)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.error(event, error=f"bad saved state: {exc}; starting an empty record")
+            self.ledger, self._since = Predictions(), {}
+            return
+        self._saved = self.dump()
+        self._export(set(self.ledger.rules()))
+
+    async def save(self, now: float) -> None:
+        """The state into the store if it changed since it was last saved or loaded."""
+        if self._store is None:
+            return
+        state = self.dump()
+        if state == self._saved:
+            return
+        try:
+            await self._store.set_state(STATE_KEY, state, at=now)
+        except MapekError as exc:  # memory stays the truth; the next iteration writes again
+            log.error("predictions_save_failed", error=str(exc))
+            return
+        self._saved = state
 
     async def _series(
         self, rule: ViolationRule, config: MonitorConfig, *, now: float
@@ -511,9 +630,13 @@ class Predictor:
                 self._metrics.predictions.labels(
                     rule=change.rule, outcome=change.outcome or "raised"
                 ).inc()
+        self._export({change.rule for change in changes})
+
+    def _export(self, rules: set[str]) -> None:
+        """The precision and recall gauges of `rules`."""
         if self._metrics is None:
             return
-        for rule in {change.rule for change in changes}:
+        for rule in rules:
             precision, recall = self.ledger.precision(rule), self.ledger.recall(rule)
             if precision is not None:
                 self._metrics.prediction_precision.labels(rule=rule).set(precision)
