@@ -353,6 +353,8 @@ def policy_from_record(data: Mapping[str, Any]) -> RemediationPolicy:
         requires_approval=bool(data["requires_approval"]),
         created_at=float(data["created_at"]),
         rationale=data.get("rationale", ""),
+        shadow=bool(data.get("shadow", False)),
+        rollback_of=data.get("rollback_of"),
     )
 
 

@@ -307,12 +307,17 @@ async def test_charter_503s_bounded_retries_rollback_then_open_circuit_nothing_h
 
 
 async def new_throttle(stack: Stack, *, seen: frozenset[str]) -> dict[str, Any] | None:
-    """The first throttle set with a key not in `seen`."""
+    """The first throttle of the two-action remediation (its THROTTLE_LIMIT) with a key not
+    in `seen`. Not any throttle: an overload (the queue behind a full restart) gets a
+    one-action throttle of its own, which completes at once and has no restart to kill
+    inside (a fresh-clone CI run took one for the remediation)."""
     state = await stack.sim_state()
     fresh = [
         a
         for a in effects(state)
-        if a["idempotency_key"] not in seen and a["operation"] == "set_throttle"
+        if a["idempotency_key"] not in seen
+        and a["operation"] == "set_throttle"
+        and a["arguments"].get("limit_ops_per_sec") == THROTTLE_LIMIT
     ]
     return fresh[0] if fresh else None
 

@@ -440,6 +440,17 @@ async def test_levels_ledger_and_open_would_dos_survive_a_restart(tmp_path: Path
         assert third.overrides == {}  # a bad saved state: the configuration's levels
         assert logs[-1]["event"] == "autonomy_unreadable"
         assert "'full' is not a level" in logs[-1]["error"]
+        # a bad derived entry (a change window, a pending note) is skipped alone: the
+        # operator's levels stay
+        saved = {**first._dump(), "windows": [{"change": {"id": "x"}}], "pending": [7]}
+        await store.set_state(STATE_KEY, saved, at=NOW)
+        fourth = Autonomy(cfg, store=store)
+        with capture_logs() as logs:
+            await fourth.load()
+        assert fourth.overrides == first.overrides != {}
+        assert fourth.windows == {}
+        skipped = [e for e in logs if e["event"] == "autonomy_entry_skipped"]
+        assert [e["what"] for e in skipped] == ["pending level change", "change window"]
     finally:
         store.close()
 

@@ -490,6 +490,32 @@ def test_a_worse_latency_under_a_load_that_rose_is_not_the_actions_harm(world, j
     assert outcome.outcome is OutcomeType.DEGRADATION
 
 
+def test_a_load_rise_does_not_excuse_a_worsening_it_cannot_explain(world, journal, clock):
+    # errors 0.06 -> 1.0 with 25 % more load: far beyond what the load could do (the
+    # excess x95 against at most 1.25 ** 3): the action's harm, DEGRADATION.
+    executor = make_executor(world, journal.append, clock)
+    cause = builders.cause("high_failure_rate", value=0.06)
+    restarted = execution(
+        policy=policy(action(ActionType.RESTART_SERVICE), cause=cause),
+        started_at=0.0,
+        finished_at=1.0,
+        baseline=0.06,
+        baseline_load=200.0,
+    )
+    waiting = PendingVerification(execution=restarted, due_at=10.0, deadline=100.0)
+    broken = builders.observation(
+        at=0,
+        metrics=(
+            metric("failure_rate", 1.0, timestamp=0.0),
+            metric("offered_load", 250.0, timestamp=0.0),
+        ),
+        violations=(violation("high_failure_rate", timestamp=0, value=1.0, query="failure_rate"),),
+    )
+    outcome, _ = executor.verify_execution(waiting, broken, now=20.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.DEGRADATION
+
+
 async def test_a_panic_revert_never_undoes_what_verification_said_helped(world, journal, clock):
     executor = make_executor(world, journal.append, clock, verify_delay_s=0)
     helped = await executor.execute_policy(

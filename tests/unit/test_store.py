@@ -660,3 +660,14 @@ def test_a_policy_journaled_before_posteriors_loads_without_one() -> None:
     now = to_jsonable(builders.policy(ActionType.RESTART_SERVICE))
     now["score"]["posterior"] = {"alpha": 1.5, "beta": 0.5, "samples": 0.0}
     assert policy_from_record(now).score.posterior.mean == 0.75
+
+
+def test_a_journaled_policy_keeps_its_shadow_mark_and_the_change_it_rolls_back() -> None:
+    # A rollback of a recorded change keeps its level inside the change's window: an
+    # approval restored after a restart must still say whose rollback it is, or a reload
+    # lowers it and revokes the approval.
+    stored = to_jsonable(
+        replace(builders.policy(ActionType.APPLY_POLICY), rollback_of="chg-1", shadow=True)
+    )
+    policy = policy_from_record(stored)
+    assert (policy.rollback_of, policy.shadow) == ("chg-1", True)

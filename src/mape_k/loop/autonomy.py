@@ -43,7 +43,7 @@ import datetime as dt
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +56,7 @@ from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, Remedi
 from mape_k.storeio import AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 STATE_KEY = "autonomy"
 MAX_CHANGES = 100  # level changes kept for /stats (the records keep them all)
@@ -751,8 +752,10 @@ class Autonomy:
             wd = WouldDo(**data)
             open_[wd.key] = wd
         changes = [LevelChange.from_dict(c) for c in saved.get("changes", [])]
-        pending = [LevelChange.from_dict(c) for c in saved.get("pending", [])]
-        windows = [ChangeWindow.from_dict(w) for w in saved.get("windows", [])]
+        # Windows are derived (the change log's) and pending changes are notes for the
+        # records: a bad one is skipped, never costing the operator's overrides with it.
+        pending = _each(saved.get("pending", []), LevelChange.from_dict, "pending level change")
+        windows = _each(saved.get("windows", []), ChangeWindow.from_dict, "change window")
         self.overrides = overrides
         self.demoted = {str(k) for k in saved.get("demoted", [])}
         self.stats = stats
@@ -774,7 +777,7 @@ class Autonomy:
             return
         try:
             self.restore(saved)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             log.error("autonomy_unreadable", error=f"bad saved state: {exc}; using the config")
             return
         if self.overrides or self.open or self._undrained:
@@ -794,6 +797,17 @@ class Autonomy:
             log.error("autonomy_save_failed", error=str(exc))
             return
         self._dirty = False
+
+
+def _each(rows: Any, parse: Callable[[Any], _T], what: str) -> list[_T]:
+    """Every row `parse` takes; a bad one is logged (`autonomy_entry_skipped`) and left out."""
+    parsed: list[_T] = []
+    for row in rows if isinstance(rows, list) else []:
+        try:
+            parsed.append(parse(row))
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            log.error("autonomy_entry_skipped", what=what, error=str(exc))
+    return parsed
 
 
 def likelihood(

@@ -466,7 +466,7 @@ class ChangeLog:
             return
         try:
             changes = [Change.from_dict(entry) for entry in saved.get("changes", [])]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             log.error("changes_unreadable", error=f"bad saved state: {exc}")
             return
         self._changes, self._ids = [], set()

@@ -135,7 +135,7 @@ class NeedsHumanAlerts:
                 )
                 for target, entry in saved.items()
             }
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             log.error("needs_human_alerts_unreadable", error=f"bad saved state: {exc}")
             return
         self.sent = sent

@@ -549,9 +549,10 @@ class Predictor:
             return
         try:
             self.restore(saved)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             log.error(event, error=f"bad saved state: {exc}; starting an empty record")
             self.ledger, self._since = Predictions(), {}
+            self._saved = None  # the next save writes a good state over the bad one
             return
         self._saved = self.dump()
         self._export(set(self.ledger.rules()))
