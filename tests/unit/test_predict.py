@@ -33,7 +33,14 @@ from mape_k.loop.predict import (
 )
 from mape_k.loop.record import DecisionRecord
 from mape_k.metrics import Metrics
-from mape_k.models import ActionType, AnalysisResult, ExecutionStatus, Severity, Violation
+from mape_k.models import (
+    ActionExecution,
+    ActionType,
+    AnalysisResult,
+    ExecutionStatus,
+    Severity,
+    Violation,
+)
 from mape_k.store import Store
 from mape_k.storeio import AsyncStore
 
@@ -400,14 +407,24 @@ async def test_the_forecast_starts_again_after_an_action_on_its_target():
     # action, there are too few of them yet: no prediction.
     config = monitor_config()
 
-    async def after_a_scale_up(acted: bool) -> list[Violation]:
+    async def after_a_scale_up(
+        acted: bool, status: ExecutionStatus = ExecutionStatus.COMPLETED
+    ) -> list[Violation]:
         predictor = Predictor()
         for i in range(20):  # 0.50 .. 0.88, read every 30 s
             at = NOW + 30 * i
             await predictor.predict(reading(at, 0.5 + 0.02 * i), config, now=at)
         if acted:
+            # a failed execution whose scale-up step landed moved the series all the same
+            scale_up = builders.action(ActionType.SCALE_UP)
+            steps = [ActionExecution(scale_up, ExecutionStatus.COMPLETED, "e1:0:scale_up")]
+            if status is ExecutionStatus.FAILED:
+                restart = builders.action(ActionType.RESTART_SERVICE)
+                steps.append(ActionExecution(restart, status, "e1:1:restart_service"))
             scaled = builders.execution(
-                policy=builders.policy(builders.action(ActionType.SCALE_UP)),
+                policy=builders.policy(scale_up),
+                status=status,
+                actions=steps,
                 started_at=NOW + 575,
                 finished_at=NOW + 576,
             )
@@ -417,6 +434,7 @@ async def test_the_forecast_starts_again_after_an_action_on_its_target():
 
     assert len(await after_a_scale_up(acted=False)) == 1  # the fit across the step
     assert await after_a_scale_up(acted=True) == []
+    assert await after_a_scale_up(acted=True, status=ExecutionStatus.FAILED) == []
     # a dry run changed nothing in the series: it does not restart the forecast
     predictor = Predictor()
     for i in range(8):

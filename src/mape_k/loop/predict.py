@@ -462,6 +462,10 @@ class RangeReader(Protocol):
     ) -> RangeResult: ...
 
 
+# A step in one of these moved the target, whatever became of its execution.
+_APPLIED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.ROLLED_BACK})
+
+
 class Predictor:
     """Reads each predicting rule's series, forecasts, and keeps the track record
     (`ledger`), saved in `store` under STATE_KEY. `ranges` None: the series are the loop's
@@ -513,14 +517,16 @@ class Predictor:
         return predicted
 
     def note_execution(self, execution: PolicyExecution, *, now: float) -> None:
-        """An execution that completed (not a dry run): its target's series starts again
-        (the readings before it are another regime: a scale-up steps the saturation
-        down); for a predicted cause, the prediction was acted on."""
-        if execution.status is not ExecutionStatus.COMPLETED or execution.dry_run:
+        """An execution that applied a step (not a dry run; a failed one whose first
+        steps landed too): its target's series starts again (the readings before it are
+        another regime: a scale-up steps the saturation down). One that completed, for a
+        predicted cause: the prediction was acted on."""
+        if execution.dry_run:
             return
-        self._since[execution.policy.target] = execution.finished_at or now
+        if any(step.status in _APPLIED for step in execution.actions):
+            self._since[execution.policy.target] = execution.finished_at or now
         cause = execution.policy.cause
-        if cause.predicted:
+        if cause.predicted and execution.status is ExecutionStatus.COMPLETED:
             self.ledger.acted(cause.name, cause.target, now=now)
 
     def summary(self) -> dict[str, Any]:
