@@ -259,6 +259,11 @@ class SharedStore(AsyncStore):
         return await self._call(self._leases.lease_release, holder, epoch)
 
 
+# What restoring a saved state that is not what it should be raises (a missing key, a
+# wrong type, a bad value, a number out of range): a bad state, logged, never a crash.
+BAD_STATE = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
 async def read_state(
     store: AsyncStore, key: str, *, strict: bool, event: str
 ) -> dict[str, Any] | None:

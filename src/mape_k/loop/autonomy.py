@@ -53,7 +53,7 @@ from mape_k.config import AUTONOMY_LEVELS, AutonomyLevel, Settings
 from mape_k.errors import MapekError
 from mape_k.loop.changes import Change, ChangeLog
 from mape_k.models import Cause, Observation, OutcomeType, PolicyOutcome, RemediationPolicy
-from mape_k.storeio import AsyncStore, read_state
+from mape_k.storeio import BAD_STATE, AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -777,7 +777,7 @@ class Autonomy:
             return
         try:
             self.restore(saved)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        except BAD_STATE as exc:
             log.error("autonomy_unreadable", error=f"bad saved state: {exc}; using the config")
             return
         if self.overrides or self.open or self._undrained:
@@ -805,7 +805,7 @@ def _each(rows: Any, parse: Callable[[Any], _T], what: str) -> list[_T]:
     for row in rows if isinstance(rows, list) else []:
         try:
             parsed.append(parse(row))
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        except BAD_STATE as exc:
             log.error("autonomy_entry_skipped", what=what, error=str(exc))
     return parsed
 

@@ -40,7 +40,7 @@ from mape_k.integrations.alertmanager import (
     WebhookPayload,
 )
 from mape_k.models import Cause
-from mape_k.storeio import AsyncStore, read_state
+from mape_k.storeio import BAD_STATE, AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -466,7 +466,7 @@ class ChangeLog:
             return
         try:
             changes = [Change.from_dict(entry) for entry in saved.get("changes", [])]
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        except BAD_STATE as exc:
             log.error("changes_unreadable", error=f"bad saved state: {exc}")
             return
         self._changes, self._ids = [], set()

@@ -42,7 +42,7 @@ from mape_k.loop.envelope import SafetyEnvelope
 from mape_k.loop.guards import Hold
 from mape_k.metrics import Metrics
 from mape_k.models import ExecutionStatus, OutcomeType, Severity
-from mape_k.storeio import AsyncStore, read_state
+from mape_k.storeio import BAD_STATE, AsyncStore, read_state
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +135,7 @@ class NeedsHumanAlerts:
                 )
                 for target, entry in saved.items()
             }
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        except BAD_STATE as exc:
             log.error("needs_human_alerts_unreadable", error=f"bad saved state: {exc}")
             return
         self.sent = sent

@@ -231,21 +231,7 @@ class IterationPipeline:
         t = time.perf_counter()
         if self.autonomy is not None:  # the change windows in force for this plan
             self.autonomy.note_windows(now, leading=leads)
-        policies = self.planner.generate_policies(
-            analysis,
-            knowledge=self.knowledge.view(),
-            now=now,
-            target_knowledge=self.knowledge.target_view(),
-            changes=self._recent_changes(analysis, now),
-        ) + plan_predicted(
-            self.planner,
-            record.predicted,
-            self.settings,
-            analysis=record.analysis,
-            knowledge=self.knowledge.view(),
-            target_knowledge=self.knowledge.target_view(),
-            now=now,
-        )
+        policies = self._plan(analysis, record.predicted, now)
         phases.done("plan", t)
 
         t = time.perf_counter()
@@ -337,6 +323,27 @@ class IterationPipeline:
         elif not policies:
             why += f"; {follower}"
         return policies, chosen, decisions, why
+
+    def _plan(
+        self, analysis: AnalysisResult, predicted: Sequence[Violation], now: float
+    ) -> list[RemediationPolicy]:
+        """The causes' policies, then the predicted violations' (one read of the knowledge)."""
+        knowledge, target_knowledge = self.knowledge.view(), self.knowledge.target_view()
+        return self.planner.generate_policies(
+            analysis,
+            knowledge=knowledge,
+            now=now,
+            target_knowledge=target_knowledge,
+            changes=self._recent_changes(analysis, now),
+        ) + plan_predicted(
+            self.planner,
+            predicted,
+            self.settings,
+            analysis=analysis,
+            knowledge=knowledge,
+            target_knowledge=target_knowledge,
+            now=now,
+        )
 
     def _recent_changes(
         self, analysis: AnalysisResult, now: float

@@ -46,7 +46,7 @@ from mape_k.models import (
     Violation,
     ViolationSource,
 )
-from mape_k.storeio import AsyncStore, read_state
+from mape_k.storeio import BAD_STATE, AsyncStore, read_state
 
 if TYPE_CHECKING:
     from mape_k.integrations.prometheus import RangeResult
@@ -484,8 +484,8 @@ class Predictor:
         self._saved: dict[str, Any] | None = None  # what the store holds, as far as known
         self._history = SeriesHistory()
         self._failing: set[str] = set()
-        # target -> when an action there last completed: a forecast is fitted on the
-        # readings since, not across the step its own action made in the series
+        # target -> when an action last moved it: a forecast is fitted on the readings
+        # since, not across the step that action made in the series
         self._since: dict[str, float] = {}
         self.ledger = Predictions()
 
@@ -555,7 +555,7 @@ class Predictor:
             return
         try:
             self.restore(saved)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        except BAD_STATE as exc:
             log.error(event, error=f"bad saved state: {exc}; starting an empty record")
             self.ledger, self._since = Predictions(), {}
             self._saved = None  # the next save writes a good state over the bad one
