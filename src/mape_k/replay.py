@@ -70,6 +70,7 @@ from mape_k.models import (
     ViolationSource,
 )
 from mape_k.store import JournalStore, PairStats, Store, _check_header
+from mape_k.storeio import BAD_STATE
 
 # A recorded row of identical violations is rebuilt as at most this many copies.
 MAX_COPIES = 100
@@ -135,7 +136,7 @@ def recorded_changes(
     for entry in entries:
         try:
             change = Change.from_dict(entry)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except BAD_STATE:
             continue
         found.setdefault(change.id, change)
     return sorted(
