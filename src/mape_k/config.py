@@ -991,6 +991,15 @@ class AutonomyConfig(_Model):
 class OrchestratorConfig(_Model):
     interval_s: float = Field(30.0, gt=0, le=86_400)
     trigger_debounce_s: float = Field(1.0, ge=0, le=3600)
+    watch_interval_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Between iterations, read the rule queries this often and start an"
+        " iteration at once when one shows a violation the last iteration did not see (a"
+        " step in the load is acted on within this, not within interval_s). 0, or not less"
+        " than interval_s: no watch.",
+    )
     iteration_timeout_s: float = Field(60.0, gt=0, le=3600)
     shutdown_timeout_s: float = Field(10.0, gt=0, le=600)
 

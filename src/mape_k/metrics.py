@@ -159,6 +159,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.watch_passes = Counter(
+            "mapek_watch_passes_total",
+            "Reads of the rule queries between iterations (orchestrator.watch_interval_s), by"
+            " result: triggered (a violation the last iteration did not see) or quiet.",
+            ["result"],
+            registry=registry,
+        )
         self.prometheus_up = Gauge(
             "mapek_prometheus_up",
             "1 when the last Monitor pass read Prometheus.",

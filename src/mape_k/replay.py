@@ -924,7 +924,7 @@ class _Replayer:
         for candidate in runnable:
             plan, unresolved = plans[candidate.id]
             target_ctx = replace(ctx, unresolved=unresolved)
-            policy = guard_rules.stabilized(plan, target_ctx)
+            policy = guard_rules.fitted(plan, target_ctx)
             verdicts = _assumed(guard_rules.evaluate(policy, target_ctx), switches, observation)
             decisions.extend(verdicts)
             for d in verdicts:

@@ -621,7 +621,18 @@ class Executor:
             and not normalised
             and load_change is not None
             and load_change > 1 + self._config.load_tolerance
-            and _load_explains(execution.baseline, value, cause.threshold, load_change)
+            and (
+                _load_explains(execution.baseline, value, cause.threshold, load_change)
+                or (
+                    not _takes_capacity(execution)
+                    and _queue_explains(
+                        execution.baseline,
+                        value,
+                        self._utilisation(execution, observation),
+                        load_change,
+                    )
+                )
+            )
         ):
             rise = f"{100 * (load_change - 1):.0f} %"
             kind, note = OutcomeType.INEFFECTIVE, f" (worse, with the offered load up {rise})"
@@ -667,6 +678,15 @@ class Executor:
         if now_load is None or now_load <= 0:
             return None
         return now_load / then
+
+    def _utilisation(self, execution: PolicyExecution, observation: Observation) -> float | None:
+        """The target's load per capacity now: the first load-normalised signal read."""
+        target = execution.policy.cause.target
+        for query in self._config.load_normalised:
+            value = observation.value(query, target)
+            if value is not None:
+                return value
+        return None
 
     def _outcome(
         self,
@@ -730,6 +750,31 @@ def _load_explains(
         return False
     bad = 1.0 if before > threshold else -1.0
     return (after - threshold) * bad <= (before - threshold) * bad * load_change**LOAD_EXCUSE_POWER
+
+
+def _queue_explains(
+    before: float | None, after: float | None, utilisation: float | None, load_change: float
+) -> bool:
+    """Whether a queue filling up could account for a higher-is-worse signal rising from
+    `before` to `after`: a queue's wait grows as 1/(1 - utilisation), and the load rising by
+    `load_change` on the same capacity took the utilisation to its value now from that
+    divided by `load_change`. Over capacity, it accounts for anything (load_spike-volatile
+    seed 4: p99 0.63 -> 1.27 s as the saturation rose to 0.96 under 30 % more load)."""
+    if before is None or after is None or utilisation is None or before <= 0:
+        return False
+    if utilisation >= 1:
+        return True
+    then = utilisation / load_change
+    return after / before <= (1 - then) / (1 - utilisation)
+
+
+def _takes_capacity(execution: PolicyExecution) -> bool:
+    """Whether the execution lowered the target's size (then the queue is its doing)."""
+    return any(
+        setting.knob == "size" and setting.after < setting.before
+        for step in execution.actions
+        for setting in step.action.sets or ()
+    )
 
 
 def classify(

@@ -462,14 +462,63 @@ def stabilization_floor(
     return max(sizes) if sizes else None
 
 
-def _last_scale_down(policy: RemediationPolicy) -> tuple[int, KnobSetting | None] | None:
-    """The last scale-down of `policy` (its index and resolved size setting), if any."""
-    downs = [i for i, a in enumerate(policy.actions) if a.action_type is ActionType.SCALE_DOWN]
-    if not downs:
+def _last_scale(
+    policy: RemediationPolicy, kind: ActionType = ActionType.SCALE_DOWN
+) -> tuple[int, KnobSetting | None] | None:
+    """The last `kind` scale of `policy` (its index and resolved size setting), if any."""
+    found = [i for i, a in enumerate(policy.actions) if a.action_type is kind]
+    if not found:
         return None
-    action = policy.actions[downs[-1]]
+    action = policy.actions[found[-1]]
     sets = [s for s in action.sets or () if s.knob == "size"]
-    return downs[-1], (sets[0] if sets else None)
+    return found[-1], (sets[0] if sets else None)
+
+
+def fitted(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
+    """A resolved policy as far as the guards let it go: a scale-down stopped at the
+    stabilization floor, a scale-up at the velocity budget left (`stabilized`,
+    `within_velocity`); what they cannot fit, the guards judge as it is."""
+    return within_velocity(stabilized(policy, ctx), ctx)
+
+
+def _resized(
+    policy: RemediationPolicy, index: int, before: int, size: int, note: str
+) -> RemediationPolicy:
+    """`policy` with its action at `index` setting the size from `before` to `size`, under
+    a new id (its idempotency keys must not name the other size)."""
+    action = replace(policy.actions[index], sets=(KnobSetting("size", before, size),))
+    steps = (*policy.actions[:index], action, *policy.actions[index + 1 :])
+    return replace(
+        policy, id=f"{policy.id}-s{size}", actions=steps, rationale=policy.rationale + note
+    )
+
+
+def _sized_later(policy: RemediationPolicy, index: int) -> bool:
+    """Whether an action after `index` sets the size (it would start from the old value)."""
+    return any(s.knob == "size" for a in policy.actions[index + 1 :] for s in a.sets or ())
+
+
+def within_velocity(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
+    """HPA's scale-up limit: a resolved scale-up larger than the velocity guard's size
+    budget left in its window goes as far as the budget, not nowhere (a step caught early
+    on a ramp sizes for the load then, and the next must still be able to follow it).
+    With no budget left, or a later action setting the size, it is returned as is and the
+    velocity guard judges it."""
+    cfg = ctx.config.velocity
+    found = _last_scale(policy, ActionType.SCALE_UP)
+    if not cfg.enabled or found is None or policy.cause.name in RETURNS:
+        return policy
+    index, setting = found
+    if setting is None or _sized_later(policy, index):
+        return policy
+    _, spent = velocity_spent(c for c in ctx.history if c.at > ctx.now - cfg.window_s)
+    left = cfg.max_size_change - spent
+    before, to = int(setting.before), int(setting.after)
+    if left < 1 or to - before <= left:
+        return policy
+    size = before + left
+    note = f"; velocity: up to {size}, not {to} ({left} of {cfg.max_size_change} members left)"
+    return _resized(policy, index, before, size, note)
 
 
 def stabilized(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
@@ -480,14 +529,11 @@ def stabilized(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolic
     from the old value; anything else is returned as is and judged by
     `stabilization_guard`."""
     cfg = ctx.config.stabilization
-    found = _last_scale_down(policy)
+    found = _last_scale(policy)
     if not cfg.enabled or found is None:
         return policy
     index, setting = found
-    if setting is None:
-        return policy
-    later = policy.actions[index + 1 :]
-    if any(s.knob == "size" for a in later for s in a.sets or ()):
+    if setting is None or _sized_later(policy, index):
         return policy
     floor = stabilization_floor(
         ctx.recommendations, target=policy.target, now=ctx.now, window_s=cfg.window_s
@@ -495,18 +541,13 @@ def stabilized(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolic
     before, to = int(setting.before), int(setting.after)
     if floor is None or not to < floor < before:
         return policy
-    action = policy.actions[index]
-    clamped = replace(action, sets=(KnobSetting("size", before, floor),))
-    steps = (*policy.actions[:index], clamped, *later)
     note = f"; stabilized: down to {floor}, not {to} (highest recommendation in the window)"
-    return replace(
-        policy, id=f"{policy.id}-s{floor}", actions=steps, rationale=policy.rationale + note
-    )
+    return _resized(policy, index, before, floor, note)
 
 
 def stabilization_guard(policy: RemediationPolicy, ctx: GuardContext) -> GuardDecision:
     cfg = ctx.config.stabilization
-    found = _last_scale_down(policy)
+    found = _last_scale(policy)
     if not cfg.enabled or found is None:
         return _allow("stabilization", "not a scale-down", policy)
     setting = found[1]

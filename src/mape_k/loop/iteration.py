@@ -170,6 +170,10 @@ class IterationPipeline:
         self._watching_since: float | None = None
         self._last_violation: dict[str, float] = {}
 
+    @property
+    def metrics(self) -> Metrics | None:
+        return self._metrics
+
     def reconfigure(self, settings: Settings) -> None:
         if settings != self.settings:
             self._startup_checked = False  # re-validate the new configuration
@@ -644,7 +648,7 @@ class IterationPipeline:
         for candidate in runnable:
             plan, unresolved = plans.get(candidate.id) or self._resolve(candidate, reading)
             target_ctx = replace(ctx, unresolved=unresolved)
-            policy = guard_rules.stabilized(plan, target_ctx)
+            policy = guard_rules.fitted(plan, target_ctx)
             verdicts = guard_rules.evaluate(policy, target_ctx)
             decisions.extend(verdicts)
             self._after_guards(policy, verdicts, now)

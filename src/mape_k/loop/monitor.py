@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -99,9 +99,7 @@ class Monitor:
             if read.outcome != "ok":
                 problems[read.name] = read.error or read.outcome
                 continue
-            kept = tuple(
-                s for s in read.samples if now - s.timestamp <= self._config.max_staleness_s
-            )
+            kept = self._fresh(read, now)
             fresh[read.name] = kept
             if not read.samples:
                 problems[read.name] = "no samples"
@@ -135,6 +133,25 @@ class Monitor:
         self._record(reads, observation)
         self._last = observation
         return observation
+
+    async def watch(self, now: float) -> list[Violation]:
+        """The rule queries alone, read between iterations: the rule violations they show
+        now. Nothing else is kept (the last observation, the failure log and the gauges
+        stay the iteration's); a query that fails shows nothing (the iteration reports it)."""
+        names = sorted({rule.query for rule in self._config.rules})  # each is a query (config)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._read(n, self._config.queries[n])) for n in names]
+        fresh: dict[str, tuple[Sample, ...]] = {}
+        for task in tasks:
+            read = task.result()
+            if self._metrics is not None:
+                self._metrics.prometheus_queries.labels(result=read.outcome).inc()
+            if read.outcome == "ok":
+                fresh[read.name] = self._fresh(read, now)
+        return self._rule_violations(fresh, now=now)
+
+    def _fresh(self, read: _Read, now: float) -> tuple[Sample, ...]:
+        return tuple(s for s in read.samples if now - s.timestamp <= self._config.max_staleness_s)
 
     def get_metrics(self) -> list[Metric]:
         return list(self._last.metrics) if self._last is not None else []
@@ -275,6 +292,12 @@ class Monitor:
             if reads:
                 self._metrics.prometheus_up.set(0 if unreachable else 1)
             self._metrics.active_violations.set(len(observation.violations))
+
+
+def newly_violated(seen: Iterable[Violation], known: Iterable[Violation]) -> list[Violation]:
+    """The violations in `seen` whose (kind, component) is not among `known`'s."""
+    keys = {(v.kind, v.component) for v in known}
+    return [v for v in seen if (v.kind, v.component) not in keys]
 
 
 def group_problems(names: list[str], problems: dict[str, str], *, shown: int = 3) -> str:

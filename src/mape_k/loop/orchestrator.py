@@ -26,10 +26,11 @@ from mape_k.loop import guards as guard_rules
 from mape_k.loop.envelope import freeze_dict
 from mape_k.loop.iteration import IterationPipeline, MAPEKState
 from mape_k.loop.leadership import Leadership
+from mape_k.loop.monitor import newly_violated
 from mape_k.loop.record import DecisionRecord
 from mape_k.loop.scheduler import Scheduler
 from mape_k.metrics import StateGauges
-from mape_k.models import RemediationPolicy
+from mape_k.models import RemediationPolicy, Violation
 from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,11 @@ class MAPEKOrchestrator:
         self._store = store
         self._clock = clock
         self.leadership = leadership
-        self.scheduler = Scheduler(self._guarded_iteration, settings.orchestrator)
+        self.scheduler = Scheduler(
+            self._guarded_iteration, settings.orchestrator, watch=self._guarded_watch
+        )
+        self._metrics = pipeline.metrics
+        self.watch_stats: dict[str, Any] = {"passes": 0, "triggered": 0, "last_trigger": None}
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
         )
@@ -113,6 +118,35 @@ class MAPEKOrchestrator:
             # A bug in one iteration must not take the loop down; it is logged with its stack.
             log.exception("iteration_crashed")
             await self._keep(self.pipeline.failed(f"crashed: {type(exc).__name__}: {exc}"))
+
+    async def _guarded_watch(self) -> None:
+        try:
+            await self.watch()
+        except Exception:
+            log.exception("watch_crashed")  # the next iteration reads everything anyway
+
+    async def watch(self, now: float | None = None) -> list[Violation]:
+        """Between iterations: read the rule queries and start an iteration now when one
+        shows a violation the last iteration did not see (a rising edge; one that goes on
+        is the grid's). Returns those violations (none: nothing triggered). A follower does
+        not watch: it does not act."""
+        if self.leadership is not None and not self.leadership.leading():
+            return []
+        now = self._clock() if now is None else now
+        seen = await self.pipeline.monitor.watch(now)
+        last = self.pipeline.monitor.last_observation
+        new = newly_violated(seen, last.violations if last is not None else ())
+        self.watch_stats["passes"] += 1
+        if self._metrics is not None:
+            self._metrics.watch_passes.labels(result="triggered" if new else "quiet").inc()
+        if not new:
+            return []
+        named = [f"{v.kind}/{v.component} {v.value:g} (threshold {v.threshold:g})" for v in new]
+        self.watch_stats["triggered"] += 1
+        self.watch_stats["last_trigger"] = {"at": now, "violations": named}
+        log.info("watch_triggered", violations=named)
+        self.trigger("watch")
+        return new
 
     async def run_once(self, now: float | None = None) -> dict[str, Any]:
         """One iteration now; its decision record, serialised, journaled and kept."""
@@ -365,6 +399,8 @@ class MAPEKOrchestrator:
             **self.state.as_dict(),
             "dry_run": self.envelope.dry_run,
             "frozen": freeze_dict(self.envelope.freeze),
+            "watch": {"interval_s": self._settings.orchestrator.watch_interval_s}
+            | self.watch_stats,
             "pending_verifications": [
                 {
                     "execution_id": p.execution.id,

@@ -2,7 +2,8 @@
 
 `Scheduler.run()` calls `iterate` every `interval_s` on a fixed grid (no drift, missed
 slots skipped) and never two at once; `trigger()` wakes it early (leading edge at once,
-then at most one more per `trigger_debounce_s`). `stop()` lets the iteration in progress
+then at most one more per `trigger_debounce_s`); between iterations, a `watch` pass every
+`watch_interval_s` may call it. `stop()` lets the iteration in progress
 finish; `cancel()` is the last resort when that overran its bound. The decisions about
 time are pure functions (`schedule`, `advance_grid`), tested on their own.
 """
@@ -21,8 +22,15 @@ log = structlog.get_logger(__name__)
 
 
 class Scheduler:
-    def __init__(self, iterate: Callable[[], Awaitable[None]], config: OrchestratorConfig) -> None:
+    def __init__(
+        self,
+        iterate: Callable[[], Awaitable[None]],
+        config: OrchestratorConfig,
+        *,
+        watch: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._iterate = iterate
+        self._watch = watch  # between iterations; it calls trigger() when it finds news
         self.config = config  # read each pass: a SIGHUP reload may change it
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -74,8 +82,13 @@ class Scheduler:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        watch_at = float("inf")
         while not self._stopping.is_set():
             now = loop.time()
+            if self._watch is not None and now >= watch_at:
+                await self._watch()
+                watch_at = next_watch(loop.time(), self.config)
+                continue
             run_now, wake_at = schedule(
                 now=now,
                 next_at=next_at,
@@ -92,7 +105,10 @@ class Scheduler:
                 finally:
                     self._busy_since = None
                 next_at = advance_grid(next_at, loop.time(), self.config.interval_s)
+                watch_at = next_watch(loop.time(), self.config)
                 continue
+            if self._watch is not None:
+                wake_at = min(wake_at, watch_at)
             self._wake.clear()
             try:
                 async with asyncio.timeout(max(0.0, wake_at - now)):
@@ -120,3 +136,10 @@ def advance_grid(next_at: float, now: float, interval_s: float) -> float:
     while next_at <= now:
         next_at += interval_s
     return next_at
+
+
+def next_watch(now: float, config: OrchestratorConfig) -> float:
+    """When the next watch pass is due after a pass or an iteration ending at `now`:
+    `watch_interval_s` later, never when it is 0 or not shorter than the grid."""
+    every = config.watch_interval_s
+    return now + every if 0 < every < config.interval_s else float("inf")

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from mape_k.app import build, reconcile, restore_freeze
 from mape_k.config import Settings, load_settings
 from mape_k.errors import ConfigError
-from mape_k.loop.scheduler import advance_grid, schedule
+from mape_k.loop.scheduler import advance_grid, next_watch, schedule
 from mape_k.quality import POLICIES, figures
 from mape_k.quality.alerts import AlertConfig, AlertPath, load_config
 from mape_k.quality.baselines import HPA, StaticExecutor, fixed_actions, rising_edges
@@ -229,6 +229,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
             interval = settings.orchestrator.interval_s
             debounce = settings.orchestrator.trigger_debounce_s
             next_at, last_start, triggered = start, float("-inf"), False
+            watch_at = float("inf")  # as the scheduler: set as each iteration ends
             steps = int(scenario.duration_s / TICK_S)
             previous = start
             for step in range(steps + 1):
@@ -260,6 +261,9 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                     if desired != state.target_size:
                         await client.scale_committee(desired, idempotency_key=f"hpa-{step}")
                 elif policy == "mape-k":
+                    if now >= watch_at:
+                        triggered = bool(await parts.orchestrator.watch(now)) or triggered
+                        watch_at = next_watch(now, settings.orchestrator)
                     run_now, _ = schedule(
                         now=now,
                         next_at=next_at,
@@ -271,6 +275,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                         triggered, last_start = False, now
                         record = await parts.orchestrator.run_once(now)
                         next_at = advance_grid(next_at, now, interval)
+                        watch_at = next_watch(now, settings.orchestrator)
                         results[str(record.get("result"))] += 1
                         for decision in record.get("guard_decisions") or []:
                             if decision.get("verdict") != "allow":
