@@ -18,9 +18,11 @@ from mape_k.loop.execute import Executor, PendingVerification, classify
 from mape_k.models import (
     ActionType,
     ExecutionStatus,
+    KnobSetting,
     Observation,
     OutcomeType,
     PolicyExecution,
+    RemediationAction,
     RemediationPolicy,
 )
 
@@ -512,6 +514,51 @@ def test_a_load_rise_does_not_excuse_a_worsening_it_cannot_explain(world, journa
         violations=(violation("high_failure_rate", timestamp=0, value=1.0, query="failure_rate"),),
     )
     outcome, _ = executor.verify_execution(waiting, broken, now=20.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.DEGRADATION
+
+
+def test_a_worse_latency_a_filling_queue_explains_is_not_the_actions_harm(world, journal, clock):
+    # load_spike-volatile seed 4 (with the watch): a rebalance for latency 0.63 s; 20 s later
+    # 30 % more load had taken the saturation to 0.96 and p99 to 1.27 s. The excess over
+    # 0.5 s grew x6, more than 1.3 ** 3 allows; a queue's wait at utilisation 0.74 -> 0.96
+    # grows x7. No effect by counterfactual: INEFFECTIVE, not a panic freeze.
+    executor = make_executor(world, journal.append, clock)
+    cause = builders.cause("high_latency", value=0.63)
+
+    def run(*actions: RemediationAction) -> PendingVerification:
+        done = execution(
+            policy=policy(*actions, cause=cause),
+            started_at=0.0,
+            finished_at=1.0,
+            baseline=0.63,
+            baseline_load=378.0,
+        )
+        return PendingVerification(execution=done, due_at=10.0, deadline=100.0)
+
+    def worse(saturation: float) -> Observation:
+        return builders.observation(
+            at=0,
+            metrics=(
+                metric("p99_latency_s", 1.27, timestamp=0.0),
+                metric("offered_load", 490.0, timestamp=0.0),
+                metric("saturation", saturation, timestamp=0.0),
+            ),
+            violations=(violation("high_latency", timestamp=0, value=1.27, query="p99_latency_s"),),
+        )
+
+    rebalanced = run(action(ActionType.REBALANCE_LOAD))
+    outcome, _ = executor.verify_execution(rebalanced, worse(0.96), now=30.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.INEFFECTIVE
+    assert "offered load up 30 %" in outcome.detail
+    # a queue at 0.5 cannot double the latency (x1.23 at most): the action's
+    outcome, _ = executor.verify_execution(rebalanced, worse(0.5), now=30.0)
+    assert outcome is not None
+    assert outcome.outcome is OutcomeType.DEGRADATION
+    # and a scale-down filled that queue itself: the action's
+    shrunk = replace(action(ActionType.SCALE_DOWN, delta=2), sets=(KnobSetting("size", 5, 3),))
+    outcome, _ = executor.verify_execution(run(shrunk), worse(0.96), now=30.0)
     assert outcome is not None
     assert outcome.outcome is OutcomeType.DEGRADATION
 

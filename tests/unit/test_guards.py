@@ -321,6 +321,24 @@ def test_a_deeper_scale_down_is_clamped_to_the_highest_recommendation_not_held()
     assert g.stabilization_guard(from_five, context).verdict is GuardVerdict.DELAY
 
 
+def test_a_scale_up_past_the_velocity_budget_goes_as_far_as_the_budget_not_nowhere():
+    cfg = GuardsConfig.model_validate({"velocity": {"max_size_change": 6}})
+    context = ctx(config=cfg, history=(scaled(NOW, 2),), now=NOW + 140)  # 3 -> 5 spent 2
+    wide = at(5, policy(action(ActionType.SCALE_UP, delta=5)))  # 5 -> 10: 2 + 5 > 6
+    assert g.velocity_guard(wide, context).verdict is GuardVerdict.DELAY  # as it comes
+    fitted = g.fitted(wide, context)
+    assert fitted.actions[0].sets == (KnobSetting("size", 5, 9),)  # the 4 left of 6
+    assert fitted.id != wide.id  # other size, other idempotency keys
+    assert "velocity: up to 9, not 10 (4 of 6 members left)" in fitted.rationale
+    assert g.velocity_guard(fitted, context).verdict is GuardVerdict.ALLOW
+    # within the budget, or with none left, it is judged as it is
+    small = at(5, policy(action(ActionType.SCALE_UP, delta=3)))
+    assert g.fitted(small, context) is small
+    spent = ctx(config=cfg, history=(scaled(NOW, 6),), now=NOW + 140)
+    assert g.fitted(wide, spent) is wide
+    assert g.velocity_guard(wide, spent).verdict is GuardVerdict.DELAY
+
+
 # --- oscillation -------------------------------------------------------------------------
 
 
