@@ -21,7 +21,7 @@ from mape_k.integrations.charter.base import CommitteeState
 from mape_k.integrations.charter.http import HttpCharterClient
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop import guards as g
-from mape_k.loop.actions import resolve
+from mape_k.loop.actions import MEMBERS, knobs, resolve
 from mape_k.loop.envelope import BreakerCharter, SafetyEnvelope, charter_problems
 from mape_k.loop.execute import Executor
 from mape_k.models import (
@@ -172,6 +172,21 @@ def test_an_action_without_a_knob_conflicts_with_everything_on_its_target():
     held = g.settle_guard(RESTART, ctx(settling={"charter": (SIZE_SETTLING,)}))
     assert held.verdict is GuardVerdict.DELAY
     assert "it moved size, and this policy acts on the whole target" in held.reason
+
+
+def test_a_restart_of_the_unhealthy_members_alone_leaves_the_size_free():
+    # two_faults: a crashed member restarted (scope unhealthy) and a load spike at once; the
+    # healthy members keep serving, so the scale-up the spike needs does not wait for it.
+    partial = at(3, policy(action(ActionType.RESTART_SERVICE, scope="unhealthy")))
+    assert knobs(partial.actions) == frozenset({MEMBERS})
+    assert knobs(RESTART.actions) is None  # a full restart: the whole target
+    restarting = {
+        "charter": (g.Settling("e2", knobs(partial.actions), (ActionType.RESTART_SERVICE,)),)
+    }
+    assert verdict(g.settle_guard, UP, settling=restarting) is GuardVerdict.ALLOW
+    again = g.settle_guard(partial, ctx(settling=restarting))
+    assert again.verdict is GuardVerdict.DELAY  # the same members: it waits for its verdict
+    assert "it moved members, which this policy moves too" in again.reason
 
 
 def test_a_second_remedy_for_the_same_cause_waits_for_the_first_whatever_it_moves():

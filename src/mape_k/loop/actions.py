@@ -330,12 +330,23 @@ def final_value(policy: RemediationPolicy, knob: str) -> Any | None:
     return value
 
 
+# What a restart of the unhealthy members alone moves: those members, which no knob sets
+# (the healthy ones keep serving, so a size change beside it is not confounded with it).
+MEMBERS = "members"
+
+
 def knobs(actions: Iterable[RemediationAction]) -> frozenset[str] | None:
-    """The knobs these resolved actions set; None when one of them sets none (a restart, a
-    rebalance, a user-defined action without a knob: it acts on the whole target) or was
-    not resolved (what it sets is not known)."""
+    """The knobs these resolved actions set (`MEMBERS` for a restart of the unhealthy
+    members); None when one of them sets none (a full restart, a rebalance, a user-defined
+    action without a knob: it acts on the whole target) or was not resolved (what it sets
+    is not known)."""
     found: set[str] = set()
     for action in actions:
+        if action.action_type is ActionType.RESTART_SERVICE and (
+            parameter(action, "scope") == "unhealthy"
+        ):
+            found.add(MEMBERS)
+            continue
         if not action.sets:
             return None
         found.update(s.knob for s in action.sets)
