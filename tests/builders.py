@@ -213,6 +213,7 @@ def execution(
     baseline: float | None = None,
     baseline_trend: float | None = None,
     baseline_load: float | None = None,
+    baseline_utilisation: float | None = None,
 ) -> PolicyExecution:
     """A run of `policy` (default: `policy()`). Unless given, `actions` are the policy's
     actions in `status`, keyed as the executor keys them (`<id>:<index>:<type>`)."""
@@ -239,6 +240,7 @@ def execution(
         baseline=baseline,
         baseline_trend=baseline_trend,
         baseline_load=baseline_load,
+        baseline_utilisation=baseline_utilisation,
     )
 
 

@@ -789,6 +789,17 @@ class ExecutorConfig(_Model):
         " rose by more than this fraction is not DEGRADATION: the load, not the action, is"
         " the likely cause (it is INEFFECTIVE).",
     )
+    utilisation_query: str | None = Field(
+        "saturation",
+        description="A monitor.queries name reading a target's load per capacity (null:"
+        " none). With it, a queue_signals signal that got worse under a rising load on the"
+        " same capacity is judged against what a filling queue does (1/(1 - utilisation)).",
+    )
+    queue_signals: tuple[str, ...] = Field(
+        ("p99_latency_s", "queue_depth"),
+        description="Signals that are a queue's wait or length (higher is worse): near"
+        " capacity they grow far faster than the load.",
+    )
     ineffective_margin_s: float = Field(
         15.0,
         ge=0,

@@ -326,6 +326,7 @@ class PolicyExecution:
     # from them (attribution), not from the baseline alone.
     baseline_trend: float | None = None
     baseline_load: float | None = None
+    baseline_utilisation: float | None = None  # executor.utilisation_query then
 
 
 class OutcomeType(StrEnum):

@@ -384,6 +384,7 @@ def execution_from_record(data: Mapping[str, Any]) -> PolicyExecution:
         baseline=data.get("baseline"),
         baseline_trend=data.get("baseline_trend"),
         baseline_load=data.get("baseline_load"),
+        baseline_utilisation=data.get("baseline_utilisation"),
     )
 
 

@@ -9,20 +9,19 @@ import pytest
 
 import builders
 from builders import action, execution, metric, policy, violation
+from mape_k.causes import CAUSE
 from mape_k.config import DEFAULT_ACTIONS, ExecutorConfig
 from mape_k.errors import CharterRequestError, StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.actions import resolve
 from mape_k.loop.analyze import READ_FROM
-from mape_k.loop.execute import Executor, PendingVerification, classify
+from mape_k.loop.execute import Executor, PendingVerification, _queue_explains, classify
 from mape_k.models import (
     ActionType,
     ExecutionStatus,
-    KnobSetting,
     Observation,
     OutcomeType,
     PolicyExecution,
-    RemediationAction,
     RemediationPolicy,
 )
 
@@ -519,48 +518,69 @@ def test_a_load_rise_does_not_excuse_a_worsening_it_cannot_explain(world, journa
 
 
 def test_a_worse_latency_a_filling_queue_explains_is_not_the_actions_harm(world, journal, clock):
-    # load_spike-volatile seed 4 (with the watch): a rebalance for latency 0.63 s; 20 s later
-    # 30 % more load had taken the saturation to 0.96 and p99 to 1.27 s. The excess over
-    # 0.5 s grew x6, more than 1.3 ** 3 allows; a queue's wait at utilisation 0.74 -> 0.96
-    # grows x7. No effect by counterfactual: INEFFECTIVE, not a panic freeze.
+    # load_spike-volatile seed 4 (with the watch): a rebalance for latency 0.63 s at
+    # saturation 0.79; 20 s later 30 % more load had taken the saturation to 0.96 and p99 to
+    # 1.27 s. The excess over 0.5 s grew x6, more than 1.3 ** 3 allows; a queue's wait at
+    # utilisation 0.79 -> 0.96 grows x5. No effect by counterfactual: INEFFECTIVE, not a
+    # panic freeze.
     executor = make_executor(world, journal.append, clock)
-    cause = builders.cause("high_latency", value=0.63)
 
-    def run(*actions: RemediationAction) -> PendingVerification:
+    def run(kind: str, before: float, utilisation: float) -> PendingVerification:
         done = execution(
-            policy=policy(*actions, cause=cause),
+            policy=policy(action(ActionType.REBALANCE_LOAD), cause=builders.cause(kind)),
             started_at=0.0,
             finished_at=1.0,
-            baseline=0.63,
+            baseline=before,
             baseline_load=378.0,
+            baseline_utilisation=utilisation,
         )
         return PendingVerification(execution=done, due_at=10.0, deadline=100.0)
 
-    def worse(saturation: float) -> Observation:
+    def worse(kind: str, value: float, saturation: float) -> Observation:
+        query = CAUSE[kind].signal
         return builders.observation(
             at=0,
             metrics=(
-                metric("p99_latency_s", 1.27, timestamp=0.0),
-                metric("offered_load", 490.0, timestamp=0.0),
+                metric(query, value, timestamp=0.0),
+                metric("offered_load", 490.0, timestamp=0.0),  # x1.30
                 metric("saturation", saturation, timestamp=0.0),
             ),
-            violations=(violation("high_latency", timestamp=0, value=1.27, query="p99_latency_s"),),
+            violations=(violation(kind, timestamp=0, value=value, query=query),),
         )
 
-    rebalanced = run(action(ActionType.REBALANCE_LOAD))
-    outcome, _ = executor.verify_execution(rebalanced, worse(0.96), now=30.0)
+    def judged(pending: PendingVerification, observation: Observation) -> OutcomeType:
+        outcome, _ = executor.verify_execution(pending, observation, now=30.0)
+        assert outcome is not None
+        return outcome.outcome
+
+    latency = run("high_latency", 0.63, 0.79)
+    outcome, _ = executor.verify_execution(latency, worse("high_latency", 1.27, 0.96), now=30.0)
     assert outcome is not None
     assert outcome.outcome is OutcomeType.INEFFECTIVE
     assert "offered load up 30 %" in outcome.detail
-    # a queue at 0.5 cannot double the latency (x1.23 at most): the action's
-    outcome, _ = executor.verify_execution(rebalanced, worse(0.5), now=30.0)
-    assert outcome is not None
-    assert outcome.outcome is OutcomeType.DEGRADATION
-    # and a scale-down filled that queue itself: the action's
-    shrunk = replace(action(ActionType.SCALE_DOWN, delta=2), sets=(KnobSetting("size", 5, 3),))
-    outcome, _ = executor.verify_execution(run(shrunk), worse(0.96), now=30.0)
-    assert outcome is not None
-    assert outcome.outcome is OutcomeType.DEGRADATION
+    # far from capacity a queue cannot double the wait (0.4 -> 0.52: x1.25 at most)
+    low = run("high_latency", 0.63, 0.4)
+    assert judged(low, worse("high_latency", 1.27, 0.52)) is OutcomeType.DEGRADATION
+    # the utilisation rose far more than the load: capacity went (the action's, say a
+    # restart or a scale-down), so the queue is its doing
+    assert judged(latency, worse("high_latency", 1.27, 1.5)) is OutcomeType.DEGRADATION
+    # errors are not a queue's wait: 0.06 -> 1.0 is the action's, even near capacity
+    errors = run("high_failure_rate", 0.06, 0.79)
+    assert judged(errors, worse("high_failure_rate", 1.0, 0.99)) is OutcomeType.DEGRADATION
+
+
+def test_a_queue_excuses_only_a_rise_on_the_bad_side_and_on_the_same_capacity():
+    same = {"then": 0.79, "now": 0.96, "load_change": 1.3, "tolerance": 0.2}
+    assert _queue_explains(0.63, 1.27, 0.5, **same)
+    assert not _queue_explains(0.63, 4.0, 0.5, **same)  # x6.3 > x5.25
+    # a lower-is-worse signal under its threshold is never a queue filling
+    assert not _queue_explains(0.3, 0.1, 0.5, **same)
+    # over capacity the factor is taken at 0.99: large, not unbounded
+    over = {**same, "now": 1.0, "then": 0.8, "load_change": 1.25}
+    assert _queue_explains(0.63, 12.0, 0.5, **over)
+    assert not _queue_explains(0.63, 50.0, 0.5, **over)
+    # unread utilisation then or now: no excuse
+    assert not _queue_explains(0.63, 1.27, 0.5, **{**same, "then": None})
 
 
 async def test_a_panic_revert_never_undoes_what_verification_said_helped(world, journal, clock):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -352,6 +353,15 @@ def test_a_scale_up_past_the_velocity_budget_goes_as_far_as_the_budget_not_nowhe
     spent = ctx(config=cfg, history=(scaled(NOW, 6),), now=NOW + 140)
     assert g.fitted(wide, spent) is wide
     assert g.velocity_guard(wide, spent).verdict is GuardVerdict.DELAY
+    # an approved one runs as approved (its id is the approval's) or the guard holds it
+    approved = replace(wide, requires_approval=True)
+    assert g.fitted(approved, context) is approved
+    # so does a policy whose other action sets the size too (its sum is what counts)
+    two = at(5, policy(action(ActionType.SCALE_UP, delta=1), action(ActionType.SCALE_UP, delta=5)))
+    assert g.fitted(two, context) is two
+    # and one the action budget holds anyway
+    busy = GuardsConfig.model_validate({"velocity": {"max_size_change": 6, "max_actions": 1}})
+    assert g.fitted(wide, ctx(config=busy, history=(scaled(NOW, 2),), now=NOW + 140)) is wide
 
 
 # --- oscillation -------------------------------------------------------------------------

@@ -66,17 +66,25 @@ async def test_the_watch_triggers_on_a_violation_the_last_iteration_did_not_see(
             "overload/charter" in v for v in orchestrator.watch_stats["last_trigger"]["violations"]
         )
         assert orchestrator.scheduler._triggered  # the loop runs at once
+        # once per violation: until an iteration has read it (one that fails before
+        # reading, say), the next pass does not trigger again
+        assert await orchestrator.watch() == []
 
         seen = await orchestrator.run_once()
         assert "overload" in {v["kind"] for v in seen["inputs"]["violations"]}
         assert await orchestrator.watch() == []  # it goes on: the grid's, not a trigger
         stats = orchestrator.get_statistics()["watch"]
-        assert (stats["interval_s"], stats["passes"], stats["triggered"]) == (10.0, 3, 1)
+        assert (stats["interval_s"], stats["on"], stats["passes"], stats["triggered"]) == (
+            10.0,
+            True,
+            4,
+            1,
+        )
 
     def passes(result):
         return registry.get_sample_value("mapek_watch_passes_total", {"result": result})
 
-    assert (passes("quiet"), passes("triggered")) == (2, 1)
+    assert (passes("quiet"), passes("triggered")) == (3, 1)
 
 
 async def test_the_scheduler_watches_between_iterations_and_a_finding_runs_one_at_once():
@@ -103,6 +111,30 @@ async def test_the_scheduler_watches_between_iterations_and_a_finding_runs_one_a
     assert iterations >= 2
 
 
+async def test_a_reload_turns_the_watch_on_without_waiting_for_an_iteration():
+    watched = asyncio.Event()
+    off = OrchestratorConfig(interval_s=3600.0, watch_interval_s=0)
+    ran = asyncio.Event()
+
+    async def iterate():
+        ran.set()
+
+    async def watch():
+        watched.set()
+
+    scheduler = Scheduler(iterate, off, watch=watch)
+    scheduler.start()
+    try:
+        async with asyncio.timeout(10):
+            await ran.wait()  # the first iteration, at once; the next is an hour away
+            assert not watched.is_set()
+            scheduler.config = OrchestratorConfig(interval_s=3600.0, watch_interval_s=0.01)
+            scheduler.wake()  # what a reload does
+            await watched.wait()
+    finally:
+        await scheduler.stop()
+
+
 async def test_an_episode_acts_on_a_load_step_before_the_next_grid_slot():
     # load_spike at 120 s: the grid's next slot is 150 s; a watch pass every 10 s sees it
     # at 130 s (the HPA baseline's 15 s grid at 135 s).
@@ -123,6 +155,6 @@ async def test_an_episode_acts_on_a_load_step_before_the_next_grid_slot():
         counterfactual=False,
         overrides={"orchestrator.watch_interval_s": 0},
     )
-    assert watched.figures["first_action_s"] == 130.0
-    assert grid.figures["first_action_s"] == 150.0
+    assert grid.figures["first_action_s"] == 150.0  # the next slot after the step
+    assert watched.figures["first_action_s"] < 150.0
     assert watched.figures["lost_pct"] < grid.figures["lost_pct"]

@@ -146,6 +146,7 @@ class Executor:
         baseline: float | None = None,
         baseline_trend: float | None = None,
         baseline_load: float | None = None,
+        baseline_utilisation: float | None = None,
     ) -> PolicyExecution:
         """Run `policy` once. A policy id already executed returns its first result.
 
@@ -177,6 +178,7 @@ class Executor:
             baseline=baseline,
             baseline_trend=baseline_trend,
             baseline_load=baseline_load,
+            baseline_utilisation=baseline_utilisation,
         )
         try:
             await self._journal(execution)
@@ -620,19 +622,7 @@ class Executor:
             kind is OutcomeType.DEGRADATION
             and not normalised
             and load_change is not None
-            and load_change > 1 + self._config.load_tolerance
-            and (
-                _load_explains(execution.baseline, value, cause.threshold, load_change)
-                or (
-                    not _takes_capacity(execution)
-                    and _queue_explains(
-                        execution.baseline,
-                        value,
-                        self._utilisation(execution, observation),
-                        load_change,
-                    )
-                )
-            )
+            and self._load_explains(execution, value, observation, load_change)
         ):
             rise = f"{100 * (load_change - 1):.0f} %"
             kind, note = OutcomeType.INEFFECTIVE, f" (worse, with the offered load up {rise})"
@@ -679,14 +669,33 @@ class Executor:
             return None
         return now_load / then
 
-    def _utilisation(self, execution: PolicyExecution, observation: Observation) -> float | None:
-        """The target's load per capacity now: the first load-normalised signal read."""
-        target = execution.policy.cause.target
-        for query in self._config.load_normalised:
-            value = observation.value(query, target)
-            if value is not None:
-                return value
-        return None
+    def _load_explains(
+        self,
+        execution: PolicyExecution,
+        value: float | None,
+        observation: Observation,
+        load_change: float,
+    ) -> bool:
+        """Whether the offered load, risen beyond executor.load_tolerance, accounts for a
+        signal not compared at equal load getting worse: by its excess growing at most as
+        the cube of the rise, or, for a queue's signal on unchanged capacity, as a queue
+        filling up does."""
+        config = self._config
+        if load_change <= 1 + config.load_tolerance:
+            return False
+        cause = execution.policy.cause
+        if _cubed_load_explains(execution.baseline, value, cause.threshold, load_change):
+            return True
+        query = config.utilisation_query
+        return cause.query in config.queue_signals and _queue_explains(
+            execution.baseline,
+            value,
+            cause.threshold,
+            then=execution.baseline_utilisation,
+            now=None if query is None else observation.value(query, cause.target),
+            load_change=load_change,
+            tolerance=config.load_tolerance,
+        )
 
     def _outcome(
         self,
@@ -741,7 +750,7 @@ class Executor:
 LOAD_EXCUSE_POWER = 3
 
 
-def _load_explains(
+def _cubed_load_explains(
     before: float | None, after: float | None, threshold: float | None, load_change: float
 ) -> bool:
     """Whether the offered load rising by `load_change` could account for the excess over
@@ -752,29 +761,36 @@ def _load_explains(
     return (after - threshold) * bad <= (before - threshold) * bad * load_change**LOAD_EXCUSE_POWER
 
 
+# The highest utilisation the queue factor is taken at: over capacity a queue grows
+# without bound, and a bound keeps the excuse finite.
+MAX_QUEUE_UTILISATION = 0.99
+
+
 def _queue_explains(
-    before: float | None, after: float | None, utilisation: float | None, load_change: float
+    before: float | None,
+    after: float | None,
+    threshold: float | None,
+    *,
+    then: float | None,
+    now: float | None,
+    load_change: float,
+    tolerance: float,
 ) -> bool:
-    """Whether a queue filling up could account for a higher-is-worse signal rising from
-    `before` to `after`: a queue's wait grows as 1/(1 - utilisation), and the load rising by
-    `load_change` on the same capacity took the utilisation to its value now from that
-    divided by `load_change`. Over capacity, it accounts for anything (load_spike-volatile
-    seed 4: p99 0.63 -> 1.27 s as the saturation rose to 0.96 under 30 % more load)."""
-    if before is None or after is None or utilisation is None or before <= 0:
+    """Whether a queue filling up on the same capacity could account for a queue signal
+    (higher is worse) rising from `before` to `after`: a queue's wait grows as
+    1/(1 - utilisation), from `then` to `now`. Only when the capacity did not move — the
+    utilisation rose as the load did, within `tolerance`: an action that took members out
+    (a scale-down, a restart, a config change) filled the queue itself. load_spike-volatile
+    seed 4: p99 0.63 -> 1.27 s as the saturation rose 0.79 -> 0.96 under 30 % more load."""
+    if before is None or after is None or threshold is None or then is None or now is None:
         return False
-    if utilisation >= 1:
-        return True
-    then = utilisation / load_change
-    return after / before <= (1 - then) / (1 - utilisation)
-
-
-def _takes_capacity(execution: PolicyExecution) -> bool:
-    """Whether the execution lowered the target's size (then the queue is its doing)."""
-    return any(
-        setting.knob == "size" and setting.after < setting.before
-        for step in execution.actions
-        for setting in step.action.sets or ()
-    )
+    if not before > threshold or before <= 0 or then <= 0 or load_change <= 0:
+        return False
+    capacity_then_per_now = now / then / load_change
+    if not 1 / (1 + tolerance) <= capacity_then_per_now <= 1 + tolerance:
+        return False
+    grown = (1 - min(then, MAX_QUEUE_UTILISATION)) / (1 - min(now, MAX_QUEUE_UTILISATION))
+    return after / before <= grown
 
 
 def classify(

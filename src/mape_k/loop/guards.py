@@ -477,7 +477,10 @@ def _last_scale(
 def fitted(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
     """A resolved policy as far as the guards let it go: a scale-down stopped at the
     stabilization floor, a scale-up at the velocity budget left (`stabilized`,
-    `within_velocity`); what they cannot fit, the guards judge as it is."""
+    `within_velocity`); what they cannot fit, the guards judge as it is. A policy that
+    needs approval is never refitted: the operator approved that size, under that id."""
+    if policy.requires_approval:
+        return policy
     return within_velocity(stabilized(policy, ctx), ctx)
 
 
@@ -498,20 +501,30 @@ def _sized_later(policy: RemediationPolicy, index: int) -> bool:
     return any(s.knob == "size" for a in policy.actions[index + 1 :] for s in a.sets or ())
 
 
+def _sized_elsewhere(policy: RemediationPolicy, index: int) -> bool:
+    """Whether an action other than the one at `index` sets the size."""
+    return _sized_later(policy, index) or any(
+        s.knob == "size" for a in policy.actions[:index] for s in a.sets or ()
+    )
+
+
 def within_velocity(policy: RemediationPolicy, ctx: GuardContext) -> RemediationPolicy:
     """HPA's scale-up limit: a resolved scale-up larger than the velocity guard's size
     budget left in its window goes as far as the budget, not nowhere (a step caught early
     on a ramp sizes for the load then, and the next must still be able to follow it).
-    With no budget left, or a later action setting the size, it is returned as is and the
-    velocity guard judges it."""
+    With no budget left, another action of the policy setting the size, or the action
+    budget used up (the guard holds it anyway), it is returned as is and the velocity
+    guard judges it."""
     cfg = ctx.config.velocity
     found = _last_scale(policy, ActionType.SCALE_UP)
     if not cfg.enabled or found is None or policy.cause.name in RETURNS:
         return policy
     index, setting = found
-    if setting is None or _sized_later(policy, index):
+    if setting is None or _sized_elsewhere(policy, index):
         return policy
-    _, spent = velocity_spent(c for c in ctx.history if c.at > ctx.now - cfg.window_s)
+    actions, spent = velocity_spent(c for c in ctx.history if c.at > ctx.now - cfg.window_s)
+    if actions + len(policy.actions) > cfg.max_actions:
+        return policy
     left = cfg.max_size_change - spent
     before, to = int(setting.before), int(setting.after)
     if left < 1 or to - before <= left:

@@ -435,16 +435,20 @@ class IterationPipeline:
         self, chosen: RemediationPolicy, observation: Observation
     ) -> PolicyExecution:
         """Run the chosen policy with what its verification is judged against: the signal
-        then, its trend before, and the offered load then."""
+        then, its trend before, and the offered load and the utilisation then."""
         cause = chosen.cause
-        load_query = self.settings.executor.load_query
+        config = self.settings.executor
+
+        def then(query: str | None) -> float | None:
+            return None if query is None else observation.value(query, cause.target)
+
         trend = None if cause.query is None else self.readings.trend(cause.query, cause.target)
-        load = None if load_query is None else observation.value(load_query, cause.target)
         return await self.executor.execute_policy(
             chosen,
             baseline=_baseline(chosen, observation),
             baseline_trend=trend,
-            baseline_load=load,
+            baseline_load=then(config.load_query),
+            baseline_utilisation=then(config.utilisation_query),
         )
 
     def _export_posteriors(self) -> None:

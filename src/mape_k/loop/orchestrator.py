@@ -28,9 +28,9 @@ from mape_k.loop.iteration import IterationPipeline, MAPEKState
 from mape_k.loop.leadership import Leadership
 from mape_k.loop.monitor import newly_violated
 from mape_k.loop.record import DecisionRecord
-from mape_k.loop.scheduler import Scheduler
+from mape_k.loop.scheduler import Scheduler, next_watch
 from mape_k.metrics import StateGauges
-from mape_k.models import RemediationPolicy, Violation
+from mape_k.models import Observation, RemediationPolicy, Violation
 from mape_k.storeio import AsyncStore
 
 log = structlog.get_logger(__name__)
@@ -59,6 +59,10 @@ class MAPEKOrchestrator:
         )
         self._metrics = pipeline.metrics
         self.watch_stats: dict[str, Any] = {"passes": 0, "triggered": 0, "last_trigger": None}
+        # What the watch already triggered on since the observation it compared with: an
+        # iteration that fails before reading (a takeover that cannot) is not re-triggered
+        # every pass for the same violation.
+        self._watched: tuple[Observation | None, set[tuple[str, str]]] = (None, set())
         self.records: deque[dict[str, Any]] = deque(
             maxlen=settings.knowledge.decisions_kept_in_memory
         )
@@ -135,7 +139,15 @@ class MAPEKOrchestrator:
         now = self._clock() if now is None else now
         seen = await self.pipeline.monitor.watch(now)
         last = self.pipeline.monitor.last_observation
-        new = newly_violated(seen, last.violations if last is not None else ())
+        against, triggered = self._watched
+        if against is not last:
+            triggered = set()
+        new = [
+            v
+            for v in newly_violated(seen, last.violations if last is not None else ())
+            if (v.kind, v.component) not in triggered
+        ]
+        self._watched = (last, triggered | {(v.kind, v.component) for v in new})
         self.watch_stats["passes"] += 1
         if self._metrics is not None:
             self._metrics.watch_passes.labels(result="triggered" if new else "quiet").inc()
@@ -399,7 +411,10 @@ class MAPEKOrchestrator:
             **self.state.as_dict(),
             "dry_run": self.envelope.dry_run,
             "frozen": freeze_dict(self.envelope.freeze),
-            "watch": {"interval_s": self._settings.orchestrator.watch_interval_s}
+            "watch": {
+                "interval_s": self._settings.orchestrator.watch_interval_s,
+                "on": next_watch(0.0, self._settings.orchestrator) != float("inf"),
+            }
             | self.watch_stats,
             "pending_verifications": [
                 {

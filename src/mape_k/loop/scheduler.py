@@ -82,13 +82,9 @@ class Scheduler:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        watch_at = float("inf")
+        watched_at: float | None = None  # when the last iteration or watch pass ended
         while not self._stopping.is_set():
             now = loop.time()
-            if self._watch is not None and now >= watch_at:
-                await self._watch()
-                watch_at = next_watch(loop.time(), self.config)
-                continue
             run_now, wake_at = schedule(
                 now=now,
                 next_at=next_at,
@@ -105,10 +101,20 @@ class Scheduler:
                 finally:
                     self._busy_since = None
                 next_at = advance_grid(next_at, loop.time(), self.config.interval_s)
-                watch_at = next_watch(loop.time(), self.config)
+                watched_at = loop.time()
                 continue
-            if self._watch is not None:
-                wake_at = min(wake_at, watch_at)
+            # read each pass: a reload turns the watch on, off or to another interval at once
+            watch = self._watch
+            watch_at = (
+                float("inf")
+                if watch is None or watched_at is None
+                else next_watch(watched_at, self.config)
+            )
+            if watch is not None and now >= watch_at:
+                await watch()  # it calls trigger() on a finding: the next pass runs it
+                watched_at = loop.time()
+                continue
+            wake_at = min(wake_at, watch_at)
             self._wake.clear()
             try:
                 async with asyncio.timeout(max(0.0, wake_at - now)):

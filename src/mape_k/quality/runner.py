@@ -16,6 +16,7 @@ Every mutating call goes through world.CountingClient (counterfactual per call).
 
 from __future__ import annotations
 
+import functools
 import random
 import tempfile
 from collections import Counter
@@ -229,7 +230,7 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
             interval = settings.orchestrator.interval_s
             debounce = settings.orchestrator.trigger_debounce_s
             next_at, last_start, triggered = start, float("-inf"), False
-            watch_at = float("inf")  # as the scheduler: set as each iteration ends
+            watched_at = float("inf")  # as the scheduler: the last iteration or watch pass
             steps = int(scenario.duration_s / TICK_S)
             previous = start
             for step in range(steps + 1):
@@ -261,21 +262,23 @@ async def run_episode(  # noqa: C901, PLR0912, PLR0915 - one loop over the episo
                     if desired != state.target_size:
                         await client.scale_committee(desired, idempotency_key=f"hpa-{step}")
                 elif policy == "mape-k":
-                    if now >= watch_at:
-                        triggered = bool(await parts.orchestrator.watch(now)) or triggered
-                        watch_at = next_watch(now, settings.orchestrator)
-                    run_now, _ = schedule(
+                    due = functools.partial(
+                        schedule,
                         now=now,
                         next_at=next_at,
-                        triggered=triggered,
                         last_start=last_start,
                         debounce_s=debounce,
                     )
+                    run_now, _ = due(triggered=triggered)
+                    if not run_now and now >= next_watch(watched_at, settings.orchestrator):
+                        triggered = bool(await parts.orchestrator.watch(now)) or triggered
+                        watched_at = now
+                        run_now, _ = due(triggered=triggered)
                     if run_now:
                         triggered, last_start = False, now
                         record = await parts.orchestrator.run_once(now)
                         next_at = advance_grid(next_at, now, interval)
-                        watch_at = next_watch(now, settings.orchestrator)
+                        watched_at = now
                         results[str(record.get("result"))] += 1
                         for decision in record.get("guard_decisions") or []:
                             if decision.get("verdict") != "allow":
