@@ -107,6 +107,7 @@ def propose(
     last_violation: float | None = None,
     settling: dict[str, str] | None = None,
     obs: Observation | None = None,
+    peaks: baseline.Peaks | None = None,
 ) -> baseline.Returns:
     return baseline.propose(
         state=st or state(),
@@ -118,6 +119,7 @@ def propose(
         config=CFG,
         velocity=VelocityConfig(),
         now=now,
+        peaks=peaks,
     )
 
 
@@ -242,6 +244,27 @@ def test_no_scale_down_when_the_projected_saturation_would_be_too_high():
     # 0.5 at 5: 4 members would read 0.625, the baseline 3 would read 0.83: to 4, not 3
     (proposal,) = propose(history, now=T0 + 900, saturation=0.5, st=state(size=5)).proposals
     assert proposal.value == 4
+
+
+def test_a_return_is_sized_for_the_peak_of_its_window_not_for_one_reading():
+    # the spike regime: 10 s at 1.6x every 60 s, which the 30 s grid never reads at 5
+    # members (0.36) and the watch passes do (0.58): not back to 3, where every spike
+    # overloads (0.96), but to 4 (0.72)
+    history = [change(T0 + 100, "size", 3, 5)]
+    peaks = baseline.Peaks()
+    for at, value in ((T0 + 50, 0.95), (T0 + 650, 0.58), (T0 + 880, 0.36)):
+        peaks.add(observed(value, at=at))
+    sized = propose(history, now=T0 + 900, saturation=0.36, st=state(size=5), peaks=peaks)
+    (proposal,) = sized.proposals
+    assert proposal.value == 4
+    assert sized.fits == {"charter": 3}  # the stabilization's recommendation: this reading's
+    # a peak before the knob moved (0.95, at 3 members) or out of the window says nothing
+    assert peaks.highest("charter", after=T0 + 100) == 0.58
+    (late,) = propose(
+        history, now=T0 + 1000, saturation=0.36, st=state(size=5), peaks=peaks
+    ).proposals
+    assert late.value == 3  # the 0.58 at 650 is out of the 300 s window
+    assert peaks.highest("other", after=T0) == float("-inf")
 
 
 def test_the_throttle_is_lifted_only_when_the_shed_load_fits():

@@ -1,4 +1,5 @@
-"""Return to baseline: when a knob the daemon moved may go back, and how far. PURE.
+"""Return to baseline: when a knob the daemon moved may go back, and how far. Pure, but
+for `Peaks`, the readings it is sized for.
 
 The daemon scales up and throttles to fix a cause; once the cause has cleared and stayed
 clear it takes the knob back to where it was before (HPA-style scale-down stabilisation,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -88,6 +90,26 @@ class Returns:
             if proposal.cause.target == target and proposal.knob == knob:
                 return proposal
         return None
+
+
+class Peaks:
+    """The recent readings of the return signal (SIGNAL) per target: each iteration's and
+    each watch pass's (loop/orchestrator.py). The only state of this module."""
+
+    MAX_POINTS = 512  # per target: over an hour at a 10 s watch (max_window_s)
+
+    def __init__(self) -> None:
+        self._points: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, observation: Observation) -> None:
+        for metric in observation.metrics:
+            if metric.name == SIGNAL and not math.isnan(metric.value):
+                points = self._points.setdefault(metric.component, deque(maxlen=self.MAX_POINTS))
+                points.append((observation.at, metric.value))
+
+    def highest(self, target: str, *, after: float) -> float:
+        """The highest reading of `target` taken after `after` (-inf: none)."""
+        return max((v for t, v in self._points.get(target, ()) if t > after), default=-math.inf)
 
 
 def excursions(history: Iterable[Change]) -> dict[tuple[str, str], Excursion]:
@@ -181,6 +203,7 @@ def propose(  # noqa: C901, PLR0912
     velocity: VelocityConfig,
     now: float,
     fix_loads: Mapping[str, float] | None = None,
+    peaks: Peaks | None = None,
 ) -> Returns:
     """The returns due now against this reading, and why the others wait.
 
@@ -190,7 +213,9 @@ def propose(  # noqa: C901, PLR0912
     `fix_loads`: execution id -> the offered load when it ran, for the executions that
     fixed a load-proportional cause (overload): the knob it moved goes back only once the
     load has fallen below `load_fraction` of that (a ramp that is still there is not a
-    cause that cleared).
+    cause that cleared); `peaks`: the signal's readings between iterations too — a return
+    is sized for the highest since the target's knobs last moved, within the quiet window
+    (load spikes of 10 s that the 30 s grid never reads, the watch does).
     """
     if not config.enabled or state is None or observation.degraded:
         return Returns()
@@ -216,10 +241,13 @@ def propose(  # noqa: C901, PLR0912
         if saturation is None:
             held.append(f"{what} waits: no {SIGNAL} reading")
             continue
-        if knob == "size":
+        if knob == "size":  # this reading's recommendation (the stabilization's window)
             need = _fit(int(reading), saturation, config.target_value)
             fits[target] = min(int(reading), max(int(excursion.baseline), need))
         wait = window_s(history, target, config)
+        if peaks is not None:  # the return itself is sized for the peak of its window
+            moved = max((c.at for c in history if c.target == target and c.knob), default=now)
+            saturation = max(saturation, peaks.highest(target, after=max(moved, now - wait)))
         quiet_s = now - max(last_violation.get(target, watching_since), watching_since)
         if quiet_s <= wait:  # the last violating reading's recommendation must be out too
             doubled = wait > config.window_s

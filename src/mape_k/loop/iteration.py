@@ -164,6 +164,8 @@ class IterationPipeline:
         self._held: list[tuple[guard_rules.Hold, Cause | None]] = []
         self.prometheus_ok: bool | None = None  # usable data in the last reading
         self.readings = Readings()
+        # The return signal's readings, the watch passes' too: a return is sized for them.
+        self.peaks = returns_model.Peaks()
         # Return to baseline: since when usable readings were taken, and each target's last
         # usable reading with a violation on it (in memory: after a restart the window of
         # planner.return_to_baseline starts again).
@@ -406,6 +408,7 @@ class IterationPipeline:
             velocity=self.settings.guards.velocity,
             now=now,
             fix_loads=self._fix_loads(),
+            peaks=self.peaks,
         )
 
     def _fix_loads(self) -> dict[str, float]:
@@ -470,6 +473,7 @@ class IterationPipeline:
         if observation.degraded:
             return
         self.readings.add(observation, window_s=self.settings.executor.trend_window_s)
+        self.peaks.add(observation)
         violating = {v.component for v in observation.violations}
         self.envelope.note_quiet(violating, now=now)
         if self._watching_since is None:

@@ -134,21 +134,27 @@ class Monitor:
         self._last = observation
         return observation
 
-    async def watch(self, now: float) -> list[Violation]:
-        """The rule queries alone, read between iterations: the rule violations they show
-        now. Nothing else is kept (the last observation, the failure log and the gauges
-        stay the iteration's); a query that fails shows nothing (the iteration reports it)."""
+    async def watch(self, now: float) -> Observation:
+        """The rule queries alone, read between iterations: their readings and the rule
+        violations they show now (no alerts). Nothing is kept (the last observation, the
+        failure log and the gauges stay the iteration's); a query that fails shows nothing
+        (the iteration reports it)."""
         names = sorted({rule.query for rule in self._config.rules})  # each is a query (config)
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self._read(n, self._config.queries[n])) for n in names]
         fresh: dict[str, tuple[Sample, ...]] = {}
-        for task in tasks:
-            read = task.result()
+        reads = [task.result() for task in tasks]
+        for read in reads:
             if self._metrics is not None:
                 self._metrics.prometheus_queries.labels(result=read.outcome).inc()
             if read.outcome == "ok":
                 fresh[read.name] = self._fresh(read, now)
-        return self._rule_violations(fresh, now=now)
+        return Observation(
+            at=now,
+            metrics=tuple(m for name, kept in fresh.items() for m in self._to_metrics(name, kept)),
+            violations=tuple(self._rule_violations(fresh, now=now)),
+            queries=tuple(self._query_result(read, None) for read in reads),
+        )
 
     def _fresh(self, read: _Read, now: float) -> tuple[Sample, ...]:
         return tuple(s for s in read.samples if now - s.timestamp <= self._config.max_staleness_s)

@@ -137,7 +137,9 @@ class MAPEKOrchestrator:
         if self.leadership is not None and not self.leadership.leading():
             return []
         now = self._clock() if now is None else now
-        seen = await self.pipeline.monitor.watch(now)
+        watched = await self.pipeline.monitor.watch(now)
+        self.pipeline.peaks.add(watched)
+        seen = watched.violations
         last = self.pipeline.monitor.last_observation
         against, triggered = self._watched
         if against is not last:
