@@ -62,14 +62,15 @@ async def test_the_harness_drives_the_daemon_through_the_alert_path_and_measures
 
 
 async def test_an_alert_delivery_wakes_the_daemon_between_grid_slots():
-    # A 10-minute grid: only the simulated Alertmanager's delivery can start the action in
-    # time (rule evaluation every 30 s, `for: 1m`, group_wait 10 s after the fault).
+    # A 10-minute grid and no watch: only the simulated Alertmanager's delivery can start
+    # the action in time (rule evaluation every 30 s, `for: 1m`, group_wait 10 s after the
+    # fault).
     scenario = parse(
         {
             "name": "sparse-grid",
             "duration_s": 500,
             "faults": [{"kind": "error_burst", "at_s": 30}],
-            "settings": {"orchestrator.interval_s": 600},
+            "settings": {"orchestrator.interval_s": 600, "orchestrator.watch_interval_s": 0},
         },
         source="test",
     )
