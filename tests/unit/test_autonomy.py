@@ -17,6 +17,7 @@ from builders import settings as settings_for
 from fakes import FakeClock
 from mape_k.app import Daemon, build
 from mape_k.config import CandidateAction, ChangesConfig, ConfigError, Settings
+from mape_k.errors import StoreError
 from mape_k.integrations.charter.mock import MockCharterWorld
 from mape_k.loop.autonomy import STATE_KEY, Autonomy, WouldDo, likelihood
 from mape_k.loop.changes import Change, ChangeLog, from_request
@@ -136,7 +137,7 @@ def test_a_change_window_drops_every_action_on_its_target_one_step_but_not_below
         == "the window of change chg-1 on charter closed: every action back to its level"
     )
     assert autonomy.level_of(cause(), ["restart_service"], NOW + 540) == ("auto", None)
-    assert [c.by for c in autonomy.drain()] == ["change_window", "change_window"]
+    assert [c.by for c in autonomy.unrecorded()] == ["change_window", "change_window"]
     assert autonomy.changes_by == {"change_window": 2}
 
 
@@ -177,7 +178,7 @@ def test_a_follower_takes_the_windows_without_a_change_of_level():
     autonomy = Autonomy(Settings(), changes=deployed())
     assert autonomy.note_windows(NOW, leading=False) == []
     assert autonomy.level_of(cause(), ["restart_service"], NOW)[0] == "approve"
-    assert autonomy.drain() == []
+    assert autonomy.unrecorded() == []
     assert autonomy.note_windows(NOW + 1) == []  # the leader it becomes: nothing new opened
 
 
@@ -348,8 +349,11 @@ def test_attributed_degradation_demotes_a_named_action_down_to_its_min_and_it_st
     assert autonomy.promote(beliefs, NOW + 2) == []  # a demotion sticks
     assert autonomy.note_outcome(outcome(), NOW) is None  # a success demotes nothing
     assert Autonomy(Settings()).note_outcome(bad, NOW) is None  # unnamed: untouched
-    assert [c.by for c in autonomy.drain()] == ["demotion"]
-    assert autonomy.drain() == []
+    pending = autonomy.unrecorded()
+    assert [c.by for c in pending] == ["demotion"]
+    assert autonomy.unrecorded() == pending  # pending until a journaled record has it
+    autonomy.recorded(pending)
+    assert autonomy.unrecorded() == []
 
 
 def test_promotion_needs_precision_posterior_and_samples_and_stops_at_max():
@@ -609,6 +613,31 @@ async def test_an_operators_change_survives_a_restart_before_the_next_record(
         clock.advance(30)
         again = await parts.orchestrator.run_once()
     assert "autonomy_changes" not in again  # in one record only, restart or not
+
+
+async def test_a_change_whose_record_never_reached_the_journal_goes_into_the_next(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    async with build(settings_for(tmp_path), clock=clock, fault="error_burst") as parts:
+        await Daemon(parts, clock=clock).set_autonomy(
+            "restart_service", "shadow", "first week", caller="127.0.0.1"
+        )
+        journal = parts.store.record_iteration
+
+        async def disk_full(*args: object, **kwargs: object) -> None:
+            raise StoreError("disk full")
+
+        monkeypatch.setattr(parts.store, "record_iteration", disk_full)
+        clock.advance(5)
+        unjournaled = await parts.orchestrator.run_once()
+        monkeypatch.setattr(parts.store, "record_iteration", journal)
+        clock.advance(30)
+        journaled = await parts.orchestrator.run_once()
+        clock.advance(30)
+        later = await parts.orchestrator.run_once()
+    assert [c["by"] for c in unjournaled["autonomy_changes"]] == ["operator"]
+    assert [c["by"] for c in journaled["autonomy_changes"]] == ["operator"]  # not lost
+    assert "autonomy_changes" not in later
 
 
 @pytest.mark.parametrize("someone_else", [True, False])

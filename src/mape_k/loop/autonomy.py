@@ -26,12 +26,14 @@ the log of level changes. It is persisted in the store's state table under "auto
   is how much longer than the action's settle time it lasted, times that likelihood.
 - **Changes of level** (`promote`, `note_outcome`, `set_level`, `note_windows`): each is a
   `LevelChange`, logged, kept (bounded), counted and handed to the next decision record
-  (`drain`); until then it is saved with the state (`pending`), so a restart or a takeover
-  before that record loses none. Promotion (opt-in, `autonomy.promotion`) raises a rule's
-  level one step, up to its max, when the evidence passes the thresholds — only a key
-  named in `autonomy.levels`: the default has no bounds, so an action at it is never
-  promoted; an attributed DEGRADATION drops it one step, down to its min; a demotion
-  sticks until an operator sets the level. An operator can set any level, and reset a key
+  (`unrecorded`); it stays pending, saved with the state, until that record is journaled
+  (`recorded`), so a restart or a takeover before then loses none (at worst, a kill between
+  the journal and the next save puts it in two records). Promotion (opt-in,
+  `autonomy.promotion`) raises a rule's level one step, up to its max, when the evidence
+  passes the thresholds — only a key named in `autonomy.levels`: the default has no
+  bounds, so an action at it is never promoted; an attributed DEGRADATION drops it one
+  step, down to its min; a demotion sticks until an operator sets the level. An operator
+  can set any level, and reset a key
   to what is configured.
 
 Every function here but `load`/`save` is pure over this object's state: no I/O, no clock.
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
@@ -236,7 +238,7 @@ class Autonomy:
         self.stats: dict[tuple[str, str], ShadowStats] = {}
         self.changes: deque[LevelChange] = deque(maxlen=MAX_CHANGES)
         self.changes_by: dict[str, int] = {}
-        self._undrained: list[LevelChange] = []
+        self._unrecorded: list[LevelChange] = []
         self._dirty = False
         _warn_if_nothing_promotable(settings)
 
@@ -374,7 +376,7 @@ class Autonomy:
             at=now, key=key, before=before, after=after, by=by, reason=reason, target=target
         )
         self.changes.append(change)
-        self._undrained.append(change)
+        self._unrecorded.append(change)
         self.changes_by[by] = self.changes_by.get(by, 0) + 1
         self._dirty = True
         log.warning(
@@ -488,13 +490,16 @@ class Autonomy:
             changes.append(self._change(key, current, after, by="promotion", reason=why, now=now))
         return changes
 
-    def drain(self) -> list[LevelChange]:
-        """The level changes since the last call: the decision record's (saved as pending
-        until then: the next save forgets them)."""
-        changes, self._undrained = self._undrained, []
-        if changes:
+    def unrecorded(self) -> list[LevelChange]:
+        """The level changes no journaled decision record has yet: the next record's."""
+        return list(self._unrecorded)
+
+    def recorded(self, changes: Iterable[LevelChange]) -> None:
+        """`changes` are in a journaled record: no longer pending (the next save says so)."""
+        done = {id(c) for c in changes}
+        if done:
+            self._unrecorded = [c for c in self._unrecorded if id(c) not in done]
             self._dirty = True
-        return changes
 
     # --- shadow ----------------------------------------------------------------------------
 
@@ -733,7 +738,7 @@ class Autonomy:
             "open": [wd.as_dict() for wd in self.open.values()],
             "changes": [c.as_dict() for c in self.changes],
             "changes_by": dict(self.changes_by),
-            "pending": [c.as_dict() for c in self._undrained],  # not in a record yet
+            "pending": [c.as_dict() for c in self._unrecorded],  # not in a record yet
             "windows": [w.as_dict() for w in self.windows.values()],
         }
 
@@ -762,7 +767,7 @@ class Autonomy:
         self.open = open_
         self.changes = deque(changes, maxlen=MAX_CHANGES)
         self.changes_by = {str(k): int(v) for k, v in dict(saved.get("changes_by", {})).items()}
-        self._undrained = pending
+        self._unrecorded = pending
         self.windows = {w.change.target: w for w in windows}
 
     async def load(self, *, strict: bool = False) -> None:
@@ -780,12 +785,12 @@ class Autonomy:
         except BAD_STATE as exc:
             log.error("autonomy_unreadable", error=f"bad saved state: {exc}; using the config")
             return
-        if self.overrides or self.open or self._undrained:
+        if self.overrides or self.open or self._unrecorded:
             log.info(
                 "autonomy_restored",
                 overrides=self.overrides,
                 open=sorted(self.open),
-                pending=len(self._undrained),
+                pending=len(self._unrecorded),
             )
 
     async def save(self, now: float) -> None:

@@ -30,7 +30,7 @@ from mape_k.loop import baseline as returns_model
 from mape_k.loop import guards as guard_rules
 from mape_k.loop.analyze import PatternAnalyzer, Signals
 from mape_k.loop.analyze import signals as analysis_signals
-from mape_k.loop.autonomy import Autonomy, WouldDo
+from mape_k.loop.autonomy import Autonomy, LevelChange, WouldDo
 from mape_k.loop.changes import Change, ChangeLog, rollback_changes
 from mape_k.loop.envelope import (
     SafetyEnvelope,
@@ -143,6 +143,7 @@ class IterationPipeline:
         self.autonomy = autonomy  # levels and the shadow ledger (loop/autonomy.py)
         self._would_dos: list[WouldDo | str] = []  # this iteration's (a str: already open)
         self._scored: list[WouldDo] = []  # the would-dos scored in this iteration
+        self._in_record: list[LevelChange] = []  # this iteration's record's level changes
         # Early warning (loop/predict.py): predicted violations and their track record.
         self.predictor = predictor or Predictor(metrics=metrics)
         self.changes = changes  # recorded deploys and config changes (loop/changes.py)
@@ -184,6 +185,12 @@ class IterationPipeline:
             self.autonomy.reconfigure(settings)
         if self.changes is not None:
             self.changes.reconfigure(settings.changes, settings.planner.actions)
+
+    def journaled(self) -> None:
+        """This iteration's record is in the journal: its level changes are not pending."""
+        if self.autonomy is not None and self._in_record:
+            self.autonomy.recorded(self._in_record)
+        self._in_record = []
 
     def failed(self, error: str) -> DecisionRecord:
         """A failed iteration is a decision too: counted, and shown in /stats."""
@@ -289,7 +296,8 @@ class IterationPipeline:
         record.shadow = [w.as_dict() if isinstance(w, WouldDo) else w for w in self._would_dos]
         record.shadow_scored = [w.score_dict() for w in self._scored]
         if leads and self.autonomy is not None:
-            record.autonomy_changes = [c.as_dict() for c in self.autonomy.drain()]
+            self._in_record = self.autonomy.unrecorded()
+            record.autonomy_changes = [c.as_dict() for c in self._in_record]
             await self.autonomy.save(now)
         if leads:
             await self.predictor.save(now)

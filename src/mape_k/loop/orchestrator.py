@@ -195,6 +195,8 @@ class MAPEKOrchestrator:
             )
         except MapekError as exc:
             log.error("decision_record_failed", error=str(exc))
+        else:
+            self.pipeline.journaled()
         return record
 
     # --- configuration ---------------------------------------------------------------------
