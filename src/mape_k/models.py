@@ -183,8 +183,8 @@ class ActionType(StrEnum):
 # What restart_service (the Charter's POST /committee/restart) restarts: "all" the members
 # (a short full outage), or only the "unhealthy" ones (crashed or not up yet) while the
 # healthy ones keep serving.
-RestartScope = Literal["all", "unhealthy"]
-RESTART_SCOPES: tuple[RestartScope, ...] = ("all", "unhealthy")
+RestartScope = Literal["all", "rolling", "unhealthy"]
+RESTART_SCOPES: tuple[RestartScope, ...] = ("all", "rolling", "unhealthy")
 
 # An action's name: one of the nine built-in Charter actions (an `ActionType`, which is a
 # str) or the name of a user-defined action (`planner.actions.<name>` with an actuator).

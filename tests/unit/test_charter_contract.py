@@ -194,6 +194,18 @@ async def test_an_unhealthy_only_restart_keeps_the_healthy_members_up(harness: H
     assert harness.committee.active_faults == []
 
 
+async def test_a_rolling_restart_keeps_all_but_one_member_up(harness: Harness) -> None:
+    result = await harness.client.restart_committee(idempotency_key="r1", scope="rolling")
+    same(result, harness.twin.restart(key="r1", now=harness.clock(), scope="rolling"))
+    assert result.current["restarted_members"] == 3
+    harness.clock.advance(1)
+    assert (await harness.client.get_committee_state()).healthy_members == 2
+    harness.clock.advance(4)
+    assert (await harness.client.get_committee_state()).healthy_members == 2  # the second
+    harness.clock.advance(5)
+    assert (await harness.client.get_committee_state()).healthy_members == 3
+
+
 async def test_an_unhealthy_only_restart_of_a_healthy_committee_changes_nothing(
     harness: Harness,
 ) -> None:

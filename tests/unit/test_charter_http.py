@@ -258,9 +258,11 @@ async def test_a_full_restart_sends_no_body_and_an_unhealthy_only_one_says_its_s
     route = router.post("/committee/restart").mock(return_value=httpx.Response(200, json=RESULT))
     await client.restart_committee(idempotency_key="all")
     await client.restart_committee(idempotency_key="some", scope="unhealthy")
-    full, narrow = (call.request for call in route.calls)
+    await client.restart_committee(idempotency_key="turns", scope="rolling")
+    full, narrow, rolling = (call.request for call in route.calls)
     assert full.content == b""  # what a Charter without scopes has always been sent
     assert json.loads(narrow.content) == {"scope": "unhealthy"}
+    assert json.loads(rolling.content) == {"scope": "rolling"}
     assert narrow.headers["Idempotency-Key"] == "some"
 
 

@@ -257,6 +257,33 @@ def test_an_unhealthy_only_restart_brings_the_crashed_member_back_without_an_out
     assert committee.actions[-1].arguments == {"scope": "unhealthy"}
 
 
+def test_a_rolling_restart_takes_one_member_at_a_time_and_clears_a_burst_as_it_goes() -> None:
+    committee = Committee(7, "calm", start=START, restart_s=3)
+    committee.inject("error_burst", 1.0, 0, START)
+    committee.inject("member_crash", 0.5, 0, START)
+    committee.advance(START + 5)
+    burst = committee.state().failure_rate
+    result = committee.restart(key="r1", now=START + 5, scope="rolling")
+    assert result.current == {
+        "scope": "rolling",
+        "restarted_members": 3,
+        "available_at": pytest.approx(START + 14),  # 3 members x 3 s
+    }
+    assert [f.kind for f in committee.active_faults] == ["error_burst"]  # the crash: at once
+    during = []
+    for step in range(1, 90):
+        committee.advance(START + 5 + step * 0.1)
+        during.append(committee.state())
+    assert min(s.healthy_members for s in during) == 2  # never more than one down
+    assert max(s.healthy_members for s in during) == 2
+    assert during[-1].failure_rate < burst  # the restarted members are clean
+    committee.advance(START + 14.1)
+    assert committee.state().healthy_members == 3
+    assert committee.active_faults == []  # gone when the last member is back
+    assert committee.counters.restarts == 1
+    assert committee.actions[-1].arguments == {"scope": "rolling"}
+
+
 def test_an_unhealthy_only_restart_leaves_an_error_burst_and_the_queue() -> None:
     committee = Committee(7, "calm", start=START)
     committee.inject("error_burst", 0.7, 0, START)

@@ -63,7 +63,7 @@ def test_an_unknown_restart_scope_is_a_one_line_error_naming_the_field(tmp_path)
     text = str(caught.value)
     assert "\n" not in text
     assert "planner.remediations.members_unhealthy" in text
-    assert "restart_service.scope must be one of all, unhealthy, got 'crashed'" in text
+    assert "restart_service.scope must be one of all, rolling, unhealthy, got 'crashed'" in text
 
 
 def test_cli_beats_env_beats_file_beats_defaults(tmp_path):

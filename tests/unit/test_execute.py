@@ -75,9 +75,7 @@ async def test_actions_run_in_order_and_complete(world, journal, clock):
     assert world.committee.state().target_size == 5
 
 
-async def test_a_restart_sends_its_scope_and_an_unhealthy_only_one_keeps_the_rest_up(
-    world, journal, clock
-):
+async def test_a_restart_sends_its_scope_and_only_a_full_one_is_an_outage(world, journal, clock):
     world.committee.inject("member_crash", 0.5, 0, clock())
     executor = make_executor(world, journal.append, clock)
     narrow = policy(action(ActionType.RESTART_SERVICE, scope="unhealthy"), id="narrow")
@@ -85,11 +83,19 @@ async def test_a_restart_sends_its_scope_and_an_unhealthy_only_one_keeps_the_res
     assert result.status is ExecutionStatus.COMPLETED
     assert result.actions[0].result["current"]["restarted_members"] == 1
     assert world.committee.state().healthy_members == 2  # no outage while it restarts
-    full = await executor.execute_policy(resolved(world, policy(ActionType.RESTART_SERVICE)))
-    assert full.status is ExecutionStatus.COMPLETED
-    assert world.committee.state().healthy_members == 0  # the default: every member
+    clock.advance(5)
+    rolling = await executor.execute_policy(resolved(world, policy(ActionType.RESTART_SERVICE)))
+    assert rolling.status is ExecutionStatus.COMPLETED
+    assert world.committee.state().healthy_members == 2  # the default: one at a time
+    clock.advance(10)
+    full = policy(action(ActionType.RESTART_SERVICE, scope="all"), id="full")
+    assert (await executor.execute_policy(resolved(world, full))).status is (
+        ExecutionStatus.COMPLETED
+    )
+    assert world.committee.state().healthy_members == 0  # every member at once
     assert [e.arguments for e in world.committee.actions] == [
         {"scope": "unhealthy"},
+        {"scope": "rolling"},
         {"scope": "all"},
     ]
 

@@ -270,7 +270,7 @@ def test_a_throttle_by_a_fraction_of_no_load_is_not_resolved(clock):
         ({"type": "restart_service", "parameters": {"force": True}}, "takes scope)"),
         (
             {"type": "restart_service", "parameters": {"scope": "crashed"}},
-            "restart_service.scope must be one of all, unhealthy, got 'crashed'",
+            "restart_service.scope must be one of all, rolling, unhealthy, got 'crashed'",
         ),
         ({"type": "restart_service", "parameters": {"scope": True}}, "restart_service.scope"),
         ({"type": "rebalance_load", "parameters": {"scope": "all"}}, "takes no parameters"),

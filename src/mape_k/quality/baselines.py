@@ -24,7 +24,7 @@ from mape_k.config import CandidateAction, Settings
 from mape_k.errors import CharterError
 from mape_k.integrations.charter.base import CommitteeState
 from mape_k.loop.actions import EFFECTS
-from mape_k.models import ActionType, RestartScope
+from mape_k.models import RESTART_SCOPES, ActionType, RestartScope
 from mape_k.quality import POLICIES
 from mape_k.quality.world import CountingClient
 
@@ -56,7 +56,7 @@ async def run_action(  # noqa: C901 - one branch per action type
                 return False
             await client.scale_committee(size, idempotency_key=key)
         elif kind is ActionType.RESTART_SERVICE:
-            scope: RestartScope = "unhealthy" if params["scope"] == "unhealthy" else "all"
+            scope: RestartScope = next(s for s in RESTART_SCOPES if s == params["scope"])
             await client.restart_committee(idempotency_key=key, scope=scope)
         elif kind is ActionType.REBALANCE_LOAD:
             await client.rebalance_load(idempotency_key=key)

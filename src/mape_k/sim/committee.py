@@ -76,6 +76,10 @@ class _Policy:
 class _Member:
     crashed_by: str | None = None  # fault id
     up_at: float = 0.0  # unavailable before (restart)
+    down_at: float = -math.inf  # ...and from this (a rolling restart's turn)
+
+    def up(self, t: float) -> bool:
+        return self.crashed_by is None and not self.down_at <= t < self.up_at
 
 
 @dataclass(slots=True)
@@ -86,6 +90,14 @@ class Fault:
     started_at: float
     ends_at: float | None  # None = until cleared or remediated
     data: dict[str, Any] = field(default_factory=dict)
+
+    def magnitude_at(self, t: float) -> float:
+        """Its magnitude now: a rolling restart under way clears it member by member."""
+        rolling = self.data.get("rolling")
+        if rolling is None:
+            return self.magnitude
+        start, end = float(rolling[0]), float(rolling[1])
+        return self.magnitude * min(1.0, max(0.0, (end - t) / (end - start)))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -231,10 +243,12 @@ class Committee:
     # --- derived quantities --------------------------------------------------------------
 
     def _healthy(self) -> int:
-        return sum(1 for m in self._members if m.crashed_by is None and m.up_at <= self._t)
+        return sum(1 for m in self._members if m.up(self._t))
 
     def _fault_magnitude(self, kind: str) -> float:
-        return max((f.magnitude for f in self._faults.values() if f.kind == kind), default=0.0)
+        return max(
+            (f.magnitude_at(self._t) for f in self._faults.values() if f.kind == kind), default=0.0
+        )
 
     @property
     def capacity(self) -> float:
@@ -565,7 +579,7 @@ class Committee:
             self._members.append(_Member(up_at=self._t))
         if len(self._members) > target:
             # unhealthy members go first
-            self._members.sort(key=lambda m: (m.crashed_by is not None, m.up_at > self._t))
+            self._members.sort(key=lambda m: not m.up(self._t))
             del self._members[target:]
 
     def scale(self, size: int, *, key: str = "", now: float) -> ActionResult:
@@ -595,9 +609,13 @@ class Committee:
     def restart(self, *, key: str = "", now: float, scope: str = "all") -> ActionResult:
         """Restart the committee. scope "all": every member is unavailable for `restart_s`,
         then healthy; clears error_burst and member_crash; drops the queue. scope
-        "unhealthy": only the members not up (crashed, or still restarting) restart, the
-        healthy ones keep serving (and the queue); clears member_crash only. Nothing
-        unhealthy: nothing changes, and the result says `restarted_members: 0`."""
+        "rolling": one member at a time, the unhealthy first, each unavailable for
+        `restart_s` in turn; the others keep serving (and the queue); member_crash clears
+        at once (its members restart first), error_burst member by member (gone when the
+        last is back). scope "unhealthy": only the members not up (crashed, or still
+        restarting) restart, the healthy ones keep serving (and the queue); clears
+        member_crash only. Nothing unhealthy: nothing changes, and the result says
+        `restarted_members: 0`."""
 
         def effect() -> tuple[dict[str, Any], dict[str, Any]]:
             if scope not in RESTART_SCOPES:
@@ -609,6 +627,8 @@ class Committee:
             back = self._t + self.restart_s
             if scope == "unhealthy":
                 return {}, self._restart_unhealthy(back)
+            if scope == "rolling":
+                return {}, self._restart_rolling()
             self.counters.restarts += 1
             for member in self._members:
                 member.crashed_by = None
@@ -622,8 +642,24 @@ class Committee:
         arguments = {"scope": scope}
         return self._once("restart_committee", arguments, key=key, now=now, effect=effect)
 
+    def _restart_rolling(self) -> dict[str, Any]:
+        self.counters.restarts += 1
+        t, step = self._t, self.restart_s
+        turns = sorted(self._members, key=lambda m: m.up(t))  # the unhealthy first
+        for index, member in enumerate(turns):
+            member.crashed_by = None
+            member.down_at, member.up_at = t + index * step, t + (index + 1) * step
+        end = t + len(turns) * step
+        for fault in list(self._faults.values()):
+            if fault.kind == "member_crash":
+                del self._faults[fault.id]  # its crashed members restart first
+            elif fault.kind == "error_burst":
+                fault.data["rolling"] = (t, end)
+                fault.ends_at = end if fault.ends_at is None else min(fault.ends_at, end)
+        return {"scope": "rolling", "restarted_members": len(turns), "available_at": end}
+
     def _restart_unhealthy(self, back: float) -> dict[str, Any]:
-        unhealthy = [m for m in self._members if m.crashed_by is not None or m.up_at > self._t]
+        unhealthy = [m for m in self._members if not m.up(self._t)]
         if not unhealthy:
             return {"scope": "unhealthy", "restarted_members": 0, "available_at": self._t}
         self.counters.restarts += 1
