@@ -524,9 +524,9 @@ class CandidateAction(_Model):
         " limit); bypass_validation /"
         " activate_emergency_override active (default true); apply_policy policy_id"
         " (default last_known_good); update_configuration settings (required);"
-        " restart_service scope: rolling (default: one member at a time, no outage), all"
-        " (every member at once: a short full outage) or unhealthy (only the members not"
-        " up; the healthy ones keep serving).",
+        " restart_service scope: all (default: every member at once, a short full outage),"
+        " rolling (one member at a time, no outage, members x longer) or unhealthy (only"
+        " the members not up; the healthy ones keep serving).",
     )
     benefit: float | None = Field(
         None, ge=0, le=1, description="This action's benefit for this cause (default: its own)."

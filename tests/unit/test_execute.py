@@ -84,15 +84,14 @@ async def test_a_restart_sends_its_scope_and_only_a_full_one_is_an_outage(world,
     assert result.actions[0].result["current"]["restarted_members"] == 1
     assert world.committee.state().healthy_members == 2  # no outage while it restarts
     clock.advance(5)
-    rolling = await executor.execute_policy(resolved(world, policy(ActionType.RESTART_SERVICE)))
+    turns = policy(action(ActionType.RESTART_SERVICE, scope="rolling"), id="turns")
+    rolling = await executor.execute_policy(resolved(world, turns))
     assert rolling.status is ExecutionStatus.COMPLETED
-    assert world.committee.state().healthy_members == 2  # the default: one at a time
+    assert world.committee.state().healthy_members == 2  # one at a time
     clock.advance(10)
-    full = policy(action(ActionType.RESTART_SERVICE, scope="all"), id="full")
-    assert (await executor.execute_policy(resolved(world, full))).status is (
-        ExecutionStatus.COMPLETED
-    )
-    assert world.committee.state().healthy_members == 0  # every member at once
+    full = await executor.execute_policy(resolved(world, policy(ActionType.RESTART_SERVICE)))
+    assert full.status is ExecutionStatus.COMPLETED
+    assert world.committee.state().healthy_members == 0  # the default: every member at once
     assert [e.arguments for e in world.committee.actions] == [
         {"scope": "unhealthy"},
         {"scope": "rolling"},

@@ -87,9 +87,9 @@ _SCALE = ("delta", "to_size", "target_value")
 EFFECTS: dict[ActionName, Effect] = {
     ActionType.SCALE_UP: Effect("size", ActionType.SCALE_DOWN, _SCALE, {"delta": 1}),
     ActionType.SCALE_DOWN: Effect("size", ActionType.SCALE_UP, _SCALE, {"delta": 1}),
-    # scope "rolling" (the default): one member at a time, the others keep serving (no
-    # outage); "unhealthy": only the members not up; "all": every member at once
-    ActionType.RESTART_SERVICE: Effect(None, None, ("scope",), {"scope": "rolling"}),
+    # scope "all" (the default): every member at once; "rolling": one member at a time, the
+    # others keep serving (no outage); "unhealthy": only the members not up
+    ActionType.RESTART_SERVICE: Effect(None, None, ("scope",), {"scope": "all"}),
     ActionType.APPLY_POLICY: Effect(
         "policy", ActionType.APPLY_POLICY, ("policy_id",), {"policy_id": LAST_KNOWN_GOOD}
     ),
