@@ -6,9 +6,11 @@ Alertmanager (quality/alerts.py) evaluate and deliver, and the policy acts:
 
 - mape-k: the real daemon from `app.build(settings, world=..., clock=...)`: deliveries go
   to its router (as the webhook hands them over), and `orchestrator.run_once(now)` runs at
-  every grid slot (orchestrator.interval_s) and on a delivery, debounced by
-  orchestrator.trigger_debounce_s — the loop's own pure `schedule` / `advance_grid`
-  decide, as in `MAPEKOrchestrator.run`, which this driver replaces (it waits on wall time);
+  every grid slot (orchestrator.interval_s), on a delivery and when a watch pass
+  (`orchestrator.watch(now)`, every orchestrator.watch_interval_s) finds a new violation,
+  debounced by orchestrator.trigger_debounce_s — the loop's own pure `schedule` /
+  `advance_grid` / `next_watch` decide, as in `Scheduler.run`, which this driver replaces
+  (it waits on wall time);
 - the baselines of quality/baselines.py.
 
 Every mutating call goes through world.CountingClient (counterfactual per call).
