@@ -245,9 +245,6 @@ def propose(  # noqa: C901, PLR0912
             need = _fit(int(reading), saturation, config.target_value)
             fits[target] = min(int(reading), max(int(excursion.baseline), need))
         wait = window_s(history, target, config)
-        if peaks is not None:  # the return itself is sized for the peak of its window
-            moved = max((c.at for c in history if c.target == target and c.knob), default=now)
-            saturation = max(saturation, peaks.highest(target, after=max(moved, now - wait)))
         quiet_s = now - max(last_violation.get(target, watching_since), watching_since)
         if quiet_s <= wait:  # the last violating reading's recommendation must be out too
             doubled = wait > config.window_s
@@ -266,6 +263,9 @@ def propose(  # noqa: C901, PLR0912
         if waits is not None:
             held.append(f"{what} {waits}")
             continue
+        if peaks is not None:  # the return itself is sized for the peak of its window
+            moved = max((c.at for c in history if c.target == target and c.knob), default=now)
+            saturation = max(saturation, peaks.highest(target, after=max(moved, now - wait)))
         if knob == "size":
             proposal = _size_return(
                 excursion,

@@ -85,13 +85,7 @@ class Monitor:
 
     async def observe(self, now: float) -> Observation:
         """Read all queries, apply the rules, add firing alerts. A source failure never raises."""
-        names = list(self._config.queries)
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._read(name, self._config.queries[name])) for name in names
-            ]
-        reads = [task.result() for task in tasks]
-
+        reads = await self._read_all(list(self._config.queries))
         metrics: list[Metric] = []
         problems: dict[str, str] = {}  # query name -> why its data cannot be trusted
         fresh: dict[str, tuple[Sample, ...]] = {}
@@ -139,11 +133,9 @@ class Monitor:
         violations they show now (no alerts). Nothing is kept (the last observation, the
         failure log and the gauges stay the iteration's); a query that fails shows nothing
         (the iteration reports it)."""
-        names = sorted({rule.query for rule in self._config.rules})  # each is a query (config)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._read(n, self._config.queries[n])) for n in names]
+        # each rule's query is a configured query (config validation)
+        reads = await self._read_all(sorted({rule.query for rule in self._config.rules}))
         fresh: dict[str, tuple[Sample, ...]] = {}
-        reads = [task.result() for task in tasks]
         for read in reads:
             if self._metrics is not None:
                 self._metrics.prometheus_queries.labels(result=read.outcome).inc()
@@ -177,6 +169,12 @@ class Monitor:
         }
 
     # --- one query -----------------------------------------------------------------------
+
+    async def _read_all(self, names: list[str]) -> list[_Read]:
+        """The named queries read concurrently, in `names`' order."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._read(n, self._config.queries[n])) for n in names]
+        return [task.result() for task in tasks]
 
     async def _read(self, name: str, promql: str) -> _Read:
         timeout_s = self._config.query_timeout_s
